@@ -1,0 +1,57 @@
+//! Wire types shared by every pixelmesh service.
+//!
+//! * [`v1`] — the generated `pixelmesh.v1` messages, clients and servers;
+//! * [`error`] — the one error vocabulary, mapped once to gRPC and HTTP status codes;
+//! * [`FILE_DESCRIPTOR_SET`] — what gRPC server reflection serves.
+
+pub mod error;
+
+pub use error::{Error, ErrorCode};
+
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("pixelmesh.v1");
+}
+
+/// Encoded descriptors of every `pixelmesh.v1` file, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("pixelmesh_descriptor");
+
+use v1::{ImageState, JobState};
+
+impl JobState {
+    /// True once nothing more can happen to the job.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Completed
+                | JobState::CompletedWithErrors
+                | JobState::Failed
+                | JobState::Cancelled
+        )
+    }
+
+    /// The lowercase name used in REST, logs and the CLI.
+    pub fn label(self) -> &'static str {
+        match self {
+            JobState::Unspecified => "unspecified",
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Completed => "completed",
+            JobState::CompletedWithErrors => "completed_with_errors",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl ImageState {
+    pub fn label(self) -> &'static str {
+        match self {
+            ImageState::Unspecified => "unspecified",
+            ImageState::Pending => "pending",
+            ImageState::Done => "done",
+            ImageState::Failed => "failed",
+            ImageState::Cancelled => "cancelled",
+        }
+    }
+}
