@@ -64,9 +64,7 @@ impl ErrorCode {
             tonic::Code::InvalidArgument | tonic::Code::OutOfRange => ErrorCode::InvalidArgument,
             tonic::Code::NotFound => ErrorCode::NotFound,
             tonic::Code::AlreadyExists => ErrorCode::AlreadyExists,
-            tonic::Code::FailedPrecondition | tonic::Code::Aborted => {
-                ErrorCode::FailedPrecondition
-            }
+            tonic::Code::FailedPrecondition | tonic::Code::Aborted => ErrorCode::FailedPrecondition,
             tonic::Code::ResourceExhausted => ErrorCode::ResourceExhausted,
             tonic::Code::Unauthenticated => ErrorCode::Unauthenticated,
             tonic::Code::PermissionDenied => ErrorCode::PermissionDenied,

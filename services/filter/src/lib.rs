@@ -3,8 +3,136 @@
 //! * [`ops`] — the operations: one file per op with its parameters, validation and pixel code;
 //!   [`ops::Pipeline`] parses and validates a pipeline from protobuf or JSON;
 //! * [`codec`] — decoding with limits checked from the header first, and encoding;
-//! * [`engine`] — `process`: bytes in, pipeline applied, bytes out.
+//! * [`engine`] — `process`: bytes in, pipeline applied, bytes out;
+//! * [`worker`] — the JetStream consumer loop with its ack discipline;
+//! * [`heartbeat`] — the worker's entry in the `pixelmesh-workers` KV bucket.
 
 pub mod codec;
 pub mod engine;
+pub mod heartbeat;
 pub mod ops;
+pub mod worker;
+
+use std::{future::Future, sync::Arc};
+
+use anyhow::Context as _;
+use clap::Args;
+use pixelmesh_common::{
+    config::QueueConfig,
+    grpc::{MAX_MESSAGE_BYTES, Server, channel},
+    nats,
+};
+use pixelmesh_proto::v1::storage_client::StorageClient;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The filter's own settings.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Tasks run at once; defaults to the number of cores (one image per core is fastest).
+    #[arg(long, env = "PIXELMESH_CONCURRENCY")]
+    pub concurrency: Option<usize>,
+    /// Largest image accepted, in pixels (width × height), checked from the header before
+    /// decoding.
+    #[arg(long, env = "PIXELMESH_MAX_PIXELS", default_value_t = codec::Limits::default().max_pixels)]
+    pub max_pixels: u64,
+    /// Largest input file accepted, in bytes.
+    #[arg(long, env = "PIXELMESH_MAX_INPUT_BYTES", default_value_t = codec::Limits::default().max_input_bytes)]
+    pub max_input_bytes: u64,
+    /// This worker's id in the worker list; defaults to the host name and a random suffix.
+    #[arg(long, env = "PIXELMESH_WORKER_ID")]
+    pub worker_id: Option<String>,
+    #[command(flatten)]
+    pub queue: QueueConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub nats_url: String,
+    pub storage_url: String,
+    pub settings: Settings,
+}
+
+/// Runs a worker until `shutdown` resolves: then it stops fetching, finishes the tasks it
+/// holds, removes its heartbeat and returns.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let settings = config.settings;
+    let client = nats::connect(&config.nats_url, "pixelmesh-filter").await?;
+    let js = async_nats::jetstream::new(client);
+    nats::ensure_streams(&js).await?;
+    let bucket = nats::workers_bucket(&js).await?;
+    let storage = StorageClient::new(channel(&config.storage_url)?)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+
+    let host = hostname();
+    let id = settings
+        .worker_id
+        .clone()
+        .unwrap_or_else(|| heartbeat::worker_id(&host));
+    let concurrency = settings
+        .concurrency
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let stats = Arc::new(worker::Stats::default());
+    let worker = Arc::new(worker::Worker {
+        id: id.clone(),
+        storage,
+        js,
+        queue: settings.queue.clone(),
+        limits: codec::Limits {
+            max_pixels: settings.max_pixels,
+            max_input_bytes: settings.max_input_bytes,
+        },
+        stats: stats.clone(),
+    });
+
+    let beat_stop = CancellationToken::new();
+    let beats = tokio::spawn(heartbeat::run(
+        bucket,
+        pixelmesh_proto::v1::Worker {
+            id: id.clone(),
+            host,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            concurrency: concurrency as u32,
+            started_at_ms: pixelmesh_common::time::now_ms(),
+            ..Default::default()
+        },
+        stats,
+        beat_stop.clone(),
+    ));
+    let server_stop = CancellationToken::new();
+    tracing::info!(addr = %listener.local_addr()?, worker = %id, "filter listening");
+    let server =
+        tokio::spawn(Server::new()?.serve(listener, server_stop.clone().cancelled_owned()));
+
+    let stop = CancellationToken::new();
+    let consuming = worker::consume(worker, concurrency, stop.clone());
+    tokio::pin!(consuming, shutdown);
+    let consumed = tokio::select! {
+        result = &mut consuming => result,
+        () = &mut shutdown => {
+            stop.cancel();
+            consuming.await
+        }
+    };
+    beat_stop.cancel();
+    let _ = beats.await;
+    server_stop.cancel();
+    server.await.context("health server panicked")??;
+    tracing::info!(worker = %id, "filter stopped");
+    consumed
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "filter".to_string())
+}

@@ -1,1 +1,79 @@
-//! placeholder
+//! The gateway role: the only public edge. One port serves gRPC (`pixelmesh.v1.Gateway`,
+//! reflection, health) and HTTP (`/api/v1`, `/healthz`). Stateless: scale it out freely.
+//!
+//! * [`mesh`] — what both edges do, in domain terms: stream uploads to storage, submit and
+//!   cancel through the scheduler, read jobs, relay progress and downloads, list workers;
+//! * [`grpc`] — `pixelmesh.v1.Gateway`, translating protobuf at the edge;
+//! * [`http`] — the REST API, translating JSON and multipart at the edge.
+
+pub mod grpc;
+pub mod http;
+pub mod mesh;
+
+use std::future::Future;
+
+use clap::Args;
+use pixelmesh_common::grpc::{MAX_MESSAGE_BYTES, Server, channel};
+use pixelmesh_proto::v1::{
+    gateway_server::GatewayServer, scheduler_client::SchedulerClient, storage_client::StorageClient,
+};
+use tokio::net::TcpListener;
+
+/// Limits on what clients may send. They are enforced while streaming, never after buffering.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Largest single uploaded image, in bytes.
+    #[arg(long, env = "PIXELMESH_MAX_UPLOAD_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_upload_bytes: u64,
+    /// Largest whole HTTP request body (all files of one multipart submit), in bytes.
+    #[arg(long, env = "PIXELMESH_MAX_REQUEST_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
+    pub max_request_bytes: u64,
+    /// Most images in one multipart submit.
+    #[arg(long, env = "PIXELMESH_MAX_FILES_PER_JOB", default_value_t = 1000)]
+    pub max_files_per_job: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_upload_bytes: 256 * 1024 * 1024,
+            max_request_bytes: 2 * 1024 * 1024 * 1024,
+            max_files_per_job: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub nats_url: String,
+    pub storage_url: String,
+    pub scheduler_url: String,
+    pub settings: Settings,
+}
+
+/// Serves the public API until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let nats = pixelmesh_common::nats::connect(&config.nats_url, "pixelmesh-gateway").await?;
+    let storage = StorageClient::new(channel(&config.storage_url)?)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let scheduler = SchedulerClient::new(channel(&config.scheduler_url)?)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let mesh = mesh::Mesh::new(storage, scheduler, nats, config.settings);
+
+    let server = Server::new()?
+        .add_service(
+            GatewayServer::new(grpc::GatewayService::new(mesh.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .await
+        .http(http::router(mesh));
+    tracing::info!(addr = %listener.local_addr()?, "gateway listening");
+    server.serve(listener, shutdown).await
+}

@@ -1,1 +1,65 @@
-//! placeholder
+//! The scheduler role: owns every job's lifecycle and keeps no state of its own.
+//!
+//! * [`jobs`] — submit (validate, persist, publish one task per image), cancel, and resume
+//!   of unfinished jobs after a restart;
+//! * [`results`] — the durable consumer of `RESULTS`, and of JetStream's max-deliveries
+//!   advisories: records each outcome once and publishes progress;
+//! * [`grpc`] — `pixelmesh.v1.Scheduler`, translating wire types at the edge.
+
+pub mod grpc;
+pub mod jobs;
+pub mod results;
+
+use std::future::Future;
+
+use anyhow::Context as _;
+use pixelmesh_common::{grpc::Server, nats};
+use pixelmesh_proto::v1::scheduler_server::SchedulerServer;
+use tokio::net::TcpListener;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub nats_url: String,
+    /// gRPC URL of the storage role.
+    pub storage_url: String,
+}
+
+/// Runs the scheduler until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let client = nats::connect(&config.nats_url, "pixelmesh-scheduler").await?;
+    let js = async_nats::jetstream::new(client.clone());
+    nats::ensure_streams(&js).await?;
+    let storage = pixelmesh_proto::v1::storage_client::StorageClient::new(
+        pixelmesh_common::grpc::channel(&config.storage_url)?,
+    )
+    .max_decoding_message_size(pixelmesh_common::grpc::MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(pixelmesh_common::grpc::MAX_MESSAGE_BYTES);
+    let jobs = jobs::Jobs::new(storage, client, js);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let resume = tokio::spawn({
+        let jobs = jobs.clone();
+        async move { jobs.resume_unfinished().await }
+    });
+    let consumer = tokio::spawn(results::run(jobs.clone(), stop_rx.clone()));
+    let advisories = tokio::spawn(results::run_advisories(jobs.clone(), stop_rx));
+
+    let server = Server::new()?
+        .add_service(
+            SchedulerServer::new(grpc::SchedulerService::new(jobs))
+                .max_decoding_message_size(pixelmesh_common::grpc::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(pixelmesh_common::grpc::MAX_MESSAGE_BYTES),
+        )
+        .await;
+    tracing::info!(addr = %listener.local_addr()?, "scheduler listening");
+    let served = server.serve(listener, shutdown).await;
+    let _ = stop_tx.send(true);
+    consumer.await.context("results consumer panicked")??;
+    advisories.await.context("advisory listener panicked")??;
+    resume.abort();
+    served
+}

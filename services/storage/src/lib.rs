@@ -1,1 +1,55 @@
-//! placeholder
+//! The storage role: blobs on local disk and job metadata in sled.
+//!
+//! * [`blobs`] — content-addressed blobs (BLAKE3), written atomically, read in chunks;
+//! * [`meta`] — jobs, images and the unfinished index in sled, changed in transactions;
+//! * [`grpc`] — `pixelmesh.v1.Storage`, translating wire types at the edge.
+
+pub mod blobs;
+pub mod grpc;
+pub mod meta;
+
+use std::{future::Future, path::PathBuf};
+
+use anyhow::Context as _;
+use clap::Args;
+use pixelmesh_common::grpc::{MAX_MESSAGE_BYTES, Server};
+use pixelmesh_proto::v1::storage_server::StorageServer;
+use tokio::net::TcpListener;
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Directory for blobs and the sled database.
+    #[arg(
+        long = "storage-dir",
+        env = "PIXELMESH_STORAGE_DIR",
+        default_value = "./pixelmesh-data/storage"
+    )]
+    pub dir: PathBuf,
+    /// Largest blob accepted, in bytes.
+    #[arg(long, env = "PIXELMESH_MAX_BLOB_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_blob_bytes: u64,
+    /// Most images in one job.
+    #[arg(long, env = "PIXELMESH_MAX_IMAGES_PER_JOB", default_value_t = 10_000)]
+    pub max_images_per_job: u32,
+}
+
+/// Serves storage until `shutdown` resolves, then flushes the metadata.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let blobs = blobs::Blobs::open(config.dir.join("blobs"), config.max_blob_bytes).await?;
+    let meta = meta::Meta::open(&config.dir.join("meta"), config.max_images_per_job)?;
+    let server = Server::new()?
+        .add_service(
+            StorageServer::new(grpc::StorageService::new(blobs, meta.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .await;
+    tracing::info!(addr = %listener.local_addr()?, dir = %config.dir.display(), "storage listening");
+    let served = server.serve(listener, shutdown).await;
+    meta.flush().await.context("flushing metadata")?;
+    served
+}

@@ -1,0 +1,55 @@
+//! Settings more than one role reads. Every flag has a `PIXELMESH_*` environment variable and a
+//! default that works on one machine.
+
+use std::time::Duration;
+
+use clap::Args;
+
+#[derive(Debug, Clone, Args)]
+pub struct NatsConfig {
+    /// NATS server URL (JetStream must be enabled).
+    #[arg(
+        long = "nats-url",
+        env = "PIXELMESH_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub url: String,
+}
+
+/// How the shared JetStream work queue behaves. The filter creates (or updates) the consumer,
+/// so these settings belong to the filter's flags.
+#[derive(Debug, Clone, Args)]
+pub struct QueueConfig {
+    /// Seconds a worker may hold a task without acking before JetStream redelivers it.
+    /// Workers send in-progress acks while they work, so this only bounds how long a crashed
+    /// worker's tasks wait.
+    #[arg(long, env = "PIXELMESH_ACK_WAIT_SECS", default_value_t = 30)]
+    pub ack_wait_secs: u64,
+    /// Deliveries of one task before its image is recorded as failed with the last error.
+    #[arg(long, env = "PIXELMESH_MAX_DELIVER", default_value_t = 5)]
+    pub max_deliver: i64,
+}
+
+impl QueueConfig {
+    pub fn ack_wait(&self) -> Duration {
+        Duration::from_secs(self.ack_wait_secs.max(1))
+    }
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            ack_wait_secs: 30,
+            max_deliver: 5,
+        }
+    }
+}
+
+/// gRPC address of another role, e.g. `http://127.0.0.1:50052`.
+pub fn grpc_url(addr: &str) -> String {
+    if addr.starts_with("http://") || addr.starts_with("https://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}

@@ -1,0 +1,157 @@
+//! The one gRPC server helper and the client channel every role uses.
+//!
+//! Every server gets `grpc.health.v1` and server reflection (v1 and v1alpha, because grpcurl
+//! 1.8 speaks only v1alpha), a tracing span per request whose parent is the caller's W3C
+//! `traceparent`, and a bounded graceful stop. The gateway merges its HTTP routes into the
+//! same server, so gRPC and HTTP share one port.
+
+use std::{future::Future, time::Duration};
+
+use anyhow::Context as _;
+use axum::Router;
+use http::Request;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    server::NamedService,
+    service::{Interceptor, Routes, interceptor::InterceptedService},
+    transport::Endpoint,
+};
+use tonic_health::server::HealthReporter;
+use tower_http::trace::TraceLayer;
+use tracing::Span;
+
+use crate::telemetry;
+
+/// How long open connections (watch streams, downloads) may go on after the stop signal.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// A server under construction: add gRPC services and HTTP routes, then [`Server::serve`].
+pub struct Server {
+    routes: Routes,
+    health: HealthReporter,
+    http: Router,
+}
+
+impl Server {
+    pub fn new() -> anyhow::Result<Self> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(pixelmesh_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let routes = Routes::new(health_service)
+            .add_service(reflection().build_v1().context("reflection v1")?)
+            .add_service(reflection().build_v1alpha().context("reflection v1alpha")?);
+        Ok(Server {
+            routes,
+            health,
+            http: Router::new(),
+        })
+    }
+
+    /// Adds a gRPC service and reports it serving through `grpc.health.v1`.
+    pub async fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: tower::Service<
+                Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.health.set_serving::<S>().await;
+        self.routes = self.routes.add_service(service);
+        self
+    }
+
+    /// Merges plain HTTP routes into the same port.
+    pub fn http(mut self, router: Router) -> Self {
+        self.http = self.http.merge(router);
+        self
+    }
+
+    /// Serves until `shutdown` resolves, then lets open requests finish for a bounded time.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let app = self
+            .routes
+            .into_axum_router()
+            .merge(self.http)
+            .layer(TraceLayer::new_for_http().make_span_with(request_span));
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let server = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stopped.cancelled().await })
+            .into_future();
+        tokio::pin!(server, shutdown);
+        tokio::select! {
+            result = &mut server => return result.context("server failed"),
+            () = &mut shutdown => stop.cancel(),
+        }
+        match tokio::time::timeout(GRACE, server).await {
+            Ok(result) => result.context("server failed"),
+            Err(_) => {
+                tracing::warn!(
+                    grace_secs = GRACE.as_secs(),
+                    "connections still open after grace period, closing them"
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+fn request_span<B>(request: &Request<B>) -> Span {
+    let span = tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+    );
+    telemetry::set_parent_from_http(&span, request.headers());
+    span
+}
+
+/// Injects the current span's trace context into every outgoing gRPC request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TraceInterceptor;
+
+impl Interceptor for TraceInterceptor {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        telemetry::inject_grpc(request.metadata_mut());
+        Ok(request)
+    }
+}
+
+/// The channel type every internal client uses.
+pub type Channel = InterceptedService<tonic::transport::Channel, TraceInterceptor>;
+
+/// A lazily connected channel to another role: roles may start in any order, and a role
+/// that restarts is reconnected to on the next call.
+pub fn channel(url: &str) -> anyhow::Result<Channel> {
+    let endpoint = Endpoint::from_shared(url.to_string())
+        .with_context(|| format!("invalid grpc address {url}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true);
+    Ok(InterceptedService::new(
+        endpoint.connect_lazy(),
+        TraceInterceptor,
+    ))
+}
+
+/// Largest gRPC message any server or client accepts. Blobs travel in 64 KiB chunks, so only
+/// job descriptions with many images get near this.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;

@@ -1,0 +1,132 @@
+//! Every NATS name pixelmesh uses, in one place, and the JetStream setup all roles share.
+//!
+//! * stream `TASKS` (work queue): `pixelmesh.task.<job>.<index>`, deduplicated by
+//!   `Nats-Msg-Id` = task id, so a scheduler that re-publishes after a crash adds nothing;
+//! * stream `RESULTS` (work queue): `pixelmesh.result.<job>.<index>`, consumed durably by the
+//!   scheduler, so no result is lost while it is down;
+//! * core subject `pixelmesh.progress.<job>`: progress events for gateways to relay;
+//! * KV bucket `pixelmesh-workers`: worker heartbeats that expire.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, kv, stream};
+
+pub const TASKS_STREAM: &str = "TASKS";
+pub const RESULTS_STREAM: &str = "RESULTS";
+pub const FILTER_CONSUMER: &str = "filter";
+pub const SCHEDULER_CONSUMER: &str = "scheduler";
+pub const WORKERS_BUCKET: &str = "pixelmesh-workers";
+
+/// A re-published task within this window is dropped by JetStream; past it, storage's
+/// record-once rule still keeps the image to one outcome.
+pub const DEDUP_WINDOW: Duration = Duration::from_secs(10 * 60);
+
+/// A worker missing this long is gone from the worker list.
+pub const HEARTBEAT_TTL: Duration = Duration::from_secs(15);
+
+pub fn task_subject(job_id: &str, index: u32) -> String {
+    format!("pixelmesh.task.{job_id}.{index}")
+}
+
+pub fn job_tasks_filter(job_id: &str) -> String {
+    format!("pixelmesh.task.{job_id}.>")
+}
+
+pub fn result_subject(job_id: &str, index: u32) -> String {
+    format!("pixelmesh.result.{job_id}.{index}")
+}
+
+pub fn progress_subject(job_id: &str) -> String {
+    format!("pixelmesh.progress.{job_id}")
+}
+
+/// The id JetStream deduplicates a task by.
+pub fn task_id(job_id: &str, index: u32) -> String {
+    format!("{job_id}.{index}")
+}
+
+/// Connects, retrying for a while so roles can start before the server is up.
+pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
+    let mut delay = Duration::from_millis(50);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match async_nats::ConnectOptions::new()
+            .name(name)
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(2))
+            .max_reconnects(None)
+            .connect(url)
+            .await
+        {
+            Ok(client) => {
+                // retry_on_initial_connect returns at once; wait until it is really connected.
+                if client.flush().await.is_ok() {
+                    return Ok(client);
+                }
+            }
+            Err(err) if tokio::time::Instant::now() >= deadline => {
+                return Err(err).with_context(|| format!("cannot connect to nats at {url}"));
+            }
+            Err(_) => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("cannot connect to nats at {url}");
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Creates the streams if they do not exist yet. Every role calls it, so start order is free.
+pub async fn ensure_streams(js: &jetstream::Context) -> anyhow::Result<()> {
+    js.get_or_create_stream(stream::Config {
+        name: TASKS_STREAM.into(),
+        subjects: vec!["pixelmesh.task.>".into()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        duplicate_window: DEDUP_WINDOW,
+        ..Default::default()
+    })
+    .await
+    .context("creating stream TASKS")?;
+    js.get_or_create_stream(stream::Config {
+        name: RESULTS_STREAM.into(),
+        subjects: vec!["pixelmesh.result.>".into()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .context("creating stream RESULTS")?;
+    Ok(())
+}
+
+/// The heartbeat bucket; entries expire after [`HEARTBEAT_TTL`].
+pub async fn workers_bucket(js: &jetstream::Context) -> anyhow::Result<kv::Store> {
+    if let Ok(store) = js.get_key_value(WORKERS_BUCKET).await {
+        return Ok(store);
+    }
+    js.create_key_value(kv::Config {
+        bucket: WORKERS_BUCKET.into(),
+        history: 1,
+        max_age: HEARTBEAT_TTL,
+        storage: stream::StorageType::Memory,
+        ..Default::default()
+    })
+    .await
+    .context("creating kv bucket pixelmesh-workers")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_nest_under_their_streams() {
+        assert_eq!(task_subject("01J", 3), "pixelmesh.task.01J.3");
+        assert_eq!(job_tasks_filter("01J"), "pixelmesh.task.01J.>");
+        assert_eq!(result_subject("01J", 3), "pixelmesh.result.01J.3");
+        assert_eq!(progress_subject("01J"), "pixelmesh.progress.01J");
+    }
+}

@@ -1,0 +1,648 @@
+//! Decoding with limits, and encoding.
+//!
+//! Decoding detects the format from the bytes, reads the header, and refuses an image whose
+//! width x height is over [`Limits::max_pixels`] before any pixel buffer exists: a 50-byte PNG
+//! can claim to be 100000x100000. image's own allocation limit is a second guard for what the
+//! header does not tell. Every colour type comes out as 8-bit RGB or RGBA, upright (the EXIF
+//! orientation is applied, since the output carries no EXIF to say how to rotate it).
+//!
+//! Encoding uses jpeg-encoder for JPEG (several times faster than image's encoder) and image's
+//! encoders for the rest.
+
+use std::io::Cursor;
+use std::panic::{self, AssertUnwindSafe};
+
+use image::codecs::bmp::BmpEncoder;
+use image::codecs::gif::GifEncoder;
+use image::codecs::png::PngEncoder;
+use image::codecs::tiff::TiffEncoder;
+use image::codecs::webp::WebPEncoder;
+use image::metadata::Orientation;
+use image::{DynamicImage, ExtendedColorType, ImageDecoder, ImageEncoder, ImageError, ImageReader};
+
+use crate::ops::{Bitmap, FileFormat};
+
+/// What one input may cost to decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest width x height accepted, checked from the header before decoding.
+    pub max_pixels: u64,
+    /// Largest encoded input accepted.
+    pub max_input_bytes: u64,
+}
+
+impl Default for Limits {
+    /// 100 megapixels (a 12000x8000 photo; about 400 MB as RGBA) and 256 MiB of input.
+    fn default() -> Self {
+        Limits {
+            max_pixels: 100_000_000,
+            max_input_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// The list in "not a supported image" messages.
+const SUPPORTED: &str = "jpeg, png, webp, gif, bmp, tiff";
+
+/// Why an input could not be decoded. Every case is about the input bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("input is {bytes} bytes, over the limit of {limit} bytes")]
+    InputTooLarge { bytes: u64, limit: u64 },
+    #[error("not a supported image ({SUPPORTED})")]
+    NotAnImage,
+    #[error(
+        "image is {width}x{height} ({:.1} megapixels), over the limit of {:.1} megapixels",
+        megapixels(*width as u64 * *height as u64),
+        megapixels(*limit)
+    )]
+    TooManyPixels { width: u32, height: u32, limit: u64 },
+    #[error("{} image needs more memory to decode than allowed: {reason}", format.name())]
+    OverMemoryLimit { format: FileFormat, reason: String },
+    #[error("{} image uses a feature that is not supported: {reason}", format.name())]
+    Unsupported { format: FileFormat, reason: String },
+    #[error("{} image is corrupt or truncated: {reason}", format.name())]
+    Corrupt { format: FileFormat, reason: String },
+}
+
+/// Why pixels could not be encoded. Every case is about the image (its size, mostly).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    #[error(
+        "{} cannot hold a {width}x{height} image: at most {max}x{max}",
+        format.name()
+    )]
+    TooLarge {
+        format: FileFormat,
+        width: u32,
+        height: u32,
+        max: u32,
+    },
+    #[error("{} encoding failed: {reason}", format.name())]
+    Failed { format: FileFormat, reason: String },
+}
+
+/// A decoded image and the format it came in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    pub image: Bitmap,
+    pub format: FileFormat,
+}
+
+/// The format the bytes are in, from their signature; `None` if not one we read.
+pub fn detect_format(input: &[u8]) -> Option<FileFormat> {
+    Some(match image::guess_format(input).ok()? {
+        image::ImageFormat::Jpeg => FileFormat::Jpeg,
+        image::ImageFormat::Png => FileFormat::Png,
+        image::ImageFormat::WebP => FileFormat::Webp,
+        image::ImageFormat::Gif => FileFormat::Gif,
+        image::ImageFormat::Bmp => FileFormat::Bmp,
+        image::ImageFormat::Tiff => FileFormat::Tiff,
+        _ => return None,
+    })
+}
+
+/// Decodes the first frame of `input` to 8-bit RGB or RGBA, within `limits`.
+pub fn decode(input: &[u8], limits: &Limits) -> Result<Decoded, DecodeError> {
+    let bytes = input.len() as u64;
+    if bytes > limits.max_input_bytes {
+        return Err(DecodeError::InputTooLarge {
+            bytes,
+            limit: limits.max_input_bytes,
+        });
+    }
+    let format = detect_format(input).ok_or(DecodeError::NotAnImage)?;
+    // The decoders are fuzzed but not proven; a panic on hostile bytes must fail this input
+    // only, not take down the worker and every image it holds.
+    let image = panic::catch_unwind(AssertUnwindSafe(|| decode_as(input, format, limits)))
+        .map_err(|_| DecodeError::Corrupt {
+            format,
+            reason: "the decoder crashed on this input".into(),
+        })??;
+    Ok(Decoded { image, format })
+}
+
+fn decode_as(input: &[u8], format: FileFormat, limits: &Limits) -> Result<Bitmap, DecodeError> {
+    let image_format = match format {
+        FileFormat::Jpeg => image::ImageFormat::Jpeg,
+        FileFormat::Png => image::ImageFormat::Png,
+        FileFormat::Webp => image::ImageFormat::WebP,
+        FileFormat::Gif => image::ImageFormat::Gif,
+        FileFormat::Bmp => image::ImageFormat::Bmp,
+        FileFormat::Tiff => image::ImageFormat::Tiff,
+    };
+    let mut reader = ImageReader::with_format(Cursor::new(input), image_format);
+    let mut image_limits = image::Limits::default();
+    // Second guard, for allocations the header does not predict. 8 bytes per pixel covers the
+    // widest buffer a decoder may return for an image within max_pixels (16-bit RGBA).
+    let max_alloc = limits.max_pixels.saturating_mul(8);
+    image_limits.max_alloc = Some(max_alloc);
+    reader.limits(image_limits);
+    // Building the decoder reads the header, not the pixel data.
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|err| decode_error(format, err))?;
+    let (width, height) = decoder.dimensions();
+    if u64::from(width) * u64::from(height) > limits.max_pixels {
+        return Err(DecodeError::TooManyPixels {
+            width,
+            height,
+            limit: limits.max_pixels,
+        });
+    }
+    // What `ImageReader::decode` checks, which we bypass to read the orientation.
+    if decoder.total_bytes() > max_alloc {
+        return Err(DecodeError::OverMemoryLimit {
+            format,
+            reason: format!(
+                "{} bytes of pixels, over {max_alloc}",
+                decoder.total_bytes()
+            ),
+        });
+    }
+    if format == FileFormat::Jpeg && !jpeg_reaches_end(input) {
+        // The JPEG decoder, like browsers, fills missing rows with grey; we would rather fail
+        // than store a half-grey result as if it were done.
+        return Err(DecodeError::Corrupt {
+            format,
+            reason: "the data ends before the end-of-image marker".into(),
+        });
+    }
+    // A broken EXIF block should not fail an image whose pixels are fine.
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let mut image = DynamicImage::from_decoder(decoder).map_err(|err| decode_error(format, err))?;
+    image.apply_orientation(orientation);
+    to_bitmap(image).ok_or_else(|| DecodeError::Corrupt {
+        format,
+        reason: "the image has no pixels".into(),
+    })
+}
+
+/// 8-bit RGB or RGBA; other layouts are converted (grey expands, 16 bits round to 8).
+///
+/// An alpha channel that is opaque everywhere is dropped: GIF always decodes as RGBA, many
+/// PNGs carry a useless alpha, and every op is faster on three channels than on four.
+fn to_bitmap(image: DynamicImage) -> Option<Bitmap> {
+    let (width, height) = (image.width(), image.height());
+    if !image.color().has_alpha() {
+        return Bitmap::new(width, height, false, image.into_rgb8().into_raw());
+    }
+    let rgba = image.into_rgba8().into_raw();
+    if rgba.chunks_exact(4).all(|pixel| pixel[3] == u8::MAX) {
+        let rgb = rgba
+            .chunks_exact(4)
+            .flat_map(|pixel| [pixel[0], pixel[1], pixel[2]]);
+        Bitmap::new(width, height, false, rgb.collect())
+    } else {
+        Bitmap::new(width, height, true, rgba)
+    }
+}
+
+/// Whether a JPEG's marker structure reaches its end-of-image marker, i.e. it was not cut
+/// short. Walks the segments by their lengths (so EXIF thumbnails, which hold their own EOI,
+/// are skipped) and scans entropy-coded data for the next real marker. Bytes after the EOI
+/// (phone "motion photo" videos, vendor trailers) are allowed.
+fn jpeg_reaches_end(data: &[u8]) -> bool {
+    const SOS: u8 = 0xDA;
+    const EOI: u8 = 0xD9;
+    if !data.starts_with(&[0xFF, 0xD8]) {
+        return false;
+    }
+    let mut i = 2;
+    loop {
+        // Tolerate stray bytes between segments, as the decoder does, then skip fill bytes.
+        let Some(offset) = data
+            .get(i..)
+            .and_then(|rest| rest.iter().position(|&b| b == 0xFF))
+        else {
+            return false;
+        };
+        i += offset;
+        while data.get(i) == Some(&0xFF) {
+            i += 1;
+        }
+        let Some(&marker) = data.get(i) else {
+            return false;
+        };
+        i += 1;
+        match marker {
+            EOI => return true,
+            // Markers without a length: TEM, RSTn, and a stray SOI.
+            0x01 | 0xD0..=0xD8 => continue,
+            _ => {}
+        }
+        let Some(&[hi, lo]) = data.get(i..i + 2) else {
+            return false;
+        };
+        // The length counts its own two bytes.
+        let length = usize::from(u16::from_be_bytes([hi, lo]));
+        if length < 2 {
+            return false;
+        }
+        i += length;
+        if marker == SOS {
+            // Entropy-coded data runs to the first 0xFF that is not stuffing (FF 00), a
+            // restart marker (FF D0..D7) or fill before one of those.
+            loop {
+                let Some(offset) = data
+                    .get(i..)
+                    .and_then(|rest| rest.iter().position(|&b| b == 0xFF))
+                else {
+                    return false;
+                };
+                let start = i + offset;
+                let mut next = start + 1;
+                while data.get(next) == Some(&0xFF) {
+                    next += 1;
+                }
+                match data.get(next) {
+                    None => return false,
+                    Some(0x00 | 0xD0..=0xD7) => i = next + 1,
+                    Some(_) => {
+                        i = start;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn decode_error(format: FileFormat, err: ImageError) -> DecodeError {
+    match err {
+        ImageError::Limits(err) => DecodeError::OverMemoryLimit {
+            format,
+            reason: reason(&err),
+        },
+        ImageError::Unsupported(err) => DecodeError::Unsupported {
+            format,
+            reason: reason(&err),
+        },
+        // Decoding, parameter and io errors (an early end of data is an io error).
+        other => DecodeError::Corrupt {
+            format,
+            reason: reason(&other),
+        },
+    }
+}
+
+/// A decoder's message as one line: some end theirs with a newline.
+fn reason(err: &dyn std::fmt::Display) -> String {
+    err.to_string().trim().replace('\n', "; ")
+}
+
+/// Encodes `image` as `format`; `quality` (1..=100) is used by JPEG only.
+///
+/// WebP output is lossless: image's WebP encoder has no lossy mode.
+pub fn encode(image: &Bitmap, format: FileFormat, quality: u8) -> Result<Vec<u8>, EncodeError> {
+    let (width, height) = (image.width(), image.height());
+    let max = match format {
+        FileFormat::Jpeg | FileFormat::Gif => u32::from(u16::MAX),
+        FileFormat::Webp => 16384,
+        FileFormat::Png | FileFormat::Bmp | FileFormat::Tiff => u32::MAX,
+    };
+    if width > max || height > max {
+        return Err(EncodeError::TooLarge {
+            format,
+            width,
+            height,
+            max,
+        });
+    }
+    let color = if image.has_alpha() {
+        ExtendedColorType::Rgba8
+    } else {
+        ExtendedColorType::Rgb8
+    };
+    let failed = |reason: String| EncodeError::Failed { format, reason };
+    // Room for a well-compressed photo; the Vec grows if needed.
+    let mut out = Vec::with_capacity(image.data().len() / 8);
+    match format {
+        FileFormat::Jpeg => encode_jpeg(image, quality, &mut out).map_err(failed)?,
+        FileFormat::Png => PngEncoder::new(&mut out)
+            .write_image(image.data(), width, height, color)
+            .map_err(|err| failed(err.to_string()))?,
+        FileFormat::Webp => WebPEncoder::new_lossless(&mut out)
+            .write_image(image.data(), width, height, color)
+            .map_err(|err| failed(err.to_string()))?,
+        // Speed 10 (of 1..=30) is the gif crate's suggested balance; image's default of 1
+        // takes seconds to quantise a photo.
+        FileFormat::Gif => GifEncoder::new_with_speed(&mut out, 10)
+            .encode(image.data(), width, height, color)
+            .map_err(|err| failed(err.to_string()))?,
+        FileFormat::Bmp => BmpEncoder::new(&mut out)
+            .write_image(image.data(), width, height, color)
+            .map_err(|err| failed(err.to_string()))?,
+        FileFormat::Tiff => TiffEncoder::new(Cursor::new(&mut out))
+            .write_image(image.data(), width, height, color)
+            .map_err(|err| failed(err.to_string()))?,
+    }
+    Ok(out)
+}
+
+fn encode_jpeg(image: &Bitmap, quality: u8, out: &mut Vec<u8>) -> Result<(), String> {
+    // Checked by the caller; kept as errors so a future caller cannot make this panic.
+    let width = u16::try_from(image.width()).map_err(|err| err.to_string())?;
+    let height = u16::try_from(image.height()).map_err(|err| err.to_string())?;
+    let flattened;
+    let rgb = if image.has_alpha() {
+        flattened = flatten_on_white(image.data());
+        &flattened
+    } else {
+        image.data()
+    };
+    // Quality below 90 gets 4:2:0 chroma subsampling (the encoder's default), as libjpeg does.
+    jpeg_encoder::Encoder::new(out, quality.clamp(1, 100))
+        .encode(rgb, width, height, jpeg_encoder::ColorType::Rgb)
+        .map_err(|err| err.to_string())
+}
+
+/// RGBA to RGB composited over white: JPEG has no alpha, and white is what a transparent
+/// image usually sits on in a page.
+fn flatten_on_white(rgba: &[u8]) -> Vec<u8> {
+    let mut rgb = Vec::with_capacity(rgba.len() / 4 * 3);
+    for pixel in rgba.chunks_exact(4) {
+        let alpha = u32::from(pixel[3]);
+        for &channel in &pixel[..3] {
+            // channel * a + 255 * (255 - a), divided by 255 with rounding.
+            let blended = u32::from(channel) * alpha + 255 * (255 - alpha);
+            rgb.push(((blended + 127) / 255) as u8);
+        }
+    }
+    rgb
+}
+
+fn megapixels(pixels: u64) -> f64 {
+    pixels as f64 / 1_000_000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gradient(width: u32, height: u32, alpha: bool) -> Bitmap {
+        let channels = if alpha { 4 } else { 3 };
+        let data = (0..width * height)
+            .flat_map(|i| {
+                let (x, y) = (i % width, i / width);
+                [
+                    (x * 3) as u8,
+                    (y * 5) as u8,
+                    ((x ^ y) * 2) as u8,
+                    (x + y) as u8,
+                ][..channels]
+                    .to_vec()
+            })
+            .collect();
+        Bitmap::new(width, height, alpha, data).unwrap()
+    }
+
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &byte in bytes {
+            crc ^= u32::from(byte);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let start = out.len();
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        let crc = crc32(&out[start..]);
+        out.extend_from_slice(&crc.to_be_bytes());
+    }
+
+    /// A well-formed PNG header claiming `width` x `height` RGB, followed by a few bytes of
+    /// image data: far too little for the claimed size.
+    fn png_claiming(width: u32, height: u32) -> Vec<u8> {
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut ihdr = Vec::new();
+        ihdr.extend_from_slice(&width.to_be_bytes());
+        ihdr.extend_from_slice(&height.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB, deflate, no interlace
+        png_chunk(&mut png, b"IHDR", &ihdr);
+        png_chunk(
+            &mut png,
+            b"IDAT",
+            &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+        );
+        png_chunk(&mut png, b"IEND", &[]);
+        png
+    }
+
+    #[test]
+    fn refuses_over_limit_pixels_from_the_header() {
+        let png = png_claiming(100_000, 100_000);
+        assert!(png.len() < 100);
+        let err = decode(&png, &Limits::default()).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::TooManyPixels {
+                width: 100_000,
+                height: 100_000,
+                limit: 100_000_000
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "image is 100000x100000 (10000.0 megapixels), over the limit of 100.0 megapixels"
+        );
+        // Just over a tighter limit, too.
+        let limits = Limits {
+            max_pixels: 99,
+            ..Limits::default()
+        };
+        let err = decode(&png_claiming(10, 10), &limits).unwrap_err();
+        assert!(matches!(err, DecodeError::TooManyPixels { .. }), "{err}");
+    }
+
+    #[test]
+    fn refuses_over_limit_input_bytes() {
+        let limits = Limits {
+            max_input_bytes: 10,
+            ..Limits::default()
+        };
+        let err = decode(&[0u8; 11], &limits).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "input is 11 bytes, over the limit of 10 bytes"
+        );
+    }
+
+    #[test]
+    fn garbage_is_not_an_image() {
+        for input in [&b""[..], b"hello world", &[0u8; 1000], &[0xff; 3]] {
+            let err = decode(input, &Limits::default()).unwrap_err();
+            assert_eq!(err, DecodeError::NotAnImage);
+            assert_eq!(
+                err.to_string(),
+                "not a supported image (jpeg, png, webp, gif, bmp, tiff)"
+            );
+        }
+    }
+
+    #[test]
+    fn truncated_and_corrupt_inputs_are_errors_not_panics() {
+        let jpeg = encode(&gradient(64, 48, false), FileFormat::Jpeg, 85).unwrap();
+        // From 3 bytes on the signature says JPEG, so every cut must name the format.
+        for cut in (3..jpeg.len()).step_by(7).chain([jpeg.len() - 1]) {
+            let err = decode(&jpeg[..cut], &Limits::default()).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.starts_with("jpeg image is corrupt or truncated: "),
+                "{msg}"
+            );
+            assert!(!msg.contains('\n'), "{msg}");
+        }
+        assert_eq!(
+            decode(&jpeg[..jpeg.len() - 2], &Limits::default())
+                .unwrap_err()
+                .to_string(),
+            "jpeg image is corrupt or truncated: the data ends before the end-of-image marker"
+        );
+        let png = encode(&gradient(64, 48, true), FileFormat::Png, 85).unwrap();
+        let err = decode(&png[..png.len() / 2], &Limits::default()).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("png image is corrupt or truncated: "),
+            "{err}"
+        );
+        // Flipped bytes in the middle of the data.
+        let mut broken = png.clone();
+        for byte in &mut broken[60..120] {
+            *byte ^= 0x5a;
+        }
+        assert!(decode(&broken, &Limits::default()).is_err());
+    }
+
+    #[test]
+    fn every_format_round_trips() {
+        for alpha in [false, true] {
+            let image = gradient(33, 17, alpha);
+            for format in FileFormat::ALL {
+                let bytes = encode(&image, format, 90).unwrap();
+                assert_eq!(detect_format(&bytes), Some(format));
+                let decoded = decode(&bytes, &Limits::default()).unwrap();
+                assert_eq!(decoded.format, format);
+                assert_eq!((decoded.image.width(), decoded.image.height()), (33, 17));
+                // JPEG drops alpha; GIF keeps only on/off alpha but still decodes as RGBA.
+                let keeps_alpha = alpha && format != FileFormat::Jpeg;
+                assert_eq!(decoded.image.has_alpha(), keeps_alpha, "{format:?}");
+                if matches!(
+                    format,
+                    FileFormat::Png | FileFormat::Webp | FileFormat::Bmp | FileFormat::Tiff
+                ) {
+                    assert_eq!(decoded.image, image, "{format:?} is lossless");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn jpeg_from_rgba_is_flattened_on_white() {
+        let transparent = Bitmap::new(16, 16, true, [0, 0, 0, 0].repeat(256)).unwrap();
+        let bytes = encode(&transparent, FileFormat::Jpeg, 95).unwrap();
+        let decoded = decode(&bytes, &Limits::default()).unwrap().image;
+        assert!(!decoded.has_alpha());
+        assert!(
+            decoded.data().iter().all(|&v| v >= 250),
+            "transparent became white"
+        );
+        assert_eq!(
+            flatten_on_white(&[200, 100, 0, 255, 0, 0, 0, 128]),
+            [200, 100, 0, 127, 127, 127]
+        );
+    }
+
+    #[test]
+    fn too_large_for_the_format_is_an_error() {
+        let wide = Bitmap::new(70_000, 1, false, vec![0; 70_000 * 3]).unwrap();
+        let err = encode(&wide, FileFormat::Jpeg, 85).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "jpeg cannot hold a 70000x1 image: at most 65535x65535"
+        );
+        assert!(encode(&wide, FileFormat::Webp, 85).is_err());
+        assert!(encode(&wide, FileFormat::Gif, 85).is_err());
+        assert!(encode(&wide, FileFormat::Png, 85).is_ok());
+    }
+
+    #[test]
+    fn grey_and_sixteen_bit_inputs_become_eight_bit_rgb() {
+        let grey = image::GrayImage::from_fn(5, 4, |x, y| image::Luma([(x * 40 + y) as u8]));
+        let mut png = Vec::new();
+        grey.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        let decoded = decode(&png, &Limits::default()).unwrap().image;
+        assert!(!decoded.has_alpha());
+        assert_eq!(&decoded.data()[3..6], &[40, 40, 40]);
+
+        let deep = image::ImageBuffer::<image::Rgba<u16>, _>::from_fn(3, 2, |x, _| {
+            image::Rgba([65535, (x * 1000) as u16, 0, 32768])
+        });
+        let mut png = Vec::new();
+        deep.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        let decoded = decode(&png, &Limits::default()).unwrap().image;
+        assert!(decoded.has_alpha());
+        assert_eq!(&decoded.data()[..4], &[255, 0, 0, 128]);
+    }
+
+    #[test]
+    fn jpeg_end_detection() {
+        let jpeg = encode(&gradient(40, 30, false), FileFormat::Jpeg, 70).unwrap();
+        assert!(jpeg_reaches_end(&jpeg));
+        assert!(!jpeg_reaches_end(&jpeg[..jpeg.len() - 1]));
+        // Bytes after the EOI, as phones append videos, are fine.
+        let mut trailer = jpeg.clone();
+        trailer.extend_from_slice(b"\0\0\0\x18ftypmp42 more video data");
+        assert!(jpeg_reaches_end(&trailer));
+        assert!(decode(&trailer, &Limits::default()).is_ok());
+        // An APP1 segment holding a complete thumbnail JPEG (with its own EOI) placed before
+        // a truncated main image must not count as the end.
+        let thumb = encode(&gradient(8, 8, false), FileFormat::Jpeg, 50).unwrap();
+        let mut with_thumb = jpeg[..2].to_vec();
+        with_thumb.extend_from_slice(&[0xFF, 0xE1]);
+        with_thumb.extend_from_slice(&((thumb.len() + 2) as u16).to_be_bytes());
+        with_thumb.extend_from_slice(&thumb);
+        with_thumb.extend_from_slice(&jpeg[2..]);
+        assert!(jpeg_reaches_end(&with_thumb));
+        assert!(!jpeg_reaches_end(&with_thumb[..with_thumb.len() - 2]));
+        assert!(decode(&with_thumb, &Limits::default()).is_ok());
+        for bad in [
+            &b""[..],
+            &[0xFF, 0xD8],
+            &[0xFF, 0xD8, 0xFF, 0xDA, 0x00, 0x00],
+        ] {
+            assert!(!jpeg_reaches_end(bad));
+        }
+    }
+
+    #[test]
+    fn corpus_photos_decode_when_present() {
+        // The shared corpus is outside the crate; skip quietly where it is not mounted.
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/corpus");
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let bytes = std::fs::read(&path).unwrap();
+            if detect_format(&bytes).is_none() {
+                continue;
+            }
+            let decoded = decode(&bytes, &Limits::default())
+                .unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+            assert!(decoded.image.width() >= 1000, "{}", path.display());
+        }
+    }
+}

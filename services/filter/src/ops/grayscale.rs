@@ -1,0 +1,69 @@
+//! `grayscale`: replace R, G and B by the pixel's luma, keeping alpha.
+//!
+//! The image stays RGB(A) with R = G = B so later ops and every encoder see one layout.
+
+use pixelmesh_proto::v1;
+
+use super::bitmap::Bitmap;
+
+pub(crate) const NAME: &str = "grayscale";
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Grayscale;
+
+impl Grayscale {
+    pub(crate) fn from_proto(_: &v1::Grayscale) -> Grayscale {
+        Grayscale
+    }
+
+    pub(crate) fn to_proto(self) -> v1::Grayscale {
+        v1::Grayscale {}
+    }
+
+    pub fn apply(self, mut image: Bitmap) -> Bitmap {
+        let channels = image.channels();
+        for pixel in image.data_mut().chunks_exact_mut(channels) {
+            let y = luma(pixel[0], pixel[1], pixel[2]);
+            pixel[..3].fill(y);
+        }
+        image
+    }
+}
+
+/// BT.601 luma (what JPEG's YCbCr uses) in 8-bit fixed point: the weights 77, 150 and 29 sum
+/// to 256, so white stays 255 and the result needs no clamp.
+fn luma(r: u8, g: u8, b: u8) -> u8 {
+    let sum = 77 * u32::from(r) + 150 * u32::from(g) + 29 * u32::from(b) + 128;
+    (sum >> 8) as u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_become_equal_and_alpha_stays() {
+        let image = Bitmap::new(
+            3,
+            1,
+            true,
+            vec![255, 0, 0, 10, 0, 255, 0, 20, 12, 200, 99, 30],
+        )
+        .unwrap();
+        let out = Grayscale.apply(image);
+        for pixel in out.data().chunks_exact(4) {
+            assert_eq!(pixel[0], pixel[1]);
+            assert_eq!(pixel[1], pixel[2]);
+        }
+        let alphas: Vec<u8> = out.data().chunks_exact(4).map(|p| p[3]).collect();
+        assert_eq!(alphas, [10, 20, 30]);
+        // Green weighs most, red next.
+        assert!(out.data()[4] > out.data()[0]);
+    }
+
+    #[test]
+    fn rgb_extremes() {
+        let image = Bitmap::new(2, 1, false, vec![255, 255, 255, 0, 0, 0]).unwrap();
+        assert_eq!(Grayscale.apply(image).data(), &[255, 255, 255, 0, 0, 0]);
+    }
+}

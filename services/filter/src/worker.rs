@@ -1,0 +1,396 @@
+//! The consumer loop: pull one task at a time per free slot from the shared durable
+//! consumer, run it off the async runtime, store the output, publish the result, then ack.
+//!
+//! Ack discipline (see STYLE.md): in-progress acks while a task runs; `Nak(delay)` with
+//! back-off on errors that may pass (storage or NATS unavailable); `Term` on input that can
+//! never succeed, after publishing its failure; on the last allowed delivery a transient
+//! error is published as the image's failure too, so the job always finishes.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use async_nats::jetstream::{self, AckKind, consumer::pull};
+use futures::StreamExt;
+use pixelmesh_common::{config::QueueConfig, grpc::Channel, nats, telemetry};
+use pixelmesh_proto::{
+    Error, ErrorCode,
+    v1::{
+        BlobMeta, GetBlobRequest, JobRequest, Output, PutBlobRequest, Task, TaskResult,
+        put_blob_request::Part, storage_client::StorageClient, task_result::Outcome,
+    },
+};
+use prost::Message as _;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::{
+    codec::Limits,
+    engine::{self, Processed},
+    ops::Pipeline,
+};
+
+/// Chunk size for blobs sent to storage.
+const CHUNK: usize = 64 * 1024;
+/// How long one pull waits for a task; also bounds how late a stop signal is noticed.
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
+
+/// Counters the heartbeat reports.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub in_flight: std::sync::atomic::AtomicU32,
+    pub done: std::sync::atomic::AtomicU64,
+    pub failed: std::sync::atomic::AtomicU64,
+    pub last_error: Mutex<String>,
+}
+
+/// Why a task did not produce an output.
+#[derive(Debug)]
+enum TaskError {
+    /// The job ended (cancelled) before the task ran.
+    Skipped,
+    /// The input can never succeed: record the failure, do not retry.
+    Permanent(String),
+    /// May succeed on another delivery.
+    Transient(String),
+}
+
+impl From<Error> for TaskError {
+    fn from(err: Error) -> Self {
+        if err.code.is_transient() {
+            TaskError::Transient(err.message)
+        } else {
+            TaskError::Permanent(err.message)
+        }
+    }
+}
+
+impl From<tonic::Status> for TaskError {
+    fn from(status: tonic::Status) -> Self {
+        TaskError::from(Error::from(status))
+    }
+}
+
+pub(crate) struct Worker {
+    pub id: String,
+    pub storage: StorageClient<Channel>,
+    pub js: jetstream::Context,
+    pub queue: QueueConfig,
+    pub limits: Limits,
+    pub stats: Arc<Stats>,
+}
+
+/// Pulls and runs tasks until `stop` is cancelled, then waits for the in-flight ones.
+pub(crate) async fn consume(
+    worker: Arc<Worker>,
+    concurrency: usize,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let stream = worker.js.get_stream(nats::TASKS_STREAM).await?;
+    // create_consumer creates or updates, so every replica converges on the same settings.
+    let consumer: jetstream::consumer::PullConsumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some(nats::FILTER_CONSUMER.into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: worker.queue.ack_wait(),
+            max_deliver: worker.queue.max_deliver,
+            ..Default::default()
+        })
+        .await?;
+    let slots = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut running = tokio::task::JoinSet::new();
+    tracing::info!(worker = %worker.id, concurrency, "filter consuming tasks");
+    while !stop.is_cancelled() {
+        let slot = tokio::select! {
+            () = stop.cancelled() => break,
+            slot = slots.clone().acquire_owned() => slot?,
+        };
+        while running.try_join_next().is_some() {}
+        // One message per pull so that idle replicas get their share (fair sharing); the
+        // pull is never abandoned half-way, so no delivered task is left unacknowledged.
+        let batch = consumer
+            .batch()
+            .max_messages(1)
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(batch) => batch,
+            Err(err) => {
+                tracing::warn!(error = %err, "pulling tasks failed");
+                tokio::time::sleep(PULL_EXPIRES).await;
+                continue;
+            }
+        };
+        match batch.next().await {
+            Some(Ok(message)) => {
+                let worker = worker.clone();
+                running.spawn(async move {
+                    handle(&worker, message).await;
+                    drop(slot);
+                });
+            }
+            Some(Err(err)) => tracing::warn!(error = %err, "receiving task failed"),
+            None => {}
+        }
+    }
+    tracing::info!(
+        in_flight = running.len(),
+        "stopped fetching, finishing in-flight tasks"
+    );
+    while running.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Runs one delivered task to its ack.
+async fn handle(worker: &Worker, message: jetstream::Message) {
+    let attempt = message
+        .info()
+        .map(|info| info.delivered)
+        .unwrap_or(1)
+        .max(1) as u32;
+    let task = match Task::decode(message.payload.clone()) {
+        Ok(task) => task,
+        Err(err) => {
+            tracing::error!(subject = %message.subject, error = %err, "undecodable task dropped");
+            ack(&message, AckKind::Term).await;
+            return;
+        }
+    };
+    let span = tracing::info_span!("task", job = %task.job_id, index = task.index, attempt);
+    telemetry::set_parent_from_nats(&span, message.headers.as_ref());
+    async {
+        use std::sync::atomic::Ordering::Relaxed;
+        worker.stats.in_flight.fetch_add(1, Relaxed);
+        let started = Instant::now();
+        let outcome = with_progress_acks(&message, worker.queue.ack_wait(), run_task(worker, &task)).await;
+        let duration_ms = started.elapsed().as_millis() as u64;
+        worker.stats.in_flight.fetch_sub(1, Relaxed);
+
+        let last_attempt = i64::from(attempt) >= worker.queue.max_deliver;
+        let (outcome, ack_kind) = match outcome {
+            Ok(output) => (Outcome::Output(output), AckKind::Ack),
+            Err(TaskError::Skipped) => {
+                tracing::info!("job already ended, task skipped");
+                ack(&message, AckKind::Ack).await;
+                return;
+            }
+            Err(TaskError::Permanent(error)) => (Outcome::Error(error), AckKind::Term),
+            Err(TaskError::Transient(error)) if last_attempt => (
+                Outcome::Error(format!("gave up after {attempt} attempts: {error}")),
+                AckKind::Term,
+            ),
+            Err(TaskError::Transient(error)) => {
+                let delay = backoff(attempt);
+                tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "task failed, will retry");
+                record_error(&worker.stats, &error);
+                ack(&message, AckKind::Nak(Some(delay))).await;
+                return;
+            }
+        };
+        let failed = matches!(outcome, Outcome::Error(_));
+        if let Outcome::Error(error) = &outcome {
+            tracing::warn!(error = %error, "image failed");
+            record_error(&worker.stats, error);
+        }
+        let result = TaskResult {
+            job_id: task.job_id.clone(),
+            index: task.index,
+            outcome: Some(outcome),
+            worker_id: worker.id.clone(),
+            attempts: attempt,
+            duration_ms,
+        };
+        if let Err(err) = publish_result(worker, &result).await {
+            // Without a published result the task must run again.
+            tracing::warn!(error = %err, "publishing result failed, will retry");
+            ack(&message, AckKind::Nak(Some(backoff(attempt)))).await;
+            return;
+        }
+        if failed {
+            worker.stats.failed.fetch_add(1, Relaxed);
+        } else {
+            worker.stats.done.fetch_add(1, Relaxed);
+            tracing::info!(duration_ms, "image done");
+        }
+        ack(&message, ack_kind).await;
+    }
+    .instrument(span)
+    .await;
+}
+
+fn record_error(stats: &Stats, error: &str) {
+    if let Ok(mut last) = stats.last_error.lock() {
+        *last = error.to_string();
+    }
+}
+
+/// 1 s, 2 s, 4 s … capped at 30 s.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_secs(1u64 << attempt.saturating_sub(1).min(5)).min(Duration::from_secs(30))
+}
+
+async fn ack(message: &jetstream::Message, kind: AckKind) {
+    // Double ack: the server confirms, so an ack lost on the way cannot silently turn into
+    // a redelivery of work we consider done.
+    if let Err(err) = message.double_ack_with(kind).await {
+        tracing::warn!(error = %err, "acking task failed");
+    }
+}
+
+/// Tells JetStream the task is still being worked on while `work` runs, so long images are
+/// not redelivered to another worker.
+async fn with_progress_acks<T>(
+    message: &jetstream::Message,
+    ack_wait: Duration,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let every = (ack_wait / 3).max(Duration::from_millis(300));
+    let keepalive = async {
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(err) = message.ack_with(AckKind::Progress).await {
+                tracing::debug!(error = %err, "in-progress ack failed");
+            }
+        }
+    };
+    tokio::select! {
+        result = work => result,
+        () = keepalive => unreachable_loop(),
+    }
+}
+
+fn unreachable_loop<T>() -> T {
+    unreachable!("the keep-alive loop never ends")
+}
+
+async fn run_task(worker: &Worker, task: &Task) -> Result<Output, TaskError> {
+    let mut storage = worker.storage.clone();
+    let summary = storage
+        .get_job_summary(JobRequest {
+            id: task.job_id.clone(),
+        })
+        .await?
+        .into_inner();
+    if summary.state().is_final() {
+        return Err(TaskError::Skipped);
+    }
+    let pipeline = Pipeline::from_proto(&task.pipeline)?;
+    let input = download(
+        &mut storage,
+        &task.input_blob_id,
+        worker.limits.max_input_bytes,
+    )
+    .await?;
+    let limits = worker.limits;
+    let processed =
+        tokio::task::spawn_blocking(move || engine::process(&input, &pipeline, &limits))
+            .await
+            .map_err(|err| TaskError::Permanent(format!("internal error while processing: {err}")))?
+            .map_err(|err| TaskError::Permanent(err.to_string()))?;
+    upload(&mut storage, processed).await
+}
+
+async fn download(
+    storage: &mut StorageClient<Channel>,
+    blob_id: &str,
+    max_bytes: u64,
+) -> Result<Vec<u8>, TaskError> {
+    let mut chunks = storage
+        .get_blob(GetBlobRequest {
+            id: blob_id.to_string(),
+        })
+        .await
+        .map_err(|status| match status.code() {
+            tonic::Code::NotFound => {
+                TaskError::Permanent(format!("input blob {blob_id} not found"))
+            }
+            _ => TaskError::from(status),
+        })?
+        .into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk?;
+        if bytes.is_empty() && chunk.size_bytes > 0 {
+            if chunk.size_bytes > max_bytes {
+                return Err(TaskError::Permanent(format!(
+                    "input is {} bytes, over the limit of {max_bytes} bytes",
+                    chunk.size_bytes
+                )));
+            }
+            bytes.reserve_exact(chunk.size_bytes as usize);
+        }
+        if (bytes.len() + chunk.chunk.len()) as u64 > max_bytes {
+            return Err(TaskError::Permanent(format!(
+                "input is over the limit of {max_bytes} bytes"
+            )));
+        }
+        bytes.extend_from_slice(&chunk.chunk);
+    }
+    Ok(bytes)
+}
+
+async fn upload(
+    storage: &mut StorageClient<Channel>,
+    processed: Processed,
+) -> Result<Output, TaskError> {
+    let size_bytes = processed.bytes.len() as u64;
+    let bytes = processed.bytes;
+    let parts = std::iter::once(PutBlobRequest {
+        part: Some(Part::Meta(BlobMeta { max_bytes: 0 })),
+    })
+    .chain(
+        (0..bytes.len())
+            .step_by(CHUNK)
+            .map(move |start| PutBlobRequest {
+                part: Some(Part::Chunk(
+                    bytes[start..(start + CHUNK).min(bytes.len())].to_vec(),
+                )),
+            }),
+    );
+    let info = storage
+        .put_blob(futures::stream::iter(parts))
+        .await
+        .map_err(|status| match Error::from(status) {
+            // Storage refusing our own output is not the input's fault; another try may land
+            // on a healthier moment (disk space freed).
+            err if err.code == ErrorCode::ResourceExhausted => TaskError::Transient(err.message),
+            err => TaskError::from(err),
+        })?
+        .into_inner();
+    Ok(Output {
+        blob_id: info.id,
+        content_type: processed.content_type.to_string(),
+        width: processed.width,
+        height: processed.height,
+        size_bytes,
+    })
+}
+
+async fn publish_result(worker: &Worker, result: &TaskResult) -> anyhow::Result<()> {
+    worker
+        .js
+        .publish_with_headers(
+            nats::result_subject(&result.job_id, result.index),
+            telemetry::nats_headers(),
+            result.encode_to_vec().into(),
+        )
+        .await?
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_then_caps() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(4), Duration::from_secs(8));
+        assert_eq!(backoff(40), Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,119 @@
+//! `pixelmesh.v1.Gateway`: converts protobuf at the edge and calls [`Mesh`].
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use pixelmesh_proto::{
+    Error,
+    v1::{
+        CancelJobRequest, DownloadOutputRequest, DownloadOutputResponse, GetJobRequest, Job,
+        JobEvent, ListJobsRequest, ListJobsResponse, ListWorkersRequest, ListWorkersResponse,
+        SubmitJobRequest, UploadImageRequest, UploadImageResponse, WatchJobRequest,
+        gateway_server::Gateway,
+    },
+};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::mesh::Mesh;
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<JobEvent, Status>> + Send>>;
+type DownloadStream = Pin<Box<dyn Stream<Item = Result<DownloadOutputResponse, Status>> + Send>>;
+
+pub struct GatewayService {
+    mesh: Mesh,
+}
+
+impl GatewayService {
+    pub fn new(mesh: Mesh) -> Self {
+        GatewayService { mesh }
+    }
+}
+
+#[tonic::async_trait]
+impl Gateway for GatewayService {
+    async fn upload_image(
+        &self,
+        request: Request<Streaming<UploadImageRequest>>,
+    ) -> Result<Response<UploadImageResponse>, Status> {
+        let chunks = request.into_inner().map(|message| {
+            message
+                .map(|m| bytes::Bytes::from(m.chunk))
+                .map_err(Error::from)
+        });
+        let blob = self.mesh.upload(chunks).await?;
+        Ok(Response::new(UploadImageResponse {
+            blob_id: blob.id,
+            size_bytes: blob.size_bytes,
+        }))
+    }
+
+    async fn submit_job(
+        &self,
+        request: Request<SubmitJobRequest>,
+    ) -> Result<Response<Job>, Status> {
+        Ok(Response::new(self.mesh.submit(request.into_inner()).await?))
+    }
+
+    async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
+        Ok(Response::new(
+            self.mesh.job(&request.into_inner().id).await?,
+        ))
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<ListJobsRequest>,
+    ) -> Result<Response<ListJobsResponse>, Status> {
+        let request = request.into_inner();
+        let jobs = self.mesh.list(request.limit, request.before).await?;
+        Ok(Response::new(ListJobsResponse { jobs }))
+    }
+
+    type WatchJobStream = EventStream;
+
+    async fn watch_job(
+        &self,
+        request: Request<WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let events = self.mesh.watch(&request.into_inner().id).await?;
+        Ok(Response::new(Box::pin(
+            events.map(|e| e.map_err(Status::from)),
+        )))
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<CancelJobRequest>,
+    ) -> Result<Response<Job>, Status> {
+        Ok(Response::new(
+            self.mesh.cancel(&request.into_inner().id).await?,
+        ))
+    }
+
+    type DownloadOutputStream = DownloadStream;
+
+    async fn download_output(
+        &self,
+        request: Request<DownloadOutputRequest>,
+    ) -> Result<Response<Self::DownloadOutputStream>, Status> {
+        let request = request.into_inner();
+        let (output, _name, chunks) = self.mesh.download(&request.job_id, request.index).await?;
+        let mut first = Some(output);
+        let messages = chunks.map(move |chunk| {
+            Ok(DownloadOutputResponse {
+                output: first.take(),
+                chunk: chunk.map_err(Status::from)?.to_vec(),
+            })
+        });
+        Ok(Response::new(Box::pin(messages)))
+    }
+
+    async fn list_workers(
+        &self,
+        _request: Request<ListWorkersRequest>,
+    ) -> Result<Response<ListWorkersResponse>, Status> {
+        Ok(Response::new(ListWorkersResponse {
+            workers: self.mesh.workers().await?,
+        }))
+    }
+}

@@ -1,0 +1,407 @@
+//! The REST API under `/api/v1`, and `/healthz`. Converts JSON and multipart at the edge and
+//! calls [`Mesh`]; errors are `{"error": "...", "code": "..."}` with the matching status.
+
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::{DefaultBodyLimit, Multipart, Path, Query, State, multipart::Field},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use futures::{StreamExt, TryStreamExt};
+use pixelmesh_filter::ops::Pipeline;
+use pixelmesh_proto::{
+    Error,
+    v1::{Image, ImageInput, Job, JobSummary, Output, SubmitJobRequest, Worker},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::mesh::Mesh;
+
+/// Largest `pipeline` part: a pipeline is at most a few dozen small objects.
+const MAX_PIPELINE_BYTES: usize = 64 * 1024;
+/// Longest file name kept from a multipart part.
+const MAX_NAME_BYTES: usize = 255;
+
+pub fn router(mesh: Mesh) -> Router {
+    let body_limit = usize::try_from(mesh.settings().max_request_bytes).unwrap_or(usize::MAX);
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route(
+            "/api/v1/jobs",
+            post(submit)
+                .get(list)
+                .layer(DefaultBodyLimit::max(body_limit)),
+        )
+        .route("/api/v1/jobs/{id}", get(job))
+        .route("/api/v1/jobs/{id}/cancel", post(cancel))
+        .route("/api/v1/jobs/{id}/outputs/{index}", get(download))
+        .route("/api/v1/workers", get(workers))
+        .with_state(mesh)
+}
+
+/// An [`Error`] as an HTTP response.
+pub struct ApiError(Error);
+
+impl From<Error> for ApiError {
+    fn from(err: Error) -> Self {
+        ApiError(err)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.0.message, "code": self.0.code.as_str() });
+        (self.0.code.http(), Json(body)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+async fn healthz(State(mesh): State<Mesh>) -> Response {
+    if mesh.nats_connected() {
+        Json(serde_json::json!({ "status": "ok" })).into_response()
+    } else {
+        let body = serde_json::json!({ "status": "unavailable", "error": "not connected to nats" });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+#[derive(Serialize)]
+struct Submitted {
+    id: String,
+    state: &'static str,
+    images: usize,
+    url: String,
+}
+
+/// `POST /api/v1/jobs`: multipart with a `pipeline` part (a JSON array) and one or more
+/// `file` parts. Files stream to storage as they arrive; nothing is buffered whole.
+async fn submit(State(mesh): State<Mesh>, mut multipart: Multipart) -> ApiResult<Response> {
+    let mut pipeline: Option<Pipeline> = None;
+    let mut inputs = Vec::new();
+    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+        match field.name().unwrap_or_default() {
+            "pipeline" => {
+                let text = read_small(field, MAX_PIPELINE_BYTES).await?;
+                // Parsed as soon as it arrives, so a bad pipeline fails before any upload.
+                pipeline = Some(Pipeline::from_json(&text)?);
+            }
+            "file" => {
+                if inputs.len() >= mesh.settings().max_files_per_job {
+                    return Err(Error::too_large(format!(
+                        "too many files: at most {} per job",
+                        mesh.settings().max_files_per_job
+                    ))
+                    .into());
+                }
+                let name = sanitize_name(field.file_name(), inputs.len());
+                let chunks = field.map_err(multipart_error_plain);
+                let blob = mesh.upload(chunks).await.map_err(|err| {
+                    Error::new(err.code, format!("file {name:?}: {}", err.message))
+                })?;
+                inputs.push(ImageInput {
+                    blob_id: blob.id,
+                    name,
+                });
+            }
+            other => {
+                return Err(Error::invalid(format!(
+                    "unexpected part {other:?}: expected \"pipeline\" and \"file\" parts"
+                ))
+                .into());
+            }
+        }
+    }
+    let pipeline = pipeline.ok_or_else(|| Error::invalid("missing \"pipeline\" part"))?;
+    if inputs.is_empty() {
+        return Err(Error::invalid("missing \"file\" part: a job needs at least one image").into());
+    }
+    let job = mesh
+        .submit(SubmitJobRequest {
+            pipeline: pipeline.to_proto(),
+            inputs,
+        })
+        .await?;
+    let summary = job.summary.unwrap_or_default();
+    let body = Submitted {
+        url: format!("/api/v1/jobs/{}", summary.id),
+        state: summary.state().label(),
+        images: job.images.len(),
+        id: summary.id,
+    };
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+async fn read_small(field: Field<'_>, max: usize) -> ApiResult<String> {
+    let mut bytes = Vec::new();
+    let mut field = field;
+    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+        if bytes.len() + chunk.len() > max {
+            return Err(Error::too_large(format!("pipeline part over {max} bytes")).into());
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    String::from_utf8(bytes).map_err(|_| Error::invalid("pipeline part is not utf-8").into())
+}
+
+fn multipart_error_plain(err: axum::extract::multipart::MultipartError) -> Error {
+    if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        Error::too_large(format!("request body too large: {}", err.body_text()))
+    } else {
+        Error::invalid(format!("malformed multipart body: {}", err.body_text()))
+    }
+}
+
+fn multipart_error(err: axum::extract::multipart::MultipartError) -> ApiError {
+    ApiError(multipart_error_plain(err))
+}
+
+/// A display name from an uploaded file name: the last path component, no control
+/// characters, at most 255 bytes; `image-N` when nothing usable is left.
+pub fn sanitize_name(file_name: Option<&str>, index: usize) -> String {
+    let base = file_name
+        .unwrap_or_default()
+        .rsplit(['/', '\\'])
+        .next()
+        .unwrap_or_default();
+    let mut name = String::new();
+    for c in base.chars().filter(|c| !c.is_control()) {
+        if name.len() + c.len_utf8() > MAX_NAME_BYTES {
+            break;
+        }
+        name.push(c);
+    }
+    let name = name.trim().to_string();
+    if name.is_empty() || name == "." || name == ".." {
+        format!("image-{index}")
+    } else {
+        name
+    }
+}
+
+#[derive(Deserialize)]
+struct ListParams {
+    #[serde(default)]
+    limit: u32,
+    #[serde(default)]
+    before: String,
+}
+
+async fn list(
+    State(mesh): State<Mesh>,
+    Query(params): Query<ListParams>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let jobs = mesh.list(params.limit, params.before).await?;
+    let jobs: Vec<JobView> = jobs.iter().map(JobView::from_summary).collect();
+    Ok(Json(serde_json::json!({ "jobs": jobs })))
+}
+
+async fn job(State(mesh): State<Mesh>, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
+    Ok(Json(JobView::from_job(&mesh.job(&id).await?)))
+}
+
+async fn cancel(State(mesh): State<Mesh>, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
+    Ok(Json(JobView::from_job(&mesh.cancel(&id).await?)))
+}
+
+async fn download(
+    State(mesh): State<Mesh>,
+    Path((id, index)): Path<(String, u32)>,
+) -> ApiResult<Response> {
+    let (output, name, chunks) = mesh.download(&id, index).await?;
+    let file_name = output_file_name(&name, &output.content_type);
+    let body = Body::from_stream(chunks.map(|chunk| chunk.map_err(std::io::Error::other)));
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, output.content_type)
+        .header(header::CONTENT_LENGTH, output.size_bytes)
+        .header(
+            header::CONTENT_DISPOSITION,
+            format!("inline; filename=\"{file_name}\""),
+        )
+        .body(body)
+        .map_err(|err| Error::internal(format!("building response: {err}")))?)
+}
+
+/// The download's file name: the input's stem with the output format's extension, made
+/// safe for a quoted header value.
+fn output_file_name(name: &str, content_type: &str) -> String {
+    let stem = name.rsplit_once('.').map_or(name, |(stem, _)| stem);
+    let stem: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_ .".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let ext = content_type.strip_prefix("image/").unwrap_or("bin");
+    format!("{stem}.{ext}")
+}
+
+async fn workers(State(mesh): State<Mesh>) -> ApiResult<Json<serde_json::Value>> {
+    let workers: Vec<WorkerView> = mesh.workers().await?.iter().map(WorkerView::from).collect();
+    Ok(Json(serde_json::json!({ "workers": workers })))
+}
+
+#[derive(Serialize)]
+pub struct JobView {
+    id: String,
+    state: &'static str,
+    total: u32,
+    done: u32,
+    failed: u32,
+    cancelled: u32,
+    created_at_ms: i64,
+    updated_at_ms: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    finished_at_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    images: Option<Vec<ImageView>>,
+}
+
+impl JobView {
+    fn from_summary(summary: &JobSummary) -> Self {
+        JobView {
+            id: summary.id.clone(),
+            state: summary.state().label(),
+            total: summary.total,
+            done: summary.done,
+            failed: summary.failed,
+            cancelled: summary.cancelled,
+            created_at_ms: summary.created_at_ms,
+            updated_at_ms: summary.updated_at_ms,
+            finished_at_ms: (summary.finished_at_ms > 0).then_some(summary.finished_at_ms),
+            images: None,
+        }
+    }
+
+    fn from_job(job: &Job) -> Self {
+        let summary = job.summary.clone().unwrap_or_default();
+        let mut view = JobView::from_summary(&summary);
+        view.images = Some(
+            job.images
+                .iter()
+                .map(|image| ImageView::new(&summary.id, image))
+                .collect(),
+        );
+        view
+    }
+}
+
+#[derive(Serialize)]
+struct ImageView {
+    index: u32,
+    name: String,
+    state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<OutputView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    worker: Option<String>,
+    attempts: u32,
+    duration_ms: u64,
+}
+
+impl ImageView {
+    fn new(job_id: &str, image: &Image) -> Self {
+        ImageView {
+            index: image.index,
+            name: image.name.clone(),
+            state: image.state().label(),
+            output: image
+                .output
+                .as_ref()
+                .map(|output| OutputView::new(job_id, image.index, output)),
+            error: (!image.error.is_empty()).then(|| image.error.clone()),
+            worker: (!image.worker_id.is_empty()).then(|| image.worker_id.clone()),
+            attempts: image.attempts,
+            duration_ms: image.duration_ms,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct OutputView {
+    url: String,
+    content_type: String,
+    width: u32,
+    height: u32,
+    size_bytes: u64,
+}
+
+impl OutputView {
+    fn new(job_id: &str, index: u32, output: &Output) -> Self {
+        OutputView {
+            url: format!("/api/v1/jobs/{job_id}/outputs/{index}"),
+            content_type: output.content_type.clone(),
+            width: output.width,
+            height: output.height,
+            size_bytes: output.size_bytes,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct WorkerView {
+    id: String,
+    host: String,
+    version: String,
+    concurrency: u32,
+    in_flight: u32,
+    done: u64,
+    failed: u64,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    last_error: String,
+    started_at_ms: i64,
+    seen_at_ms: i64,
+}
+
+impl From<&Worker> for WorkerView {
+    fn from(w: &Worker) -> Self {
+        WorkerView {
+            id: w.id.clone(),
+            host: w.host.clone(),
+            version: w.version.clone(),
+            concurrency: w.concurrency,
+            in_flight: w.in_flight,
+            done: w.done,
+            failed: w.failed,
+            last_error: w.last_error.clone(),
+            started_at_ms: w.started_at_ms,
+            seen_at_ms: w.seen_at_ms,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pixelmesh_proto::ErrorCode;
+
+    #[test]
+    fn names_lose_paths_and_control_characters() {
+        assert_eq!(sanitize_name(Some("../../etc/passwd"), 0), "passwd");
+        assert_eq!(sanitize_name(Some("C:\\photos\\cat.jpg"), 0), "cat.jpg");
+        assert_eq!(sanitize_name(Some("a\u{0}b\nc.png"), 0), "abc.png");
+        assert_eq!(sanitize_name(Some(".."), 3), "image-3");
+        assert_eq!(sanitize_name(None, 7), "image-7");
+        assert!(sanitize_name(Some(&"é".repeat(300)), 0).len() <= MAX_NAME_BYTES);
+    }
+
+    #[test]
+    fn download_names_take_the_output_extension() {
+        assert_eq!(output_file_name("cat.png", "image/webp"), "cat.webp");
+        assert_eq!(output_file_name("a\"b.jpg", "image/jpeg"), "a_b.jpeg");
+    }
+
+    #[test]
+    fn errors_map_to_statuses() {
+        let response = ApiError(Error::new(ErrorCode::NotFound, "x")).into_response();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    }
+}

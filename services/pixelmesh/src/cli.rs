@@ -1,0 +1,196 @@
+//! Flags for every role. Each flag has a `PIXELMESH_*` environment variable and a default
+//! that works on one machine: `pixelmesh all` needs no flags at all.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+use pixelmesh_common::config::{NatsConfig, grpc_url};
+
+use crate::roles;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pixelmesh",
+    version,
+    about = "distributed image processing over gRPC and NATS JetStream"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The public edge: gRPC, REST and the UI on one port.
+    Gateway(GatewayArgs),
+    /// Job lifecycle: validates, queues tasks, records results.
+    Scheduler(SchedulerArgs),
+    /// A worker: pulls tasks and runs image pipelines. Run as many as you like.
+    Filter(FilterArgs),
+    /// Blobs on disk and job metadata in sled.
+    Storage(StorageArgs),
+    /// Every role in one process, each on its own port; starts a local nats-server if none
+    /// answers and one is on PATH.
+    All(AllArgs),
+}
+
+/// Where the other roles are.
+#[derive(Debug, Clone, Args)]
+pub struct Peers {
+    /// gRPC address of the storage role.
+    #[arg(
+        long,
+        env = "PIXELMESH_STORAGE_URL",
+        default_value = "http://127.0.0.1:50053"
+    )]
+    pub storage_url: String,
+    /// gRPC address of the scheduler role.
+    #[arg(
+        long,
+        env = "PIXELMESH_SCHEDULER_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    pub scheduler_url: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GatewayArgs {
+    /// Address for gRPC and HTTP.
+    #[arg(long, env = "PIXELMESH_GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
+    pub gateway_listen: SocketAddr,
+    #[command(flatten)]
+    pub nats: NatsConfig,
+    #[command(flatten)]
+    pub peers: Peers,
+    #[command(flatten)]
+    pub settings: pixelmesh_gateway::Settings,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SchedulerArgs {
+    #[arg(
+        long,
+        env = "PIXELMESH_SCHEDULER_LISTEN",
+        default_value = "0.0.0.0:50052"
+    )]
+    pub scheduler_listen: SocketAddr,
+    #[command(flatten)]
+    pub nats: NatsConfig,
+    #[command(flatten)]
+    pub peers: Peers,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FilterArgs {
+    /// Address of the worker's health and reflection endpoint.
+    #[arg(long, env = "PIXELMESH_FILTER_LISTEN", default_value = "0.0.0.0:50054")]
+    pub filter_listen: SocketAddr,
+    #[command(flatten)]
+    pub nats: NatsConfig,
+    #[command(flatten)]
+    pub peers: Peers,
+    #[command(flatten)]
+    pub settings: pixelmesh_filter::Settings,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StorageArgs {
+    #[arg(
+        long,
+        env = "PIXELMESH_STORAGE_LISTEN",
+        default_value = "0.0.0.0:50053"
+    )]
+    pub storage_listen: SocketAddr,
+    #[command(flatten)]
+    pub config: pixelmesh_storage::Config,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AllArgs {
+    #[arg(long, env = "PIXELMESH_GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
+    pub gateway_listen: SocketAddr,
+    #[arg(
+        long,
+        env = "PIXELMESH_SCHEDULER_LISTEN",
+        default_value = "127.0.0.1:50052"
+    )]
+    pub scheduler_listen: SocketAddr,
+    #[arg(
+        long,
+        env = "PIXELMESH_STORAGE_LISTEN",
+        default_value = "127.0.0.1:50053"
+    )]
+    pub storage_listen: SocketAddr,
+    #[arg(
+        long,
+        env = "PIXELMESH_FILTER_LISTEN",
+        default_value = "127.0.0.1:50054"
+    )]
+    pub filter_listen: SocketAddr,
+    /// Store of the nats-server that `all` starts when none answers.
+    #[arg(
+        long,
+        env = "PIXELMESH_NATS_DIR",
+        default_value = "./pixelmesh-data/nats"
+    )]
+    pub nats_dir: PathBuf,
+    #[command(flatten)]
+    pub nats: NatsConfig,
+    #[command(flatten)]
+    pub storage: pixelmesh_storage::Config,
+    #[command(flatten)]
+    pub filter: pixelmesh_filter::Settings,
+    #[command(flatten)]
+    pub gateway: pixelmesh_gateway::Settings,
+}
+
+impl AllArgs {
+    /// The peers as `all` wires them: every role talks to its siblings over loopback.
+    pub fn peers(&self) -> Peers {
+        Peers {
+            storage_url: grpc_url(&loopback(self.storage_listen).to_string()),
+            scheduler_url: grpc_url(&loopback(self.scheduler_listen).to_string()),
+        }
+    }
+}
+
+/// An address to connect to for one bound on all interfaces.
+fn loopback(mut addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    addr
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let service = match &cli.command {
+        Command::Gateway(_) => "pixelmesh-gateway",
+        Command::Scheduler(_) => "pixelmesh-scheduler",
+        Command::Filter(_) => "pixelmesh-filter",
+        Command::Storage(_) => "pixelmesh-storage",
+        Command::All(_) => "pixelmesh",
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("pixelmesh: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let _telemetry = pixelmesh_common::telemetry::init(service)?;
+        roles::run(cli.command).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "pixelmesh stopped");
+            eprintln!("pixelmesh: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

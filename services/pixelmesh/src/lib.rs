@@ -1,0 +1,9 @@
+//! The one pixelmesh binary.
+//!
+//! * [`cli`] — flags and environment variables for every role, and `main`;
+//! * [`roles`] — the static role → start-function table; `all` is every role at once;
+//! * [`nats_server`] — starting a local `nats-server` for `all` when none answers.
+
+pub mod cli;
+pub mod nats_server;
+pub mod roles;

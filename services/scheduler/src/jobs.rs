@@ -1,0 +1,286 @@
+//! Job lifecycle: submit, cancel, and resuming what a previous scheduler left unfinished.
+//!
+//! The scheduler holds no state: storage has the jobs, JetStream has the queued tasks and
+//! the unrecorded results. A job is persisted `queued` before any task is published and
+//! marked `running` once every task is; a scheduler that dies in between re-publishes the
+//! job's pending tasks on start, and JetStream's `Nats-Msg-Id` dedup drops the repeats.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::{StreamExt, TryStreamExt, stream};
+use pixelmesh_common::{grpc::Channel, nats, telemetry};
+use pixelmesh_filter::ops::Pipeline;
+use pixelmesh_proto::{
+    Error, ErrorCode,
+    v1::{
+        CreateJobRequest, GetBlobRequest, ImageState, Job, JobEvent, JobRequest, JobState,
+        ListUnfinishedJobsRequest, RecordResultRequest, SubmitJobRequest, Task, TaskResult,
+        storage_client::StorageClient,
+    },
+};
+use prost::Message as _;
+use tracing::Instrument as _;
+
+/// Tasks published (or blobs checked) at once for one job.
+const PUBLISH_CONCURRENCY: usize = 64;
+/// The longest image name kept; names are labels, not paths.
+const MAX_NAME_LEN: usize = 255;
+
+#[derive(Clone)]
+pub struct Jobs {
+    storage: StorageClient<Channel>,
+    nats: async_nats::Client,
+    js: jetstream::Context,
+}
+
+impl Jobs {
+    pub fn new(
+        storage: StorageClient<Channel>,
+        nats: async_nats::Client,
+        js: jetstream::Context,
+    ) -> Self {
+        Jobs { storage, nats, js }
+    }
+
+    /// Validates the request, persists the job and queues one task per image.
+    pub async fn submit(&self, request: SubmitJobRequest) -> Result<Job, Error> {
+        let pipeline = Pipeline::from_proto(&request.pipeline)?;
+        if request.inputs.is_empty() {
+            return Err(Error::invalid("a job needs at least one input image"));
+        }
+        for (i, input) in request.inputs.iter().enumerate() {
+            if input.name.len() > MAX_NAME_LEN || input.name.chars().any(char::is_control) {
+                return Err(Error::invalid(format!(
+                    "input {i}: name must be at most {MAX_NAME_LEN} bytes without control characters"
+                )));
+            }
+        }
+        self.check_blobs_exist(&request).await?;
+
+        let id = ulid::Ulid::new().to_string();
+        let job = self
+            .storage
+            .clone()
+            .create_job(CreateJobRequest {
+                id: id.clone(),
+                pipeline: pipeline.to_proto(),
+                inputs: request.inputs,
+            })
+            .await?
+            .into_inner();
+        tracing::info!(job = %id, images = job.images.len(), "job created");
+        self.dispatch(job).await
+    }
+
+    /// Every input must name a blob that storage has, so a typo fails the submit, not the job.
+    async fn check_blobs_exist(&self, request: &SubmitJobRequest) -> Result<(), Error> {
+        stream::iter(request.inputs.clone().into_iter().enumerate())
+            .map(|(i, input)| {
+                let mut storage = self.storage.clone();
+                async move {
+                    storage
+                        .stat_blob(GetBlobRequest { id: input.blob_id })
+                        .await
+                        .map_err(|status| {
+                            let err = Error::from(status);
+                            match err.code {
+                                ErrorCode::NotFound | ErrorCode::InvalidArgument => Error::new(
+                                    err.code,
+                                    format!("input {i} ({}): {}", input.name, err.message),
+                                ),
+                                _ => err,
+                            }
+                        })
+                }
+            })
+            .buffer_unordered(PUBLISH_CONCURRENCY)
+            .try_collect::<Vec<_>>()
+            .await?;
+        Ok(())
+    }
+
+    /// Publishes the pending images' tasks and marks the job running.
+    async fn dispatch(&self, mut job: Job) -> Result<Job, Error> {
+        let summary = job.summary.clone().unwrap_or_default();
+        let tasks: Vec<Task> = job
+            .images
+            .iter()
+            .filter(|image| image.state() == ImageState::Pending)
+            .map(|image| Task {
+                job_id: summary.id.clone(),
+                index: image.index,
+                input_blob_id: image.input_blob_id.clone(),
+                name: image.name.clone(),
+                pipeline: job.pipeline.clone(),
+            })
+            .collect();
+        stream::iter(tasks)
+            .map(|task| self.publish_task(task))
+            .buffer_unordered(PUBLISH_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let summary = self
+            .storage
+            .clone()
+            .mark_job_running(JobRequest {
+                id: summary.id.clone(),
+            })
+            .await?
+            .into_inner();
+        tracing::info!(job = %summary.id, "job dispatched");
+        self.publish_progress(JobEvent {
+            summary: Some(summary.clone()),
+            image: None,
+        })
+        .await;
+        job.summary = Some(summary);
+        Ok(job)
+    }
+
+    async fn publish_task(&self, task: Task) -> Result<(), Error> {
+        let mut headers = telemetry::nats_headers();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            nats::task_id(&task.job_id, task.index).as_str(),
+        );
+        let subject = nats::task_subject(&task.job_id, task.index);
+        let ack = self
+            .js
+            .publish_with_headers(subject, headers, task.encode_to_vec().into())
+            .await
+            .map_err(|err| Error::unavailable(format!("publishing task: {err}")))?;
+        ack.await
+            .map_err(|err| Error::unavailable(format!("publishing task: {err}")))?;
+        Ok(())
+    }
+
+    /// Cancels the job in storage, then removes its queued tasks from the stream. Workers
+    /// also check the job state before they start a task, for tasks already delivered.
+    pub async fn cancel(&self, id: &str) -> Result<Job, Error> {
+        let job = self
+            .storage
+            .clone()
+            .cancel_job(JobRequest { id: id.to_string() })
+            .await?
+            .into_inner();
+        match self.js.get_stream(nats::TASKS_STREAM).await {
+            Ok(stream) => {
+                if let Err(err) = stream.purge().filter(nats::job_tasks_filter(id)).await {
+                    tracing::warn!(job = %id, error = %err, "purging cancelled job's tasks failed");
+                }
+            }
+            Err(err) => tracing::warn!(job = %id, error = %err, "tasks stream unavailable"),
+        }
+        tracing::info!(job = %id, "job cancelled");
+        self.publish_progress(JobEvent {
+            summary: job.summary.clone(),
+            image: None,
+        })
+        .await;
+        Ok(job)
+    }
+
+    /// Records one image's outcome once, and tells watchers when it changed anything.
+    pub async fn record(&self, result: TaskResult) -> Result<bool, Error> {
+        let job = result.job_id.clone();
+        let index = result.index;
+        let recorded = self
+            .storage
+            .clone()
+            .record_result(RecordResultRequest {
+                result: Some(result),
+            })
+            .await?
+            .into_inner();
+        if !recorded.applied {
+            tracing::debug!(job = %job, index, "duplicate or late result ignored");
+            return Ok(false);
+        }
+        if let Some(summary) = &recorded.summary
+            && summary.state().is_final()
+        {
+            tracing::info!(
+                job = %job,
+                state = summary.state().label(),
+                done = summary.done,
+                failed = summary.failed,
+                "job finished"
+            );
+        }
+        self.publish_progress(JobEvent {
+            summary: recorded.summary,
+            image: recorded.image,
+        })
+        .await;
+        Ok(true)
+    }
+
+    /// Progress goes over NATS core: a watcher that misses an event re-reads storage.
+    pub async fn publish_progress(&self, event: JobEvent) {
+        let Some(summary) = &event.summary else {
+            return;
+        };
+        let subject = nats::progress_subject(&summary.id);
+        if let Err(err) = self
+            .nats
+            .publish_with_headers(
+                subject,
+                telemetry::nats_headers(),
+                event.encode_to_vec().into(),
+            )
+            .await
+        {
+            tracing::warn!(job = %summary.id, error = %err, "publishing progress failed");
+        }
+    }
+
+    /// Finishes what a previous scheduler left: jobs still `queued` get their pending tasks
+    /// (re-)published. `running` jobs need nothing: their tasks and results wait in JetStream.
+    pub async fn resume_unfinished(&self) -> anyhow::Result<()> {
+        let mut delay = Duration::from_millis(100);
+        let unfinished = loop {
+            match self
+                .storage
+                .clone()
+                .list_unfinished_jobs(ListUnfinishedJobsRequest {})
+                .await
+            {
+                Ok(list) => break list.into_inner().jobs,
+                Err(status) => {
+                    tracing::warn!(error = %status.message(), "storage not ready, retrying resume");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        for summary in unfinished {
+            if summary.state() != JobState::Queued {
+                continue;
+            }
+            let span = tracing::info_span!("resume", job = %summary.id);
+            let resumed = async {
+                let job = self
+                    .storage
+                    .clone()
+                    .get_job(JobRequest {
+                        id: summary.id.clone(),
+                    })
+                    .await?
+                    .into_inner();
+                self.dispatch(job).await
+            }
+            .instrument(span)
+            .await;
+            match resumed {
+                Ok(_) => tracing::info!(job = %summary.id, "resumed queued job"),
+                Err(err) => tracing::warn!(job = %summary.id, error = %err, "resuming job failed"),
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+}

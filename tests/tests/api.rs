@@ -1,0 +1,330 @@
+//! The public API's edges: bad input, submit-time validation, REST, reflection.
+
+use std::time::Duration;
+
+use pixelmesh_proto::v1::{
+    Blur, GetJobRequest, ImageInput, ImageState, JobState, Operation, Resize, SubmitJobRequest,
+    operation::Op,
+};
+use pixelmesh_tests::{Cluster, ClusterOptions, api, corpus, tool};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pixelmesh-node");
+const JOB_TIMEOUT: Duration = Duration::from_secs(240);
+
+fn resize(width: u32) -> Operation {
+    Operation {
+        op: Some(Op::Resize(Resize {
+            width,
+            ..Default::default()
+        })),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_images_fail_alone_and_the_mesh_keeps_serving() {
+    let cluster = Cluster::start(
+        BIN,
+        ClusterOptions {
+            // safe-landing (5120x2880, 14.7 MP) is over this; kite (2560x1600) is not.
+            max_pixels: 10_000_000,
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut client = cluster.gateway_client().await;
+    let kite = corpus::read("kite-2560x1600.jpg");
+    let truncated = kite[..kite.len() / 3].to_vec();
+    let images = vec![
+        (
+            "notes.txt".to_string(),
+            b"these bytes are not an image".to_vec(),
+        ),
+        ("truncated.jpg".to_string(), truncated),
+        (
+            "huge.jpg".to_string(),
+            corpus::read("safe-landing-5120x2880.jpg"),
+        ),
+        ("kite.jpg".to_string(), kite.clone()),
+    ];
+    let job = api::submit(&mut client, &images, vec![resize(320)]).await;
+    let id = job.summary.expect("summary").id;
+    let (_, job) = api::watch_to_end(&mut client, &id, JOB_TIMEOUT).await;
+    let summary = job.summary.clone().expect("summary");
+    assert_eq!(summary.state(), JobState::CompletedWithErrors, "{job:?}");
+    assert_eq!((summary.done, summary.failed), (1, 3));
+
+    let errors: Vec<(ImageState, String)> = job
+        .images
+        .iter()
+        .map(|i| (i.state(), i.error.to_lowercase()))
+        .collect();
+    assert_eq!(errors[0].0, ImageState::Failed);
+    assert!(
+        errors[0].1.contains("not a supported image"),
+        "{}",
+        errors[0].1
+    );
+    assert_eq!(errors[1].0, ImageState::Failed);
+    assert!(
+        ["truncat", "corrupt", "eof", "end of"]
+            .iter()
+            .any(|w| errors[1].1.contains(w)),
+        "truncated jpeg error does not say so: {}",
+        errors[1].1
+    );
+    assert_eq!(errors[2].0, ImageState::Failed);
+    assert!(errors[2].1.contains("limit"), "{}", errors[2].1);
+    assert_eq!(errors[3].0, ImageState::Done);
+    // A failure is final at once: bad input is never retried.
+    for image in &job.images[..3] {
+        assert_eq!(image.attempts, 1, "{image:?}");
+    }
+
+    // The mesh still serves other jobs.
+    let job = api::submit(
+        &mut client,
+        &[("kite.jpg".to_string(), kite)],
+        vec![resize(200)],
+    )
+    .await;
+    let id = job.summary.expect("summary").id;
+    let (_, job) = api::watch_to_end(&mut client, &id, JOB_TIMEOUT).await;
+    assert_eq!(job.summary.expect("summary").state(), JobState::Completed);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_pipelines_are_refused_at_submit() {
+    let cluster = Cluster::start(BIN, ClusterOptions::default()).await;
+    let mut client = cluster.gateway_client().await;
+    let blob = api::upload(&mut client, "kite.jpg", &corpus::read("kite-2560x1600.jpg")).await;
+    let inputs = vec![ImageInput {
+        blob_id: blob,
+        name: "kite.jpg".into(),
+    }];
+
+    // gRPC: a negative sigma names the op and the field.
+    let status = client
+        .submit_job(SubmitJobRequest {
+            pipeline: vec![Operation {
+                op: Some(Op::Blur(Blur { sigma: -1.0 })),
+            }],
+            inputs: inputs.clone(),
+        })
+        .await
+        .expect_err("negative sigma accepted");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("blur") && status.message().contains("sigma"),
+        "{}",
+        status.message()
+    );
+
+    // gRPC: an input blob that does not exist.
+    let status = client
+        .submit_job(SubmitJobRequest {
+            pipeline: vec![resize(100)],
+            inputs: vec![ImageInput {
+                blob_id: "0".repeat(64),
+                name: "ghost.jpg".into(),
+            }],
+        })
+        .await
+        .expect_err("missing blob accepted");
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+
+    // HTTP: an unknown op is a 400 with a JSON body naming it.
+    let http = reqwest::Client::new();
+    let form = reqwest::multipart::Form::new()
+        .text("pipeline", r#"[{"op":"sharpenn","sigma":1}]"#)
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(corpus::read("kite-2560x1600.jpg"))
+                .file_name("kite.jpg"),
+        );
+    let response = http
+        .post(format!("{}/api/v1/jobs", cluster.http_url()))
+        .multipart(form)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status().as_u16(), 400);
+    let body: serde_json::Value = response.json().await.expect("json error body");
+    assert_eq!(body["code"], "invalid_argument");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("sharpenn"),
+        "{body}"
+    );
+
+    // HTTP: negative sigma too.
+    let form = reqwest::multipart::Form::new()
+        .text("pipeline", r#"[{"op":"blur","sigma":-2}]"#)
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(b"x".to_vec()).file_name("x.jpg"),
+        );
+    let response = http
+        .post(format!("{}/api/v1/jobs", cluster.http_url()))
+        .multipart(form)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status().as_u16(), 400);
+
+    // Nothing was queued: no job exists.
+    let jobs = client
+        .list_jobs(pixelmesh_proto::v1::ListJobsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .jobs;
+    assert!(jobs.is_empty(), "{jobs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rest_submit_status_and_download() {
+    let cluster = Cluster::start(BIN, ClusterOptions::default()).await;
+    let http = reqwest::Client::new();
+    let base = cluster.http_url();
+
+    let health: serde_json::Value = http
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .expect("healthz")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(health["status"], "ok");
+
+    let form = reqwest::multipart::Form::new()
+        .text(
+            "pipeline",
+            r#"[{"op":"resize","width":300},{"op":"brightness","factor":1.1},{"op":"format","format":"png"}]"#,
+        )
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(corpus::read("autumn-2560x1600.jpg"))
+                .file_name("photos/autumn.jpg"),
+        )
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(corpus::read("wood-4096x4096.webp"))
+                .file_name("wood.webp"),
+        );
+    let response = http
+        .post(format!("{base}/api/v1/jobs"))
+        .multipart(form)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status().as_u16(), 202);
+    let submitted: serde_json::Value = response.json().await.expect("json");
+    let id = submitted["id"].as_str().expect("id").to_string();
+
+    let mut client = cluster.gateway_client().await;
+    let (_, job) = api::watch_to_end(&mut client, &id, JOB_TIMEOUT).await;
+    assert_eq!(job.summary.expect("summary").state(), JobState::Completed);
+
+    let status: serde_json::Value = http
+        .get(format!("{base}/api/v1/jobs/{id}"))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(status["state"], "completed");
+    assert_eq!(status["done"], 2);
+    assert_eq!(status["images"][0]["name"], "autumn.jpg");
+    assert_eq!(status["images"][1]["output"]["width"], 300);
+    assert_eq!(status["images"][1]["output"]["height"], 300);
+
+    let response = http
+        .get(format!("{base}/api/v1/jobs/{id}/outputs/0"))
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.headers()["content-type"], "image/png");
+    let bytes = response.bytes().await.expect("body");
+    let image = image::load_from_memory(&bytes).expect("png decodes");
+    assert_eq!((image.width(), image.height()), (300, 188));
+
+    let missing = http
+        .get(format!("{base}/api/v1/jobs/{id}/outputs/7"))
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(missing.status().as_u16(), 404);
+    let unknown = http
+        .get(format!("{base}/api/v1/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(unknown.status().as_u16(), 404);
+
+    // The same job over gRPC.
+    let job = client
+        .get_job(GetJobRequest { id: id.clone() })
+        .await
+        .expect("get job")
+        .into_inner();
+    assert_eq!(job.images.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reflection_lists_every_service_to_grpcurl() {
+    let cluster = Cluster::start(BIN, ClusterOptions::default()).await;
+    let expect = |addr: &str, services: &[&str]| {
+        let output = std::process::Command::new(tool("grpcurl"))
+            .args(["-plaintext", addr, "list"])
+            .output()
+            .expect("running grpcurl");
+        let listed = String::from_utf8_lossy(&output.stdout).to_string();
+        assert!(
+            output.status.success(),
+            "grpcurl failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        for service in services {
+            assert!(
+                listed.lines().any(|l| l == *service),
+                "{service} not in {listed}"
+            );
+        }
+    };
+    let with_common = |name: &str| vec![name.to_string(), "grpc.health.v1.Health".to_string()];
+    for (port, service) in [
+        (cluster.gateway.port, "pixelmesh.v1.Gateway"),
+        (cluster.scheduler.port, "pixelmesh.v1.Scheduler"),
+        (cluster.storage.port, "pixelmesh.v1.Storage"),
+    ] {
+        let names = with_common(service);
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        expect(&format!("127.0.0.1:{port}"), &names);
+    }
+    expect(
+        &format!("127.0.0.1:{}", cluster.filters[0].port),
+        &["grpc.health.v1.Health"],
+    );
+
+    // And a real call through reflection, the way a user would make it.
+    let output = std::process::Command::new(tool("grpcurl"))
+        .args([
+            "-plaintext",
+            "-d",
+            "{}",
+            &cluster.grpc_addr(),
+            "pixelmesh.v1.Gateway/ListJobs",
+        ])
+        .output()
+        .expect("running grpcurl");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
