@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 /// The filter's own settings.
 #[derive(Debug, Clone, Args)]
+#[group(id = "filter_settings")]
 pub struct Settings {
     /// Tasks run at once; defaults to the number of cores (one image per core is fastest).
     #[arg(long, env = "PIXELMESH_CONCURRENCY")]

@@ -79,6 +79,29 @@ struct Submitted {
 /// `POST /api/v1/jobs`: multipart with a `pipeline` part (a JSON array) and one or more
 /// `file` parts. Files stream to storage as they arrive; nothing is buffered whole.
 async fn submit(State(mesh): State<Mesh>, mut multipart: Multipart) -> ApiResult<Response> {
+    let submitted = submit_parts(&mesh, &mut multipart).await;
+    if submitted.is_err() {
+        drain(&mut multipart).await;
+    }
+    submitted
+}
+
+/// Reads what is left of a refused request (up to a bound), so the client gets to read our
+/// error response instead of a connection reset in the middle of its upload.
+async fn drain(multipart: &mut Multipart) {
+    const MAX_DRAIN: usize = 32 * 1024 * 1024;
+    let mut drained = 0;
+    while let Ok(Some(mut field)) = multipart.next_field().await {
+        while let Ok(Some(chunk)) = field.chunk().await {
+            drained += chunk.len();
+            if drained > MAX_DRAIN {
+                return;
+            }
+        }
+    }
+}
+
+async fn submit_parts(mesh: &Mesh, multipart: &mut Multipart) -> ApiResult<Response> {
     let mut pipeline: Option<Pipeline> = None;
     let mut inputs = Vec::new();
     while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {

@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 
 /// Limits on what clients may send. They are enforced while streaming, never after buffering.
 #[derive(Debug, Clone, Args)]
+#[group(id = "gateway_settings")]
 pub struct Settings {
     /// Largest single uploaded image, in bytes.
     #[arg(long, env = "PIXELMESH_MAX_UPLOAD_BYTES", default_value_t = 256 * 1024 * 1024)]

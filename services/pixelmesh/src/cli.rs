@@ -194,3 +194,18 @@ pub fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn every_role_parses_with_defaults() {
+        Cli::command().debug_assert();
+        for role in ["gateway", "scheduler", "filter", "storage", "all"] {
+            Cli::try_parse_from(["pixelmesh", role]).expect(role);
+        }
+    }
+}
