@@ -432,7 +432,7 @@ pub mod api {
             .enumerate()
             .map(|(i, chunk)| UploadImageRequest {
                 name: if i == 0 { name.clone() } else { String::new() },
-                chunk: chunk.to_vec().into(),
+                chunk: chunk.to_vec(),
             })
             .collect();
         client
