@@ -463,6 +463,37 @@ pub mod api {
             .into_inner()
     }
 
+    /// Watches until an event satisfies `stop`; returns the events up to and including it.
+    /// Panics if the job ends first or nothing matches within `timeout`.
+    pub async fn watch_until(
+        client: &mut GatewayClient<Channel>,
+        id: &str,
+        timeout: Duration,
+        mut stop: impl FnMut(&JobEvent) -> bool,
+    ) -> Vec<JobEvent> {
+        let mut stream = client
+            .watch_job(WatchJobRequest { id: id.to_string() })
+            .await
+            .expect("watch")
+            .into_inner();
+        let mut events = Vec::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, stream.next()).await {
+                Ok(Some(Ok(event))) => {
+                    let done = stop(&event);
+                    events.push(event);
+                    if done {
+                        return events;
+                    }
+                }
+                Ok(Some(Err(status))) => panic!("watch failed: {status}"),
+                Ok(None) => panic!("job {id} ended before the awaited event; events: {events:?}"),
+                Err(_) => panic!("no awaited event for job {id} within {timeout:?}: {events:?}"),
+            }
+        }
+    }
+
     /// Watches until the job ends; returns every event and the final job.
     pub async fn watch_to_end(
         client: &mut GatewayClient<Channel>,

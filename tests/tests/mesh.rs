@@ -42,6 +42,10 @@ fn assert_each_image_reported_once(events: &[JobEvent], total: usize) {
     assert!(seen.len() <= total);
 }
 
+fn first_image(event: &JobEvent) -> bool {
+    event.image.is_some()
+}
+
 fn assert_all_done(job: &Job, cluster: &Cluster) {
     let summary = job.summary.as_ref().expect("summary");
     assert_eq!(
@@ -129,27 +133,13 @@ async fn sigkill_filter_mid_batch_loses_nothing() {
     let id = job.summary.expect("summary").id;
 
     // Kill filter-0 as soon as it has finished one image: it is then holding its next task.
-    let mut watch = client
-        .watch_job(pixelmesh_proto::v1::WatchJobRequest { id: id.clone() })
-        .await
-        .expect("watch")
-        .into_inner();
-    let mut events = Vec::new();
-    loop {
-        let event = tokio::time::timeout(JOB_TIMEOUT, watch.message())
-            .await
-            .expect("progress in time")
-            .expect("watch")
-            .expect("job ended before filter-0 did any work");
-        let by_victim = event
+    let mut events = api::watch_until(&mut client, &id, JOB_TIMEOUT, |event| {
+        event
             .image
             .as_ref()
-            .is_some_and(|i| i.worker_id == "filter-0");
-        events.push(event);
-        if by_victim {
-            break;
-        }
-    }
+            .is_some_and(|i| i.worker_id == "filter-0")
+    })
+    .await;
     cluster.filters[0].kill();
 
     let (more, job) = api::watch_to_end(&mut client, &id, JOB_TIMEOUT).await;
@@ -170,16 +160,7 @@ async fn scheduler_restart_mid_job_finishes_the_job() {
     let job = api::submit(&mut client, &images, pipeline()).await;
     let id = job.summary.expect("summary").id;
 
-    let mut watch = client
-        .watch_job(pixelmesh_proto::v1::WatchJobRequest { id: id.clone() })
-        .await
-        .expect("watch")
-        .into_inner();
-    while let Some(event) = watch.message().await.expect("watch") {
-        if event.image.is_some() {
-            break;
-        }
-    }
+    api::watch_until(&mut client, &id, JOB_TIMEOUT, first_image).await;
     cluster.restart("scheduler").await;
 
     let (_, job) = api::watch_to_end(&mut client, &id, JOB_TIMEOUT).await;
@@ -195,16 +176,7 @@ async fn storage_restart_keeps_jobs_and_blobs() {
     let id = job.summary.expect("summary").id;
 
     // Restart storage while the job runs: workers retry, nothing acknowledged is lost.
-    let mut watch = client
-        .watch_job(pixelmesh_proto::v1::WatchJobRequest { id: id.clone() })
-        .await
-        .expect("watch")
-        .into_inner();
-    while let Some(event) = watch.message().await.expect("watch") {
-        if event.image.is_some() {
-            break;
-        }
-    }
+    api::watch_until(&mut client, &id, JOB_TIMEOUT, first_image).await;
     cluster.restart("storage").await;
     let (_, before) = api::watch_to_end(&mut client, &id, JOB_TIMEOUT).await;
     assert_all_done(&before, &cluster);
@@ -223,5 +195,90 @@ async fn storage_restart_keeps_jobs_and_blobs() {
     assert_eq!(after, before);
     for (image, bytes) in after.images.iter().zip(&outputs) {
         assert_eq!(&api::download(&mut client, &id, image.index).await, bytes);
+    }
+}
+
+/// Slow enough that a SIGTERM lands while the task runs: several wide blurs of a 5K photo.
+fn slow_pipeline() -> Vec<Operation> {
+    (0..6)
+        .map(|_| Operation {
+            op: Some(Op::Blur(Blur { sigma: 30.0 })),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_filter_finishes_its_task_first() {
+    let mut cluster = Cluster::start(
+        BIN,
+        ClusterOptions {
+            filters: 2,
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut client = cluster.gateway_client().await;
+    let largest = corpus::all()
+        .into_iter()
+        .max_by_key(|(_, bytes)| bytes.len())
+        .expect("corpus");
+    let images = vec![largest; 3];
+    let job = api::submit(&mut client, &images, slow_pipeline()).await;
+    let id = job.summary.expect("summary").id;
+
+    // The worker list shows filter-0 busy: that is the moment to ask it to stop.
+    let deadline = tokio::time::Instant::now() + JOB_TIMEOUT;
+    loop {
+        let workers = client
+            .list_workers(pixelmesh_proto::v1::ListWorkersRequest {})
+            .await
+            .expect("list workers")
+            .into_inner()
+            .workers;
+        if workers
+            .iter()
+            .any(|w| w.id == "filter-0" && w.in_flight > 0)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "filter-0 never took a task:\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        cluster.filters[0].terminate(),
+        "filter-0 did not exit cleanly:\n{}",
+        cluster.filters[0].logs()
+    );
+    let log = cluster.filters[0].logs();
+    let stop_line = log
+        .lines()
+        .find(|line| line.contains("stopped fetching"))
+        .unwrap_or_default();
+    let in_flight: u32 = stop_line
+        .split("in_flight=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        in_flight > 0,
+        "filter-0 was not mid-task when it stopped:\n{log}"
+    );
+
+    let (events, job) = api::watch_to_end(&mut client, &id, JOB_TIMEOUT).await;
+    assert_all_done(&job, &cluster);
+    assert_each_image_reported_once(&events, images.len());
+    let by_victim: Vec<_> = job
+        .images
+        .iter()
+        .filter(|i| i.worker_id == "filter-0")
+        .collect();
+    assert!(!by_victim.is_empty(), "filter-0 finished the task it held");
+    for image in &job.images {
+        assert_eq!(image.attempts, 1, "no task was delivered twice: {image:?}");
     }
 }

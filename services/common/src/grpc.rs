@@ -89,6 +89,13 @@ impl Server {
             .layer(TraceLayer::new_for_http().make_span_with(request_span));
         let stop = CancellationToken::new();
         let stopped = stop.clone();
+        // Without TCP_NODELAY each small HTTP/2 frame written after another waits for the
+        // peer's delayed ACK (up to 40 ms): that was most of a single image's latency.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(err) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %err, "cannot set tcp_nodelay");
+            }
+        });
         let server = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stopped.cancelled().await })
             .into_future();

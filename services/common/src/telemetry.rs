@@ -38,8 +38,20 @@ pub fn init(service_name: &str) -> anyhow::Result<Telemetry> {
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info,sled=warn,async_nats=warn,h2=warn,tower=warn"));
     let json = std::env::var("PIXELMESH_LOG_FORMAT").is_ok_and(|f| f == "json");
-    let fmt_plain = (!json).then(|| tracing_subscriber::fmt::layer().with_target(false));
-    let fmt_json = json.then(|| tracing_subscriber::fmt::layer().json());
+    // Logs go to stderr, leaving stdout to command output; colour only on a terminal, so log
+    // files and `docker logs` stay greppable.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt_plain = (!json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_target(false)
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+    });
+    let fmt_json = json.then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+    });
 
     let provider = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
         Ok(endpoint) if !endpoint.is_empty() => {

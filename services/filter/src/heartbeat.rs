@@ -12,8 +12,12 @@ use crate::worker::Stats;
 
 /// Three beats fit in the bucket's TTL, so one lost beat does not drop the worker.
 pub const INTERVAL: Duration = Duration::from_secs(5);
+/// Tasks starting and ending within this window share one beat, so a busy worker writes at
+/// most a few entries a second.
+const COALESCE: Duration = Duration::from_millis(200);
 
-/// Beats until `stop`, then removes the entry.
+/// Beats every [`INTERVAL`] and soon after a task starts or ends, until `stop`; then removes
+/// the entry.
 pub async fn run(bucket: kv::Store, mut info: Worker, stats: Arc<Stats>, stop: CancellationToken) {
     loop {
         info.in_flight = stats.in_flight.load(Relaxed);
@@ -29,6 +33,7 @@ pub async fn run(bucket: kv::Store, mut info: Worker, stats: Arc<Stats>, stop: C
         tokio::select! {
             () = stop.cancelled() => break,
             () = tokio::time::sleep(INTERVAL) => {}
+            () = stats.changed.notified() => tokio::time::sleep(COALESCE).await,
         }
     }
     if let Err(err) = bucket.delete(&info.id).await {

@@ -30,9 +30,14 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, Args)]
 #[group(id = "filter_settings")]
 pub struct Settings {
-    /// Tasks run at once; defaults to the number of cores (one image per core is fastest).
+    /// Images processed at once; defaults to the number of cores (one image per core is
+    /// fastest).
     #[arg(long, env = "PIXELMESH_CONCURRENCY")]
     pub concurrency: Option<usize>,
+    /// Tasks held beyond `concurrency`, downloading or uploading while the others compute, so
+    /// no core waits on the network between images. 0 fetches only when a core is free.
+    #[arg(long, env = "PIXELMESH_PREFETCH", default_value_t = 1)]
+    pub prefetch: usize,
     /// Largest image accepted, in pixels (width × height), checked from the header before
     /// decoding.
     #[arg(long, env = "PIXELMESH_MAX_PIXELS", default_value_t = codec::Limits::default().max_pixels)]
@@ -90,6 +95,7 @@ pub async fn run(
             max_input_bytes: settings.max_input_bytes,
         },
         stats: stats.clone(),
+        cpu: Arc::new(tokio::sync::Semaphore::new(concurrency)),
     });
 
     let beat_stop = CancellationToken::new();
@@ -112,7 +118,7 @@ pub async fn run(
         tokio::spawn(Server::new()?.serve(listener, server_stop.clone().cancelled_owned()));
 
     let stop = CancellationToken::new();
-    let consuming = worker::consume(worker, concurrency, stop.clone());
+    let consuming = worker::consume(worker, concurrency + settings.prefetch, stop.clone());
     tokio::pin!(consuming, shutdown);
     let consumed = tokio::select! {
         result = &mut consuming => result,

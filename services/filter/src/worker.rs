@@ -44,6 +44,8 @@ pub struct Stats {
     pub done: std::sync::atomic::AtomicU64,
     pub failed: std::sync::atomic::AtomicU64,
     pub last_error: Mutex<String>,
+    /// Signalled when a task starts or ends, so the worker list shows who is busy now.
+    pub changed: tokio::sync::Notify,
 }
 
 /// Why a task did not produce an output.
@@ -80,12 +82,16 @@ pub(crate) struct Worker {
     pub queue: QueueConfig,
     pub limits: Limits,
     pub stats: Arc<Stats>,
+    /// One permit per image processed at once; tasks beyond it wait here, already
+    /// downloaded.
+    pub cpu: Arc<Semaphore>,
 }
 
-/// Pulls and runs tasks until `stop` is cancelled, then waits for the in-flight ones.
+/// Pulls and runs tasks, holding at most `held` at once, until `stop` is cancelled; then
+/// waits for the held ones.
 pub(crate) async fn consume(
     worker: Arc<Worker>,
-    concurrency: usize,
+    held: usize,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let stream = worker.js.get_stream(nats::TASKS_STREAM).await?;
@@ -99,9 +105,9 @@ pub(crate) async fn consume(
             ..Default::default()
         })
         .await?;
-    let slots = Arc::new(Semaphore::new(concurrency.max(1)));
+    let slots = Arc::new(Semaphore::new(held.max(1)));
     let mut running = tokio::task::JoinSet::new();
-    tracing::info!(worker = %worker.id, concurrency, "filter consuming tasks");
+    tracing::info!(worker = %worker.id, concurrency = worker.cpu.available_permits(), held, "filter consuming tasks");
     while !stop.is_cancelled() {
         let slot = tokio::select! {
             () = stop.cancelled() => break,
@@ -137,7 +143,10 @@ pub(crate) async fn consume(
         }
     }
     tracing::info!(
-        in_flight = running.len(),
+        in_flight = worker
+            .stats
+            .in_flight
+            .load(std::sync::atomic::Ordering::Relaxed),
         "stopped fetching, finishing in-flight tasks"
     );
     while running.join_next().await.is_some() {}
@@ -164,10 +173,12 @@ async fn handle(worker: &Worker, message: jetstream::Message) {
     async {
         use std::sync::atomic::Ordering::Relaxed;
         worker.stats.in_flight.fetch_add(1, Relaxed);
+        worker.stats.changed.notify_one();
         let started = Instant::now();
         let outcome = with_progress_acks(&message, worker.queue.ack_wait(), run_task(worker, &task)).await;
         let duration_ms = started.elapsed().as_millis() as u64;
         worker.stats.in_flight.fetch_sub(1, Relaxed);
+        worker.stats.changed.notify_one();
 
         let last_attempt = i64::from(attempt) >= worker.queue.max_deliver;
         let (outcome, ack_kind) = match outcome {
@@ -267,6 +278,7 @@ fn unreachable_loop<T>() -> T {
 }
 
 async fn run_task(worker: &Worker, task: &Task) -> Result<Output, TaskError> {
+    let started = Instant::now();
     let mut storage = worker.storage.clone();
     let summary = storage
         .get_job_summary(JobRequest {
@@ -284,13 +296,33 @@ async fn run_task(worker: &Worker, task: &Task) -> Result<Output, TaskError> {
         worker.limits.max_input_bytes,
     )
     .await?;
+    let downloaded = Instant::now();
     let limits = worker.limits;
-    let processed =
-        tokio::task::spawn_blocking(move || engine::process(&input, &pipeline, &limits))
-            .await
-            .map_err(|err| TaskError::Permanent(format!("internal error while processing: {err}")))?
-            .map_err(|err| TaskError::Permanent(err.to_string()))?;
-    upload(&mut storage, processed).await
+    let cpu = worker
+        .cpu
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|err| TaskError::Transient(format!("worker stopping: {err}")))?;
+    let waited = Instant::now();
+    let processed = tokio::task::spawn_blocking(move || {
+        let processed = engine::process(&input, &pipeline, &limits);
+        drop(cpu);
+        processed
+    })
+    .await
+    .map_err(|err| TaskError::Permanent(format!("internal error while processing: {err}")))?
+    .map_err(|err| TaskError::Permanent(err.to_string()))?;
+    let processed_at = Instant::now();
+    let output = upload(&mut storage, processed).await?;
+    tracing::debug!(
+        download_ms = (downloaded - started).as_millis() as u64,
+        wait_ms = (waited - downloaded).as_millis() as u64,
+        process_ms = (processed_at - waited).as_millis() as u64,
+        upload_ms = processed_at.elapsed().as_millis() as u64,
+        "task stages"
+    );
+    Ok(output)
 }
 
 async fn download(

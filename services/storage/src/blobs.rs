@@ -6,8 +6,10 @@
 //! a partial blob and a crash leaves nothing but temp files, which [`Blobs::open`] removes.
 
 use std::{
+    collections::HashSet,
     io::ErrorKind,
     path::{Path, PathBuf},
+    time::SystemTime,
 };
 
 use pixelmesh_proto::Error;
@@ -169,6 +171,47 @@ impl Blobs {
         }
     }
 
+    /// Deletes every blob not in `keep` last written before `cutoff`; returns how many blobs
+    /// and bytes went. Blocking: run it off the async runtime.
+    pub fn remove_unreferenced(
+        &self,
+        keep: &HashSet<String>,
+        cutoff: SystemTime,
+    ) -> Result<(u64, u64), Error> {
+        let (mut blobs, mut bytes) = (0, 0);
+        let shards = std::fs::read_dir(&self.root)
+            .map_err(|e| io_error("listing blob directory", &self.root, e))?;
+        for shard in shards.flatten() {
+            let name = shard.file_name();
+            if name == TMP_DIR || !shard.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let entries = std::fs::read_dir(shard.path())
+                .map_err(|e| io_error("listing blob directory", &shard.path(), e))?;
+            for entry in entries.flatten() {
+                let Some(id) = entry.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
+                if BlobId::parse(&id).is_err() || keep.contains(&id) {
+                    continue;
+                }
+                let Ok(meta) = entry.metadata() else { continue };
+                if meta.modified().is_ok_and(|written| written < cutoff) {
+                    match std::fs::remove_file(entry.path()) {
+                        Ok(()) => {
+                            blobs += 1;
+                            bytes += meta.len();
+                        }
+                        Err(e) => {
+                            tracing::warn!(blob = %id, error = %e, "cannot remove orphan blob");
+                        }
+                    }
+                }
+            }
+        }
+        Ok((blobs, bytes))
+    }
+
     fn path(&self, id: &BlobId) -> PathBuf {
         shard_dir(&self.root, id).join(id.as_str())
     }
@@ -252,6 +295,13 @@ fn persist(root: &Path, id: &BlobId, temp: TempPath) -> Result<bool, Error> {
     let target = shard.join(id.as_str());
     if target.exists() {
         // Same id, same bytes: keep the stored copy, and the TempPath deletes ours on drop.
+        // Its age restarts, so the orphan sweep cannot take it before the new upload's job
+        // refers to it.
+        std::fs::File::options()
+            .write(true)
+            .open(&target)
+            .and_then(|file| file.set_modified(SystemTime::now()))
+            .map_err(|e| io_error("touching blob", &target, e))?;
         return Ok(false);
     }
     temp.persist(&target)

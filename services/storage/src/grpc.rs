@@ -61,7 +61,11 @@ impl Storage for StorageService {
                 Some(Part::Meta(meta)) if writer.is_none() => {
                     writer = Some(self.blobs.writer(meta.max_bytes).await?);
                 }
-                Some(Part::Meta(_)) => return Err(Status::invalid_argument("meta sent twice")),
+                Some(Part::Meta(_)) => {
+                    return Err(Status::invalid_argument(
+                        "meta must be the first message, sent once",
+                    ));
+                }
                 Some(Part::Chunk(chunk)) => {
                     if writer.is_none() {
                         writer = Some(self.blobs.writer(0).await?);

@@ -2,13 +2,15 @@
 //!
 //! * [`blobs`] — content-addressed blobs (BLAKE3), written atomically, read in chunks;
 //! * [`meta`] — jobs, images and the unfinished index in sled, changed in transactions;
-//! * [`grpc`] — `pixelmesh.v1.Storage`, translating wire types at the edge.
+//! * [`grpc`] — `pixelmesh.v1.Storage`, translating wire types at the edge;
+//! * [`gc`] — the periodic sweep of blobs no job refers to.
 
 pub mod blobs;
+pub mod gc;
 pub mod grpc;
 pub mod meta;
 
-use std::{future::Future, path::PathBuf};
+use std::{future::Future, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::Args;
@@ -16,7 +18,10 @@ use pixelmesh_common::grpc::{MAX_MESSAGE_BYTES, Server};
 use pixelmesh_proto::v1::storage_server::StorageServer;
 use tokio::net::TcpListener;
 
+/// The storage role's settings.
 #[derive(Debug, Clone, Args)]
+// Unique among the Args structs `pixelmesh all` flattens side by side.
+#[group(id = "storage_config")]
 pub struct Config {
     /// Directory for blobs and the sled database.
     #[arg(
@@ -31,6 +36,10 @@ pub struct Config {
     /// Most images in one job.
     #[arg(long, env = "PIXELMESH_MAX_IMAGES_PER_JOB", default_value_t = 10_000)]
     pub max_images_per_job: u32,
+    /// Blobs no job refers to (uploads never submitted) are deleted this many seconds after
+    /// they were last written; 0 keeps them forever.
+    #[arg(long, env = "PIXELMESH_ORPHAN_BLOB_TTL_SECS", default_value_t = 24 * 3600)]
+    pub orphan_blob_ttl_secs: u64,
 }
 
 /// Serves storage until `shutdown` resolves, then flushes the metadata.
@@ -43,13 +52,26 @@ pub async fn run(
     let meta = meta::Meta::open(&config.dir.join("meta"), config.max_images_per_job)?;
     let server = Server::new()?
         .add_service(
-            StorageServer::new(grpc::StorageService::new(blobs, meta.clone()))
+            StorageServer::new(grpc::StorageService::new(blobs.clone(), meta.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .await;
     tracing::info!(addr = %listener.local_addr()?, dir = %config.dir.display(), "storage listening");
+    let stop_sweeping = tokio_util::sync::CancellationToken::new();
+    let sweeper = (config.orphan_blob_ttl_secs > 0).then(|| {
+        tokio::spawn(gc::run(
+            blobs.clone(),
+            meta.clone(),
+            Duration::from_secs(config.orphan_blob_ttl_secs),
+            stop_sweeping.clone(),
+        ))
+    });
     let served = server.serve(listener, shutdown).await;
+    stop_sweeping.cancel();
+    if let Some(sweeper) = sweeper {
+        let _ = sweeper.await;
+    }
     meta.flush().await.context("flushing metadata")?;
     served
 }

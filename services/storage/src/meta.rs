@@ -55,9 +55,12 @@ fn abort(err: Error) -> ConflictableTransactionError<Error> {
     ConflictableTransactionError::Abort(err)
 }
 
-/// ULIDs: 26 characters of Crockford base32, as the scheduler makes them.
+/// ULIDs as the scheduler makes them: 26 characters of uppercase Crockford base32, the first
+/// at most `7` (128 bits). Only this canonical form keeps key order equal to creation order
+/// and gives each job one key.
 pub fn check_job_id(id: &str) -> Result<(), Error> {
     let ok = id.len() == 26
+        && id.as_bytes()[0] <= b'7'
         && id
             .bytes()
             .all(|b| b.is_ascii_digit() || (b.is_ascii_uppercase() && !b"ILOU".contains(&b)));
@@ -74,12 +77,6 @@ fn image_key(id: &str, index: u32) -> Vec<u8> {
     key.extend_from_slice(id.as_bytes());
     key.push(b'/');
     key.extend_from_slice(&index.to_be_bytes());
-    key
-}
-
-fn image_prefix(id: &str) -> Vec<u8> {
-    let mut key = id.as_bytes().to_vec();
-    key.push(b'/');
     key
 }
 
@@ -186,14 +183,27 @@ impl Meta {
     }
 
     pub fn job(&self, id: &str) -> Result<Job, Error> {
-        let mut job = self.header(id)?;
-        job.images = self
-            .images
-            .scan_prefix(image_prefix(id))
-            .values()
-            .map(|value| value.map_err(db_error).and_then(|bytes| decode(&bytes)))
-            .collect::<Result<_, _>>()?;
-        Ok(job)
+        check_job_id(id)?;
+        // A read-only transaction, so the images agree with the summary's counts even while
+        // results are being recorded.
+        (&self.jobs, &self.images)
+            .transaction(|(jobs, images)| {
+                let bytes = jobs
+                    .get(id)?
+                    .ok_or_else(|| abort(Error::not_found(format!("job {id} not found"))))?;
+                let mut job: Job = decode(&bytes).map_err(abort)?;
+                let total = job.summary.as_ref().map_or(0, |s| s.total);
+                job.images = (0..total)
+                    .map(|index| {
+                        let bytes = images.get(image_key(id, index))?.ok_or_else(|| {
+                            abort(Error::internal(format!("job {id} has no image {index}")))
+                        })?;
+                        decode(&bytes).map_err(abort)
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(job)
+            })
+            .map_err(tx_error)
     }
 
     /// Newest first; `before` is an exclusive upper bound (the last id of the previous page).
@@ -219,16 +229,30 @@ impl Meta {
             .collect()
     }
 
+    /// Every blob a job refers to, as an input or an output.
+    pub fn referenced_blobs(&self) -> Result<std::collections::HashSet<String>, Error> {
+        let mut ids = std::collections::HashSet::new();
+        for value in self.images.iter().values() {
+            let image: Image = decode(&value.map_err(db_error)?)?;
+            if let Some(output) = image.output {
+                ids.insert(output.blob_id);
+            }
+            ids.insert(image.input_blob_id);
+        }
+        Ok(ids)
+    }
+
     /// Jobs not in a final state, oldest first.
     pub fn unfinished(&self) -> Result<Vec<JobSummary>, Error> {
-        self.unfinished
-            .iter()
-            .keys()
-            .map(|key| {
-                let key = key.map_err(db_error)?;
-                self.summary(&String::from_utf8_lossy(&key))
-            })
-            .collect()
+        let mut summaries = Vec::new();
+        for key in self.unfinished.iter().keys() {
+            let summary = self.summary(&String::from_utf8_lossy(&key.map_err(db_error)?))?;
+            // A job that ended between reading the index and reading the job is left out.
+            if !summary.state().is_final() {
+                summaries.push(summary);
+            }
+        }
+        Ok(summaries)
     }
 
     /// Queued → running; other states are left as they are.
@@ -257,6 +281,11 @@ impl Meta {
     /// finalises the job when it was the last image.
     pub fn record(&self, result: &TaskResult) -> Result<Recorded, Error> {
         let id = result.job_id.as_str();
+        // An output the gateway could not serve is refused before anything changes.
+        if let Some(Outcome::Output(output)) = &result.outcome {
+            crate::blobs::BlobId::parse(&output.blob_id)
+                .map_err(|err| Error::invalid(format!("result output: {}", err.message)))?;
+        }
         let header = self.header(id)?;
         let total = header.summary.as_ref().map_or(0, |s| s.total);
         if result.index >= total {
@@ -504,11 +533,12 @@ mod tests {
     #[test]
     fn lists_newest_first_with_paging_and_tracks_unfinished() {
         let (_dir, meta) = meta();
+        // Monotonic, so ids made within one millisecond still sort in creation order.
+        let mut ulids = ulid::Generator::new();
         let ids: Vec<String> = (0..5)
             .map(|_| {
-                let id = new_id();
+                let id = ulids.generate().expect("ulid").to_string();
                 meta.create(&id, vec![], inputs(1)).expect("create");
-                std::thread::sleep(std::time::Duration::from_millis(2));
                 id
             })
             .collect();
@@ -518,7 +548,15 @@ mod tests {
             [&ids[4], &ids[3]]
         );
         let next = meta.list(2, &page[1].id).expect("list");
-        assert_eq!(next[0].id, ids[2]);
+        assert_eq!(
+            next.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+            [&ids[2], &ids[1]]
+        );
+        let last = meta.list(2, &next[1].id).expect("list");
+        assert_eq!(last.len(), 1);
+        assert_eq!(last[0].id, ids[0]);
+        assert!(meta.list(2, &ids[0]).expect("list").is_empty());
+        assert_eq!(meta.list(0, "").expect("default page").len(), 5);
         meta.record(&ok(&ids[0], 0)).expect("record");
         let unfinished = meta.unfinished().expect("unfinished");
         assert_eq!(unfinished.len(), 4);
@@ -550,6 +588,135 @@ mod tests {
         );
         assert_eq!(
             meta.record(&ok(&id, 7)).expect_err("index").code,
+            ErrorCode::InvalidArgument
+        );
+    }
+
+    #[test]
+    fn the_unfinished_index_follows_every_change() {
+        let (_dir, meta) = meta();
+        let mut ulids = ulid::Generator::new();
+        let ids: Vec<String> = (0..4)
+            .map(|_| ulids.generate().expect("ulid").to_string())
+            .collect();
+        for id in &ids {
+            meta.create(id, vec![], inputs(2)).expect("create");
+        }
+        meta.record(&ok(&ids[0], 0)).expect("record");
+        meta.record(&failed(&ids[0], 1)).expect("record");
+        meta.cancel(&ids[1]).expect("cancel");
+        let running = meta.mark_running(&ids[2]).expect("running");
+        assert_eq!(running.state(), JobState::Running);
+        meta.record(&ok(&ids[3], 1)).expect("record");
+
+        let unfinished = meta.unfinished().expect("unfinished");
+        let unfinished: Vec<&str> = unfinished.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(unfinished, [&ids[2], &ids[3]]);
+        assert_eq!(meta.unfinished.len(), 2, "finished jobs leave the index");
+    }
+
+    #[test]
+    fn mark_running_only_moves_queued_jobs() {
+        let (_dir, meta) = meta();
+        let id = new_id();
+        meta.create(&id, vec![], inputs(1)).expect("create");
+        assert_eq!(
+            meta.mark_running(&id).expect("running").state(),
+            JobState::Running
+        );
+        assert_eq!(
+            meta.mark_running(&id).expect("again").state(),
+            JobState::Running
+        );
+        meta.record(&ok(&id, 0)).expect("record");
+        assert_eq!(
+            meta.mark_running(&id).expect("finished").state(),
+            JobState::Completed
+        );
+    }
+
+    #[test]
+    fn a_job_reads_back_whole_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = new_id();
+        let pipeline = vec![Operation {
+            op: Some(pixelmesh_proto::v1::operation::Op::Grayscale(
+                Default::default(),
+            )),
+        }];
+        let recorded = {
+            let meta = Meta::open(dir.path(), 100).expect("open");
+            let created = meta
+                .create(&id, pipeline.clone(), inputs(3))
+                .expect("create");
+            assert_eq!(meta.job(&id).expect("job"), created);
+            let recorded = meta.record(&failed(&id, 2)).expect("record");
+            assert_eq!(
+                recorded.image.as_ref().map(|i| i.error.as_str()),
+                Some("bad")
+            );
+            recorded
+        };
+        let meta = Meta::open(dir.path(), 100).expect("reopen");
+        let job = meta.job(&id).expect("job");
+        assert_eq!(job.pipeline, pipeline);
+        assert_eq!(job.summary, Some(recorded.summary));
+        let states: Vec<ImageState> = job.images.iter().map(|i| i.state()).collect();
+        assert_eq!(
+            states,
+            [ImageState::Pending, ImageState::Pending, ImageState::Failed]
+        );
+        assert_eq!(job.images[2], recorded.image.expect("image"));
+    }
+
+    #[test]
+    fn refuses_malformed_results_and_ids() {
+        let (_dir, meta) = meta();
+        let id = new_id();
+        meta.create(&id, vec![], inputs(1)).expect("create");
+        let mut bad_output = ok(&id, 0);
+        if let Some(Outcome::Output(output)) = &mut bad_output.outcome {
+            output.blob_id = "../x".into();
+        }
+        let no_outcome = TaskResult {
+            outcome: None,
+            ..ok(&id, 0)
+        };
+        for result in [bad_output, no_outcome] {
+            assert_eq!(
+                meta.record(&result).expect_err("refused").code,
+                ErrorCode::InvalidArgument
+            );
+        }
+        assert_eq!(meta.summary(&id).expect("summary").done, 0);
+        assert_eq!(
+            meta.record(&ok(&new_id(), 0)).expect_err("unknown").code,
+            ErrorCode::NotFound
+        );
+        for bad in [
+            "",
+            "01jq8z6w4v3t2s1r0p9n8m7k6j",
+            "81JQ8Z6W4V3T2S1R0P9N8M7K6J",
+            "01JQ8Z6W4V3T2S1R0P9N8M7K6I",
+        ] {
+            assert_eq!(
+                meta.summary(bad).expect_err("bad id").code,
+                ErrorCode::InvalidArgument,
+                "{bad:?}"
+            );
+        }
+        let mut bad_input = inputs(1);
+        bad_input[0].blob_id.clear();
+        assert_eq!(
+            meta.create(&new_id(), vec![], bad_input)
+                .expect_err("no blob")
+                .code,
+            ErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            meta.create(&new_id(), vec![], vec![])
+                .expect_err("no inputs")
+                .code,
             ErrorCode::InvalidArgument
         );
     }

@@ -1,0 +1,146 @@
+//! The orphan sweep: deletes blobs no job refers to, such as uploads whose submit was refused
+//! or never came. A blob is kept for a grace period after it was last written, so an upload
+//! waiting for its submit and a worker's output waiting to be recorded are never taken.
+
+use std::time::{Duration, SystemTime};
+
+use pixelmesh_proto::Error;
+use tokio_util::sync::CancellationToken;
+
+use crate::{blobs::Blobs, meta::Meta};
+
+/// How often the sweep runs; at most, since a short grace period sweeps more often.
+const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// What one sweep removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    pub blobs: u64,
+    pub bytes: u64,
+}
+
+/// One sweep. Blocking: it walks the blob directory and the image records.
+pub fn sweep(blobs: &Blobs, meta: &Meta, grace: Duration) -> Result<Swept, Error> {
+    // The cutoff comes first: whatever is written or touched after it is left alone even if
+    // the reference snapshot below cannot know about it yet.
+    let cutoff = SystemTime::now()
+        .checked_sub(grace)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let keep = meta.referenced_blobs()?;
+    let (blobs, bytes) = blobs.remove_unreferenced(&keep, cutoff)?;
+    Ok(Swept { blobs, bytes })
+}
+
+/// Sweeps at start and then periodically until `stop`.
+pub async fn run(blobs: Blobs, meta: Meta, grace: Duration, stop: CancellationToken) {
+    let every = (grace / 4).clamp(Duration::from_secs(1), MAX_INTERVAL);
+    loop {
+        let (blobs, meta) = (blobs.clone(), meta.clone());
+        match tokio::task::spawn_blocking(move || sweep(&blobs, &meta, grace)).await {
+            Ok(Ok(swept)) if swept.blobs > 0 => {
+                tracing::info!(
+                    blobs = swept.blobs,
+                    bytes = swept.bytes,
+                    "removed orphan blobs"
+                );
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => tracing::warn!(error = %err.message, "orphan blob sweep failed"),
+            Err(err) => tracing::warn!(error = %err, "orphan blob sweep panicked"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{fs::File, path::Path};
+
+    use pixelmesh_proto::v1::{ImageInput, Output, TaskResult, task_result::Outcome};
+
+    use super::*;
+
+    async fn put(blobs: &Blobs, bytes: &[u8]) -> String {
+        let mut writer = blobs.writer(0).await.expect("writer");
+        writer.write(bytes).await.expect("write");
+        writer
+            .finish()
+            .await
+            .expect("finish")
+            .id
+            .as_str()
+            .to_string()
+    }
+
+    fn path(root: &Path, id: &str) -> std::path::PathBuf {
+        root.join(&id[..2]).join(id)
+    }
+
+    fn age(root: &Path, id: &str, by: Duration) {
+        File::options()
+            .write(true)
+            .open(path(root, id))
+            .and_then(|f| f.set_modified(SystemTime::now() - by))
+            .expect("set mtime");
+    }
+
+    #[tokio::test]
+    async fn removes_old_unreferenced_blobs_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("blobs");
+        let blobs = Blobs::open(&root, 1 << 20).await.expect("blobs");
+        let meta = Meta::open(&dir.path().join("meta"), 100).expect("meta");
+        let input = put(&blobs, b"input").await;
+        let output = put(&blobs, b"output").await;
+        let orphan = put(&blobs, b"orphan").await;
+        let fresh_orphan = put(&blobs, b"fresh orphan").await;
+        let reuploaded = put(&blobs, b"uploaded twice").await;
+
+        let job = ulid::Ulid::new().to_string();
+        meta.create(
+            &job,
+            vec![],
+            vec![ImageInput {
+                blob_id: input.clone(),
+                name: "a.png".into(),
+            }],
+        )
+        .expect("create");
+        meta.record(&TaskResult {
+            job_id: job.clone(),
+            index: 0,
+            outcome: Some(Outcome::Output(Output {
+                blob_id: output.clone(),
+                content_type: "image/png".into(),
+                width: 1,
+                height: 1,
+                size_bytes: 6,
+            })),
+            worker_id: "w".into(),
+            attempts: 1,
+            duration_ms: 1,
+        })
+        .expect("record");
+
+        let day = Duration::from_secs(86_400);
+        for id in [&input, &output, &orphan, &reuploaded] {
+            age(&root, id, 2 * day);
+        }
+        // Uploading the same bytes again restarts the blob's age.
+        assert_eq!(put(&blobs, b"uploaded twice").await, reuploaded);
+
+        let swept = sweep(&blobs, &meta, day).expect("sweep");
+        assert_eq!(swept, Swept { blobs: 1, bytes: 6 });
+        assert!(!path(&root, &orphan).exists(), "the old orphan is gone");
+        for kept in [&input, &output, &fresh_orphan, &reuploaded] {
+            assert!(path(&root, kept).exists(), "{kept} was kept");
+        }
+        assert_eq!(
+            sweep(&blobs, &meta, day).expect("again"),
+            Swept { blobs: 0, bytes: 0 }
+        );
+    }
+}
