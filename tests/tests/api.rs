@@ -112,7 +112,12 @@ async fn invalid_pipelines_are_refused_at_submit() {
         })
         .await
         .expect_err("negative sigma accepted");
-    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        status.code(),
+        tonic::Code::InvalidArgument,
+        "{status:?}\n{}",
+        cluster.logs()
+    );
     assert!(
         status.message().contains("blur") && status.message().contains("sigma"),
         "{}",
@@ -158,20 +163,30 @@ async fn invalid_pipelines_are_refused_at_submit() {
         "{body}"
     );
 
-    // HTTP: negative sigma too.
-    let form = reqwest::multipart::Form::new()
-        .text("pipeline", r#"[{"op":"blur","sigma":-2}]"#)
-        .part(
-            "file",
-            reqwest::multipart::Part::bytes(b"x".to_vec()).file_name("x.jpg"),
+    // HTTP: negative sigma too, in JSON and in the text form, with the same message.
+    for pipeline in [r#"[{"op":"blur","sigma":-2}]"#, "resize:w=100/blur:-2"] {
+        let form = reqwest::multipart::Form::new()
+            .text("pipeline", pipeline)
+            .part(
+                "file",
+                reqwest::multipart::Part::bytes(b"x".to_vec()).file_name("x.jpg"),
+            );
+        let response = http
+            .post(format!("{}/api/v1/jobs", cluster.http_url()))
+            .multipart(form)
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(response.status().as_u16(), 400, "{pipeline}");
+        let body: serde_json::Value = response.json().await.expect("json error body");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap_or_default()
+                .ends_with("(blur): sigma must be > 0 and <= 100, got -2"),
+            "{pipeline}: {body}"
         );
-    let response = http
-        .post(format!("{}/api/v1/jobs", cluster.http_url()))
-        .multipart(form)
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(response.status().as_u16(), 400);
+    }
 
     // Nothing was queued: no job exists.
     let jobs = client

@@ -14,7 +14,7 @@ use std::panic::{self, AssertUnwindSafe};
 
 use image::codecs::bmp::BmpEncoder;
 use image::codecs::gif::GifEncoder;
-use image::codecs::png::PngEncoder;
+use image::codecs::png::{CompressionType, FilterType as PngFilter, PngEncoder};
 use image::codecs::tiff::TiffEncoder;
 use image::codecs::webp::WebPEncoder;
 use image::metadata::Orientation;
@@ -291,10 +291,44 @@ fn reason(err: &dyn std::fmt::Display) -> String {
     err.to_string().trim().replace('\n', "; ")
 }
 
-/// Encodes `image` as `format`; `quality` (1..=100) is used by JPEG only.
-///
-/// WebP output is lossless: image's WebP encoder has no lossy mode.
+/// Encodes `image` as `format` with default options; `quality` (1..=100) is used by JPEG only.
 pub fn encode(image: &Bitmap, format: FileFormat, quality: u8) -> Result<Vec<u8>, EncodeError> {
+    encode_with(
+        image,
+        &Encoding {
+            quality,
+            ..Encoding::new(format)
+        },
+    )
+}
+
+/// How to encode an output: the format and its options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Encoding {
+    pub format: FileFormat,
+    /// JPEG quality, 1..=100.
+    pub quality: u8,
+    /// JPEG: progressive scans.
+    pub progressive: bool,
+    /// PNG: 1 (fastest) ..= 9 (smallest).
+    pub compression: u8,
+}
+
+impl Encoding {
+    /// The format with default options: quality 85, baseline JPEG, PNG compression 6.
+    pub fn new(format: FileFormat) -> Encoding {
+        Encoding {
+            format,
+            quality: crate::ops::format::DEFAULT_QUALITY,
+            progressive: false,
+            compression: crate::ops::format::DEFAULT_COMPRESSION,
+        }
+    }
+}
+
+/// Encodes as `encoding` says. WebP output is lossless: image's WebP encoder has no lossy mode.
+pub fn encode_with(image: &Bitmap, encoding: &Encoding) -> Result<Vec<u8>, EncodeError> {
+    let format = encoding.format;
     let (width, height) = (image.width(), image.height());
     let max = match format {
         FileFormat::Jpeg | FileFormat::Gif => u32::from(u16::MAX),
@@ -318,10 +352,14 @@ pub fn encode(image: &Bitmap, format: FileFormat, quality: u8) -> Result<Vec<u8>
     // Room for a well-compressed photo; the Vec grows if needed.
     let mut out = Vec::with_capacity(image.data().len() / 8);
     match format {
-        FileFormat::Jpeg => encode_jpeg(image, quality, &mut out).map_err(failed)?,
-        FileFormat::Png => PngEncoder::new(&mut out)
-            .write_image(image.data(), width, height, color)
-            .map_err(|err| failed(err.to_string()))?,
+        FileFormat::Jpeg => encode_jpeg(image, encoding, &mut out).map_err(failed)?,
+        FileFormat::Png => PngEncoder::new_with_quality(
+            &mut out,
+            png_compression(encoding.compression),
+            PngFilter::Adaptive,
+        )
+        .write_image(image.data(), width, height, color)
+        .map_err(|err| failed(err.to_string()))?,
         FileFormat::Webp => WebPEncoder::new_lossless(&mut out)
             .write_image(image.data(), width, height, color)
             .map_err(|err| failed(err.to_string()))?,
@@ -340,7 +378,16 @@ pub fn encode(image: &Bitmap, format: FileFormat, quality: u8) -> Result<Vec<u8>
     Ok(out)
 }
 
-fn encode_jpeg(image: &Bitmap, quality: u8, out: &mut Vec<u8>) -> Result<(), String> {
+/// zlib-style levels onto the three speeds image's PNG encoder offers.
+fn png_compression(level: u8) -> CompressionType {
+    match level {
+        0..=3 => CompressionType::Fast,
+        4..=6 => CompressionType::Default,
+        _ => CompressionType::Best,
+    }
+}
+
+fn encode_jpeg(image: &Bitmap, encoding: &Encoding, out: &mut Vec<u8>) -> Result<(), String> {
     // Checked by the caller; kept as errors so a future caller cannot make this panic.
     let width = u16::try_from(image.width()).map_err(|err| err.to_string())?;
     let height = u16::try_from(image.height()).map_err(|err| err.to_string())?;
@@ -352,7 +399,9 @@ fn encode_jpeg(image: &Bitmap, quality: u8, out: &mut Vec<u8>) -> Result<(), Str
         image.data()
     };
     // Quality below 90 gets 4:2:0 chroma subsampling (the encoder's default), as libjpeg does.
-    jpeg_encoder::Encoder::new(out, quality.clamp(1, 100))
+    let mut encoder = jpeg_encoder::Encoder::new(out, encoding.quality.clamp(1, 100));
+    encoder.set_progressive(encoding.progressive);
+    encoder
         .encode(rgb, width, height, jpeg_encoder::ColorType::Rgb)
         .map_err(|err| err.to_string())
 }

@@ -7,7 +7,7 @@
 use pixelmesh_proto::ErrorCode;
 
 use crate::codec::{self, DecodeError, Decoded, EncodeError, Limits};
-use crate::ops::{Pipeline, format::DEFAULT_QUALITY};
+use crate::ops::Pipeline;
 
 /// An encoded output image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,11 +106,12 @@ pub fn process(
             reason,
         })?;
     }
-    let (format, quality) = match pipeline.output_format() {
-        Some(output) => (output.format(), output.quality()),
-        None => (input_format, DEFAULT_QUALITY),
+    let encoding = match pipeline.output_format() {
+        Some(output) => output.encoding(),
+        None => codec::Encoding::new(input_format),
     };
-    let bytes = codec::encode(&image, format, quality)?;
+    let format = encoding.format;
+    let bytes = codec::encode_with(&image, &encoding)?;
     Ok(Processed {
         bytes,
         content_type: format.content_type(),
@@ -247,7 +248,7 @@ mod tests {
         .unwrap();
         let err = process(
             &input,
-            &pipeline(r#"[{"op":"grayscale"},{"op":"resize","height":16384}]"#),
+            &pipeline(r#"[{"op":"grayscale"},{"op":"resize","height":16384,"upscale":true}]"#),
             &Limits::default(),
         )
         .unwrap_err();

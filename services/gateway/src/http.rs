@@ -109,7 +109,7 @@ async fn submit_parts(mesh: &Mesh, multipart: &mut Multipart) -> ApiResult<Respo
             "pipeline" => {
                 let text = read_small(field, MAX_PIPELINE_BYTES).await?;
                 // Parsed as soon as it arrives, so a bad pipeline fails before any upload.
-                pipeline = Some(Pipeline::from_json(&text)?);
+                pipeline = Some(Pipeline::parse(&text)?);
             }
             "file" => {
                 if inputs.len() >= mesh.settings().max_files_per_job {

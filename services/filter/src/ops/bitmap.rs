@@ -56,4 +56,55 @@ impl Bitmap {
     pub fn into_data(self) -> Vec<u8> {
         self.data
     }
+
+    /// Replaces each of R, G and B by `table[value]`; alpha is left alone.
+    pub fn map_channels(&mut self, table: &[u8; 256]) {
+        if self.alpha {
+            for pixel in self.data.chunks_exact_mut(4) {
+                for channel in &mut pixel[..3] {
+                    *channel = table[usize::from(*channel)];
+                }
+            }
+        } else {
+            for channel in &mut self.data {
+                *channel = table[usize::from(*channel)];
+            }
+        }
+    }
+
+    /// Replaces each pixel's RGB by `matrix` x RGB, the matrix in fixed point with
+    /// [`MATRIX_ONE`] as 1.0, rounded and clamped; alpha is left alone. Integer arithmetic, so
+    /// every worker computes the same bytes.
+    pub fn map_colours(&mut self, matrix: &[[i32; 3]; 3]) {
+        let channels = self.channels();
+        let half = MATRIX_ONE / 2;
+        for pixel in self.data.chunks_exact_mut(channels) {
+            let rgb = [
+                i32::from(pixel[0]),
+                i32::from(pixel[1]),
+                i32::from(pixel[2]),
+            ];
+            for (out, row) in pixel[..3].iter_mut().zip(matrix) {
+                let sum = row[0] * rgb[0] + row[1] * rgb[1] + row[2] * rgb[2];
+                // Floor division after adding a half rounds half up, negatives included.
+                *out = (sum + half).div_euclid(MATRIX_ONE).clamp(0, 255) as u8;
+            }
+        }
+    }
+}
+
+/// 1.0 in the fixed point of [`Bitmap::map_colours`]: 12 bits keep the error under half a
+/// level, and 255 x 3 x 4096 x (largest coefficient) stays far inside `i32`.
+pub const MATRIX_ONE: i32 = 4096;
+
+/// A float colour matrix in [`Bitmap::map_colours`]'s fixed point.
+pub fn fixed_matrix(matrix: [[f64; 3]; 3]) -> [[i32; 3]; 3] {
+    matrix.map(|row| row.map(|v| (v * f64::from(MATRIX_ONE)).round() as i32))
+}
+
+/// BT.601 luma (what JPEG's YCbCr uses) in 8-bit fixed point: the weights 77, 150 and 29 sum
+/// to 256, so white stays 255 and the result needs no clamp.
+pub fn luma(r: u8, g: u8, b: u8) -> u8 {
+    let sum = 77 * u32::from(r) + 150 * u32::from(g) + 29 * u32::from(b) + 128;
+    (sum >> 8) as u8
 }

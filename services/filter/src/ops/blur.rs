@@ -59,6 +59,10 @@ impl Blur {
         v1::Blur { sigma: self.sigma }
     }
 
+    pub(crate) fn params(&self) -> Vec<(&'static str, serde_json::Value)> {
+        vec![("sigma", super::json::number(self.sigma))]
+    }
+
     pub fn apply(&self, image: Bitmap) -> Result<Bitmap, String> {
         let (width, height, alpha) = (image.width(), image.height(), image.has_alpha());
         let mut src = image.into_data();

@@ -51,6 +51,10 @@ impl Brightness {
         }
     }
 
+    pub(crate) fn params(&self) -> Vec<(&'static str, serde_json::Value)> {
+        vec![("factor", super::json::number(self.factor))]
+    }
+
     /// `table[v]` is `v * factor`, rounded and clamped to 0..=255.
     pub fn table(&self) -> [u8; 256] {
         let factor = f64::from(self.factor);
@@ -58,18 +62,7 @@ impl Brightness {
     }
 
     pub fn apply(&self, mut image: Bitmap) -> Bitmap {
-        let table = self.table();
-        if image.has_alpha() {
-            for pixel in image.data_mut().chunks_exact_mut(4) {
-                for channel in &mut pixel[..3] {
-                    *channel = table[usize::from(*channel)];
-                }
-            }
-        } else {
-            for channel in image.data_mut() {
-                *channel = table[usize::from(*channel)];
-            }
-        }
+        image.map_channels(&self.table());
         image
     }
 }

@@ -3,13 +3,23 @@
 
 use pixelmesh_proto::v1;
 
+use serde_json::Value;
+
 use super::json::{Fields, quoted};
 
 pub(crate) const NAME: &str = "format";
-pub(crate) const FIELDS: &[&str] = &["format", "quality"];
+pub(crate) const FIELDS: &[&str] = &[
+    "format",
+    "quality",
+    "progressive",
+    "lossless",
+    "compression",
+];
 
 /// Quality when none is given: a common web default, visually clean for photos.
 pub const DEFAULT_QUALITY: u8 = 85;
+/// PNG compression when none is given: zlib's own default level.
+pub const DEFAULT_COMPRESSION: u8 = 6;
 
 /// The image formats pixelmesh reads and writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -95,19 +105,61 @@ impl FileFormat {
     }
 }
 
-/// Output format and quality (1..=100; only JPEG uses it for now).
+/// Output format and its options. Options that do not apply to the format are refused, so
+/// nobody waits for a `progressive` PNG.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Format {
     format: FileFormat,
     quality: u8,
+    progressive: bool,
+    lossless: bool,
+    compression: u8,
 }
 
 impl Format {
+    /// The format with default options.
     pub fn new(format: FileFormat, quality: u8) -> Result<Format, String> {
+        Format::with_options(format, quality, false, false, DEFAULT_COMPRESSION)
+    }
+
+    pub fn with_options(
+        format: FileFormat,
+        quality: u8,
+        progressive: bool,
+        lossless: bool,
+        compression: u8,
+    ) -> Result<Format, String> {
         if !(1..=100).contains(&quality) {
             return Err(quality_error(i64::from(quality)));
         }
-        Ok(Format { format, quality })
+        if !(1..=9).contains(&compression) {
+            return Err(compression_error(i64::from(compression)));
+        }
+        if progressive && format != FileFormat::Jpeg {
+            return Err(format!(
+                "progressive applies to jpeg only, not {}",
+                format.name()
+            ));
+        }
+        if lossless && format != FileFormat::Webp {
+            return Err(format!(
+                "lossless applies to webp only, not {}",
+                format.name()
+            ));
+        }
+        if compression != DEFAULT_COMPRESSION && format != FileFormat::Png {
+            return Err(format!(
+                "compression applies to png only, not {}",
+                format.name()
+            ));
+        }
+        Ok(Format {
+            format,
+            quality,
+            progressive,
+            lossless,
+            compression,
+        })
     }
 
     pub fn format(&self) -> FileFormat {
@@ -116,6 +168,16 @@ impl Format {
 
     pub fn quality(&self) -> u8 {
         self.quality
+    }
+
+    /// What the codec needs to write this format.
+    pub fn encoding(&self) -> crate::codec::Encoding {
+        crate::codec::Encoding {
+            format: self.format,
+            quality: self.quality,
+            progressive: self.progressive,
+            compression: self.compression,
+        }
     }
 
     pub(crate) fn from_proto(p: &v1::Format) -> Result<Format, String> {
@@ -133,7 +195,11 @@ impl Format {
             0 => DEFAULT_QUALITY,
             q => u8::try_from(q).map_err(|_| quality_error(i64::from(q)))?,
         };
-        Format::new(format, quality)
+        let compression = match p.compression {
+            0 => DEFAULT_COMPRESSION,
+            c => u8::try_from(c).map_err(|_| compression_error(i64::from(c)))?,
+        };
+        Format::with_options(format, quality, p.progressive, p.lossless, compression)
     }
 
     pub(crate) fn from_json(fields: &Fields<'_>) -> Result<Format, String> {
@@ -149,15 +215,49 @@ impl Format {
             None | Some(0) => DEFAULT_QUALITY,
             Some(q) => u8::try_from(q).map_err(|_| quality_error(q))?,
         };
-        Format::new(format, quality)
+        let compression = match fields.integer("compression")? {
+            None | Some(0) => DEFAULT_COMPRESSION,
+            Some(c) => u8::try_from(c).map_err(|_| compression_error(c))?,
+        };
+        Format::with_options(
+            format,
+            quality,
+            fields.boolean("progressive")?.unwrap_or(false),
+            fields.boolean("lossless")?.unwrap_or(false),
+            compression,
+        )
     }
 
     pub(crate) fn to_proto(self) -> v1::Format {
         v1::Format {
             format: self.format.to_proto() as i32,
             quality: u32::from(self.quality),
+            progressive: self.progressive,
+            lossless: self.lossless,
+            compression: u32::from(self.compression),
         }
     }
+
+    pub(crate) fn params(&self) -> Vec<(&'static str, Value)> {
+        let mut params = vec![("format", Value::from(self.format.name()))];
+        if self.quality != DEFAULT_QUALITY {
+            params.push(("quality", Value::from(self.quality)));
+        }
+        if self.progressive {
+            params.push(("progressive", Value::from(true)));
+        }
+        if self.lossless {
+            params.push(("lossless", Value::from(true)));
+        }
+        if self.compression != DEFAULT_COMPRESSION {
+            params.push(("compression", Value::from(self.compression)));
+        }
+        params
+    }
+}
+
+fn compression_error(value: i64) -> String {
+    format!("compression must be between 1 and 9, got {value}")
 }
 
 fn quality_error(value: i64) -> String {
@@ -188,6 +288,7 @@ mod tests {
             Format::from_proto(&v1::Format {
                 format: v1::ImageFormat::Jpeg as i32,
                 quality,
+                ..Default::default()
             })
         };
         assert_eq!(p(0).unwrap().quality(), DEFAULT_QUALITY);
@@ -204,7 +305,8 @@ mod tests {
         assert_eq!(
             Format::from_proto(&v1::Format {
                 format: 17,
-                quality: 0
+                quality: 0,
+                ..Default::default()
             })
             .unwrap_err(),
             "format must be one of jpeg, png, webp, gif, bmp, tiff, got 17"

@@ -4,7 +4,7 @@
 
 use pixelmesh_proto::v1;
 
-use super::bitmap::Bitmap;
+use super::bitmap::{Bitmap, luma};
 
 pub(crate) const NAME: &str = "grayscale";
 
@@ -28,13 +28,6 @@ impl Grayscale {
         }
         image
     }
-}
-
-/// BT.601 luma (what JPEG's YCbCr uses) in 8-bit fixed point: the weights 77, 150 and 29 sum
-/// to 256, so white stays 255 and the result needs no clamp.
-fn luma(r: u8, g: u8, b: u8) -> u8 {
-    let sum = 77 * u32::from(r) + 150 * u32::from(g) + 29 * u32::from(b) + 128;
-    (sum >> 8) as u8
 }
 
 #[cfg(test)]

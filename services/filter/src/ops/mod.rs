@@ -1,6 +1,7 @@
-//! Parse, then apply: a [`Pipeline`] is a validated list of [`Op`]s, read from protobuf or
-//! JSON; each op lives in its own file with its parameters, validation and pixel code, and this
-//! module only dispatches.
+//! Parse, then apply: a [`Pipeline`] is a validated list of [`Op`]s, read from protobuf, JSON
+//! or the compact text form (`resize:w=1920/blur:sigma=2/format:webp,q=85`, see [`text`]); each
+//! op lives in its own file with its parameters, validation and pixel code, and this module
+//! only dispatches.
 //!
 //! Validation errors are `InvalidArgument` and name the op's 1-based position, the op and the
 //! field: `op 2 (blur): sigma must be > 0 and <= 100, got -1`.
@@ -8,23 +9,43 @@
 mod bitmap;
 pub mod blur;
 pub mod brightness;
+pub mod contrast;
+pub mod flip;
 pub mod format;
+pub mod gamma;
 pub mod grayscale;
+pub mod hue;
+pub mod invert;
 mod json;
 pub mod resize;
+pub mod saturation;
+pub mod sepia;
+pub mod text;
+pub mod threshold;
 
 pub use bitmap::Bitmap;
 pub use blur::Blur;
 pub use brightness::Brightness;
+pub use contrast::Contrast;
+pub use flip::{Flip, Flop};
 pub use format::{FileFormat, Format};
+pub use gamma::Gamma;
 pub use grayscale::Grayscale;
-pub use resize::{Fit, Resize};
+pub use hue::Hue;
+pub use invert::Invert;
+pub use resize::{Filter, Fit, Resize};
+pub use saturation::Saturation;
+pub use sepia::Sepia;
+pub use threshold::Threshold;
 
 use pixelmesh_proto::Error;
 use pixelmesh_proto::v1::{Operation, operation};
 use serde_json::Value;
 
-use json::{Fields, brief, quoted};
+use json::{Fields, Source, brief, quoted};
+
+/// Why an op the protos define is refused.
+const NOT_YET: &str = "not available in this version";
 
 /// More ops than this is a mistake or an attack, not a pipeline.
 pub const MAX_OPS: usize = 64;
@@ -33,9 +54,18 @@ pub const MAX_OPS: usize = 64;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
     Resize(Resize),
+    Flip(Flip),
+    Flop(Flop),
     Blur(Blur),
     Brightness(Brightness),
+    Contrast(Contrast),
+    Gamma(Gamma),
+    Saturation(Saturation),
+    Hue(Hue),
     Grayscale(Grayscale),
+    Sepia(Sepia),
+    Invert(Invert),
+    Threshold(Threshold),
     Format(Format),
 }
 
@@ -44,9 +74,18 @@ impl Op {
     pub fn name(&self) -> &'static str {
         match self {
             Op::Resize(_) => resize::NAME,
+            Op::Flip(_) => flip::FLIP,
+            Op::Flop(_) => flip::FLOP,
             Op::Blur(_) => blur::NAME,
             Op::Brightness(_) => brightness::NAME,
+            Op::Contrast(_) => contrast::NAME,
+            Op::Gamma(_) => gamma::NAME,
+            Op::Saturation(_) => saturation::NAME,
+            Op::Hue(_) => hue::NAME,
             Op::Grayscale(_) => grayscale::NAME,
+            Op::Sepia(_) => sepia::NAME,
+            Op::Invert(_) => invert::NAME,
+            Op::Threshold(_) => threshold::NAME,
             Op::Format(_) => format::NAME,
         }
     }
@@ -57,9 +96,19 @@ impl Op {
     pub fn output_size(&self, width: u32, height: u32) -> (u64, u64) {
         match self {
             Op::Resize(op) => op.output_size(width, height),
-            Op::Blur(_) | Op::Brightness(_) | Op::Grayscale(_) | Op::Format(_) => {
-                (u64::from(width), u64::from(height))
-            }
+            Op::Flip(_)
+            | Op::Flop(_)
+            | Op::Blur(_)
+            | Op::Brightness(_)
+            | Op::Contrast(_)
+            | Op::Gamma(_)
+            | Op::Saturation(_)
+            | Op::Hue(_)
+            | Op::Grayscale(_)
+            | Op::Sepia(_)
+            | Op::Invert(_)
+            | Op::Threshold(_)
+            | Op::Format(_) => (u64::from(width), u64::from(height)),
         }
     }
 
@@ -68,9 +117,18 @@ impl Op {
     pub fn apply(&self, image: Bitmap) -> Result<Bitmap, String> {
         match self {
             Op::Resize(op) => op.apply(image),
+            Op::Flip(op) => Ok(op.apply(image)),
+            Op::Flop(op) => Ok(op.apply(image)),
             Op::Blur(op) => op.apply(image),
             Op::Brightness(op) => Ok(op.apply(image)),
+            Op::Contrast(op) => Ok(op.apply(image)),
+            Op::Gamma(op) => Ok(op.apply(image)),
+            Op::Saturation(op) => Ok(op.apply(image)),
+            Op::Hue(op) => Ok(op.apply(image)),
             Op::Grayscale(op) => Ok(op.apply(image)),
+            Op::Sepia(op) => Ok(op.apply(image)),
+            Op::Invert(op) => Ok(op.apply(image)),
+            Op::Threshold(op) => Ok(op.apply(image)),
             // The engine reads the format op when it encodes; pixels are unchanged.
             Op::Format(_) => Ok(image),
         }
@@ -88,29 +146,105 @@ impl Op {
             operation::Op::Brightness(p) => Brightness::from_proto(p)
                 .map(Op::Brightness)
                 .map_err(tagged(brightness::NAME)),
+            operation::Op::Contrast(p) => Contrast::from_proto(p)
+                .map(Op::Contrast)
+                .map_err(tagged(contrast::NAME)),
+            operation::Op::Gamma(p) => Gamma::from_proto(p)
+                .map(Op::Gamma)
+                .map_err(tagged(gamma::NAME)),
+            operation::Op::Saturation(p) => Saturation::from_proto(p)
+                .map(Op::Saturation)
+                .map_err(tagged(saturation::NAME)),
+            operation::Op::Hue(p) => Hue::from_proto(p).map(Op::Hue).map_err(tagged(hue::NAME)),
+            operation::Op::Threshold(p) => Threshold::from_proto(p)
+                .map(Op::Threshold)
+                .map_err(tagged(threshold::NAME)),
             operation::Op::Grayscale(p) => Ok(Op::Grayscale(Grayscale::from_proto(p))),
+            operation::Op::Flip(_) => Ok(Op::Flip(Flip)),
+            operation::Op::Flop(_) => Ok(Op::Flop(Flop)),
+            operation::Op::Sepia(_) => Ok(Op::Sepia(Sepia)),
+            operation::Op::Invert(_) => Ok(Op::Invert(Invert)),
             operation::Op::Format(p) => Format::from_proto(p)
                 .map(Op::Format)
                 .map_err(tagged(format::NAME)),
+            // In the API already, so clients can be written against it; refused until the
+            // op exists rather than silently skipped.
+            operation::Op::Crop(_) => Err(("crop", NOT_YET.into())),
+            operation::Op::Thumbnail(_) => Err(("thumbnail", NOT_YET.into())),
+            operation::Op::Rotate(_) => Err(("rotate", NOT_YET.into())),
+            operation::Op::AutoOrient(_) => Err(("auto_orient", NOT_YET.into())),
+            operation::Op::Sharpen(_) => Err(("sharpen", NOT_YET.into())),
+            operation::Op::Edge(_) => Err(("edge", NOT_YET.into())),
+            operation::Op::Pixelate(_) => Err(("pixelate", NOT_YET.into())),
+            operation::Op::Watermark(_) => Err(("watermark", NOT_YET.into())),
+            operation::Op::Analyze(_) => Err(("analyze", NOT_YET.into())),
         }
     }
 
+    /// The fields `name` accepts, in the order the text form's bare values fill them; `None`
+    /// if no op has that name.
+    fn fields_of(name: &str) -> Option<&'static [&'static str]> {
+        Some(match name {
+            resize::NAME => resize::FIELDS,
+            blur::NAME => blur::FIELDS,
+            brightness::NAME => brightness::FIELDS,
+            contrast::NAME => contrast::FIELDS,
+            gamma::NAME => gamma::FIELDS,
+            saturation::NAME => saturation::FIELDS,
+            hue::NAME => hue::FIELDS,
+            threshold::NAME => threshold::FIELDS,
+            grayscale::NAME | flip::FLIP | flip::FLOP | sepia::NAME | invert::NAME => &[],
+            format::NAME => format::FIELDS,
+            _ => return None,
+        })
+    }
+
     /// `name` is the JSON `"op"` value; `Ok(None)` means no op has that name.
-    fn from_json(name: &str, map: &serde_json::Map<String, Value>) -> Result<Option<Op>, String> {
+    fn from_fields(
+        name: &str,
+        map: &serde_json::Map<String, Value>,
+        source: Source,
+    ) -> Result<Option<Op>, String> {
+        let Some(allowed) = Op::fields_of(name) else {
+            return Ok(None);
+        };
+        let fields = Fields::new(map, allowed, source)?;
         Ok(Some(match name {
-            resize::NAME => Op::Resize(Resize::from_json(&Fields::new(map, resize::FIELDS)?)?),
-            blur::NAME => Op::Blur(Blur::from_json(&Fields::new(map, blur::FIELDS)?)?),
-            brightness::NAME => Op::Brightness(Brightness::from_json(&Fields::new(
-                map,
-                brightness::FIELDS,
-            )?)?),
-            grayscale::NAME => {
-                Fields::new(map, &[])?;
-                Op::Grayscale(Grayscale)
-            }
-            format::NAME => Op::Format(Format::from_json(&Fields::new(map, format::FIELDS)?)?),
+            resize::NAME => Op::Resize(Resize::from_json(&fields)?),
+            blur::NAME => Op::Blur(Blur::from_json(&fields)?),
+            brightness::NAME => Op::Brightness(Brightness::from_json(&fields)?),
+            contrast::NAME => Op::Contrast(Contrast::from_json(&fields)?),
+            gamma::NAME => Op::Gamma(Gamma::from_json(&fields)?),
+            saturation::NAME => Op::Saturation(Saturation::from_json(&fields)?),
+            hue::NAME => Op::Hue(Hue::from_json(&fields)?),
+            threshold::NAME => Op::Threshold(Threshold::from_json(&fields)?),
+            grayscale::NAME => Op::Grayscale(Grayscale),
+            flip::FLIP => Op::Flip(Flip),
+            flip::FLOP => Op::Flop(Flop),
+            sepia::NAME => Op::Sepia(Sepia),
+            invert::NAME => Op::Invert(Invert),
+            format::NAME => Op::Format(Format::from_json(&fields)?),
             _ => return Ok(None),
         }))
+    }
+
+    /// The op's fields in canonical order, defaults left out: what the JSON and text forms
+    /// write.
+    fn params(&self) -> Vec<(&'static str, Value)> {
+        match self {
+            Op::Resize(op) => op.params(),
+            Op::Blur(op) => op.params(),
+            Op::Brightness(op) => op.params(),
+            Op::Contrast(op) => op.params(),
+            Op::Gamma(op) => op.params(),
+            Op::Saturation(op) => op.params(),
+            Op::Hue(op) => op.params(),
+            Op::Threshold(op) => op.params(),
+            Op::Flip(_) | Op::Flop(_) | Op::Grayscale(_) | Op::Sepia(_) | Op::Invert(_) => {
+                Vec::new()
+            }
+            Op::Format(op) => op.params(),
+        }
     }
 
     fn to_proto(&self) -> Operation {
@@ -118,6 +252,15 @@ impl Op {
             Op::Resize(op) => operation::Op::Resize(op.to_proto()),
             Op::Blur(op) => operation::Op::Blur(op.to_proto()),
             Op::Brightness(op) => operation::Op::Brightness(op.to_proto()),
+            Op::Contrast(op) => operation::Op::Contrast(op.to_proto()),
+            Op::Gamma(op) => operation::Op::Gamma(op.to_proto()),
+            Op::Saturation(op) => operation::Op::Saturation(op.to_proto()),
+            Op::Hue(op) => operation::Op::Hue(op.to_proto()),
+            Op::Threshold(op) => operation::Op::Threshold(op.to_proto()),
+            Op::Flip(op) => operation::Op::Flip(op.to_proto()),
+            Op::Flop(op) => operation::Op::Flop(op.to_proto()),
+            Op::Sepia(op) => operation::Op::Sepia(op.to_proto()),
+            Op::Invert(op) => operation::Op::Invert(op.to_proto()),
             Op::Grayscale(op) => operation::Op::Grayscale(op.to_proto()),
             Op::Format(op) => operation::Op::Format(op.to_proto()),
         };
@@ -186,7 +329,7 @@ impl Pipeline {
                         )));
                     }
                 };
-                match Op::from_json(name, map) {
+                match Op::from_fields(name, map, Source::Json) {
                     Ok(Some(op)) => Ok(op),
                     Ok(None) => Err(Error::invalid(format!(
                         "op {position}: unknown op {}",
@@ -197,6 +340,70 @@ impl Pipeline {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Pipeline::new(ops)
+    }
+
+    /// Validates the text form, `resize:w=1920/blur:sigma=2/format:webp,q=85` (see [`text`]).
+    pub fn from_text(text: &str) -> Result<Pipeline, Error> {
+        let ops = text::split(text, Op::fields_of).map_err(|(position, name, msg)| {
+            Error::invalid(match (position, name) {
+                (0, _) => msg,
+                (position, Some(name)) => format!("op {position} ({name}): {msg}"),
+                (position, None) => format!("op {position}: {msg}"),
+            })
+        })?;
+        check_count(ops.len())?;
+        let ops = ops
+            .iter()
+            .enumerate()
+            .map(|(i, op)| {
+                let position = i + 1;
+                match Op::from_fields(op.name, &op.fields, Source::Text) {
+                    Ok(Some(parsed)) => Ok(parsed),
+                    Ok(None) => Err(Error::invalid(format!(
+                        "op {position}: unknown op {}",
+                        quoted(op.name)
+                    ))),
+                    Err(msg) => Err(Error::invalid(format!(
+                        "op {position} ({}): {msg}",
+                        op.name
+                    ))),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Pipeline::new(ops)
+    }
+
+    /// Either form a person types: a JSON array (it starts with `[`) or the text form.
+    pub fn parse(input: &str) -> Result<Pipeline, Error> {
+        if input.trim_start().starts_with('[') {
+            Pipeline::from_json(input)
+        } else {
+            Pipeline::from_text(input)
+        }
+    }
+
+    /// The JSON form; `from_json(&p.to_json())` gives back `p`.
+    pub fn to_json(&self) -> String {
+        let ops: Vec<Value> = self
+            .ops
+            .iter()
+            .map(|op| {
+                let mut map = serde_json::Map::new();
+                map.insert("op".into(), Value::from(op.name()));
+                map.extend(op.params().into_iter().map(|(k, v)| (k.to_string(), v)));
+                Value::Object(map)
+            })
+            .collect();
+        Value::Array(ops).to_string()
+    }
+
+    /// The text form; `from_text(&p.to_text())` gives back `p`.
+    pub fn to_text(&self) -> String {
+        self.ops
+            .iter()
+            .map(|op| text::write_op(op.name(), &op.params()))
+            .collect::<Vec<_>>()
+            .join("/")
     }
 
     /// The protobuf form; `from_proto(&p.to_proto())` gives back `p`.
@@ -295,7 +502,7 @@ mod tests {
             ),
             (
                 r#"[{"op":"resize","width":10,"fit":"stretch"}]"#,
-                r#"op 1 (resize): fit must be one of inside, cover, fill, got "stretch""#,
+                r#"op 1 (resize): fit must be one of inside, cover, fill, exact, got "stretch""#,
             ),
             (
                 r#"[{"op":"format","format":"png"},{"op":"grayscale"}]"#,
@@ -359,13 +566,15 @@ mod tests {
                 width: 10,
                 height: 0,
                 fit: 42,
+                ..Default::default()
             })]),
-            "op 1 (resize): fit must be one of inside, cover, fill, got 42"
+            "op 1 (resize): fit must be one of inside, cover, fill, exact, got 42"
         );
         assert_eq!(
             proto_err(vec![operation::Op::Format(v1::Format {
                 format: v1::ImageFormat::Jpeg as i32,
                 quality: 101,
+                ..Default::default()
             })]),
             "op 1 (format): quality must be between 1 and 100, got 101"
         );
@@ -378,10 +587,12 @@ mod tests {
                 operation::Op::Format(v1::Format {
                     format: v1::ImageFormat::Png as i32,
                     quality: 0,
+                    ..Default::default()
                 }),
                 operation::Op::Format(v1::Format {
                     format: v1::ImageFormat::Jpeg as i32,
                     quality: 0,
+                    ..Default::default()
                 }),
             ]),
             "op 1 (format): format must be the last op"
@@ -426,6 +637,7 @@ mod tests {
                 width: 1920,
                 height: 0,
                 fit: v1::Fit::Unspecified as i32,
+                ..Default::default()
             }),
             operation::Op::Blur(v1::Blur { sigma: 2.0 }),
             operation::Op::Brightness(v1::Brightness { factor: 1.1 }),
@@ -434,10 +646,12 @@ mod tests {
                 width: 300,
                 height: 200,
                 fit: v1::Fit::Cover as i32,
+                ..Default::default()
             }),
             operation::Op::Format(v1::Format {
                 format: v1::ImageFormat::Webp as i32,
                 quality: 0,
+                ..Default::default()
             }),
         ]
         .map(|op| Operation { op: Some(op) });
@@ -462,6 +676,125 @@ mod tests {
         assert_eq!(back, pipeline);
         let empty = Pipeline::default();
         assert_eq!(Pipeline::from_proto(&empty.to_proto()).unwrap(), empty);
+    }
+
+    #[test]
+    fn every_form_round_trips() {
+        let text = "resize:w=1920,h=1080,fit=exact,filter=nearest,upscale=true/flip/flop/\
+                    blur:sigma=1.5/brightness:1.1/contrast:0.8/gamma:2.2/saturation:1.3/\
+                    hue:-45/grayscale/sepia/invert/threshold:level=100/\
+                    format:jpeg,q=70,progressive=true";
+        let pipeline = Pipeline::from_text(text).unwrap();
+        assert_eq!(pipeline.ops().len(), 14);
+        assert_eq!(Pipeline::from_text(&pipeline.to_text()).unwrap(), pipeline);
+        assert_eq!(Pipeline::from_json(&pipeline.to_json()).unwrap(), pipeline);
+        assert_eq!(
+            Pipeline::from_proto(&pipeline.to_proto()).unwrap(),
+            pipeline
+        );
+        assert_eq!(Pipeline::parse(&pipeline.to_json()).unwrap(), pipeline);
+        assert_eq!(Pipeline::parse(text).unwrap(), pipeline);
+        for png in [
+            "format:png,compression=9",
+            "format:webp,lossless=true",
+            "resize:300,200,cover/threshold",
+        ] {
+            let p = Pipeline::from_text(png).unwrap();
+            assert_eq!(Pipeline::from_json(&p.to_json()).unwrap(), p, "{png}");
+            assert_eq!(Pipeline::from_proto(&p.to_proto()).unwrap(), p, "{png}");
+        }
+    }
+
+    #[test]
+    fn the_documented_text_example_means_what_the_json_does() {
+        let text = Pipeline::from_text("resize:w=1920/blur:sigma=2/format:webp,q=85").unwrap();
+        let json = Pipeline::from_json(
+            r#"[{"op":"resize","width":1920},{"op":"blur","sigma":2},
+                {"op":"format","format":"webp","quality":85}]"#,
+        )
+        .unwrap();
+        assert_eq!(text, json);
+        assert_eq!(
+            text.to_text(),
+            "resize:width=1920/blur:sigma=2/format:format=webp"
+        );
+        assert_eq!(
+            json.to_json(),
+            r#"[{"op":"resize","width":1920},{"op":"blur","sigma":2},{"op":"format","format":"webp"}]"#
+        );
+        assert!(Pipeline::from_text("").unwrap().ops().is_empty());
+    }
+
+    #[test]
+    fn text_form_errors_name_position_op_and_field() {
+        let text_err = |text: &str| {
+            let err = Pipeline::from_text(text).expect_err(text);
+            assert_eq!(err.code, ErrorCode::InvalidArgument);
+            err.message
+        };
+        let cases = [
+            (
+                "blur:sigma=abc",
+                r#"op 1 (blur): sigma must be a number, got "abc""#,
+            ),
+            (
+                "grayscale/blur:-1",
+                "op 2 (blur): sigma must be > 0 and <= 100, got -1",
+            ),
+            ("grayscale/sharpn", r#"op 2: unknown op "sharpn""#),
+            (
+                "resize:w=10,widht=3",
+                r#"op 1 (resize): unknown field "widht""#,
+            ),
+            (
+                "resize:w=ten",
+                r#"op 1 (resize): width must be an integer, got "ten""#,
+            ),
+            (
+                "resize:w=10,upscale=maybe",
+                r#"op 1 (resize): upscale must be true or false, got "maybe""#,
+            ),
+            (
+                "format:png,progressive=true",
+                "op 1 (format): progressive applies to jpeg only, not png",
+            ),
+            (
+                "format:jpeg,compression=3",
+                "op 1 (format): compression applies to png only, not jpeg",
+            ),
+            (
+                "gamma:0",
+                "op 1 (gamma): gamma must be between 0.1 and 10, got 0",
+            ),
+            ("hue", "op 1 (hue): degrees is required"),
+            (
+                "threshold:300",
+                "op 1 (threshold): level must be between 0 and 255, got 300",
+            ),
+            (
+                "format:png/grayscale",
+                "op 1 (format): format must be the last op",
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(text_err(text), want, "{text}");
+        }
+        assert_eq!(
+            text_err(&vec!["grayscale"; MAX_OPS + 1].join("/")),
+            "pipeline has 65 ops, over the limit of 64"
+        );
+    }
+
+    #[test]
+    fn ops_not_built_yet_are_refused_by_name() {
+        assert_eq!(
+            proto_err(vec![operation::Op::Sharpen(v1::Sharpen::default())]),
+            "op 1 (sharpen): not available in this version"
+        );
+        assert_eq!(
+            json_err(r#"[{"op":"sharpen"}]"#),
+            r#"op 1: unknown op "sharpen""#
+        );
     }
 
     #[test]

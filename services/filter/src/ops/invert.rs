@@ -1,0 +1,34 @@
+//! `invert`: the negative, `255 - v` on R, G and B; alpha is left alone.
+
+use pixelmesh_proto::v1;
+
+use super::bitmap::Bitmap;
+
+pub(crate) const NAME: &str = "invert";
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Invert;
+
+impl Invert {
+    pub(crate) fn to_proto(self) -> v1::Invert {
+        v1::Invert {}
+    }
+
+    pub fn apply(self, mut image: Bitmap) -> Bitmap {
+        image.map_channels(&std::array::from_fn(|v| 255 - v as u8));
+        image
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inverts_colour_keeps_alpha_and_twice_is_identity() {
+        let image = Bitmap::new(2, 1, true, vec![0, 100, 255, 9, 1, 2, 3, 200]).unwrap();
+        let once = Invert.apply(image.clone());
+        assert_eq!(once.data(), &[255, 155, 0, 9, 254, 253, 252, 200]);
+        assert_eq!(Invert.apply(once), image);
+    }
+}

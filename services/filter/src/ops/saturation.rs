@@ -1,0 +1,98 @@
+//! `saturation`: scale each channel's distance from the pixel's luma: 0 is grey, 1 leaves
+//! the image alone, 2 doubles the saturation. Alpha is left alone.
+
+use pixelmesh_proto::v1;
+use serde_json::Value;
+
+use super::bitmap::{Bitmap, fixed_matrix};
+use super::json::{Fields, number};
+
+pub(crate) const NAME: &str = "saturation";
+pub(crate) const FIELDS: &[&str] = &["factor"];
+
+pub const MAX_FACTOR: f32 = 10.0;
+
+/// BT.601 luma weights, the same as `grayscale`'s.
+pub(crate) const LUMA: [f64; 3] = [0.299, 0.587, 0.114];
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Saturation {
+    factor: f32,
+}
+
+impl Saturation {
+    pub fn new(factor: f32) -> Result<Saturation, String> {
+        if !(factor.is_finite() && (0.0..=MAX_FACTOR).contains(&factor)) {
+            return Err(format!(
+                "factor must be >= 0 and <= {MAX_FACTOR}, got {factor}"
+            ));
+        }
+        Ok(Saturation { factor })
+    }
+
+    pub(crate) fn from_proto(p: &v1::Saturation) -> Result<Saturation, String> {
+        Saturation::new(p.factor)
+    }
+
+    pub(crate) fn from_json(fields: &Fields<'_>) -> Result<Saturation, String> {
+        let factor = fields.number("factor")?.ok_or("factor is required")?;
+        Saturation::new(factor as f32)
+    }
+
+    pub(crate) fn to_proto(self) -> v1::Saturation {
+        v1::Saturation {
+            factor: self.factor,
+        }
+    }
+
+    pub(crate) fn params(&self) -> Vec<(&'static str, Value)> {
+        vec![("factor", number(self.factor))]
+    }
+
+    /// `out = luma + factor * (in - luma)` as one colour matrix.
+    fn matrix(&self) -> [[f64; 3]; 3] {
+        let s = f64::from(self.factor);
+        std::array::from_fn(|row| {
+            std::array::from_fn(|col| {
+                let identity = if row == col { 1.0 } else { 0.0 };
+                (1.0 - s) * LUMA[col] + s * identity
+            })
+        })
+    }
+
+    pub fn apply(&self, mut image: Bitmap) -> Bitmap {
+        image.map_colours(&fixed_matrix(self.matrix()));
+        image
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pixel(factor: f32, rgb: [u8; 3]) -> [u8; 3] {
+        let out = Saturation::new(factor)
+            .unwrap()
+            .apply(Bitmap::new(1, 1, false, rgb.to_vec()).unwrap());
+        [out.data()[0], out.data()[1], out.data()[2]]
+    }
+
+    #[test]
+    fn one_is_identity_zero_is_grey() {
+        for rgb in [[0, 0, 0], [255, 255, 255], [200, 30, 90], [1, 254, 128]] {
+            assert_eq!(pixel(1.0, rgb), rgb);
+            let [r, g, b] = pixel(0.0, rgb);
+            assert!(r == g && g == b, "{rgb:?} -> {r} {g} {b}");
+        }
+        // Greys have nothing to saturate.
+        assert_eq!(pixel(3.0, [90, 90, 90]), [90, 90, 90]);
+    }
+
+    #[test]
+    fn more_saturation_spreads_the_channels() {
+        let spread = |[r, g, b]: [u8; 3]| r.max(g).max(b) - r.min(g).min(b);
+        let base = [150, 100, 80];
+        assert!(spread(pixel(2.0, base)) > spread(base));
+        assert!(spread(pixel(0.5, base)) < spread(base));
+    }
+}

@@ -1,0 +1,99 @@
+//! `threshold`: pixels whose luma is at or above `level` become white, the rest black; alpha
+//! is left alone.
+
+use pixelmesh_proto::v1;
+use serde_json::Value;
+
+use super::bitmap::{Bitmap, luma};
+use super::json::Fields;
+
+pub(crate) const NAME: &str = "threshold";
+pub(crate) const FIELDS: &[&str] = &["level"];
+
+pub const DEFAULT_LEVEL: u8 = 128;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Threshold {
+    level: u8,
+}
+
+impl Threshold {
+    pub fn new(level: u8) -> Threshold {
+        Threshold { level }
+    }
+
+    pub(crate) fn from_proto(p: &v1::Threshold) -> Result<Threshold, String> {
+        // 0 would make every pixel white: treated as unset, like every zero in the protos.
+        match p.level {
+            0 => Ok(Threshold::new(DEFAULT_LEVEL)),
+            level => u8::try_from(level)
+                .map(Threshold::new)
+                .map_err(|_| level_error(i64::from(level))),
+        }
+    }
+
+    pub(crate) fn from_json(fields: &Fields<'_>) -> Result<Threshold, String> {
+        match fields.integer("level")? {
+            None => Ok(Threshold::new(DEFAULT_LEVEL)),
+            Some(level) => u8::try_from(level)
+                .map(Threshold::new)
+                .map_err(|_| level_error(level)),
+        }
+    }
+
+    pub(crate) fn to_proto(self) -> v1::Threshold {
+        v1::Threshold {
+            level: u32::from(self.level),
+        }
+    }
+
+    pub(crate) fn params(&self) -> Vec<(&'static str, Value)> {
+        if self.level == DEFAULT_LEVEL {
+            Vec::new()
+        } else {
+            vec![("level", Value::from(self.level))]
+        }
+    }
+
+    pub fn apply(&self, mut image: Bitmap) -> Bitmap {
+        let channels = image.channels();
+        for pixel in image.data_mut().chunks_exact_mut(channels) {
+            let value = if luma(pixel[0], pixel[1], pixel[2]) >= self.level {
+                255
+            } else {
+                0
+            };
+            pixel[..3].fill(value);
+        }
+        image
+    }
+}
+
+fn level_error(value: i64) -> String {
+    format!("level must be between 0 and 255, got {value}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_at_the_level_by_luma() {
+        let image =
+            Bitmap::new(3, 1, false, vec![127, 127, 127, 128, 128, 128, 255, 0, 0]).unwrap();
+        let out = Threshold::new(128).apply(image);
+        // Pure red has luma 77: below 128.
+        assert_eq!(out.data(), &[0, 0, 0, 255, 255, 255, 0, 0, 0]);
+    }
+
+    #[test]
+    fn level_is_validated() {
+        let p = |level| Threshold::from_proto(&v1::Threshold { level });
+        assert_eq!(p(0), Ok(Threshold::new(DEFAULT_LEVEL)));
+        assert_eq!(p(255), Ok(Threshold::new(255)));
+        assert_eq!(
+            p(256),
+            Err("level must be between 0 and 255, got 256".into())
+        );
+    }
+}
