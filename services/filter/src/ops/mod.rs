@@ -19,6 +19,7 @@ pub mod grayscale;
 pub mod hue;
 pub mod invert;
 mod json;
+pub mod pixelate;
 pub mod resize;
 pub mod saturation;
 pub mod sepia;
@@ -37,6 +38,7 @@ pub use gravity::Gravity;
 pub use grayscale::Grayscale;
 pub use hue::Hue;
 pub use invert::Invert;
+pub use pixelate::Pixelate;
 pub use resize::{Filter, Fit, Resize};
 pub use saturation::Saturation;
 pub use sepia::Sepia;
@@ -62,6 +64,7 @@ pub enum Op {
     Flip(Flip),
     Flop(Flop),
     Blur(Blur),
+    Pixelate(Pixelate),
     Brightness(Brightness),
     Contrast(Contrast),
     Gamma(Gamma),
@@ -83,6 +86,7 @@ impl Op {
             Op::Flip(_) => flip::FLIP,
             Op::Flop(_) => flip::FLOP,
             Op::Blur(_) => blur::NAME,
+            Op::Pixelate(_) => pixelate::NAME,
             Op::Brightness(_) => brightness::NAME,
             Op::Contrast(_) => contrast::NAME,
             Op::Gamma(_) => gamma::NAME,
@@ -106,6 +110,7 @@ impl Op {
             Op::Flip(_)
             | Op::Flop(_)
             | Op::Blur(_)
+            | Op::Pixelate(_)
             | Op::Brightness(_)
             | Op::Contrast(_)
             | Op::Gamma(_)
@@ -128,6 +133,7 @@ impl Op {
             Op::Flip(op) => Ok(op.apply(image)),
             Op::Flop(op) => Ok(op.apply(image)),
             Op::Blur(op) => op.apply(image),
+            Op::Pixelate(op) => Ok(op.apply(image)),
             Op::Brightness(op) => Ok(op.apply(image)),
             Op::Contrast(op) => Ok(op.apply(image)),
             Op::Gamma(op) => Ok(op.apply(image)),
@@ -185,7 +191,9 @@ impl Op {
             operation::Op::AutoOrient(_) => Err(("auto_orient", NOT_YET.into())),
             operation::Op::Sharpen(_) => Err(("sharpen", NOT_YET.into())),
             operation::Op::Edge(_) => Err(("edge", NOT_YET.into())),
-            operation::Op::Pixelate(_) => Err(("pixelate", NOT_YET.into())),
+            operation::Op::Pixelate(p) => Pixelate::from_proto(p)
+                .map(Op::Pixelate)
+                .map_err(tagged(pixelate::NAME)),
             operation::Op::Watermark(_) => Err(("watermark", NOT_YET.into())),
             operation::Op::Analyze(_) => Err(("analyze", NOT_YET.into())),
         }
@@ -198,6 +206,7 @@ impl Op {
             resize::NAME => resize::FIELDS,
             crop::NAME => crop::FIELDS,
             blur::NAME => blur::FIELDS,
+            pixelate::NAME => pixelate::FIELDS,
             brightness::NAME => brightness::FIELDS,
             contrast::NAME => contrast::FIELDS,
             gamma::NAME => gamma::FIELDS,
@@ -225,6 +234,7 @@ impl Op {
             blur::NAME => Op::Blur(Blur::from_json(&fields)?),
             brightness::NAME => Op::Brightness(Brightness::from_json(&fields)?),
             crop::NAME => Op::Crop(Crop::from_json(&fields)?),
+            pixelate::NAME => Op::Pixelate(Pixelate::from_json(&fields)?),
             contrast::NAME => Op::Contrast(Contrast::from_json(&fields)?),
             gamma::NAME => Op::Gamma(Gamma::from_json(&fields)?),
             saturation::NAME => Op::Saturation(Saturation::from_json(&fields)?),
@@ -246,6 +256,7 @@ impl Op {
         match self {
             Op::Resize(op) => op.params(),
             Op::Crop(op) => op.params(),
+            Op::Pixelate(op) => op.params(),
             Op::Blur(op) => op.params(),
             Op::Brightness(op) => op.params(),
             Op::Contrast(op) => op.params(),
@@ -266,6 +277,7 @@ impl Op {
             Op::Blur(op) => operation::Op::Blur(op.to_proto()),
             Op::Brightness(op) => operation::Op::Brightness(op.to_proto()),
             Op::Crop(op) => operation::Op::Crop(op.to_proto()),
+            Op::Pixelate(op) => operation::Op::Pixelate(op.to_proto()),
             Op::Contrast(op) => operation::Op::Contrast(op.to_proto()),
             Op::Gamma(op) => operation::Op::Gamma(op.to_proto()),
             Op::Saturation(op) => operation::Op::Saturation(op.to_proto()),
@@ -713,6 +725,7 @@ mod tests {
             "format:webp,lossless=true",
             "resize:300,200,cover/threshold",
             "crop:10,20,300,200/crop:w=50,h=40,g=south_east",
+            "pixelate/pixelate:size=16",
         ] {
             let p = Pipeline::from_text(png).unwrap();
             assert_eq!(Pipeline::from_json(&p.to_json()).unwrap(), p, "{png}");
