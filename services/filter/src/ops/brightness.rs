@@ -22,13 +22,9 @@ pub struct Brightness {
 
 impl Brightness {
     pub fn new(factor: f32) -> Result<Brightness, String> {
-        // Written so NaN fails too.
-        if !(factor.is_finite() && (0.0..=MAX_FACTOR).contains(&factor)) {
-            return Err(format!(
-                "factor must be >= 0 and <= {MAX_FACTOR}, got {factor}"
-            ));
-        }
-        Ok(Brightness { factor })
+        Ok(Brightness {
+            factor: super::range::factor(factor, MAX_FACTOR)?,
+        })
     }
 
     pub fn factor(&self) -> f32 {

@@ -20,12 +20,9 @@ pub struct Contrast {
 
 impl Contrast {
     pub fn new(factor: f32) -> Result<Contrast, String> {
-        if !(factor.is_finite() && (0.0..=MAX_FACTOR).contains(&factor)) {
-            return Err(format!(
-                "factor must be >= 0 and <= {MAX_FACTOR}, got {factor}"
-            ));
-        }
-        Ok(Contrast { factor })
+        Ok(Contrast {
+            factor: super::range::factor(factor, MAX_FACTOR)?,
+        })
     }
 
     pub(crate) fn from_proto(p: &v1::Contrast) -> Result<Contrast, String> {

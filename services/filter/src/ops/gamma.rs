@@ -20,12 +20,9 @@ pub struct Gamma {
 
 impl Gamma {
     pub fn new(gamma: f32) -> Result<Gamma, String> {
-        if !(gamma.is_finite() && (MIN_GAMMA..=MAX_GAMMA).contains(&gamma)) {
-            return Err(format!(
-                "gamma must be between {MIN_GAMMA} and {MAX_GAMMA}, got {gamma}"
-            ));
-        }
-        Ok(Gamma { gamma })
+        Ok(Gamma {
+            gamma: super::range::between("gamma", gamma, MIN_GAMMA, MAX_GAMMA)?,
+        })
     }
 
     pub(crate) fn from_proto(p: &v1::Gamma) -> Result<Gamma, String> {

@@ -17,12 +17,9 @@ pub struct Hue {
 
 impl Hue {
     pub fn new(degrees: f32) -> Result<Hue, String> {
-        if !(degrees.is_finite() && (-360.0..=360.0).contains(&degrees)) {
-            return Err(format!(
-                "degrees must be between -360 and 360, got {degrees}"
-            ));
-        }
-        Ok(Hue { degrees })
+        Ok(Hue {
+            degrees: super::range::between("degrees", degrees, -360.0, 360.0)?,
+        })
     }
 
     pub(crate) fn from_proto(p: &v1::Hue) -> Result<Hue, String> {

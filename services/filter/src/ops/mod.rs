@@ -20,6 +20,7 @@ pub mod hue;
 pub mod invert;
 mod json;
 pub mod pixelate;
+mod range;
 pub mod resize;
 pub mod saturation;
 pub mod sepia;

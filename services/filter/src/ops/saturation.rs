@@ -22,12 +22,9 @@ pub struct Saturation {
 
 impl Saturation {
     pub fn new(factor: f32) -> Result<Saturation, String> {
-        if !(factor.is_finite() && (0.0..=MAX_FACTOR).contains(&factor)) {
-            return Err(format!(
-                "factor must be >= 0 and <= {MAX_FACTOR}, got {factor}"
-            ));
-        }
-        Ok(Saturation { factor })
+        Ok(Saturation {
+            factor: super::range::factor(factor, MAX_FACTOR)?,
+        })
     }
 
     pub(crate) fn from_proto(p: &v1::Saturation) -> Result<Saturation, String> {
