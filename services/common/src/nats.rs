@@ -46,6 +46,16 @@ pub fn task_id(job_id: &str, index: u32) -> String {
     format!("{job_id}.{index}")
 }
 
+/// The dedup id of tile `tile` of a tiled image.
+pub fn tile_task_id(job_id: &str, index: u32, tile: u32) -> String {
+    format!("{job_id}.{index}.t{tile}")
+}
+
+/// The dedup id of a tiled image's assembly.
+pub fn assemble_task_id(job_id: &str, index: u32) -> String {
+    format!("{job_id}.{index}.assemble")
+}
+
 /// Connects, retrying for a while so roles can start before the server is up.
 pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
     let mut delay = Duration::from_millis(50);

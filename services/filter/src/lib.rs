@@ -4,6 +4,7 @@
 //!   [`ops::Pipeline`] parses and validates a pipeline from protobuf or JSON;
 //! * [`codec`] — decoding with limits checked from the header first, and encoding;
 //! * [`engine`] — `process`: bytes in, pipeline applied, bytes out;
+//! * [`tiles`] — splitting huge images into tiles with halos, and stitching them back;
 //! * [`worker`] — the JetStream consumer loop with its ack discipline;
 //! * [`heartbeat`] — the worker's entry in the `pixelmesh-workers` KV bucket.
 
@@ -11,6 +12,7 @@ pub mod codec;
 pub mod engine;
 pub mod heartbeat;
 pub mod ops;
+pub mod tiles;
 pub mod worker;
 
 use std::{future::Future, sync::Arc};

@@ -18,7 +18,8 @@ use pixelmesh_proto::{
     Error, ErrorCode,
     v1::{
         BlobMeta, GetBlobRequest, JobRequest, Output, PutBlobRequest, Task, TaskResult,
-        put_blob_request::Part, storage_client::StorageClient, task_result::Outcome,
+        TileAssembly, TileInput, TileOutput, TileSplit, put_blob_request::Part,
+        storage_client::StorageClient, task, task_result::Outcome,
     },
 };
 use prost::Message as _;
@@ -27,9 +28,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::{
-    codec::Limits,
+    codec::{self, Limits},
     engine::{self, Processed},
-    ops::Pipeline,
+    ops::{FileFormat, Pipeline},
+    tiles::{self, Canvas, Policy, Rect, Tile},
 };
 
 /// Chunk size for blobs sent to storage.
@@ -168,7 +170,12 @@ async fn handle(worker: &Worker, message: jetstream::Message) {
             return;
         }
     };
-    let span = tracing::info_span!("task", job = %task.job_id, index = task.index, attempt);
+    let stage = match &task.stage {
+        None => "image".to_string(),
+        Some(task::Stage::Tile(tile)) => format!("tile {}", tile.tile),
+        Some(task::Stage::Assemble(_)) => "assemble".to_string(),
+    };
+    let span = tracing::info_span!("task", job = %task.job_id, index = task.index, stage, attempt);
     telemetry::set_parent_from_nats(&span, message.headers.as_ref());
     async {
         use std::sync::atomic::Ordering::Relaxed;
@@ -182,7 +189,7 @@ async fn handle(worker: &Worker, message: jetstream::Message) {
 
         let last_attempt = i64::from(attempt) >= worker.queue.max_deliver;
         let (outcome, ack_kind) = match outcome {
-            Ok(output) => (Outcome::Output(output), AckKind::Ack),
+            Ok(outcome) => (outcome, AckKind::Ack),
             Err(TaskError::Skipped) => {
                 tracing::info!("job already ended, task skipped");
                 ack(&message, AckKind::Ack).await;
@@ -201,7 +208,6 @@ async fn handle(worker: &Worker, message: jetstream::Message) {
                 return;
             }
         };
-        let failed = matches!(outcome, Outcome::Error(_));
         if let Outcome::Error(error) = &outcome {
             tracing::warn!(error = %error, "image failed");
             record_error(&worker.stats, error);
@@ -220,11 +226,20 @@ async fn handle(worker: &Worker, message: jetstream::Message) {
             ack(&message, AckKind::Nak(Some(backoff(attempt)))).await;
             return;
         }
-        if failed {
-            worker.stats.failed.fetch_add(1, Relaxed);
-        } else {
-            worker.stats.done.fetch_add(1, Relaxed);
-            tracing::info!(duration_ms, "image done");
+        match &result.outcome {
+            Some(Outcome::Error(_)) => {
+                worker.stats.failed.fetch_add(1, Relaxed);
+            }
+            Some(Outcome::Split(split)) => {
+                tracing::info!(duration_ms, tiles = split.tiles.len(), "image split into tiles");
+            }
+            Some(Outcome::Tile(tile)) => {
+                tracing::info!(duration_ms, tile = tile.tile, "tile done");
+            }
+            Some(Outcome::Output(_)) | None => {
+                worker.stats.done.fetch_add(1, Relaxed);
+                tracing::info!(duration_ms, "image done");
+            }
         }
         ack(&message, ack_kind).await;
     }
@@ -277,8 +292,7 @@ fn unreachable_loop<T>() -> T {
     unreachable!("the keep-alive loop never ends")
 }
 
-async fn run_task(worker: &Worker, task: &Task) -> Result<Output, TaskError> {
-    let started = Instant::now();
+async fn run_task(worker: &Worker, task: &Task) -> Result<Outcome, TaskError> {
     let mut storage = worker.storage.clone();
     let summary = storage
         .get_job_summary(JobRequest {
@@ -290,39 +304,183 @@ async fn run_task(worker: &Worker, task: &Task) -> Result<Output, TaskError> {
         return Err(TaskError::Skipped);
     }
     let pipeline = Pipeline::from_proto(&task.pipeline)?;
-    let input = download(
-        &mut storage,
-        &task.input_blob_id,
-        worker.limits.max_input_bytes,
-    )
-    .await?;
+    match &task.stage {
+        None => run_image(worker, &mut storage, task, pipeline).await,
+        Some(task::Stage::Tile(tile)) => run_tile(worker, &mut storage, tile, pipeline)
+            .await
+            .map(Outcome::Tile),
+        Some(task::Stage::Assemble(assembly)) => {
+            run_assembly(worker, &mut storage, assembly, pipeline)
+                .await
+                .map(Outcome::Output)
+        }
+    }
+}
+
+/// A whole image: processed here, or split into tiles when it is big and the pipeline
+/// allows it.
+async fn run_image(
+    worker: &Worker,
+    storage: &mut StorageClient<Channel>,
+    task: &Task,
+    pipeline: Pipeline,
+) -> Result<Outcome, TaskError> {
+    let started = Instant::now();
+    let input = download(storage, &task.input_blob_id, worker.limits.max_input_bytes).await?;
     let downloaded = Instant::now();
+    let policy = Policy::from_task(task);
+    if let Some(halo) =
+        tiles::pixels_of(&input).and_then(|pixels| policy.halo_for(&pipeline, pixels))
+    {
+        return split(worker, storage, input, policy.tile_size, halo).await;
+    }
     let limits = worker.limits;
+    let processed = on_cpu(worker, move || engine::process(&input, &pipeline, &limits))
+        .await?
+        .map_err(|err| TaskError::Permanent(err.to_string()))?;
+    let processed_at = Instant::now();
+    let output = upload(storage, processed).await?;
+    tracing::debug!(
+        download_ms = (downloaded - started).as_millis() as u64,
+        process_ms = (processed_at - downloaded).as_millis() as u64,
+        upload_ms = processed_at.elapsed().as_millis() as u64,
+        "task stages"
+    );
+    Ok(Outcome::Output(output))
+}
+
+/// Decodes once, stores every tile with its halo as raw pixels, and reports the plan; the
+/// scheduler then publishes one task per tile.
+async fn split(
+    worker: &Worker,
+    storage: &mut StorageClient<Channel>,
+    input: Vec<u8>,
+    tile_size: u32,
+    halo: u32,
+) -> Result<Outcome, TaskError> {
+    let limits = worker.limits;
+    let (format, width, height, cut) = on_cpu(worker, move || {
+        let decoded = codec::decode(&input, &limits).map_err(|err| err.to_string())?;
+        let image = decoded.image;
+        let (width, height) = (image.width(), image.height());
+        let size = tiles::tile_size_for(width, height, tile_size);
+        let cut = tiles::plan(width, height, size, halo)
+            .into_iter()
+            .map(|tile| {
+                Ok((
+                    tile,
+                    tiles::encode_raw(&tiles::extract(&image, tile.source)?),
+                ))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok::<_, String>((decoded.format, width, height, cut))
+    })
+    .await?
+    .map_err(TaskError::Permanent)?;
+    let mut split = TileSplit {
+        width,
+        height,
+        input_format: format.to_proto() as i32,
+        tiles: Vec::with_capacity(cut.len()),
+    };
+    for (i, (tile, bytes)) in cut.into_iter().enumerate() {
+        let blob_id = put_blob(storage, bytes).await?;
+        split.tiles.push(TileInput {
+            tile: i as u32,
+            core: Some(tile.core.to_proto()),
+            source: Some(tile.source.to_proto()),
+            blob_id,
+        });
+    }
+    Ok(Outcome::Split(split))
+}
+
+/// Runs the pipeline on one tile and stores its core.
+async fn run_tile(
+    worker: &Worker,
+    storage: &mut StorageClient<Channel>,
+    input: &TileInput,
+    pipeline: Pipeline,
+) -> Result<TileOutput, TaskError> {
+    let tile = Tile {
+        core: Rect::from_proto(input.core.as_ref()),
+        source: Rect::from_proto(input.source.as_ref()),
+    };
+    let bytes = download(storage, &input.blob_id, raw_limit(&worker.limits)).await?;
+    let core = on_cpu(worker, move || {
+        tiles::process_tile(tiles::decode_raw(bytes)?, tile, &pipeline)
+            .map(|core| tiles::encode_raw(&core))
+    })
+    .await?
+    .map_err(TaskError::Permanent)?;
+    Ok(TileOutput {
+        tile: input.tile,
+        core: Some(tile.core.to_proto()),
+        blob_id: put_blob(storage, core).await?,
+    })
+}
+
+/// Pastes every processed tile into the whole image and encodes it as the pipeline says.
+async fn run_assembly(
+    worker: &Worker,
+    storage: &mut StorageClient<Channel>,
+    assembly: &TileAssembly,
+    pipeline: Pipeline,
+) -> Result<Output, TaskError> {
+    let mut canvas = Canvas::new(assembly.width, assembly.height, &worker.limits)
+        .map_err(TaskError::Permanent)?;
+    let mut covered = 0u64;
+    for tile in &assembly.tiles {
+        let at = Rect::from_proto(tile.core.as_ref());
+        let bytes = download(storage, &tile.blob_id, raw_limit(&worker.limits)).await?;
+        let core = tiles::decode_raw(bytes).map_err(TaskError::Permanent)?;
+        canvas.paste(at, &core).map_err(TaskError::Permanent)?;
+        covered += u64::from(at.width) * u64::from(at.height);
+    }
+    if covered != u64::from(assembly.width) * u64::from(assembly.height) {
+        return Err(TaskError::Permanent(format!(
+            "tiles cover {covered} pixels of a {}x{} image",
+            assembly.width, assembly.height
+        )));
+    }
+    let input_format = FileFormat::from_proto(assembly.input_format).unwrap_or(FileFormat::Png);
+    let processed = on_cpu(worker, move || {
+        let image = canvas.finish()?;
+        tiles::encode_output(&image, &pipeline, input_format).map_err(|err| err.to_string())
+    })
+    .await?
+    .map_err(TaskError::Permanent)?;
+    upload(storage, processed).await
+}
+
+/// Runs CPU-bound `work` off the async runtime, holding one of the worker's CPU slots.
+async fn on_cpu<T: Send + 'static>(
+    worker: &Worker,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, TaskError> {
+    let asked = Instant::now();
     let cpu = worker
         .cpu
         .clone()
         .acquire_owned()
         .await
         .map_err(|err| TaskError::Transient(format!("worker stopping: {err}")))?;
-    let waited = Instant::now();
-    let processed = tokio::task::spawn_blocking(move || {
-        let processed = engine::process(&input, &pipeline, &limits);
+    tracing::debug!(
+        wait_ms = asked.elapsed().as_millis() as u64,
+        "cpu slot taken"
+    );
+    tokio::task::spawn_blocking(move || {
+        let result = work();
         drop(cpu);
-        processed
+        result
     })
     .await
-    .map_err(|err| TaskError::Permanent(format!("internal error while processing: {err}")))?
-    .map_err(|err| TaskError::Permanent(err.to_string()))?;
-    let processed_at = Instant::now();
-    let output = upload(&mut storage, processed).await?;
-    tracing::debug!(
-        download_ms = (downloaded - started).as_millis() as u64,
-        wait_ms = (waited - downloaded).as_millis() as u64,
-        process_ms = (processed_at - waited).as_millis() as u64,
-        upload_ms = processed_at.elapsed().as_millis() as u64,
-        "task stages"
-    );
-    Ok(output)
+    .map_err(|err| TaskError::Permanent(format!("internal error while processing: {err}")))
+}
+
+/// A raw tile holds at most the pixel limit's worth of RGBA, plus its header.
+fn raw_limit(limits: &Limits) -> u64 {
+    limits.max_pixels.saturating_mul(4).saturating_add(64)
 }
 
 async fn download(
@@ -369,7 +527,20 @@ async fn upload(
     processed: Processed,
 ) -> Result<Output, TaskError> {
     let size_bytes = processed.bytes.len() as u64;
-    let bytes = processed.bytes;
+    Ok(Output {
+        blob_id: put_blob(storage, processed.bytes).await?,
+        content_type: processed.content_type.to_string(),
+        width: processed.width,
+        height: processed.height,
+        size_bytes,
+    })
+}
+
+/// Stores `bytes` and returns the blob id.
+async fn put_blob(
+    storage: &mut StorageClient<Channel>,
+    bytes: Vec<u8>,
+) -> Result<String, TaskError> {
     let parts = std::iter::once(PutBlobRequest {
         part: Some(Part::Meta(BlobMeta { max_bytes: 0 })),
     })
@@ -392,13 +563,7 @@ async fn upload(
             err => TaskError::from(err),
         })?
         .into_inner();
-    Ok(Output {
-        blob_id: info.id,
-        content_type: processed.content_type.to_string(),
-        width: processed.width,
-        height: processed.height,
-        size_bytes,
-    })
+    Ok(info.id)
 }
 
 async fn publish_result(worker: &Worker, result: &TaskResult) -> anyhow::Result<()> {

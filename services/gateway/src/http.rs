@@ -13,7 +13,7 @@ use futures::{StreamExt, TryStreamExt};
 use pixelmesh_filter::ops::Pipeline;
 use pixelmesh_proto::{
     Error,
-    v1::{Image, ImageInput, Job, JobSummary, Output, SubmitJobRequest, Worker},
+    v1::{Image, ImageInput, Job, JobSummary, Output, SubmitJobRequest, Tiling, Worker},
 };
 use serde::{Deserialize, Serialize};
 
@@ -103,6 +103,7 @@ async fn drain(multipart: &mut Multipart) {
 
 async fn submit_parts(mesh: &Mesh, multipart: &mut Multipart) -> ApiResult<Response> {
     let mut pipeline: Option<Pipeline> = None;
+    let mut tiling = Tiling::Auto;
     let mut inputs = Vec::new();
     while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
         match field.name().unwrap_or_default() {
@@ -110,6 +111,20 @@ async fn submit_parts(mesh: &Mesh, multipart: &mut Multipart) -> ApiResult<Respo
                 let text = read_small(field, MAX_PIPELINE_BYTES).await?;
                 // Parsed as soon as it arrives, so a bad pipeline fails before any upload.
                 pipeline = Some(Pipeline::parse(&text)?);
+            }
+            "tiling" => {
+                let text = read_small(field, MAX_PIPELINE_BYTES).await?;
+                tiling = match text.trim() {
+                    "auto" => Tiling::Auto,
+                    "always" => Tiling::Always,
+                    "never" => Tiling::Never,
+                    other => {
+                        return Err(Error::invalid(format!(
+                            "tiling must be auto, always or never, got {other:?}"
+                        ))
+                        .into());
+                    }
+                };
             }
             "file" => {
                 if inputs.len() >= mesh.settings().max_files_per_job {
@@ -131,7 +146,7 @@ async fn submit_parts(mesh: &Mesh, multipart: &mut Multipart) -> ApiResult<Respo
             }
             other => {
                 return Err(Error::invalid(format!(
-                    "unexpected part {other:?}: expected \"pipeline\" and \"file\" parts"
+                    "unexpected part {other:?}: expected \"pipeline\", \"tiling\" and \"file\" parts"
                 ))
                 .into());
             }
@@ -145,6 +160,7 @@ async fn submit_parts(mesh: &Mesh, multipart: &mut Multipart) -> ApiResult<Respo
         .submit(SubmitJobRequest {
             pipeline: pipeline.to_proto(),
             inputs,
+            tiling: tiling as i32,
         })
         .await?;
     let summary = job.summary.unwrap_or_default();
@@ -328,6 +344,15 @@ struct ImageView {
     worker: Option<String>,
     attempts: u32,
     duration_ms: u64,
+    /// Set for an image cut into tiles: `{"done": 3, "total": 24}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tiles: Option<TilesView>,
+}
+
+#[derive(Serialize)]
+struct TilesView {
+    done: u32,
+    total: u32,
 }
 
 impl ImageView {
@@ -344,6 +369,10 @@ impl ImageView {
             worker: (!image.worker_id.is_empty()).then(|| image.worker_id.clone()),
             attempts: image.attempts,
             duration_ms: image.duration_ms,
+            tiles: (image.tiles_total > 0).then_some(TilesView {
+                done: image.tiles_done,
+                total: image.tiles_total,
+            }),
         }
     }
 }

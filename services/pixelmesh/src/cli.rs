@@ -78,6 +78,8 @@ pub struct SchedulerArgs {
     pub nats: NatsConfig,
     #[command(flatten)]
     pub peers: Peers,
+    #[command(flatten)]
+    pub settings: pixelmesh_scheduler::Settings,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -138,6 +140,8 @@ pub struct AllArgs {
     pub nats: NatsConfig,
     #[command(flatten)]
     pub storage: pixelmesh_storage::Config,
+    #[command(flatten)]
+    pub scheduler: pixelmesh_scheduler::Settings,
     #[command(flatten)]
     pub filter: pixelmesh_filter::Settings,
     #[command(flatten)]

@@ -39,6 +39,7 @@ async fn scheduler(args: SchedulerArgs, stop: Stop) -> anyhow::Result<()> {
     let config = pixelmesh_scheduler::Config {
         nats_url: args.nats.url,
         storage_url: args.peers.storage_url,
+        settings: args.settings,
     };
     pixelmesh_scheduler::run(config, listener, stop).await
 }
@@ -96,6 +97,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                             scheduler_listen: args.scheduler_listen,
                             nats: args.nats.clone(),
                             peers: peers.clone(),
+                            settings: args.scheduler,
                         },
                         signal(&stop),
                     )),

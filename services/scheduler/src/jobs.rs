@@ -15,12 +15,14 @@ use pixelmesh_proto::{
     Error, ErrorCode,
     v1::{
         CreateJobRequest, GetBlobRequest, ImageState, Job, JobEvent, JobRequest, JobState,
-        ListUnfinishedJobsRequest, RecordResultRequest, SubmitJobRequest, Task, TaskResult,
-        storage_client::StorageClient,
+        ListUnfinishedJobsRequest, RecordResultRequest, SubmitJobRequest, Task, TaskResult, Tiling,
+        storage_client::StorageClient, task, task_result::Outcome,
     },
 };
 use prost::Message as _;
 use tracing::Instrument as _;
+
+use crate::Settings;
 
 /// Tasks published (or blobs checked) at once for one job.
 const PUBLISH_CONCURRENCY: usize = 64;
@@ -32,6 +34,7 @@ pub struct Jobs {
     storage: StorageClient<Channel>,
     nats: async_nats::Client,
     js: jetstream::Context,
+    settings: Settings,
 }
 
 impl Jobs {
@@ -39,13 +42,51 @@ impl Jobs {
         storage: StorageClient<Channel>,
         nats: async_nats::Client,
         js: jetstream::Context,
+        settings: Settings,
     ) -> Self {
-        Jobs { storage, nats, js }
+        Jobs {
+            storage,
+            nats,
+            js,
+            settings,
+        }
     }
 
     /// Validates the request, persists the job and queues one task per image.
     pub async fn submit(&self, request: SubmitJobRequest) -> Result<Job, Error> {
         let pipeline = Pipeline::from_proto(&request.pipeline)?;
+        // Parsed and validated already, but their results have nowhere to go yet: the worker
+        // does not fetch logos nor store reports. Refused rather than silently skipped.
+        if let Some((i, op)) = pipeline
+            .ops()
+            .iter()
+            .enumerate()
+            .find(|(_, op)| matches!(op.name(), "watermark" | "analyze"))
+        {
+            return Err(Error::invalid(format!(
+                "op {} ({}): not available through the mesh in this version",
+                i + 1,
+                op.name()
+            )));
+        }
+        let tiling = match request.tiling {
+            t if t == Tiling::Unspecified as i32 => Tiling::Auto,
+            t => Tiling::try_from(t).map_err(|_| {
+                Error::invalid(format!("tiling must be auto, always or never, got {t}"))
+            })?,
+        };
+        if tiling == Tiling::Always && pipeline.tile_halo().is_none() {
+            return Err(Error::invalid(format!(
+                "tiling always needs a pipeline of pointwise and blur-like ops only; {} cannot run on tiles",
+                pipeline
+                    .ops()
+                    .iter()
+                    .enumerate()
+                    .find(|(_, op)| op.tile_halo().is_none())
+                    .map(|(i, op)| format!("op {} ({})", i + 1, op.name()))
+                    .unwrap_or_default()
+            )));
+        }
         if request.inputs.is_empty() {
             return Err(Error::invalid("a job needs at least one input image"));
         }
@@ -66,6 +107,7 @@ impl Jobs {
                 id: id.clone(),
                 pipeline: pipeline.to_proto(),
                 inputs: request.inputs,
+                tiling: tiling as i32,
             })
             .await?
             .into_inner();
@@ -113,10 +155,17 @@ impl Jobs {
                 input_blob_id: image.input_blob_id.clone(),
                 name: image.name.clone(),
                 pipeline: job.pipeline.clone(),
+                tiling: job.tiling,
+                tile_above_pixels: self.settings.tile_above_pixels,
+                tile_size: self.settings.tile_size,
+                stage: None,
             })
             .collect();
         stream::iter(tasks)
-            .map(|task| self.publish_task(task))
+            .map(|task| {
+                let id = nats::task_id(&task.job_id, task.index);
+                self.publish_task(task, id)
+            })
             .buffer_unordered(PUBLISH_CONCURRENCY)
             .try_collect::<Vec<()>>()
             .await?;
@@ -138,12 +187,10 @@ impl Jobs {
         Ok(job)
     }
 
-    async fn publish_task(&self, task: Task) -> Result<(), Error> {
+    /// Publishes `task` with `id` as its JetStream dedup id.
+    async fn publish_task(&self, task: Task, id: String) -> Result<(), Error> {
         let mut headers = telemetry::nats_headers();
-        headers.insert(
-            async_nats::header::NATS_MESSAGE_ID,
-            nats::task_id(&task.job_id, task.index).as_str(),
-        );
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
         let subject = nats::task_subject(&task.job_id, task.index);
         let ack = self
             .js
@@ -181,10 +228,15 @@ impl Jobs {
         Ok(job)
     }
 
-    /// Records one image's outcome once, and tells watchers when it changed anything.
+    /// Records one result once, and tells watchers when it changed anything. A split or the
+    /// last tile of a tiled image leads to the next tasks: its tiles, or its assembly.
     pub async fn record(&self, result: TaskResult) -> Result<bool, Error> {
         let job = result.job_id.clone();
         let index = result.index;
+        let split = match &result.outcome {
+            Some(Outcome::Split(split)) => Some(split.clone()),
+            _ => None,
+        };
         let recorded = self
             .storage
             .clone()
@@ -193,6 +245,38 @@ impl Jobs {
             })
             .await?
             .into_inner();
+        // Published again for a duplicate result too: the scheduler that recorded it first
+        // may have died before publishing, and JetStream's dedup drops true repeats.
+        let pending = recorded
+            .image
+            .as_ref()
+            .is_some_and(|image| image.state() == ImageState::Pending);
+        if pending && let Some(split) = split {
+            let tiles = split.tiles.len();
+            let tasks = split.tiles.into_iter().map(|tile| {
+                let id = nats::tile_task_id(&job, index, tile.tile);
+                let task =
+                    self.stage_task(&job, index, &recorded.pipeline, task::Stage::Tile(tile));
+                (task, id)
+            });
+            stream::iter(tasks)
+                .map(|(task, id)| self.publish_task(task, id))
+                .buffer_unordered(PUBLISH_CONCURRENCY)
+                .try_collect::<Vec<()>>()
+                .await?;
+            tracing::info!(job = %job, index, tiles, "image split, tile tasks published");
+        }
+        if pending && let Some(assemble) = recorded.assemble.clone() {
+            let task = self.stage_task(
+                &job,
+                index,
+                &recorded.pipeline,
+                task::Stage::Assemble(assemble),
+            );
+            self.publish_task(task, nats::assemble_task_id(&job, index))
+                .await?;
+            tracing::info!(job = %job, index, "tiles done, assembly published");
+        }
         if !recorded.applied {
             tracing::debug!(job = %job, index, "duplicate or late result ignored");
             return Ok(false);
@@ -214,6 +298,23 @@ impl Jobs {
         })
         .await;
         Ok(true)
+    }
+
+    /// A tile or assembly task of image `index`.
+    fn stage_task(
+        &self,
+        job: &str,
+        index: u32,
+        pipeline: &[pixelmesh_proto::v1::Operation],
+        stage: task::Stage,
+    ) -> Task {
+        Task {
+            job_id: job.to_string(),
+            index,
+            pipeline: pipeline.to_vec(),
+            stage: Some(stage),
+            ..Default::default()
+        }
     }
 
     /// Progress goes over NATS core: a watcher that misses an event re-reads storage.

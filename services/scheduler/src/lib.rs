@@ -22,6 +22,38 @@ pub struct Config {
     pub nats_url: String,
     /// gRPC URL of the storage role.
     pub storage_url: String,
+    pub settings: Settings,
+}
+
+/// How large images are cut into tiles that several workers process at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
+pub struct Settings {
+    /// Images above this many pixels are tiled when their pipeline allows it (jobs may say
+    /// `tiling: always` or `never` instead).
+    #[arg(
+        long,
+        env = "PIXELMESH_TILE_ABOVE_PIXELS",
+        default_value_t = 40_000_000
+    )]
+    pub tile_above_pixels: u64,
+    /// Side of a tile in pixels, halo not included: 2048 makes a 100-megapixel image 24
+    /// tiles of about 12 MB of pixels each.
+    #[arg(
+        long,
+        env = "PIXELMESH_TILE_SIZE",
+        default_value_t = 2048,
+        value_parser = clap::value_parser!(u32).range(64..=4096)
+    )]
+    pub tile_size: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            tile_above_pixels: 40_000_000,
+            tile_size: 2048,
+        }
+    }
 }
 
 /// Runs the scheduler until `shutdown` resolves.
@@ -38,7 +70,7 @@ pub async fn run(
     )
     .max_decoding_message_size(pixelmesh_common::grpc::MAX_MESSAGE_BYTES)
     .max_encoding_message_size(pixelmesh_common::grpc::MAX_MESSAGE_BYTES);
-    let jobs = jobs::Jobs::new(storage, client, js);
+    let jobs = jobs::Jobs::new(storage, client, js, config.settings);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let resume = tokio::spawn({

@@ -107,6 +107,7 @@ mod tests {
                 blob_id: input.clone(),
                 name: "a.png".into(),
             }],
+            pixelmesh_proto::v1::Tiling::Auto,
         )
         .expect("create");
         meta.record(&TaskResult {

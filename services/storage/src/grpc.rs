@@ -135,7 +135,10 @@ impl Storage for StorageService {
     ) -> Result<Response<Job>, Status> {
         let request = request.into_inner();
         let job = self
-            .mutate(move |meta| meta.create(&request.id, request.pipeline, request.inputs))
+            .mutate(move |meta| {
+                let tiling = request.tiling();
+                meta.create(&request.id, request.pipeline, request.inputs, tiling)
+            })
             .await?;
         Ok(Response::new(job))
     }
@@ -192,6 +195,8 @@ impl Storage for StorageService {
             applied: recorded.applied,
             summary: Some(recorded.summary),
             image: recorded.image,
+            assemble: recorded.assemble,
+            pipeline: recorded.pipeline,
         }))
     }
 

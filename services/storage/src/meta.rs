@@ -2,7 +2,8 @@
 //!
 //! Trees: `jobs` (job id → `Job` with summary and pipeline, images left out), `images`
 //! (job id + `/` + index big-endian → `Image`), `unfinished` (job id → nothing: an index so a
-//! starting scheduler does not scan every job). Job ids are ULIDs, so key order is creation
+//! starting scheduler does not scan every job), `tiles` (image key → `TileAssembly`: a tiled
+//! image's size and the tiles processed so far; removed when the image gets its outcome). Job ids are ULIDs, so key order is creation
 //! order. Every change that touches more than one key is one transaction, so counts and
 //! images never disagree, even after a crash.
 
@@ -13,7 +14,7 @@ use pixelmesh_proto::{
     Error, ErrorCode,
     v1::{
         Image, ImageInput, ImageState, Job, JobState, JobSummary, Operation, TaskResult,
-        task_result::Outcome,
+        TileAssembly, TileOutput, TileSplit, Tiling, task_result::Outcome,
     },
 };
 use prost::Message as _;
@@ -22,6 +23,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 /// Largest page of [`Meta::list`].
 pub const MAX_LIST: u32 = 1000;
 const DEFAULT_LIST: u32 = 50;
+/// More tiles than a 100-megapixel image cut into 256 x 256 tiles is a broken split.
+pub const MAX_TILES: usize = 4096;
 
 #[derive(Clone)]
 pub struct Meta {
@@ -29,6 +32,7 @@ pub struct Meta {
     jobs: sled::Tree,
     images: sled::Tree,
     unfinished: sled::Tree,
+    tiles: sled::Tree,
     max_images_per_job: u32,
 }
 
@@ -38,6 +42,11 @@ pub struct Recorded {
     pub applied: bool,
     pub summary: JobSummary,
     pub image: Option<Image>,
+    /// Every tile of the image is processed: what the assembly task needs.
+    pub assemble: Option<TileAssembly>,
+    /// For a split or tile result of a pending image: the job's pipeline, for the tasks that
+    /// come next.
+    pub pipeline: Vec<Operation>,
 }
 
 fn db_error(err: impl std::fmt::Display) -> Error {
@@ -84,6 +93,36 @@ fn decode<M: prost::Message + Default>(bytes: &[u8]) -> Result<M, Error> {
     M::decode(bytes).map_err(|err| Error::internal(format!("corrupt metadata record: {err}")))
 }
 
+/// Blob ids must be servable and tile lists sane; everything else about an outcome is the
+/// worker's word.
+fn check_outcome(outcome: Option<&Outcome>) -> Result<(), Error> {
+    let blob = |what: &str, id: &str| {
+        crate::blobs::BlobId::parse(id)
+            .map(|_| ())
+            .map_err(|err| Error::invalid(format!("result {what}: {}", err.message)))
+    };
+    match outcome {
+        None => Err(Error::invalid("result has neither output nor error")),
+        Some(Outcome::Output(output)) => blob("output", &output.blob_id),
+        Some(Outcome::Error(_)) => Ok(()),
+        Some(Outcome::Split(TileSplit { tiles, .. })) => {
+            if tiles.is_empty() || tiles.len() > MAX_TILES {
+                return Err(Error::invalid(format!(
+                    "a split needs 1 to {MAX_TILES} tiles, got {}",
+                    tiles.len()
+                )));
+            }
+            if tiles.iter().enumerate().any(|(i, t)| t.tile as usize != i) {
+                return Err(Error::invalid("split tiles must be numbered 0, 1, 2…"));
+            }
+            tiles
+                .iter()
+                .try_for_each(|t| blob("tile input", &t.blob_id))
+        }
+        Some(Outcome::Tile(TileOutput { blob_id, .. })) => blob("tile", blob_id),
+    }
+}
+
 impl Meta {
     pub fn open(dir: &Path, max_images_per_job: u32) -> Result<Meta, Error> {
         let db = sled::open(dir).map_err(db_error)?;
@@ -91,6 +130,7 @@ impl Meta {
             jobs: db.open_tree("jobs").map_err(db_error)?,
             images: db.open_tree("images").map_err(db_error)?,
             unfinished: db.open_tree("unfinished").map_err(db_error)?,
+            tiles: db.open_tree("tiles").map_err(db_error)?,
             db,
             max_images_per_job,
         })
@@ -107,6 +147,7 @@ impl Meta {
         id: &str,
         pipeline: Vec<Operation>,
         inputs: Vec<ImageInput>,
+        tiling: Tiling,
     ) -> Result<Job, Error> {
         check_job_id(id)?;
         if inputs.is_empty() {
@@ -147,6 +188,7 @@ impl Meta {
             summary: Some(summary),
             pipeline,
             images: Vec::new(),
+            tiling: tiling as i32,
         };
         (&self.jobs, &self.images, &self.unfinished)
             .transaction(|(jobs, tx_images, unfinished)| {
@@ -278,14 +320,12 @@ impl Meta {
     }
 
     /// Records one image's outcome if the image is still pending and the job not ended;
-    /// finalises the job when it was the last image.
+    /// finalises the job when it was the last image. A tiled image's split and tile results
+    /// are recorded the same way but leave it pending; each is applied once.
     pub fn record(&self, result: &TaskResult) -> Result<Recorded, Error> {
         let id = result.job_id.as_str();
-        // An output the gateway could not serve is refused before anything changes.
-        if let Some(Outcome::Output(output)) = &result.outcome {
-            crate::blobs::BlobId::parse(&output.blob_id)
-                .map_err(|err| Error::invalid(format!("result output: {}", err.message)))?;
-        }
+        // Anything the gateway or a worker could not read back is refused before any change.
+        check_outcome(result.outcome.as_ref())?;
         let header = self.header(id)?;
         let total = header.summary.as_ref().map_or(0, |s| s.total);
         if result.index >= total {
@@ -295,8 +335,8 @@ impl Meta {
             )));
         }
         let key = image_key(id, result.index);
-        (&self.jobs, &self.images, &self.unfinished)
-            .transaction(|(jobs, images, unfinished)| {
+        (&self.jobs, &self.images, &self.unfinished, &self.tiles)
+            .transaction(|(jobs, images, unfinished, tiles)| {
                 let mut job: Job = decode(
                     &jobs
                         .get(id)?
@@ -315,9 +355,75 @@ impl Meta {
                         applied: false,
                         summary: summary.clone(),
                         image: Some(image),
+                        assemble: None,
+                        pipeline: Vec::new(),
                     });
                 }
+                let pipeline = job.pipeline.clone();
+                let unchanged = |summary: &JobSummary, image: Image, assemble| Recorded {
+                    applied: false,
+                    summary: summary.clone(),
+                    image: Some(image),
+                    assemble,
+                    pipeline: pipeline.clone(),
+                };
                 match &result.outcome {
+                    Some(Outcome::Split(split)) => {
+                        if image.tiles_total > 0 {
+                            return Ok(unchanged(summary, image, None));
+                        }
+                        image.tiles_total = split.tiles.len() as u32;
+                        let plan = TileAssembly {
+                            width: split.width,
+                            height: split.height,
+                            input_format: split.input_format,
+                            tiles: Vec::new(),
+                        };
+                        tiles.insert(key.clone(), plan.encode_to_vec())?;
+                        images.insert(key.clone(), image.encode_to_vec())?;
+                        return Ok(Recorded {
+                            applied: true,
+                            summary: summary.clone(),
+                            image: Some(image),
+                            assemble: None,
+                            pipeline,
+                        });
+                    }
+                    Some(Outcome::Tile(tile)) => {
+                        let mut plan: TileAssembly =
+                            decode(&tiles.get(&key)?.ok_or_else(|| {
+                                abort(Error::invalid(format!(
+                                    "image {} of job {id} was not split into tiles",
+                                    result.index
+                                )))
+                            })?)
+                            .map_err(abort)?;
+                        if tile.tile >= image.tiles_total {
+                            return Err(abort(Error::invalid(format!(
+                                "tile {} of image {} is out of range (it has {})",
+                                tile.tile, result.index, image.tiles_total
+                            ))));
+                        }
+                        let complete = |plan: &TileAssembly, image: &Image| {
+                            (plan.tiles.len() as u32 == image.tiles_total).then(|| plan.clone())
+                        };
+                        if plan.tiles.iter().any(|done| done.tile == tile.tile) {
+                            let assemble = complete(&plan, &image);
+                            return Ok(unchanged(summary, image, assemble));
+                        }
+                        plan.tiles.push(tile.clone());
+                        plan.tiles.sort_by_key(|done| done.tile);
+                        image.tiles_done = plan.tiles.len() as u32;
+                        tiles.insert(key.clone(), plan.encode_to_vec())?;
+                        images.insert(key.clone(), image.encode_to_vec())?;
+                        return Ok(Recorded {
+                            applied: true,
+                            summary: summary.clone(),
+                            assemble: complete(&plan, &image),
+                            image: Some(image),
+                            pipeline,
+                        });
+                    }
                     Some(Outcome::Output(output)) => {
                         image.state = ImageState::Done as i32;
                         image.output = Some(output.clone());
@@ -328,10 +434,9 @@ impl Meta {
                         image.error.clone_from(error);
                         summary.failed += 1;
                     }
-                    None => {
-                        return Err(abort(Error::invalid("result has neither output nor error")));
-                    }
+                    None => unreachable!("checked before the transaction"),
                 }
+                tiles.remove(key.clone())?;
                 image.worker_id.clone_from(&result.worker_id);
                 image.attempts = result.attempts;
                 image.duration_ms = result.duration_ms;
@@ -355,6 +460,8 @@ impl Meta {
                     applied: true,
                     summary,
                     image: Some(image),
+                    assemble: None,
+                    pipeline: Vec::new(),
                 })
             })
             .map_err(tx_error)
@@ -467,11 +574,99 @@ mod tests {
         ulid::Ulid::new().to_string()
     }
 
+    fn split(id: &str, index: u32, tiles: u32) -> TaskResult {
+        TaskResult {
+            outcome: Some(Outcome::Split(TileSplit {
+                width: 100,
+                height: 50,
+                input_format: 1,
+                tiles: (0..tiles)
+                    .map(|tile| pixelmesh_proto::v1::TileInput {
+                        tile,
+                        blob_id: BLOB.into(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            })),
+            ..ok(id, index)
+        }
+    }
+
+    fn tile(id: &str, index: u32, tile: u32) -> TaskResult {
+        TaskResult {
+            outcome: Some(Outcome::Tile(TileOutput {
+                tile,
+                core: None,
+                blob_id: BLOB.into(),
+            })),
+            ..ok(id, index)
+        }
+    }
+
+    #[test]
+    fn a_tiled_image_counts_its_tiles_once_and_hands_back_the_assembly() {
+        let (_dir, meta) = meta();
+        let id = new_id();
+        meta.create(&id, vec![], inputs(2), Tiling::Always)
+            .expect("create");
+        assert_eq!(
+            meta.record(&tile(&id, 0, 0))
+                .expect_err("before split")
+                .code,
+            ErrorCode::InvalidArgument
+        );
+        let recorded = meta.record(&split(&id, 0, 3)).expect("split");
+        assert!(recorded.applied);
+        assert_eq!(recorded.image.as_ref().map(|i| i.tiles_total), Some(3));
+        assert!(!meta.record(&split(&id, 0, 3)).expect("again").applied);
+
+        for t in [2, 0] {
+            let recorded = meta.record(&tile(&id, 0, t)).expect("tile");
+            assert!(recorded.applied && recorded.assemble.is_none());
+        }
+        let duplicate = meta.record(&tile(&id, 0, 2)).expect("duplicate");
+        assert!(!duplicate.applied && duplicate.assemble.is_none());
+        assert_eq!(
+            meta.record(&tile(&id, 0, 3))
+                .expect_err("out of range")
+                .code,
+            ErrorCode::InvalidArgument
+        );
+        let last = meta.record(&tile(&id, 0, 1)).expect("last tile");
+        let image = last.image.expect("image");
+        assert_eq!((image.tiles_done, image.state()), (3, ImageState::Pending));
+        let assemble = last.assemble.expect("assembly when complete");
+        assert_eq!((assemble.width, assemble.height), (100, 50));
+        let order: Vec<u32> = assemble.tiles.iter().map(|t| t.tile).collect();
+        assert_eq!(order, [0, 1, 2]);
+        // A redelivered last tile hands the assembly back again, for a scheduler that
+        // crashed before publishing it.
+        assert!(
+            meta.record(&tile(&id, 0, 1))
+                .expect("again")
+                .assemble
+                .is_some()
+        );
+        assert_eq!(meta.summary(&id).expect("summary").done, 0);
+
+        assert!(meta.record(&ok(&id, 0)).expect("output").applied);
+        assert!(
+            meta.tiles.is_empty(),
+            "the tile record goes with the outcome"
+        );
+        assert_eq!(meta.job(&id).expect("job").tiling(), Tiling::Always);
+        assert_eq!(
+            meta.record(&split(&id, 1, 0)).expect_err("no tiles").code,
+            ErrorCode::InvalidArgument
+        );
+    }
+
     #[test]
     fn a_result_is_recorded_once() {
         let (_dir, meta) = meta();
         let id = new_id();
-        meta.create(&id, vec![], inputs(2)).expect("create");
+        meta.create(&id, vec![], inputs(2), Tiling::Auto)
+            .expect("create");
         assert!(meta.record(&ok(&id, 0)).expect("record").applied);
         let again = meta.record(&failed(&id, 0)).expect("record");
         assert!(!again.applied);
@@ -492,7 +687,8 @@ mod tests {
             (vec![false, false], JobState::Failed),
         ] {
             let id = new_id();
-            meta.create(&id, vec![], inputs(2)).expect("create");
+            meta.create(&id, vec![], inputs(2), Tiling::Auto)
+                .expect("create");
             for (i, good) in outcomes.iter().enumerate() {
                 let result = if *good {
                     ok(&id, i as u32)
@@ -512,7 +708,8 @@ mod tests {
     fn cancel_marks_pending_images_and_refuses_later_results() {
         let (_dir, meta) = meta();
         let id = new_id();
-        meta.create(&id, vec![], inputs(3)).expect("create");
+        meta.create(&id, vec![], inputs(3), Tiling::Auto)
+            .expect("create");
         meta.record(&ok(&id, 0)).expect("record");
         let job = meta.cancel(&id).expect("cancel");
         let summary = job.summary.expect("summary");
@@ -522,7 +719,8 @@ mod tests {
         assert!(meta.cancel(&id).is_ok(), "cancel is idempotent");
 
         let done = new_id();
-        meta.create(&done, vec![], inputs(1)).expect("create");
+        meta.create(&done, vec![], inputs(1), Tiling::Auto)
+            .expect("create");
         meta.record(&ok(&done, 0)).expect("record");
         assert_eq!(
             meta.cancel(&done).expect_err("ended").code,
@@ -538,7 +736,8 @@ mod tests {
         let ids: Vec<String> = (0..5)
             .map(|_| {
                 let id = ulids.generate().expect("ulid").to_string();
-                meta.create(&id, vec![], inputs(1)).expect("create");
+                meta.create(&id, vec![], inputs(1), Tiling::Auto)
+                    .expect("create");
                 id
             })
             .collect();
@@ -575,13 +774,16 @@ mod tests {
             ErrorCode::NotFound
         );
         let id = new_id();
-        meta.create(&id, vec![], inputs(1)).expect("create");
+        meta.create(&id, vec![], inputs(1), Tiling::Auto)
+            .expect("create");
         assert_eq!(
-            meta.create(&id, vec![], inputs(1)).expect_err("dup").code,
+            meta.create(&id, vec![], inputs(1), Tiling::Auto)
+                .expect_err("dup")
+                .code,
             ErrorCode::AlreadyExists
         );
         assert_eq!(
-            meta.create(&new_id(), vec![], inputs(101))
+            meta.create(&new_id(), vec![], inputs(101), Tiling::Auto)
                 .expect_err("too many")
                 .code,
             ErrorCode::ResourceExhausted
@@ -600,7 +802,8 @@ mod tests {
             .map(|_| ulids.generate().expect("ulid").to_string())
             .collect();
         for id in &ids {
-            meta.create(id, vec![], inputs(2)).expect("create");
+            meta.create(id, vec![], inputs(2), Tiling::Auto)
+                .expect("create");
         }
         meta.record(&ok(&ids[0], 0)).expect("record");
         meta.record(&failed(&ids[0], 1)).expect("record");
@@ -619,7 +822,8 @@ mod tests {
     fn mark_running_only_moves_queued_jobs() {
         let (_dir, meta) = meta();
         let id = new_id();
-        meta.create(&id, vec![], inputs(1)).expect("create");
+        meta.create(&id, vec![], inputs(1), Tiling::Auto)
+            .expect("create");
         assert_eq!(
             meta.mark_running(&id).expect("running").state(),
             JobState::Running
@@ -647,7 +851,7 @@ mod tests {
         let recorded = {
             let meta = Meta::open(dir.path(), 100).expect("open");
             let created = meta
-                .create(&id, pipeline.clone(), inputs(3))
+                .create(&id, pipeline.clone(), inputs(3), Tiling::Auto)
                 .expect("create");
             assert_eq!(meta.job(&id).expect("job"), created);
             let recorded = meta.record(&failed(&id, 2)).expect("record");
@@ -673,7 +877,8 @@ mod tests {
     fn refuses_malformed_results_and_ids() {
         let (_dir, meta) = meta();
         let id = new_id();
-        meta.create(&id, vec![], inputs(1)).expect("create");
+        meta.create(&id, vec![], inputs(1), Tiling::Auto)
+            .expect("create");
         let mut bad_output = ok(&id, 0);
         if let Some(Outcome::Output(output)) = &mut bad_output.outcome {
             output.blob_id = "../x".into();
@@ -708,13 +913,13 @@ mod tests {
         let mut bad_input = inputs(1);
         bad_input[0].blob_id.clear();
         assert_eq!(
-            meta.create(&new_id(), vec![], bad_input)
+            meta.create(&new_id(), vec![], bad_input, Tiling::Auto)
                 .expect_err("no blob")
                 .code,
             ErrorCode::InvalidArgument
         );
         assert_eq!(
-            meta.create(&new_id(), vec![], vec![])
+            meta.create(&new_id(), vec![], vec![], Tiling::Auto)
                 .expect_err("no inputs")
                 .code,
             ErrorCode::InvalidArgument

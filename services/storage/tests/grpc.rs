@@ -180,6 +180,7 @@ async fn blobs_and_jobs_survive_a_restart() {
                     name: "b.png".into(),
                 },
             ],
+            tiling: pb::Tiling::Never as i32,
         })
         .await
         .expect("create job")

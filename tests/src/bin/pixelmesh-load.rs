@@ -127,6 +127,7 @@ fn main() -> anyhow::Result<()> {
                     name: format!("opal-{i}.jpg"),
                 })
                 .collect(),
+            ..Default::default()
         };
         let mut run = async |n: usize| -> anyhow::Result<Duration> {
             let start = Instant::now();

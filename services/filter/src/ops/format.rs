@@ -177,6 +177,7 @@ impl Format {
             quality: self.quality,
             progressive: self.progressive,
             compression: self.compression,
+            lossless: self.lossless,
         }
     }
 

@@ -1,5 +1,5 @@
 //! Where a smaller rectangle sits inside a larger one: the centre, an edge or a corner. Shared
-//! by `crop` and, later, `watermark`.
+//! by `crop` and `watermark`.
 
 use pixelmesh_proto::v1;
 

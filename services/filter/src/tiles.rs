@@ -1,0 +1,610 @@
+//! Tiling: one huge image processed by many workers at once.
+//!
+//! A split step decodes the image once and cuts it into a grid of tiles, each stored with a
+//! halo: the pixels around it that the pipeline reads to compute the tile's own (the sum of
+//! the ops' radii, see [`Pipeline::tile_halo`]). A tile step runs the pipeline on one tile
+//! and keeps only its core. An assembly step pastes the cores into the whole image and
+//! encodes it. Every op a tile-safe pipeline may hold computes each pixel from a fixed
+//! neighbourhood, clamped at the image's edges; a tile's halo is clipped at those same edges,
+//! so its core comes out pixel-identical to the same region of the whole image.
+//!
+//! Tiles travel between workers as raw pixels ([`encode_raw`]): re-encoding them would cost
+//! more than sending them, and a lossy format would break the identity.
+
+use pixelmesh_proto::v1;
+
+use crate::codec::{self, EncodeError, Limits};
+use crate::engine::Processed;
+use crate::ops::{Bitmap, FileFormat, Pipeline};
+
+/// A rectangle of image pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rect {
+    pub x: u32,
+    pub y: u32,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl Rect {
+    pub fn from_proto(rect: Option<&v1::Rect>) -> Rect {
+        let rect = rect.cloned().unwrap_or_default();
+        Rect {
+            x: rect.x,
+            y: rect.y,
+            width: rect.width,
+            height: rect.height,
+        }
+    }
+
+    pub fn to_proto(self) -> v1::Rect {
+        v1::Rect {
+            x: self.x,
+            y: self.y,
+            width: self.width,
+            height: self.height,
+        }
+    }
+
+    fn pixels(self) -> u64 {
+        u64::from(self.width) * u64::from(self.height)
+    }
+
+    /// Whether `inner` lies inside `self`.
+    fn contains(self, inner: Rect) -> bool {
+        inner.x >= self.x
+            && inner.y >= self.y
+            && u64::from(inner.x) + u64::from(inner.width)
+                <= u64::from(self.x) + u64::from(self.width)
+            && u64::from(inner.y) + u64::from(inner.height)
+                <= u64::from(self.y) + u64::from(self.height)
+    }
+}
+
+/// One tile of the plan: the pixels it produces and the pixels it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tile {
+    pub core: Rect,
+    /// The core grown by the halo on every side, clipped to the image.
+    pub source: Rect,
+}
+
+/// How a job asks for tiling, with the scheduler's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    pub mode: v1::Tiling,
+    pub above_pixels: u64,
+    pub tile_size: u32,
+}
+
+impl Policy {
+    pub fn from_task(task: &v1::Task) -> Policy {
+        Policy {
+            mode: task.tiling(),
+            above_pixels: task.tile_above_pixels,
+            tile_size: task.tile_size,
+        }
+    }
+
+    /// The halo to split a `pixels`-pixel image with, or `None` to process it whole: the
+    /// pipeline must be tile-safe and the job must not say `never`; in auto mode the image
+    /// must also be over the threshold and bigger than one tile.
+    pub fn halo_for(&self, pipeline: &Pipeline, pixels: u64) -> Option<u32> {
+        if self.tile_size == 0 {
+            return None;
+        }
+        let halo = pipeline.tile_halo()?;
+        let one_tile = u64::from(self.tile_size) * u64::from(self.tile_size);
+        match self.mode {
+            v1::Tiling::Never => None,
+            v1::Tiling::Always => Some(halo),
+            v1::Tiling::Auto | v1::Tiling::Unspecified => {
+                (pixels > self.above_pixels && pixels > one_tile).then_some(halo)
+            }
+        }
+    }
+}
+
+/// Most tiles one image is cut into; storage refuses a split with more (its `MAX_TILES`).
+pub const MAX_TILES: u64 = 4096;
+
+/// `size`, grown until a `width` x `height` image makes at most [`MAX_TILES`] tiles.
+pub fn tile_size_for(width: u32, height: u32, size: u32) -> u32 {
+    let count = |size: u32| u64::from(width.div_ceil(size)) * u64::from(height.div_ceil(size));
+    let mut size = size.max(1);
+    while count(size) > MAX_TILES {
+        size = size.saturating_mul(2);
+    }
+    size
+}
+
+/// Cuts a `width` x `height` image into tiles of at most `size` x `size`, row by row. The
+/// last column and row are narrower when `size` does not divide the image.
+pub fn plan(width: u32, height: u32, size: u32, halo: u32) -> Vec<Tile> {
+    let size = size.max(1);
+    let grow = |start: u32, len: u32, limit: u32| {
+        let from = start.saturating_sub(halo);
+        let to = start.saturating_add(len).saturating_add(halo).min(limit);
+        (from, to - from)
+    };
+    let mut tiles = Vec::new();
+    for y in (0..height).step_by(size as usize) {
+        let tile_height = size.min(height - y);
+        for x in (0..width).step_by(size as usize) {
+            let tile_width = size.min(width - x);
+            let (sx, sw) = grow(x, tile_width, width);
+            let (sy, sh) = grow(y, tile_height, height);
+            tiles.push(Tile {
+                core: Rect {
+                    x,
+                    y,
+                    width: tile_width,
+                    height: tile_height,
+                },
+                source: Rect {
+                    x: sx,
+                    y: sy,
+                    width: sw,
+                    height: sh,
+                },
+            });
+        }
+    }
+    tiles
+}
+
+/// The pixels of `rect`, which must lie inside `image`.
+pub fn extract(image: &Bitmap, rect: Rect) -> Result<Bitmap, String> {
+    let bounds = Rect {
+        x: 0,
+        y: 0,
+        width: image.width(),
+        height: image.height(),
+    };
+    if !bounds.contains(rect) || rect.pixels() == 0 {
+        return Err(format!(
+            "tile {rect:?} is outside the {}x{} image",
+            image.width(),
+            image.height()
+        ));
+    }
+    let channels = image.channels();
+    let stride = image.width() as usize * channels;
+    let row_bytes = rect.width as usize * channels;
+    let left = rect.x as usize * channels;
+    let mut data = Vec::with_capacity(row_bytes * rect.height as usize);
+    for row in image
+        .data()
+        .chunks_exact(stride)
+        .skip(rect.y as usize)
+        .take(rect.height as usize)
+    {
+        data.extend_from_slice(&row[left..left + row_bytes]);
+    }
+    Bitmap::new(rect.width, rect.height, image.has_alpha(), data)
+        .ok_or_else(|| "tile buffer has the wrong size".to_string())
+}
+
+/// A whole image being put together from tile cores.
+pub struct Canvas {
+    image: Option<Bitmap>,
+    width: u32,
+    height: u32,
+}
+
+impl Canvas {
+    /// Refuses a size over the pixel limit before allocating it.
+    pub fn new(width: u32, height: u32, limits: &Limits) -> Result<Canvas, String> {
+        let pixels = u64::from(width) * u64::from(height);
+        if pixels == 0 || pixels > limits.max_pixels {
+            return Err(format!(
+                "assembled image would be {width}x{height}, outside 1 to {} pixels",
+                limits.max_pixels
+            ));
+        }
+        Ok(Canvas {
+            image: None,
+            width,
+            height,
+        })
+    }
+
+    /// Copies `tile` in at `at`. The first tile decides whether the canvas has alpha; every
+    /// tile of one image has the same layout.
+    pub fn paste(&mut self, at: Rect, tile: &Bitmap) -> Result<(), String> {
+        let bounds = Rect {
+            x: 0,
+            y: 0,
+            width: self.width,
+            height: self.height,
+        };
+        if (tile.width(), tile.height()) != (at.width, at.height) || !bounds.contains(at) {
+            return Err(format!(
+                "tile of {}x{} does not fit {at:?} in the {}x{} image",
+                tile.width(),
+                tile.height(),
+                self.width,
+                self.height
+            ));
+        }
+        let (width, height) = (self.width, self.height);
+        let image = match &mut self.image {
+            Some(image) => image,
+            empty => {
+                let channels = tile.channels();
+                let bytes = width as usize * height as usize * channels;
+                empty.insert(
+                    Bitmap::new(width, height, tile.has_alpha(), vec![0; bytes])
+                        .ok_or("canvas buffer has the wrong size")?,
+                )
+            }
+        };
+        if image.has_alpha() != tile.has_alpha() {
+            return Err("tiles of one image disagree about alpha".into());
+        }
+        let channels = image.channels();
+        let stride = width as usize * channels;
+        let row_bytes = at.width as usize * channels;
+        let left = at.x as usize * channels;
+        for (dst, src) in image
+            .data_mut()
+            .chunks_exact_mut(stride)
+            .skip(at.y as usize)
+            .zip(tile.data().chunks_exact(row_bytes))
+        {
+            dst[left..left + row_bytes].copy_from_slice(src);
+        }
+        Ok(())
+    }
+
+    /// The image, once at least one tile is in; the caller checks every tile was.
+    pub fn finish(self) -> Result<Bitmap, String> {
+        self.image.ok_or_else(|| "no tiles to assemble".into())
+    }
+}
+
+/// Runs `pipeline` on a tile's source pixels and returns its core.
+pub fn process_tile(source: Bitmap, tile: Tile, pipeline: &Pipeline) -> Result<Bitmap, String> {
+    if (source.width(), source.height()) != (tile.source.width, tile.source.height)
+        || !tile.source.contains(tile.core)
+    {
+        return Err(format!(
+            "tile pixels are {}x{}, not the {:?} the task names around {:?}",
+            source.width(),
+            source.height(),
+            tile.source,
+            tile.core
+        ));
+    }
+    let mut image = source;
+    for (i, op) in pipeline.ops().iter().enumerate() {
+        if op.tile_halo().is_none() {
+            return Err(format!("op {} ({}) cannot run on tiles", i + 1, op.name()));
+        }
+        image = op
+            .apply(image)
+            .map_err(|reason| format!("op {} ({}) failed: {reason}", i + 1, op.name()))?;
+    }
+    extract(
+        &image,
+        Rect {
+            x: tile.core.x - tile.source.x,
+            y: tile.core.y - tile.source.y,
+            ..tile.core
+        },
+    )
+}
+
+/// The pixel count an encoded image declares in its header, without decoding it; `None` if
+/// the header cannot be read (decoding then reports why).
+pub fn pixels_of(input: &[u8]) -> Option<u64> {
+    let (width, height) = image::ImageReader::new(std::io::Cursor::new(input))
+        .with_guessed_format()
+        .ok()?
+        .into_dimensions()
+        .ok()?;
+    Some(u64::from(width) * u64::from(height))
+}
+
+/// Encodes an assembled image as the pipeline's format op says, or in the input's format,
+/// exactly as a whole-image task would.
+pub fn encode_output(
+    image: &Bitmap,
+    pipeline: &Pipeline,
+    input_format: FileFormat,
+) -> Result<Processed, EncodeError> {
+    let encoding = match pipeline.output_format() {
+        Some(output) => output.encoding(),
+        None => codec::Encoding::new(input_format),
+    };
+    Ok(Processed {
+        bytes: codec::encode_with(image, &encoding)?,
+        content_type: encoding.format.content_type(),
+        width: image.width(),
+        height: image.height(),
+    })
+}
+
+const RAW_MAGIC: &[u8; 8] = b"PMTILE1\0";
+const RAW_HEADER: usize = RAW_MAGIC.len() + 4 + 4 + 1;
+
+/// Raw pixels with a small header (magic, width, height, channels): how tiles travel.
+pub fn encode_raw(image: &Bitmap) -> Vec<u8> {
+    let mut out = Vec::with_capacity(RAW_HEADER + image.data().len());
+    out.extend_from_slice(RAW_MAGIC);
+    out.extend_from_slice(&image.width().to_le_bytes());
+    out.extend_from_slice(&image.height().to_le_bytes());
+    out.push(image.channels() as u8);
+    out.extend_from_slice(image.data());
+    out
+}
+
+/// Reads [`encode_raw`]'s format back, checking the header against the data.
+pub fn decode_raw(mut bytes: Vec<u8>) -> Result<Bitmap, String> {
+    let header = bytes
+        .get(..RAW_HEADER)
+        .filter(|header| header.starts_with(RAW_MAGIC))
+        .ok_or("tile blob is not a pixelmesh tile")?;
+    let word = |at: usize| {
+        u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
+    let (width, height, channels) = (word(8), word(12), header[16]);
+    let alpha = match channels {
+        3 => false,
+        4 => true,
+        other => return Err(format!("tile blob has {other} channels")),
+    };
+    bytes.drain(..RAW_HEADER);
+    Bitmap::new(width, height, alpha, bytes)
+        .ok_or_else(|| format!("tile blob's pixels do not fill {width}x{height}x{channels}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine;
+
+    /// Noise with structure, so every op changes something and a misplaced pixel shows.
+    fn busy(width: u32, height: u32, alpha: bool) -> Bitmap {
+        let channels = if alpha { 4 } else { 3 };
+        let mut state = 0x9e37_79b9_u32;
+        let data = (0..width * height * channels)
+            .map(|i| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                let (pixel, channel) = (i / channels, i % channels);
+                let (x, y) = (pixel % width, pixel / width);
+                let smooth = (x * 7 + y * 3 + channel * 50) % 256;
+                if alpha && channel == 3 {
+                    // Some transparent, some partly, most opaque.
+                    [0, 90, 255, 255][(x / 5 + y / 7) as usize % 4]
+                } else {
+                    ((smooth + (state % 64)) % 256) as u8
+                }
+            })
+            .collect();
+        Bitmap::new(width, height, alpha, data).unwrap()
+    }
+
+    fn whole(image: &Bitmap, pipeline: &Pipeline) -> Bitmap {
+        pipeline
+            .ops()
+            .iter()
+            .try_fold(image.clone(), |image, op| op.apply(image))
+            .unwrap()
+    }
+
+    /// The split → tiles → assemble path, in process, with raw blobs in between.
+    fn tiled(image: &Bitmap, pipeline: &Pipeline, size: u32) -> Bitmap {
+        let halo = pipeline.tile_halo().expect("tile-safe pipeline");
+        let tiles = plan(image.width(), image.height(), size, halo);
+        let mut canvas = Canvas::new(image.width(), image.height(), &Limits::default()).unwrap();
+        for tile in tiles {
+            let blob = encode_raw(&extract(image, tile.source).unwrap());
+            let core = process_tile(decode_raw(blob).unwrap(), tile, pipeline).unwrap();
+            let blob = encode_raw(&core);
+            canvas.paste(tile.core, &decode_raw(blob).unwrap()).unwrap();
+        }
+        canvas.finish().unwrap()
+    }
+
+    fn assert_tiled_matches_whole(text: &str) {
+        let pipeline = Pipeline::from_text(text).unwrap();
+        for alpha in [false, true] {
+            let image = busy(203, 157, alpha);
+            let expected = whole(&image, &pipeline);
+            // Sizes that divide nothing, one that leaves a 1-pixel edge, and one bigger
+            // than the image.
+            for size in [17, 64, 101, 202, 500] {
+                assert!(
+                    tiled(&image, &pipeline, size) == expected,
+                    "{text} alpha={alpha} tile size {size}: tiled differs from whole"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_plan_covers_the_image_once_with_clipped_halos() {
+        let tiles = plan(10, 7, 4, 2);
+        assert_eq!(tiles.len(), 3 * 2);
+        let mut covered = vec![0; 70];
+        for tile in &tiles {
+            for y in tile.core.y..tile.core.y + tile.core.height {
+                for x in tile.core.x..tile.core.x + tile.core.width {
+                    covered[(y * 10 + x) as usize] += 1;
+                }
+            }
+            assert!(tile.source.contains(tile.core));
+        }
+        assert!(covered.iter().all(|&n| n == 1));
+        assert_eq!(
+            tiles[0].source,
+            Rect {
+                x: 0,
+                y: 0,
+                width: 6,
+                height: 6
+            }
+        );
+        // The last tile: core 8..10 x 4..7, halo clipped at the right and bottom edges.
+        assert_eq!(
+            tiles[5],
+            Tile {
+                core: Rect {
+                    x: 8,
+                    y: 4,
+                    width: 2,
+                    height: 3
+                },
+                source: Rect {
+                    x: 6,
+                    y: 2,
+                    width: 4,
+                    height: 5
+                },
+            }
+        );
+    }
+
+    #[test]
+    fn tiled_equals_whole_for_every_tile_safe_op() {
+        for text in [
+            "brightness:1.3",
+            "contrast:1.7",
+            "gamma:0.6",
+            "saturation:1.8",
+            "hue:75",
+            "grayscale",
+            "sepia",
+            "invert",
+            "threshold:100",
+            "blur:sigma=0.6",
+            "blur:sigma=2.5",
+            "format:png",
+        ] {
+            assert_tiled_matches_whole(text);
+        }
+    }
+
+    #[test]
+    fn tiled_equals_whole_for_mixed_pipelines() {
+        for text in [
+            "blur:sigma=1.5/brightness:1.1/blur:sigma=0.8",
+            "grayscale/blur:sigma=3/contrast:1.4/invert",
+            "hue:30/blur:sigma=1/saturation:0.5/format:jpeg,q=90",
+        ] {
+            assert_tiled_matches_whole(text);
+        }
+    }
+
+    #[test]
+    fn tiled_bytes_equal_whole_bytes_through_the_codec() {
+        let image = busy(300, 200, false);
+        let input = codec::encode(&image, FileFormat::Png, 85).unwrap();
+        let pipeline = Pipeline::from_text("blur:sigma=2/brightness:1.1/format:jpeg,q=85").unwrap();
+        let expected = engine::process(&input, &pipeline, &Limits::default()).unwrap();
+        let decoded = codec::decode(&input, &Limits::default()).unwrap();
+        let assembled = tiled(&decoded.image, &pipeline, 64);
+        let output = encode_output(&assembled, &pipeline, decoded.format).unwrap();
+        assert_eq!(output, expected);
+    }
+
+    #[test]
+    fn tile_size_grows_to_keep_the_count_bounded() {
+        assert_eq!(tile_size_for(1000, 1000, 100), 100);
+        let size = tile_size_for(12_500, 8_000, 64);
+        assert_eq!(size, 256);
+        assert!(plan(12_500, 8_000, size, 0).len() as u64 <= MAX_TILES);
+        assert!(plan(12_500, 8_000, 128, 0).len() as u64 > MAX_TILES);
+    }
+
+    #[test]
+    fn policy_follows_mode_threshold_and_pipeline() {
+        let safe = Pipeline::from_text("blur:sigma=1/brightness:1.1").unwrap();
+        let unsafe_ = Pipeline::from_text("resize:w=100").unwrap();
+        let policy = |mode| Policy {
+            mode,
+            above_pixels: 1000,
+            tile_size: 16,
+        };
+        assert_eq!(policy(v1::Tiling::Auto).halo_for(&safe, 1001), Some(3));
+        assert_eq!(policy(v1::Tiling::Unspecified).halo_for(&safe, 1000), None);
+        assert_eq!(policy(v1::Tiling::Always).halo_for(&safe, 10), Some(3));
+        assert_eq!(policy(v1::Tiling::Never).halo_for(&safe, 1_000_000), None);
+        assert_eq!(
+            policy(v1::Tiling::Always).halo_for(&unsafe_, 1_000_000),
+            None
+        );
+    }
+
+    #[test]
+    fn bad_tiles_are_errors() {
+        assert!(decode_raw(b"nope".to_vec()).is_err());
+        let mut blob = encode_raw(&busy(4, 4, false));
+        blob.pop();
+        assert_eq!(
+            decode_raw(blob).unwrap_err(),
+            "tile blob's pixels do not fill 4x4x3"
+        );
+        let image = busy(8, 8, false);
+        assert!(
+            extract(
+                &image,
+                Rect {
+                    x: 5,
+                    y: 0,
+                    width: 4,
+                    height: 1
+                }
+            )
+            .is_err()
+        );
+        let mut canvas = Canvas::new(8, 8, &Limits::default()).unwrap();
+        assert!(
+            canvas
+                .paste(
+                    Rect {
+                        x: 6,
+                        y: 6,
+                        width: 4,
+                        height: 4
+                    },
+                    &busy(4, 4, false)
+                )
+                .is_err()
+        );
+        assert!(
+            canvas
+                .paste(
+                    Rect {
+                        x: 0,
+                        y: 0,
+                        width: 4,
+                        height: 4
+                    },
+                    &busy(4, 4, false)
+                )
+                .is_ok()
+        );
+        assert!(
+            canvas
+                .paste(
+                    Rect {
+                        x: 4,
+                        y: 0,
+                        width: 4,
+                        height: 4
+                    },
+                    &busy(4, 4, true)
+                )
+                .is_err()
+        );
+        let limits = Limits {
+            max_pixels: 10,
+            ..Limits::default()
+        };
+        assert!(Canvas::new(4, 3, &limits).is_err());
+    }
+}
