@@ -14,7 +14,7 @@
 use pixelmesh_proto::ErrorCode;
 
 use crate::codec::{self, DecodeError, Decoded, EncodeError, Limits};
-use crate::ops::{Fit, Op, Pipeline, Resize};
+use crate::ops::{Bitmap, FileFormat, Fit, Op, Pipeline, Resize};
 
 /// How much bigger than needed a shrunk-on-load image stays, so that the op's own filter does
 /// at least this much of the downscale. libvips' thumbnail leaves the same factor; with 1 the
@@ -136,15 +136,23 @@ pub fn process(
             reason,
         })?;
     }
+    Ok(encode(&image, pipeline, input_format)?)
+}
+
+/// Encodes as the pipeline's format op says, or in the input's own format when it has none.
+/// The last step of [`process`], and of a tiled image's assembly, so both give the same bytes.
+pub fn encode(
+    image: &Bitmap,
+    pipeline: &Pipeline,
+    input_format: FileFormat,
+) -> Result<Processed, EncodeError> {
     let encoding = match pipeline.output_format() {
         Some(output) => output.encoding(),
         None => codec::Encoding::new(input_format),
     };
-    let format = encoding.format;
-    let bytes = codec::encode_with(&image, &encoding)?;
     Ok(Processed {
-        bytes,
-        content_type: format.content_type(),
+        bytes: codec::encode_with(image, &encoding)?,
+        content_type: encoding.format.content_type(),
         width: image.width(),
         height: image.height(),
     })
@@ -185,7 +193,6 @@ fn exact_resize(op: &Op, size: (u64, u64)) -> Option<Op> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::{Bitmap, FileFormat};
 
     fn photo_like(width: u32, height: u32) -> Vec<u8> {
         let data = (0..width * height)

@@ -13,9 +13,8 @@
 
 use pixelmesh_proto::v1;
 
-use crate::codec::{self, EncodeError, Limits};
-use crate::engine::Processed;
-use crate::ops::{Bitmap, FileFormat, Pipeline};
+use crate::codec::Limits;
+use crate::ops::{Bitmap, Pipeline};
 
 /// A rectangle of image pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -306,25 +305,6 @@ pub fn pixels_of(input: &[u8]) -> Option<u64> {
     Some(u64::from(width) * u64::from(height))
 }
 
-/// Encodes an assembled image as the pipeline's format op says, or in the input's format,
-/// exactly as a whole-image task would.
-pub fn encode_output(
-    image: &Bitmap,
-    pipeline: &Pipeline,
-    input_format: FileFormat,
-) -> Result<Processed, EncodeError> {
-    let encoding = match pipeline.output_format() {
-        Some(output) => output.encoding(),
-        None => codec::Encoding::new(input_format),
-    };
-    Ok(Processed {
-        bytes: codec::encode_with(image, &encoding)?,
-        content_type: encoding.format.content_type(),
-        width: image.width(),
-        height: image.height(),
-    })
-}
-
 const RAW_MAGIC: &[u8; 8] = b"PMTILE1\0";
 const RAW_HEADER: usize = RAW_MAGIC.len() + 4 + 4 + 1;
 
@@ -362,7 +342,8 @@ pub fn decode_raw(mut bytes: Vec<u8>) -> Result<Bitmap, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine;
+    use crate::ops::FileFormat;
+    use crate::{codec, engine};
 
     /// Noise with structure, so every op changes something and a misplaced pixel shows.
     fn busy(width: u32, height: u32, alpha: bool) -> Bitmap {
@@ -507,7 +488,7 @@ mod tests {
         let expected = engine::process(&input, &pipeline, &Limits::default()).unwrap();
         let decoded = codec::decode(&input, &Limits::default()).unwrap();
         let assembled = tiled(&decoded.image, &pipeline, 64);
-        let output = encode_output(&assembled, &pipeline, decoded.format).unwrap();
+        let output = engine::encode(&assembled, &pipeline, decoded.format).unwrap();
         assert_eq!(output, expected);
     }
 

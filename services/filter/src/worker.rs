@@ -446,7 +446,7 @@ async fn run_assembly(
     let input_format = FileFormat::from_proto(assembly.input_format).unwrap_or(FileFormat::Png);
     let processed = on_cpu(worker, move || {
         let image = canvas.finish()?;
-        tiles::encode_output(&image, &pipeline, input_format).map_err(|err| err.to_string())
+        engine::encode(&image, &pipeline, input_format).map_err(|err| err.to_string())
     })
     .await?
     .map_err(TaskError::Permanent)?;
