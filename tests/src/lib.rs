@@ -421,6 +421,27 @@ impl Cluster {
     }
 }
 
+/// Client-side helpers over the gateway's REST API.
+pub mod rest {
+    /// GETs `url` and parses the JSON body, whatever the status.
+    pub async fn get_json(http: &reqwest::Client, url: &str) -> serde_json::Value {
+        http.get(url)
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json body")
+    }
+
+    /// The job id of a submit that must have been accepted (202).
+    pub async fn accepted(response: reqwest::Response) -> String {
+        assert_eq!(response.status().as_u16(), 202, "submit not accepted");
+        let body: serde_json::Value = response.json().await.expect("json body");
+        body["id"].as_str().expect("job id").to_string()
+    }
+}
+
 /// Client-side helpers over the gateway's gRPC API.
 pub mod api {
     use std::time::Duration;

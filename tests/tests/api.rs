@@ -6,7 +6,7 @@ use pixelmesh_proto::v1::{
     Blur, GetJobRequest, ImageInput, ImageState, JobState, Operation, Resize, SubmitJobRequest,
     operation::Op,
 };
-use pixelmesh_tests::{Cluster, ClusterOptions, api, corpus, tool};
+use pixelmesh_tests::{Cluster, ClusterOptions, api, corpus, rest, tool};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pixelmesh-node");
 const JOB_TIMEOUT: Duration = Duration::from_secs(240);
@@ -237,22 +237,13 @@ async fn rest_submit_status_and_download() {
         .send()
         .await
         .expect("post");
-    assert_eq!(response.status().as_u16(), 202);
-    let submitted: serde_json::Value = response.json().await.expect("json");
-    let id = submitted["id"].as_str().expect("id").to_string();
+    let id = rest::accepted(response).await;
 
     let mut client = cluster.gateway_client().await;
     let (_, job) = api::watch_to_end(&mut client, &id, JOB_TIMEOUT).await;
     assert_eq!(job.summary.expect("summary").state(), JobState::Completed);
 
-    let status: serde_json::Value = http
-        .get(format!("{base}/api/v1/jobs/{id}"))
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let status = rest::get_json(&http, &format!("{base}/api/v1/jobs/{id}")).await;
     assert_eq!(status["state"], "completed");
     assert_eq!(status["done"], 2);
     assert_eq!(status["images"][0]["name"], "autumn.jpg");
@@ -343,5 +334,137 @@ async fn reflection_lists_every_service_to_grpcurl() {
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A logo uploaded over REST, stamped by a watermark, and an analysis report delivered with the
+/// output; a missing logo is refused at submit, one that is not an image fails its images.
+#[tokio::test(flavor = "multi_thread")]
+async fn watermark_and_analyze_through_the_mesh() {
+    let cluster = Cluster::start(BIN, ClusterOptions::default()).await;
+    let http = reqwest::Client::new();
+    let base = cluster.http_url();
+    let upload = |bytes: Vec<u8>| {
+        let http = http.clone();
+        let base = base.clone();
+        async move {
+            let response = http
+                .post(format!("{base}/api/v1/uploads"))
+                .body(bytes)
+                .send()
+                .await
+                .expect("upload");
+            assert_eq!(response.status().as_u16(), 201);
+            let blob: serde_json::Value = response.json().await.expect("json");
+            blob["id"].as_str().expect("id").to_string()
+        }
+    };
+    // An opaque red 200x100 logo.
+    let red = image::RgbImage::from_pixel(200, 100, image::Rgb([255, 0, 0]));
+    let mut png = Vec::new();
+    red.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .expect("png");
+    let logo = upload(png).await;
+    let not_an_image = upload(b"this is not a logo".to_vec()).await;
+
+    let submit = |pipeline: String, file: &'static str| {
+        let http = http.clone();
+        let base = base.clone();
+        async move {
+            let form = reqwest::multipart::Form::new()
+                .text("pipeline", pipeline)
+                .part(
+                    "file",
+                    reqwest::multipart::Part::bytes(corpus::read(file)).file_name(file),
+                );
+            http.post(format!("{base}/api/v1/jobs"))
+                .multipart(form)
+                .send()
+                .await
+                .expect("post")
+        }
+    };
+    let response = submit(
+        format!("resize:w=800/watermark:logo={logo},gravity=south_west/analyze/format:png"),
+        "safe-landing-exif-1622x2880.jpg",
+    )
+    .await;
+    let id = rest::accepted(response).await;
+    let mut client = cluster.gateway_client().await;
+    let (_, job) = api::watch_to_end(&mut client, &id, JOB_TIMEOUT).await;
+    assert_eq!(job.summary.expect("summary").state(), JobState::Completed);
+
+    let status = rest::get_json(&http, &format!("{base}/api/v1/jobs/{id}")).await;
+    let output = &status["images"][0]["output"];
+    let (width, height) = (800, 800 * 2880 / 1622);
+    assert_eq!(
+        (output["width"].clone(), output["height"].clone()),
+        (width.into(), height.into())
+    );
+    let report = &output["analysis"][0];
+    assert_eq!(report["width"], width, "{report}");
+    assert_eq!(report["input"]["format"], "jpeg");
+    assert_eq!(report["input"]["width"], 1622);
+    assert_eq!(report["input"]["height"], 2880);
+    assert_eq!(
+        report["histogram"].as_array().expect("histogram").len(),
+        256
+    );
+    let pixels: u64 = report["histogram"]
+        .as_array()
+        .expect("histogram")
+        .iter()
+        .map(|n| n.as_u64().expect("count"))
+        .sum();
+    assert_eq!(pixels, u64::from(width) * u64::from(height));
+    assert_eq!(report["phash"].as_str().expect("phash").len(), 16);
+    assert!(report["sharpness"].as_f64().expect("sharpness") > 0.0);
+    assert!(
+        report["input"]["exif"]
+            .as_object()
+            .is_some_and(|exif| !exif.is_empty()),
+        "the photo's EXIF is summarised: {report}"
+    );
+
+    // The logo, 20 % of 800 = 160x80, sits 10 px from the bottom-left corner.
+    let bytes = http
+        .get(format!("{base}/api/v1/jobs/{id}/outputs/0"))
+        .send()
+        .await
+        .expect("download")
+        .bytes()
+        .await
+        .expect("body");
+    let out = image::load_from_memory(&bytes).expect("png").to_rgb8();
+    assert_eq!(out.get_pixel(10 + 80, height - 10 - 40).0, [255, 0, 0]);
+    assert_eq!(out.get_pixel(10 + 2, height - 10 - 2).0, [255, 0, 0]);
+    assert_ne!(out.get_pixel(width - 50, 50).0, [255, 0, 0]);
+    assert_ne!(out.get_pixel(10 + 170, height - 10 - 40).0, [255, 0, 0]);
+
+    // A logo id that storage does not have: refused at submit, naming the op.
+    let missing = "0".repeat(64);
+    let response = submit(format!("watermark:logo={missing}"), "kite-2560x1600.jpg").await;
+    assert_eq!(response.status().as_u16(), 404);
+    let body: serde_json::Value = response.json().await.expect("json");
+    let message = body["error"].as_str().expect("error");
+    assert!(message.contains("op 1 (watermark)"), "{message}");
+
+    // A logo that is not an image: the job runs, its image fails with the reason.
+    let response = submit(
+        format!("watermark:logo={not_an_image}"),
+        "kite-2560x1600.jpg",
+    )
+    .await;
+    let id = rest::accepted(response).await;
+    let (_, job) = api::watch_to_end(&mut client, &id, JOB_TIMEOUT).await;
+    let image = &job.images[0];
+    assert_eq!(image.state(), ImageState::Failed);
+    assert!(
+        image
+            .error
+            .contains(&format!("watermark logo {not_an_image}"))
+            && image.error.contains("not a supported image"),
+        "{}",
+        image.error
     );
 }

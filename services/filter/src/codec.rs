@@ -99,6 +99,11 @@ pub struct Decoded {
     /// The upright size of the stored image: bigger than `image` when [`decode_shrunk`] shrank
     /// it on load, the same otherwise.
     pub full_size: (u32, u32),
+    /// How the stored pixels are laid out, as the decoder names it: `rgb8`, `rgba16`, `l8`,
+    /// `cmyk8`…
+    pub colour_type: String,
+    /// The EXIF block (its TIFF structure, without JPEG's `Exif\0\0` prefix); empty if none.
+    pub exif: Vec<u8>,
 }
 
 /// The format the bytes are in, from their signature; `None` if not one we read.
@@ -142,38 +147,33 @@ pub fn decode_shrunk(
     let format = detect_format(input).ok_or(DecodeError::NotAnImage)?;
     // The decoders are fuzzed but not proven; a panic on hostile bytes must fail this input
     // only, not take down the worker and every image it holds.
-    let (image, full_size) = panic::catch_unwind(AssertUnwindSafe(|| {
-        if format == FileFormat::Jpeg
-            && let Some(decoded) = decode_jpeg(input, limits, min_size)?
-        {
-            return Ok(decoded);
+    panic::catch_unwind(AssertUnwindSafe(|| {
+        if format != FileFormat::Jpeg {
+            return decode_as(input, format, limits);
         }
-        let image = decode_as(input, format, limits)?;
-        let size = (image.width(), image.height());
-        Ok((image, size))
+        match decode_jpeg(input, limits, min_size)? {
+            Some(decoded) => Ok(decoded),
+            None => {
+                // The fallback decoder names the colour type it converted to, not the file's.
+                let mut decoded = decode_as(input, format, limits)?;
+                decoded.colour_type = "cmyk8".into();
+                Ok(decoded)
+            }
+        }
     }))
     .map_err(|_| DecodeError::Corrupt {
         format,
         reason: "the decoder crashed on this input".into(),
-    })??;
-    Ok(Decoded {
-        image,
-        format,
-        full_size,
-    })
+    })?
 }
 
-/// A decoded image and the upright size of the stored one.
-type WithFullSize = (Bitmap, (u32, u32));
-
-/// Decodes a JPEG with libjpeg-turbo, shrunk on load as [`decode_shrunk`] says, and returns it
-/// with its full upright size; `None` for a CMYK or YCCK JPEG, which libjpeg-turbo cannot turn
-/// into RGB.
+/// Decodes a JPEG with libjpeg-turbo, shrunk on load as [`decode_shrunk`] says; `None` for a
+/// CMYK or YCCK JPEG, which libjpeg-turbo cannot turn into RGB.
 fn decode_jpeg(
     input: &[u8],
     limits: &Limits,
     min_size: (u32, u32),
-) -> Result<Option<WithFullSize>, DecodeError> {
+) -> Result<Option<Decoded>, DecodeError> {
     use mozjpeg::{ColorSpace, Decompress, Marker};
     let format = FileFormat::Jpeg;
     // libjpeg reports fatal errors by unwinding with its message (and no panic hook): catch
@@ -219,19 +219,19 @@ fn decode_jpeg(
         // store a half-grey result as if it were done.
         return Err(truncated_jpeg());
     }
-    if matches!(
-        decoder.color_space(),
-        ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK
-    ) {
-        return Ok(None);
-    }
-    // A broken EXIF block should not fail an image whose pixels are fine.
-    let orientation = decoder
+    let colour_type = match decoder.color_space() {
+        ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK => return Ok(None),
+        ColorSpace::JCS_GRAYSCALE => "l8",
+        _ => "rgb8",
+    };
+    let exif = decoder
         .markers()
         .filter(|marker| marker.marker == Marker::APP(1))
         .find_map(|marker| marker.data.strip_prefix(b"Exif\0\0"))
-        .and_then(Orientation::from_exif_chunk)
-        .unwrap_or(Orientation::NoTransforms);
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default();
+    // A broken EXIF block should not fail an image whose pixels are fine.
+    let orientation = Orientation::from_exif_chunk(&exif).unwrap_or(Orientation::NoTransforms);
     let full_size = if swaps_axes(orientation) {
         (height, width)
     } else {
@@ -263,7 +263,13 @@ fn decode_jpeg(
         format,
         reason: "the image has no pixels".into(),
     })?;
-    Ok(Some((image, full_size)))
+    Ok(Some(Decoded {
+        image,
+        format,
+        full_size,
+        colour_type: colour_type.into(),
+        exif,
+    }))
 }
 
 /// Orientations that turn the stored image a quarter turn, so its width is the upright height.
@@ -307,7 +313,7 @@ fn truncated_jpeg() -> DecodeError {
     }
 }
 
-fn decode_as(input: &[u8], format: FileFormat, limits: &Limits) -> Result<Bitmap, DecodeError> {
+fn decode_as(input: &[u8], format: FileFormat, limits: &Limits) -> Result<Decoded, DecodeError> {
     let image_format = match format {
         FileFormat::Jpeg => image::ImageFormat::Jpeg,
         FileFormat::Png => image::ImageFormat::Png,
@@ -343,13 +349,25 @@ fn decode_as(input: &[u8], format: FileFormat, limits: &Limits) -> Result<Bitmap
         // As in decode_jpeg: no half-grey results.
         return Err(truncated_jpeg());
     }
+    let colour_type = format!("{:?}", decoder.original_color_type()).to_lowercase();
     // A broken EXIF block should not fail an image whose pixels are fine.
+    let mut exif = decoder.exif_metadata().ok().flatten().unwrap_or_default();
+    if exif.starts_with(b"Exif\0\0") {
+        exif.drain(..6);
+    }
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let mut image = DynamicImage::from_decoder(decoder).map_err(|err| decode_error(format, err))?;
     image.apply_orientation(orientation);
-    to_bitmap(image).ok_or_else(|| DecodeError::Corrupt {
+    let image = to_bitmap(image).ok_or_else(|| DecodeError::Corrupt {
         format,
         reason: "the image has no pixels".into(),
+    })?;
+    Ok(Decoded {
+        full_size: (image.width(), image.height()),
+        image,
+        format,
+        colour_type,
+        exif,
     })
 }
 
@@ -386,10 +404,7 @@ fn jpeg_reaches_end(data: &[u8]) -> bool {
     let mut i = 2;
     loop {
         // Tolerate stray bytes between segments, as the decoder does, then skip fill bytes.
-        let Some(offset) = data
-            .get(i..)
-            .and_then(|rest| rest.iter().position(|&b| b == 0xFF))
-        else {
+        let Some(offset) = data.get(i..).and_then(|rest| memchr::memchr(0xFF, rest)) else {
             return false;
         };
         i += offset;
@@ -419,10 +434,7 @@ fn jpeg_reaches_end(data: &[u8]) -> bool {
             // Entropy-coded data runs to the first 0xFF that is not stuffing (FF 00), a
             // restart marker (FF D0..D7) or fill before one of those.
             loop {
-                let Some(offset) = data
-                    .get(i..)
-                    .and_then(|rest| rest.iter().position(|&b| b == 0xFF))
-                else {
+                let Some(offset) = data.get(i..).and_then(|rest| memchr::memchr(0xFF, rest)) else {
                     return false;
                 };
                 let start = i + offset;
@@ -1085,6 +1097,120 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn exif_orientations_1_to_8_on_a_real_photo() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/corpus/kite-2560x1600.jpg"
+        );
+        let photo = std::fs::read(path).expect("the shared corpus is beside the repository");
+        let stored = decode(&photo, &Limits::default()).unwrap().image;
+        let (w, h) = (stored.width(), stored.height());
+        // Where each upright pixel (x, y) comes from in the stored image, as EXIF defines the
+        // orientations; written out here rather than taken from the decoder's own transform.
+        let source = |orientation: u16, x: u32, y: u32| match orientation {
+            1 => (x, y),
+            2 => (w - 1 - x, y),
+            3 => (w - 1 - x, h - 1 - y),
+            4 => (x, h - 1 - y),
+            5 => (y, x),
+            6 => (y, h - 1 - x),
+            7 => (w - 1 - y, h - 1 - x),
+            8 => (w - 1 - y, x),
+            _ => unreachable!(),
+        };
+        for orientation in 1..=8u16 {
+            let decoded =
+                decode(&with_orientation(&photo, orientation), &Limits::default()).unwrap();
+            let image = &decoded.image;
+            let upright = if orientation >= 5 { (h, w) } else { (w, h) };
+            assert_eq!(
+                (image.width(), image.height()),
+                upright,
+                "orientation {orientation}"
+            );
+            assert_eq!(decoded.full_size, upright);
+            let mismatches = (0..upright.1)
+                .flat_map(|y| (0..upright.0).map(move |x| (x, y)))
+                .filter(|&(x, y)| {
+                    let (sx, sy) = source(orientation, x, y);
+                    let at = |image: &Bitmap, x: u32, y: u32| {
+                        let i = (y as usize * image.width() as usize + x as usize) * 3;
+                        [image.data()[i], image.data()[i + 1], image.data()[i + 2]]
+                    };
+                    at(image, x, y) != at(&stored, sx, sy)
+                })
+                .count();
+            assert_eq!(mismatches, 0, "orientation {orientation}");
+        }
+    }
+
+    #[test]
+    fn decoded_images_name_their_colour_type_and_carry_their_exif() {
+        let jpeg = encode(&gradient(16, 8, false), FileFormat::Jpeg, 85).unwrap();
+        let plain = decode(&jpeg, &Limits::default()).unwrap();
+        assert_eq!(plain.colour_type, "rgb8");
+        assert!(plain.exif.is_empty());
+        let rotated = decode(&with_orientation(&jpeg, 6), &Limits::default()).unwrap();
+        assert_eq!(
+            crate::ops::analyze::exif_summary(&rotated.exif),
+            vec![("Orientation".to_string(), "6".to_string())]
+        );
+        let png = encode(&gradient(16, 8, true), FileFormat::Png, 85).unwrap();
+        assert_eq!(
+            decode(&png, &Limits::default()).unwrap().colour_type,
+            "rgba8"
+        );
+        let grey = image::GrayImage::from_pixel(4, 4, image::Luma([9]));
+        let mut png = Vec::new();
+        grey.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        assert_eq!(decode(&png, &Limits::default()).unwrap().colour_type, "l8");
+    }
+
+    #[test]
+    fn cmyk_jpegs_decode_through_the_fallback_decoder() {
+        // libjpeg-turbo cannot turn CMYK into RGB, so these take the image crate's decoder.
+        // Left half no ink at all, right half every channel full: two flat greys, whichever
+        // way the file's Adobe marker says the values are stored.
+        let (w, h) = (32usize, 16usize);
+        let cmyk: Vec<u8> = (0..w * h)
+            .flat_map(|i| if i % w < w / 2 { [0; 4] } else { [255; 4] })
+            .collect();
+        let jpeg = panic::catch_unwind(AssertUnwindSafe(|| {
+            let mut compress = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_CMYK);
+            compress.set_size(w, h);
+            compress.set_quality(95.0);
+            let mut started = compress.start_compress(Vec::new())?;
+            started.write_scanlines(&cmyk)?;
+            started.finish()
+        }))
+        .unwrap()
+        .unwrap();
+        let decoded = decode(&jpeg, &Limits::default()).unwrap();
+        assert_eq!(decoded.colour_type, "cmyk8");
+        let image = &decoded.image;
+        assert_eq!(
+            (image.width(), image.height(), image.channels()),
+            (32, 16, 3)
+        );
+        let pixel = |x: usize, y: usize| {
+            let i = (y * w + x) * 3;
+            [image.data()[i], image.data()[i + 1], image.data()[i + 2]]
+        };
+        let (left, right) = (pixel(2, 8), pixel(29, 8));
+        for p in [left, right] {
+            assert!(
+                p.iter().max().unwrap() - p.iter().min().unwrap() <= 4,
+                "{p:?} is grey"
+            );
+        }
+        assert!(
+            left[0].abs_diff(right[0]) > 200,
+            "{left:?} against {right:?}"
+        );
     }
 
     #[test]

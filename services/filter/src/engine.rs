@@ -14,7 +14,7 @@
 use pixelmesh_proto::ErrorCode;
 
 use crate::codec::{self, DecodeError, Decoded, EncodeError, Limits};
-use crate::ops::{Bitmap, FileFormat, Fit, Op, Pipeline, Resize};
+use crate::ops::{Assets, Bitmap, FileFormat, Fit, InputFacts, Op, Pipeline, Resize, analyze};
 
 /// How much bigger than needed a shrunk-on-load image stays, so that the op's own filter does
 /// at least this much of the downscale. libvips' thumbnail leaves the same factor; with 1 the
@@ -28,6 +28,8 @@ pub struct Processed {
     pub content_type: &'static str,
     pub width: u32,
     pub height: u32,
+    /// One JSON report per `analyze` op, in pipeline order.
+    pub analysis: Vec<String>,
 }
 
 /// Why an image could not be processed. Every case is about the input or what the pipeline
@@ -88,13 +90,24 @@ impl From<ProcessError> for pixelmesh_proto::Error {
 }
 
 /// Decodes `input`, applies `pipeline`, and encodes as the pipeline's format op says, or in
-/// the input's own format when it has none.
+/// the input's own format when it has none. A pipeline with a watermark needs
+/// [`process_with`].
 pub fn process(
     input: &[u8],
     pipeline: &Pipeline,
     limits: &Limits,
 ) -> Result<Processed, ProcessError> {
-    let min_size = match shrink_on_load(pipeline) {
+    process_with(input, pipeline, limits, &Assets::default())
+}
+
+/// [`process`], with the logos the pipeline's watermarks overlay (see [`Pipeline::logos`]).
+pub fn process_with(
+    input: &[u8],
+    pipeline: &Pipeline,
+    limits: &Limits,
+    assets: &Assets,
+) -> Result<Processed, ProcessError> {
+    let min_size = match pipeline.shrink_on_load() {
         Some((w, h)) => (
             w.saturating_mul(SHRINK_HEADROOM),
             h.saturating_mul(SHRINK_HEADROOM),
@@ -105,8 +118,12 @@ pub fn process(
         mut image,
         format: input_format,
         full_size,
+        colour_type,
+        exif,
     } = codec::decode_shrunk(input, limits, min_size)?;
     let shrunk = (image.width(), image.height()) != full_size;
+    let mut analysis = Vec::new();
+    let mut facts: Option<InputFacts> = None;
     for (i, op) in pipeline.ops().iter().enumerate() {
         let position = i + 1;
         let name = op.name();
@@ -130,13 +147,25 @@ pub fn process(
                 limit: limits.max_pixels,
             });
         }
-        image = op.apply(image).map_err(|reason| ProcessError::Op {
-            position,
-            op: name,
-            reason,
-        })?;
+        if let Op::Analyze(_) = op {
+            // The EXIF summary is parsed once, however many analyze ops the pipeline has.
+            let facts = facts.get_or_insert_with(|| {
+                InputFacts::new(input_format, full_size, &colour_type, &exif)
+            });
+            analysis.push(analyze::report(&image, facts).to_string());
+        }
+        image = op
+            .apply_with(image, assets)
+            .map_err(|reason| ProcessError::Op {
+                position,
+                op: name,
+                reason,
+            })?;
     }
-    Ok(encode(&image, pipeline, input_format)?)
+    Ok(Processed {
+        analysis,
+        ..encode(&image, pipeline, input_format)?
+    })
 }
 
 /// Encodes as the pipeline's format op says, or in the input's own format when it has none.
@@ -155,6 +184,7 @@ pub fn encode(
         content_type: encoding.format.content_type(),
         width: image.width(),
         height: image.height(),
+        analysis: Vec::new(),
     })
 }
 
@@ -165,15 +195,6 @@ fn first_resize(op: &Op) -> Option<Resize> {
         Op::Thumbnail(thumbnail) => Some(thumbnail.resize()),
         _ => None,
     }
-}
-
-/// The smallest image (width, height; 0 = any) the pipeline's first op can work from without
-/// losing anything, if that op shrinks: a resize or thumbnail needs its box. Fit `exact` pads
-/// to the box and is left alone.
-fn shrink_on_load(pipeline: &Pipeline) -> Option<(u32, u32)> {
-    let resize = first_resize(pipeline.ops().first()?)?;
-    (resize.fit() != Fit::Exact)
-        .then(|| (resize.width().unwrap_or(0), resize.height().unwrap_or(0)))
 }
 
 /// The first op rewritten to make exactly `size` from a shrunk-on-load image. A fit `inside`
@@ -351,6 +372,124 @@ mod tests {
         let p = Pipeline::from_text("resize:w=100/blur:sigma=1/format:jpeg").unwrap();
         let first = process(&input, &p, &Limits::default()).unwrap();
         assert_eq!(process(&input, &p, &Limits::default()).unwrap(), first);
+    }
+
+    #[test]
+    fn analyze_reports_the_image_at_its_place_in_the_pipeline() {
+        let input = photo_like(401, 233);
+        let p = pipeline(
+            r#"[{"op":"analyze"},{"op":"resize","width":100},{"op":"grayscale"},{"op":"analyze"}]"#,
+        );
+        let out = process(&input, &p, &Limits::default()).unwrap();
+        assert_eq!(out.analysis.len(), 2);
+        let reports: Vec<serde_json::Value> = out
+            .analysis
+            .iter()
+            .map(|report| serde_json::from_str(report).unwrap())
+            .collect();
+        assert_eq!(
+            (&reports[0]["width"], &reports[0]["height"]),
+            (&401.into(), &233.into())
+        );
+        assert_eq!(
+            (&reports[1]["width"], &reports[1]["height"]),
+            (&100.into(), &58.into())
+        );
+        for report in &reports {
+            assert_eq!(report["input"]["format"], "jpeg");
+            assert_eq!(report["input"]["width"], 401);
+            assert_eq!(report["input"]["colour_type"], "rgb8");
+        }
+        assert_eq!(
+            reports[1]["dominant_colours"][0]["colour"]
+                .as_str()
+                .map(|c| {
+                    let c = c.trim_start_matches('#');
+                    c[0..2] == c[2..4] && c[2..4] == c[4..6]
+                }),
+            Some(true),
+            "grey after grayscale: {}",
+            reports[1]
+        );
+        // The same bytes every time, so a redelivered task records the same report.
+        assert_eq!(process(&input, &p, &Limits::default()).unwrap(), out);
+        assert!(
+            process(
+                &input,
+                &pipeline(r#"[{"op":"grayscale"}]"#),
+                &Limits::default()
+            )
+            .unwrap()
+            .analysis
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn watermarks_take_their_logo_from_the_assets() {
+        let input = photo_like(200, 100);
+        let logo_id = "a".repeat(64);
+        let p = pipeline(&format!(
+            r#"[{{"op":"watermark","logo":"{logo_id}","gravity":"centre","scale":50,"padding":0}},
+                {{"op":"format","format":"png"}}]"#
+        ));
+        let err = process(&input, &p, &Limits::default()).unwrap_err();
+        assert_eq!(
+            err.message(),
+            format!("op 1 (watermark) failed: logo {logo_id} was not loaded")
+        );
+        let mut assets = Assets::default();
+        assets.insert(
+            logo_id,
+            Bitmap::new(10, 10, false, [0, 0, 255].repeat(100)).unwrap(),
+        );
+        let out = process_with(&input, &p, &Limits::default(), &assets).unwrap();
+        let image = codec::decode(&out.bytes, &Limits::default()).unwrap().image;
+        // 50 % of 200 is a 100x100 logo, centred: the middle pixel is the logo's blue.
+        let middle = (50 * 200 + 100) * 3;
+        assert_eq!(&image.data()[middle..middle + 3], &[0, 0, 255]);
+        assert_ne!(&image.data()[..3], &[0, 0, 255]);
+    }
+
+    #[test]
+    fn outputs_carry_no_metadata_from_the_input() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/corpus/safe-landing-exif-1622x2880.jpg"
+        );
+        let input = std::fs::read(path).expect("the shared corpus is beside the repository");
+        let has = |bytes: &[u8], needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+        // The photo's EXIF names the program that wrote it and when.
+        assert!(has(&input, b"Exif") && has(&input, b"gThumb") && has(&input, b"2022:05:23"));
+        let p = pipeline(r#"[{"op":"analyze"}]"#);
+        let report: serde_json::Value =
+            serde_json::from_str(&process(&input, &p, &Limits::default()).unwrap().analysis[0])
+                .unwrap();
+        assert_eq!(
+            report["input"]["exif"]["DateTime"], "2022:05:23 19:21:22",
+            "{report}"
+        );
+        for format in FileFormat::ALL {
+            let p = pipeline(&format!(
+                r#"[{{"op":"resize","width":64}},{{"op":"format","format":"{}"}}]"#,
+                format.name()
+            ));
+            let out = process(&input, &p, &Limits::default()).unwrap();
+            for needle in [
+                &b"Exif"[..],
+                b"gThumb",
+                b"2022:05:23",
+                b"eXIf",
+                b"tEXt",
+                b"XMP",
+            ] {
+                assert!(
+                    !has(&out.bytes, needle),
+                    "{format:?} output carries {:?}",
+                    String::from_utf8_lossy(needle)
+                );
+            }
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@
 pub mod codec;
 pub mod engine;
 pub mod heartbeat;
+pub mod logos;
 pub mod ops;
 pub mod tiles;
 pub mod worker;
@@ -98,6 +99,7 @@ pub async fn run(
         },
         stats: stats.clone(),
         cpu: Arc::new(tokio::sync::Semaphore::new(concurrency)),
+        logos: Default::default(),
     });
 
     let beat_stop = CancellationToken::new();

@@ -30,7 +30,8 @@ use tracing::Instrument as _;
 use crate::{
     codec::{self, Limits},
     engine::{self, Processed},
-    ops::{FileFormat, Pipeline},
+    logos::{self, LogoCache},
+    ops::{Assets, FileFormat, Pipeline},
     tiles::{self, Canvas, Policy, Rect, Tile},
 };
 
@@ -87,6 +88,7 @@ pub(crate) struct Worker {
     /// One permit per image processed at once; tasks beyond it wait here, already
     /// downloaded.
     pub cpu: Arc<Semaphore>,
+    pub logos: Mutex<LogoCache>,
 }
 
 /// Pulls and runs tasks, holding at most `held` at once, until `stop` is cancelled; then
@@ -334,10 +336,13 @@ async fn run_image(
     {
         return split(worker, storage, input, policy.tile_size, halo).await;
     }
+    let assets = load_logos(worker, storage, &pipeline).await?;
     let limits = worker.limits;
-    let processed = on_cpu(worker, move || engine::process(&input, &pipeline, &limits))
-        .await?
-        .map_err(|err| TaskError::Permanent(err.to_string()))?;
+    let processed = on_cpu(worker, move || {
+        engine::process_with(&input, &pipeline, &limits, &assets)
+    })
+    .await?
+    .map_err(|err| TaskError::Permanent(err.to_string()))?;
     let processed_at = Instant::now();
     let output = upload(storage, processed).await?;
     tracing::debug!(
@@ -349,8 +354,55 @@ async fn run_image(
     Ok(Outcome::Output(output))
 }
 
+/// Downloads and decodes the logos the pipeline's watermarks overlay, or takes them from the
+/// worker's cache. A logo that is missing or does not decode fails the image, naming it.
+async fn load_logos(
+    worker: &Worker,
+    storage: &mut StorageClient<Channel>,
+    pipeline: &Pipeline,
+) -> Result<Assets, TaskError> {
+    let mut assets = Assets::default();
+    for blob_id in pipeline.logos() {
+        let cached = worker
+            .logos
+            .lock()
+            .ok()
+            .and_then(|mut cache| cache.get(blob_id));
+        let logo = match cached {
+            Some(logo) => logo,
+            None => {
+                let named = |err: TaskError| match err {
+                    TaskError::Permanent(message) => {
+                        TaskError::Permanent(format!("watermark logo {blob_id}: {message}"))
+                    }
+                    other => other,
+                };
+                let limits = codec::Limits {
+                    max_pixels: worker.limits.max_pixels.min(logos::MAX_LOGO_PIXELS),
+                    ..worker.limits
+                };
+                let bytes = download(storage, blob_id, limits.max_input_bytes)
+                    .await
+                    .map_err(named)?;
+                let logo = on_cpu(worker, move || codec::decode(&bytes, &limits))
+                    .await
+                    .map_err(named)?
+                    .map_err(|err| named(TaskError::Permanent(err.to_string())))?;
+                let logo = Arc::new(logo.image);
+                if let Ok(mut cache) = worker.logos.lock() {
+                    cache.insert(blob_id, logo.clone());
+                }
+                logo
+            }
+        };
+        assets.insert(blob_id, logo);
+    }
+    Ok(assets)
+}
+
 /// Decodes once, stores every tile with its halo as raw pixels, and reports the plan; the
-/// scheduler then publishes one task per tile.
+/// scheduler then publishes one task per tile. Tiles are cut one at a time and uploaded while
+/// the next is cut, so the split holds the image and a couple of tiles, not the image twice.
 async fn split(
     worker: &Worker,
     storage: &mut StorageClient<Channel>,
@@ -358,41 +410,46 @@ async fn split(
     tile_size: u32,
     halo: u32,
 ) -> Result<Outcome, TaskError> {
+    // Two tiles in flight: one uploading, one cut and waiting.
+    let (cut_tx, mut cut_rx) = tokio::sync::mpsc::channel::<(Tile, Vec<u8>)>(1);
     let limits = worker.limits;
-    let (format, width, height, cut) = on_cpu(worker, move || {
+    let cutting = on_cpu(worker, move || {
         let decoded = codec::decode(&input, &limits).map_err(|err| err.to_string())?;
+        drop(input);
         let image = decoded.image;
         let (width, height) = (image.width(), image.height());
         let size = tiles::tile_size_for(width, height, tile_size);
-        let cut = tiles::plan(width, height, size, halo)
-            .into_iter()
-            .map(|tile| {
-                Ok((
-                    tile,
-                    tiles::encode_raw(&tiles::extract(&image, tile.source)?),
-                ))
-            })
-            .collect::<Result<Vec<_>, String>>()?;
-        Ok::<_, String>((decoded.format, width, height, cut))
-    })
-    .await?
-    .map_err(TaskError::Permanent)?;
-    let mut split = TileSplit {
+        for tile in tiles::plan(width, height, size, halo) {
+            let bytes = tiles::encode_raw(&tiles::extract(&image, tile.source)?);
+            if cut_tx.blocking_send((tile, bytes)).is_err() {
+                // The uploads stopped; their error is the one reported.
+                break;
+            }
+        }
+        Ok::<_, String>((decoded.format, width, height))
+    });
+    let uploading = async {
+        let mut stored = Vec::new();
+        while let Some((tile, bytes)) = cut_rx.recv().await {
+            let blob_id = put_blob(storage, bytes).await?;
+            stored.push(TileInput {
+                tile: stored.len() as u32,
+                core: Some(tile.core.to_proto()),
+                source: Some(tile.source.to_proto()),
+                blob_id,
+            });
+        }
+        Ok::<_, TaskError>(stored)
+    };
+    let (cut, stored) = tokio::join!(cutting, uploading);
+    let stored = stored?;
+    let (format, width, height) = cut?.map_err(TaskError::Permanent)?;
+    Ok(Outcome::Split(TileSplit {
         width,
         height,
         input_format: format.to_proto() as i32,
-        tiles: Vec::with_capacity(cut.len()),
-    };
-    for (i, (tile, bytes)) in cut.into_iter().enumerate() {
-        let blob_id = put_blob(storage, bytes).await?;
-        split.tiles.push(TileInput {
-            tile: i as u32,
-            core: Some(tile.core.to_proto()),
-            source: Some(tile.source.to_proto()),
-            blob_id,
-        });
-    }
-    Ok(Outcome::Split(split))
+        tiles: stored,
+    }))
 }
 
 /// Runs the pipeline on one tile and stores its core.
@@ -494,9 +551,7 @@ async fn download(
         })
         .await
         .map_err(|status| match status.code() {
-            tonic::Code::NotFound => {
-                TaskError::Permanent(format!("input blob {blob_id} not found"))
-            }
+            tonic::Code::NotFound => TaskError::Permanent(format!("blob {blob_id} not found")),
             _ => TaskError::from(status),
         })?
         .into_inner();
@@ -533,6 +588,7 @@ async fn upload(
         width: processed.width,
         height: processed.height,
         size_bytes,
+        analysis: processed.analysis,
     })
 }
 

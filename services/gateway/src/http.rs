@@ -34,6 +34,7 @@ pub fn router(mesh: Mesh) -> Router {
                 .get(list)
                 .layer(DefaultBodyLimit::max(body_limit)),
         )
+        .route("/api/v1/uploads", post(upload))
         .route("/api/v1/jobs/{id}", get(job))
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
         .route("/api/v1/jobs/{id}/outputs/{index}", get(download))
@@ -171,6 +172,19 @@ async fn submit_parts(mesh: &Mesh, multipart: &mut Multipart) -> ApiResult<Respo
         id: summary.id,
     };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// Stores the raw request body as a blob and answers `201 {"id", "size_bytes"}`: how a
+/// watermark's logo gets its id. The body streams to storage, which enforces the upload size
+/// limit. The blob is kept while a job's pipeline refers to it; an unreferenced upload is
+/// removed by the orphan sweep after its grace period.
+async fn upload(State(mesh): State<Mesh>, body: Body) -> ApiResult<Response> {
+    let chunks = body
+        .into_data_stream()
+        .map_err(|err| Error::invalid(format!("reading the request body: {err}")));
+    let blob = mesh.upload(chunks).await?;
+    let body = serde_json::json!({ "id": blob.id, "size_bytes": blob.size_bytes });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
 async fn read_small(field: Field<'_>, max: usize) -> ApiResult<String> {
@@ -384,6 +398,9 @@ struct OutputView {
     width: u32,
     height: u32,
     size_bytes: u64,
+    /// The `analyze` ops' reports, in pipeline order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    analysis: Vec<serde_json::Value>,
 }
 
 impl OutputView {
@@ -394,6 +411,14 @@ impl OutputView {
             width: output.width,
             height: output.height,
             size_bytes: output.size_bytes,
+            analysis: output
+                .analysis
+                .iter()
+                .map(|report| {
+                    serde_json::from_str(report)
+                        .unwrap_or_else(|_| serde_json::Value::from(report.as_str()))
+                })
+                .collect(),
         }
     }
 }

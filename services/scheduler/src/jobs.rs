@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use futures::{StreamExt, TryStreamExt, stream};
 use pixelmesh_common::{grpc::Channel, nats, telemetry};
-use pixelmesh_filter::ops::Pipeline;
+use pixelmesh_filter::ops::{Op, Pipeline};
 use pixelmesh_proto::{
     Error, ErrorCode,
     v1::{
@@ -55,20 +55,6 @@ impl Jobs {
     /// Validates the request, persists the job and queues one task per image.
     pub async fn submit(&self, request: SubmitJobRequest) -> Result<Job, Error> {
         let pipeline = Pipeline::from_proto(&request.pipeline)?;
-        // Parsed and validated already, but their results have nowhere to go yet: the worker
-        // does not fetch logos nor store reports. Refused rather than silently skipped.
-        if let Some((i, op)) = pipeline
-            .ops()
-            .iter()
-            .enumerate()
-            .find(|(_, op)| matches!(op.name(), "watermark" | "analyze"))
-        {
-            return Err(Error::invalid(format!(
-                "op {} ({}): not available through the mesh in this version",
-                i + 1,
-                op.name()
-            )));
-        }
         let tiling = match request.tiling {
             t if t == Tiling::Unspecified as i32 => Tiling::Auto,
             t => Tiling::try_from(t).map_err(|_| {
@@ -98,6 +84,7 @@ impl Jobs {
             }
         }
         self.check_blobs_exist(&request).await?;
+        self.check_logos_exist(&pipeline).await?;
 
         let id = ulid::Ulid::new().to_string();
         let job = self
@@ -119,27 +106,44 @@ impl Jobs {
     async fn check_blobs_exist(&self, request: &SubmitJobRequest) -> Result<(), Error> {
         stream::iter(request.inputs.clone().into_iter().enumerate())
             .map(|(i, input)| {
-                let mut storage = self.storage.clone();
-                async move {
-                    storage
-                        .stat_blob(GetBlobRequest { id: input.blob_id })
-                        .await
-                        .map_err(|status| {
-                            let err = Error::from(status);
-                            match err.code {
-                                ErrorCode::NotFound | ErrorCode::InvalidArgument => Error::new(
-                                    err.code,
-                                    format!("input {i} ({}): {}", input.name, err.message),
-                                ),
-                                _ => err,
-                            }
-                        })
-                }
+                let what = format!("input {i} ({})", input.name);
+                self.check_blob_exists(input.blob_id, what)
             })
             .buffer_unordered(PUBLISH_CONCURRENCY)
             .try_collect::<Vec<_>>()
             .await?;
         Ok(())
+    }
+
+    /// Every watermark's logo must be a stored blob, so a wrong id fails the submit, not each
+    /// image. Whether it decodes is up to the workers: a logo that does not fails the images.
+    async fn check_logos_exist(&self, pipeline: &Pipeline) -> Result<(), Error> {
+        for (i, op) in pipeline.ops().iter().enumerate() {
+            if let Op::Watermark(watermark) = op {
+                let what = format!("op {} (watermark): logo", i + 1);
+                self.check_blob_exists(watermark.logo().to_string(), what)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Storage's answer for blob `id`, its refusals prefixed with `what` refers to it.
+    async fn check_blob_exists(&self, id: String, what: String) -> Result<(), Error> {
+        self.storage
+            .clone()
+            .stat_blob(GetBlobRequest { id })
+            .await
+            .map(drop)
+            .map_err(|status| {
+                let err = Error::from(status);
+                match err.code {
+                    ErrorCode::NotFound | ErrorCode::InvalidArgument => {
+                        Error::new(err.code, format!("{what}: {}", err.message))
+                    }
+                    _ => err,
+                }
+            })
     }
 
     /// Publishes the pending images' tasks and marks the job running.

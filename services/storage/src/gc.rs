@@ -98,11 +98,20 @@ mod tests {
         let orphan = put(&blobs, b"orphan").await;
         let fresh_orphan = put(&blobs, b"fresh orphan").await;
         let reuploaded = put(&blobs, b"uploaded twice").await;
+        let logo = put(&blobs, b"logo").await;
 
         let job = ulid::Ulid::new().to_string();
+        let watermark = pixelmesh_proto::v1::Operation {
+            op: Some(pixelmesh_proto::v1::operation::Op::Watermark(
+                pixelmesh_proto::v1::Watermark {
+                    logo: logo.clone(),
+                    ..Default::default()
+                },
+            )),
+        };
         meta.create(
             &job,
-            vec![],
+            vec![watermark],
             vec![ImageInput {
                 blob_id: input.clone(),
                 name: "a.png".into(),
@@ -119,6 +128,7 @@ mod tests {
                 width: 1,
                 height: 1,
                 size_bytes: 6,
+                analysis: Vec::new(),
             })),
             worker_id: "w".into(),
             attempts: 1,
@@ -127,7 +137,7 @@ mod tests {
         .expect("record");
 
         let day = Duration::from_secs(86_400);
-        for id in [&input, &output, &orphan, &reuploaded] {
+        for id in [&input, &output, &orphan, &reuploaded, &logo] {
             age(&root, id, 2 * day);
         }
         // Uploading the same bytes again restarts the blob's age.
@@ -136,7 +146,7 @@ mod tests {
         let swept = sweep(&blobs, &meta, day).expect("sweep");
         assert_eq!(swept, Swept { blobs: 1, bytes: 6 });
         assert!(!path(&root, &orphan).exists(), "the old orphan is gone");
-        for kept in [&input, &output, &fresh_orphan, &reuploaded] {
+        for kept in [&input, &output, &fresh_orphan, &reuploaded, &logo] {
             assert!(path(&root, kept).exists(), "{kept} was kept");
         }
         assert_eq!(

@@ -8,13 +8,14 @@
 //! images never disagree, even after a crash.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use pixelmesh_common::time::now_ms;
 use pixelmesh_proto::{
     Error, ErrorCode,
     v1::{
         Image, ImageInput, ImageState, Job, JobState, JobSummary, Operation, TaskResult,
-        TileAssembly, TileOutput, TileSplit, Tiling, task_result::Outcome,
+        TileAssembly, TileOutput, TileSplit, Tiling, operation, task_result::Outcome,
     },
 };
 use prost::Message as _;
@@ -25,6 +26,9 @@ pub const MAX_LIST: u32 = 1000;
 const DEFAULT_LIST: u32 = 50;
 /// More tiles than a 100-megapixel image cut into 256 x 256 tiles is a broken split.
 pub const MAX_TILES: usize = 4096;
+/// An output's analysis reports together: a report is a few kilobytes (a 256-bin histogram and
+/// a summary of EXIF), so this is room for dozens.
+pub const MAX_ANALYSIS_BYTES: usize = 256 * 1024;
 
 #[derive(Clone)]
 pub struct Meta {
@@ -103,7 +107,15 @@ fn check_outcome(outcome: Option<&Outcome>) -> Result<(), Error> {
     };
     match outcome {
         None => Err(Error::invalid("result has neither output nor error")),
-        Some(Outcome::Output(output)) => blob("output", &output.blob_id),
+        Some(Outcome::Output(output)) => {
+            let analysis: usize = output.analysis.iter().map(String::len).sum();
+            if analysis > MAX_ANALYSIS_BYTES {
+                return Err(Error::invalid(format!(
+                    "result analysis is {analysis} bytes, over {MAX_ANALYSIS_BYTES}"
+                )));
+            }
+            blob("output", &output.blob_id)
+        }
         Some(Outcome::Error(_)) => Ok(()),
         Some(Outcome::Split(TileSplit { tiles, .. })) => {
             if tiles.is_empty() || tiles.len() > MAX_TILES {
@@ -123,9 +135,32 @@ fn check_outcome(outcome: Option<&Outcome>) -> Result<(), Error> {
     }
 }
 
+/// How long `open` waits for a previous holder's file lock: sled 0.34 releases it from a
+/// background thread some moments after the old `Db` is dropped, or after a killed
+/// process's descriptors are reaped (sled#1234).
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+fn open_db(dir: &Path, wait: Duration) -> sled::Result<sled::Db> {
+    let deadline = Instant::now() + wait;
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        match sled::open(dir) {
+            // sled reports lock contention only through its message (kind Other).
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_millis(200));
+            }
+            result => return result,
+        }
+    }
+}
+
 impl Meta {
     pub fn open(dir: &Path, max_images_per_job: u32) -> Result<Meta, Error> {
-        let db = sled::open(dir).map_err(db_error)?;
+        let db = open_db(dir, LOCK_WAIT).map_err(db_error)?;
         Ok(Meta {
             jobs: db.open_tree("jobs").map_err(db_error)?,
             images: db.open_tree("images").map_err(db_error)?,
@@ -271,9 +306,16 @@ impl Meta {
             .collect()
     }
 
-    /// Every blob a job refers to, as an input or an output.
+    /// Every blob a job refers to: its images' inputs and outputs, and its watermarks' logos.
     pub fn referenced_blobs(&self) -> Result<std::collections::HashSet<String>, Error> {
         let mut ids = std::collections::HashSet::new();
+        for value in self.jobs.iter().values() {
+            let job: Job = decode(&value.map_err(db_error)?)?;
+            ids.extend(job.pipeline.into_iter().filter_map(|op| match op.op {
+                Some(operation::Op::Watermark(watermark)) => Some(watermark.logo),
+                _ => None,
+            }));
+        }
         for value in self.images.iter().values() {
             let image: Image = decode(&value.map_err(db_error)?)?;
             if let Some(output) = image.output {
@@ -373,6 +415,7 @@ impl Meta {
                             return Ok(unchanged(summary, image, None));
                         }
                         image.tiles_total = split.tiles.len() as u32;
+                        image.duration_ms = result.duration_ms;
                         let plan = TileAssembly {
                             width: split.width,
                             height: split.height,
@@ -414,6 +457,7 @@ impl Meta {
                         plan.tiles.push(tile.clone());
                         plan.tiles.sort_by_key(|done| done.tile);
                         image.tiles_done = plan.tiles.len() as u32;
+                        image.duration_ms += result.duration_ms;
                         tiles.insert(key.clone(), plan.encode_to_vec())?;
                         images.insert(key.clone(), image.encode_to_vec())?;
                         return Ok(Recorded {
@@ -439,7 +483,11 @@ impl Meta {
                 tiles.remove(key.clone())?;
                 image.worker_id.clone_from(&result.worker_id);
                 image.attempts = result.attempts;
-                image.duration_ms = result.duration_ms;
+                if image.tiles_total > 0 {
+                    image.duration_ms += result.duration_ms;
+                } else {
+                    image.duration_ms = result.duration_ms;
+                }
                 let now = now_ms();
                 summary.updated_at_ms = now;
                 if summary.done + summary.failed + summary.cancelled >= summary.total {
@@ -650,6 +698,9 @@ mod tests {
         assert_eq!(meta.summary(&id).expect("summary").done, 0);
 
         assert!(meta.record(&ok(&id, 0)).expect("output").applied);
+        // Every result takes 5 ms: the split, three tiles and the assembly, duplicates not
+        // counted.
+        assert_eq!(meta.job(&id).expect("job").images[0].duration_ms, 25);
         assert!(
             meta.tiles.is_empty(),
             "the tile record goes with the outcome"
@@ -837,6 +888,21 @@ mod tests {
             meta.mark_running(&id).expect("finished").state(),
             JobState::Completed
         );
+    }
+
+    #[test]
+    fn open_waits_for_a_lock_released_meanwhile_and_gives_up_after_the_wait() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let held = sled::open(dir.path()).expect("open");
+        let err = open_db(dir.path(), Duration::from_millis(30)).expect_err("lock held");
+        assert!(err.to_string().contains("could not acquire lock"), "{err}");
+        let path = dir.path().to_owned();
+        let opener = std::thread::spawn(move || open_db(&path, Duration::from_secs(60)).map(drop));
+        drop(held);
+        opener
+            .join()
+            .expect("opener thread")
+            .expect("opens once the lock is released");
     }
 
     #[test]

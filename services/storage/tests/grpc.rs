@@ -192,6 +192,7 @@ async fn blobs_and_jobs_survive_a_restart() {
         width: 640,
         height: 480,
         size_bytes: blob.size_bytes,
+        analysis: Vec::new(),
     };
     let recorded = client
         .record_result(RecordResultRequest {

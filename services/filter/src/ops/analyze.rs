@@ -32,6 +32,34 @@ pub(crate) const NAME: &str = "analyze";
 /// How many dominant colours the report lists.
 pub const DOMINANT_COLOURS: usize = 5;
 
+/// The EXIF fields the report lists, when present: what identifies the camera and the shot.
+/// Maker notes and thumbnails are left out; they are large and mean little outside the maker's
+/// own tools.
+const EXIF_SUMMARY: &[exif::Tag] = &[
+    exif::Tag::Make,
+    exif::Tag::Model,
+    exif::Tag::LensModel,
+    exif::Tag::Software,
+    exif::Tag::DateTimeOriginal,
+    exif::Tag::DateTime,
+    exif::Tag::ExposureTime,
+    exif::Tag::FNumber,
+    exif::Tag::PhotographicSensitivity,
+    exif::Tag::FocalLength,
+    exif::Tag::Flash,
+    exif::Tag::Orientation,
+    exif::Tag::Artist,
+    exif::Tag::Copyright,
+    exif::Tag::GPSLatitudeRef,
+    exif::Tag::GPSLatitude,
+    exif::Tag::GPSLongitudeRef,
+    exif::Tag::GPSLongitude,
+    exif::Tag::GPSAltitude,
+];
+
+/// Longer EXIF values are cut (at a character boundary) and end in `…`.
+pub const MAX_EXIF_VALUE_CHARS: usize = 200;
+
 /// What the engine knows about the input as stored, before any op ran.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InputFacts {
@@ -43,6 +71,72 @@ pub struct InputFacts {
     pub colour_type: String,
     /// EXIF fields as (tag name, displayed value), in file order.
     pub exif: Vec<(String, String)>,
+}
+
+impl InputFacts {
+    /// The facts of a decoded image; `exif` is the raw EXIF block, summarised by
+    /// [`exif_summary`].
+    pub fn new(
+        format: FileFormat,
+        (width, height): (u32, u32),
+        colour_type: &str,
+        exif: &[u8],
+    ) -> InputFacts {
+        InputFacts {
+            format,
+            width,
+            height,
+            colour_type: colour_type.to_string(),
+            exif: exif_summary(exif),
+        }
+    }
+}
+
+/// The [`EXIF_SUMMARY`] fields of the main image in a raw EXIF block (TIFF structure), in that
+/// order. A block that does not parse gives what could be read, or nothing: a broken EXIF
+/// block never fails an image.
+pub fn exif_summary(raw: &[u8]) -> Vec<(String, String)> {
+    if raw.is_empty() {
+        return Vec::new();
+    }
+    let mut reader = exif::Reader::new();
+    reader.continue_on_error(true);
+    let parsed = match reader.read_raw(raw.to_vec()) {
+        Ok(parsed) => parsed,
+        Err(exif::Error::PartialResult(partial)) => partial.into_inner().0,
+        Err(_) => return Vec::new(),
+    };
+    EXIF_SUMMARY
+        .iter()
+        .filter_map(|&tag| {
+            let field = parsed.get_field(tag, exif::In::PRIMARY)?;
+            let value = match &field.value {
+                exif::Value::Ascii(parts) => parts
+                    .iter()
+                    .map(|part| {
+                        String::from_utf8_lossy(part)
+                            .trim_matches(['\0', ' '])
+                            .to_string()
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                // The number (1-8) is what clients act on; the library's text for it is long.
+                value => match (tag, value.get_uint(0)) {
+                    (exif::Tag::Orientation, Some(n)) => n.to_string(),
+                    _ => field.display_value().with_unit(&parsed).to_string(),
+                },
+            };
+            let value: String = value.chars().filter(|c| !c.is_control()).collect();
+            (!value.is_empty()).then(|| (tag.to_string(), cut(value)))
+        })
+        .collect()
+}
+
+fn cut(value: String) -> String {
+    match value.char_indices().nth(MAX_EXIF_VALUE_CHARS) {
+        Some((end, _)) => format!("{}…", &value[..end]),
+        None => value,
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -69,6 +69,8 @@ use json::{Fields, Source, brief, quoted};
 
 /// More ops than this is a mistake or an attack, not a pipeline.
 pub const MAX_OPS: usize = 64;
+/// Different logos one pipeline may overlay; each is held decoded while an image is processed.
+pub const MAX_LOGOS: usize = 4;
 
 /// One validated operation.
 #[derive(Debug, Clone, PartialEq)]
@@ -424,16 +426,17 @@ impl Op {
 /// and passes them to [`Op::apply_with`].
 #[derive(Debug, Clone, Default)]
 pub struct Assets {
-    logos: HashMap<String, Bitmap>,
+    // Shared, so a worker can keep decoded logos between the images of a job.
+    logos: HashMap<String, std::sync::Arc<Bitmap>>,
 }
 
 impl Assets {
-    pub fn insert(&mut self, blob_id: impl Into<String>, logo: Bitmap) {
-        self.logos.insert(blob_id.into(), logo);
+    pub fn insert(&mut self, blob_id: impl Into<String>, logo: impl Into<std::sync::Arc<Bitmap>>) {
+        self.logos.insert(blob_id.into(), logo.into());
     }
 
     pub fn get(&self, blob_id: &str) -> Option<&Bitmap> {
-        self.logos.get(blob_id)
+        self.logos.get(blob_id).map(|logo| &**logo)
     }
 }
 
@@ -609,26 +612,28 @@ impl Pipeline {
     /// How small the decoded image may be (width, height; 0 = any) before the pipeline runs,
     /// for a decoder that can shrink on load (JPEG's DCT scaling): `Some` only when the first
     /// op is a `thumbnail` or a `resize`, since only a resampling op can absorb a smaller
-    /// input. The engine decodes at the largest of 1/2, 1/4, 1/8 that stays at least this size.
+    /// input. The engine decodes at the largest of 1/2, 1/4, 1/8 that stays at least this size
+    /// (times its headroom).
     ///
     /// The size is the op's box, side by side, which is conservative: whatever the aspect
-    /// ratio, every fit's output (`exact`'s content) lies within the box on each side given,
+    /// ratio, the output of `inside`, `cover` and `fill` lies within the box on each side given,
     /// so an input at least the box's size is still shrunk (or kept) on every axis and never
-    /// enlarged, upscale or not; the source aspect could make the box bigger than needed on
-    /// one side, but without the input's size that cannot be known. A side left unset (fit
-    /// `inside` only) follows the aspect ratio and needs no bound. `cover`, `fill` and `exact`
-    /// then make exactly the same size as from the full image; for `inside` (and `exact`'s
-    /// content) the side that follows the aspect ratio can round one pixel differently,
-    /// because the decoder rounds the scaled sides, so the engine should take sizes from the
-    /// full-size image. `None` for the `nearest` filter: pixel art should keep its exact
-    /// pixels, which a DCT-scaled decode would average.
+    /// enlarged; without the input's size a tighter bound cannot be known. A side left unset
+    /// (fit `inside` only) follows the aspect ratio and needs no bound. `cover` and `fill` then
+    /// make exactly the same size as from the full image; for `inside` the side that follows
+    /// the aspect ratio can round one pixel differently, because the decoder rounds the scaled
+    /// sides, so the engine takes sizes from the full-size image.
+    ///
+    /// `None` for fit `exact`, whose content inside the padded box would need the same care,
+    /// and for the `nearest` filter: pixel art should keep its exact pixels, which a
+    /// DCT-scaled decode would average.
     pub fn shrink_on_load(&self) -> Option<(u32, u32)> {
         let resize = match self.ops.first()? {
             Op::Thumbnail(thumbnail) => thumbnail.resize(),
             Op::Resize(resize) => *resize,
             _ => return None,
         };
-        if resize.filter() == Filter::Nearest {
+        if resize.filter() == Filter::Nearest || resize.fit() == Fit::Exact {
             return None;
         }
         Some((resize.width().unwrap_or(0), resize.height().unwrap_or(0)))
@@ -656,7 +661,14 @@ impl Pipeline {
                 i + 1
             )));
         }
-        Ok(Pipeline { ops })
+        let pipeline = Pipeline { ops };
+        if pipeline.logos().len() > MAX_LOGOS {
+            return Err(Error::invalid(format!(
+                "pipeline uses {} different logos, over the limit of {MAX_LOGOS}",
+                pipeline.logos().len()
+            )));
+        }
+        Ok(pipeline)
     }
 }
 
@@ -689,6 +701,25 @@ mod tests {
         let err = Pipeline::from_proto(&ops).expect_err("invalid pipeline");
         assert_eq!(err.code, ErrorCode::InvalidArgument);
         err.message
+    }
+
+    #[test]
+    fn a_pipeline_overlays_at_most_max_logos_different_logos() {
+        let watermarks = |logos: usize| {
+            (0..logos)
+                .map(|i| format!("watermark:logo={:064x}", i % 5))
+                .collect::<Vec<_>>()
+                .join("/")
+        };
+        // The same logo twice counts once.
+        assert_eq!(
+            Pipeline::from_text(&watermarks(8)).unwrap_err().message,
+            "pipeline uses 5 different logos, over the limit of 4"
+        );
+        let four = Pipeline::from_text(&watermarks(4)).unwrap();
+        assert_eq!(four.logos().len(), MAX_LOGOS);
+        let repeated = format!("{}/{}", watermarks(4), watermarks(4));
+        assert_eq!(Pipeline::from_text(&repeated).unwrap().ops().len(), 8);
     }
 
     #[test]
@@ -1075,10 +1106,7 @@ mod tests {
         assert_eq!(shrink("thumbnail:h=64"), Some((0, 64)));
         assert_eq!(shrink("resize:w=300"), Some((300, 0)));
         assert_eq!(shrink("resize:300,200,cover"), Some((300, 200)));
-        assert_eq!(
-            shrink("resize:300,200,exact,upscale=true"),
-            Some((300, 200))
-        );
+        assert_eq!(shrink("resize:300,200,exact,upscale=true"), None);
         assert_eq!(shrink("resize:300,200,fill,filter=nearest"), None);
         assert_eq!(shrink("grayscale/thumbnail:w=10"), None);
         assert_eq!(shrink("rotate:90/resize:w=10"), None);
