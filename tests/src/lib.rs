@@ -442,6 +442,89 @@ pub mod rest {
     }
 }
 
+/// A server-sent events client over reqwest, enough for tests: `event`, `id`, `data`.
+pub mod sse {
+    use std::time::Duration;
+
+    /// One event; `data` parsed as JSON.
+    #[derive(Debug, Clone)]
+    pub struct SseEvent {
+        pub event: String,
+        pub id: String,
+        pub data: serde_json::Value,
+    }
+
+    pub struct SseStream {
+        response: reqwest::Response,
+        buffer: Vec<u8>,
+    }
+
+    impl SseStream {
+        /// Opens `url` (with `Last-Event-ID` when given); the answer must be an event stream.
+        pub async fn open(http: &reqwest::Client, url: &str, last_event_id: Option<&str>) -> Self {
+            let mut request = http.get(url).header("accept", "text/event-stream");
+            if let Some(id) = last_event_id {
+                request = request.header("last-event-id", id);
+            }
+            let response = request.send().await.expect("events request");
+            assert_eq!(response.status().as_u16(), 200, "events status");
+            let content_type = response
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            assert!(
+                content_type.starts_with("text/event-stream"),
+                "{content_type}"
+            );
+            SseStream {
+                response,
+                buffer: Vec::new(),
+            }
+        }
+
+        /// The next event, skipping comments (keep-alives); `None` when the server ends the
+        /// stream. Panics if nothing arrives within `timeout`.
+        pub async fn next(&mut self, timeout: Duration) -> Option<SseEvent> {
+            loop {
+                if let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
+                    let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
+                    let block = String::from_utf8(block).expect("utf-8 events");
+                    let mut event = SseEvent {
+                        event: "message".into(),
+                        id: String::new(),
+                        data: serde_json::Value::Null,
+                    };
+                    let mut data = String::new();
+                    for line in block.lines() {
+                        if let Some(value) = line.strip_prefix("event:") {
+                            event.event = value.trim().to_string();
+                        } else if let Some(value) = line.strip_prefix("id:") {
+                            event.id = value.trim().to_string();
+                        } else if let Some(value) = line.strip_prefix("data:") {
+                            data.push_str(value.trim_start());
+                        }
+                    }
+                    if data.is_empty() {
+                        continue;
+                    }
+                    event.data = serde_json::from_str(&data).expect("event data is json");
+                    return Some(event);
+                }
+                let chunk = tokio::time::timeout(timeout, self.response.chunk())
+                    .await
+                    .expect("no event in time")
+                    .expect("reading events");
+                match chunk {
+                    Some(bytes) => self.buffer.extend_from_slice(&bytes),
+                    None => return None,
+                }
+            }
+        }
+    }
+}
+
 /// Client-side helpers over the gateway's gRPC API.
 pub mod api {
     use std::time::Duration;
@@ -515,7 +598,10 @@ pub mod api {
         mut stop: impl FnMut(&JobEvent) -> bool,
     ) -> Vec<JobEvent> {
         let mut stream = client
-            .watch_job(WatchJobRequest { id: id.to_string() })
+            .watch_job(WatchJobRequest {
+                id: id.to_string(),
+                after_version: 0,
+            })
             .await
             .expect("watch")
             .into_inner();
@@ -544,7 +630,10 @@ pub mod api {
         timeout: Duration,
     ) -> (Vec<JobEvent>, Job) {
         let mut stream = client
-            .watch_job(WatchJobRequest { id: id.to_string() })
+            .watch_job(WatchJobRequest {
+                id: id.to_string(),
+                after_version: 0,
+            })
             .await
             .expect("watch")
             .into_inner();

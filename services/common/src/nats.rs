@@ -37,6 +37,9 @@ pub fn result_subject(job_id: &str, index: u32) -> String {
     format!("pixelmesh.result.{job_id}.{index}")
 }
 
+/// Every job's progress, for feeds.
+pub const ALL_PROGRESS: &str = "pixelmesh.progress.>";
+
 pub fn progress_subject(job_id: &str) -> String {
     format!("pixelmesh.progress.{job_id}")
 }

@@ -75,7 +75,8 @@ impl Gateway for GatewayService {
         &self,
         request: Request<WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        let events = self.mesh.watch(&request.into_inner().id).await?;
+        let request = request.into_inner();
+        let events = self.mesh.watch(&request.id, request.after_version).await?;
         Ok(Response::new(Box::pin(
             events.map(|e| e.map_err(Status::from)),
         )))

@@ -5,19 +5,26 @@ use axum::{
     Json, Router,
     body::Body,
     extract::{DefaultBodyLimit, Multipart, Path, Query, State, multipart::Field},
+    http::HeaderMap,
     http::{StatusCode, header},
-    response::{IntoResponse, Response},
+    response::{
+        IntoResponse, Response,
+        sse::{Event, KeepAlive, Sse},
+    },
     routing::{get, post},
 };
 use futures::{StreamExt, TryStreamExt};
 use pixelmesh_filter::ops::Pipeline;
 use pixelmesh_proto::{
     Error,
-    v1::{Image, ImageInput, Job, JobSummary, Output, SubmitJobRequest, Tiling, Worker},
+    v1::{
+        Image, ImageInput, ImageState, Job, JobEvent, JobSummary, Output, SubmitJobRequest, Tiling,
+        Worker,
+    },
 };
 use serde::{Deserialize, Serialize};
 
-use crate::mesh::Mesh;
+use crate::mesh::{FeedEvent, Mesh, event_version};
 
 /// Largest `pipeline` part: a pipeline is at most a few dozen small objects.
 const MAX_PIPELINE_BYTES: usize = 64 * 1024;
@@ -37,6 +44,8 @@ pub fn router(mesh: Mesh) -> Router {
         .route("/api/v1/uploads", post(upload))
         .route("/api/v1/jobs/{id}", get(job))
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
+        .route("/api/v1/jobs/{id}/events", get(events))
+        .route("/api/v1/events", get(feed))
         .route("/api/v1/jobs/{id}/outputs/{index}", get(download))
         .route("/api/v1/workers", get(workers))
         .with_state(mesh)
@@ -259,6 +268,122 @@ async fn cancel(State(mesh): State<Mesh>, Path(id): Path<String>) -> ApiResult<J
     Ok(Json(JobView::from_job(&mesh.cancel(&id).await?)))
 }
 
+/// How often an idle event stream sends a comment, so proxies keep the connection open.
+const SSE_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+#[derive(Deserialize)]
+struct EventParams {
+    /// For clients that cannot set `Last-Event-ID` on their first request (a browser's
+    /// `EventSource` after reading the job with `GET`).
+    last_event_id: Option<String>,
+}
+
+/// `GET /api/v1/jobs/{id}/events`: server-sent events. `progress` (the job's state and
+/// counts; always the first event), `image_done`, `image_failed`, `tile_done`, and
+/// `job_done` last. Event ids are job versions: a client that reconnects with
+/// `Last-Event-ID` gets what it missed, nothing twice. A finished job the client has seen
+/// to the end answers 204, which tells `EventSource` to stop reconnecting.
+async fn events(
+    State(mesh): State<Mesh>,
+    Path(id): Path<String>,
+    Query(params): Query<EventParams>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let last = headers
+        .get("last-event-id")
+        .map(|value| value.to_str().unwrap_or("?").to_string())
+        .or(params.last_event_id);
+    let after = match last.as_deref().map(str::trim) {
+        None | Some("") => 0,
+        Some(text) => text.parse::<u64>().map_err(|_| {
+            Error::invalid(format!("last event id must be a job version, got {text:?}"))
+        })?,
+    };
+    if after > 0 {
+        let summary = mesh.summary(&id).await?;
+        if summary.state().is_final() && after >= summary.version {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+    }
+    let events = mesh.watch(&id, after).await?;
+    let sse = events.flat_map(|event| {
+        let events = match event {
+            Ok(event) => sse_events(&event),
+            Err(err) => {
+                // The stream cannot go on (storage gone): say why, as the last event.
+                let body = serde_json::json!({ "error": err.message, "code": err.code.as_str() });
+                vec![Event::default().event("error").data(body.to_string())]
+            }
+        };
+        futures::stream::iter(events.into_iter().map(Ok::<_, std::convert::Infallible>))
+    });
+    Ok(Sse::new(sse)
+        .keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE).text("keep-alive"))
+        .into_response())
+}
+
+/// `GET /api/v1/events`: every job's events (as on a job's stream, without resume) and
+/// worker changes: `worker` (a heartbeat: the worker's counters) and `worker_gone`. Each
+/// gateway relays what NATS tells it, so any replica serves the same feed.
+async fn feed(State(mesh): State<Mesh>) -> ApiResult<Response> {
+    let events = mesh.feed().await?;
+    let sse = events.flat_map(|event| {
+        let events = match event {
+            FeedEvent::Job(event) => sse_events(&event),
+            FeedEvent::Worker(worker) => vec![
+                Event::default()
+                    .event("worker")
+                    .data(json_string(&WorkerView::from(&worker))),
+            ],
+            FeedEvent::WorkerGone(id) => vec![
+                Event::default()
+                    .event("worker_gone")
+                    .data(serde_json::json!({ "id": id }).to_string()),
+            ],
+        };
+        futures::stream::iter(events.into_iter().map(Ok::<_, std::convert::Infallible>))
+    });
+    Ok(Sse::new(sse)
+        .keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE).text("keep-alive"))
+        .into_response())
+}
+
+/// One job event as SSE events: the change itself, then `job_done` if the job ended.
+fn sse_events(event: &JobEvent) -> Vec<Event> {
+    let summary = event.summary.clone().unwrap_or_default();
+    let job = JobView::from_summary(&summary);
+    let id = event_version(event).to_string();
+    let mut events = Vec::with_capacity(2);
+    let change = match &event.image {
+        None => Event::default().event("progress").data(json_string(&job)),
+        Some(image) => {
+            let name = match image.state() {
+                ImageState::Done => "image_done",
+                ImageState::Failed => "image_failed",
+                ImageState::Cancelled => "image_cancelled",
+                _ => "tile_done",
+            };
+            let body =
+                serde_json::json!({ "job": job, "image": ImageView::new(&summary.id, image) });
+            Event::default().event(name).data(body.to_string())
+        }
+    };
+    events.push(change.id(id.clone()));
+    if summary.state().is_final() {
+        events.push(
+            Event::default()
+                .event("job_done")
+                .id(id)
+                .data(json_string(&job)),
+        );
+    }
+    events
+}
+
+fn json_string(value: &impl Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "{}".to_string())
+}
+
 async fn download(
     State(mesh): State<Mesh>,
     Path((id, index)): Path<(String, u32)>,
@@ -312,6 +437,8 @@ pub struct JobView {
     updated_at_ms: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     finished_at_ms: Option<i64>,
+    /// Grows with every change to the job; the id of its progress events.
+    version: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     images: Option<Vec<ImageView>>,
 }
@@ -328,6 +455,7 @@ impl JobView {
             created_at_ms: summary.created_at_ms,
             updated_at_ms: summary.updated_at_ms,
             finished_at_ms: (summary.finished_at_ms > 0).then_some(summary.finished_at_ms),
+            version: summary.version,
             images: None,
         }
     }

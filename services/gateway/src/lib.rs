@@ -6,6 +6,8 @@
 //! * [`grpc`] — `pixelmesh.v1.Gateway`, translating protobuf at the edge;
 //! * [`http`] — the REST API, translating JSON and multipart at the edge.
 
+pub mod archive;
+pub mod bundle;
 pub mod grpc;
 pub mod http;
 pub mod mesh;

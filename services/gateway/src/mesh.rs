@@ -1,6 +1,11 @@
 //! What the gateway does, in domain terms, shared by the gRPC and HTTP edges.
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use async_nats::jetstream::kv;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -8,9 +13,9 @@ use pixelmesh_common::{grpc::Channel, nats};
 use pixelmesh_proto::{
     Error,
     v1::{
-        BlobInfo, BlobMeta, GetBlobRequest, ImageState, Job, JobEvent, JobRequest, JobSummary,
-        ListJobsQuery, Output, PutBlobRequest, SubmitJobRequest, Worker, put_blob_request::Part,
-        scheduler_client::SchedulerClient, storage_client::StorageClient,
+        BlobInfo, BlobMeta, GetBlobRequest, Image, ImageState, Job, JobEvent, JobRequest,
+        JobSummary, ListJobsQuery, Output, PutBlobRequest, SubmitJobRequest, Worker,
+        put_blob_request::Part, scheduler_client::SchedulerClient, storage_client::StorageClient,
     },
 };
 use prost::Message as _;
@@ -118,6 +123,16 @@ impl Mesh {
             .into_inner())
     }
 
+    pub async fn summary(&self, id: &str) -> Result<JobSummary, Error> {
+        let request = JobRequest { id: id.to_string() };
+        Ok(self
+            .storage
+            .clone()
+            .get_job_summary(request)
+            .await?
+            .into_inner())
+    }
+
     pub async fn job(&self, id: &str) -> Result<Job, Error> {
         let request = JobRequest { id: id.to_string() };
         Ok(self.storage.clone().get_job(request).await?.into_inner())
@@ -137,66 +152,99 @@ impl Mesh {
             .jobs)
     }
 
-    /// The job's current state first, then one event per change, ending after the event
-    /// that reports a final state. Dropping the stream stops the relay.
-    pub async fn watch(&self, id: &str) -> Result<ReceiverStream<Result<JobEvent, Error>>, Error> {
-        // Subscribe before reading the snapshot, so no change falls between the two.
+    /// Progress of job `id` as events ordered by job version, ending after the event that
+    /// reports a final state. With `after` 0 the first event is the job's current state; a
+    /// watcher resuming from version `after` first gets every image event it missed (from
+    /// storage), then the current state. Dropping the stream stops the relay.
+    pub async fn watch(
+        &self,
+        id: &str,
+        after: u64,
+    ) -> Result<ReceiverStream<Result<JobEvent, Error>>, Error> {
+        // Subscribe before reading storage, so no change falls between the two.
         let mut events = self
             .nats
             .subscribe(nats::progress_subject(id))
             .await
             .map_err(|err| Error::unavailable(format!("subscribing to progress: {err}")))?;
-        let mut storage = self.storage.clone();
-        let request = JobRequest { id: id.to_string() };
-        let snapshot = storage.get_job_summary(request.clone()).await?.into_inner();
+        let mut watch = Watch {
+            storage: self.storage.clone(),
+            request: JobRequest { id: id.to_string() },
+            last: after,
+        };
+        let snapshot = watch.summary().await?;
+        // A version from another life of the job store (or made up) resumes nothing.
+        if watch.last > snapshot.version {
+            watch.last = 0;
+        }
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
-            let mut seen = progress(&snapshot);
-            let mut last_state = snapshot.state();
-            let finished = last_state.is_final();
-            let first = JobEvent {
-                summary: Some(snapshot),
-                image: None,
+            let caught_up = if watch.last == 0 {
+                watch.last = snapshot.version;
+                let finished = snapshot.state().is_final();
+                let first = JobEvent {
+                    summary: Some(snapshot),
+                    image: None,
+                };
+                if tx.send(Ok(first)).await.is_err() || finished {
+                    return;
+                }
+                Ok(false)
+            } else {
+                watch.catch_up(&tx).await
             };
-            if tx.send(Ok(first)).await.is_err() || finished {
+            if !matches!(caught_up, Ok(false)) {
+                if let Err(err) = caught_up {
+                    let _ = tx.send(Err(err)).await;
+                }
                 return;
             }
             loop {
-                let event = match tokio::time::timeout(WATCH_RESYNC, events.next()).await {
+                let next = tokio::time::timeout(WATCH_RESYNC, events.next()).await;
+                let behind = match next {
                     Ok(Some(message)) => match JobEvent::decode(message.payload) {
-                        Ok(event) => event,
+                        Ok(event) => {
+                            let version = event.summary.as_ref().map_or(0, |s| s.version);
+                            if version <= watch.last {
+                                continue;
+                            }
+                            if version > watch.last + 1 {
+                                // A change went by unheard (NATS core may drop, or the
+                                // scheduler published out of order): storage has it.
+                                true
+                            } else {
+                                watch.last = version;
+                                let finished =
+                                    event.summary.as_ref().is_some_and(|s| s.state().is_final());
+                                if tx.send(Ok(event)).await.is_err() || finished {
+                                    return;
+                                }
+                                false
+                            }
+                        }
                         Err(err) => {
                             tracing::warn!(error = %err, "undecodable progress event");
-                            continue;
+                            true
                         }
                     },
                     Ok(None) => return,
-                    Err(_) => match storage.get_job_summary(request.clone()).await {
-                        Ok(summary) => JobEvent {
-                            summary: Some(summary.into_inner()),
-                            image: None,
-                        },
-                        Err(status) => {
-                            let _ = tx.send(Err(Error::from(status))).await;
+                    Err(_) => match watch.summary().await {
+                        Ok(summary) => summary.version > watch.last,
+                        Err(err) => {
+                            let _ = tx.send(Err(err)).await;
                             return;
                         }
                     },
                 };
-                let Some(summary) = &event.summary else {
-                    continue;
-                };
-                // Events older than what the watcher already has carry nothing new.
-                let step = progress(summary);
-                if step < seen
-                    || (step == seen && summary.state() == last_state && event.image.is_none())
-                {
-                    continue;
-                }
-                seen = step;
-                last_state = summary.state();
-                let finished = last_state.is_final();
-                if tx.send(Ok(event)).await.is_err() || finished {
-                    return;
+                if behind {
+                    match watch.catch_up(&tx).await {
+                        Ok(false) => {}
+                        Ok(true) => return,
+                        Err(err) => {
+                            let _ = tx.send(Err(err)).await;
+                            return;
+                        }
+                    }
                 }
             }
         });
@@ -248,6 +296,80 @@ impl Mesh {
         Ok((output, image.name.clone(), chunks))
     }
 
+    /// Every job's progress events and every worker change, for dashboards: first a
+    /// `Worker` per live worker, then changes as they happen. A worker that stops beating
+    /// (killed) is reported gone once its heartbeat expires. Dropping the stream stops it.
+    pub async fn feed(&self) -> Result<ReceiverStream<FeedEvent>, Error> {
+        let mut progress = self
+            .nats
+            .subscribe(nats::ALL_PROGRESS)
+            .await
+            .map_err(|err| Error::unavailable(format!("subscribing to progress: {err}")))?;
+        let js = async_nats::jetstream::new(self.nats.clone());
+        let bucket = nats::workers_bucket(&js)
+            .await
+            .map_err(|err| Error::unavailable(format!("{err:#}")))?;
+        let mut workers = bucket
+            .watch_with_history(">")
+            .await
+            .map_err(|err| Error::unavailable(format!("watching workers: {err}")))?;
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(async move {
+            let mut seen: HashMap<String, Instant> = HashMap::new();
+            let mut sweep = tokio::time::interval(FEED_SWEEP);
+            loop {
+                let event = tokio::select! {
+                    message = progress.next() => match message {
+                        Some(message) => match JobEvent::decode(message.payload) {
+                            Ok(event) => FeedEvent::Job(event),
+                            Err(_) => continue,
+                        },
+                        None => return,
+                    },
+                    entry = workers.next() => match entry {
+                        Some(Ok(entry)) => match entry.operation {
+                            kv::Operation::Put => match Worker::decode(entry.value) {
+                                Ok(worker) => {
+                                    seen.insert(worker.id.clone(), Instant::now());
+                                    FeedEvent::Worker(worker)
+                                }
+                                Err(_) => continue,
+                            },
+                            kv::Operation::Delete | kv::Operation::Purge => {
+                                seen.remove(&entry.key);
+                                FeedEvent::WorkerGone(entry.key)
+                            }
+                        },
+                        Some(Err(err)) => {
+                            tracing::warn!(error = %err, "worker watch failed");
+                            return;
+                        }
+                        None => return,
+                    },
+                    _ = sweep.tick() => {
+                        // KV expiry tells no watcher: a killed worker just stops beating.
+                        let gone: Vec<String> = seen
+                            .iter()
+                            .filter(|(_, at)| at.elapsed() > nats::HEARTBEAT_TTL)
+                            .map(|(id, _)| id.clone())
+                            .collect();
+                        for id in gone {
+                            seen.remove(&id);
+                            if tx.send(FeedEvent::WorkerGone(id)).await.is_err() {
+                                return;
+                            }
+                        }
+                        continue;
+                    }
+                };
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(ReceiverStream::new(rx))
+    }
+
     /// Live workers, from their heartbeats.
     pub async fn workers(&self) -> Result<Vec<Worker>, Error> {
         let js = async_nats::jetstream::new(self.nats.clone());
@@ -272,7 +394,123 @@ impl Mesh {
     }
 }
 
-/// How far a job has got: counts only grow, so this orders its events.
-fn progress(summary: &JobSummary) -> u32 {
-    summary.done + summary.failed + summary.cancelled
+/// How often the feed looks for workers whose heartbeat expired.
+const FEED_SWEEP: Duration = Duration::from_secs(5);
+
+/// What the all-jobs feed reports.
+pub enum FeedEvent {
+    Job(JobEvent),
+    Worker(Worker),
+    WorkerGone(String),
+}
+
+/// One watcher's position in a job's history.
+struct Watch {
+    storage: StorageClient<Channel>,
+    request: JobRequest,
+    /// The version of the last event sent.
+    last: u64,
+}
+
+impl Watch {
+    async fn summary(&mut self) -> Result<JobSummary, Error> {
+        Ok(self
+            .storage
+            .get_job_summary(self.request.clone())
+            .await?
+            .into_inner())
+    }
+
+    /// Sends, from storage, every image change after `last` in version order, then the
+    /// job's current state. True when the watcher is done (final state, or gone).
+    async fn catch_up(
+        &mut self,
+        tx: &mpsc::Sender<Result<JobEvent, Error>>,
+    ) -> Result<bool, Error> {
+        let job = self
+            .storage
+            .get_job(self.request.clone())
+            .await?
+            .into_inner();
+        let summary = job.summary.unwrap_or_default();
+        for image in changed_since(job.images, self.last) {
+            let event = JobEvent {
+                summary: Some(summary.clone()),
+                image: Some(image),
+            };
+            if tx.send(Ok(event)).await.is_err() {
+                return Ok(true);
+            }
+        }
+        if summary.version <= self.last {
+            return Ok(summary.state().is_final());
+        }
+        self.last = summary.version;
+        let finished = summary.state().is_final();
+        let event = JobEvent {
+            summary: Some(summary),
+            image: None,
+        };
+        Ok(tx.send(Ok(event)).await.is_err() || finished)
+    }
+}
+
+/// The images whose last change came after version `after` and is worth an event of its own
+/// (an outcome, or tile progress), in the order the changes happened. Cancelled images are
+/// left to the job's counts.
+fn changed_since(images: Vec<Image>, after: u64) -> Vec<Image> {
+    let mut changed: Vec<Image> = images
+        .into_iter()
+        .filter(|image| {
+            image.version > after
+                && match image.state() {
+                    ImageState::Done | ImageState::Failed => true,
+                    ImageState::Pending => image.tiles_total > 0,
+                    _ => false,
+                }
+        })
+        .collect();
+    changed.sort_by_key(|image| (image.version, image.index));
+    changed
+}
+
+/// The version an event stands for: an image event's change, or the job's state.
+pub fn event_version(event: &JobEvent) -> u64 {
+    match (&event.image, &event.summary) {
+        (Some(image), _) => image.version,
+        (None, Some(summary)) => summary.version,
+        (None, None) => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(index: u32, state: ImageState, version: u64, tiles_total: u32) -> Image {
+        Image {
+            index,
+            state: state as i32,
+            version,
+            tiles_total,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn catch_up_replays_outcomes_and_tile_progress_after_the_version_in_order() {
+        let images = vec![
+            image(0, ImageState::Done, 9, 0),
+            image(1, ImageState::Failed, 4, 0),
+            image(2, ImageState::Done, 3, 0),
+            image(3, ImageState::Pending, 7, 6),
+            image(4, ImageState::Pending, 1, 0),
+            image(5, ImageState::Cancelled, 10, 0),
+        ];
+        let replayed: Vec<(u32, u64)> = changed_since(images, 3)
+            .iter()
+            .map(|image| (image.index, image.version))
+            .collect();
+        assert_eq!(replayed, [(1, 4), (3, 7), (0, 9)]);
+    }
 }

@@ -206,6 +206,7 @@ impl Meta {
             total: inputs.len() as u32,
             created_at_ms: now,
             updated_at_ms: now,
+            version: 1,
             ..Default::default()
         };
         let images: Vec<Image> = inputs
@@ -216,6 +217,7 @@ impl Meta {
                 name: input.name,
                 input_blob_id: input.blob_id,
                 state: ImageState::Pending as i32,
+                version: 1,
                 ..Default::default()
             })
             .collect();
@@ -345,7 +347,7 @@ impl Meta {
         let summary = job.summary.get_or_insert_default();
         if summary.state() == JobState::Queued {
             summary.state = JobState::Running as i32;
-            summary.updated_at_ms = now_ms();
+            bump(summary);
             let new = job.encode_to_vec();
             // Only if nothing else changed the job meanwhile; otherwise re-read and retry.
             let old = self.jobs.get(id).map_err(db_error)?;
@@ -416,6 +418,7 @@ impl Meta {
                         }
                         image.tiles_total = split.tiles.len() as u32;
                         image.duration_ms = result.duration_ms;
+                        image.version = bump(summary);
                         let plan = TileAssembly {
                             width: split.width,
                             height: split.height,
@@ -424,9 +427,11 @@ impl Meta {
                         };
                         tiles.insert(key.clone(), plan.encode_to_vec())?;
                         images.insert(key.clone(), image.encode_to_vec())?;
+                        let summary = summary.clone();
+                        jobs.insert(id.as_bytes(), job.encode_to_vec())?;
                         return Ok(Recorded {
                             applied: true,
-                            summary: summary.clone(),
+                            summary,
                             image: Some(image),
                             assemble: None,
                             pipeline,
@@ -458,11 +463,14 @@ impl Meta {
                         plan.tiles.sort_by_key(|done| done.tile);
                         image.tiles_done = plan.tiles.len() as u32;
                         image.duration_ms += result.duration_ms;
+                        image.version = bump(summary);
                         tiles.insert(key.clone(), plan.encode_to_vec())?;
                         images.insert(key.clone(), image.encode_to_vec())?;
+                        let summary = summary.clone();
+                        jobs.insert(id.as_bytes(), job.encode_to_vec())?;
                         return Ok(Recorded {
                             applied: true,
-                            summary: summary.clone(),
+                            summary,
                             assemble: complete(&plan, &image),
                             image: Some(image),
                             pipeline,
@@ -488,8 +496,8 @@ impl Meta {
                 } else {
                     image.duration_ms = result.duration_ms;
                 }
-                let now = now_ms();
-                summary.updated_at_ms = now;
+                image.version = bump(summary);
+                let now = summary.updated_at_ms;
                 if summary.done + summary.failed + summary.cancelled >= summary.total {
                     summary.state = if summary.failed == 0 {
                         JobState::Completed
@@ -551,6 +559,7 @@ impl Meta {
                         format!("job {id} already ended ({})", summary.state().label()),
                     )));
                 }
+                let version = bump(summary);
                 for key in &keys {
                     let Some(bytes) = images.get(key)? else {
                         continue;
@@ -558,14 +567,13 @@ impl Meta {
                     let mut image: Image = decode(&bytes).map_err(abort)?;
                     if image.state() == ImageState::Pending {
                         image.state = ImageState::Cancelled as i32;
+                        image.version = version;
                         summary.cancelled += 1;
                         images.insert(key.clone(), image.encode_to_vec())?;
                     }
                 }
-                let now = now_ms();
                 summary.state = JobState::Cancelled as i32;
-                summary.updated_at_ms = now;
-                summary.finished_at_ms = now;
+                summary.finished_at_ms = summary.updated_at_ms;
                 unfinished.remove(id.as_bytes())?;
                 jobs.insert(id.as_bytes(), job.encode_to_vec())?;
                 Ok(())
@@ -573,6 +581,13 @@ impl Meta {
             .map_err(tx_error)?;
         self.job(id)
     }
+}
+
+/// Counts one change of the job; returns the new version, which the changed images carry.
+fn bump(summary: &mut JobSummary) -> u64 {
+    summary.version += 1;
+    summary.updated_at_ms = now_ms();
+    summary.version
 }
 
 #[cfg(test)]
@@ -649,6 +664,38 @@ mod tests {
             })),
             ..ok(id, index)
         }
+    }
+
+    #[test]
+    fn every_change_bumps_the_version_and_stamps_the_changed_images() {
+        let (_dir, meta) = meta();
+        let id = new_id();
+        let created = meta
+            .create(&id, vec![], inputs(4), Tiling::Auto)
+            .expect("create");
+        let version = |meta: &Meta| meta.summary(&id).expect("summary").version;
+        assert_eq!(created.summary.as_ref().map(|s| s.version), Some(1));
+        assert_eq!(meta.mark_running(&id).expect("running").version, 2);
+        // A call that changes nothing counts nothing.
+        assert_eq!(meta.mark_running(&id).expect("again").version, 2);
+        let recorded = meta.record(&ok(&id, 2)).expect("ok");
+        assert_eq!(recorded.summary.version, 3);
+        assert_eq!(recorded.image.as_ref().map(|i| i.version), Some(3));
+        assert!(!meta.record(&ok(&id, 2)).expect("duplicate").applied);
+        assert_eq!(version(&meta), 3);
+        let split = meta.record(&split(&id, 0, 2)).expect("split");
+        assert_eq!(split.summary.version, 4);
+        let tile = meta.record(&tile(&id, 0, 1)).expect("tile");
+        assert_eq!(
+            (tile.summary.version, tile.image.map(|i| i.version)),
+            (5, Some(5))
+        );
+        meta.record(&failed(&id, 1)).expect("failed");
+        let cancelled = meta.cancel(&id).expect("cancel");
+        let versions: Vec<u64> = cancelled.images.iter().map(|i| i.version).collect();
+        // Image 0 (tiled, pending) and 3 are cancelled together in change 7.
+        assert_eq!(versions, [7, 6, 3, 7]);
+        assert_eq!(cancelled.summary.map(|s| s.version), Some(7));
     }
 
     #[test]
