@@ -21,12 +21,29 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 /// How long a process may take to become healthy.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A port nothing listens on right now.
+/// A port nothing listens on right now, and that no other caller in this process got.
+/// Taken below Linux's ephemeral range (32768–60999): a port the kernel hands out for
+/// `bind(0)` can meanwhile become the source port of some outgoing connection, and the
+/// role meant to listen on it then fails to start.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    // Spread by process id, so test binaries run one after another rarely meet TIME_WAITs.
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + SPAN);
 }
 
 /// The workspace root, for tools installed under `.tools/`.
@@ -144,6 +161,8 @@ pub struct ClusterOptions {
     /// The scheduler's `--tile-size` and `--tile-above-pixels`; `None` keeps its defaults.
     pub tile_size: Option<u32>,
     pub tile_above_pixels: Option<u64>,
+    /// More gateway flags, e.g. lower limits.
+    pub gateway_args: Vec<String>,
 }
 
 impl Default for ClusterOptions {
@@ -157,6 +176,7 @@ impl Default for ClusterOptions {
             max_pixels: 100_000_000,
             tile_size: None,
             tile_above_pixels: None,
+            gateway_args: Vec::new(),
         }
     }
 }
@@ -305,15 +325,13 @@ impl Cluster {
             })
             .collect();
         let gateway_port = free_port();
-        let gateway = role(
-            "gateway",
-            gateway_port,
-            vec![
-                "gateway".into(),
-                "--gateway-listen".into(),
-                format!("127.0.0.1:{gateway_port}"),
-            ],
-        );
+        let mut gateway_args = vec![
+            "gateway".into(),
+            "--gateway-listen".into(),
+            format!("127.0.0.1:{gateway_port}"),
+        ];
+        gateway_args.extend(options.gateway_args.iter().cloned());
+        let gateway = role("gateway", gateway_port, gateway_args);
         let mut cluster = Cluster {
             binary: PathBuf::from(binary),
             storage,

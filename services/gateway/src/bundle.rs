@@ -424,10 +424,17 @@ pub fn manifest_csv(rows: &[ManifestRow]) -> Vec<u8> {
 
 /// Quotes a field that holds a separator, a quote or a line break, doubling its quotes.
 fn csv_field(value: &str) -> Cow<'_, str> {
+    // A user's file name like `=HYPERLINK(...)` would run as a formula when the manifest is
+    // opened in a spreadsheet: a leading quote makes it text (OWASP's CSV injection advice).
+    let value: Cow<'_, str> = if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        Cow::Owned(format!("'{value}"))
+    } else {
+        Cow::Borrowed(value)
+    };
     if value.contains([',', '"', '\r', '\n']) {
         Cow::Owned(format!("\"{}\"", value.replace('"', "\"\"")))
     } else {
-        Cow::Borrowed(value)
+        value
     }
 }
 
@@ -558,6 +565,14 @@ mod tests {
 
     fn find(bytes: &[u8], signature: u32) -> Option<usize> {
         bytes.windows(4).rposition(|w| w == signature.to_le_bytes())
+    }
+
+    #[test]
+    fn csv_fields_that_a_spreadsheet_would_run_become_text() {
+        assert_eq!(csv_field("=1+2"), "'=1+2");
+        assert_eq!(csv_field("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(csv_field("-3,x"), "\"'-3,x\"");
+        assert_eq!(csv_field("photo.jpg"), "photo.jpg");
     }
 
     #[test]

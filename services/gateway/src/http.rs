@@ -24,7 +24,12 @@ use pixelmesh_proto::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::mesh::{FeedEvent, Mesh, event_version};
+use tokio::io::AsyncWriteExt as _;
+
+use crate::{
+    archive::ZipLimits,
+    mesh::{FeedEvent, Mesh, event_version},
+};
 
 /// Largest `pipeline` part: a pipeline is at most a few dozen small objects.
 const MAX_PIPELINE_BYTES: usize = 64 * 1024;
@@ -46,7 +51,8 @@ pub fn router(mesh: Mesh) -> Router {
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
         .route("/api/v1/jobs/{id}/events", get(events))
         .route("/api/v1/events", get(feed))
-        .route("/api/v1/jobs/{id}/outputs/{index}", get(download))
+        .route("/api/v1/jobs/{id}/outputs/{output}", get(download))
+        .route("/api/v1/jobs/{id}/outputs.zip", get(download_all))
         .route("/api/v1/workers", get(workers))
         .with_state(mesh)
 }
@@ -154,9 +160,21 @@ async fn submit_parts(mesh: &Mesh, multipart: &mut Multipart) -> ApiResult<Respo
                     name,
                 });
             }
+            "archive" => {
+                let settings = mesh.settings();
+                let room = settings.max_files_per_job.saturating_sub(inputs.len());
+                let limits = ZipLimits {
+                    max_entries: room,
+                    max_total_bytes: settings.max_zip_total_bytes,
+                    max_entry_bytes: settings.max_upload_bytes,
+                    max_ratio: settings.max_zip_ratio,
+                };
+                let file = spool(field).await?;
+                inputs.extend(mesh.upload_archive(file, limits).await?);
+            }
             other => {
                 return Err(Error::invalid(format!(
-                    "unexpected part {other:?}: expected \"pipeline\", \"tiling\" and \"file\" parts"
+                    "unexpected part {other:?}: expected \"pipeline\", \"tiling\", \"file\" and \"archive\" parts"
                 ))
                 .into());
             }
@@ -164,7 +182,10 @@ async fn submit_parts(mesh: &Mesh, multipart: &mut Multipart) -> ApiResult<Respo
     }
     let pipeline = pipeline.ok_or_else(|| Error::invalid("missing \"pipeline\" part"))?;
     if inputs.is_empty() {
-        return Err(Error::invalid("missing \"file\" part: a job needs at least one image").into());
+        return Err(Error::invalid(
+            "missing \"file\" or \"archive\" part: a job needs at least one image",
+        )
+        .into());
     }
     let job = mesh
         .submit(SubmitJobRequest {
@@ -194,6 +215,23 @@ async fn upload(State(mesh): State<Mesh>, body: Body) -> ApiResult<Response> {
     let blob = mesh.upload(chunks).await?;
     let body = serde_json::json!({ "id": blob.id, "size_bytes": blob.size_bytes });
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// Writes a multipart part to an unnamed temp file (gone when closed): a ZIP's directory
+/// sits at its end, so it is read from disk, never held in memory. The request body limit
+/// bounds its size.
+async fn spool(mut field: Field<'_>) -> ApiResult<std::fs::File> {
+    let file = tempfile::tempfile()
+        .map_err(|err| Error::internal(format!("creating a temp file for the archive: {err}")))?;
+    let mut file = tokio::fs::File::from_std(file);
+    let write_error = |err: std::io::Error| Error::internal(format!("spooling the archive: {err}"));
+    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+        file.write_all(&chunk).await.map_err(write_error)?;
+    }
+    file.flush().await.map_err(write_error)?;
+    let mut file = file.into_std().await;
+    std::io::Seek::rewind(&mut file).map_err(write_error)?;
+    Ok(file)
 }
 
 async fn read_small(field: Field<'_>, max: usize) -> ApiResult<String> {
@@ -384,10 +422,23 @@ fn json_string(value: &impl Serialize) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "{}".to_string())
 }
 
+/// `GET /api/v1/jobs/{id}/outputs/{output}`: one output, by image index (`3`) or by the
+/// input's name (`photo.jpg`; the first image of that name).
 async fn download(
     State(mesh): State<Mesh>,
-    Path((id, index)): Path<(String, u32)>,
+    Path((id, output)): Path<(String, String)>,
 ) -> ApiResult<Response> {
+    let index = match output.parse::<u32>() {
+        Ok(index) => index,
+        Err(_) => mesh
+            .job(&id)
+            .await?
+            .images
+            .iter()
+            .find(|image| image.name == output)
+            .map(|image| image.index)
+            .ok_or_else(|| Error::not_found(format!("job {id} has no image named {output:?}")))?,
+    };
     let (output, name, chunks) = mesh.download(&id, index).await?;
     let file_name = output_file_name(&name, &output.content_type);
     let body = Body::from_stream(chunks.map(|chunk| chunk.map_err(std::io::Error::other)));
@@ -397,6 +448,20 @@ async fn download(
         .header(
             header::CONTENT_DISPOSITION,
             format!("inline; filename=\"{file_name}\""),
+        )
+        .body(body)
+        .map_err(|err| Error::internal(format!("building response: {err}")))?)
+}
+
+/// `GET /api/v1/jobs/{id}/outputs.zip`: every output and the manifests, streamed.
+async fn download_all(State(mesh): State<Mesh>, Path(id): Path<String>) -> ApiResult<Response> {
+    let chunks = mesh.bundle(&id).await?;
+    let body = Body::from_stream(chunks.map(|chunk| chunk.map_err(std::io::Error::other)));
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, "application/zip")
+        .header(
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{id}.zip\""),
         )
         .body(body)
         .map_err(|err| Error::internal(format!("building response: {err}")))?)

@@ -4,7 +4,10 @@
 //! * [`mesh`] — what both edges do, in domain terms: stream uploads to storage, submit and
 //!   cancel through the scheduler, read jobs, relay progress and downloads, list workers;
 //! * [`grpc`] — `pixelmesh.v1.Gateway`, translating protobuf at the edge;
-//! * [`http`] — the REST API, translating JSON and multipart at the edge.
+//! * [`http`] — the REST API and server-sent events, translating JSON and multipart at the
+//!   edge;
+//! * [`archive`] — reading a user's ZIP of images safely (names, sizes, ratios, types);
+//! * [`bundle`] — writing a ZIP of a job's outputs as a stream, with its manifests.
 
 pub mod archive;
 pub mod bundle;
@@ -31,9 +34,16 @@ pub struct Settings {
     /// Largest whole HTTP request body (all files of one multipart submit), in bytes.
     #[arg(long, env = "PIXELMESH_MAX_REQUEST_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
     pub max_request_bytes: u64,
-    /// Most images in one multipart submit.
+    /// Most images in one multipart submit, files and ZIP entries together.
     #[arg(long, env = "PIXELMESH_MAX_FILES_PER_JOB", default_value_t = 1000)]
     pub max_files_per_job: usize,
+    /// Most bytes a ZIP's entries may hold uncompressed, together.
+    #[arg(long, env = "PIXELMESH_MAX_ZIP_TOTAL_BYTES", default_value_t = 4 * 1024 * 1024 * 1024)]
+    pub max_zip_total_bytes: u64,
+    /// Highest compression ratio (uncompressed / compressed) of a ZIP entry over 1 MiB:
+    /// photos barely compress, so a high ratio means a zip bomb.
+    #[arg(long, env = "PIXELMESH_MAX_ZIP_RATIO", default_value_t = 100)]
+    pub max_zip_ratio: u64,
 }
 
 impl Default for Settings {
@@ -42,6 +52,8 @@ impl Default for Settings {
             max_upload_bytes: 256 * 1024 * 1024,
             max_request_bytes: 2 * 1024 * 1024 * 1024,
             max_files_per_job: 1000,
+            max_zip_total_bytes: 4 * 1024 * 1024 * 1024,
+            max_zip_ratio: 100,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! What the gateway does, in domain terms, shared by the gRPC and HTTP edges.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     time::{Duration, Instant},
 };
 
@@ -13,8 +13,8 @@ use pixelmesh_common::{grpc::Channel, nats};
 use pixelmesh_proto::{
     Error,
     v1::{
-        BlobInfo, BlobMeta, GetBlobRequest, Image, ImageState, Job, JobEvent, JobRequest,
-        JobSummary, ListJobsQuery, Output, PutBlobRequest, SubmitJobRequest, Worker,
+        BlobInfo, BlobMeta, GetBlobRequest, Image, ImageInput, ImageState, Job, JobEvent,
+        JobRequest, JobSummary, ListJobsQuery, Output, PutBlobRequest, SubmitJobRequest, Worker,
         put_blob_request::Part, scheduler_client::SchedulerClient, storage_client::StorageClient,
     },
 };
@@ -22,7 +22,11 @@ use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::Settings;
+use crate::{
+    Settings,
+    archive::{self, ZipLimits},
+    bundle::{self, ManifestRow, ZipStreamWriter},
+};
 
 /// A watcher that heard nothing for this long re-reads the job from storage: progress goes
 /// over NATS core, which may drop an event, and the final state must never be missed.
@@ -102,6 +106,57 @@ impl Mesh {
             }
             put = &mut put => Ok(put?.into_inner()),
         }
+    }
+
+    /// Stores every image of a spooled ZIP archive as a blob; the job inputs, named after
+    /// the entries (folders flattened, names unique). The whole archive is checked against
+    /// `limits` before anything is stored, and each entry streams from the archive to
+    /// storage, so memory stays bounded whatever the archive holds.
+    pub async fn upload_archive(
+        &self,
+        file: std::fs::File,
+        limits: ZipLimits,
+    ) -> Result<Vec<ImageInput>, Error> {
+        let (mut archive, planned) = tokio::task::spawn_blocking(move || {
+            let archive = archive::open(file)?;
+            let planned = archive::plan(&archive, &limits)?;
+            Ok::<_, Error>((archive, planned))
+        })
+        .await
+        .map_err(|err| Error::internal(format!("reading the archive: {err}")))??;
+        let mut inputs = Vec::with_capacity(planned.len());
+        for entry in planned {
+            let (tx, rx) = mpsc::channel::<Result<Bytes, Error>>(4);
+            let name = entry.name.clone();
+            let extract = tokio::task::spawn_blocking(move || {
+                let extracted = archive::extract(&mut archive, &entry, |chunk| {
+                    tx.blocking_send(Ok(Bytes::copy_from_slice(chunk)))
+                        .map_err(|_| Error::unavailable("storage ended the upload"))
+                });
+                if let Err(err) = &extracted {
+                    // Through the stream, so storage drops the partial blob.
+                    let _ = tx.blocking_send(Err(err.clone()));
+                }
+                (archive, extracted)
+            });
+            let uploaded = self.upload(ReceiverStream::new(rx)).await;
+            let (returned, extracted) = extract
+                .await
+                .map_err(|err| Error::internal(format!("reading the archive: {err}")))?;
+            archive = returned;
+            // Storage's refusal (e.g. over the size limit) is the reason when both failed; an
+            // extraction error reaches storage through the stream and comes back the same.
+            let blob = uploaded
+                .and_then(|blob| extracted.map(|()| blob))
+                .map_err(|err| {
+                    Error::new(err.code, format!("zip entry {name:?}: {}", err.message))
+                })?;
+            inputs.push(ImageInput {
+                blob_id: blob.id,
+                name,
+            });
+        }
+        Ok(inputs)
     }
 
     pub async fn submit(&self, request: SubmitJobRequest) -> Result<Job, Error> {
@@ -370,6 +425,21 @@ impl Mesh {
         Ok(ReceiverStream::new(rx))
     }
 
+    /// Every output of job `id` as one ZIP, written while each output streams from storage
+    /// (never whole in memory), then `manifest.json` and `manifest.csv` with a row per image
+    /// (failed ones too, with their error). An error part-way ends the stream with it.
+    pub async fn bundle(&self, id: &str) -> Result<ReceiverStream<Result<Bytes, Error>>, Error> {
+        let job = self.job(id).await?;
+        let storage = self.storage.clone();
+        let (tx, rx) = mpsc::channel(8);
+        tokio::spawn(async move {
+            if let Err(err) = write_bundle(job, storage, &tx).await {
+                let _ = tx.send(Err(err)).await;
+            }
+        });
+        Ok(ReceiverStream::new(rx))
+    }
+
     /// Live workers, from their heartbeats.
     pub async fn workers(&self) -> Result<Vec<Worker>, Error> {
         let js = async_nats::jetstream::new(self.nats.clone());
@@ -392,6 +462,75 @@ impl Mesh {
         workers.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(workers)
     }
+}
+
+/// Writes the bundle of `job` into `tx`; stops quietly when the client goes away.
+async fn write_bundle(
+    job: Job,
+    mut storage: StorageClient<Channel>,
+    tx: &mpsc::Sender<Result<Bytes, Error>>,
+) -> Result<(), Error> {
+    let closed = || Error::unavailable("client went away");
+    let mut zip = ZipStreamWriter::new();
+    let mut taken: HashSet<String> = ["manifest.json", "manifest.csv"].map(String::from).into();
+    let mut rows = Vec::with_capacity(job.images.len());
+    for image in &job.images {
+        let mut row = ManifestRow {
+            index: image.index,
+            input_name: image.name.clone(),
+            output_name: String::new(),
+            state: image.state().label().to_string(),
+            size_bytes: 0,
+            width: 0,
+            height: 0,
+            worker: image.worker_id.clone(),
+            duration_ms: image.duration_ms,
+            error: image.error.clone(),
+        };
+        if let (ImageState::Done, Some(output)) = (image.state(), &image.output) {
+            let extension = output.content_type.strip_prefix("image/").unwrap_or("bin");
+            let name = bundle::output_name(&image.name, image.index, extension, &mut taken);
+            tx.send(Ok(zip.start_entry(&name)?))
+                .await
+                .map_err(|_| closed())?;
+            let mut chunks = storage
+                .get_blob(GetBlobRequest {
+                    id: output.blob_id.clone(),
+                })
+                .await?
+                .into_inner();
+            while let Some(chunk) = chunks.next().await {
+                let chunk = Bytes::from(chunk?.chunk);
+                zip.data(&chunk);
+                tx.send(Ok(chunk)).await.map_err(|_| closed())?;
+            }
+            tx.send(Ok(zip.finish_entry()))
+                .await
+                .map_err(|_| closed())?;
+            row.output_name = name;
+            row.size_bytes = output.size_bytes;
+            row.width = output.width;
+            row.height = output.height;
+        }
+        rows.push(row);
+    }
+    for (name, bytes) in [
+        ("manifest.json", bundle::manifest_json(&rows)),
+        ("manifest.csv", bundle::manifest_csv(&rows)),
+    ] {
+        tx.send(Ok(zip.start_entry(name)?))
+            .await
+            .map_err(|_| closed())?;
+        zip.data(&bytes);
+        tx.send(Ok(Bytes::from(bytes)))
+            .await
+            .map_err(|_| closed())?;
+        tx.send(Ok(zip.finish_entry()))
+            .await
+            .map_err(|_| closed())?;
+    }
+    tx.send(Ok(zip.finish())).await.map_err(|_| closed())?;
+    Ok(())
 }
 
 /// How often the feed looks for workers whose heartbeat expired.
