@@ -54,7 +54,7 @@ pub struct Stats {
 /// Why a task did not produce an output.
 #[derive(Debug)]
 enum TaskError {
-    /// The job ended (cancelled) before the task ran.
+    /// The job ended (cancelled) or was deleted before the task ran.
     Skipped,
     /// The input can never succeed: record the failure, do not retry.
     Permanent(String),
@@ -296,12 +296,17 @@ fn unreachable_loop<T>() -> T {
 
 async fn run_task(worker: &Worker, task: &Task) -> Result<Outcome, TaskError> {
     let mut storage = worker.storage.clone();
-    let summary = storage
+    let summary = match storage
         .get_job_summary(JobRequest {
             id: task.job_id.clone(),
         })
-        .await?
-        .into_inner();
+        .await
+    {
+        Ok(summary) => summary.into_inner(),
+        // Deleted since the task was queued.
+        Err(status) if status.code() == tonic::Code::NotFound => return Err(TaskError::Skipped),
+        Err(status) => return Err(Error::from(status).into()),
+    };
     if summary.state().is_final() {
         return Err(TaskError::Skipped);
     }

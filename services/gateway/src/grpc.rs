@@ -6,10 +6,10 @@ use futures::{Stream, StreamExt};
 use pixelmesh_proto::{
     Error,
     v1::{
-        CancelJobRequest, DownloadOutputRequest, DownloadOutputResponse, GetJobRequest, Job,
-        JobEvent, ListJobsRequest, ListJobsResponse, ListWorkersRequest, ListWorkersResponse,
-        SubmitJobRequest, UploadImageRequest, UploadImageResponse, WatchJobRequest,
-        gateway_server::Gateway,
+        CancelJobRequest, DeleteJobResponse, DownloadOutputRequest, DownloadOutputResponse,
+        GetJobRequest, Job, JobEvent, ListJobsRequest, ListJobsResponse, ListWorkersRequest,
+        ListWorkersResponse, SubmitJobRequest, UploadImageRequest, UploadImageResponse,
+        WatchJobRequest, gateway_server::Gateway,
     },
 };
 use tonic::{Request, Response, Status, Streaming};
@@ -88,6 +88,15 @@ impl Gateway for GatewayService {
     ) -> Result<Response<Job>, Status> {
         Ok(Response::new(
             self.mesh.cancel(&request.into_inner().id).await?,
+        ))
+    }
+
+    async fn delete_job(
+        &self,
+        request: Request<CancelJobRequest>,
+    ) -> Result<Response<DeleteJobResponse>, Status> {
+        Ok(Response::new(
+            self.mesh.delete(&request.into_inner().id).await?,
         ))
     }
 

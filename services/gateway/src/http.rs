@@ -47,7 +47,7 @@ pub fn router(mesh: Mesh) -> Router {
                 .layer(DefaultBodyLimit::max(body_limit)),
         )
         .route("/api/v1/uploads", post(upload))
-        .route("/api/v1/jobs/{id}", get(job))
+        .route("/api/v1/jobs/{id}", get(job).delete(delete))
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
         .route("/api/v1/jobs/{id}/events", get(events))
         .route("/api/v1/events", get(feed))
@@ -300,6 +300,21 @@ async fn list(
 
 async fn job(State(mesh): State<Mesh>, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
     Ok(Json(JobView::from_job(&mesh.job(&id).await?)))
+}
+
+/// `DELETE /api/v1/jobs/{id}`: cancels a running job, deletes it and the blobs no other job
+/// uses; answers what went.
+async fn delete(
+    State(mesh): State<Mesh>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let deleted = mesh.delete(&id).await?;
+    Ok(Json(serde_json::json!({
+        "id": id,
+        "deleted": true,
+        "blobs_removed": deleted.blobs_removed,
+        "bytes_removed": deleted.bytes_removed,
+    })))
 }
 
 async fn cancel(State(mesh): State<Mesh>, Path(id): Path<String>) -> ApiResult<Json<JobView>> {

@@ -11,11 +11,12 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use pixelmesh_common::{grpc::Channel, nats};
 use pixelmesh_proto::{
-    Error,
+    Error, ErrorCode,
     v1::{
-        BlobInfo, BlobMeta, GetBlobRequest, Image, ImageInput, ImageState, Job, JobEvent,
-        JobRequest, JobSummary, ListJobsQuery, Output, PutBlobRequest, SubmitJobRequest, Worker,
-        put_blob_request::Part, scheduler_client::SchedulerClient, storage_client::StorageClient,
+        BlobInfo, BlobMeta, DeleteJobResponse, GetBlobRequest, Image, ImageInput, ImageState, Job,
+        JobEvent, JobRequest, JobSummary, ListJobsQuery, Output, PutBlobRequest, SubmitJobRequest,
+        Worker, put_blob_request::Part, scheduler_client::SchedulerClient,
+        storage_client::StorageClient,
     },
 };
 use prost::Message as _;
@@ -176,6 +177,22 @@ impl Mesh {
             .cancel_job(request)
             .await?
             .into_inner())
+    }
+
+    /// Cancels the job if it still runs (its queued tasks are purged; tasks in flight find
+    /// it gone), then deletes it and the blobs no other job uses.
+    pub async fn delete(&self, id: &str) -> Result<DeleteJobResponse, Error> {
+        if !self.summary(id).await?.state().is_final() {
+            match self.cancel(id).await {
+                // It ended meanwhile: nothing to cancel.
+                Err(err) if err.code == ErrorCode::FailedPrecondition => {}
+                cancelled => {
+                    cancelled?;
+                }
+            }
+        }
+        let request = JobRequest { id: id.to_string() };
+        Ok(self.storage.clone().delete_job(request).await?.into_inner())
     }
 
     pub async fn summary(&self, id: &str) -> Result<JobSummary, Error> {

@@ -212,6 +212,39 @@ impl Blobs {
         Ok((blobs, bytes))
     }
 
+    /// Deletes those of `ids` not in `keep` and last written before `cutoff`; returns how
+    /// many blobs and bytes went. Blocking: run it off the async runtime.
+    pub fn remove_if_unreferenced<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a str>,
+        keep: &HashSet<String>,
+        cutoff: SystemTime,
+    ) -> (u64, u64) {
+        let (mut blobs, mut bytes) = (0, 0);
+        for id in ids {
+            let Ok(blob) = BlobId::parse(id) else {
+                continue;
+            };
+            if keep.contains(id) {
+                continue;
+            }
+            let path = self.path(&blob);
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if meta.modified().is_ok_and(|written| written < cutoff) {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {
+                        blobs += 1;
+                        bytes += meta.len();
+                    }
+                    Err(e) => tracing::warn!(blob = %id, error = %e, "cannot remove blob"),
+                }
+            }
+        }
+        (blobs, bytes)
+    }
+
     fn path(&self, id: &BlobId) -> PathBuf {
         shard_dir(&self.root, id).join(id.as_str())
     }

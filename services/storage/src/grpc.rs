@@ -1,14 +1,18 @@
 //! `pixelmesh.v1.Storage`: converts wire types and calls [`Blobs`] and [`Meta`].
 
-use std::pin::Pin;
+use std::{
+    pin::Pin,
+    time::{Duration, SystemTime},
+};
 
 use futures::Stream;
 use pixelmesh_proto::{
     Error,
     v1::{
-        BlobInfo, CreateJobRequest, GetBlobRequest, GetBlobResponse, Job, JobRequest, JobSummaries,
-        JobSummary, ListJobsQuery, ListUnfinishedJobsRequest, PutBlobRequest, RecordResultRequest,
-        RecordResultResponse, put_blob_request::Part, storage_server::Storage,
+        BlobInfo, CreateJobRequest, DeleteJobResponse, GetBlobRequest, GetBlobResponse, Job,
+        JobRequest, JobSummaries, JobSummary, ListJobsQuery, ListUnfinishedJobsRequest,
+        PutBlobRequest, RecordResultRequest, RecordResultResponse, operation,
+        put_blob_request::Part, storage_server::Storage,
     },
 };
 use tokio::sync::mpsc;
@@ -43,6 +47,10 @@ impl StorageService {
         Ok(value)
     }
 }
+
+/// A deleted job's inputs and logos written this recently stay (for the orphan sweep): an
+/// upload for a job not submitted yet may have the same content, hence the same blob.
+const INPUT_DELETE_GRACE: Duration = Duration::from_secs(600);
 
 type BlobStream = Pin<Box<dyn Stream<Item = Result<GetBlobResponse, Status>> + Send>>;
 
@@ -205,5 +213,40 @@ impl Storage for StorageService {
         Ok(Response::new(
             self.mutate(move |meta| meta.cancel(&id)).await?,
         ))
+    }
+
+    async fn delete_job(
+        &self,
+        request: Request<JobRequest>,
+    ) -> Result<Response<DeleteJobResponse>, Status> {
+        let id = request.into_inner().id;
+        let job = self.mutate(move |meta| meta.delete(&id)).await?;
+        let (blobs, meta) = (self.blobs.clone(), self.meta.clone());
+        let removed = tokio::task::spawn_blocking(move || {
+            let keep = meta.referenced_blobs()?;
+            let now = SystemTime::now();
+            let outputs = job
+                .images
+                .iter()
+                .filter_map(|image| image.output.as_ref().map(|o| o.blob_id.as_str()));
+            let (mut count, mut bytes) = blobs.remove_if_unreferenced(outputs, &keep, now);
+            let inputs = job.images.iter().map(|image| image.input_blob_id.as_str());
+            let logos = job.pipeline.iter().filter_map(|op| match &op.op {
+                Some(operation::Op::Watermark(watermark)) => Some(watermark.logo.as_str()),
+                _ => None,
+            });
+            let cutoff = now.checked_sub(INPUT_DELETE_GRACE).unwrap_or(now);
+            let (more, more_bytes) =
+                blobs.remove_if_unreferenced(inputs.chain(logos), &keep, cutoff);
+            count += more;
+            bytes += more_bytes;
+            Ok::<_, Error>((count, bytes))
+        })
+        .await
+        .map_err(|err| Status::internal(format!("blob removal task failed: {err}")))??;
+        Ok(Response::new(DeleteJobResponse {
+            blobs_removed: removed.0 as u32,
+            bytes_removed: removed.1,
+        }))
     }
 }

@@ -581,6 +581,39 @@ impl Meta {
             .map_err(tx_error)?;
         self.job(id)
     }
+
+    /// Deletes an ended job's records; returns what it was, for its blobs.
+    pub fn delete(&self, id: &str) -> Result<Job, Error> {
+        let job = self.job(id)?;
+        let state = job
+            .summary
+            .as_ref()
+            .map_or(JobState::Unspecified, |s| s.state());
+        if !state.is_final() {
+            return Err(Error::new(
+                ErrorCode::FailedPrecondition,
+                format!("job {id} is {}: cancel it before deleting", state.label()),
+            ));
+        }
+        let keys: Vec<Vec<u8>> = job
+            .images
+            .iter()
+            .map(|image| image_key(id, image.index))
+            .collect();
+        (&self.jobs, &self.images, &self.unfinished, &self.tiles)
+            .transaction(|(jobs, images, unfinished, tiles)| {
+                jobs.remove(id.as_bytes())?;
+                unfinished.remove(id.as_bytes())?;
+                for key in &keys {
+                    images.remove(key.clone())?;
+                    tiles.remove(key.clone())?;
+                }
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        tracing::info!(job = %id, images = keys.len(), "job deleted");
+        Ok(job)
+    }
 }
 
 /// Counts one change of the job; returns the new version, which the changed images carry.
@@ -664,6 +697,25 @@ mod tests {
             })),
             ..ok(id, index)
         }
+    }
+
+    #[test]
+    fn delete_refuses_a_running_job_and_removes_every_record_of_an_ended_one() {
+        let (_dir, meta) = meta();
+        let id = new_id();
+        meta.create(&id, vec![], inputs(2), Tiling::Auto)
+            .expect("create");
+        meta.record(&split(&id, 0, 2)).expect("split");
+        assert_eq!(
+            meta.delete(&id).expect_err("running").code,
+            ErrorCode::FailedPrecondition
+        );
+        meta.cancel(&id).expect("cancel");
+        let deleted = meta.delete(&id).expect("delete");
+        assert_eq!(deleted.images.len(), 2);
+        assert_eq!(meta.job(&id).expect_err("gone").code, ErrorCode::NotFound);
+        assert!(meta.jobs.is_empty() && meta.images.is_empty() && meta.tiles.is_empty());
+        assert!(meta.unfinished.is_empty());
     }
 
     #[test]

@@ -1,0 +1,137 @@
+//! Job control through the REST API: delete, and what it leaves for other jobs.
+
+use std::{io::Cursor, time::Duration};
+
+use pixelmesh_tests::{Cluster, ClusterOptions, api, corpus, rest};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pixelmesh-node");
+const JOB_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn png(seed: u8) -> Vec<u8> {
+    let image = image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8, y as u8, seed]));
+    let mut bytes = Vec::new();
+    image
+        .write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .expect("encode png");
+    bytes
+}
+
+async fn submit(http: &reqwest::Client, base: &str, files: &[(&str, Vec<u8>)]) -> String {
+    let mut form = reqwest::multipart::Form::new().text("pipeline", "blur:sigma=2");
+    for (name, bytes) in files {
+        form = form.part(
+            "file",
+            reqwest::multipart::Part::bytes(bytes.clone()).file_name(name.to_string()),
+        );
+    }
+    let response = http
+        .post(format!("{base}/api/v1/jobs"))
+        .multipart(form)
+        .send()
+        .await
+        .expect("submit");
+    rest::accepted(response).await
+}
+
+async fn status(http: &reqwest::Client, url: String) -> u16 {
+    http.get(url)
+        .send()
+        .await
+        .expect("request")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delete_removes_the_job_and_only_the_blobs_no_other_job_uses() {
+    let cluster = Cluster::start(BIN, ClusterOptions::default()).await;
+    let http = reqwest::Client::new();
+    let base = cluster.http_url();
+    let mut client = cluster.gateway_client().await;
+
+    // Same input and pipeline in both jobs: the same output blob.
+    let shared = png(1);
+    let a = submit(
+        &http,
+        &base,
+        &[("shared.png", shared.clone()), ("own.png", png(2))],
+    )
+    .await;
+    let b = submit(&http, &base, &[("shared.png", shared)]).await;
+    api::watch_to_end(&mut client, &a, JOB_TIMEOUT).await;
+    api::watch_to_end(&mut client, &b, JOB_TIMEOUT).await;
+
+    let response = http
+        .delete(format!("{base}/api/v1/jobs/{a}"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(response.status().as_u16(), 200);
+    let body: serde_json::Value = response.json().await.expect("json");
+    // Only own.png's output: shared.png's output is job b's too, and inputs uploaded just
+    // now are left to the orphan sweep.
+    assert_eq!(body["blobs_removed"], 1, "{body}");
+    assert!(
+        body["bytes_removed"].as_u64().is_some_and(|b| b > 0),
+        "{body}"
+    );
+
+    for url in [
+        format!("{base}/api/v1/jobs/{a}"),
+        format!("{base}/api/v1/jobs/{a}/outputs/0"),
+        format!("{base}/api/v1/jobs/{a}/events"),
+    ] {
+        assert_eq!(status(&http, url.clone()).await, 404, "{url}");
+    }
+    let jobs = rest::get_json(&http, &format!("{base}/api/v1/jobs")).await;
+    let ids: Vec<&str> = jobs["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .filter_map(|job| job["id"].as_str())
+        .collect();
+    assert_eq!(ids, [b.as_str()]);
+    // Job b still has its output.
+    let output = http
+        .get(format!("{base}/api/v1/jobs/{b}/outputs/0"))
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(output.status().as_u16(), 200);
+    image::load_from_memory(&output.bytes().await.expect("body")).expect("b's output decodes");
+
+    let again = http
+        .delete(format!("{base}/api/v1/jobs/{a}"))
+        .send()
+        .await
+        .expect("delete again");
+    assert_eq!(again.status().as_u16(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_running_job_cancels_it_and_the_mesh_goes_on() {
+    let cluster = Cluster::start(BIN, ClusterOptions::default()).await;
+    let http = reqwest::Client::new();
+    let base = cluster.http_url();
+    let mut client = cluster.gateway_client().await;
+    let photo = corpus::read("safe-landing-5120x2880.jpg");
+    let files: Vec<(&str, Vec<u8>)> = ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]
+        .into_iter()
+        .map(|name| (name, photo.clone()))
+        .collect();
+    let running = submit(&http, &base, &files).await;
+    let response = http
+        .delete(format!("{base}/api/v1/jobs/{running}"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(
+        status(&http, format!("{base}/api/v1/jobs/{running}")).await,
+        404
+    );
+    // Tasks already queued or in flight find the job gone; the next job runs normally.
+    let next = submit(&http, &base, &[("next.png", png(3))]).await;
+    let (_, job) = api::watch_to_end(&mut client, &next, JOB_TIMEOUT).await;
+    assert_eq!(job.summary.map(|s| s.done), Some(1));
+}
