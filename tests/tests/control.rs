@@ -135,3 +135,90 @@ async fn deleting_a_running_job_cancels_it_and_the_mesh_goes_on() {
     let (_, job) = api::watch_to_end(&mut client, &next, JOB_TIMEOUT).await;
     assert_eq!(job.summary.map(|s| s.done), Some(1));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_runs_the_failed_images_again_and_only_them() {
+    let cluster = Cluster::start(BIN, ClusterOptions::default()).await;
+    let http = reqwest::Client::new();
+    let base = cluster.http_url();
+    let mut client = cluster.gateway_client().await;
+    let id = submit(
+        &http,
+        &base,
+        &[("good.png", png(4)), ("notes.txt", b"no image".to_vec())],
+    )
+    .await;
+    api::watch_to_end(&mut client, &id, JOB_TIMEOUT).await;
+    let ended = rest::get_json(&http, &format!("{base}/api/v1/jobs/{id}")).await;
+    assert_eq!(ended["state"], "completed_with_errors");
+    let version = ended["version"].as_u64().expect("version");
+    let good_output = ended["images"][0]["output"].clone();
+
+    let response = http
+        .post(format!("{base}/api/v1/jobs/{id}/retry"))
+        .send()
+        .await
+        .expect("retry");
+    assert_eq!(response.status().as_u16(), 202);
+    let retried: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(
+        (retried["done"].as_u64(), retried["failed"].as_u64()),
+        (Some(1), Some(0))
+    );
+    assert_eq!(retried["images"][1]["state"], "pending");
+    assert!(retried["images"][1].get("error").is_none(), "{retried}");
+
+    // The events since the first ending: the failed image's new outcome, then the end.
+    let mut events = pixelmesh_tests::sse::SseStream::open(
+        &http,
+        &format!("{base}/api/v1/jobs/{id}/events?last_event_id={version}"),
+        None,
+    )
+    .await;
+    let mut seen = Vec::new();
+    while let Some(event) = events.next(JOB_TIMEOUT).await {
+        seen.push(event);
+    }
+    let outcomes: Vec<(String, u64)> = seen
+        .iter()
+        .filter(|e| e.event.starts_with("image_"))
+        .map(|e| {
+            (
+                e.event.clone(),
+                e.data["image"]["index"].as_u64().expect("index"),
+            )
+        })
+        .collect();
+    assert_eq!(outcomes, [("image_failed".to_string(), 1)], "{seen:#?}");
+    assert_eq!(seen.last().map(|e| e.event.as_str()), Some("job_done"));
+
+    let again = rest::get_json(&http, &format!("{base}/api/v1/jobs/{id}")).await;
+    assert_eq!(again["state"], "completed_with_errors");
+    assert_eq!(
+        (again["done"].as_u64(), again["failed"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert!(again["version"].as_u64() > Some(version + 2), "{again}");
+    assert_eq!(
+        again["images"][0]["output"], good_output,
+        "the done image is left alone"
+    );
+    assert!(
+        again["images"][1]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not a supported image")),
+        "{again}"
+    );
+
+    // Nothing left to retry; unknown jobs are not found.
+    let done = submit(&http, &base, &[("fine.png", png(5))]).await;
+    api::watch_to_end(&mut client, &done, JOB_TIMEOUT).await;
+    for (job, status) in [(done.as_str(), 409), ("01JAAAAAAAAAAAAAAAAAAAAAAA", 404)] {
+        let response = http
+            .post(format!("{base}/api/v1/jobs/{job}/retry"))
+            .send()
+            .await
+            .expect("retry");
+        assert_eq!(response.status().as_u16(), status, "{job}");
+    }
+}

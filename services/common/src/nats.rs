@@ -45,18 +45,23 @@ pub fn progress_subject(job_id: &str) -> String {
 }
 
 /// The id JetStream deduplicates a task by.
-pub fn task_id(job_id: &str, index: u32) -> String {
-    format!("{job_id}.{index}")
+/// Retried images get new ids (`generation` counts a job's retries): JetStream would drop
+/// a task whose id it saw within its dedup window.
+pub fn task_id(job_id: &str, index: u32, generation: u32) -> String {
+    match generation {
+        0 => format!("{job_id}.{index}"),
+        g => format!("{job_id}.{index}.g{g}"),
+    }
 }
 
 /// The dedup id of tile `tile` of a tiled image.
-pub fn tile_task_id(job_id: &str, index: u32, tile: u32) -> String {
-    format!("{job_id}.{index}.t{tile}")
+pub fn tile_task_id(job_id: &str, index: u32, tile: u32, generation: u32) -> String {
+    format!("{}.t{tile}", task_id(job_id, index, generation))
 }
 
 /// The dedup id of a tiled image's assembly.
-pub fn assemble_task_id(job_id: &str, index: u32) -> String {
-    format!("{job_id}.{index}.assemble")
+pub fn assemble_task_id(job_id: &str, index: u32, generation: u32) -> String {
+    format!("{}.assemble", task_id(job_id, index, generation))
 }
 
 /// Connects, retrying for a while so roles can start before the server is up.
@@ -141,5 +146,11 @@ mod tests {
         assert_eq!(job_tasks_filter("01J"), "pixelmesh.task.01J.>");
         assert_eq!(result_subject("01J", 3), "pixelmesh.result.01J.3");
         assert_eq!(progress_subject("01J"), "pixelmesh.progress.01J");
+        // A retry's tasks never share an id (JetStream dedup) with the first run's.
+        assert_eq!(task_id("01J", 3, 0), "01J.3");
+        assert_eq!(task_id("01J", 3, 2), "01J.3.g2");
+        assert_eq!(tile_task_id("01J", 3, 7, 0), "01J.3.t7");
+        assert_eq!(tile_task_id("01J", 3, 7, 1), "01J.3.g1.t7");
+        assert_eq!(assemble_task_id("01J", 3, 1), "01J.3.g1.assemble");
     }
 }

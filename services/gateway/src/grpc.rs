@@ -91,6 +91,12 @@ impl Gateway for GatewayService {
         ))
     }
 
+    async fn retry_job(&self, request: Request<CancelJobRequest>) -> Result<Response<Job>, Status> {
+        Ok(Response::new(
+            self.mesh.retry(&request.into_inner().id).await?,
+        ))
+    }
+
     async fn delete_job(
         &self,
         request: Request<CancelJobRequest>,

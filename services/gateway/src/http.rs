@@ -49,6 +49,7 @@ pub fn router(mesh: Mesh) -> Router {
         .route("/api/v1/uploads", post(upload))
         .route("/api/v1/jobs/{id}", get(job).delete(delete))
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
+        .route("/api/v1/jobs/{id}/retry", post(retry))
         .route("/api/v1/jobs/{id}/events", get(events))
         .route("/api/v1/events", get(feed))
         .route("/api/v1/jobs/{id}/outputs/{output}", get(download))
@@ -315,6 +316,12 @@ async fn delete(
         "blobs_removed": deleted.blobs_removed,
         "bytes_removed": deleted.bytes_removed,
     })))
+}
+
+/// `POST /api/v1/jobs/{id}/retry`: runs an ended job's failed images again.
+async fn retry(State(mesh): State<Mesh>, Path(id): Path<String>) -> ApiResult<Response> {
+    let job = mesh.retry(&id).await?;
+    Ok((StatusCode::ACCEPTED, Json(JobView::from_job(&job))).into_response())
 }
 
 async fn cancel(State(mesh): State<Mesh>, Path(id): Path<String>) -> ApiResult<Json<JobView>> {

@@ -205,6 +205,16 @@ impl Mesh {
             .into_inner())
     }
 
+    pub async fn retry(&self, id: &str) -> Result<Job, Error> {
+        let request = pixelmesh_proto::v1::CancelJobRequest { id: id.to_string() };
+        Ok(self
+            .scheduler
+            .clone()
+            .retry_job(request)
+            .await?
+            .into_inner())
+    }
+
     pub async fn job(&self, id: &str) -> Result<Job, Error> {
         let request = JobRequest { id: id.to_string() };
         Ok(self.storage.clone().get_job(request).await?.into_inner())

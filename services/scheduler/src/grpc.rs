@@ -32,4 +32,10 @@ impl Scheduler for SchedulerService {
             self.jobs.cancel(&request.into_inner().id).await?,
         ))
     }
+
+    async fn retry_job(&self, request: Request<CancelJobRequest>) -> Result<Response<Job>, Status> {
+        Ok(Response::new(
+            self.jobs.retry(&request.into_inner().id).await?,
+        ))
+    }
 }

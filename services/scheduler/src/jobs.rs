@@ -149,6 +149,7 @@ impl Jobs {
     /// Publishes the pending images' tasks and marks the job running.
     async fn dispatch(&self, mut job: Job) -> Result<Job, Error> {
         let summary = job.summary.clone().unwrap_or_default();
+        let generation = job.generation;
         let tasks: Vec<Task> = job
             .images
             .iter()
@@ -167,7 +168,7 @@ impl Jobs {
             .collect();
         stream::iter(tasks)
             .map(|task| {
-                let id = nats::task_id(&task.job_id, task.index);
+                let id = nats::task_id(&task.job_id, task.index, generation);
                 self.publish_task(task, id)
             })
             .buffer_unordered(PUBLISH_CONCURRENCY)
@@ -232,6 +233,24 @@ impl Jobs {
         Ok(job)
     }
 
+    /// Runs an ended job's failed images again: storage puts them back to pending under a
+    /// new generation, then they are dispatched like a new job's.
+    pub async fn retry(&self, id: &str) -> Result<Job, Error> {
+        let job = self
+            .storage
+            .clone()
+            .retry_job(JobRequest { id: id.to_string() })
+            .await?
+            .into_inner();
+        tracing::info!(job = %id, generation = job.generation, "retrying failed images");
+        self.publish_progress(JobEvent {
+            summary: job.summary.clone(),
+            image: None,
+        })
+        .await;
+        self.dispatch(job).await
+    }
+
     /// Records one result once, and tells watchers when it changed anything. A split or the
     /// last tile of a tiled image leads to the next tasks: its tiles, or its assembly.
     pub async fn record(&self, result: TaskResult) -> Result<bool, Error> {
@@ -258,7 +277,7 @@ impl Jobs {
         if pending && let Some(split) = split {
             let tiles = split.tiles.len();
             let tasks = split.tiles.into_iter().map(|tile| {
-                let id = nats::tile_task_id(&job, index, tile.tile);
+                let id = nats::tile_task_id(&job, index, tile.tile, recorded.generation);
                 let task =
                     self.stage_task(&job, index, &recorded.pipeline, task::Stage::Tile(tile));
                 (task, id)
@@ -277,8 +296,11 @@ impl Jobs {
                 &recorded.pipeline,
                 task::Stage::Assemble(assemble),
             );
-            self.publish_task(task, nats::assemble_task_id(&job, index))
-                .await?;
+            self.publish_task(
+                task,
+                nats::assemble_task_id(&job, index, recorded.generation),
+            )
+            .await?;
             tracing::info!(job = %job, index, "tiles done, assembly published");
         }
         if !recorded.applied {

@@ -205,6 +205,7 @@ impl Storage for StorageService {
             image: recorded.image,
             assemble: recorded.assemble,
             pipeline: recorded.pipeline,
+            generation: recorded.generation,
         }))
     }
 
@@ -212,6 +213,13 @@ impl Storage for StorageService {
         let id = request.into_inner().id;
         Ok(Response::new(
             self.mutate(move |meta| meta.cancel(&id)).await?,
+        ))
+    }
+
+    async fn retry_job(&self, request: Request<JobRequest>) -> Result<Response<Job>, Status> {
+        let id = request.into_inner().id;
+        Ok(Response::new(
+            self.mutate(move |meta| meta.retry(&id)).await?,
         ))
     }
 

@@ -51,6 +51,8 @@ pub struct Recorded {
     /// For a split or tile result of a pending image: the job's pipeline, for the tasks that
     /// come next.
     pub pipeline: Vec<Operation>,
+    /// The job's generation, for the next tasks' ids.
+    pub generation: u32,
 }
 
 fn db_error(err: impl std::fmt::Display) -> Error {
@@ -226,6 +228,7 @@ impl Meta {
             pipeline,
             images: Vec::new(),
             tiling: tiling as i32,
+            generation: 0,
         };
         (&self.jobs, &self.images, &self.unfinished)
             .transaction(|(jobs, tx_images, unfinished)| {
@@ -401,15 +404,18 @@ impl Meta {
                         image: Some(image),
                         assemble: None,
                         pipeline: Vec::new(),
+                        generation: job.generation,
                     });
                 }
                 let pipeline = job.pipeline.clone();
+                let generation = job.generation;
                 let unchanged = |summary: &JobSummary, image: Image, assemble| Recorded {
                     applied: false,
                     summary: summary.clone(),
                     image: Some(image),
                     assemble,
                     pipeline: pipeline.clone(),
+                    generation,
                 };
                 match &result.outcome {
                     Some(Outcome::Split(split)) => {
@@ -435,6 +441,7 @@ impl Meta {
                             image: Some(image),
                             assemble: None,
                             pipeline,
+                            generation,
                         });
                     }
                     Some(Outcome::Tile(tile)) => {
@@ -474,6 +481,7 @@ impl Meta {
                             assemble: complete(&plan, &image),
                             image: Some(image),
                             pipeline,
+                            generation,
                         });
                     }
                     Some(Outcome::Output(output)) => {
@@ -518,6 +526,7 @@ impl Meta {
                     image: Some(image),
                     assemble: None,
                     pipeline: Vec::new(),
+                    generation,
                 })
             })
             .map_err(tx_error)
@@ -579,6 +588,70 @@ impl Meta {
                 Ok(())
             })
             .map_err(tx_error)?;
+        self.job(id)
+    }
+
+    /// Puts an ended job's failed images back to pending (their outcome, tiles and counters
+    /// cleared) and the job back to queued with its generation counted up, so the scheduler
+    /// dispatches them again under new task ids.
+    pub fn retry(&self, id: &str) -> Result<Job, Error> {
+        let current = self.job(id)?;
+        let keys: Vec<Vec<u8>> = current
+            .images
+            .iter()
+            .filter(|image| image.state() == ImageState::Failed)
+            .map(|image| image_key(id, image.index))
+            .collect();
+        (&self.jobs, &self.images, &self.unfinished, &self.tiles)
+            .transaction(|(jobs, images, unfinished, tiles)| {
+                let mut job: Job = decode(
+                    &jobs
+                        .get(id)?
+                        .ok_or_else(|| abort(Error::not_found(format!("job {id} not found"))))?,
+                )
+                .map_err(abort)?;
+                let summary = job.summary.get_or_insert_default();
+                let state = summary.state();
+                let refuse = |why: String| abort(Error::new(ErrorCode::FailedPrecondition, why));
+                if !state.is_final() {
+                    return Err(refuse(format!("job {id} is still {}", state.label())));
+                }
+                if state == JobState::Cancelled {
+                    return Err(refuse(format!("job {id} was cancelled")));
+                }
+                if keys.is_empty() || summary.failed == 0 {
+                    return Err(refuse(format!("job {id} has no failed images")));
+                }
+                let version = bump(summary);
+                for key in &keys {
+                    let Some(bytes) = images.get(key)? else {
+                        continue;
+                    };
+                    let image: Image = decode(&bytes).map_err(abort)?;
+                    if image.state() != ImageState::Failed {
+                        continue;
+                    }
+                    let retried = Image {
+                        index: image.index,
+                        name: image.name,
+                        input_blob_id: image.input_blob_id,
+                        state: ImageState::Pending as i32,
+                        version,
+                        ..Default::default()
+                    };
+                    summary.failed -= 1;
+                    images.insert(key.clone(), retried.encode_to_vec())?;
+                    tiles.remove(key.clone())?;
+                }
+                summary.state = JobState::Queued as i32;
+                summary.finished_at_ms = 0;
+                job.generation += 1;
+                unfinished.insert(id.as_bytes(), &[])?;
+                jobs.insert(id.as_bytes(), job.encode_to_vec())?;
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        tracing::info!(job = %id, images = keys.len(), "failed images queued again");
         self.job(id)
     }
 
@@ -697,6 +770,54 @@ mod tests {
             })),
             ..ok(id, index)
         }
+    }
+
+    #[test]
+    fn retry_puts_failed_images_back_and_counts_the_generation() {
+        let (_dir, meta) = meta();
+        let id = new_id();
+        meta.create(&id, vec![], inputs(3), Tiling::Auto)
+            .expect("create");
+        meta.record(&ok(&id, 0)).expect("ok");
+        meta.record(&failed(&id, 1)).expect("failed");
+        assert_eq!(
+            meta.retry(&id).expect_err("running").code,
+            ErrorCode::FailedPrecondition
+        );
+        meta.record(&failed(&id, 2)).expect("failed");
+        let before = meta.summary(&id).expect("summary");
+        assert_eq!(before.state(), JobState::CompletedWithErrors);
+        let job = meta.retry(&id).expect("retry");
+        let summary = job.summary.clone().expect("summary");
+        assert_eq!(
+            (
+                summary.state(),
+                summary.done,
+                summary.failed,
+                summary.finished_at_ms
+            ),
+            (JobState::Queued, 1, 0, 0)
+        );
+        assert_eq!(summary.version, before.version + 1);
+        assert_eq!(job.generation, 1);
+        let states: Vec<ImageState> = job.images.iter().map(|i| i.state()).collect();
+        assert_eq!(
+            states,
+            [ImageState::Done, ImageState::Pending, ImageState::Pending]
+        );
+        assert!(job.images[1].error.is_empty() && job.images[1].attempts == 0);
+        assert_eq!(meta.unfinished().expect("unfinished").len(), 1);
+        // The retried images' results count again, and the job ends again.
+        meta.record(&ok(&id, 1)).expect("ok");
+        let last = meta.record(&failed(&id, 2)).expect("failed");
+        assert_eq!(last.summary.state(), JobState::CompletedWithErrors);
+        assert_eq!((last.summary.done, last.summary.failed), (2, 1));
+        assert_eq!(meta.retry(&id).expect("again").generation, 2);
+        meta.record(&ok(&id, 2)).expect("ok");
+        assert_eq!(
+            meta.retry(&id).expect_err("nothing failed").code,
+            ErrorCode::FailedPrecondition
+        );
     }
 
     #[test]
