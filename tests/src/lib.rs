@@ -439,6 +439,21 @@ impl Cluster {
     }
 }
 
+/// A small PNG whose pixels depend on `seed`, so every seed gives a distinct blob.
+pub fn png(width: u32, height: u32, seed: u8) -> Vec<u8> {
+    let image = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([x as u8 ^ seed, y as u8, seed.wrapping_mul(31)])
+    });
+    let mut bytes = Vec::new();
+    image
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .expect("encode png");
+    bytes
+}
+
 /// Client-side helpers over the gateway's REST API.
 pub mod rest {
     /// GETs `url` and parses the JSON body, whatever the status.
@@ -450,6 +465,30 @@ pub mod rest {
             .json()
             .await
             .expect("json body")
+    }
+
+    /// Submits `files` (name, bytes) with a `pipeline` (JSON or text) as multipart; the job
+    /// id of the accepted submit.
+    pub async fn submit(
+        http: &reqwest::Client,
+        base: &str,
+        pipeline: &str,
+        files: &[(&str, Vec<u8>)],
+    ) -> String {
+        let mut form = reqwest::multipart::Form::new().text("pipeline", pipeline.to_string());
+        for (name, bytes) in files {
+            form = form.part(
+                "file",
+                reqwest::multipart::Part::bytes(bytes.clone()).file_name(name.to_string()),
+            );
+        }
+        let response = http
+            .post(format!("{base}/api/v1/jobs"))
+            .multipart(form)
+            .send()
+            .await
+            .expect("submit");
+        accepted(response).await
     }
 
     /// The job id of a submit that must have been accepted (202).
@@ -662,7 +701,14 @@ pub mod api {
                 Ok(Some(Ok(event))) => events.push(event),
                 Ok(Some(Err(status))) => panic!("watch failed: {status}"),
                 Ok(None) => break,
-                Err(_) => panic!("job {id} did not finish within {timeout:?}; events: {events:?}"),
+                Err(_) => {
+                    // Storage's view tells a stuck job from a watcher that missed its end.
+                    let stored = client.get_job(GetJobRequest { id: id.to_string() }).await;
+                    panic!(
+                        "job {id} did not finish within {timeout:?}; events: {events:?}; \
+                         stored: {stored:?}"
+                    )
+                }
             }
         }
         let job = client

@@ -7,21 +7,11 @@ use std::{
 };
 
 use pixelmesh_proto::v1::{ImageState, JobState};
-use pixelmesh_tests::{Cluster, ClusterOptions, api, rest};
+use pixelmesh_tests::{Cluster, ClusterOptions, api, png, rest};
 use zip::{CompressionMethod, ZipWriter, write::SimpleFileOptions};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pixelmesh-node");
 const JOB_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn png(seed: u8) -> Vec<u8> {
-    let image =
-        image::RgbImage::from_fn(80, 60, |x, y| image::Rgb([x as u8, y as u8 ^ seed, seed]));
-    let mut bytes = Vec::new();
-    image
-        .write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .expect("encode png");
-    bytes
-}
 
 fn options(method: CompressionMethod) -> SimpleFileOptions {
     SimpleFileOptions::default().compression_method(method)
@@ -71,16 +61,16 @@ async fn a_zip_of_images_becomes_a_job_with_flattened_unique_names() {
     let base = cluster.http_url();
     let archive = zip_of(
         &[
-            ("holiday/beach/one.png", png(1)),
-            ("work/ONE.png", png(2)),
-            ("holiday/two.png", png(3)),
+            ("holiday/beach/one.png", png(80, 60, 1)),
+            ("work/ONE.png", png(80, 60, 2)),
+            ("holiday/two.png", png(80, 60, 3)),
             ("readme.txt", b"not an image at all".to_vec()),
             ("__MACOSX/holiday/._two.png", b"resource fork".to_vec()),
             (".DS_Store", b"finder".to_vec()),
         ],
         CompressionMethod::Deflated,
     );
-    let response = submit_archive(&http, &base, archive, Some(("loose.png", png(4)))).await;
+    let response = submit_archive(&http, &base, archive, Some(("loose.png", png(80, 60, 4)))).await;
     let id = rest::accepted(response).await;
 
     let mut client = cluster.gateway_client().await;
@@ -236,7 +226,7 @@ async fn archive_attacks_are_refused_before_anything_is_queued() {
         (
             "traversal",
             zip_of(
-                &[("../../etc/cron.d/x.png", png(1))],
+                &[("../../etc/cron.d/x.png", png(80, 60, 1))],
                 CompressionMethod::Stored,
             ),
             400,
@@ -244,7 +234,7 @@ async fn archive_attacks_are_refused_before_anything_is_queued() {
         ),
         (
             "absolute path",
-            zip_of(&[("/etc/x.png", png(1))], CompressionMethod::Stored),
+            zip_of(&[("/etc/x.png", png(80, 60, 1))], CompressionMethod::Stored),
             400,
             "absolute",
         ),
@@ -256,7 +246,7 @@ async fn archive_attacks_are_refused_before_anything_is_queued() {
                     .map(|i| {
                         (
                             ["a.png", "b.png", "c.png", "d.png", "e.png"][i],
-                            png(i as u8),
+                            png(80, 60, i as u8),
                         )
                     })
                     .collect::<Vec<_>>(),
@@ -301,6 +291,6 @@ async fn archive_attacks_are_refused_before_anything_is_queued() {
     // Nothing was queued, and the gateway still takes a good archive.
     let jobs = rest::get_json(&http, &format!("{base}/api/v1/jobs")).await;
     assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(0), "{jobs}");
-    let good = zip_of(&[("fine.png", png(9))], CompressionMethod::Deflated);
+    let good = zip_of(&[("fine.png", png(80, 60, 9))], CompressionMethod::Deflated);
     rest::accepted(submit_archive(&http, &base, good, None).await).await;
 }

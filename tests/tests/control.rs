@@ -1,36 +1,14 @@
-//! Job control through the REST API: delete, and what it leaves for other jobs.
+//! Job control through the REST API: delete (and what it leaves for other jobs), retry.
 
-use std::{io::Cursor, time::Duration};
+use std::time::Duration;
 
-use pixelmesh_tests::{Cluster, ClusterOptions, api, corpus, rest};
+use pixelmesh_tests::{Cluster, ClusterOptions, api, corpus, png, rest};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pixelmesh-node");
 const JOB_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn png(seed: u8) -> Vec<u8> {
-    let image = image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8, y as u8, seed]));
-    let mut bytes = Vec::new();
-    image
-        .write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .expect("encode png");
-    bytes
-}
-
 async fn submit(http: &reqwest::Client, base: &str, files: &[(&str, Vec<u8>)]) -> String {
-    let mut form = reqwest::multipart::Form::new().text("pipeline", "blur:sigma=2");
-    for (name, bytes) in files {
-        form = form.part(
-            "file",
-            reqwest::multipart::Part::bytes(bytes.clone()).file_name(name.to_string()),
-        );
-    }
-    let response = http
-        .post(format!("{base}/api/v1/jobs"))
-        .multipart(form)
-        .send()
-        .await
-        .expect("submit");
-    rest::accepted(response).await
+    rest::submit(http, base, "blur:sigma=2", files).await
 }
 
 async fn status(http: &reqwest::Client, url: String) -> u16 {
@@ -50,11 +28,11 @@ async fn delete_removes_the_job_and_only_the_blobs_no_other_job_uses() {
     let mut client = cluster.gateway_client().await;
 
     // Same input and pipeline in both jobs: the same output blob.
-    let shared = png(1);
+    let shared = png(64, 48, 1);
     let a = submit(
         &http,
         &base,
-        &[("shared.png", shared.clone()), ("own.png", png(2))],
+        &[("shared.png", shared.clone()), ("own.png", png(64, 48, 2))],
     )
     .await;
     let b = submit(&http, &base, &[("shared.png", shared)]).await;
@@ -131,7 +109,7 @@ async fn deleting_a_running_job_cancels_it_and_the_mesh_goes_on() {
         404
     );
     // Tasks already queued or in flight find the job gone; the next job runs normally.
-    let next = submit(&http, &base, &[("next.png", png(3))]).await;
+    let next = submit(&http, &base, &[("next.png", png(64, 48, 3))]).await;
     let (_, job) = api::watch_to_end(&mut client, &next, JOB_TIMEOUT).await;
     assert_eq!(job.summary.map(|s| s.done), Some(1));
 }
@@ -145,7 +123,10 @@ async fn retry_runs_the_failed_images_again_and_only_them() {
     let id = submit(
         &http,
         &base,
-        &[("good.png", png(4)), ("notes.txt", b"no image".to_vec())],
+        &[
+            ("good.png", png(64, 48, 4)),
+            ("notes.txt", b"no image".to_vec()),
+        ],
     )
     .await;
     api::watch_to_end(&mut client, &id, JOB_TIMEOUT).await;
@@ -211,7 +192,7 @@ async fn retry_runs_the_failed_images_again_and_only_them() {
     );
 
     // Nothing left to retry; unknown jobs are not found.
-    let done = submit(&http, &base, &[("fine.png", png(5))]).await;
+    let done = submit(&http, &base, &[("fine.png", png(64, 48, 5))]).await;
     api::watch_to_end(&mut client, &done, JOB_TIMEOUT).await;
     for (job, status) in [(done.as_str(), 409), ("01JAAAAAAAAAAAAAAAAAAAAAAA", 404)] {
         let response = http

@@ -1,48 +1,26 @@
 //! Live progress as server-sent events, seen by a real HTTP client: order, resume after a
 //! reconnect, and the end of the stream.
 
-use std::{collections::BTreeSet, io::Cursor, time::Duration};
+use std::{collections::BTreeSet, time::Duration};
 
 use pixelmesh_tests::{
-    Cluster, ClusterOptions, rest,
+    Cluster, ClusterOptions, png, rest,
     sse::{SseEvent, SseStream},
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_pixelmesh-node");
 const EVENT_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// A small PNG whose pixels depend on `seed`, so every image is a distinct blob.
-fn png(seed: u8) -> Vec<u8> {
-    let image = image::RgbImage::from_fn(96, 64, |x, y| {
-        image::Rgb([x as u8 ^ seed, y as u8, seed.wrapping_mul(31)])
-    });
-    let mut bytes = Vec::new();
-    image
-        .write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .expect("encode png");
-    bytes
-}
-
 /// Submits `n` images (the last one not an image) with a small pipeline; the job id.
 async fn submit(http: &reqwest::Client, base: &str, n: u8) -> String {
-    let mut form = reqwest::multipart::Form::new().text("pipeline", "blur:sigma=1/grayscale");
-    for i in 0..n - 1 {
-        form = form.part(
-            "file",
-            reqwest::multipart::Part::bytes(png(i)).file_name(format!("{i}.png")),
-        );
-    }
-    form = form.part(
-        "file",
-        reqwest::multipart::Part::bytes(b"not an image".to_vec()).file_name("notes.txt"),
-    );
-    let response = http
-        .post(format!("{base}/api/v1/jobs"))
-        .multipart(form)
-        .send()
-        .await
-        .expect("submit");
-    rest::accepted(response).await
+    let names: Vec<String> = (0..n - 1).map(|i| format!("{i}.png")).collect();
+    let mut files: Vec<(&str, Vec<u8>)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| (name.as_str(), png(96, 64, i as u8)))
+        .collect();
+    files.push(("notes.txt", b"not an image".to_vec()));
+    rest::submit(http, base, "blur:sigma=1/grayscale", &files).await
 }
 
 /// Reads events until the server ends the stream; the events, in order.

@@ -70,6 +70,17 @@ fn abort(err: Error) -> ConflictableTransactionError<Error> {
     ConflictableTransactionError::Abort(err)
 }
 
+/// A job's header read inside a transaction.
+fn tx_job(
+    jobs: &sled::transaction::TransactionalTree,
+    id: &str,
+) -> Result<Job, ConflictableTransactionError<Error>> {
+    let bytes = jobs
+        .get(id)?
+        .ok_or_else(|| abort(Error::not_found(format!("job {id} not found"))))?;
+    decode(&bytes).map_err(abort)
+}
+
 /// ULIDs as the scheduler makes them: 26 characters of uppercase Crockford base32, the first
 /// at most `7` (128 bits). Only this canonical form keeps key order equal to creation order
 /// and gives each job one key.
@@ -384,12 +395,7 @@ impl Meta {
         let key = image_key(id, result.index);
         (&self.jobs, &self.images, &self.unfinished, &self.tiles)
             .transaction(|(jobs, images, unfinished, tiles)| {
-                let mut job: Job = decode(
-                    &jobs
-                        .get(id)?
-                        .ok_or_else(|| abort(Error::not_found(format!("job {id} not found"))))?,
-                )
-                .map_err(abort)?;
+                let mut job = tx_job(jobs, id)?;
                 let mut image: Image = decode(
                     &images
                         .get(&key)?
@@ -555,12 +561,7 @@ impl Meta {
             .collect();
         (&self.jobs, &self.images, &self.unfinished)
             .transaction(|(jobs, images, unfinished)| {
-                let mut job: Job = decode(
-                    &jobs
-                        .get(id)?
-                        .ok_or_else(|| abort(Error::not_found(format!("job {id} not found"))))?,
-                )
-                .map_err(abort)?;
+                let mut job = tx_job(jobs, id)?;
                 let summary = job.summary.get_or_insert_default();
                 if summary.state().is_final() {
                     return Err(abort(Error::new(
@@ -604,12 +605,7 @@ impl Meta {
             .collect();
         (&self.jobs, &self.images, &self.unfinished, &self.tiles)
             .transaction(|(jobs, images, unfinished, tiles)| {
-                let mut job: Job = decode(
-                    &jobs
-                        .get(id)?
-                        .ok_or_else(|| abort(Error::not_found(format!("job {id} not found"))))?,
-                )
-                .map_err(abort)?;
+                let mut job = tx_job(jobs, id)?;
                 let summary = job.summary.get_or_insert_default();
                 let state = summary.state();
                 let refuse = |why: String| abort(Error::new(ErrorCode::FailedPrecondition, why));
