@@ -14,7 +14,7 @@ use pixelmesh_proto::{
 };
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::mesh::Mesh;
+use crate::mesh::{Mesh, OutputKey};
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<JobEvent, Status>> + Send>>;
 type DownloadStream = Pin<Box<dyn Stream<Item = Result<DownloadOutputResponse, Status>> + Send>>;
@@ -113,7 +113,10 @@ impl Gateway for GatewayService {
         request: Request<DownloadOutputRequest>,
     ) -> Result<Response<Self::DownloadOutputStream>, Status> {
         let request = request.into_inner();
-        let (output, _name, chunks) = self.mesh.download(&request.job_id, request.index).await?;
+        let (output, _name, chunks) = self
+            .mesh
+            .download(&request.job_id, OutputKey::Index(request.index))
+            .await?;
         let mut first = Some(output);
         let messages = chunks.map(move |chunk| {
             Ok(DownloadOutputResponse {

@@ -28,7 +28,7 @@ use tokio::io::AsyncWriteExt as _;
 
 use crate::{
     archive::ZipLimits,
-    mesh::{FeedEvent, Mesh, event_version},
+    mesh::{FeedEvent, Mesh, OutputKey, event_version},
 };
 
 /// Largest `pipeline` part: a pipeline is at most a few dozen small objects.
@@ -450,18 +450,11 @@ async fn download(
     State(mesh): State<Mesh>,
     Path((id, output)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    let index = match output.parse::<u32>() {
-        Ok(index) => index,
-        Err(_) => mesh
-            .job(&id)
-            .await?
-            .images
-            .iter()
-            .find(|image| image.name == output)
-            .map(|image| image.index)
-            .ok_or_else(|| Error::not_found(format!("job {id} has no image named {output:?}")))?,
+    let key = match output.parse::<u32>() {
+        Ok(index) => OutputKey::Index(index),
+        Err(_) => OutputKey::Name(&output),
     };
-    let (output, name, chunks) = mesh.download(&id, index).await?;
+    let (output, name, chunks) = mesh.download(&id, key).await?;
     let file_name = output_file_name(&name, &output.content_type);
     let body = Body::from_stream(chunks.map(|chunk| chunk.map_err(std::io::Error::other)));
     Ok(Response::builder()

@@ -337,7 +337,7 @@ impl Mesh {
     pub async fn download(
         &self,
         job_id: &str,
-        index: u32,
+        key: OutputKey<'_>,
     ) -> Result<
         (
             Output,
@@ -347,10 +347,12 @@ impl Mesh {
         Error,
     > {
         let job = self.job(job_id).await?;
-        let image = job
-            .images
-            .get(index as usize)
-            .ok_or_else(|| Error::not_found(format!("job {job_id} has no image {index}")))?;
+        let image = match key {
+            OutputKey::Index(index) => job.images.get(index as usize),
+            OutputKey::Name(name) => job.images.iter().find(|image| image.name == name),
+        }
+        .ok_or_else(|| Error::not_found(format!("job {job_id} has no image {key}")))?;
+        let index = image.index;
         let output = match (image.state(), &image.output) {
             (ImageState::Done, Some(output)) => output.clone(),
             (ImageState::Failed, _) => {
@@ -558,6 +560,23 @@ async fn write_bundle(
     }
     tx.send(Ok(zip.finish())).await.map_err(|_| closed())?;
     Ok(())
+}
+
+/// Which image's output to download.
+#[derive(Debug, Clone, Copy)]
+pub enum OutputKey<'a> {
+    Index(u32),
+    /// The input's name; the first image of that name.
+    Name(&'a str),
+}
+
+impl std::fmt::Display for OutputKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OutputKey::Index(index) => write!(f, "{index}"),
+            OutputKey::Name(name) => write!(f, "named {name:?}"),
+        }
+    }
 }
 
 /// How often the feed looks for workers whose heartbeat expired.
