@@ -13,7 +13,7 @@ use axum::{
     },
     routing::{get, post},
 };
-use futures::{StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use pixelmesh_filter::ops::Pipeline;
 use pixelmesh_proto::{
     Error,
@@ -366,20 +366,24 @@ async fn events(
         }
     }
     let events = mesh.watch(&id, after).await?;
-    let sse = events.flat_map(|event| {
-        let events = match event {
-            Ok(event) => sse_events(&event),
-            Err(err) => {
-                // The stream cannot go on (storage gone): say why, as the last event.
-                let body = serde_json::json!({ "error": err.message, "code": err.code.as_str() });
-                vec![Event::default().event("error").data(body.to_string())]
-            }
-        };
+    Ok(sse_response(events.map(|event| match event {
+        Ok(event) => sse_events(&event),
+        Err(err) => {
+            // The stream cannot go on (storage gone): say why, as the last event.
+            let body = serde_json::json!({ "error": err.message, "code": err.code.as_str() });
+            vec![Event::default().event("error").data(body.to_string())]
+        }
+    })))
+}
+
+/// An event stream response; each item is the events one change makes.
+fn sse_response(events: impl Stream<Item = Vec<Event>> + Send + 'static) -> Response {
+    let events = events.flat_map(|events| {
         futures::stream::iter(events.into_iter().map(Ok::<_, std::convert::Infallible>))
     });
-    Ok(Sse::new(sse)
+    Sse::new(events)
         .keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE).text("keep-alive"))
-        .into_response())
+        .into_response()
 }
 
 /// `GET /api/v1/events`: every job's events (as on a job's stream, without resume) and
@@ -387,25 +391,19 @@ async fn events(
 /// gateway relays what NATS tells it, so any replica serves the same feed.
 async fn feed(State(mesh): State<Mesh>) -> ApiResult<Response> {
     let events = mesh.feed().await?;
-    let sse = events.flat_map(|event| {
-        let events = match event {
-            FeedEvent::Job(event) => sse_events(&event),
-            FeedEvent::Worker(worker) => vec![
-                Event::default()
-                    .event("worker")
-                    .data(json_string(&WorkerView::from(&worker))),
-            ],
-            FeedEvent::WorkerGone(id) => vec![
-                Event::default()
-                    .event("worker_gone")
-                    .data(serde_json::json!({ "id": id }).to_string()),
-            ],
-        };
-        futures::stream::iter(events.into_iter().map(Ok::<_, std::convert::Infallible>))
-    });
-    Ok(Sse::new(sse)
-        .keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE).text("keep-alive"))
-        .into_response())
+    Ok(sse_response(events.map(|event| match event {
+        FeedEvent::Job(event) => sse_events(&event),
+        FeedEvent::Worker(worker) => vec![
+            Event::default()
+                .event("worker")
+                .data(json_string(&WorkerView::from(&worker))),
+        ],
+        FeedEvent::WorkerGone(id) => vec![
+            Event::default()
+                .event("worker_gone")
+                .data(serde_json::json!({ "id": id }).to_string()),
+        ],
+    })))
 }
 
 /// One job event as SSE events: the change itself, then `job_done` if the job ended.

@@ -182,13 +182,11 @@ impl Mesh {
     /// Cancels the job if it still runs (its queued tasks are purged; tasks in flight find
     /// it gone), then deletes it and the blobs no other job uses.
     pub async fn delete(&self, id: &str) -> Result<DeleteJobResponse, Error> {
-        if !self.summary(id).await?.state().is_final() {
-            match self.cancel(id).await {
-                // It ended meanwhile: nothing to cancel.
-                Err(err) if err.code == ErrorCode::FailedPrecondition => {}
-                cancelled => {
-                    cancelled?;
-                }
+        match self.cancel(id).await {
+            // It had ended already: nothing to cancel.
+            Err(err) if err.code == ErrorCode::FailedPrecondition => {}
+            cancelled => {
+                cancelled?;
             }
         }
         let request = JobRequest { id: id.to_string() };
@@ -499,7 +497,11 @@ async fn write_bundle(
     mut storage: StorageClient<Channel>,
     tx: &mpsc::Sender<Result<Bytes, Error>>,
 ) -> Result<(), Error> {
-    let closed = || Error::unavailable("client went away");
+    let send = |bytes: Bytes| async move {
+        tx.send(Ok(bytes))
+            .await
+            .map_err(|_| Error::unavailable("client went away"))
+    };
     let mut zip = ZipStreamWriter::new();
     let mut taken: HashSet<String> = ["manifest.json", "manifest.csv"].map(String::from).into();
     let mut rows = Vec::with_capacity(job.images.len());
@@ -519,9 +521,7 @@ async fn write_bundle(
         if let (ImageState::Done, Some(output)) = (image.state(), &image.output) {
             let extension = output.content_type.strip_prefix("image/").unwrap_or("bin");
             let name = bundle::output_name(&image.name, image.index, extension, &mut taken);
-            tx.send(Ok(zip.start_entry(&name)?))
-                .await
-                .map_err(|_| closed())?;
+            send(zip.start_entry(&name)?).await?;
             let mut chunks = storage
                 .get_blob(GetBlobRequest {
                     id: output.blob_id.clone(),
@@ -531,11 +531,9 @@ async fn write_bundle(
             while let Some(chunk) = chunks.next().await {
                 let chunk = Bytes::from(chunk?.chunk);
                 zip.data(&chunk);
-                tx.send(Ok(chunk)).await.map_err(|_| closed())?;
+                send(chunk).await?;
             }
-            tx.send(Ok(zip.finish_entry()))
-                .await
-                .map_err(|_| closed())?;
+            send(zip.finish_entry()).await?;
             row.output_name = name;
             row.size_bytes = output.size_bytes;
             row.width = output.width;
@@ -547,18 +545,12 @@ async fn write_bundle(
         ("manifest.json", bundle::manifest_json(&rows)),
         ("manifest.csv", bundle::manifest_csv(&rows)),
     ] {
-        tx.send(Ok(zip.start_entry(name)?))
-            .await
-            .map_err(|_| closed())?;
+        send(zip.start_entry(name)?).await?;
         zip.data(&bytes);
-        tx.send(Ok(Bytes::from(bytes)))
-            .await
-            .map_err(|_| closed())?;
-        tx.send(Ok(zip.finish_entry()))
-            .await
-            .map_err(|_| closed())?;
+        send(Bytes::from(bytes)).await?;
+        send(zip.finish_entry()).await?;
     }
-    tx.send(Ok(zip.finish())).await.map_err(|_| closed())?;
+    send(zip.finish()).await?;
     Ok(())
 }
 
