@@ -438,6 +438,12 @@ fn csv_field(value: &str) -> Cow<'_, str> {
     }
 }
 
+/// The file extension of an output with `content_type` (`image/webp` → `webp`), for every
+/// name the gateway gives an output.
+pub fn extension(content_type: &str) -> &str {
+    content_type.strip_prefix("image/").unwrap_or("bin")
+}
+
 /// The entry name of an output in the bundle: the input's stem with the output format's
 /// `extension` (`photo.png` → `photo.webp`), without any directory part or characters that are
 /// unsafe in Windows file names, or `image-<index>` when nothing usable is left. Unique within

@@ -494,8 +494,7 @@ fn output_file_name(name: &str, content_type: &str) -> String {
             }
         })
         .collect();
-    let ext = content_type.strip_prefix("image/").unwrap_or("bin");
-    format!("{stem}.{ext}")
+    format!("{stem}.{}", crate::bundle::extension(content_type))
 }
 
 async fn workers(State(mesh): State<Mesh>) -> ApiResult<Json<serde_json::Value>> {

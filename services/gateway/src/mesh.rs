@@ -519,7 +519,7 @@ async fn write_bundle(
             error: image.error.clone(),
         };
         if let (ImageState::Done, Some(output)) = (image.state(), &image.output) {
-            let extension = output.content_type.strip_prefix("image/").unwrap_or("bin");
+            let extension = bundle::extension(&output.content_type);
             let name = bundle::output_name(&image.name, image.index, extension, &mut taken);
             send(zip.start_entry(&name)?).await?;
             let mut chunks = storage
