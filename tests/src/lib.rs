@@ -544,6 +544,8 @@ pub mod sse {
         /// The next event, skipping comments (keep-alives); `None` when the server ends the
         /// stream. Panics if nothing arrives within `timeout`.
         pub async fn next(&mut self, timeout: Duration) -> Option<SseEvent> {
+            // One deadline for the event: keep-alive comments do not extend it.
+            let deadline = tokio::time::Instant::now() + timeout;
             loop {
                 if let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
                     let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
@@ -569,7 +571,7 @@ pub mod sse {
                     event.data = serde_json::from_str(&data).expect("event data is json");
                     return Some(event);
                 }
-                let chunk = tokio::time::timeout(timeout, self.response.chunk())
+                let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
                     .await
                     .expect("no event in time")
                     .expect("reading events");

@@ -357,17 +357,23 @@ impl Meta {
 
     /// Queued → running; other states are left as they are.
     pub fn mark_running(&self, id: &str) -> Result<JobSummary, Error> {
-        let mut job = self.header(id)?;
+        check_job_id(id)?;
+        let old = self
+            .jobs
+            .get(id)
+            .map_err(db_error)?
+            .ok_or_else(|| Error::not_found(format!("job {id} not found")))?;
+        let mut job: Job = decode(&old)?;
         let summary = job.summary.get_or_insert_default();
         if summary.state() == JobState::Queued {
             summary.state = JobState::Running as i32;
             bump(summary);
             let new = job.encode_to_vec();
-            // Only if nothing else changed the job meanwhile; otherwise re-read and retry.
-            let old = self.jobs.get(id).map_err(db_error)?;
+            // Only if the job is still what `new` was made from: a result recorded meanwhile
+            // may have finished it, and must not be overwritten. Otherwise re-read and retry.
             match self
                 .jobs
-                .compare_and_swap(id, old, Some(new))
+                .compare_and_swap(id, Some(old), Some(new))
                 .map_err(db_error)?
             {
                 Ok(()) => {}
