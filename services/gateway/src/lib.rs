@@ -7,10 +7,16 @@
 //! * [`http`] — the REST API and server-sent events, translating JSON and multipart at the
 //!   edge;
 //! * [`archive`] — reading a user's ZIP of images safely (names, sizes, ratios, types);
-//! * [`bundle`] — writing a ZIP of a job's outputs as a stream, with its manifests.
+//! * [`bundle`] — writing a ZIP of a job's outputs as a stream, with its manifests;
+//! * [`export`] — a job's analysis reports as CSV, JSON and XLSX;
+//! * [`auth`] — API keys: who is calling;
+//! * [`protect`] — the tower layers in front of everything: limits, timeouts, load shedding.
 
 pub mod archive;
+pub mod auth;
 pub mod bundle;
+pub mod export;
+pub mod protect;
 pub mod grpc;
 pub mod http;
 pub mod mesh;
