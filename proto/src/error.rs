@@ -9,7 +9,13 @@ pub enum ErrorCode {
     NotFound,
     AlreadyExists,
     FailedPrecondition,
+    /// Too big: a body, a file, too many images. HTTP 413.
     ResourceExhausted,
+    /// Too many requests from one key or client for now; retry later. HTTP 429 with the
+    /// same gRPC code as [`ErrorCode::ResourceExhausted`].
+    RateLimited,
+    /// The request took longer than the gateway allows. HTTP 504.
+    DeadlineExceeded,
     Unauthenticated,
     PermissionDenied,
     Unavailable,
@@ -23,7 +29,8 @@ impl ErrorCode {
             ErrorCode::NotFound => tonic::Code::NotFound,
             ErrorCode::AlreadyExists => tonic::Code::AlreadyExists,
             ErrorCode::FailedPrecondition => tonic::Code::FailedPrecondition,
-            ErrorCode::ResourceExhausted => tonic::Code::ResourceExhausted,
+            ErrorCode::ResourceExhausted | ErrorCode::RateLimited => tonic::Code::ResourceExhausted,
+            ErrorCode::DeadlineExceeded => tonic::Code::DeadlineExceeded,
             ErrorCode::Unauthenticated => tonic::Code::Unauthenticated,
             ErrorCode::PermissionDenied => tonic::Code::PermissionDenied,
             ErrorCode::Unavailable => tonic::Code::Unavailable,
@@ -37,6 +44,8 @@ impl ErrorCode {
             ErrorCode::NotFound => http::StatusCode::NOT_FOUND,
             ErrorCode::AlreadyExists | ErrorCode::FailedPrecondition => http::StatusCode::CONFLICT,
             ErrorCode::ResourceExhausted => http::StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::RateLimited => http::StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::DeadlineExceeded => http::StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::Unauthenticated => http::StatusCode::UNAUTHORIZED,
             ErrorCode::PermissionDenied => http::StatusCode::FORBIDDEN,
             ErrorCode::Unavailable => http::StatusCode::SERVICE_UNAVAILABLE,
@@ -52,6 +61,8 @@ impl ErrorCode {
             ErrorCode::AlreadyExists => "already_exists",
             ErrorCode::FailedPrecondition => "failed_precondition",
             ErrorCode::ResourceExhausted => "resource_exhausted",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::DeadlineExceeded => "deadline_exceeded",
             ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::Unavailable => "unavailable",
@@ -59,6 +70,10 @@ impl ErrorCode {
         }
     }
 
+    /// The code a peer's gRPC status means here. Lossy where two codes share a gRPC code
+    /// ([`ErrorCode::RateLimited`] comes back as [`ErrorCode::ResourceExhausted`]), and a
+    /// peer's deadline stays [`ErrorCode::Unavailable`]: for a caller of the gateway, a slow
+    /// internal peer is an outage, not its own request taking too long.
     fn from_grpc(code: tonic::Code) -> Self {
         match code {
             tonic::Code::InvalidArgument | tonic::Code::OutOfRange => ErrorCode::InvalidArgument,
@@ -77,7 +92,13 @@ impl ErrorCode {
 
     /// Whether retrying the same request later may succeed.
     pub fn is_transient(self) -> bool {
-        matches!(self, ErrorCode::Unavailable | ErrorCode::Internal)
+        matches!(
+            self,
+            ErrorCode::Unavailable
+                | ErrorCode::Internal
+                | ErrorCode::RateLimited
+                | ErrorCode::DeadlineExceeded
+        )
     }
 }
 
@@ -165,5 +186,24 @@ mod tests {
         assert_eq!(ErrorCode::ResourceExhausted.http().as_u16(), 413);
         assert_eq!(ErrorCode::Unauthenticated.http().as_u16(), 401);
         assert_eq!(ErrorCode::PermissionDenied.http().as_u16(), 403);
+        assert_eq!(ErrorCode::RateLimited.http().as_u16(), 429);
+        assert_eq!(ErrorCode::Unavailable.http().as_u16(), 503);
+        assert_eq!(ErrorCode::DeadlineExceeded.http().as_u16(), 504);
+    }
+
+    #[test]
+    fn gateway_protection_codes_keep_their_grpc_meaning() {
+        assert_eq!(
+            ErrorCode::RateLimited.grpc(),
+            tonic::Code::ResourceExhausted
+        );
+        assert_eq!(
+            ErrorCode::DeadlineExceeded.grpc(),
+            tonic::Code::DeadlineExceeded
+        );
+        // Through a peer they come back as the codes `from_grpc` documents.
+        let back = |code| Error::from(tonic::Status::from(Error::new(code, "x"))).code;
+        assert_eq!(back(ErrorCode::RateLimited), ErrorCode::ResourceExhausted);
+        assert_eq!(back(ErrorCode::DeadlineExceeded), ErrorCode::Unavailable);
     }
 }

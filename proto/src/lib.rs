@@ -40,6 +40,7 @@ impl JobState {
             JobState::CompletedWithErrors => "completed_with_errors",
             JobState::Failed => "failed",
             JobState::Cancelled => "cancelled",
+            JobState::Paused => "paused",
         }
     }
 }

@@ -163,6 +163,8 @@ pub struct ClusterOptions {
     pub tile_above_pixels: Option<u64>,
     /// More gateway flags, e.g. lower limits.
     pub gateway_args: Vec<String>,
+    /// More flags for every filter, e.g. what URL inputs may be fetched from.
+    pub filter_args: Vec<String>,
 }
 
 impl Default for ClusterOptions {
@@ -177,6 +179,7 @@ impl Default for ClusterOptions {
             tile_size: None,
             tile_above_pixels: None,
             gateway_args: Vec::new(),
+            filter_args: Vec::new(),
         }
     }
 }
@@ -247,6 +250,8 @@ pub struct Cluster {
     pub scheduler: Role,
     pub filters: Vec<Role>,
     pub gateway: Role,
+    /// Gateways started by [`Cluster::add_gateway`].
+    pub replicas: Vec<Role>,
     pub nats: NatsServer,
     pub data: TempDir,
 }
@@ -303,25 +308,23 @@ impl Cluster {
         let filters = (0..options.filters)
             .map(|i| {
                 let port = free_port();
-                role(
-                    &format!("filter-{i}"),
-                    port,
-                    vec![
-                        "filter".into(),
-                        "--filter-listen".into(),
-                        format!("127.0.0.1:{port}"),
-                        "--worker-id".into(),
-                        format!("filter-{i}"),
-                        "--concurrency".into(),
-                        options.filter_concurrency.to_string(),
-                        "--ack-wait-secs".into(),
-                        options.ack_wait_secs.to_string(),
-                        "--max-deliver".into(),
-                        options.max_deliver.to_string(),
-                        "--max-pixels".into(),
-                        options.max_pixels.to_string(),
-                    ],
-                )
+                let mut args: Vec<String> = vec![
+                    "filter".into(),
+                    "--filter-listen".into(),
+                    format!("127.0.0.1:{port}"),
+                    "--worker-id".into(),
+                    format!("filter-{i}"),
+                    "--concurrency".into(),
+                    options.filter_concurrency.to_string(),
+                    "--ack-wait-secs".into(),
+                    options.ack_wait_secs.to_string(),
+                    "--max-deliver".into(),
+                    options.max_deliver.to_string(),
+                    "--max-pixels".into(),
+                    options.max_pixels.to_string(),
+                ];
+                args.extend(options.filter_args.iter().cloned());
+                role(&format!("filter-{i}"), port, args)
             })
             .collect();
         let gateway_port = free_port();
@@ -338,6 +341,7 @@ impl Cluster {
             scheduler,
             filters,
             gateway,
+            replicas: Vec::new(),
             nats,
             data,
         };
@@ -397,7 +401,11 @@ impl Cluster {
             "storage" => Some(&mut self.storage),
             "scheduler" => Some(&mut self.scheduler),
             "gateway" => Some(&mut self.gateway),
-            _ => self.filters.iter_mut().find(|f| f.name == name),
+            _ => self
+                .filters
+                .iter_mut()
+                .chain(self.replicas.iter_mut())
+                .find(|role| role.name == name),
         }
     }
 
@@ -409,6 +417,28 @@ impl Cluster {
         role.spawn(&binary);
         let port = role.port;
         self.wait_healthy(name, port).await;
+    }
+
+    /// Starts another gateway like the first, on its own port; its HTTP base URL.
+    pub async fn add_gateway(&mut self) -> String {
+        let port = free_port();
+        let mut args = self.gateway.args.clone();
+        if let Some(at) = args.iter().position(|arg| arg == "--gateway-listen") {
+            args[at + 1] = format!("127.0.0.1:{port}");
+        }
+        let name = format!("gateway-{}", self.replicas.len() + 2);
+        let mut role = Role {
+            name: name.clone(),
+            port,
+            args,
+            env: self.gateway.env.clone(),
+            log: self.data.path().join(format!("{name}.log")),
+            child: None,
+        };
+        role.spawn(&self.binary);
+        self.replicas.push(role);
+        self.wait_healthy(&name, port).await;
+        format!("http://127.0.0.1:{port}")
     }
 
     pub fn http_url(&self) -> String {
@@ -434,6 +464,7 @@ impl Cluster {
             .chain(std::iter::once(&self.scheduler))
             .chain(self.filters.iter())
             .chain(std::iter::once(&self.gateway))
+            .chain(self.replicas.iter())
             .map(|r| format!("===== {} =====\n{}", r.name, r.logs()))
             .collect()
     }
@@ -635,6 +666,7 @@ pub mod api {
             inputs.push(ImageInput {
                 blob_id: upload(client, name, bytes).await,
                 name: name.clone(),
+                ..Default::default()
             });
         }
         client
@@ -642,6 +674,7 @@ pub mod api {
                 pipeline,
                 inputs,
                 tiling: tiling as i32,
+                ..Default::default()
             })
             .await
             .expect("submit")

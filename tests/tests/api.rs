@@ -100,6 +100,7 @@ async fn invalid_pipelines_are_refused_at_submit() {
     let inputs = vec![ImageInput {
         blob_id: blob,
         name: "kite.jpg".into(),
+        ..Default::default()
     }];
 
     // gRPC: a negative sigma names the op and the field.
@@ -132,6 +133,7 @@ async fn invalid_pipelines_are_refused_at_submit() {
             inputs: vec![ImageInput {
                 blob_id: "0".repeat(64),
                 name: "ghost.jpg".into(),
+                ..Default::default()
             }],
             ..Default::default()
         })
@@ -467,4 +469,87 @@ async fn watermark_and_analyze_through_the_mesh() {
         "{}",
         image.error
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn analysis_exports_as_csv_json_and_xlsx() {
+    let cluster = Cluster::start(BIN, ClusterOptions::default()).await;
+    let http = reqwest::Client::new();
+    let base = cluster.http_url();
+    let files = [
+        ("=one.png", pixelmesh_tests::png(40, 30, 1)),
+        ("two.png", pixelmesh_tests::png(20, 10, 2)),
+        ("broken.png", b"not a png".to_vec()),
+    ];
+    let id = rest::submit(&http, &base, "analyze/grayscale/analyze", &files).await;
+    let mut client = cluster.gateway_client().await;
+    let (_, job) = api::watch_to_end(&mut client, &id, JOB_TIMEOUT).await;
+    assert_eq!(
+        job.summary.expect("summary").state(),
+        JobState::CompletedWithErrors
+    );
+
+    let get = |ext: &'static str| {
+        let url = format!("{base}/api/v1/jobs/{id}/analysis.{ext}");
+        let http = http.clone();
+        async move {
+            let response = http.get(url).send().await.expect("export");
+            assert_eq!(response.status().as_u16(), 200, "{ext}");
+            let content_type = response.headers()["content-type"]
+                .to_str()
+                .expect("type")
+                .to_string();
+            (content_type, response.bytes().await.expect("body").to_vec())
+        }
+    };
+    // Two reports for each good image, one row for the broken one.
+    let (content_type, csv) = get("csv").await;
+    assert!(content_type.starts_with("text/csv"), "{content_type}");
+    let csv = String::from_utf8(csv).expect("utf-8");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(
+        lines[0].starts_with("index,name,state,report,width,height"),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(lines.len(), 1 + 2 + 2 + 1, "{csv}");
+    assert!(
+        lines[1].starts_with("0,'=one.png,done,0,40,30,"),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[5].starts_with("2,broken.png,failed,"), "{}", lines[5]);
+
+    let (_, json) = get("json").await;
+    let json: serde_json::Value = serde_json::from_slice(&json).expect("json");
+    assert_eq!(json["job"], id.as_str());
+    let reports = json["images"][1]["reports"].as_array().expect("reports");
+    assert_eq!(reports.len(), 2);
+    assert_eq!(reports[0]["histogram"].as_array().map(Vec::len), Some(256));
+    assert!(
+        json["images"][2]["error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty())
+    );
+
+    let (content_type, xlsx) = get("xlsx").await;
+    assert!(content_type.contains("spreadsheetml"), "{content_type}");
+    let mut workbook = zip::ZipArchive::new(std::io::Cursor::new(xlsx)).expect("xlsx is a zip");
+    let mut sheet = String::new();
+    std::io::Read::read_to_string(
+        &mut workbook.by_name("xl/worksheets/sheet1.xml").expect("sheet"),
+        &mut sheet,
+    )
+    .expect("sheet text");
+    assert_eq!(sheet.matches("<row ").count(), 6, "{sheet}");
+    assert!(sheet.contains("=one.png"));
+
+    let missing = http
+        .get(format!(
+            "{base}/api/v1/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV/analysis.csv"
+        ))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(missing.status().as_u16(), 404);
 }

@@ -1,8 +1,9 @@
-//! Job control through the REST API: delete (and what it leaves for other jobs), retry.
+//! Job control through the REST API: delete (and what it leaves for other jobs), retry,
+//! pause and resume.
 
 use std::time::Duration;
 
-use pixelmesh_tests::{Cluster, ClusterOptions, api, corpus, png, rest};
+use pixelmesh_tests::{Cluster, ClusterOptions, api, corpus, png, rest, sse::SseStream};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pixelmesh-node");
 const JOB_TIMEOUT: Duration = Duration::from_secs(120);
@@ -202,4 +203,100 @@ async fn retry_runs_the_failed_images_again_and_only_them() {
             .expect("retry");
         assert_eq!(response.status().as_u16(), status, "{job}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pause_stops_dispatch_and_resume_finishes_every_image_once() {
+    let cluster = Cluster::start(BIN, ClusterOptions::default()).await;
+    let http = reqwest::Client::new();
+    let base = cluster.http_url();
+    let mut client = cluster.gateway_client().await;
+    let photo = corpus::read("safe-landing-5120x2880.jpg");
+    let names: Vec<String> = (0..8).map(|i| format!("p{i}.jpg")).collect();
+    let files: Vec<(&str, Vec<u8>)> = names
+        .iter()
+        .map(|name| (name.as_str(), photo.clone()))
+        .collect();
+    let mut feed = SseStream::open(&http, &format!("{base}/api/v1/events"), None).await;
+    let id = submit(&http, &base, &files).await;
+    let job_url = format!("{base}/api/v1/jobs/{id}");
+
+    let response = http
+        .post(format!("{job_url}/pause"))
+        .send()
+        .await
+        .expect("pause");
+    assert_eq!(response.status().as_u16(), 200);
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(body["state"], "paused");
+    let again = http
+        .post(format!("{job_url}/pause"))
+        .send()
+        .await
+        .expect("pause");
+    assert_eq!(
+        again.status().as_u16(),
+        200,
+        "pausing a paused job is a no-op"
+    );
+    let retry = http
+        .post(format!("{job_url}/retry"))
+        .send()
+        .await
+        .expect("retry");
+    assert_eq!(retry.status().as_u16(), 409);
+
+    // Once the worker has finished what it held, it stays idle and the job keeps its
+    // pending images: nothing is dispatched while paused.
+    let idle = |event: &pixelmesh_tests::sse::SseEvent| {
+        event.event == "worker" && event.data["in_flight"] == 0
+    };
+    loop {
+        let event = feed.next(JOB_TIMEOUT).await.expect("feed event");
+        if idle(&event)
+            && event.data["seen_at_ms"].as_i64() > Some(body["updated_at_ms"].as_i64().unwrap_or(0))
+        {
+            break;
+        }
+    }
+    let held = rest::get_json(&http, &job_url).await;
+    assert_eq!(held["state"], "paused", "{held}");
+    let done = held["done"].as_u64().expect("done");
+    assert!(
+        done < 8,
+        "the job finished before the pause took hold: {held}"
+    );
+    // The next heartbeat (every 5 s): still idle, nothing more done.
+    loop {
+        let event = feed.next(JOB_TIMEOUT).await.expect("feed event");
+        if event.event == "worker" {
+            assert!(idle(&event), "a worker took a paused job's task: {event:?}");
+            break;
+        }
+    }
+    let still = rest::get_json(&http, &job_url).await;
+    assert_eq!(
+        (still["state"].clone(), still["done"].as_u64()),
+        (held["state"].clone(), Some(done))
+    );
+
+    let response = http
+        .post(format!("{job_url}/resume"))
+        .send()
+        .await
+        .expect("resume");
+    assert_eq!(response.status().as_u16(), 202);
+    let (_, job) = api::watch_to_end(&mut client, &id, JOB_TIMEOUT).await;
+    let summary = job.summary.expect("summary");
+    assert_eq!((summary.done, summary.failed), (8, 0), "{summary:?}");
+    let resume_again = http
+        .post(format!("{job_url}/resume"))
+        .send()
+        .await
+        .expect("resume");
+    assert_eq!(
+        resume_again.status().as_u16(),
+        409,
+        "only a paused job resumes"
+    );
 }

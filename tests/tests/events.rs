@@ -223,6 +223,53 @@ async fn the_feed_shows_every_job_and_workers_coming_and_going() {
 }
 
 /// The id of the next `worker_gone` event.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_gateway_replica_relays_the_same_events() {
+    let mut cluster = Cluster::start(BIN, ClusterOptions::default()).await;
+    let second = cluster.add_gateway().await;
+    let first = cluster.http_url();
+    let http = reqwest::Client::new();
+
+    // The second replica's feed is open before the job exists on the first.
+    let mut feed = SseStream::open(&http, &format!("{second}/api/v1/events"), None).await;
+    let id = submit(&http, &first, 4).await;
+    let (url_first, url_second) = (
+        format!("{first}/api/v1/jobs/{id}/events"),
+        format!("{second}/api/v1/jobs/{id}/events"),
+    );
+    // From version 1 (the job's creation), so both hold every outcome however fast the
+    // job runs: what happened before a stream opened is read back, the rest relayed live.
+    let (mut on_first, mut on_second) = tokio::join!(
+        SseStream::open(&http, &url_first, Some("1")),
+        SseStream::open(&http, &url_second, Some("1"))
+    );
+    let (from_first, from_second) =
+        tokio::join!(read_to_end(&mut on_first), read_to_end(&mut on_second));
+
+    // Both replicas report every outcome once, with the same ids, and the same end.
+    let outcomes = |events: &[SseEvent]| -> BTreeSet<(String, String)> {
+        events
+            .iter()
+            .filter(|e| e.event.starts_with("image_"))
+            .map(|e| (e.id.clone(), e.event.clone()))
+            .collect()
+    };
+    assert_eq!(outcomes(&from_first).len(), 4, "{from_first:?}");
+    assert_eq!(outcomes(&from_first), outcomes(&from_second));
+    let last = |events: &[SseEvent]| events.last().map(|e| (e.event.clone(), e.id.clone()));
+    assert_eq!(last(&from_first), last(&from_second));
+    assert_eq!(last(&from_second).expect("events").0, "job_done");
+
+    // The feed of the replica that did not take the submit saw the job end.
+    loop {
+        let event = feed.next(EVENT_TIMEOUT).await.expect("feed event");
+        if event.event == "job_done" && event.data["id"] == id.as_str() {
+            assert_eq!(event.data["state"], "completed_with_errors");
+            break;
+        }
+    }
+}
+
 async fn next_gone(feed: &mut SseStream) -> String {
     loop {
         let event = feed.next(EVENT_TIMEOUT).await.expect("feed event");

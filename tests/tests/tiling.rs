@@ -141,6 +141,7 @@ async fn tiling_modes_are_validated_and_always_tiles_small_images() {
     let inputs = vec![pixelmesh_proto::v1::ImageInput {
         blob_id: blob,
         name: "autumn.jpg".into(),
+        ..Default::default()
     }];
 
     // Always with an op that cannot run on tiles is refused, naming the op.
@@ -151,6 +152,7 @@ async fn tiling_modes_are_validated_and_always_tiles_small_images() {
                 .to_proto(),
             inputs: inputs.clone(),
             tiling: Tiling::Always as i32,
+            ..Default::default()
         })
         .await
         .expect_err("always with resize accepted");

@@ -5,7 +5,7 @@
 //! `traceparent`, and a bounded graceful stop. The gateway merges its HTTP routes into the
 //! same server, so gRPC and HTTP share one port.
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
 use axum::Router;
@@ -31,6 +31,7 @@ pub struct Server {
     routes: Routes,
     health: HealthReporter,
     http: Router,
+    wrap: Box<dyn FnOnce(Router) -> Router + Send>,
 }
 
 impl Server {
@@ -48,6 +49,7 @@ impl Server {
             routes,
             health,
             http: Router::new(),
+            wrap: Box::new(|app| app),
         })
     }
 
@@ -76,17 +78,24 @@ impl Server {
         self
     }
 
+    /// Wraps the whole app, gRPC and HTTP routes merged, in the caller's layers (auth,
+    /// limits…), so one middleware stack sees every request. The layers run inside the
+    /// tracing span, so requests they refuse are traced too. Called again, the new layers go
+    /// around the earlier ones.
+    pub fn layer_with(mut self, wrap: impl FnOnce(Router) -> Router + Send + 'static) -> Self {
+        let inner = self.wrap;
+        self.wrap = Box::new(move |app| wrap(inner(app)));
+        self
+    }
+
     /// Serves until `shutdown` resolves, then lets open requests finish for a bounded time.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let app = self
-            .routes
-            .into_axum_router()
-            .merge(self.http)
-            .layer(TraceLayer::new_for_http().make_span_with(request_span));
+        let app = self.routes.into_axum_router().merge(self.http);
+        let app = (self.wrap)(app).layer(TraceLayer::new_for_http().make_span_with(request_span));
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         // Without TCP_NODELAY each small HTTP/2 frame written after another waits for the
@@ -96,6 +105,9 @@ impl Server {
                 tracing::debug!(error = %err, "cannot set tcp_nodelay");
             }
         });
+        // Requests carry `ConnectInfo<SocketAddr>`: per-client limits of a server without
+        // api keys go by the peer's address.
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let server = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stopped.cancelled().await })
             .into_future();

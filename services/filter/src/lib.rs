@@ -6,10 +6,12 @@
 //! * [`engine`] — `process`: bytes in, pipeline applied, bytes out;
 //! * [`tiles`] — splitting huge images into tiles with halos, and stitching them back;
 //! * [`worker`] — the JetStream consumer loop with its ack discipline;
+//! * [`fetch`] — downloading URL inputs without letting a URL reach the private network;
 //! * [`heartbeat`] — the worker's entry in the `pixelmesh-workers` KV bucket.
 
 pub mod codec;
 pub mod engine;
+pub mod fetch;
 pub mod heartbeat;
 pub mod logos;
 pub mod ops;
@@ -53,6 +55,8 @@ pub struct Settings {
     pub worker_id: Option<String>,
     #[command(flatten)]
     pub queue: QueueConfig,
+    #[command(flatten)]
+    pub fetch: fetch::FetchSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -100,6 +104,7 @@ pub async fn run(
         stats: stats.clone(),
         cpu: Arc::new(tokio::sync::Semaphore::new(concurrency)),
         logos: Default::default(),
+        fetcher: fetch::Fetcher::new(&settings.fetch).context("building the url fetcher")?,
     });
 
     let beat_stop = CancellationToken::new();

@@ -17,7 +17,7 @@ use pixelmesh_common::{config::QueueConfig, grpc::Channel, nats, telemetry};
 use pixelmesh_proto::{
     Error, ErrorCode,
     v1::{
-        BlobMeta, GetBlobRequest, JobRequest, Output, PutBlobRequest, Task, TaskResult,
+        BlobMeta, GetBlobRequest, JobRequest, JobState, Output, PutBlobRequest, Task, TaskResult,
         TileAssembly, TileInput, TileOutput, TileSplit, put_blob_request::Part,
         storage_client::StorageClient, task, task_result::Outcome,
     },
@@ -30,6 +30,7 @@ use tracing::Instrument as _;
 use crate::{
     codec::{self, Limits},
     engine::{self, Processed},
+    fetch::{FetchError, Fetcher},
     logos::{self, LogoCache},
     ops::{Assets, FileFormat, Pipeline},
     tiles::{self, Canvas, Policy, Rect, Tile},
@@ -54,7 +55,7 @@ pub struct Stats {
 /// Why a task did not produce an output.
 #[derive(Debug)]
 enum TaskError {
-    /// The job ended (cancelled) or was deleted before the task ran.
+    /// The job ended (cancelled), was paused or was deleted before the task ran.
     Skipped,
     /// The input can never succeed: record the failure, do not retry.
     Permanent(String),
@@ -68,6 +69,15 @@ impl From<Error> for TaskError {
             TaskError::Transient(err.message)
         } else {
             TaskError::Permanent(err.message)
+        }
+    }
+}
+
+impl From<FetchError> for TaskError {
+    fn from(err: FetchError) -> Self {
+        match err {
+            FetchError::Permanent(message) => TaskError::Permanent(message),
+            FetchError::Transient(message) => TaskError::Transient(message),
         }
     }
 }
@@ -89,6 +99,7 @@ pub(crate) struct Worker {
     /// downloaded.
     pub cpu: Arc<Semaphore>,
     pub logos: Mutex<LogoCache>,
+    pub fetcher: Fetcher,
 }
 
 /// Pulls and runs tasks, holding at most `held` at once, until `stop` is cancelled; then
@@ -307,7 +318,8 @@ async fn run_task(worker: &Worker, task: &Task) -> Result<Outcome, TaskError> {
         Err(status) if status.code() == tonic::Code::NotFound => return Err(TaskError::Skipped),
         Err(status) => return Err(Error::from(status).into()),
     };
-    if summary.state().is_final() {
+    // A paused job's tasks are dropped: resuming dispatches its pending images again.
+    if summary.state().is_final() || summary.state() == JobState::Paused {
         return Err(TaskError::Skipped);
     }
     let pipeline = Pipeline::from_proto(&task.pipeline)?;
@@ -333,7 +345,12 @@ async fn run_image(
     pipeline: Pipeline,
 ) -> Result<Outcome, TaskError> {
     let started = Instant::now();
-    let input = download(storage, &task.input_blob_id, worker.limits.max_input_bytes).await?;
+    let max_bytes = worker.limits.max_input_bytes;
+    let input = if task.url.is_empty() {
+        download(storage, &task.input_blob_id, max_bytes).await?
+    } else {
+        worker.fetcher.fetch(&task.url, max_bytes).await?
+    };
     let downloaded = Instant::now();
     let policy = Policy::from_task(task);
     if let Some(halo) =

@@ -423,7 +423,7 @@ pub fn manifest_csv(rows: &[ManifestRow]) -> Vec<u8> {
 }
 
 /// Quotes a field that holds a separator, a quote or a line break, doubling its quotes.
-fn csv_field(value: &str) -> Cow<'_, str> {
+pub(crate) fn csv_field(value: &str) -> Cow<'_, str> {
     // A user's file name like `=HYPERLINK(...)` would run as a formula when the manifest is
     // opened in a spreadsheet: a leading quote makes it text (OWASP's CSV injection advice).
     let value: Cow<'_, str> = if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {

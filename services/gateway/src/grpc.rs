@@ -64,9 +64,7 @@ impl Gateway for GatewayService {
         &self,
         request: Request<ListJobsRequest>,
     ) -> Result<Response<ListJobsResponse>, Status> {
-        let request = request.into_inner();
-        let jobs = self.mesh.list(request.limit, request.before).await?;
-        Ok(Response::new(ListJobsResponse { jobs }))
+        Ok(Response::new(self.mesh.list(request.into_inner()).await?))
     }
 
     type WatchJobStream = EventStream;
@@ -94,6 +92,21 @@ impl Gateway for GatewayService {
     async fn retry_job(&self, request: Request<CancelJobRequest>) -> Result<Response<Job>, Status> {
         Ok(Response::new(
             self.mesh.retry(&request.into_inner().id).await?,
+        ))
+    }
+
+    async fn pause_job(&self, request: Request<CancelJobRequest>) -> Result<Response<Job>, Status> {
+        Ok(Response::new(
+            self.mesh.pause(&request.into_inner().id).await?,
+        ))
+    }
+
+    async fn resume_job(
+        &self,
+        request: Request<CancelJobRequest>,
+    ) -> Result<Response<Job>, Status> {
+        Ok(Response::new(
+            self.mesh.resume(&request.into_inner().id).await?,
         ))
     }
 

@@ -18,8 +18,8 @@ use pixelmesh_filter::ops::Pipeline;
 use pixelmesh_proto::{
     Error,
     v1::{
-        Image, ImageInput, ImageState, Job, JobEvent, JobSummary, Output, SubmitJobRequest, Tiling,
-        Worker,
+        Image, ImageInput, ImageState, Job, JobCounts, JobEvent, JobState, JobSummary,
+        ListJobsRequest, Output, SubmitJobRequest, Tiling, Worker,
     },
 };
 use serde::{Deserialize, Serialize};
@@ -35,6 +35,8 @@ use crate::{
 const MAX_PIPELINE_BYTES: usize = 64 * 1024;
 /// Longest file name kept from a multipart part.
 const MAX_NAME_BYTES: usize = 255;
+/// Largest `urls` part: 100 000 URLs of 300 bytes.
+const MAX_URL_LIST_BYTES: usize = 32 * 1024 * 1024;
 
 pub fn router(mesh: Mesh) -> Router {
     let body_limit = usize::try_from(mesh.settings().max_request_bytes).unwrap_or(usize::MAX);
@@ -48,12 +50,18 @@ pub fn router(mesh: Mesh) -> Router {
         )
         .route("/api/v1/uploads", post(upload))
         .route("/api/v1/jobs/{id}", get(job).delete(delete))
+        .route("/api/v1/batches/{id}", get(batch))
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
         .route("/api/v1/jobs/{id}/retry", post(retry))
+        .route("/api/v1/jobs/{id}/pause", post(pause))
+        .route("/api/v1/jobs/{id}/resume", post(resume))
         .route("/api/v1/jobs/{id}/events", get(events))
         .route("/api/v1/events", get(feed))
         .route("/api/v1/jobs/{id}/outputs/{output}", get(download))
         .route("/api/v1/jobs/{id}/outputs.zip", get(download_all))
+        .route("/api/v1/jobs/{id}/analysis.csv", get(analysis_csv))
+        .route("/api/v1/jobs/{id}/analysis.json", get(analysis_json))
+        .route("/api/v1/jobs/{id}/analysis.xlsx", get(analysis_xlsx))
         .route("/api/v1/workers", get(workers))
         .with_state(mesh)
 }
@@ -93,8 +101,31 @@ struct Submitted {
     url: String,
 }
 
-/// `POST /api/v1/jobs`: multipart with a `pipeline` part (a JSON array) and one or more
-/// `file` parts. Files stream to storage as they arrive; nothing is buffered whole.
+/// What a submit split into several jobs answers.
+#[derive(Serialize)]
+struct SubmittedBatch {
+    parent_id: String,
+    images: usize,
+    url: String,
+    jobs: Vec<Submitted>,
+}
+
+impl Submitted {
+    fn new(job: Job) -> Self {
+        let summary = job.summary.unwrap_or_default();
+        Submitted {
+            url: format!("/api/v1/jobs/{}", summary.id),
+            state: summary.state().label(),
+            images: job.images.len(),
+            id: summary.id,
+        }
+    }
+}
+
+/// `POST /api/v1/jobs`: multipart with a `pipeline` part (a JSON array) and images as
+/// `file` parts, `archive` parts (ZIP) and `urls` parts (a URL list: text, one per line, or
+/// CSV with a `url` column). Files stream to storage as they arrive; nothing is buffered
+/// whole. A URL list longer than one job may hold is split into jobs sharing a parent id.
 async fn submit(State(mesh): State<Mesh>, mut multipart: Multipart) -> ApiResult<Response> {
     let submitted = submit_parts(&mesh, &mut multipart).await;
     if submitted.is_err() {
@@ -159,6 +190,7 @@ async fn submit_parts(mesh: &Mesh, multipart: &mut Multipart) -> ApiResult<Respo
                 inputs.push(ImageInput {
                     blob_id: blob.id,
                     name,
+                    ..Default::default()
                 });
             }
             "archive" => {
@@ -173,9 +205,14 @@ async fn submit_parts(mesh: &Mesh, multipart: &mut Multipart) -> ApiResult<Respo
                 let file = spool(field).await?;
                 inputs.extend(mesh.upload_archive(file, limits).await?);
             }
+            "urls" => {
+                let text = read_small(field, MAX_URL_LIST_BYTES).await?;
+                let max = mesh.settings().max_urls_per_list;
+                inputs.extend(crate::urls::parse_list(&text, inputs.len(), max)?);
+            }
             other => {
                 return Err(Error::invalid(format!(
-                    "unexpected part {other:?}: expected \"pipeline\", \"tiling\", \"file\" and \"archive\" parts"
+                    "unexpected part {other:?}: expected \"pipeline\", \"tiling\", \"file\", \"archive\" and \"urls\" parts"
                 ))
                 .into());
             }
@@ -184,23 +221,28 @@ async fn submit_parts(mesh: &Mesh, multipart: &mut Multipart) -> ApiResult<Respo
     let pipeline = pipeline.ok_or_else(|| Error::invalid("missing \"pipeline\" part"))?;
     if inputs.is_empty() {
         return Err(Error::invalid(
-            "missing \"file\" or \"archive\" part: a job needs at least one image",
+            "missing \"file\", \"archive\" or \"urls\" part: a job needs at least one image",
         )
         .into());
     }
-    let job = mesh
-        .submit(SubmitJobRequest {
+    let images = inputs.len();
+    let (parent_id, mut jobs) = mesh
+        .submit_batch(SubmitJobRequest {
             pipeline: pipeline.to_proto(),
             inputs,
             tiling: tiling as i32,
+            ..Default::default()
         })
         .await?;
-    let summary = job.summary.unwrap_or_default();
-    let body = Submitted {
-        url: format!("/api/v1/jobs/{}", summary.id),
-        state: summary.state().label(),
-        images: job.images.len(),
-        id: summary.id,
+    if parent_id.is_empty() {
+        let job = jobs.pop().unwrap_or_default();
+        return Ok((StatusCode::ACCEPTED, Json(Submitted::new(job))).into_response());
+    }
+    let body = SubmittedBatch {
+        url: format!("/api/v1/batches/{parent_id}"),
+        parent_id,
+        images,
+        jobs: jobs.into_iter().map(Submitted::new).collect(),
     };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
@@ -236,15 +278,16 @@ async fn spool(mut field: Field<'_>) -> ApiResult<std::fs::File> {
 }
 
 async fn read_small(field: Field<'_>, max: usize) -> ApiResult<String> {
+    let name = field.name().unwrap_or_default().to_string();
     let mut bytes = Vec::new();
     let mut field = field;
     while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
         if bytes.len() + chunk.len() > max {
-            return Err(Error::too_large(format!("pipeline part over {max} bytes")).into());
+            return Err(Error::too_large(format!("{name} part over {max} bytes")).into());
         }
         bytes.extend_from_slice(&chunk);
     }
-    String::from_utf8(bytes).map_err(|_| Error::invalid("pipeline part is not utf-8").into())
+    String::from_utf8(bytes).map_err(|_| Error::invalid(format!("{name} part is not utf-8")).into())
 }
 
 fn multipart_error_plain(err: axum::extract::multipart::MultipartError) -> Error {
@@ -288,15 +331,143 @@ struct ListParams {
     limit: u32,
     #[serde(default)]
     before: String,
+    /// Comma-separated job states.
+    #[serde(default)]
+    state: String,
+    /// A batch's parent id.
+    #[serde(default)]
+    parent: String,
 }
 
+/// `GET /api/v1/jobs?limit=&before=&state=running,failed&parent=`: newest first, with
+/// `counts` per state over every job and `next_before` for the next page when this one is
+/// full.
 async fn list(
     State(mesh): State<Mesh>,
     Query(params): Query<ListParams>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let jobs = mesh.list(params.limit, params.before).await?;
-    let jobs: Vec<JobView> = jobs.iter().map(JobView::from_summary).collect();
-    Ok(Json(serde_json::json!({ "jobs": jobs })))
+    let states = params
+        .state
+        .split(',')
+        .map(str::trim)
+        .filter(|label| !label.is_empty())
+        .map(|label| {
+            job_state(label).map(|state| state as i32).ok_or_else(|| {
+                Error::invalid(format!(
+                    "unknown state {label:?}: expected queued, running, paused, completed, completed_with_errors, failed or cancelled"
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let limit = match params.limit {
+        0 => 50,
+        n => n.min(crate::mesh::MAX_LIST_LIMIT),
+    };
+    let listed = mesh
+        .list(ListJobsRequest {
+            limit,
+            before: params.before,
+            parent_id: params.parent,
+            states,
+        })
+        .await?;
+    let next_before = (listed.jobs.len() == limit as usize)
+        .then(|| listed.jobs.last().map(|job| job.id.clone()))
+        .flatten();
+    let jobs: Vec<JobView> = listed.jobs.iter().map(JobView::from_summary).collect();
+    let counts = listed.counts.unwrap_or_default();
+    Ok(Json(serde_json::json!({
+        "jobs": jobs,
+        "counts": CountsView::from(&counts),
+        "next_before": next_before,
+    })))
+}
+
+fn job_state(label: &str) -> Option<JobState> {
+    [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Completed,
+        JobState::CompletedWithErrors,
+        JobState::Failed,
+        JobState::Cancelled,
+        JobState::Paused,
+    ]
+    .into_iter()
+    .find(|state| state.label() == label)
+}
+
+#[derive(Serialize)]
+struct CountsView {
+    total: u32,
+    queued: u32,
+    running: u32,
+    completed: u32,
+    completed_with_errors: u32,
+    failed: u32,
+    cancelled: u32,
+    paused: u32,
+}
+
+impl From<&JobCounts> for CountsView {
+    fn from(c: &JobCounts) -> Self {
+        CountsView {
+            total: c.total,
+            queued: c.queued,
+            running: c.running,
+            completed: c.completed,
+            completed_with_errors: c.completed_with_errors,
+            failed: c.failed,
+            cancelled: c.cancelled,
+            paused: c.paused,
+        }
+    }
+}
+
+/// `GET /api/v1/batches/{id}`: the jobs a URL list was split into, oldest first, and their
+/// aggregate: summed counts and one state (running while any runs, paused while the rest
+/// are paused; then failed if every image failed, completed_with_errors if some did,
+/// cancelled if all were cancelled).
+async fn batch(
+    State(mesh): State<Mesh>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let jobs = mesh.batch(&id).await?;
+    let sum = |f: fn(&JobSummary) -> u32| jobs.iter().map(f).sum::<u32>();
+    let (total, done, failed, cancelled) = (
+        sum(|j| j.total),
+        sum(|j| j.done),
+        sum(|j| j.failed),
+        sum(|j| j.cancelled),
+    );
+    let state = if jobs.iter().all(|j| j.state() == JobState::Queued) {
+        JobState::Queued
+    } else if jobs
+        .iter()
+        .any(|j| !j.state().is_final() && j.state() != JobState::Paused)
+    {
+        JobState::Running
+    } else if jobs.iter().any(|j| j.state() == JobState::Paused) {
+        JobState::Paused
+    } else if jobs.iter().all(|j| j.state() == JobState::Cancelled) {
+        JobState::Cancelled
+    } else if failed == total {
+        JobState::Failed
+    } else if failed > 0 || cancelled > 0 {
+        JobState::CompletedWithErrors
+    } else {
+        JobState::Completed
+    };
+    let views: Vec<JobView> = jobs.iter().map(JobView::from_summary).collect();
+    Ok(Json(serde_json::json!({
+        "id": id,
+        "state": state.label(),
+        "total": total,
+        "done": done,
+        "failed": failed,
+        "cancelled": cancelled,
+        "jobs": views,
+    })))
 }
 
 async fn job(State(mesh): State<Mesh>, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
@@ -321,6 +492,17 @@ async fn delete(
 /// `POST /api/v1/jobs/{id}/retry`: runs an ended job's failed images again.
 async fn retry(State(mesh): State<Mesh>, Path(id): Path<String>) -> ApiResult<Response> {
     let job = mesh.retry(&id).await?;
+    Ok((StatusCode::ACCEPTED, Json(JobView::from_job(&job))).into_response())
+}
+
+/// `POST /api/v1/jobs/{id}/pause`: stops dispatching the job's images; running ones finish.
+async fn pause(State(mesh): State<Mesh>, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
+    Ok(Json(JobView::from_job(&mesh.pause(&id).await?)))
+}
+
+/// `POST /api/v1/jobs/{id}/resume`: dispatches a paused job's pending images again.
+async fn resume(State(mesh): State<Mesh>, Path(id): Path<String>) -> ApiResult<Response> {
+    let job = mesh.resume(&id).await?;
     Ok((StatusCode::ACCEPTED, Json(JobView::from_job(&job))).into_response())
 }
 
@@ -480,6 +662,58 @@ async fn download_all(State(mesh): State<Mesh>, Path(id): Path<String>) -> ApiRe
         .map_err(|err| Error::internal(format!("building response: {err}")))?)
 }
 
+/// `GET /api/v1/jobs/{id}/analysis.csv`: one row per image and `analyze` report.
+async fn analysis_csv(State(mesh): State<Mesh>, Path(id): Path<String>) -> ApiResult<Response> {
+    let job = mesh.job(&id).await?;
+    attachment(
+        &id,
+        "csv",
+        "text/csv; charset=utf-8",
+        crate::export::to_csv(&job),
+    )
+}
+
+/// `GET /api/v1/jobs/{id}/analysis.json`: every image's reports whole (histograms too).
+async fn analysis_json(State(mesh): State<Mesh>, Path(id): Path<String>) -> ApiResult<Response> {
+    let job = mesh.job(&id).await?;
+    attachment(
+        &id,
+        "json",
+        "application/json",
+        crate::export::to_json(&job),
+    )
+}
+
+/// `GET /api/v1/jobs/{id}/analysis.xlsx`: the CSV's table as a workbook.
+async fn analysis_xlsx(State(mesh): State<Mesh>, Path(id): Path<String>) -> ApiResult<Response> {
+    let job = mesh.job(&id).await?;
+    let bytes = crate::export::to_xlsx(&job)?;
+    attachment(
+        &id,
+        "xlsx",
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        bytes,
+    )
+}
+
+/// A whole-body download named `<job id>-analysis.<extension>`. Exports are built in memory:
+/// a job has at most `--max-files-per-job` images, each a few hundred bytes of table.
+fn attachment(
+    id: &str,
+    extension: &str,
+    content_type: &str,
+    bytes: Vec<u8>,
+) -> ApiResult<Response> {
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, content_type)
+        .header(
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{id}-analysis.{extension}\""),
+        )
+        .body(Body::from(bytes))
+        .map_err(|err| Error::internal(format!("building response: {err}")))?)
+}
+
 /// The download's file name: the input's stem with the output format's extension, made
 /// safe for a quoted header value.
 fn output_file_name(name: &str, content_type: &str) -> String {
@@ -516,6 +750,12 @@ pub struct JobView {
     finished_at_ms: Option<i64>,
     /// Grows with every change to the job; the id of its progress events.
     version: u64,
+    /// The batch a long URL list was split into.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    parent_id: String,
+    /// The API key that made the job.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    owner: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     images: Option<Vec<ImageView>>,
 }
@@ -533,6 +773,8 @@ impl JobView {
             updated_at_ms: summary.updated_at_ms,
             finished_at_ms: (summary.finished_at_ms > 0).then_some(summary.finished_at_ms),
             version: summary.version,
+            parent_id: summary.parent_id.clone(),
+            owner: summary.owner.clone(),
             images: None,
         }
     }
@@ -554,6 +796,9 @@ impl JobView {
 struct ImageView {
     index: u32,
     name: String,
+    /// The input's URL, for an image fetched by URL.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    url: String,
     state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     output: Option<OutputView>,
@@ -579,6 +824,7 @@ impl ImageView {
         ImageView {
             index: image.index,
             name: image.name.clone(),
+            url: image.url.clone(),
             state: image.state().label(),
             output: image
                 .output

@@ -7,6 +7,7 @@
 //! * [`http`] — the REST API and server-sent events, translating JSON and multipart at the
 //!   edge;
 //! * [`archive`] — reading a user's ZIP of images safely (names, sizes, ratios, types);
+//! * [`urls`] — URL inputs: lists (text or CSV) read and each URL checked;
 //! * [`bundle`] — writing a ZIP of a job's outputs as a stream, with its manifests;
 //! * [`export`] — a job's analysis reports as CSV, JSON and XLSX;
 //! * [`auth`] — API keys: who is calling;
@@ -16,12 +17,13 @@ pub mod archive;
 pub mod auth;
 pub mod bundle;
 pub mod export;
-pub mod protect;
 pub mod grpc;
 pub mod http;
 pub mod mesh;
+pub mod protect;
+pub mod urls;
 
-use std::future::Future;
+use std::{future::Future, sync::Arc};
 
 use clap::Args;
 use pixelmesh_common::grpc::{MAX_MESSAGE_BYTES, Server, channel};
@@ -40,9 +42,13 @@ pub struct Settings {
     /// Largest whole HTTP request body (all files of one multipart submit), in bytes.
     #[arg(long, env = "PIXELMESH_MAX_REQUEST_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
     pub max_request_bytes: u64,
-    /// Most images in one multipart submit, files and ZIP entries together.
+    /// Most images in one job: files and ZIP entries of one submit together. A longer URL
+    /// list is split into jobs of at most this many, sharing a parent id.
     #[arg(long, env = "PIXELMESH_MAX_FILES_PER_JOB", default_value_t = 1000)]
     pub max_files_per_job: usize,
+    /// Most URLs in one submitted URL list (all the jobs it is split into together).
+    #[arg(long, env = "PIXELMESH_MAX_URLS_PER_LIST", default_value_t = 100_000)]
+    pub max_urls_per_list: usize,
     /// Most bytes a ZIP's entries may hold uncompressed, together.
     #[arg(long, env = "PIXELMESH_MAX_ZIP_TOTAL_BYTES", default_value_t = 4 * 1024 * 1024 * 1024)]
     pub max_zip_total_bytes: u64,
@@ -50,6 +56,56 @@ pub struct Settings {
     /// photos barely compress, so a high ratio means a zip bomb.
     #[arg(long, env = "PIXELMESH_MAX_ZIP_RATIO", default_value_t = 100)]
     pub max_zip_ratio: u64,
+    /// API keys, as comma-separated `name:secret` pairs (name: A-Z a-z 0-9 _ . -; secret: at
+    /// least 16 of A-Z a-z 0-9 - . _ ~ + / =). With any key configured here, in
+    /// --admin-keys or in --api-keys-file, every API and gRPC call needs one, as
+    /// `Authorization: Bearer <secret>` (or `?access_token=<secret>` on a GET, for browser
+    /// event streams), and a key sees only the jobs it made. With none, the gateway runs
+    /// open.
+    #[arg(
+        long,
+        env = "PIXELMESH_API_KEYS",
+        default_value = "",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub api_keys: auth::KeyList,
+    /// Admin keys, as --api-keys: they see, download and cancel every key's jobs.
+    #[arg(
+        long,
+        env = "PIXELMESH_ADMIN_KEYS",
+        default_value = "",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub admin_keys: auth::KeyList,
+    /// A file of API keys, one `name:secret` or `name:secret:admin` per line; blank lines
+    /// and lines starting with `#` are skipped. Read once at start.
+    #[arg(long, env = "PIXELMESH_API_KEYS_FILE")]
+    pub api_keys_file: Option<std::path::PathBuf>,
+    /// Most requests in handlers at once; one more is refused at once with 503 and
+    /// `Retry-After` (gRPC UNAVAILABLE) rather than queued. A watch stream or download holds
+    /// its slot only until its response starts. `/healthz` is never refused. 0: no limit.
+    #[arg(long, env = "PIXELMESH_MAX_CONCURRENT_REQUESTS", default_value_t = 256)]
+    pub max_concurrent_requests: usize,
+    /// Requests per second one API key may make, or, running open, one client address
+    /// (IPv6: one /64); over it, 429 with `Retry-After` (gRPC RESOURCE_EXHAUSTED). 0: no
+    /// rate limit, the default, so one user and load tests on one machine are never
+    /// throttled; set it when the gateway is shared.
+    #[arg(long, env = "PIXELMESH_RATE_LIMIT_PER_SECOND", default_value_t = 0.0)]
+    pub rate_limit_per_second: f64,
+    /// Requests a key or client may make in a burst before --rate-limit-per-second applies.
+    #[arg(long, env = "PIXELMESH_RATE_LIMIT_BURST", default_value_t = 100)]
+    pub rate_limit_burst: u32,
+    /// Seconds a call that answers in one piece may take before it is answered 504 (gRPC
+    /// DEADLINE_EXCEEDED). Event streams, downloads, submits, uploads and streaming gRPC
+    /// methods (and SubmitJob) have no timeout. 0: no timeout.
+    #[arg(long, env = "PIXELMESH_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    pub request_timeout_secs: u64,
+    /// Largest request body, in bytes, of every call but the multipart submit
+    /// (--max-request-bytes) and uploads (--max-upload-bytes); over it, 413.
+    #[arg(long, env = "PIXELMESH_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
 }
 
 impl Default for Settings {
@@ -58,8 +114,17 @@ impl Default for Settings {
             max_upload_bytes: 256 * 1024 * 1024,
             max_request_bytes: 2 * 1024 * 1024 * 1024,
             max_files_per_job: 1000,
+            max_urls_per_list: 100_000,
             max_zip_total_bytes: 4 * 1024 * 1024 * 1024,
             max_zip_ratio: 100,
+            api_keys: auth::KeyList::default(),
+            admin_keys: auth::KeyList::default(),
+            api_keys_file: None,
+            max_concurrent_requests: 256,
+            rate_limit_per_second: 0.0,
+            rate_limit_burst: 100,
+            request_timeout_secs: 30,
+            max_body_bytes: 1024 * 1024,
         }
     }
 }
@@ -78,6 +143,14 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Checked before connecting to anything: a bad key list stops the gateway at start.
+    let keys = auth::ApiKeys::from_settings(&config.settings)?;
+    if keys.is_open() {
+        tracing::warn!("gateway running open: no api keys configured");
+    } else {
+        tracing::info!(keys = ?keys, "api keys required");
+    }
+    let limits = protect::Limits::from_settings(&config.settings);
     let nats = pixelmesh_common::nats::connect(&config.nats_url, "pixelmesh-gateway").await?;
     let storage = StorageClient::new(channel(&config.storage_url)?)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -94,7 +167,8 @@ pub async fn run(
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .await
-        .http(http::router(mesh));
+        .http(http::router(mesh))
+        .layer_with(move |app| protect::protect(app, &limits, Arc::new(keys)));
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
     server.serve(listener, shutdown).await
 }

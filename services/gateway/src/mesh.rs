@@ -13,10 +13,10 @@ use pixelmesh_common::{grpc::Channel, nats};
 use pixelmesh_proto::{
     Error, ErrorCode,
     v1::{
-        BlobInfo, BlobMeta, DeleteJobResponse, GetBlobRequest, Image, ImageInput, ImageState, Job,
-        JobEvent, JobRequest, JobSummary, ListJobsQuery, Output, PutBlobRequest, SubmitJobRequest,
-        Worker, put_blob_request::Part, scheduler_client::SchedulerClient,
-        storage_client::StorageClient,
+        BlobInfo, BlobMeta, CountJobsRequest, DeleteJobResponse, GetBlobRequest, Image, ImageInput,
+        ImageState, Job, JobEvent, JobRequest, JobSummary, ListJobsQuery, ListJobsRequest,
+        ListJobsResponse, Output, PutBlobRequest, SubmitJobRequest, Worker, put_blob_request::Part,
+        scheduler_client::SchedulerClient, storage_client::StorageClient,
     },
 };
 use prost::Message as _;
@@ -27,6 +27,7 @@ use crate::{
     Settings,
     archive::{self, ZipLimits},
     bundle::{self, ManifestRow, ZipStreamWriter},
+    urls,
 };
 
 /// A watcher that heard nothing for this long re-reads the job from storage: progress goes
@@ -155,18 +156,74 @@ impl Mesh {
             inputs.push(ImageInput {
                 blob_id: blob.id,
                 name,
+                ..Default::default()
             });
         }
         Ok(inputs)
     }
 
-    pub async fn submit(&self, request: SubmitJobRequest) -> Result<Job, Error> {
+    /// Submits one job. URL inputs are checked for form here (where they may be fetched
+    /// from is the workers' check).
+    pub async fn submit(&self, mut request: SubmitJobRequest) -> Result<Job, Error> {
+        for (i, input) in request.inputs.iter_mut().enumerate() {
+            if !input.url.is_empty() {
+                let url = urls::check_url(&input.url)
+                    .map_err(|message| Error::invalid(format!("input {i}: {message}")))?;
+                input.url = url.into();
+            }
+        }
         Ok(self
             .scheduler
             .clone()
             .submit_job(request)
             .await?
             .into_inner())
+    }
+
+    /// Submits `request` as one job, or, when it has more inputs than one job may hold (a long
+    /// URL list), as several jobs of at most that many sharing a new parent id. Returns the
+    /// parent id (empty for one job) and the jobs.
+    pub async fn submit_batch(
+        &self,
+        request: SubmitJobRequest,
+    ) -> Result<(String, Vec<Job>), Error> {
+        let per_job = self.settings.max_files_per_job.max(1);
+        if request.inputs.len() <= per_job {
+            return Ok((String::new(), vec![self.submit(request).await?]));
+        }
+        // Every url is checked before the first job is made, so a bad line fails the
+        // whole list, not the jobs after it.
+        for (i, input) in request.inputs.iter().enumerate() {
+            if input.url.is_empty() {
+                return Err(Error::too_large(format!(
+                    "too many images: at most {per_job} per job; only url lists are split into several jobs"
+                )));
+            }
+            urls::check_url(&input.url)
+                .map_err(|message| Error::invalid(format!("input {i}: {message}")))?;
+        }
+        let parent_id = ulid::Ulid::new().to_string();
+        let mut jobs = Vec::new();
+        for chunk in request.inputs.chunks(per_job) {
+            let part = SubmitJobRequest {
+                inputs: chunk.to_vec(),
+                parent_id: parent_id.clone(),
+                ..request.clone()
+            };
+            jobs.push(self.submit(part).await.map_err(|err| {
+                Error::new(
+                    err.code,
+                    format!(
+                        "batch {parent_id}: job {} of {}: {} (the jobs before it were submitted)",
+                        jobs.len() + 1,
+                        request.inputs.len().div_ceil(per_job),
+                        err.message
+                    ),
+                )
+            })?);
+        }
+        tracing::info!(batch = %parent_id, jobs = jobs.len(), images = request.inputs.len(), "url list split into jobs");
+        Ok((parent_id, jobs))
     }
 
     pub async fn cancel(&self, id: &str) -> Result<Job, Error> {
@@ -203,6 +260,26 @@ impl Mesh {
             .into_inner())
     }
 
+    pub async fn pause(&self, id: &str) -> Result<Job, Error> {
+        let request = pixelmesh_proto::v1::CancelJobRequest { id: id.to_string() };
+        Ok(self
+            .scheduler
+            .clone()
+            .pause_job(request)
+            .await?
+            .into_inner())
+    }
+
+    pub async fn resume(&self, id: &str) -> Result<Job, Error> {
+        let request = pixelmesh_proto::v1::CancelJobRequest { id: id.to_string() };
+        Ok(self
+            .scheduler
+            .clone()
+            .resume_job(request)
+            .await?
+            .into_inner())
+    }
+
     pub async fn retry(&self, id: &str) -> Result<Job, Error> {
         let request = pixelmesh_proto::v1::CancelJobRequest { id: id.to_string() };
         Ok(self
@@ -218,18 +295,56 @@ impl Mesh {
         Ok(self.storage.clone().get_job(request).await?.into_inner())
     }
 
-    pub async fn list(&self, limit: u32, before: String) -> Result<Vec<JobSummary>, Error> {
+    /// A page of jobs, newest first, filtered by batch and states, with the counts per state
+    /// of every job (not only the page's).
+    pub async fn list(&self, request: ListJobsRequest) -> Result<ListJobsResponse, Error> {
         let query = ListJobsQuery {
-            limit: limit.min(MAX_LIST_LIMIT),
-            before,
+            limit: request.limit.min(MAX_LIST_LIMIT),
+            before: request.before,
+            parent_id: request.parent_id,
+            states: request.states,
+            owner: String::new(),
         };
-        Ok(self
-            .storage
-            .clone()
-            .list_jobs(query)
+        let mut storage = self.storage.clone();
+        let jobs = storage.list_jobs(query).await?.into_inner().jobs;
+        let counts = storage
+            .count_jobs(CountJobsRequest::default())
             .await?
-            .into_inner()
-            .jobs)
+            .into_inner();
+        Ok(ListJobsResponse {
+            jobs,
+            counts: Some(counts),
+        })
+    }
+
+    /// Every job of batch `parent_id`, oldest first.
+    pub async fn batch(&self, parent_id: &str) -> Result<Vec<JobSummary>, Error> {
+        let mut jobs: Vec<JobSummary> = Vec::new();
+        loop {
+            let query = ListJobsQuery {
+                limit: MAX_LIST_LIMIT,
+                before: jobs.last().map(|job| job.id.clone()).unwrap_or_default(),
+                parent_id: parent_id.to_string(),
+                ..Default::default()
+            };
+            let page = self
+                .storage
+                .clone()
+                .list_jobs(query)
+                .await?
+                .into_inner()
+                .jobs;
+            let full = page.len() == MAX_LIST_LIMIT as usize;
+            jobs.extend(page);
+            if !full {
+                break;
+            }
+        }
+        if jobs.is_empty() {
+            return Err(Error::not_found(format!("batch {parent_id} not found")));
+        }
+        jobs.reverse();
+        Ok(jobs)
     }
 
     /// Progress of job `id` as events ordered by job version, ending after the event that
@@ -403,7 +518,7 @@ impl Mesh {
                 let event = tokio::select! {
                     message = progress.next() => match message {
                         Some(message) => match JobEvent::decode(message.payload) {
-                            Ok(event) => FeedEvent::Job(event),
+                            Ok(event) => FeedEvent::Job(Box::new(event)),
                             Err(_) => continue,
                         },
                         None => return,
@@ -576,7 +691,8 @@ const FEED_SWEEP: Duration = Duration::from_secs(5);
 
 /// What the all-jobs feed reports.
 pub enum FeedEvent {
-    Job(JobEvent),
+    // Boxed: an event is several times the size of the others.
+    Job(Box<JobEvent>),
     Worker(Worker),
     WorkerGone(String),
 }

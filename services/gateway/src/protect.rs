@@ -1,1 +1,964 @@
-//! (being written)
+//! The layers in front of everything: request ids, compression, api keys, a per-client rate
+//! limit, body caps, load shedding and timeouts.
+//!
+//! One stack sees gRPC and REST alike (they share the port), so each refusal is answered in
+//! the caller's protocol from one [`Error`]: REST gets the JSON body of
+//! [`crate::http::ApiError`] with the code's HTTP status, gRPC a trailers-only response with
+//! the code's gRPC status. From the outside in:
+//!
+//! 1. **request id** — `x-request-id` kept when sane, else a new ULID; on the response and
+//!    in a `req{request_id}` span around everything below, so every log line carries it;
+//! 2. **compression** — gzip for JSON and text responses the client accepts it for; never
+//!    event streams, images, ZIPs or gRPC (which compresses its own messages);
+//! 3. **api keys** — [`auth::authenticate`], so the layers below know the [`Caller`];
+//! 4. **rate limit** — a token bucket per key (per client address when the gateway runs
+//!    open), before anything costly: a flood from one key is refused without taking a slot;
+//! 5. **body cap** — small bodies everywhere but the two routes that stream uploads;
+//! 6. **load shedding** — at most N requests in handlers; one more is refused at once with
+//!    `503` + `Retry-After` (gRPC `UNAVAILABLE`) instead of queueing. A slot is held until
+//!    the response head is ready, so watch streams and downloads do not hold one;
+//! 7. **timeout** — for calls that answer in one piece; never event streams, downloads,
+//!    submits, uploads or streaming gRPC methods.
+//!
+//! `/healthz` and the gRPC health service pass the rate limit and load shedding, so probes
+//! answer truthfully while the gateway is saturated.
+//!
+//! These are axum middleware functions rather than tower's `ConcurrencyLimit`/`LoadShed`/
+//! `Timeout`: the stack is applied with `Router::layer`, which gives every route its own copy
+//! of a layer (tower's `ConcurrencyLimitLayer` would make one semaphore per route), and
+//! tower's errors would need a `HandleErrorLayer` per refusal anyway. Shedding is the same
+//! thing `ConcurrencyLimit` + `LoadShed` do: a permit taken without waiting, held by the
+//! future that produces the response head.
+//!
+//! [`Caller`]: crate::auth::Caller
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{ConnectInfo, DefaultBodyLimit, Request, State},
+    http::{Extensions, HeaderMap, HeaderValue, Method, StatusCode, Version, header},
+    middleware::{Next, from_fn, from_fn_with_state},
+    response::{IntoResponse, Response},
+};
+use pixelmesh_proto::{Error, ErrorCode};
+use tokio::sync::Semaphore;
+use tower_http::compression::{CompressionLayer, Predicate as _, predicate::SizeAbove};
+use tracing::Instrument as _;
+
+use crate::{
+    Settings,
+    auth::{self, ApiKeys, Caller},
+};
+
+/// The request id header, read from the request and set on the response.
+pub const REQUEST_ID: &str = "x-request-id";
+/// Longest request id kept from a client.
+const MAX_REQUEST_ID_CHARS: usize = 64;
+/// Responses smaller than this are not worth a gzip header.
+const MIN_COMPRESS_BYTES: u16 = 256;
+/// Most clients the rate limiter remembers. Idle clients (whose bucket has refilled) are
+/// forgotten first, so this only binds when this many are limited at the same time; then
+/// the longest-unseen one is forgotten.
+const MAX_RATE_CLIENTS: usize = 65_536;
+/// How often the rate limiter forgets idle clients.
+const RATE_SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// gRPC methods with no timeout: the streaming ones, and submits (as on REST: a URL list is
+/// checked and split while the caller waits, and a submit cut off half-way helps no one).
+const GRPC_LONG_LIVED: &[&str] = &[
+    "/pixelmesh.v1.Gateway/WatchJob",
+    "/pixelmesh.v1.Gateway/UploadImage",
+    "/pixelmesh.v1.Gateway/DownloadOutput",
+    "/pixelmesh.v1.Gateway/SubmitJob",
+    "/grpc.health.v1.Health/Watch",
+];
+
+/// The protection settings, from [`Settings`].
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Requests in handlers at once; 0 means no limit.
+    pub max_concurrent_requests: usize,
+    /// Requests per second per client, refilled continuously; 0 means no rate limit.
+    pub rate_limit_per_second: f64,
+    /// Requests a client may make at once before the rate applies.
+    pub rate_limit_burst: u32,
+    /// Longest a one-piece call may take to answer; `None` means no timeout.
+    pub request_timeout: Option<Duration>,
+    /// Largest body of a request other than a submit or an upload.
+    pub max_body_bytes: usize,
+}
+
+impl Limits {
+    pub fn from_settings(settings: &Settings) -> Self {
+        Limits {
+            max_concurrent_requests: settings.max_concurrent_requests,
+            rate_limit_per_second: settings.rate_limit_per_second,
+            rate_limit_burst: settings.rate_limit_burst,
+            request_timeout: (settings.request_timeout_secs > 0)
+                .then(|| Duration::from_secs(settings.request_timeout_secs)),
+            max_body_bytes: settings.max_body_bytes,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::from_settings(&Settings::default())
+    }
+}
+
+/// Wraps the whole app (gRPC and HTTP routes merged) in the protection layers.
+pub fn protect(app: Router, limits: &Limits, keys: Arc<ApiKeys>) -> Router {
+    // `Router::layer` puts each new layer around the ones before: innermost first.
+    let mut app = app.layer(DefaultBodyLimit::max(limits.max_body_bytes));
+    if let Some(timeout) = limits.request_timeout {
+        app = app.layer(from_fn_with_state(timeout, time_limit));
+    }
+    if limits.max_concurrent_requests > 0 {
+        let slots = limits.max_concurrent_requests.min(Semaphore::MAX_PERMITS);
+        app = app.layer(from_fn_with_state(Arc::new(Semaphore::new(slots)), shed));
+    }
+    app = app.layer(from_fn_with_state(limits.max_body_bytes, cap_body));
+    if let Some(limiter) = RateLimiter::new(
+        limits.rate_limit_per_second,
+        limits.rate_limit_burst,
+        MAX_RATE_CLIENTS,
+    ) {
+        app = app.layer(from_fn_with_state(Arc::new(limiter), rate_limit));
+    }
+    app.layer(from_fn_with_state(keys, auth::authenticate))
+        .layer(
+            CompressionLayer::new()
+                .gzip(true)
+                .compress_when(SizeAbove::new(MIN_COMPRESS_BYTES).and(compressible)),
+        )
+        .layer(from_fn(request_id))
+}
+
+/// Whether a request speaks gRPC: those get their refusals as gRPC statuses.
+pub fn is_grpc<B>(request: &axum::http::Request<B>) -> bool {
+    request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/grpc"))
+}
+
+/// The gRPC services every server has and anyone may call: health and reflection.
+pub fn is_grpc_health_or_reflection(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.")
+}
+
+/// Health checks: never rate limited or shed.
+fn is_health(path: &str) -> bool {
+    path == "/healthz" || path.starts_with("/grpc.health.v1.Health/")
+}
+
+/// REST calls that stream their request body: the multipart submit and raw uploads. Their
+/// own limits apply (`--max-request-bytes`, `--max-upload-bytes`), not the body cap.
+fn streams_request_body(method: &Method, path: &str) -> bool {
+    method == Method::POST && (path == "/api/v1/jobs" || path == "/api/v1/uploads")
+}
+
+/// Calls whose answer or request is a long stream: event streams, downloads, submits and
+/// uploads, and their gRPC counterparts. They get no timeout.
+fn is_long_lived(request: &Request) -> bool {
+    let path = request.uri().path();
+    if is_grpc(request) {
+        return GRPC_LONG_LIVED.contains(&path) || path.starts_with("/grpc.reflection.");
+    }
+    path.ends_with("/events")
+        || path.contains("/outputs")
+        || streams_request_body(request.method(), path)
+}
+
+/// A refusal in the caller's protocol: the JSON error body with the code's status, or a
+/// trailers-only gRPC response with the code's gRPC status. Both come from the one mapping
+/// in `pixelmesh_proto::ErrorCode`.
+pub fn error_response(grpc: bool, err: Error) -> Response {
+    if grpc {
+        tonic::Status::from(err).into_http::<Body>()
+    } else {
+        crate::http::ApiError::from(err).into_response()
+    }
+}
+
+/// A refusal that may be retried after `seconds`; REST gets `Retry-After`.
+fn retry_later(grpc: bool, err: Error, seconds: u64) -> Response {
+    let mut response = error_response(grpc, err);
+    if !grpc {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    }
+    response
+}
+
+/// The request id of a request, as inserted by the request id layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub String);
+
+fn sane_request_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_REQUEST_ID_CHARS
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+async fn request_id(mut request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| sane_request_id(id))
+        .map_or_else(|| ulid::Ulid::new().to_string(), str::to_string);
+    // Sane ids and ULIDs are visible ASCII, so this conversion does not fail.
+    let value = HeaderValue::from_str(&id).ok();
+    if let Some(value) = &value {
+        request.headers_mut().insert(REQUEST_ID, value.clone());
+    }
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let span = tracing::info_span!("req", request_id = %id);
+    let mut response = next.run(request).instrument(span).await;
+    if let Some(value) = value {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
+}
+
+/// JSON and text (and the UI's scripts) compress well; event streams must reach the browser
+/// event by event, images and ZIPs are compressed already, and gRPC compresses per message.
+fn compressible(_: StatusCode, _: Version, headers: &HeaderMap, _: &Extensions) -> bool {
+    let Some(content_type) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "text/event-stream" => false,
+        "application/json" | "application/javascript" | "application/wasm" => true,
+        other => other.starts_with("text/") || other.ends_with("+json"),
+    }
+}
+
+async fn shed(State(slots): State<Arc<Semaphore>>, request: Request, next: Next) -> Response {
+    if is_health(request.uri().path()) {
+        return next.run(request).await;
+    }
+    // Taken without waiting, dropped when the handler has produced the response head.
+    let Ok(_slot) = slots.try_acquire_owned() else {
+        tracing::debug!("shedding load: every request slot is taken");
+        let err = Error::unavailable("the gateway is at capacity, retry shortly");
+        return retry_later(is_grpc(&request), err, 1);
+    };
+    next.run(request).await
+}
+
+async fn time_limit(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    if is_long_lived(&request) {
+        return next.run(request).await;
+    }
+    let grpc = is_grpc(&request);
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(timeout_secs = limit.as_secs_f64(), "request timed out");
+            let err = Error::new(
+                ErrorCode::DeadlineExceeded,
+                format!("no answer within {} s", limit.as_secs_f64()),
+            );
+            error_response(grpc, err)
+        }
+    }
+}
+
+async fn cap_body(State(max): State<usize>, request: Request, next: Next) -> Response {
+    if is_grpc(&request) || streams_request_body(request.method(), request.uri().path()) {
+        return next.run(request).await;
+    }
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > max as u64) {
+        let err = Error::too_large(format!("request body over {max} bytes"));
+        return error_response(false, err);
+    }
+    // A body without a length is cut off at the cap while it is read.
+    let request = request.map(|body| Body::new(http_body_util::Limited::new(body, max)));
+    next.run(request).await
+}
+
+async fn rate_limit(
+    State(limiter): State<Arc<RateLimiter>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if is_health(request.uri().path()) {
+        return next.run(request).await;
+    }
+    let client = ClientKey::of(&request);
+    if let Err(wait) = limiter.check(&client, Instant::now()) {
+        let seconds = wait.as_secs_f64().ceil() as u64;
+        tracing::debug!(client = ?client, retry_after_secs = seconds, "rate limited");
+        let err = Error::new(
+            ErrorCode::RateLimited,
+            format!("too many requests, retry in {} s", seconds.max(1)),
+        );
+        return retry_later(is_grpc(&request), err, seconds);
+    }
+    next.run(request).await
+}
+
+/// Whom a rate limit counts against.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum ClientKey {
+    /// An api key's name.
+    Key(String),
+    /// A client address, when the gateway runs open (or a path needs no key). IPv6 clients
+    /// count by /64: one host usually holds a whole /64.
+    Addr(IpAddr),
+    /// Neither (no connection info): all such requests share one bucket.
+    Unknown,
+}
+
+impl ClientKey {
+    fn of(request: &Request) -> Self {
+        if let Some(Caller { key: Some(key), .. }) = request.extensions().get::<Caller>() {
+            return ClientKey::Key(key.clone());
+        }
+        match request.extensions().get::<ConnectInfo<SocketAddr>>() {
+            Some(ConnectInfo(addr)) => ClientKey::Addr(network_of(addr.ip())),
+            None => ClientKey::Unknown,
+        }
+    }
+}
+
+fn network_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !(u64::MAX as u128))),
+        },
+    }
+}
+
+/// Token buckets, one per client, in a bounded map.
+struct RateLimiter {
+    per_second: f64,
+    burst: f64,
+    max_clients: usize,
+    buckets: Mutex<Buckets>,
+}
+
+struct Buckets {
+    map: HashMap<ClientKey, Bucket>,
+    swept: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn refilled(self, now: Instant, per_second: f64, burst: f64) -> f64 {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        (self.tokens + elapsed * per_second).min(burst)
+    }
+}
+
+impl RateLimiter {
+    /// `None` when `per_second` is 0 (or not a number): no rate limit.
+    fn new(per_second: f64, burst: u32, max_clients: usize) -> Option<Self> {
+        (per_second.is_finite() && per_second > 0.0).then(|| RateLimiter {
+            per_second,
+            burst: f64::from(burst.max(1)),
+            max_clients: max_clients.max(1),
+            buckets: Mutex::new(Buckets {
+                map: HashMap::new(),
+                swept: Instant::now(),
+            }),
+        })
+    }
+
+    /// Takes a token from `client`'s bucket, or says how long until one is there.
+    fn check(&self, client: &ClientKey, now: Instant) -> Result<(), Duration> {
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let full = buckets.map.len() >= self.max_clients;
+        if full || now.saturating_duration_since(buckets.swept) >= RATE_SWEEP_EVERY {
+            self.sweep(&mut buckets, now);
+        }
+        if buckets.map.len() >= self.max_clients && !buckets.map.contains_key(client) {
+            // Every remembered client is being limited right now: forget the one seen
+            // longest ago rather than grow.
+            let oldest = buckets
+                .map
+                .iter()
+                .min_by_key(|(_, bucket)| bucket.at)
+                .map(|(key, _)| key.clone());
+            if let Some(oldest) = oldest {
+                buckets.map.remove(&oldest);
+            }
+        }
+        let bucket = buckets.map.entry(client.clone()).or_insert(Bucket {
+            tokens: self.burst,
+            at: now,
+        });
+        let tokens = bucket.refilled(now, self.per_second, self.burst);
+        if tokens >= 1.0 {
+            *bucket = Bucket {
+                tokens: tokens - 1.0,
+                at: now,
+            };
+            Ok(())
+        } else {
+            *bucket = Bucket { tokens, at: now };
+            let wait = (1.0 - tokens) / self.per_second;
+            Err(Duration::try_from_secs_f64(wait).unwrap_or(Duration::MAX))
+        }
+    }
+
+    /// Forgets clients whose bucket has refilled: a full bucket is the same as none.
+    fn sweep(&self, buckets: &mut Buckets, now: Instant) {
+        let (per_second, burst) = (self.per_second, self.burst);
+        buckets
+            .map
+            .retain(|_, bucket| bucket.refilled(now, per_second, burst) < burst);
+        buckets.swept = now;
+    }
+
+    #[cfg(test)]
+    fn clients(&self) -> usize {
+        self.buckets.lock().map(|b| b.map.len()).unwrap_or_default()
+    }
+}
+
+/// Serving a protected app for tests, as `Server::serve` does: on a loopback port, with the
+/// peer's address on every request.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::net::SocketAddr;
+
+    use axum::Router;
+
+    /// Serves `app` and answers its base URL. The listener is bound before this returns, so
+    /// the first request needs no wait.
+    pub async fn serve(app: Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding a loopback port");
+        let addr = listener.local_addr().expect("a bound address");
+        tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
+            axum::serve(listener, app).await
+        });
+        format!("http://{addr}")
+    }
+
+    /// Limits with every layer off but the ones a test turns on.
+    pub fn no_limits() -> super::Limits {
+        super::Limits {
+            max_concurrent_requests: 0,
+            rate_limit_per_second: 0.0,
+            rate_limit_burst: 1,
+            request_timeout: None,
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+
+    /// A refusal must come at once, not after waiting in a queue: fails the test if an
+    /// answer takes longer than any machine needs for a loopback round trip.
+    pub async fn at_once<T>(future: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(std::time::Duration::from_secs(10), future)
+            .await
+            .expect("answered at once, not queued")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use axum::{
+        Json,
+        response::sse::{Event, Sse},
+        routing::{get, post},
+    };
+    use tokio::sync::{mpsc, watch};
+    use tower::ServiceExt as _;
+
+    use super::{
+        testing::{at_once, no_limits, serve},
+        *,
+    };
+
+    fn open() -> Arc<ApiKeys> {
+        Arc::new(ApiKeys::open())
+    }
+
+    async fn json(response: reqwest::Response) -> serde_json::Value {
+        response.json().await.expect("a json body")
+    }
+
+    #[tokio::test]
+    async fn a_full_gateway_sheds_at_once_and_recovers() {
+        let (entered_tx, mut entered) = mpsc::unbounded_channel();
+        let (release, released) = watch::channel(false);
+        let slow = move || {
+            let entered = entered_tx.clone();
+            let mut released = released.clone();
+            async move {
+                let _ = entered.send(());
+                let _ = released.wait_for(|go| *go).await;
+                "done"
+            }
+        };
+        let app = Router::new()
+            .route("/api/v1/slow", get(slow))
+            .route("/pixelmesh.v1.Gateway/GetJob", post(|| async { "grpc" }))
+            .route("/healthz", get(|| async { "ok" }));
+        let limits = Limits {
+            max_concurrent_requests: 2,
+            ..no_limits()
+        };
+        let base = serve(protect(app, &limits, open())).await;
+        let client = reqwest::Client::new();
+
+        let held: Vec<_> = (0..2)
+            .map(|_| tokio::spawn(client.get(format!("{base}/api/v1/slow")).send()))
+            .collect();
+        for _ in 0..2 {
+            entered.recv().await.expect("a request in the handler");
+        }
+
+        let refused = at_once(client.get(format!("{base}/api/v1/slow")).send())
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(refused.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(json(refused).await["code"], "unavailable");
+
+        let grpc = at_once(
+            client
+                .post(format!("{base}/pixelmesh.v1.Gateway/GetJob"))
+                .header(header::CONTENT_TYPE, "application/grpc")
+                .send(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(grpc.status(), StatusCode::OK);
+        assert_eq!(grpc.headers()["grpc-status"], "14");
+
+        let health = at_once(client.get(format!("{base}/healthz")).send())
+            .await
+            .unwrap();
+        assert_eq!(health.status(), StatusCode::OK);
+
+        release.send_replace(true);
+        for request in held {
+            let response = request.await.unwrap().unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(response.text().await.unwrap(), "done");
+        }
+        let again = client
+            .get(format!("{base}/api/v1/slow"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_running_stream_holds_no_slot() {
+        let endless =
+            || async { Sse::new(futures::stream::pending::<Result<Event, Infallible>>()) };
+        let app = Router::new()
+            .route("/api/v1/jobs/{id}/events", get(endless))
+            .route("/api/v1/jobs/{id}", get(|| async { "job" }));
+        let limits = Limits {
+            max_concurrent_requests: 1,
+            ..no_limits()
+        };
+        let base = serve(protect(app, &limits, open())).await;
+        let client = reqwest::Client::new();
+
+        let stream = client
+            .get(format!("{base}/api/v1/jobs/a/events"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stream.status(), StatusCode::OK);
+        // The stream is still open (its body never ends), and the one slot is free.
+        let job = at_once(client.get(format!("{base}/api/v1/jobs/a")).send())
+            .await
+            .unwrap();
+        assert_eq!(job.status(), StatusCode::OK);
+        drop(stream);
+    }
+
+    #[tokio::test]
+    async fn a_key_over_its_rate_gets_429_and_other_keys_do_not() {
+        let app = Router::new()
+            .route("/api/v1/jobs", get(|| async { "jobs" }))
+            .route("/pixelmesh.v1.Gateway/ListJobs", post(|| async { "grpc" }))
+            .route("/healthz", get(|| async { "ok" }));
+        let limits = Limits {
+            // A token every 100 s: nothing refills while the test runs.
+            rate_limit_per_second: 0.01,
+            rate_limit_burst: 3,
+            ..no_limits()
+        };
+        let keys = ApiKeys::parse(
+            "alice:alice-secret-0123456789,bob:bob-secret-0123456789",
+            "",
+        )
+        .unwrap();
+        let base = serve(protect(app, &limits, Arc::new(keys))).await;
+        let client = reqwest::Client::new();
+        let get = |secret: &str| {
+            client
+                .get(format!("{base}/api/v1/jobs"))
+                .bearer_auth(secret)
+                .send()
+        };
+
+        for _ in 0..3 {
+            let response = get("alice-secret-0123456789").await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+        }
+        let limited = get("alice-secret-0123456789").await.unwrap();
+        assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+        let retry_after: u64 = limited.headers()[header::RETRY_AFTER]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=100).contains(&retry_after), "{retry_after}");
+        assert_eq!(json(limited).await["code"], "rate_limited");
+
+        let grpc = client
+            .post(format!("{base}/pixelmesh.v1.Gateway/ListJobs"))
+            .header(header::CONTENT_TYPE, "application/grpc")
+            .bearer_auth("alice-secret-0123456789")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(grpc.headers()["grpc-status"], "8");
+
+        let bob = get("bob-secret-0123456789").await.unwrap();
+        assert_eq!(bob.status(), StatusCode::OK);
+        for _ in 0..5 {
+            let health = client.get(format!("{base}/healthz")).send().await.unwrap();
+            assert_eq!(health.status(), StatusCode::OK);
+        }
+    }
+
+    #[test]
+    fn buckets_refill_at_the_rate() {
+        let limiter = RateLimiter::new(2.0, 2, 10).unwrap();
+        let alice = ClientKey::Key("alice".into());
+        let t0 = Instant::now();
+        assert!(limiter.check(&alice, t0).is_ok());
+        assert!(limiter.check(&alice, t0).is_ok());
+        let wait = limiter.check(&alice, t0).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(500));
+        assert!(
+            limiter
+                .check(&alice, t0 + Duration::from_millis(250))
+                .is_err()
+        );
+        assert!(
+            limiter
+                .check(&alice, t0 + Duration::from_millis(500))
+                .is_ok()
+        );
+        assert!(RateLimiter::new(0.0, 10, 10).is_none());
+    }
+
+    #[test]
+    fn the_rate_limiter_forgets_idle_clients_and_stays_bounded() {
+        let limiter = RateLimiter::new(1.0, 1, 2).unwrap();
+        let client = |n: u8| ClientKey::Addr(IpAddr::from([10, 0, 0, n]));
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        assert!(limiter.check(&client(1), t0).is_ok());
+        assert!(limiter.check(&client(2), t0 + ms(1)).is_ok());
+        // Full of limited clients: the one seen longest ago makes room.
+        assert!(limiter.check(&client(3), t0 + ms(2)).is_ok());
+        assert_eq!(limiter.clients(), 2);
+        assert!(limiter.check(&client(2), t0 + ms(3)).is_err());
+        // Once their buckets have refilled, idle clients are swept away.
+        let later = t0 + RATE_SWEEP_EVERY + ms(10);
+        assert!(limiter.check(&client(4), later).is_ok());
+        assert_eq!(limiter.clients(), 1);
+    }
+
+    #[test]
+    fn ipv6_clients_count_by_network() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(network_of(a), network_of(b));
+        assert_ne!(network_of(a), network_of(other));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(network_of(mapped), IpAddr::from([192, 0, 2, 7]));
+    }
+
+    #[tokio::test]
+    async fn request_ids_are_kept_when_sane_and_made_otherwise() {
+        let echo = |request: Request| async move {
+            let header = request.headers()[REQUEST_ID].to_str().unwrap().to_string();
+            let extension = request.extensions().get::<RequestId>().unwrap().0.clone();
+            assert_eq!(header, extension);
+            header
+        };
+        let app = protect(
+            Router::new().route("/api/v1/echo", get(echo)),
+            &no_limits(),
+            open(),
+        );
+        let base = serve(app).await;
+        let client = reqwest::Client::new();
+        let call = |id: Option<&str>| {
+            let mut request = client.get(format!("{base}/api/v1/echo"));
+            if let Some(id) = id {
+                request = request.header(REQUEST_ID, id);
+            }
+            async move {
+                let response = request.send().await.unwrap();
+                let returned = response.headers()[REQUEST_ID].to_str().unwrap().to_string();
+                let seen = response.text().await.unwrap();
+                assert_eq!(returned, seen, "the handler saw the returned id");
+                returned
+            }
+        };
+
+        let made = call(None).await;
+        assert!(made.parse::<ulid::Ulid>().is_ok(), "{made}");
+        assert_ne!(call(None).await, made, "each request gets its own id");
+        assert_eq!(call(Some("trace-42_a.b")).await, "trace-42_a.b");
+        for insane in ["a b", "<script>", &"x".repeat(65), ""] {
+            let replaced = call(Some(insane)).await;
+            assert_ne!(replaced, insane);
+            assert!(replaced.parse::<ulid::Ulid>().is_ok(), "{replaced}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_calls_time_out_but_streams_do_not() {
+        // The clock is paused: it jumps to the next timer whenever every task waits.
+        let slow = || async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            "late"
+        };
+        let app = Router::new()
+            .route("/api/v1/jobs/{id}", get(slow))
+            .route("/api/v1/jobs/{id}/events", get(slow))
+            .route("/api/v1/jobs/{id}/outputs/{output}", get(slow))
+            .route("/api/v1/uploads", post(slow))
+            .route("/pixelmesh.v1.Gateway/GetJob", post(slow))
+            .route("/pixelmesh.v1.Gateway/WatchJob", post(slow))
+            .route("/pixelmesh.v1.Gateway/SubmitJob", post(slow));
+        let limits = Limits {
+            request_timeout: Some(Duration::from_secs(30)),
+            ..no_limits()
+        };
+        let app = protect(app, &limits, open());
+        let call = |method: Method, path: &str, grpc: bool| {
+            let mut request = Request::builder().method(method).uri(path);
+            if grpc {
+                request = request.header(header::CONTENT_TYPE, "application/grpc");
+            }
+            app.clone().oneshot(request.body(Body::empty()).unwrap())
+        };
+
+        let started = tokio::time::Instant::now();
+        let response = call(Method::GET, "/api/v1/jobs/a", false).await.unwrap();
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_secs(30) && waited < Duration::from_secs(60));
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["code"], "deadline_exceeded");
+
+        let response = call(Method::POST, "/pixelmesh.v1.Gateway/GetJob", true)
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["grpc-status"], "4");
+
+        for (method, path, grpc) in [
+            (Method::GET, "/api/v1/jobs/a/events", false),
+            (Method::GET, "/api/v1/jobs/a/outputs/0", false),
+            (Method::POST, "/api/v1/uploads", false),
+            (Method::POST, "/pixelmesh.v1.Gateway/WatchJob", true),
+            (Method::POST, "/pixelmesh.v1.Gateway/SubmitJob", true),
+        ] {
+            let response = call(method, path, grpc).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{path}");
+            assert!(!response.headers().contains_key("grpc-status"), "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn json_is_gzipped_and_event_streams_and_images_are_not() {
+        let big = || async {
+            let rows: Vec<String> = (0..200).map(|i| format!("row {i}")).collect();
+            Json(serde_json::json!({ "rows": rows }))
+        };
+        let events = || async {
+            let event = Event::default().data("x".repeat(4096));
+            Sse::new(futures::stream::iter([Ok::<_, Infallible>(event)]))
+        };
+        let image = || async { ([(header::CONTENT_TYPE, "image/png")], vec![0u8; 4096]) };
+        let app = Router::new()
+            .route("/api/v1/jobs", get(big))
+            .route("/api/v1/events", get(events))
+            .route("/api/v1/jobs/a/outputs/0", get(image));
+        let base = serve(protect(app, &no_limits(), open())).await;
+        let client = reqwest::Client::new();
+        let get = |path: &str, gzip: bool| {
+            let mut request = client.get(format!("{base}{path}"));
+            if gzip {
+                request = request.header(header::ACCEPT_ENCODING, "gzip");
+            }
+            request.send()
+        };
+
+        let zipped = get("/api/v1/jobs", true).await.unwrap();
+        assert_eq!(zipped.headers()[header::CONTENT_ENCODING], "gzip");
+        let bytes = zipped.bytes().await.unwrap();
+        assert_eq!(bytes[..2], [0x1f, 0x8b], "a gzip stream");
+
+        let plain = get("/api/v1/jobs", false).await.unwrap();
+        assert!(!plain.headers().contains_key(header::CONTENT_ENCODING));
+        assert_eq!(json(plain).await["rows"][199], "row 199");
+
+        for path in ["/api/v1/events", "/api/v1/jobs/a/outputs/0"] {
+            let response = get(path, true).await.unwrap();
+            assert!(
+                !response.headers().contains_key(header::CONTENT_ENCODING),
+                "{path}"
+            );
+            assert!(response.bytes().await.unwrap().len() >= 4096, "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn small_bodies_are_capped_except_uploads() {
+        let count = |body: Body| async move {
+            let bytes = axum::body::to_bytes(body, usize::MAX).await;
+            bytes
+                .map(|b| b.len().to_string())
+                .map_err(|_| StatusCode::PAYLOAD_TOO_LARGE)
+        };
+        let app = Router::new()
+            .route("/api/v1/jobs/{id}/cancel", post(count))
+            .route("/api/v1/uploads", post(count))
+            .route(
+                "/api/v1/echo",
+                post(|body: bytes::Bytes| async move { body.len().to_string() }),
+            )
+            .route("/pixelmesh.v1.Gateway/UploadImage", post(count))
+            // As the submit route does: its own, larger limit wins over the small default.
+            .route(
+                "/api/v1/jobs",
+                post(|body: bytes::Bytes| async move { body.len().to_string() })
+                    .layer(DefaultBodyLimit::max(1024 * 1024)),
+            );
+        let limits = Limits {
+            max_body_bytes: 1024,
+            ..no_limits()
+        };
+        let base = serve(protect(app, &limits, open())).await;
+        let client = reqwest::Client::new();
+
+        let refused = client
+            .post(format!("{base}/api/v1/jobs/a/cancel"))
+            .body(vec![0u8; 2048])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(json(refused).await["code"], "resource_exhausted");
+
+        // Without a length, the body is cut off at the cap while it is read.
+        let chunks = futures::stream::iter((0..3).map(|_| Ok::<_, Infallible>(vec![0u8; 800])));
+        let chunked = client
+            .post(format!("{base}/api/v1/echo"))
+            .body(reqwest::Body::wrap_stream(chunks))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(chunked.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+        let small = client
+            .post(format!("{base}/api/v1/echo"))
+            .body(vec![0u8; 1000])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(small.text().await.unwrap(), "1000");
+
+        for (path, content_type) in [
+            ("/api/v1/uploads", "application/octet-stream"),
+            ("/pixelmesh.v1.Gateway/UploadImage", "application/grpc"),
+            ("/api/v1/jobs", "multipart/form-data; boundary=x"),
+        ] {
+            let response = client
+                .post(format!("{base}{path}"))
+                .header(header::CONTENT_TYPE, content_type)
+                .body(vec![0u8; 64 * 1024])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{path}");
+            assert_eq!(response.text().await.unwrap(), "65536", "{path}");
+        }
+    }
+
+    #[test]
+    fn only_text_like_responses_are_compressible() {
+        let with = |content_type: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, content_type.parse().unwrap());
+            compressible(
+                StatusCode::OK,
+                Version::HTTP_11,
+                &headers,
+                &Extensions::new(),
+            )
+        };
+        assert!(with("application/json"));
+        assert!(with("application/json; charset=utf-8"));
+        assert!(with("text/csv"));
+        assert!(with("application/problem+json"));
+        assert!(!with("text/event-stream"));
+        assert!(!with("image/jpeg"));
+        assert!(!with("application/zip"));
+        assert!(!with("application/grpc"));
+        assert!(!with("application/octet-stream"));
+    }
+}

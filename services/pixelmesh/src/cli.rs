@@ -31,7 +31,8 @@ pub enum Command {
     Storage(StorageArgs),
     /// Every role in one process, each on its own port; starts a local nats-server if none
     /// answers and one is on PATH.
-    All(AllArgs),
+    // Boxed: it holds every role's settings.
+    All(Box<AllArgs>),
 }
 
 /// Where the other roles are.

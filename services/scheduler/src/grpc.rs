@@ -38,4 +38,19 @@ impl Scheduler for SchedulerService {
             self.jobs.retry(&request.into_inner().id).await?,
         ))
     }
+
+    async fn pause_job(&self, request: Request<CancelJobRequest>) -> Result<Response<Job>, Status> {
+        Ok(Response::new(
+            self.jobs.pause(&request.into_inner().id).await?,
+        ))
+    }
+
+    async fn resume_job(
+        &self,
+        request: Request<CancelJobRequest>,
+    ) -> Result<Response<Job>, Status> {
+        Ok(Response::new(
+            self.jobs.resume(&request.into_inner().id).await?,
+        ))
+    }
 }

@@ -95,6 +95,8 @@ impl Jobs {
                 pipeline: pipeline.to_proto(),
                 inputs: request.inputs,
                 tiling: tiling as i32,
+                parent_id: request.parent_id,
+                owner: request.owner,
             })
             .await?
             .into_inner();
@@ -104,14 +106,24 @@ impl Jobs {
 
     /// Every input must name a blob that storage has, so a typo fails the submit, not the job.
     async fn check_blobs_exist(&self, request: &SubmitJobRequest) -> Result<(), Error> {
-        stream::iter(request.inputs.clone().into_iter().enumerate())
-            .map(|(i, input)| {
-                let what = format!("input {i} ({})", input.name);
-                self.check_blob_exists(input.blob_id, what)
-            })
-            .buffer_unordered(PUBLISH_CONCURRENCY)
-            .try_collect::<Vec<_>>()
-            .await?;
+        // URL inputs are fetched by the workers; storage checks their form.
+        let blobs = request
+            .inputs
+            .iter()
+            .enumerate()
+            .filter(|(_, input)| input.url.is_empty());
+        stream::iter(
+            blobs
+                .map(|(i, input)| (i, input.clone()))
+                .collect::<Vec<_>>(),
+        )
+        .map(|(i, input)| {
+            let what = format!("input {i} ({})", input.name);
+            self.check_blob_exists(input.blob_id, what)
+        })
+        .buffer_unordered(PUBLISH_CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?;
         Ok(())
     }
 
@@ -158,6 +170,7 @@ impl Jobs {
                 job_id: summary.id.clone(),
                 index: image.index,
                 input_blob_id: image.input_blob_id.clone(),
+                url: image.url.clone(),
                 name: image.name.clone(),
                 pipeline: job.pipeline.clone(),
                 tiling: job.tiling,
@@ -216,14 +229,7 @@ impl Jobs {
             .cancel_job(JobRequest { id: id.to_string() })
             .await?
             .into_inner();
-        match self.js.get_stream(nats::TASKS_STREAM).await {
-            Ok(stream) => {
-                if let Err(err) = stream.purge().filter(nats::job_tasks_filter(id)).await {
-                    tracing::warn!(job = %id, error = %err, "purging cancelled job's tasks failed");
-                }
-            }
-            Err(err) => tracing::warn!(job = %id, error = %err, "tasks stream unavailable"),
-        }
+        self.purge_tasks(id).await;
         tracing::info!(job = %id, "job cancelled");
         self.publish_progress(JobEvent {
             summary: job.summary.clone(),
@@ -231,6 +237,56 @@ impl Jobs {
         })
         .await;
         Ok(job)
+    }
+
+    /// Pauses the job in storage, then removes its queued tasks from the stream; workers
+    /// skip any they already hold. Tasks running now finish and are recorded.
+    pub async fn pause(&self, id: &str) -> Result<Job, Error> {
+        let job = self
+            .storage
+            .clone()
+            .pause_job(JobRequest { id: id.to_string() })
+            .await?
+            .into_inner();
+        self.purge_tasks(id).await;
+        tracing::info!(job = %id, "job paused");
+        self.publish_progress(JobEvent {
+            summary: job.summary.clone(),
+            image: None,
+        })
+        .await;
+        Ok(job)
+    }
+
+    /// Dispatches a paused job's pending images again, under a new generation so that
+    /// JetStream's dedup window does not drop the new tasks.
+    pub async fn resume(&self, id: &str) -> Result<Job, Error> {
+        let job = self
+            .storage
+            .clone()
+            .resume_job(JobRequest { id: id.to_string() })
+            .await?
+            .into_inner();
+        tracing::info!(job = %id, generation = job.generation, "job resumed");
+        self.publish_progress(JobEvent {
+            summary: job.summary.clone(),
+            image: None,
+        })
+        .await;
+        self.dispatch(job).await
+    }
+
+    /// Removes the job's queued tasks from the stream, best effort: workers check the job's
+    /// state before running a task anyway.
+    async fn purge_tasks(&self, id: &str) {
+        match self.js.get_stream(nats::TASKS_STREAM).await {
+            Ok(stream) => {
+                if let Err(err) = stream.purge().filter(nats::job_tasks_filter(id)).await {
+                    tracing::warn!(job = %id, error = %err, "purging the job's tasks failed");
+                }
+            }
+            Err(err) => tracing::warn!(job = %id, error = %err, "tasks stream unavailable"),
+        }
     }
 
     /// Runs an ended job's failed images again: storage puts them back to pending under a

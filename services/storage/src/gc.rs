@@ -109,15 +109,16 @@ mod tests {
                 },
             )),
         };
-        meta.create(
-            &job,
-            vec![watermark],
-            vec![ImageInput {
+        meta.create(pixelmesh_proto::v1::CreateJobRequest {
+            id: job.clone(),
+            pipeline: vec![watermark],
+            inputs: vec![ImageInput {
                 blob_id: input.clone(),
                 name: "a.png".into(),
+                ..Default::default()
             }],
-            pixelmesh_proto::v1::Tiling::Auto,
-        )
+            ..Default::default()
+        })
         .expect("create");
         meta.record(&TaskResult {
             job_id: job.clone(),

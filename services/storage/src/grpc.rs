@@ -9,10 +9,10 @@ use futures::Stream;
 use pixelmesh_proto::{
     Error,
     v1::{
-        BlobInfo, CreateJobRequest, DeleteJobResponse, GetBlobRequest, GetBlobResponse, Job,
-        JobRequest, JobSummaries, JobSummary, ListJobsQuery, ListUnfinishedJobsRequest,
-        PutBlobRequest, RecordResultRequest, RecordResultResponse, operation,
-        put_blob_request::Part, storage_server::Storage,
+        BlobInfo, CountJobsRequest, CreateJobRequest, DeleteJobResponse, GetBlobRequest,
+        GetBlobResponse, Job, JobCounts, JobRequest, JobSummaries, JobSummary, ListJobsQuery,
+        ListUnfinishedJobsRequest, PutBlobRequest, RecordResultRequest, RecordResultResponse,
+        operation, put_blob_request::Part, storage_server::Storage,
     },
 };
 use tokio::sync::mpsc;
@@ -142,12 +142,7 @@ impl Storage for StorageService {
         request: Request<CreateJobRequest>,
     ) -> Result<Response<Job>, Status> {
         let request = request.into_inner();
-        let job = self
-            .mutate(move |meta| {
-                let tiling = request.tiling();
-                meta.create(&request.id, request.pipeline, request.inputs, tiling)
-            })
-            .await?;
+        let job = self.mutate(move |meta| meta.create(request)).await?;
         Ok(Response::new(job))
     }
 
@@ -167,8 +162,31 @@ impl Storage for StorageService {
         request: Request<ListJobsQuery>,
     ) -> Result<Response<JobSummaries>, Status> {
         let query = request.into_inner();
-        let jobs = self.meta.list(query.limit, &query.before)?;
+        let jobs = self.meta.list(&query)?;
         Ok(Response::new(JobSummaries { jobs }))
+    }
+
+    async fn pause_job(&self, request: Request<JobRequest>) -> Result<Response<Job>, Status> {
+        let id = request.into_inner().id;
+        Ok(Response::new(
+            self.mutate(move |meta| meta.pause(&id)).await?,
+        ))
+    }
+
+    async fn resume_job(&self, request: Request<JobRequest>) -> Result<Response<Job>, Status> {
+        let id = request.into_inner().id;
+        Ok(Response::new(
+            self.mutate(move |meta| meta.resume(&id)).await?,
+        ))
+    }
+
+    async fn count_jobs(
+        &self,
+        request: Request<CountJobsRequest>,
+    ) -> Result<Response<JobCounts>, Status> {
+        Ok(Response::new(
+            self.meta.counts(&request.into_inner().owner)?,
+        ))
     }
 
     async fn list_unfinished_jobs(

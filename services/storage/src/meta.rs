@@ -3,8 +3,9 @@
 //! Trees: `jobs` (job id → `Job` with summary and pipeline, images left out), `images`
 //! (job id + `/` + index big-endian → `Image`), `unfinished` (job id → nothing: an index so a
 //! starting scheduler does not scan every job), `tiles` (image key → `TileAssembly`: a tiled
-//! image's size and the tiles processed so far; removed when the image gets its outcome). Job ids are ULIDs, so key order is creation
-//! order. Every change that touches more than one key is one transaction, so counts and
+//! image's size and the tiles processed so far; removed when the image gets its outcome),
+//! `batches` (parent id + `/` + job id → nothing: the jobs of each batch). Job ids are
+//! ULIDs, so key order is creation order. Every change that touches more than one key is one transaction, so counts and
 //! images never disagree, even after a crash.
 
 use std::path::Path;
@@ -14,8 +15,9 @@ use pixelmesh_common::time::now_ms;
 use pixelmesh_proto::{
     Error, ErrorCode,
     v1::{
-        Image, ImageInput, ImageState, Job, JobState, JobSummary, Operation, TaskResult,
-        TileAssembly, TileOutput, TileSplit, Tiling, operation, task_result::Outcome,
+        CreateJobRequest, Image, ImageInput, ImageState, Job, JobCounts, JobState, JobSummary,
+        ListJobsQuery, Operation, TaskResult, TileAssembly, TileOutput, TileSplit, operation,
+        task_result::Outcome,
     },
 };
 use prost::Message as _;
@@ -37,6 +39,7 @@ pub struct Meta {
     images: sled::Tree,
     unfinished: sled::Tree,
     tiles: sled::Tree,
+    batches: sled::Tree,
     max_images_per_job: u32,
 }
 
@@ -104,6 +107,34 @@ fn image_key(id: &str, index: u32) -> Vec<u8> {
     key.push(b'/');
     key.extend_from_slice(&index.to_be_bytes());
     key
+}
+
+fn batch_key(parent_id: &str, id: &str) -> Vec<u8> {
+    format!("{parent_id}/{id}").into_bytes()
+}
+
+/// Longest owner (an API key's name) a job records.
+const MAX_OWNER_BYTES: usize = 128;
+/// Longest URL an input may have; the gateway checks URLs properly, this bounds the record.
+pub const MAX_URL_BYTES: usize = 2048;
+
+/// An input is a stored blob or an http(s) URL, never both.
+fn check_input(input: &ImageInput) -> Result<(), Error> {
+    match (input.blob_id.is_empty(), input.url.is_empty()) {
+        (false, true) => crate::blobs::BlobId::parse(&input.blob_id).map(drop),
+        (true, false) => {
+            let lower = input.url.get(..8).unwrap_or_default().to_ascii_lowercase();
+            if input.url.len() > MAX_URL_BYTES {
+                Err(Error::invalid(format!("url is over {MAX_URL_BYTES} bytes")))
+            } else if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+                Err(Error::invalid("url must be http or https"))
+            } else {
+                Ok(())
+            }
+        }
+        (false, false) => Err(Error::invalid("an input has a blob id or a url, not both")),
+        (true, true) => Err(Error::invalid("an input needs a blob id or a url")),
+    }
 }
 
 fn decode<M: prost::Message + Default>(bytes: &[u8]) -> Result<M, Error> {
@@ -179,6 +210,7 @@ impl Meta {
             images: db.open_tree("images").map_err(db_error)?,
             unfinished: db.open_tree("unfinished").map_err(db_error)?,
             tiles: db.open_tree("tiles").map_err(db_error)?,
+            batches: db.open_tree("batches").map_err(db_error)?,
             db,
             max_images_per_job,
         })
@@ -190,14 +222,27 @@ impl Meta {
         Ok(())
     }
 
-    pub fn create(
-        &self,
-        id: &str,
-        pipeline: Vec<Operation>,
-        inputs: Vec<ImageInput>,
-        tiling: Tiling,
-    ) -> Result<Job, Error> {
+    pub fn create(&self, request: CreateJobRequest) -> Result<Job, Error> {
+        let tiling = request.tiling();
+        let CreateJobRequest {
+            id,
+            pipeline,
+            inputs,
+            parent_id,
+            owner,
+            ..
+        } = request;
+        let id = id.as_str();
         check_job_id(id)?;
+        if !parent_id.is_empty() {
+            check_job_id(&parent_id)
+                .map_err(|err| Error::invalid(format!("parent id: {}", err.message)))?;
+        }
+        if owner.len() > MAX_OWNER_BYTES {
+            return Err(Error::invalid(format!(
+                "owner is over {MAX_OWNER_BYTES} bytes"
+            )));
+        }
         if inputs.is_empty() {
             return Err(Error::invalid("a job needs at least one input image"));
         }
@@ -209,7 +254,7 @@ impl Meta {
             )));
         }
         for (i, input) in inputs.iter().enumerate() {
-            crate::blobs::BlobId::parse(&input.blob_id)
+            check_input(input)
                 .map_err(|err| Error::invalid(format!("input {i}: {}", err.message)))?;
         }
         let now = now_ms();
@@ -220,6 +265,8 @@ impl Meta {
             created_at_ms: now,
             updated_at_ms: now,
             version: 1,
+            parent_id: parent_id.clone(),
+            owner,
             ..Default::default()
         };
         let images: Vec<Image> = inputs
@@ -229,6 +276,7 @@ impl Meta {
                 index: i as u32,
                 name: input.name,
                 input_blob_id: input.blob_id,
+                url: input.url,
                 state: ImageState::Pending as i32,
                 version: 1,
                 ..Default::default()
@@ -241,8 +289,8 @@ impl Meta {
             tiling: tiling as i32,
             generation: 0,
         };
-        (&self.jobs, &self.images, &self.unfinished)
-            .transaction(|(jobs, tx_images, unfinished)| {
+        (&self.jobs, &self.images, &self.unfinished, &self.batches)
+            .transaction(|(jobs, tx_images, unfinished, batches)| {
                 if jobs.get(id)?.is_some() {
                     return Err(abort(Error::new(
                         ErrorCode::AlreadyExists,
@@ -251,6 +299,9 @@ impl Meta {
                 }
                 jobs.insert(id.as_bytes(), header.encode_to_vec())?;
                 unfinished.insert(id.as_bytes(), &[])?;
+                if !parent_id.is_empty() {
+                    batches.insert(batch_key(&parent_id, id), &[])?;
+                }
                 for image in &images {
                     tx_images.insert(image_key(id, image.index), image.encode_to_vec())?;
                 }
@@ -299,27 +350,89 @@ impl Meta {
             .map_err(tx_error)
     }
 
-    /// Newest first; `before` is an exclusive upper bound (the last id of the previous page).
-    pub fn list(&self, limit: u32, before: &str) -> Result<Vec<JobSummary>, Error> {
-        let limit = match limit {
+    /// Newest first, filtered by the query's batch, states and owner; `before` is an
+    /// exclusive upper bound (the last id of the previous page). A batch is read from its
+    /// index; other filters scan jobs newest first until the page is full.
+    pub fn list(&self, query: &ListJobsQuery) -> Result<Vec<JobSummary>, Error> {
+        let limit = match query.limit {
             0 => DEFAULT_LIST,
             n => n.min(MAX_LIST),
         } as usize;
-        let range = if before.is_empty() {
-            self.jobs.iter()
-        } else {
-            check_job_id(before)?;
-            self.jobs.range(..before.as_bytes())
+        if !query.before.is_empty() {
+            check_job_id(&query.before)?;
+        }
+        let states: Vec<JobState> = query.states().collect();
+        let wanted = |summary: &JobSummary| {
+            (states.is_empty() || states.contains(&summary.state()))
+                && (query.owner.is_empty() || summary.owner == query.owner)
         };
-        range
-            .values()
-            .rev()
-            .take(limit)
-            .map(|value| {
+        let mut jobs = Vec::new();
+        if query.parent_id.is_empty() {
+            let range = if query.before.is_empty() {
+                self.jobs.iter()
+            } else {
+                self.jobs.range(..query.before.as_bytes())
+            };
+            for value in range.values().rev() {
                 let job: Job = decode(&value.map_err(db_error)?)?;
-                Ok(job.summary.unwrap_or_default())
-            })
-            .collect()
+                let summary = job.summary.unwrap_or_default();
+                if wanted(&summary) {
+                    jobs.push(summary);
+                    if jobs.len() == limit {
+                        break;
+                    }
+                }
+            }
+        } else {
+            check_job_id(&query.parent_id)?;
+            let start = batch_key(&query.parent_id, "");
+            let end = if query.before.is_empty() {
+                batch_key(&query.parent_id, "\u{7f}")
+            } else {
+                batch_key(&query.parent_id, &query.before)
+            };
+            for key in self.batches.range(start..end).keys().rev() {
+                let key = key.map_err(db_error)?;
+                let id = String::from_utf8_lossy(&key[query.parent_id.len() + 1..]).into_owned();
+                // A job deleted meanwhile is left out.
+                let summary = match self.summary(&id) {
+                    Ok(summary) => summary,
+                    Err(err) if err.code == ErrorCode::NotFound => continue,
+                    Err(err) => return Err(err),
+                };
+                if wanted(&summary) {
+                    jobs.push(summary);
+                    if jobs.len() == limit {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(jobs)
+    }
+
+    /// How many jobs are in each state, among those `owner` made (all when empty). Scans
+    /// every job header: a few microseconds each.
+    pub fn counts(&self, owner: &str) -> Result<JobCounts, Error> {
+        let mut counts = JobCounts::default();
+        for value in self.jobs.iter().values() {
+            let job: Job = decode(&value.map_err(db_error)?)?;
+            let summary = job.summary.unwrap_or_default();
+            if !owner.is_empty() && summary.owner != owner {
+                continue;
+            }
+            counts.total += 1;
+            *match summary.state() {
+                JobState::Unspecified | JobState::Queued => &mut counts.queued,
+                JobState::Running => &mut counts.running,
+                JobState::Completed => &mut counts.completed,
+                JobState::CompletedWithErrors => &mut counts.completed_with_errors,
+                JobState::Failed => &mut counts.failed,
+                JobState::Cancelled => &mut counts.cancelled,
+                JobState::Paused => &mut counts.paused,
+            } += 1;
+        }
+        Ok(counts)
     }
 
     /// Every blob a job refers to: its images' inputs and outputs, and its watermarks' logos.
@@ -337,7 +450,9 @@ impl Meta {
             if let Some(output) = image.output {
                 ids.insert(output.blob_id);
             }
-            ids.insert(image.input_blob_id);
+            if !image.input_blob_id.is_empty() {
+                ids.insert(image.input_blob_id);
+            }
         }
         Ok(ids)
     }
@@ -637,6 +752,7 @@ impl Meta {
                         index: image.index,
                         name: image.name,
                         input_blob_id: image.input_blob_id,
+                        url: image.url,
                         state: ImageState::Pending as i32,
                         version,
                         ..Default::default()
@@ -654,6 +770,81 @@ impl Meta {
             })
             .map_err(tx_error)?;
         tracing::info!(job = %id, images = keys.len(), "failed images queued again");
+        self.job(id)
+    }
+
+    /// Pauses a queued or running job: workers skip its tasks until it is resumed. Results of
+    /// tasks already running are still recorded, and may finish the job.
+    pub fn pause(&self, id: &str) -> Result<Job, Error> {
+        check_job_id(id)?;
+        self.jobs
+            .transaction(|jobs| {
+                let mut job = tx_job(jobs, id)?;
+                let summary = job.summary.get_or_insert_default();
+                match summary.state() {
+                    JobState::Paused => return Ok(()),
+                    JobState::Queued | JobState::Running => {}
+                    state => {
+                        return Err(abort(Error::new(
+                            ErrorCode::FailedPrecondition,
+                            format!("job {id} already ended ({})", state.label()),
+                        )));
+                    }
+                }
+                summary.state = JobState::Paused as i32;
+                bump(summary);
+                jobs.insert(id.as_bytes(), job.encode_to_vec())?;
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        tracing::info!(job = %id, "job paused");
+        self.job(id)
+    }
+
+    /// Puts a paused job back to queued under a new generation, for its pending images to be
+    /// dispatched again. A pending tiled image starts over from its split: the tile tasks
+    /// skipped while paused are not stored, only their results.
+    pub fn resume(&self, id: &str) -> Result<Job, Error> {
+        let current = self.job(id)?;
+        let keys: Vec<Vec<u8>> = current
+            .images
+            .iter()
+            .filter(|image| image.state() == ImageState::Pending && image.tiles_total > 0)
+            .map(|image| image_key(id, image.index))
+            .collect();
+        (&self.jobs, &self.images, &self.tiles)
+            .transaction(|(jobs, images, tiles)| {
+                let mut job = tx_job(jobs, id)?;
+                let summary = job.summary.get_or_insert_default();
+                if summary.state() != JobState::Paused {
+                    return Err(abort(Error::new(
+                        ErrorCode::FailedPrecondition,
+                        format!("job {id} is {}, not paused", summary.state().label()),
+                    )));
+                }
+                let version = bump(summary);
+                for key in &keys {
+                    let Some(bytes) = images.get(key)? else {
+                        continue;
+                    };
+                    let mut image: Image = decode(&bytes).map_err(abort)?;
+                    if image.state() != ImageState::Pending {
+                        continue;
+                    }
+                    image.tiles_total = 0;
+                    image.tiles_done = 0;
+                    image.duration_ms = 0;
+                    image.version = version;
+                    images.insert(key.clone(), image.encode_to_vec())?;
+                    tiles.remove(key.clone())?;
+                }
+                summary.state = JobState::Queued as i32;
+                job.generation += 1;
+                jobs.insert(id.as_bytes(), job.encode_to_vec())?;
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        tracing::info!(job = %id, "job resumed");
         self.job(id)
     }
 
@@ -675,10 +866,24 @@ impl Meta {
             .iter()
             .map(|image| image_key(id, image.index))
             .collect();
-        (&self.jobs, &self.images, &self.unfinished, &self.tiles)
-            .transaction(|(jobs, images, unfinished, tiles)| {
+        let parent_id = job
+            .summary
+            .as_ref()
+            .map(|s| s.parent_id.clone())
+            .unwrap_or_default();
+        (
+            &self.jobs,
+            &self.images,
+            &self.unfinished,
+            &self.tiles,
+            &self.batches,
+        )
+            .transaction(|(jobs, images, unfinished, tiles, batches)| {
                 jobs.remove(id.as_bytes())?;
                 unfinished.remove(id.as_bytes())?;
+                if !parent_id.is_empty() {
+                    batches.remove(batch_key(&parent_id, id))?;
+                }
                 for key in &keys {
                     images.remove(key.clone())?;
                     tiles.remove(key.clone())?;
@@ -701,9 +906,32 @@ fn bump(summary: &mut JobSummary) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pixelmesh_proto::v1::Output;
+    use pixelmesh_proto::v1::{Output, Tiling};
 
     const BLOB: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+    fn new_job(
+        id: &str,
+        pipeline: Vec<Operation>,
+        inputs: Vec<ImageInput>,
+        tiling: Tiling,
+    ) -> CreateJobRequest {
+        CreateJobRequest {
+            id: id.to_string(),
+            pipeline,
+            inputs,
+            tiling: tiling as i32,
+            ..Default::default()
+        }
+    }
+
+    fn query(limit: u32, before: &str) -> ListJobsQuery {
+        ListJobsQuery {
+            limit,
+            before: before.to_string(),
+            ..Default::default()
+        }
+    }
 
     fn meta() -> (tempfile::TempDir, Meta) {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -716,6 +944,7 @@ mod tests {
             .map(|i| ImageInput {
                 blob_id: BLOB.into(),
                 name: format!("{i}.jpg"),
+                ..Default::default()
             })
             .collect()
     }
@@ -778,7 +1007,7 @@ mod tests {
     fn retry_puts_failed_images_back_and_counts_the_generation() {
         let (_dir, meta) = meta();
         let id = new_id();
-        meta.create(&id, vec![], inputs(3), Tiling::Auto)
+        meta.create(new_job(&id, vec![], inputs(3), Tiling::Auto))
             .expect("create");
         meta.record(&ok(&id, 0)).expect("ok");
         meta.record(&failed(&id, 1)).expect("failed");
@@ -826,7 +1055,7 @@ mod tests {
     fn delete_refuses_a_running_job_and_removes_every_record_of_an_ended_one() {
         let (_dir, meta) = meta();
         let id = new_id();
-        meta.create(&id, vec![], inputs(2), Tiling::Auto)
+        meta.create(new_job(&id, vec![], inputs(2), Tiling::Auto))
             .expect("create");
         meta.record(&split(&id, 0, 2)).expect("split");
         assert_eq!(
@@ -846,7 +1075,7 @@ mod tests {
         let (_dir, meta) = meta();
         let id = new_id();
         let created = meta
-            .create(&id, vec![], inputs(4), Tiling::Auto)
+            .create(new_job(&id, vec![], inputs(4), Tiling::Auto))
             .expect("create");
         let version = |meta: &Meta| meta.summary(&id).expect("summary").version;
         assert_eq!(created.summary.as_ref().map(|s| s.version), Some(1));
@@ -877,7 +1106,7 @@ mod tests {
     fn a_tiled_image_counts_its_tiles_once_and_hands_back_the_assembly() {
         let (_dir, meta) = meta();
         let id = new_id();
-        meta.create(&id, vec![], inputs(2), Tiling::Always)
+        meta.create(new_job(&id, vec![], inputs(2), Tiling::Always))
             .expect("create");
         assert_eq!(
             meta.record(&tile(&id, 0, 0))
@@ -938,7 +1167,7 @@ mod tests {
     fn a_result_is_recorded_once() {
         let (_dir, meta) = meta();
         let id = new_id();
-        meta.create(&id, vec![], inputs(2), Tiling::Auto)
+        meta.create(new_job(&id, vec![], inputs(2), Tiling::Auto))
             .expect("create");
         assert!(meta.record(&ok(&id, 0)).expect("record").applied);
         let again = meta.record(&failed(&id, 0)).expect("record");
@@ -960,7 +1189,7 @@ mod tests {
             (vec![false, false], JobState::Failed),
         ] {
             let id = new_id();
-            meta.create(&id, vec![], inputs(2), Tiling::Auto)
+            meta.create(new_job(&id, vec![], inputs(2), Tiling::Auto))
                 .expect("create");
             for (i, good) in outcomes.iter().enumerate() {
                 let result = if *good {
@@ -981,7 +1210,7 @@ mod tests {
     fn cancel_marks_pending_images_and_refuses_later_results() {
         let (_dir, meta) = meta();
         let id = new_id();
-        meta.create(&id, vec![], inputs(3), Tiling::Auto)
+        meta.create(new_job(&id, vec![], inputs(3), Tiling::Auto))
             .expect("create");
         meta.record(&ok(&id, 0)).expect("record");
         let job = meta.cancel(&id).expect("cancel");
@@ -992,7 +1221,7 @@ mod tests {
         assert!(meta.cancel(&id).is_ok(), "cancel is idempotent");
 
         let done = new_id();
-        meta.create(&done, vec![], inputs(1), Tiling::Auto)
+        meta.create(new_job(&done, vec![], inputs(1), Tiling::Auto))
             .expect("create");
         meta.record(&ok(&done, 0)).expect("record");
         assert_eq!(
@@ -1009,30 +1238,174 @@ mod tests {
         let ids: Vec<String> = (0..5)
             .map(|_| {
                 let id = ulids.generate().expect("ulid").to_string();
-                meta.create(&id, vec![], inputs(1), Tiling::Auto)
+                meta.create(new_job(&id, vec![], inputs(1), Tiling::Auto))
                     .expect("create");
                 id
             })
             .collect();
-        let page = meta.list(2, "").expect("list");
+        let page = meta.list(&query(2, "")).expect("list");
         assert_eq!(
             page.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
             [&ids[4], &ids[3]]
         );
-        let next = meta.list(2, &page[1].id).expect("list");
+        let next = meta.list(&query(2, &page[1].id)).expect("list");
         assert_eq!(
             next.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
             [&ids[2], &ids[1]]
         );
-        let last = meta.list(2, &next[1].id).expect("list");
+        let last = meta.list(&query(2, &next[1].id)).expect("list");
         assert_eq!(last.len(), 1);
         assert_eq!(last[0].id, ids[0]);
-        assert!(meta.list(2, &ids[0]).expect("list").is_empty());
-        assert_eq!(meta.list(0, "").expect("default page").len(), 5);
+        assert!(meta.list(&query(2, &ids[0])).expect("list").is_empty());
+        assert_eq!(meta.list(&query(0, "")).expect("default page").len(), 5);
         meta.record(&ok(&ids[0], 0)).expect("record");
         let unfinished = meta.unfinished().expect("unfinished");
         assert_eq!(unfinished.len(), 4);
         assert_eq!(unfinished[0].id, ids[1]);
+    }
+
+    #[test]
+    fn pause_holds_a_job_and_resume_requeues_its_pending_images_from_scratch() {
+        let (_dir, meta) = meta();
+        let id = new_id();
+        meta.create(new_job(&id, vec![], inputs(3), Tiling::Auto))
+            .expect("create");
+        meta.mark_running(&id).expect("running");
+        meta.record(&ok(&id, 0)).expect("record");
+        meta.record(&split(&id, 1, 4)).expect("split");
+        meta.record(&tile(&id, 1, 0)).expect("tile");
+
+        let paused = meta.pause(&id).expect("pause");
+        let summary = paused.summary.clone().expect("summary");
+        assert_eq!(summary.state(), JobState::Paused);
+        assert!(!summary.state().is_final());
+        assert_eq!(meta.pause(&id).expect("again").summary, paused.summary);
+        assert_eq!(meta.counts("").expect("counts").paused, 1);
+
+        // A task that was running when the job paused still lands.
+        meta.record(&ok(&id, 2)).expect("late result");
+        let resumed = meta.resume(&id).expect("resume");
+        let summary = resumed.summary.clone().expect("summary");
+        assert_eq!(summary.state(), JobState::Queued);
+        assert_eq!(summary.done, 2);
+        assert_eq!(resumed.generation, 1);
+        let tiled = &resumed.images[1];
+        assert_eq!(tiled.state(), ImageState::Pending);
+        assert_eq!((tiled.tiles_total, tiled.tiles_done), (0, 0));
+        assert_eq!(tiled.version, summary.version);
+        // Its split is gone, so the new split is recorded afresh.
+        assert!(meta.record(&split(&id, 1, 2)).expect("new split").applied);
+
+        let err = meta.resume(&id).expect_err("not paused");
+        assert_eq!(err.code, ErrorCode::FailedPrecondition);
+        meta.cancel(&id).expect("cancel");
+        let err = meta.pause(&id).expect_err("ended");
+        assert_eq!(err.code, ErrorCode::FailedPrecondition);
+    }
+
+    #[test]
+    fn lists_filter_by_batch_state_and_owner_and_counts_follow() {
+        let (_dir, meta) = meta();
+        let mut ulids = ulid::Generator::new();
+        let mut next = || ulids.generate().expect("ulid").to_string();
+        let parent = next();
+        let mut make = |parent_id: &str, owner: &str| {
+            let id = next();
+            meta.create(CreateJobRequest {
+                parent_id: parent_id.into(),
+                owner: owner.into(),
+                ..new_job(&id, vec![], inputs(1), Tiling::Auto)
+            })
+            .expect("create");
+            id
+        };
+        let first = make(&parent, "alice");
+        let loner = make("", "bob");
+        let second = make(&parent, "alice");
+        let third = make(&parent, "alice");
+        meta.record(&ok(&second, 0)).expect("record");
+        let ids = |jobs: Vec<JobSummary>| jobs.into_iter().map(|s| s.id).collect::<Vec<String>>();
+
+        let batch = ListJobsQuery {
+            parent_id: parent.clone(),
+            ..query(0, "")
+        };
+        assert_eq!(
+            ids(meta.list(&batch).expect("batch")),
+            [third.clone(), second.clone(), first.clone()]
+        );
+        let paged = ListJobsQuery {
+            limit: 1,
+            before: third.clone(),
+            ..batch.clone()
+        };
+        assert_eq!(
+            ids(meta.list(&paged).expect("batch page")),
+            std::slice::from_ref(&second)
+        );
+        let mut queued = query(0, "");
+        queued.states = vec![JobState::Queued as i32];
+        assert_eq!(
+            ids(meta.list(&queued).expect("queued")),
+            [third.clone(), loner.clone(), first.clone()]
+        );
+        let bobs = ListJobsQuery {
+            owner: "bob".into(),
+            ..query(0, "")
+        };
+        assert_eq!(
+            ids(meta.list(&bobs).expect("owner")),
+            std::slice::from_ref(&loner)
+        );
+        assert_eq!(meta.summary(&first).expect("summary").parent_id, parent);
+
+        let all = meta.counts("").expect("counts");
+        assert_eq!((all.total, all.queued, all.completed), (4, 3, 1));
+        let alice = meta.counts("alice").expect("counts");
+        assert_eq!((alice.total, alice.queued, alice.completed), (3, 2, 1));
+
+        // A deleted job leaves its batch.
+        meta.delete(&second).expect("delete");
+        assert_eq!(
+            ids(meta.list(&batch).expect("batch")),
+            [third.clone(), first.clone()]
+        );
+    }
+
+    #[test]
+    fn an_input_is_a_blob_or_an_http_url() {
+        let (_dir, meta) = meta();
+        let url = |url: &str| ImageInput {
+            url: url.into(),
+            name: "x".into(),
+            ..Default::default()
+        };
+        let id = new_id();
+        let job = meta
+            .create(new_job(
+                &id,
+                vec![],
+                vec![url("https://example.com/a.jpg")],
+                Tiling::Auto,
+            ))
+            .expect("url input");
+        assert_eq!(job.images[0].url, "https://example.com/a.jpg");
+        assert!(job.images[0].input_blob_id.is_empty());
+        let both = ImageInput {
+            blob_id: BLOB.into(),
+            ..url("http://example.com/")
+        };
+        for bad in [
+            url("file:///etc/passwd"),
+            url(""),
+            both,
+            url(&format!("http://x/{}", "a".repeat(MAX_URL_BYTES))),
+        ] {
+            let err = meta
+                .create(new_job(&new_id(), vec![], vec![bad], Tiling::Auto))
+                .expect_err("refused");
+            assert_eq!(err.code, ErrorCode::InvalidArgument, "{}", err.message);
+        }
     }
 
     #[test]
@@ -1047,16 +1420,16 @@ mod tests {
             ErrorCode::NotFound
         );
         let id = new_id();
-        meta.create(&id, vec![], inputs(1), Tiling::Auto)
+        meta.create(new_job(&id, vec![], inputs(1), Tiling::Auto))
             .expect("create");
         assert_eq!(
-            meta.create(&id, vec![], inputs(1), Tiling::Auto)
+            meta.create(new_job(&id, vec![], inputs(1), Tiling::Auto))
                 .expect_err("dup")
                 .code,
             ErrorCode::AlreadyExists
         );
         assert_eq!(
-            meta.create(&new_id(), vec![], inputs(101), Tiling::Auto)
+            meta.create(new_job(&new_id(), vec![], inputs(101), Tiling::Auto))
                 .expect_err("too many")
                 .code,
             ErrorCode::ResourceExhausted
@@ -1075,7 +1448,7 @@ mod tests {
             .map(|_| ulids.generate().expect("ulid").to_string())
             .collect();
         for id in &ids {
-            meta.create(id, vec![], inputs(2), Tiling::Auto)
+            meta.create(new_job(id, vec![], inputs(2), Tiling::Auto))
                 .expect("create");
         }
         meta.record(&ok(&ids[0], 0)).expect("record");
@@ -1095,7 +1468,7 @@ mod tests {
     fn mark_running_only_moves_queued_jobs() {
         let (_dir, meta) = meta();
         let id = new_id();
-        meta.create(&id, vec![], inputs(1), Tiling::Auto)
+        meta.create(new_job(&id, vec![], inputs(1), Tiling::Auto))
             .expect("create");
         assert_eq!(
             meta.mark_running(&id).expect("running").state(),
@@ -1139,7 +1512,7 @@ mod tests {
         let recorded = {
             let meta = Meta::open(dir.path(), 100).expect("open");
             let created = meta
-                .create(&id, pipeline.clone(), inputs(3), Tiling::Auto)
+                .create(new_job(&id, pipeline.clone(), inputs(3), Tiling::Auto))
                 .expect("create");
             assert_eq!(meta.job(&id).expect("job"), created);
             let recorded = meta.record(&failed(&id, 2)).expect("record");
@@ -1165,7 +1538,7 @@ mod tests {
     fn refuses_malformed_results_and_ids() {
         let (_dir, meta) = meta();
         let id = new_id();
-        meta.create(&id, vec![], inputs(1), Tiling::Auto)
+        meta.create(new_job(&id, vec![], inputs(1), Tiling::Auto))
             .expect("create");
         let mut bad_output = ok(&id, 0);
         if let Some(Outcome::Output(output)) = &mut bad_output.outcome {
@@ -1201,13 +1574,13 @@ mod tests {
         let mut bad_input = inputs(1);
         bad_input[0].blob_id.clear();
         assert_eq!(
-            meta.create(&new_id(), vec![], bad_input, Tiling::Auto)
+            meta.create(new_job(&new_id(), vec![], bad_input, Tiling::Auto))
                 .expect_err("no blob")
                 .code,
             ErrorCode::InvalidArgument
         );
         assert_eq!(
-            meta.create(&new_id(), vec![], vec![], Tiling::Auto)
+            meta.create(new_job(&new_id(), vec![], vec![], Tiling::Auto))
                 .expect_err("no inputs")
                 .code,
             ErrorCode::InvalidArgument

@@ -174,13 +174,16 @@ async fn blobs_and_jobs_survive_a_restart() {
                 ImageInput {
                     blob_id: blob.id.clone(),
                     name: "a.png".into(),
+                    ..Default::default()
                 },
                 ImageInput {
                     blob_id: blob.id.clone(),
                     name: "b.png".into(),
+                    ..Default::default()
                 },
             ],
             tiling: pb::Tiling::Never as i32,
+            ..Default::default()
         })
         .await
         .expect("create job")

@@ -125,6 +125,7 @@ fn main() -> anyhow::Result<()> {
                 .map(|i| ImageInput {
                     blob_id: blob.clone(),
                     name: format!("opal-{i}.jpg"),
+                    ..Default::default()
                 })
                 .collect(),
             ..Default::default()
