@@ -14,7 +14,10 @@ use pixelmesh_proto::{
 };
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::mesh::{Mesh, OutputKey};
+use crate::{
+    auth::caller_of,
+    mesh::{Mesh, OutputKey},
+};
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<JobEvent, Status>> + Send>>;
 type DownloadStream = Pin<Box<dyn Stream<Item = Result<DownloadOutputResponse, Status>> + Send>>;
@@ -51,12 +54,16 @@ impl Gateway for GatewayService {
         &self,
         request: Request<SubmitJobRequest>,
     ) -> Result<Response<Job>, Status> {
-        Ok(Response::new(self.mesh.submit(request.into_inner()).await?))
+        let caller = caller_of(&request)?;
+        Ok(Response::new(
+            self.mesh.submit(&caller, request.into_inner()).await?,
+        ))
     }
 
     async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
+        let caller = caller_of(&request)?;
         Ok(Response::new(
-            self.mesh.job(&request.into_inner().id).await?,
+            self.mesh.job(&caller, &request.into_inner().id).await?,
         ))
     }
 
@@ -64,7 +71,10 @@ impl Gateway for GatewayService {
         &self,
         request: Request<ListJobsRequest>,
     ) -> Result<Response<ListJobsResponse>, Status> {
-        Ok(Response::new(self.mesh.list(request.into_inner()).await?))
+        let caller = caller_of(&request)?;
+        Ok(Response::new(
+            self.mesh.list(&caller, request.into_inner()).await?,
+        ))
     }
 
     type WatchJobStream = EventStream;
@@ -73,8 +83,12 @@ impl Gateway for GatewayService {
         &self,
         request: Request<WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let caller = caller_of(&request)?;
         let request = request.into_inner();
-        let events = self.mesh.watch(&request.id, request.after_version).await?;
+        let events = self
+            .mesh
+            .watch(&caller, &request.id, request.after_version)
+            .await?;
         Ok(Response::new(Box::pin(
             events.map(|e| e.map_err(Status::from)),
         )))
@@ -84,20 +98,23 @@ impl Gateway for GatewayService {
         &self,
         request: Request<CancelJobRequest>,
     ) -> Result<Response<Job>, Status> {
+        let caller = caller_of(&request)?;
         Ok(Response::new(
-            self.mesh.cancel(&request.into_inner().id).await?,
+            self.mesh.cancel(&caller, &request.into_inner().id).await?,
         ))
     }
 
     async fn retry_job(&self, request: Request<CancelJobRequest>) -> Result<Response<Job>, Status> {
+        let caller = caller_of(&request)?;
         Ok(Response::new(
-            self.mesh.retry(&request.into_inner().id).await?,
+            self.mesh.retry(&caller, &request.into_inner().id).await?,
         ))
     }
 
     async fn pause_job(&self, request: Request<CancelJobRequest>) -> Result<Response<Job>, Status> {
+        let caller = caller_of(&request)?;
         Ok(Response::new(
-            self.mesh.pause(&request.into_inner().id).await?,
+            self.mesh.pause(&caller, &request.into_inner().id).await?,
         ))
     }
 
@@ -105,8 +122,9 @@ impl Gateway for GatewayService {
         &self,
         request: Request<CancelJobRequest>,
     ) -> Result<Response<Job>, Status> {
+        let caller = caller_of(&request)?;
         Ok(Response::new(
-            self.mesh.resume(&request.into_inner().id).await?,
+            self.mesh.resume(&caller, &request.into_inner().id).await?,
         ))
     }
 
@@ -114,8 +132,9 @@ impl Gateway for GatewayService {
         &self,
         request: Request<CancelJobRequest>,
     ) -> Result<Response<DeleteJobResponse>, Status> {
+        let caller = caller_of(&request)?;
         Ok(Response::new(
-            self.mesh.delete(&request.into_inner().id).await?,
+            self.mesh.delete(&caller, &request.into_inner().id).await?,
         ))
     }
 
@@ -125,10 +144,11 @@ impl Gateway for GatewayService {
         &self,
         request: Request<DownloadOutputRequest>,
     ) -> Result<Response<Self::DownloadOutputStream>, Status> {
+        let caller = caller_of(&request)?;
         let request = request.into_inner();
         let (output, _name, chunks) = self
             .mesh
-            .download(&request.job_id, OutputKey::Index(request.index))
+            .download(&caller, &request.job_id, OutputKey::Index(request.index))
             .await?;
         let mut first = Some(output);
         let messages = chunks.map(move |chunk| {

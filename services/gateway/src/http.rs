@@ -28,6 +28,7 @@ use tokio::io::AsyncWriteExt as _;
 
 use crate::{
     archive::ZipLimits,
+    auth::Caller,
     mesh::{FeedEvent, Mesh, OutputKey, event_version},
 };
 
@@ -126,8 +127,12 @@ impl Submitted {
 /// `file` parts, `archive` parts (ZIP) and `urls` parts (a URL list: text, one per line, or
 /// CSV with a `url` column). Files stream to storage as they arrive; nothing is buffered
 /// whole. A URL list longer than one job may hold is split into jobs sharing a parent id.
-async fn submit(State(mesh): State<Mesh>, mut multipart: Multipart) -> ApiResult<Response> {
-    let submitted = submit_parts(&mesh, &mut multipart).await;
+async fn submit(
+    State(mesh): State<Mesh>,
+    caller: Caller,
+    mut multipart: Multipart,
+) -> ApiResult<Response> {
+    let submitted = submit_parts(&mesh, &caller, &mut multipart).await;
     if submitted.is_err() {
         drain(&mut multipart).await;
     }
@@ -149,7 +154,11 @@ async fn drain(multipart: &mut Multipart) {
     }
 }
 
-async fn submit_parts(mesh: &Mesh, multipart: &mut Multipart) -> ApiResult<Response> {
+async fn submit_parts(
+    mesh: &Mesh,
+    caller: &Caller,
+    multipart: &mut Multipart,
+) -> ApiResult<Response> {
     let mut pipeline: Option<Pipeline> = None;
     let mut tiling = Tiling::Auto;
     let mut inputs = Vec::new();
@@ -227,12 +236,15 @@ async fn submit_parts(mesh: &Mesh, multipart: &mut Multipart) -> ApiResult<Respo
     }
     let images = inputs.len();
     let (parent_id, mut jobs) = mesh
-        .submit_batch(SubmitJobRequest {
-            pipeline: pipeline.to_proto(),
-            inputs,
-            tiling: tiling as i32,
-            ..Default::default()
-        })
+        .submit_batch(
+            caller,
+            SubmitJobRequest {
+                pipeline: pipeline.to_proto(),
+                inputs,
+                tiling: tiling as i32,
+                ..Default::default()
+            },
+        )
         .await?;
     if parent_id.is_empty() {
         let job = jobs.pop().unwrap_or_default();
@@ -344,6 +356,7 @@ struct ListParams {
 /// full.
 async fn list(
     State(mesh): State<Mesh>,
+    caller: Caller,
     Query(params): Query<ListParams>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let states = params
@@ -364,12 +377,15 @@ async fn list(
         n => n.min(crate::mesh::MAX_LIST_LIMIT),
     };
     let listed = mesh
-        .list(ListJobsRequest {
-            limit,
-            before: params.before,
-            parent_id: params.parent,
-            states,
-        })
+        .list(
+            &caller,
+            ListJobsRequest {
+                limit,
+                before: params.before,
+                parent_id: params.parent,
+                states,
+            },
+        )
         .await?;
     let next_before = (listed.jobs.len() == limit as usize)
         .then(|| listed.jobs.last().map(|job| job.id.clone()))
@@ -430,9 +446,10 @@ impl From<&JobCounts> for CountsView {
 /// cancelled if all were cancelled).
 async fn batch(
     State(mesh): State<Mesh>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let jobs = mesh.batch(&id).await?;
+    let jobs = mesh.batch(&caller, &id).await?;
     let sum = |f: fn(&JobSummary) -> u32| jobs.iter().map(f).sum::<u32>();
     let (total, done, failed, cancelled) = (
         sum(|j| j.total),
@@ -470,17 +487,22 @@ async fn batch(
     })))
 }
 
-async fn job(State(mesh): State<Mesh>, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
-    Ok(Json(JobView::from_job(&mesh.job(&id).await?)))
+async fn job(
+    State(mesh): State<Mesh>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<JobView>> {
+    Ok(Json(JobView::from_job(&mesh.job(&caller, &id).await?)))
 }
 
 /// `DELETE /api/v1/jobs/{id}`: cancels a running job, deletes it and the blobs no other job
 /// uses; answers what went.
 async fn delete(
     State(mesh): State<Mesh>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let deleted = mesh.delete(&id).await?;
+    let deleted = mesh.delete(&caller, &id).await?;
     Ok(Json(serde_json::json!({
         "id": id,
         "deleted": true,
@@ -490,24 +512,40 @@ async fn delete(
 }
 
 /// `POST /api/v1/jobs/{id}/retry`: runs an ended job's failed images again.
-async fn retry(State(mesh): State<Mesh>, Path(id): Path<String>) -> ApiResult<Response> {
-    let job = mesh.retry(&id).await?;
+async fn retry(
+    State(mesh): State<Mesh>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let job = mesh.retry(&caller, &id).await?;
     Ok((StatusCode::ACCEPTED, Json(JobView::from_job(&job))).into_response())
 }
 
 /// `POST /api/v1/jobs/{id}/pause`: stops dispatching the job's images; running ones finish.
-async fn pause(State(mesh): State<Mesh>, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
-    Ok(Json(JobView::from_job(&mesh.pause(&id).await?)))
+async fn pause(
+    State(mesh): State<Mesh>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<JobView>> {
+    Ok(Json(JobView::from_job(&mesh.pause(&caller, &id).await?)))
 }
 
 /// `POST /api/v1/jobs/{id}/resume`: dispatches a paused job's pending images again.
-async fn resume(State(mesh): State<Mesh>, Path(id): Path<String>) -> ApiResult<Response> {
-    let job = mesh.resume(&id).await?;
+async fn resume(
+    State(mesh): State<Mesh>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let job = mesh.resume(&caller, &id).await?;
     Ok((StatusCode::ACCEPTED, Json(JobView::from_job(&job))).into_response())
 }
 
-async fn cancel(State(mesh): State<Mesh>, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
-    Ok(Json(JobView::from_job(&mesh.cancel(&id).await?)))
+async fn cancel(
+    State(mesh): State<Mesh>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<JobView>> {
+    Ok(Json(JobView::from_job(&mesh.cancel(&caller, &id).await?)))
 }
 
 /// How often an idle event stream sends a comment, so proxies keep the connection open.
@@ -527,6 +565,7 @@ struct EventParams {
 /// to the end answers 204, which tells `EventSource` to stop reconnecting.
 async fn events(
     State(mesh): State<Mesh>,
+    caller: Caller,
     Path(id): Path<String>,
     Query(params): Query<EventParams>,
     headers: HeaderMap,
@@ -542,12 +581,12 @@ async fn events(
         })?,
     };
     if after > 0 {
-        let summary = mesh.summary(&id).await?;
+        let summary = mesh.summary(&caller, &id).await?;
         if summary.state().is_final() && after >= summary.version {
             return Ok(StatusCode::NO_CONTENT.into_response());
         }
     }
-    let events = mesh.watch(&id, after).await?;
+    let events = mesh.watch(&caller, &id, after).await?;
     Ok(sse_response(events.map(|event| match event {
         Ok(event) => sse_events(&event),
         Err(err) => {
@@ -571,8 +610,8 @@ fn sse_response(events: impl Stream<Item = Vec<Event>> + Send + 'static) -> Resp
 /// `GET /api/v1/events`: every job's events (as on a job's stream, without resume) and
 /// worker changes: `worker` (a heartbeat: the worker's counters) and `worker_gone`. Each
 /// gateway relays what NATS tells it, so any replica serves the same feed.
-async fn feed(State(mesh): State<Mesh>) -> ApiResult<Response> {
-    let events = mesh.feed().await?;
+async fn feed(State(mesh): State<Mesh>, caller: Caller) -> ApiResult<Response> {
+    let events = mesh.feed(&caller).await?;
     Ok(sse_response(events.map(|event| match event {
         FeedEvent::Job(event) => sse_events(&event),
         FeedEvent::Worker(worker) => vec![
@@ -628,13 +667,14 @@ fn json_string(value: &impl Serialize) -> String {
 /// input's name (`photo.jpg`; the first image of that name).
 async fn download(
     State(mesh): State<Mesh>,
+    caller: Caller,
     Path((id, output)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let key = match output.parse::<u32>() {
         Ok(index) => OutputKey::Index(index),
         Err(_) => OutputKey::Name(&output),
     };
-    let (output, name, chunks) = mesh.download(&id, key).await?;
+    let (output, name, chunks) = mesh.download(&caller, &id, key).await?;
     let file_name = output_file_name(&name, &output.content_type);
     let body = Body::from_stream(chunks.map(|chunk| chunk.map_err(std::io::Error::other)));
     Ok(Response::builder()
@@ -649,8 +689,12 @@ async fn download(
 }
 
 /// `GET /api/v1/jobs/{id}/outputs.zip`: every output and the manifests, streamed.
-async fn download_all(State(mesh): State<Mesh>, Path(id): Path<String>) -> ApiResult<Response> {
-    let chunks = mesh.bundle(&id).await?;
+async fn download_all(
+    State(mesh): State<Mesh>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let chunks = mesh.bundle(&caller, &id).await?;
     let body = Body::from_stream(chunks.map(|chunk| chunk.map_err(std::io::Error::other)));
     Ok(Response::builder()
         .header(header::CONTENT_TYPE, "application/zip")
@@ -663,8 +707,12 @@ async fn download_all(State(mesh): State<Mesh>, Path(id): Path<String>) -> ApiRe
 }
 
 /// `GET /api/v1/jobs/{id}/analysis.csv`: one row per image and `analyze` report.
-async fn analysis_csv(State(mesh): State<Mesh>, Path(id): Path<String>) -> ApiResult<Response> {
-    let job = mesh.job(&id).await?;
+async fn analysis_csv(
+    State(mesh): State<Mesh>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let job = mesh.job(&caller, &id).await?;
     attachment(
         &id,
         "csv",
@@ -674,8 +722,12 @@ async fn analysis_csv(State(mesh): State<Mesh>, Path(id): Path<String>) -> ApiRe
 }
 
 /// `GET /api/v1/jobs/{id}/analysis.json`: every image's reports whole (histograms too).
-async fn analysis_json(State(mesh): State<Mesh>, Path(id): Path<String>) -> ApiResult<Response> {
-    let job = mesh.job(&id).await?;
+async fn analysis_json(
+    State(mesh): State<Mesh>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let job = mesh.job(&caller, &id).await?;
     attachment(
         &id,
         "json",
@@ -685,8 +737,12 @@ async fn analysis_json(State(mesh): State<Mesh>, Path(id): Path<String>) -> ApiR
 }
 
 /// `GET /api/v1/jobs/{id}/analysis.xlsx`: the CSV's table as a workbook.
-async fn analysis_xlsx(State(mesh): State<Mesh>, Path(id): Path<String>) -> ApiResult<Response> {
-    let job = mesh.job(&id).await?;
+async fn analysis_xlsx(
+    State(mesh): State<Mesh>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let job = mesh.job(&caller, &id).await?;
     let bytes = crate::export::to_xlsx(&job)?;
     attachment(
         &id,

@@ -26,6 +26,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::{
     Settings,
     archive::{self, ZipLimits},
+    auth::Caller,
     bundle::{self, ManifestRow, ZipStreamWriter},
     urls,
 };
@@ -164,7 +165,13 @@ impl Mesh {
 
     /// Submits one job. URL inputs are checked for form here (where they may be fetched
     /// from is the workers' check).
-    pub async fn submit(&self, mut request: SubmitJobRequest) -> Result<Job, Error> {
+    pub async fn submit(
+        &self,
+        caller: &Caller,
+        mut request: SubmitJobRequest,
+    ) -> Result<Job, Error> {
+        // Whatever the client sent: a job belongs to the key that made it.
+        request.owner = caller.owner().to_string();
         for (i, input) in request.inputs.iter_mut().enumerate() {
             if !input.url.is_empty() {
                 let url = urls::check_url(&input.url)
@@ -185,11 +192,12 @@ impl Mesh {
     /// parent id (empty for one job) and the jobs.
     pub async fn submit_batch(
         &self,
+        caller: &Caller,
         request: SubmitJobRequest,
     ) -> Result<(String, Vec<Job>), Error> {
         let per_job = self.settings.max_files_per_job.max(1);
         if request.inputs.len() <= per_job {
-            return Ok((String::new(), vec![self.submit(request).await?]));
+            return Ok((String::new(), vec![self.submit(caller, request).await?]));
         }
         // Every url is checked before the first job is made, so a bad line fails the
         // whole list, not the jobs after it.
@@ -210,7 +218,7 @@ impl Mesh {
                 parent_id: parent_id.clone(),
                 ..request.clone()
             };
-            jobs.push(self.submit(part).await.map_err(|err| {
+            jobs.push(self.submit(caller, part).await.map_err(|err| {
                 Error::new(
                     err.code,
                     format!(
@@ -226,7 +234,8 @@ impl Mesh {
         Ok((parent_id, jobs))
     }
 
-    pub async fn cancel(&self, id: &str) -> Result<Job, Error> {
+    pub async fn cancel(&self, caller: &Caller, id: &str) -> Result<Job, Error> {
+        self.summary(caller, id).await?;
         let request = pixelmesh_proto::v1::CancelJobRequest { id: id.to_string() };
         Ok(self
             .scheduler
@@ -238,8 +247,8 @@ impl Mesh {
 
     /// Cancels the job if it still runs (its queued tasks are purged; tasks in flight find
     /// it gone), then deletes it and the blobs no other job uses.
-    pub async fn delete(&self, id: &str) -> Result<DeleteJobResponse, Error> {
-        match self.cancel(id).await {
+    pub async fn delete(&self, caller: &Caller, id: &str) -> Result<DeleteJobResponse, Error> {
+        match self.cancel(caller, id).await {
             // It had ended already: nothing to cancel.
             Err(err) if err.code == ErrorCode::FailedPrecondition => {}
             cancelled => {
@@ -250,17 +259,22 @@ impl Mesh {
         Ok(self.storage.clone().delete_job(request).await?.into_inner())
     }
 
-    pub async fn summary(&self, id: &str) -> Result<JobSummary, Error> {
+    /// The job's summary, if `caller` may see the job; another key's job is not found, so
+    /// its existence is not revealed either.
+    pub async fn summary(&self, caller: &Caller, id: &str) -> Result<JobSummary, Error> {
         let request = JobRequest { id: id.to_string() };
-        Ok(self
+        let summary = self
             .storage
             .clone()
             .get_job_summary(request)
             .await?
-            .into_inner())
+            .into_inner();
+        check_access(caller, id, &summary)?;
+        Ok(summary)
     }
 
-    pub async fn pause(&self, id: &str) -> Result<Job, Error> {
+    pub async fn pause(&self, caller: &Caller, id: &str) -> Result<Job, Error> {
+        self.summary(caller, id).await?;
         let request = pixelmesh_proto::v1::CancelJobRequest { id: id.to_string() };
         Ok(self
             .scheduler
@@ -270,7 +284,8 @@ impl Mesh {
             .into_inner())
     }
 
-    pub async fn resume(&self, id: &str) -> Result<Job, Error> {
+    pub async fn resume(&self, caller: &Caller, id: &str) -> Result<Job, Error> {
+        self.summary(caller, id).await?;
         let request = pixelmesh_proto::v1::CancelJobRequest { id: id.to_string() };
         Ok(self
             .scheduler
@@ -280,7 +295,8 @@ impl Mesh {
             .into_inner())
     }
 
-    pub async fn retry(&self, id: &str) -> Result<Job, Error> {
+    pub async fn retry(&self, caller: &Caller, id: &str) -> Result<Job, Error> {
+        self.summary(caller, id).await?;
         let request = pixelmesh_proto::v1::CancelJobRequest { id: id.to_string() };
         Ok(self
             .scheduler
@@ -290,25 +306,36 @@ impl Mesh {
             .into_inner())
     }
 
-    pub async fn job(&self, id: &str) -> Result<Job, Error> {
+    pub async fn job(&self, caller: &Caller, id: &str) -> Result<Job, Error> {
         let request = JobRequest { id: id.to_string() };
-        Ok(self.storage.clone().get_job(request).await?.into_inner())
+        let job = self.storage.clone().get_job(request).await?.into_inner();
+        check_access(
+            caller,
+            id,
+            job.summary.as_ref().unwrap_or(&JobSummary::default()),
+        )?;
+        Ok(job)
     }
 
     /// A page of jobs, newest first, filtered by batch and states, with the counts per state
     /// of every job (not only the page's).
-    pub async fn list(&self, request: ListJobsRequest) -> Result<ListJobsResponse, Error> {
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        request: ListJobsRequest,
+    ) -> Result<ListJobsResponse, Error> {
+        let owner = owner_filter(caller);
         let query = ListJobsQuery {
             limit: request.limit.min(MAX_LIST_LIMIT),
             before: request.before,
             parent_id: request.parent_id,
             states: request.states,
-            owner: String::new(),
+            owner: owner.clone(),
         };
         let mut storage = self.storage.clone();
         let jobs = storage.list_jobs(query).await?.into_inner().jobs;
         let counts = storage
-            .count_jobs(CountJobsRequest::default())
+            .count_jobs(CountJobsRequest { owner })
             .await?
             .into_inner();
         Ok(ListJobsResponse {
@@ -318,13 +345,14 @@ impl Mesh {
     }
 
     /// Every job of batch `parent_id`, oldest first.
-    pub async fn batch(&self, parent_id: &str) -> Result<Vec<JobSummary>, Error> {
+    pub async fn batch(&self, caller: &Caller, parent_id: &str) -> Result<Vec<JobSummary>, Error> {
         let mut jobs: Vec<JobSummary> = Vec::new();
         loop {
             let query = ListJobsQuery {
                 limit: MAX_LIST_LIMIT,
                 before: jobs.last().map(|job| job.id.clone()).unwrap_or_default(),
                 parent_id: parent_id.to_string(),
+                owner: owner_filter(caller),
                 ..Default::default()
             };
             let page = self
@@ -353,9 +381,11 @@ impl Mesh {
     /// storage), then the current state. Dropping the stream stops the relay.
     pub async fn watch(
         &self,
+        caller: &Caller,
         id: &str,
         after: u64,
     ) -> Result<ReceiverStream<Result<JobEvent, Error>>, Error> {
+        self.summary(caller, id).await?;
         // Subscribe before reading storage, so no change falls between the two.
         let mut events = self
             .nats
@@ -449,6 +479,7 @@ impl Mesh {
     /// One output image: its description, the image's name, and its bytes in chunks.
     pub async fn download(
         &self,
+        caller: &Caller,
         job_id: &str,
         key: OutputKey<'_>,
     ) -> Result<
@@ -459,7 +490,7 @@ impl Mesh {
         ),
         Error,
     > {
-        let job = self.job(job_id).await?;
+        let job = self.job(caller, job_id).await?;
         let image = match key {
             OutputKey::Index(index) => job.images.get(index as usize),
             OutputKey::Name(name) => job.images.iter().find(|image| image.name == name),
@@ -496,7 +527,9 @@ impl Mesh {
     /// Every job's progress events and every worker change, for dashboards: first a
     /// `Worker` per live worker, then changes as they happen. A worker that stops beating
     /// (killed) is reported gone once its heartbeat expires. Dropping the stream stops it.
-    pub async fn feed(&self) -> Result<ReceiverStream<FeedEvent>, Error> {
+    /// Every job's events that `caller` may see, and worker changes.
+    pub async fn feed(&self, caller: &Caller) -> Result<ReceiverStream<FeedEvent>, Error> {
+        let caller = caller.clone();
         let mut progress = self
             .nats
             .subscribe(nats::ALL_PROGRESS)
@@ -518,7 +551,13 @@ impl Mesh {
                 let event = tokio::select! {
                     message = progress.next() => match message {
                         Some(message) => match JobEvent::decode(message.payload) {
-                            Ok(event) => FeedEvent::Job(Box::new(event)),
+                            Ok(event) => {
+                                let owner = event.summary.as_ref().map(|s| s.owner.as_str());
+                                if !caller.may_access(owner.unwrap_or_default()) {
+                                    continue;
+                                }
+                                FeedEvent::Job(Box::new(event))
+                            }
                             Err(_) => continue,
                         },
                         None => return,
@@ -570,8 +609,12 @@ impl Mesh {
     /// Every output of job `id` as one ZIP, written while each output streams from storage
     /// (never whole in memory), then `manifest.json` and `manifest.csv` with a row per image
     /// (failed ones too, with their error). An error part-way ends the stream with it.
-    pub async fn bundle(&self, id: &str) -> Result<ReceiverStream<Result<Bytes, Error>>, Error> {
-        let job = self.job(id).await?;
+    pub async fn bundle(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<ReceiverStream<Result<Bytes, Error>>, Error> {
+        let job = self.job(caller, id).await?;
         let storage = self.storage.clone();
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(async move {
@@ -768,6 +811,24 @@ fn changed_since(images: Vec<Image>, after: u64) -> Vec<Image> {
 }
 
 /// The version an event stands for: an image event's change, or the job's state.
+/// Another key's job answers like a job that does not exist.
+fn check_access(caller: &Caller, id: &str, summary: &JobSummary) -> Result<(), Error> {
+    if caller.may_access(&summary.owner) {
+        Ok(())
+    } else {
+        Err(Error::not_found(format!("job {id} not found")))
+    }
+}
+
+/// The owner a caller's lists are limited to: none for admins.
+fn owner_filter(caller: &Caller) -> String {
+    if caller.admin {
+        String::new()
+    } else {
+        caller.owner().to_string()
+    }
+}
+
 pub fn event_version(event: &JobEvent) -> u64 {
     match (&event.image, &event.summary) {
         (Some(image), _) => image.version,
