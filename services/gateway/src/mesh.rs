@@ -810,7 +810,6 @@ fn changed_since(images: Vec<Image>, after: u64) -> Vec<Image> {
     changed
 }
 
-/// The version an event stands for: an image event's change, or the job's state.
 /// Another key's job answers like a job that does not exist.
 fn check_access(caller: &Caller, id: &str, summary: &JobSummary) -> Result<(), Error> {
     if caller.may_access(&summary.owner) {
@@ -829,6 +828,7 @@ fn owner_filter(caller: &Caller) -> String {
     }
 }
 
+/// The version an event stands for: an image event's change, or the job's state.
 pub fn event_version(event: &JobEvent) -> u64 {
     match (&event.image, &event.summary) {
         (Some(image), _) => image.version,
