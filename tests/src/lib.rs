@@ -513,13 +513,20 @@ pub mod rest {
                 reqwest::multipart::Part::bytes(bytes.clone()).file_name(name.to_string()),
             );
         }
-        let response = http
-            .post(format!("{base}/api/v1/jobs"))
+        accepted(post_job(http, base, form).await).await
+    }
+
+    /// POSTs a multipart submit, whatever the answer.
+    pub async fn post_job(
+        http: &reqwest::Client,
+        base: &str,
+        form: reqwest::multipart::Form,
+    ) -> reqwest::Response {
+        http.post(format!("{base}/api/v1/jobs"))
             .multipart(form)
             .send()
             .await
-            .expect("submit");
-        accepted(response).await
+            .expect("submit")
     }
 
     /// The job id of a submit that must have been accepted (202).

@@ -233,13 +233,7 @@ async fn rest_submit_status_and_download() {
             reqwest::multipart::Part::bytes(corpus::read("wood-4096x4096.webp"))
                 .file_name("wood.webp"),
         );
-    let response = http
-        .post(format!("{base}/api/v1/jobs"))
-        .multipart(form)
-        .send()
-        .await
-        .expect("post");
-    let id = rest::accepted(response).await;
+    let id = rest::accepted(rest::post_job(&http, &base, form).await).await;
 
     let mut client = cluster.gateway_client().await;
     let (_, job) = api::watch_to_end(&mut client, &id, JOB_TIMEOUT).await;
@@ -379,11 +373,7 @@ async fn watermark_and_analyze_through_the_mesh() {
                     "file",
                     reqwest::multipart::Part::bytes(corpus::read(file)).file_name(file),
                 );
-            http.post(format!("{base}/api/v1/jobs"))
-                .multipart(form)
-                .send()
-                .await
-                .expect("post")
+            rest::post_job(&http, &base, form).await
         }
     };
     let response = submit(

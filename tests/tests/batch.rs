@@ -47,11 +47,7 @@ async fn submit_archive(
             reqwest::multipart::Part::bytes(bytes).file_name(name.to_string()),
         );
     }
-    http.post(format!("{base}/api/v1/jobs"))
-        .multipart(form)
-        .send()
-        .await
-        .expect("submit")
+    rest::post_job(http, base, form).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -95,11 +95,7 @@ async fn submit_urls(http: &reqwest::Client, base: &str, list: String) -> reqwes
             "urls",
             reqwest::multipart::Part::text(list).file_name("urls.txt"),
         );
-    http.post(format!("{base}/api/v1/jobs"))
-        .multipart(form)
-        .send()
-        .await
-        .expect("submit")
+    rest::post_job(http, base, form).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -2,6 +2,7 @@
 //!
 //! * [`config`] — command-line/environment settings more than one role reads;
 //! * [`grpc`] — the one server helper (health, reflection, tracing, graceful stop) and clients;
+//! * [`media`] — media types of `Content-Type` headers;
 //! * [`nats`] — stream, subject, consumer and bucket names in one place, and their setup;
 //! * [`shutdown`] — the process stop signal;
 //! * [`telemetry`] — logging, OTLP trace export and W3C trace-context propagation;
@@ -9,6 +10,7 @@
 
 pub mod config;
 pub mod grpc;
+pub mod media;
 pub mod nats;
 pub mod shutdown;
 pub mod telemetry;

@@ -402,12 +402,7 @@ async fn read_image(
     }
     if let Some(content_type) = response.headers().get(header::CONTENT_TYPE) {
         let content_type = content_type.to_str().unwrap_or("?");
-        let essence = content_type
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
+        let essence = pixelmesh_common::media::essence(content_type);
         if !(essence.starts_with("image/") || essence == "application/octet-stream") {
             return Err(FetchError::Permanent(format!(
                 "content type {content_type:?} is not an image"

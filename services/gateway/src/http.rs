@@ -11,7 +11,7 @@ use axum::{
         IntoResponse, Response,
         sse::{Event, KeepAlive, Sse},
     },
-    routing::{get, post},
+    routing::{MethodRouter, get, post},
 };
 use futures::{Stream, StreamExt, TryStreamExt};
 use pixelmesh_filter::ops::Pipeline;
@@ -60,9 +60,18 @@ pub fn router(mesh: Mesh) -> Router {
         .route("/api/v1/events", get(feed))
         .route("/api/v1/jobs/{id}/outputs/{output}", get(download))
         .route("/api/v1/jobs/{id}/outputs.zip", get(download_all))
-        .route("/api/v1/jobs/{id}/analysis.csv", get(analysis_csv))
-        .route("/api/v1/jobs/{id}/analysis.json", get(analysis_json))
-        .route("/api/v1/jobs/{id}/analysis.xlsx", get(analysis_xlsx))
+        .route(
+            "/api/v1/jobs/{id}/analysis.csv",
+            analysis_route(Export::Csv),
+        )
+        .route(
+            "/api/v1/jobs/{id}/analysis.json",
+            analysis_route(Export::Json),
+        )
+        .route(
+            "/api/v1/jobs/{id}/analysis.xlsx",
+            analysis_route(Export::Xlsx),
+        )
         .route("/api/v1/workers", get(workers))
         .with_state(mesh)
 }
@@ -706,60 +715,46 @@ async fn download_all(
         .map_err(|err| Error::internal(format!("building response: {err}")))?)
 }
 
-/// `GET /api/v1/jobs/{id}/analysis.csv`: one row per image and `analyze` report.
-async fn analysis_csv(
+/// The formats a job's analysis reports export to.
+#[derive(Debug, Clone, Copy)]
+enum Export {
+    /// One row per image and `analyze` report.
+    Csv,
+    /// Every image's reports whole (histograms too).
+    Json,
+    /// The CSV's table as a workbook.
+    Xlsx,
+}
+
+/// `GET /api/v1/jobs/{id}/analysis.<extension>` for one format.
+fn analysis_route(format: Export) -> MethodRouter<Mesh> {
+    get(move |mesh: State<Mesh>, caller: Caller, id: Path<String>| {
+        analysis(mesh, caller, id, format)
+    })
+}
+
+/// A job's analysis as a download named `<job id>-analysis.<extension>`. Built in memory: a
+/// job has at most `--max-files-per-job` images, each a few hundred bytes of table.
+async fn analysis(
     State(mesh): State<Mesh>,
     caller: Caller,
     Path(id): Path<String>,
+    format: Export,
 ) -> ApiResult<Response> {
     let job = mesh.job(&caller, &id).await?;
-    attachment(
-        &id,
-        "csv",
-        "text/csv; charset=utf-8",
-        crate::export::to_csv(&job),
-    )
-}
-
-/// `GET /api/v1/jobs/{id}/analysis.json`: every image's reports whole (histograms too).
-async fn analysis_json(
-    State(mesh): State<Mesh>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> ApiResult<Response> {
-    let job = mesh.job(&caller, &id).await?;
-    attachment(
-        &id,
-        "json",
-        "application/json",
-        crate::export::to_json(&job),
-    )
-}
-
-/// `GET /api/v1/jobs/{id}/analysis.xlsx`: the CSV's table as a workbook.
-async fn analysis_xlsx(
-    State(mesh): State<Mesh>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> ApiResult<Response> {
-    let job = mesh.job(&caller, &id).await?;
-    let bytes = crate::export::to_xlsx(&job)?;
-    attachment(
-        &id,
-        "xlsx",
-        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-        bytes,
-    )
-}
-
-/// A whole-body download named `<job id>-analysis.<extension>`. Exports are built in memory:
-/// a job has at most `--max-files-per-job` images, each a few hundred bytes of table.
-fn attachment(
-    id: &str,
-    extension: &str,
-    content_type: &str,
-    bytes: Vec<u8>,
-) -> ApiResult<Response> {
+    let (extension, content_type, bytes) = match format {
+        Export::Csv => (
+            "csv",
+            "text/csv; charset=utf-8",
+            crate::export::to_csv(&job),
+        ),
+        Export::Json => ("json", "application/json", crate::export::to_json(&job)),
+        Export::Xlsx => (
+            "xlsx",
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+            crate::export::to_xlsx(&job)?,
+        ),
+    };
     Ok(Response::builder()
         .header(header::CONTENT_TYPE, content_type)
         .header(

@@ -385,7 +385,6 @@ impl Mesh {
         id: &str,
         after: u64,
     ) -> Result<ReceiverStream<Result<JobEvent, Error>>, Error> {
-        self.summary(caller, id).await?;
         // Subscribe before reading storage, so no change falls between the two.
         let mut events = self
             .nats
@@ -398,6 +397,7 @@ impl Mesh {
             last: after,
         };
         let snapshot = watch.summary().await?;
+        check_access(caller, id, &snapshot)?;
         // A version from another life of the job store (or made up) resumes nothing.
         if watch.last > snapshot.version {
             watch.last = 0;

@@ -242,13 +242,7 @@ fn compressible(_: StatusCode, _: Version, headers: &HeaderMap, _: &Extensions) 
     else {
         return false;
     };
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    match essence.as_str() {
+    match pixelmesh_common::media::essence(content_type).as_str() {
         "text/event-stream" => false,
         "application/json" | "application/javascript" | "application/wasm" => true,
         other => other.starts_with("text/") || other.ends_with("+json"),

@@ -231,11 +231,7 @@ impl Jobs {
             .into_inner();
         self.purge_tasks(id).await;
         tracing::info!(job = %id, "job cancelled");
-        self.publish_progress(JobEvent {
-            summary: job.summary.clone(),
-            image: None,
-        })
-        .await;
+        self.publish_state(&job).await;
         Ok(job)
     }
 
@@ -250,11 +246,7 @@ impl Jobs {
             .into_inner();
         self.purge_tasks(id).await;
         tracing::info!(job = %id, "job paused");
-        self.publish_progress(JobEvent {
-            summary: job.summary.clone(),
-            image: None,
-        })
-        .await;
+        self.publish_state(&job).await;
         Ok(job)
     }
 
@@ -268,11 +260,7 @@ impl Jobs {
             .await?
             .into_inner();
         tracing::info!(job = %id, generation = job.generation, "job resumed");
-        self.publish_progress(JobEvent {
-            summary: job.summary.clone(),
-            image: None,
-        })
-        .await;
+        self.publish_state(&job).await;
         self.dispatch(job).await
     }
 
@@ -299,11 +287,7 @@ impl Jobs {
             .await?
             .into_inner();
         tracing::info!(job = %id, generation = job.generation, "retrying failed images");
-        self.publish_progress(JobEvent {
-            summary: job.summary.clone(),
-            image: None,
-        })
-        .await;
+        self.publish_state(&job).await;
         self.dispatch(job).await
     }
 
@@ -397,6 +381,15 @@ impl Jobs {
             stage: Some(stage),
             ..Default::default()
         }
+    }
+
+    /// Tells watchers the job's state changed (no image did).
+    async fn publish_state(&self, job: &Job) {
+        self.publish_progress(JobEvent {
+            summary: job.summary.clone(),
+            image: None,
+        })
+        .await;
     }
 
     /// Progress goes over NATS core: a watcher that misses an event re-reads storage.
