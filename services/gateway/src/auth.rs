@@ -329,11 +329,11 @@ fn parse_key_file(text: &str) -> Result<Vec<KeyEntry>, String> {
 }
 
 /// Whether a request needs a key: the API and the `pixelmesh.*` gRPC services do; health,
-/// reflection and the UI's static files do not. A gRPC request to any other service needs one
+/// reflection, the OpenAPI document and the UI's static files do not. A gRPC request to any other service needs one
 /// too, so nothing new slips through unguarded.
 fn needs_key(request: &Request) -> bool {
     let path = request.uri().path();
-    if protect::is_grpc_health_or_reflection(path) {
+    if protect::is_grpc_health_or_reflection(path) || path == crate::http::OPENAPI_PATH {
         return false;
     }
     path == "/api"

@@ -240,6 +240,56 @@ impl Cell<'_> {
     }
 }
 
+/// The formats a job's analysis exports to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One row per image and `analyze` report.
+    Csv,
+    /// Every image's reports whole (histograms too).
+    Json,
+    /// The CSV's table as a workbook.
+    Xlsx,
+}
+
+impl Format {
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Csv => "csv",
+            Format::Json => "json",
+            Format::Xlsx => "xlsx",
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Csv => "text/csv; charset=utf-8",
+            Format::Json => "application/json",
+            Format::Xlsx => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        }
+    }
+
+    /// The format an extension names (`csv`, `json`, `xlsx`).
+    pub fn from_extension(extension: &str) -> Option<Format> {
+        [Format::Csv, Format::Json, Format::Xlsx]
+            .into_iter()
+            .find(|format| format.extension() == extension)
+    }
+
+    /// The export's file name: `<job id>-analysis.<extension>`.
+    pub fn file_name(self, job_id: &str) -> String {
+        format!("{job_id}-analysis.{}", self.extension())
+    }
+}
+
+/// `job`'s analysis in `format`.
+pub fn render(job: &Job, format: Format) -> Result<Vec<u8>, Error> {
+    match format {
+        Format::Csv => Ok(to_csv(job)),
+        Format::Json => Ok(to_json(job)),
+        Format::Xlsx => to_xlsx(job),
+    }
+}
+
 /// The analysis as CSV: the [`COLUMNS`] header, then [`rows`], quoted per RFC 4180, ended with
 /// `\r\n`, with text that a spreadsheet would run as a formula made plain text.
 pub fn to_csv(job: &Job) -> Vec<u8> {
@@ -263,19 +313,27 @@ pub fn to_csv(job: &Job) -> Vec<u8> {
     csv.into_bytes()
 }
 
-#[derive(Serialize)]
-struct JobJson<'a> {
+/// The JSON export: a job's analysis reports, grouped by image.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = AnalysisExport)]
+pub(crate) struct JobJson<'a> {
+    /// The job id.
     job: &'a str,
     images: Vec<ImageJson<'a>>,
 }
 
-#[derive(Serialize)]
+/// One image's reports in the JSON export.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = AnalysisImage)]
 struct ImageJson<'a> {
     index: u32,
     name: &'a str,
+    #[schema(value_type = crate::http::ImageStateLabel)]
     state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a str>,
+    /// Each `analyze` op's report whole, in pipeline order, as the worker wrote it.
+    #[schema(value_type = Vec<Object>)]
     reports: Vec<Value>,
 }
 

@@ -4,14 +4,17 @@
 use axum::{
     Json, Router,
     body::Body,
-    extract::{DefaultBodyLimit, Multipart, Path, Query, State, multipart::Field},
+    extract::{
+        DefaultBodyLimit, FromRequestParts, Multipart, Path, Query, State,
+        multipart::{Field, MultipartRejection},
+    },
     http::HeaderMap,
-    http::{StatusCode, header},
+    http::{StatusCode, header, request::Parts},
     response::{
         IntoResponse, Response,
         sse::{Event, KeepAlive, Sse},
     },
-    routing::{MethodRouter, get, post},
+    routing::get,
 };
 use futures::{Stream, StreamExt, TryStreamExt};
 use pixelmesh_filter::ops::Pipeline;
@@ -22,13 +25,15 @@ use pixelmesh_proto::{
         ListJobsRequest, Output, SubmitJobRequest, Tiling, Worker,
     },
 };
-use serde::{Deserialize, Serialize};
-
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::io::AsyncWriteExt as _;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     archive::ZipLimits,
     auth::Caller,
+    export::Format,
     mesh::{FeedEvent, Mesh, OutputKey, event_version},
 };
 
@@ -38,42 +43,159 @@ const MAX_PIPELINE_BYTES: usize = 64 * 1024;
 const MAX_NAME_BYTES: usize = 255;
 /// Largest `urls` part: 100 000 URLs of 300 bytes.
 const MAX_URL_LIST_BYTES: usize = 32 * 1024 * 1024;
+/// Where the OpenAPI document is served; open without a key, like the UI.
+pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 
 pub fn router(mesh: Mesh) -> Router {
     let body_limit = usize::try_from(mesh.settings().max_request_bytes).unwrap_or(usize::MAX);
-    Router::new()
-        .route("/healthz", get(healthz))
+    let (router, document) = api(body_limit);
+    let document = bytes::Bytes::from(document.to_json().unwrap_or_default());
+    router
         .route(
-            "/api/v1/jobs",
-            post(submit)
-                .get(list)
-                .layer(DefaultBodyLimit::max(body_limit)),
+            OPENAPI_PATH,
+            get(move || async move { ([(header::CONTENT_TYPE, "application/json")], document) }),
         )
-        .route("/api/v1/uploads", post(upload))
-        .route("/api/v1/jobs/{id}", get(job).delete(delete))
-        .route("/api/v1/batches/{id}", get(batch))
-        .route("/api/v1/jobs/{id}/cancel", post(cancel))
-        .route("/api/v1/jobs/{id}/retry", post(retry))
-        .route("/api/v1/jobs/{id}/pause", post(pause))
-        .route("/api/v1/jobs/{id}/resume", post(resume))
-        .route("/api/v1/jobs/{id}/events", get(events))
-        .route("/api/v1/events", get(feed))
-        .route("/api/v1/jobs/{id}/outputs/{output}", get(download))
-        .route("/api/v1/jobs/{id}/outputs.zip", get(download_all))
-        .route(
-            "/api/v1/jobs/{id}/analysis.csv",
-            analysis_route(Export::Csv),
-        )
-        .route(
-            "/api/v1/jobs/{id}/analysis.json",
-            analysis_route(Export::Json),
-        )
-        .route(
-            "/api/v1/jobs/{id}/analysis.xlsx",
-            analysis_route(Export::Xlsx),
-        )
-        .route("/api/v1/workers", get(workers))
         .with_state(mesh)
+}
+
+/// The OpenAPI 3.1 document of the REST API, as served at [`OPENAPI_PATH`].
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api(0).1
+}
+
+/// The REST routes and their OpenAPI document, both made from the handlers' `#[utoipa::path]`
+/// attributes: a handler is routed only through them, so the document cannot drift from the
+/// routes.
+fn api(body_limit: usize) -> (Router<Mesh>, utoipa::openapi::OpenApi) {
+    let (schemas, paths, jobs) = routes!(submit, list);
+    let jobs = jobs.layer(DefaultBodyLimit::max(body_limit));
+    let (router, mut document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes((schemas, paths, jobs))
+        .routes(routes!(upload))
+        .routes(routes!(job, delete))
+        .routes(routes!(batch))
+        .routes(routes!(cancel))
+        .routes(routes!(retry))
+        .routes(routes!(pause))
+        .routes(routes!(resume))
+        .routes(routes!(events))
+        .routes(routes!(feed))
+        .routes(routes!(download))
+        .routes(routes!(download_all))
+        .routes(routes!(analysis_csv))
+        .routes(routes!(analysis_json))
+        .routes(routes!(analysis_xlsx))
+        .routes(routes!(workers))
+        .split_for_parts();
+    add_common_errors(&mut document);
+    (router, document)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "pixelmesh",
+        description = "Distributed image processing: submit images and a pipeline of operations, follow progress live, download the results. Every error is `{\"error\", \"code\"}` with the matching status. With API keys configured, every call needs `Authorization: Bearer <key>` (or `?access_token=` on a GET).",
+        license(name = "MIT OR Apache-2.0"),
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerAuth),
+    security((), ("api_key" = [])),
+)]
+struct ApiDoc;
+
+/// Declares the optional bearer API key.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API key from --api-keys, --admin-keys or --api-keys-file; not needed when the gateway runs without keys.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Adds the refusals any call may get from the layers in front of the handlers (see
+/// `protect` and `auth`), so each operation lists every status it can answer.
+fn add_common_errors(document: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{
+        ResponseBuilder,
+        content::ContentBuilder,
+        header::HeaderBuilder,
+        schema::{ObjectBuilder, Type},
+    };
+    let error = |description: &str| {
+        ResponseBuilder::new().description(description).content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+    };
+    let retry_after = HeaderBuilder::new()
+        .schema(Some(ObjectBuilder::new().schema_type(Type::Integer)))
+        .description(Some("Seconds to wait before trying again."))
+        .build();
+    for item in document.paths.paths.values_mut() {
+        let operations = [
+            (false, &mut item.get),
+            (true, &mut item.post),
+            (false, &mut item.delete),
+        ];
+        for (post, operation) in operations {
+            let Some(operation) = operation else {
+                continue;
+            };
+            let responses = &mut operation.responses.responses;
+            let mut add = |status: &str, response: utoipa::openapi::Response| {
+                responses
+                    .entry(status.to_string())
+                    .or_insert_with(|| response.into());
+            };
+            add(
+                "400",
+                error("The request is malformed; `error` says how.").build(),
+            );
+            add(
+                "401",
+                error("An API key is needed and none valid was given.").build(),
+            );
+            if post {
+                add(
+                    "413",
+                    error("The body, or what it holds, is over a limit.").build(),
+                );
+            }
+            add(
+                "429",
+                error("Over the rate limit for this key or client.")
+                    .header("Retry-After", retry_after.clone())
+                    .build(),
+            );
+            let busy = "The gateway is at its concurrency limit, or a service it needs is down.";
+            add(
+                "503",
+                error(busy)
+                    .header("Retry-After", retry_after.clone())
+                    .build(),
+            );
+            add(
+                "504",
+                error("The call took longer than the request timeout.").build(),
+            );
+        }
+    }
 }
 
 /// An [`Error`] as an HTTP response.
@@ -85,39 +207,216 @@ impl From<Error> for ApiError {
     }
 }
 
+/// The body of every error response.
+#[derive(Serialize, ToSchema)]
+struct ErrorBody {
+    /// What went wrong, for a person.
+    error: String,
+    /// What went wrong, for a program: `invalid_argument`, `not_found`,
+    /// `failed_precondition`, `resource_exhausted`, `rate_limited`, `unauthenticated`,
+    /// `unavailable`, `deadline_exceeded`, ...
+    code: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.0.message, "code": self.0.code.as_str() });
+        let body = ErrorBody {
+            error: self.0.message,
+            code: self.0.code.as_str().to_string(),
+        };
         (self.0.code.http(), Json(body)).into_response()
+    }
+}
+
+/// `Path`, with a malformed segment answered as an API error rather than axum's plain text.
+struct ApiPath<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(ApiPath(value)),
+            Err(rejection) => Err(Error::invalid(rejection.body_text()).into()),
+        }
+    }
+}
+
+/// `Query`, with a malformed query answered as an API error rather than axum's plain text.
+struct ApiQuery<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(ApiQuery(value)),
+            Err(rejection) => Err(Error::invalid(rejection.body_text()).into()),
+        }
     }
 }
 
 type ApiResult<T> = Result<T, ApiError>;
 
+#[derive(Serialize, ToSchema)]
+struct Health {
+    /// `ok` or `unavailable`.
+    status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// Whether this gateway can serve: 200 while it is connected to NATS, else 503.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses(
+    (status = 200, description = "Serving.", body = Health),
+    (status = 503, description = "Not connected to NATS.", body = Health),
+))]
 async fn healthz(State(mesh): State<Mesh>) -> Response {
     if mesh.nats_connected() {
-        Json(serde_json::json!({ "status": "ok" })).into_response()
+        let body = Health {
+            status: "ok".into(),
+            error: None,
+        };
+        Json(body).into_response()
     } else {
-        let body = serde_json::json!({ "status": "unavailable", "error": "not connected to nats" });
+        let body = Health {
+            status: "unavailable".into(),
+            error: Some("not connected to nats".into()),
+        };
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
 }
 
-#[derive(Serialize)]
+/// A submitted job.
+#[derive(Serialize, ToSchema)]
 struct Submitted {
     id: String,
+    #[schema(value_type = JobStateLabel)]
     state: &'static str,
     images: usize,
     url: String,
 }
 
 /// What a submit split into several jobs answers.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct SubmittedBatch {
     parent_id: String,
     images: usize,
     url: String,
     jobs: Vec<Submitted>,
+}
+
+/// What a submit answers: one job, or the batch a long URL list was split into.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+enum SubmitAnswer {
+    Job(Submitted),
+    Batch(SubmittedBatch),
+}
+
+/// The parts of `POST /api/v1/jobs`, in any order; `pipeline` and at least one image.
+#[derive(ToSchema)]
+#[allow(
+    dead_code,
+    reason = "only its schema is used: the handler reads the parts as a stream"
+)]
+struct SubmitForm {
+    /// The operations, as a JSON array (`[{"op": "resize", "width": 1920}]`) or the compact
+    /// text form (`resize:w=1920`).
+    #[schema(example = r#"[{"op": "resize", "width": 640}, {"op": "format", "format": "webp"}]"#)]
+    pipeline: String,
+    /// `auto` (the default: tile images over the tiling threshold), `always` or `never`.
+    tiling: Option<TilingMode>,
+    /// Images, one part each, streamed to storage as they arrive.
+    file: Option<Vec<BinaryFile>>,
+    /// A ZIP archive whose images become the job's images (folders flattened).
+    archive: Option<BinaryFile>,
+    /// Image URLs fetched by the workers: text, one per line (`#` starts a comment), or CSV
+    /// with a `url` column and an optional `name` column.
+    #[schema(example = "https://images.example.com/a.jpg\nhttps://images.example.com/b.png\n")]
+    urls: Option<String>,
+}
+
+/// How a job's images are cut into tiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ToSchema)]
+#[schema(rename_all = "lowercase")]
+enum TilingMode {
+    Auto,
+    Always,
+    Never,
+}
+
+impl TilingMode {
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "auto" => Some(TilingMode::Auto),
+            "always" => Some(TilingMode::Always),
+            "never" => Some(TilingMode::Never),
+            _ => None,
+        }
+    }
+
+    fn to_proto(self) -> Tiling {
+        match self {
+            TilingMode::Auto => Tiling::Auto,
+            TilingMode::Always => Tiling::Always,
+            TilingMode::Never => Tiling::Never,
+        }
+    }
+}
+
+/// File bytes in a multipart part, or a binary response.
+struct BinaryFile;
+
+impl utoipa::PartialSchema for BinaryFile {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+            .content_media_type("application/octet-stream")
+            .into()
+    }
+}
+
+impl ToSchema for BinaryFile {}
+
+/// Every job state's name, as a string enum.
+struct JobStateLabel;
+
+impl utoipa::PartialSchema for JobStateLabel {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        labels_schema(JOB_STATES.iter().map(|state| state.label()))
+    }
+}
+
+impl ToSchema for JobStateLabel {}
+
+/// Every image state's name, as a string enum.
+pub(crate) struct ImageStateLabel;
+
+impl utoipa::PartialSchema for ImageStateLabel {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let states = [
+            ImageState::Pending,
+            ImageState::Done,
+            ImageState::Failed,
+            ImageState::Cancelled,
+        ];
+        labels_schema(states.iter().map(|state| state.label()))
+    }
+}
+
+impl ToSchema for ImageStateLabel {}
+
+fn labels_schema<'a>(
+    labels: impl Iterator<Item = &'a str>,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(labels))
+        .into()
 }
 
 impl Submitted {
@@ -136,11 +435,18 @@ impl Submitted {
 /// `file` parts, `archive` parts (ZIP) and `urls` parts (a URL list: text, one per line, or
 /// CSV with a `url` column). Files stream to storage as they arrive; nothing is buffered
 /// whole. A URL list longer than one job may hold is split into jobs sharing a parent id.
+#[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs",
+    request_body(content = inline(SubmitForm), content_type = "multipart/form-data"),
+    responses(
+        (status = 202, description = "Queued: one job, or a batch of jobs for a long URL list.", body = SubmitAnswer),
+    ),
+)]
 async fn submit(
     State(mesh): State<Mesh>,
     caller: Caller,
-    mut multipart: Multipart,
+    multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<Response> {
+    let mut multipart = multipart.map_err(|rejection| Error::invalid(rejection.body_text()))?;
     let submitted = submit_parts(&mesh, &caller, &mut multipart).await;
     if submitted.is_err() {
         drain(&mut multipart).await;
@@ -180,17 +486,14 @@ async fn submit_parts(
             }
             "tiling" => {
                 let text = read_small(field, MAX_PIPELINE_BYTES).await?;
-                tiling = match text.trim() {
-                    "auto" => Tiling::Auto,
-                    "always" => Tiling::Always,
-                    "never" => Tiling::Never,
-                    other => {
-                        return Err(Error::invalid(format!(
-                            "tiling must be auto, always or never, got {other:?}"
+                let text = text.trim();
+                tiling = TilingMode::parse(text)
+                    .ok_or_else(|| {
+                        Error::invalid(format!(
+                            "tiling must be auto, always or never, got {text:?}"
                         ))
-                        .into());
-                    }
-                };
+                    })?
+                    .to_proto();
             }
             "file" => {
                 if inputs.len() >= mesh.settings().max_files_per_job {
@@ -257,7 +560,8 @@ async fn submit_parts(
         .await?;
     if parent_id.is_empty() {
         let job = jobs.pop().unwrap_or_default();
-        return Ok((StatusCode::ACCEPTED, Json(Submitted::new(job))).into_response());
+        let body = SubmitAnswer::Job(Submitted::new(job));
+        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
     }
     let body = SubmittedBatch {
         url: format!("/api/v1/batches/{parent_id}"),
@@ -265,20 +569,37 @@ async fn submit_parts(
         images,
         jobs: jobs.into_iter().map(Submitted::new).collect(),
     };
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+    Ok((StatusCode::ACCEPTED, Json(SubmitAnswer::Batch(body))).into_response())
 }
 
 /// Stores the raw request body as a blob and answers `201 {"id", "size_bytes"}`: how a
 /// watermark's logo gets its id. The body streams to storage, which enforces the upload size
 /// limit. The blob is kept while a job's pipeline refers to it; an unreferenced upload is
 /// removed by the orphan sweep after its grace period.
+#[utoipa::path(post, path = "/api/v1/uploads", tag = "jobs",
+    request_body(content = BinaryFile, content_type = "application/octet-stream"),
+    responses(
+        (status = 201, description = "Stored.", body = Uploaded),
+    ),
+)]
 async fn upload(State(mesh): State<Mesh>, body: Body) -> ApiResult<Response> {
     let chunks = body
         .into_data_stream()
         .map_err(|err| Error::invalid(format!("reading the request body: {err}")));
     let blob = mesh.upload(chunks).await?;
-    let body = serde_json::json!({ "id": blob.id, "size_bytes": blob.size_bytes });
+    let body = Uploaded {
+        id: blob.id,
+        size_bytes: blob.size_bytes,
+    };
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// A stored upload.
+#[derive(Serialize, ToSchema)]
+struct Uploaded {
+    /// The blob id, for a pipeline's `watermark` logo.
+    id: String,
+    size_bytes: u64,
 }
 
 /// Writes a multipart part to an unnamed temp file (gone when closed): a ZIP's directory
@@ -346,28 +667,46 @@ pub fn sanitize_name(file_name: Option<&str>, index: usize) -> String {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListParams {
+    /// At most this many jobs (50 when 0 or absent; at most 1000).
     #[serde(default)]
     limit: u32,
+    /// Only jobs older than this job id: the previous page's `next_before`.
     #[serde(default)]
     before: String,
-    /// Comma-separated job states.
+    /// Only jobs in these states, comma-separated: `running,paused`.
     #[serde(default)]
     state: String,
-    /// A batch's parent id.
+    /// Only the jobs of this batch (its parent id).
     #[serde(default)]
     parent: String,
+}
+
+/// A page of jobs.
+#[derive(Serialize, ToSchema)]
+struct JobList {
+    jobs: Vec<JobView>,
+    counts: CountsView,
+    /// The `before` for the next page; absent on the last page.
+    next_before: Option<String>,
 }
 
 /// `GET /api/v1/jobs?limit=&before=&state=running,failed&parent=`: newest first, with
 /// `counts` per state over every job and `next_before` for the next page when this one is
 /// full.
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs",
+    params(ListParams),
+    responses(
+        (status = 200, description = "Newest first.", body = JobList),
+    ),
+)]
 async fn list(
     State(mesh): State<Mesh>,
     caller: Caller,
-    Query(params): Query<ListParams>,
-) -> ApiResult<Json<serde_json::Value>> {
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> ApiResult<Json<JobList>> {
     let states = params
         .state
         .split(',')
@@ -401,28 +740,30 @@ async fn list(
         .flatten();
     let jobs: Vec<JobView> = listed.jobs.iter().map(JobView::from_summary).collect();
     let counts = listed.counts.unwrap_or_default();
-    Ok(Json(serde_json::json!({
-        "jobs": jobs,
-        "counts": CountsView::from(&counts),
-        "next_before": next_before,
-    })))
+    Ok(Json(JobList {
+        jobs,
+        counts: CountsView::from(&counts),
+        next_before,
+    }))
 }
+
+/// The states a job can be in, as the API names them.
+const JOB_STATES: [JobState; 7] = [
+    JobState::Queued,
+    JobState::Running,
+    JobState::Paused,
+    JobState::Completed,
+    JobState::CompletedWithErrors,
+    JobState::Failed,
+    JobState::Cancelled,
+];
 
 fn job_state(label: &str) -> Option<JobState> {
-    [
-        JobState::Queued,
-        JobState::Running,
-        JobState::Completed,
-        JobState::CompletedWithErrors,
-        JobState::Failed,
-        JobState::Cancelled,
-        JobState::Paused,
-    ]
-    .into_iter()
-    .find(|state| state.label() == label)
+    JOB_STATES.into_iter().find(|state| state.label() == label)
 }
 
-#[derive(Serialize)]
+/// How many jobs are in each state, over every job the caller may see.
+#[derive(Serialize, ToSchema)]
 struct CountsView {
     total: u32,
     queued: u32,
@@ -453,11 +794,18 @@ impl From<&JobCounts> for CountsView {
 /// aggregate: summed counts and one state (running while any runs, paused while the rest
 /// are paused; then failed if every image failed, completed_with_errors if some did,
 /// cancelled if all were cancelled).
+#[utoipa::path(get, path = "/api/v1/batches/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "The batch's parent id.")),
+    responses(
+        (status = 200, description = "The batch and its jobs.", body = BatchView),
+        (status = 404, description = "No such batch (or not the caller's).", body = ErrorBody),
+    ),
+)]
 async fn batch(
     State(mesh): State<Mesh>,
     caller: Caller,
-    Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<BatchView>> {
     let jobs = mesh.batch(&caller, &id).await?;
     let sum = |f: fn(&JobSummary) -> u32| jobs.iter().map(f).sum::<u32>();
     let (total, done, failed, cancelled) = (
@@ -484,75 +832,147 @@ async fn batch(
     } else {
         JobState::Completed
     };
-    let views: Vec<JobView> = jobs.iter().map(JobView::from_summary).collect();
-    Ok(Json(serde_json::json!({
-        "id": id,
-        "state": state.label(),
-        "total": total,
-        "done": done,
-        "failed": failed,
-        "cancelled": cancelled,
-        "jobs": views,
-    })))
+    Ok(Json(BatchView {
+        id,
+        state: state.label(),
+        total,
+        done,
+        failed,
+        cancelled,
+        jobs: jobs.iter().map(JobView::from_summary).collect(),
+    }))
 }
 
+/// The jobs a URL list was split into, and their sums.
+#[derive(Serialize, ToSchema)]
+struct BatchView {
+    id: String,
+    #[schema(value_type = JobStateLabel)]
+    state: &'static str,
+    total: u32,
+    done: u32,
+    failed: u32,
+    cancelled: u32,
+    /// Oldest first.
+    jobs: Vec<JobView>,
+}
+
+/// A job with its images: states, outputs, workers, errors, tile progress.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "The job id.")),
+    responses(
+        (status = 200, description = "The job.", body = JobView),
+        (status = 404, description = "No such job (or not the caller's).", body = ErrorBody),
+    ),
+)]
 async fn job(
     State(mesh): State<Mesh>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<JobView>> {
     Ok(Json(JobView::from_job(&mesh.job(&caller, &id).await?)))
 }
 
 /// `DELETE /api/v1/jobs/{id}`: cancels a running job, deletes it and the blobs no other job
 /// uses; answers what went.
+#[utoipa::path(delete, path = "/api/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "The job id.")),
+    responses(
+        (status = 200, description = "Deleted.", body = Deleted),
+        (status = 404, description = "No such job (or not the caller's).", body = ErrorBody),
+    ),
+)]
 async fn delete(
     State(mesh): State<Mesh>,
     caller: Caller,
-    Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Deleted>> {
     let deleted = mesh.delete(&caller, &id).await?;
-    Ok(Json(serde_json::json!({
-        "id": id,
-        "deleted": true,
-        "blobs_removed": deleted.blobs_removed,
-        "bytes_removed": deleted.bytes_removed,
-    })))
+    Ok(Json(Deleted {
+        id,
+        deleted: true,
+        blobs_removed: deleted.blobs_removed,
+        bytes_removed: deleted.bytes_removed,
+    }))
+}
+
+/// What a delete removed.
+#[derive(Serialize, ToSchema)]
+struct Deleted {
+    id: String,
+    deleted: bool,
+    /// Blobs no other job used: outputs, and inputs past the upload grace period.
+    blobs_removed: u32,
+    bytes_removed: u64,
 }
 
 /// `POST /api/v1/jobs/{id}/retry`: runs an ended job's failed images again.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/retry", tag = "control",
+    params(("id" = String, Path, description = "The job id.")),
+    responses(
+        (status = 202, description = "Retried.", body = JobView),
+        (status = 404, description = "No such job (or not the caller's).", body = ErrorBody),
+        (status = 409, description = "Not in a state that allows it.", body = ErrorBody),
+    ),
+)]
 async fn retry(
     State(mesh): State<Mesh>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Response> {
     let job = mesh.retry(&caller, &id).await?;
     Ok((StatusCode::ACCEPTED, Json(JobView::from_job(&job))).into_response())
 }
 
 /// `POST /api/v1/jobs/{id}/pause`: stops dispatching the job's images; running ones finish.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/pause", tag = "control",
+    params(("id" = String, Path, description = "The job id.")),
+    responses(
+        (status = 200, description = "Paused.", body = JobView),
+        (status = 404, description = "No such job (or not the caller's).", body = ErrorBody),
+        (status = 409, description = "Not in a state that allows it.", body = ErrorBody),
+    ),
+)]
 async fn pause(
     State(mesh): State<Mesh>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<JobView>> {
     Ok(Json(JobView::from_job(&mesh.pause(&caller, &id).await?)))
 }
 
 /// `POST /api/v1/jobs/{id}/resume`: dispatches a paused job's pending images again.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/resume", tag = "control",
+    params(("id" = String, Path, description = "The job id.")),
+    responses(
+        (status = 202, description = "Resumed.", body = JobView),
+        (status = 404, description = "No such job (or not the caller's).", body = ErrorBody),
+        (status = 409, description = "Not in a state that allows it.", body = ErrorBody),
+    ),
+)]
 async fn resume(
     State(mesh): State<Mesh>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Response> {
     let job = mesh.resume(&caller, &id).await?;
     Ok((StatusCode::ACCEPTED, Json(JobView::from_job(&job))).into_response())
 }
 
+/// `POST /api/v1/jobs/{id}/cancel`: purges the job's queued work; running tasks are dropped
+/// when they end.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "control",
+    params(("id" = String, Path, description = "The job id.")),
+    responses(
+        (status = 200, description = "Cancelled.", body = JobView),
+        (status = 404, description = "No such job (or not the caller's).", body = ErrorBody),
+        (status = 409, description = "Not in a state that allows it.", body = ErrorBody),
+    ),
+)]
 async fn cancel(
     State(mesh): State<Mesh>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<JobView>> {
     Ok(Json(JobView::from_job(&mesh.cancel(&caller, &id).await?)))
 }
@@ -560,10 +980,11 @@ async fn cancel(
 /// How often an idle event stream sends a comment, so proxies keep the connection open.
 const SSE_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct EventParams {
-    /// For clients that cannot set `Last-Event-ID` on their first request (a browser's
-    /// `EventSource` after reading the job with `GET`).
+    /// Resume after this event id, as `Last-Event-ID` does: for clients that cannot set the
+    /// header on their first request (a browser's `EventSource` after reading the job).
     last_event_id: Option<String>,
 }
 
@@ -572,11 +993,23 @@ struct EventParams {
 /// `job_done` last. Event ids are job versions: a client that reconnects with
 /// `Last-Event-ID` gets what it missed, nothing twice. A finished job the client has seen
 /// to the end answers 204, which tells `EventSource` to stop reconnecting.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/events", tag = "events",
+    params(
+        ("id" = String, Path, description = "The job id."),
+        EventParams,
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id."),
+    ),
+    responses(
+        (status = 200, description = "The event stream: `progress` first, then `image_done`, `image_failed`, `image_cancelled`, `tile_done`, and `job_done` last.", body = SseEvent, content_type = "text/event-stream"),
+        (status = 204, description = "The job ended and the client has seen it all."),
+        (status = 404, description = "No such job (or not the caller's).", body = ErrorBody),
+    ),
+)]
 async fn events(
     State(mesh): State<Mesh>,
     caller: Caller,
-    Path(id): Path<String>,
-    Query(params): Query<EventParams>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(params): ApiQuery<EventParams>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let last = headers
@@ -606,6 +1039,23 @@ async fn events(
     })))
 }
 
+/// One server-sent event, as the schema of an event stream's items.
+#[derive(ToSchema)]
+#[allow(
+    dead_code,
+    reason = "only its schema is used: events are written by axum's `Event`"
+)]
+struct SseEvent {
+    /// `progress`, `image_done`, `image_failed`, `image_cancelled`, `tile_done`, `job_done`,
+    /// `error` (the stream cannot go on); on the feed also `worker` and `worker_gone`.
+    event: String,
+    /// JSON: a job (as `GET /api/v1/jobs/{id}` without images) for `progress` and
+    /// `job_done`; `{"job", "image"}` for image and tile events; a worker for `worker`.
+    data: String,
+    /// The job version: send it back as `Last-Event-ID` to resume after it.
+    id: Option<String>,
+}
+
 /// An event stream response; each item is the events one change makes.
 fn sse_response(events: impl Stream<Item = Vec<Event>> + Send + 'static) -> Response {
     let events = events.flat_map(|events| {
@@ -619,6 +1069,11 @@ fn sse_response(events: impl Stream<Item = Vec<Event>> + Send + 'static) -> Resp
 /// `GET /api/v1/events`: every job's events (as on a job's stream, without resume) and
 /// worker changes: `worker` (a heartbeat: the worker's counters) and `worker_gone`. Each
 /// gateway relays what NATS tells it, so any replica serves the same feed.
+#[utoipa::path(get, path = "/api/v1/events", tag = "events",
+    responses(
+        (status = 200, description = "The event stream of every job, plus `worker` and `worker_gone`. It never ends.", body = SseEvent, content_type = "text/event-stream"),
+    ),
+)]
 async fn feed(State(mesh): State<Mesh>, caller: Caller) -> ApiResult<Response> {
     let events = mesh.feed(&caller).await?;
     Ok(sse_response(events.map(|event| match event {
@@ -674,10 +1129,20 @@ fn json_string(value: &impl Serialize) -> String {
 
 /// `GET /api/v1/jobs/{id}/outputs/{output}`: one output, by image index (`3`) or by the
 /// input's name (`photo.jpg`; the first image of that name).
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/outputs/{output}", tag = "outputs",
+    params(
+        ("id" = String, Path, description = "The job id."),
+        ("output" = String, Path, description = "The image's index, or its input name."),
+    ),
+    responses(
+        (status = 200, description = "The output image.", body = BinaryFile, content_type = "image/*"),
+        (status = 404, description = "No such job or image, or the image has no output (yet).", body = ErrorBody),
+    ),
+)]
 async fn download(
     State(mesh): State<Mesh>,
     caller: Caller,
-    Path((id, output)): Path<(String, String)>,
+    ApiPath((id, output)): ApiPath<(String, String)>,
 ) -> ApiResult<Response> {
     let key = match output.parse::<u32>() {
         Ok(index) => OutputKey::Index(index),
@@ -697,11 +1162,20 @@ async fn download(
         .map_err(|err| Error::internal(format!("building response: {err}")))?)
 }
 
-/// `GET /api/v1/jobs/{id}/outputs.zip`: every output and the manifests, streamed.
+/// `GET /api/v1/jobs/{id}/outputs.zip`: every output and `manifest.json` and
+/// `manifest.csv` (input name, output name, size, dimensions, worker, duration, error),
+/// streamed.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/outputs.zip", tag = "outputs",
+    params(("id" = String, Path, description = "The job id.")),
+    responses(
+        (status = 200, description = "A ZIP of the outputs and manifests.", body = BinaryFile, content_type = "application/zip"),
+        (status = 404, description = "No such job (or not the caller's).", body = ErrorBody),
+    ),
+)]
 async fn download_all(
     State(mesh): State<Mesh>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Response> {
     let chunks = mesh.bundle(&caller, &id).await?;
     let body = Body::from_stream(chunks.map(|chunk| chunk.map_err(std::io::Error::other)));
@@ -715,22 +1189,52 @@ async fn download_all(
         .map_err(|err| Error::internal(format!("building response: {err}")))?)
 }
 
-/// The formats a job's analysis reports export to.
-#[derive(Debug, Clone, Copy)]
-enum Export {
-    /// One row per image and `analyze` report.
-    Csv,
-    /// Every image's reports whole (histograms too).
-    Json,
-    /// The CSV's table as a workbook.
-    Xlsx,
+/// `GET /api/v1/jobs/{id}/analysis.csv`: the `analyze` reports, a row per image and report.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/analysis.csv", tag = "outputs",
+    params(("id" = String, Path, description = "The job id.")),
+    responses(
+        (status = 200, description = "The export.", body = BinaryFile, content_type = "text/csv"),
+        (status = 404, description = "No such job (or not the caller's).", body = ErrorBody),
+    ),
+)]
+async fn analysis_csv(
+    mesh: State<Mesh>,
+    caller: Caller,
+    id: ApiPath<String>,
+) -> ApiResult<Response> {
+    analysis(mesh, caller, id, Format::Csv).await
 }
 
-/// `GET /api/v1/jobs/{id}/analysis.<extension>` for one format.
-fn analysis_route(format: Export) -> MethodRouter<Mesh> {
-    get(move |mesh: State<Mesh>, caller: Caller, id: Path<String>| {
-        analysis(mesh, caller, id, format)
-    })
+/// `GET /api/v1/jobs/{id}/analysis.json`: the `analyze` reports, every image's reports whole.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/analysis.json", tag = "outputs",
+    params(("id" = String, Path, description = "The job id.")),
+    responses(
+        (status = 200, description = "The export.", body = crate::export::JobJson),
+        (status = 404, description = "No such job (or not the caller's).", body = ErrorBody),
+    ),
+)]
+async fn analysis_json(
+    mesh: State<Mesh>,
+    caller: Caller,
+    id: ApiPath<String>,
+) -> ApiResult<Response> {
+    analysis(mesh, caller, id, Format::Json).await
+}
+
+/// `GET /api/v1/jobs/{id}/analysis.xlsx`: the `analyze` reports, the CSV's table as a workbook.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/analysis.xlsx", tag = "outputs",
+    params(("id" = String, Path, description = "The job id.")),
+    responses(
+        (status = 200, description = "The export.", body = BinaryFile, content_type = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
+        (status = 404, description = "No such job (or not the caller's).", body = ErrorBody),
+    ),
+)]
+async fn analysis_xlsx(
+    mesh: State<Mesh>,
+    caller: Caller,
+    id: ApiPath<String>,
+) -> ApiResult<Response> {
+    analysis(mesh, caller, id, Format::Xlsx).await
 }
 
 /// A job's analysis as a download named `<job id>-analysis.<extension>`. Built in memory: a
@@ -738,28 +1242,16 @@ fn analysis_route(format: Export) -> MethodRouter<Mesh> {
 async fn analysis(
     State(mesh): State<Mesh>,
     caller: Caller,
-    Path(id): Path<String>,
-    format: Export,
+    ApiPath(id): ApiPath<String>,
+    format: Format,
 ) -> ApiResult<Response> {
     let job = mesh.job(&caller, &id).await?;
-    let (extension, content_type, bytes) = match format {
-        Export::Csv => (
-            "csv",
-            "text/csv; charset=utf-8",
-            crate::export::to_csv(&job),
-        ),
-        Export::Json => ("json", "application/json", crate::export::to_json(&job)),
-        Export::Xlsx => (
-            "xlsx",
-            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-            crate::export::to_xlsx(&job)?,
-        ),
-    };
+    let bytes = crate::export::render(&job, format)?;
     Ok(Response::builder()
-        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CONTENT_TYPE, format.content_type())
         .header(
             header::CONTENT_DISPOSITION,
-            format!("attachment; filename=\"{id}-analysis.{extension}\""),
+            format!("attachment; filename=\"{}\"", format.file_name(&id)),
         )
         .body(Body::from(bytes))
         .map_err(|err| Error::internal(format!("building response: {err}")))?)
@@ -782,14 +1274,27 @@ fn output_file_name(name: &str, content_type: &str) -> String {
     format!("{stem}.{}", crate::bundle::extension(content_type))
 }
 
-async fn workers(State(mesh): State<Mesh>) -> ApiResult<Json<serde_json::Value>> {
-    let workers: Vec<WorkerView> = mesh.workers().await?.iter().map(WorkerView::from).collect();
-    Ok(Json(serde_json::json!({ "workers": workers })))
+/// The filter workers with a live heartbeat and their counters.
+#[utoipa::path(get, path = "/api/v1/workers", tag = "workers",
+    responses(
+        (status = 200, description = "The workers online.", body = WorkerList),
+    ),
+)]
+async fn workers(State(mesh): State<Mesh>) -> ApiResult<Json<WorkerList>> {
+    let workers = mesh.workers().await?.iter().map(WorkerView::from).collect();
+    Ok(Json(WorkerList { workers }))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+struct WorkerList {
+    workers: Vec<WorkerView>,
+}
+
+/// A job: its state and counts, and with `GET /api/v1/jobs/{id}` its images.
+#[derive(Serialize, ToSchema)]
 pub struct JobView {
     id: String,
+    #[schema(value_type = JobStateLabel)]
     state: &'static str,
     total: u32,
     done: u32,
@@ -843,13 +1348,14 @@ impl JobView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct ImageView {
     index: u32,
     name: String,
     /// The input's URL, for an image fetched by URL.
     #[serde(skip_serializing_if = "String::is_empty")]
     url: String,
+    #[schema(value_type = ImageStateLabel)]
     state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     output: Option<OutputView>,
@@ -864,7 +1370,7 @@ struct ImageView {
     tiles: Option<TilesView>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct TilesView {
     done: u32,
     total: u32,
@@ -893,7 +1399,7 @@ impl ImageView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct OutputView {
     url: String,
     content_type: String,
@@ -902,6 +1408,7 @@ struct OutputView {
     size_bytes: u64,
     /// The `analyze` ops' reports, in pipeline order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
     analysis: Vec<serde_json::Value>,
 }
 
@@ -925,7 +1432,7 @@ impl OutputView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct WorkerView {
     id: String,
     host: String,
@@ -976,6 +1483,97 @@ mod tests {
     fn download_names_take_the_output_extension() {
         assert_eq!(output_file_name("cat.png", "image/webp"), "cat.webp");
         assert_eq!(output_file_name("a\"b.jpg", "image/jpeg"), "a_b.jpeg");
+    }
+
+    /// Every `$ref` in `value`, as `(where, target)`.
+    fn refs(value: &serde_json::Value, at: &str, found: &mut Vec<(String, String)>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, inner) in map {
+                    if key == "$ref" {
+                        found.push((at.to_string(), inner.as_str().unwrap_or("").to_string()));
+                    }
+                    refs(inner, &format!("{at}/{key}"), found);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (i, inner) in items.iter().enumerate() {
+                    refs(inner, &format!("{at}/{i}"), found);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn openapi_document_is_whole() {
+        let document = serde_json::to_value(openapi()).unwrap();
+        assert_eq!(document["openapi"], "3.1.0");
+        let paths = document["paths"].as_object().unwrap();
+        for path in [
+            "/api/v1/jobs",
+            "/api/v1/jobs/{id}",
+            "/api/v1/jobs/{id}/events",
+            "/api/v1/jobs/{id}/outputs.zip",
+            "/api/v1/jobs/{id}/analysis.xlsx",
+            "/api/v1/batches/{id}",
+            "/api/v1/uploads",
+            "/api/v1/events",
+            "/api/v1/workers",
+        ] {
+            assert!(paths.contains_key(path), "{path} missing");
+        }
+        // Every operation has a success, the layers' refusals, and its own summary.
+        for (path, item) in paths {
+            for (method, operation) in item.as_object().unwrap() {
+                let responses = operation["responses"].as_object().unwrap();
+                assert!(
+                    responses.keys().any(|status| status.starts_with('2')),
+                    "{method} {path} has no success"
+                );
+                for status in ["400", "401", "429", "503", "504"] {
+                    assert!(
+                        responses.contains_key(status),
+                        "{method} {path} lacks {status}"
+                    );
+                }
+                assert!(
+                    operation["summary"].as_str().is_some_and(|s| !s.is_empty()),
+                    "{method} {path} has no summary"
+                );
+            }
+        }
+        // Every reference resolves.
+        let schemas = document["components"]["schemas"].as_object().unwrap();
+        let mut found = Vec::new();
+        refs(&document, "", &mut found);
+        assert!(!found.is_empty());
+        for (at, target) in found {
+            let name = target
+                .strip_prefix("#/components/schemas/")
+                .unwrap_or_default();
+            assert!(schemas.contains_key(name), "{at}: dangling {target}");
+        }
+        let states: Vec<&str> = schemas["JobStateLabel"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|state| state.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            states,
+            [
+                "queued",
+                "running",
+                "paused",
+                "completed",
+                "completed_with_errors",
+                "failed",
+                "cancelled"
+            ]
+        );
+        let form = &paths["/api/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"];
+        assert_eq!(form["schema"]["required"], serde_json::json!(["pipeline"]));
     }
 
     #[test]
