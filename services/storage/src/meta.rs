@@ -4,9 +4,11 @@
 //! (job id + `/` + index big-endian → `Image`), `unfinished` (job id → nothing: an index so a
 //! starting scheduler does not scan every job), `tiles` (image key → `TileAssembly`: a tiled
 //! image's size and the tiles processed so far; removed when the image gets its outcome),
-//! `batches` (parent id + `/` + job id → nothing: the jobs of each batch). Job ids are
-//! ULIDs, so key order is creation order. Every change that touches more than one key is one transaction, so counts and
-//! images never disagree, even after a crash.
+//! `batches` (parent id + `/` + job id → nothing: the jobs of each batch), `counts`
+//! (`all/<state>` and `owner/<owner>/<state>` → how many jobs, big-endian u64: list counts
+//! without a scan). Job ids are ULIDs, so key order is creation order. Every change that
+//! touches more than one key is one transaction, so counts, counters and images never
+//! disagree, even after a crash.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -40,6 +42,7 @@ pub struct Meta {
     unfinished: sled::Tree,
     tiles: sled::Tree,
     batches: sled::Tree,
+    counts: sled::Tree,
     max_images_per_job: u32,
 }
 
@@ -82,6 +85,83 @@ fn tx_job(
         .get(id)?
         .ok_or_else(|| abort(Error::not_found(format!("job {id} not found"))))?;
     decode(&bytes).map_err(abort)
+}
+
+/// Marks the `counts` tree as built (see [`Meta::recount`]).
+const COUNTS_READY: &[u8] = b"ready";
+
+/// The states counters are kept for; a job without a state counts as queued.
+const COUNTED_STATES: [JobState; 7] = [
+    JobState::Queued,
+    JobState::Running,
+    JobState::Paused,
+    JobState::Completed,
+    JobState::CompletedWithErrors,
+    JobState::Failed,
+    JobState::Cancelled,
+];
+
+/// The counter of jobs in `state` among `owner`'s (every job's when `owner` is empty).
+fn counter_key(owner: &str, state: JobState) -> Vec<u8> {
+    let state = match state {
+        JobState::Unspecified => JobState::Queued,
+        state => state,
+    };
+    if owner.is_empty() {
+        format!("all/{}", state.label()).into_bytes()
+    } else {
+        format!("owner/{owner}/{}", state.label()).into_bytes()
+    }
+}
+
+/// The counters a job counts in: every job's, and its owner's when it has one.
+fn counter_keys(summary: &JobSummary) -> Vec<Vec<u8>> {
+    let mut keys = vec![counter_key("", summary.state())];
+    if !summary.owner.is_empty() {
+        keys.push(counter_key(&summary.owner, summary.state()));
+    }
+    keys
+}
+
+fn read_counter(bytes: &[u8]) -> u64 {
+    bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}
+
+/// Adds `delta` (1 or -1) to the counters `summary` counts in.
+fn count(
+    counts: &sled::transaction::TransactionalTree,
+    summary: Option<&JobSummary>,
+    delta: i64,
+) -> Result<(), ConflictableTransactionError<Error>> {
+    let Some(summary) = summary else {
+        return Ok(());
+    };
+    for key in counter_keys(summary) {
+        let n = counts.get(&key)?.map_or(0, |bytes| read_counter(&bytes));
+        let n = n.saturating_add_signed(delta);
+        counts.insert(key, &n.to_be_bytes())?;
+    }
+    Ok(())
+}
+
+/// Writes a job's header and moves the per-state counters when its state (or, never in
+/// practice, its owner) changed.
+fn put_job(
+    jobs: &sled::transaction::TransactionalTree,
+    counts: &sled::transaction::TransactionalTree,
+    id: &str,
+    job: &Job,
+) -> Result<(), ConflictableTransactionError<Error>> {
+    let old = jobs.insert(id.as_bytes(), job.encode_to_vec())?;
+    let old: Option<Job> = old.map(|bytes| decode(&bytes)).transpose().map_err(abort)?;
+    let before = old.as_ref().and_then(|job| job.summary.as_ref());
+    let after = job.summary.as_ref();
+    let key = |summary: Option<&JobSummary>| summary.map(counter_keys);
+    if key(before) != key(after) {
+        count(counts, before, -1)?;
+        count(counts, after, 1)?;
+    }
+    Ok(())
 }
 
 /// ULIDs as the scheduler makes them: 26 characters of uppercase Crockford base32, the first
@@ -205,15 +285,48 @@ fn open_db(dir: &Path, wait: Duration) -> sled::Result<sled::Db> {
 impl Meta {
     pub fn open(dir: &Path, max_images_per_job: u32) -> Result<Meta, Error> {
         let db = open_db(dir, LOCK_WAIT).map_err(db_error)?;
-        Ok(Meta {
+        let meta = Meta {
             jobs: db.open_tree("jobs").map_err(db_error)?,
             images: db.open_tree("images").map_err(db_error)?,
             unfinished: db.open_tree("unfinished").map_err(db_error)?,
             tiles: db.open_tree("tiles").map_err(db_error)?,
             batches: db.open_tree("batches").map_err(db_error)?,
+            counts: db.open_tree("counts").map_err(db_error)?,
             db,
             max_images_per_job,
-        })
+        };
+        if meta.counts.get(COUNTS_READY).map_err(db_error)?.is_none() {
+            meta.recount()?;
+        }
+        Ok(meta)
+    }
+
+    /// Rebuilds the `counts` tree from every job header: once, for a database written
+    /// before the counters existed. Runs before the store serves anything.
+    fn recount(&self) -> Result<(), Error> {
+        let tally = self.tally()?;
+        self.counts.clear().map_err(db_error)?;
+        for (key, n) in &tally {
+            self.counts
+                .insert(key.as_slice(), &n.to_be_bytes())
+                .map_err(db_error)?;
+        }
+        self.counts.insert(COUNTS_READY, &[]).map_err(db_error)?;
+        tracing::info!(jobs = self.jobs.len(), "job counters rebuilt");
+        Ok(())
+    }
+
+    /// The counters as a scan of every job header would set them.
+    fn tally(&self) -> Result<std::collections::BTreeMap<Vec<u8>, u64>, Error> {
+        let mut tally = std::collections::BTreeMap::new();
+        for value in self.jobs.iter().values() {
+            let job: Job = decode(&value.map_err(db_error)?)?;
+            let summary = job.summary.unwrap_or_default();
+            for key in counter_keys(&summary) {
+                *tally.entry(key).or_insert(0) += 1;
+            }
+        }
+        Ok(tally)
     }
 
     /// Makes every change so far durable; called after each mutation.
@@ -289,15 +402,21 @@ impl Meta {
             tiling: tiling as i32,
             generation: 0,
         };
-        (&self.jobs, &self.images, &self.unfinished, &self.batches)
-            .transaction(|(jobs, tx_images, unfinished, batches)| {
+        (
+            &self.jobs,
+            &self.images,
+            &self.unfinished,
+            &self.batches,
+            &self.counts,
+        )
+            .transaction(|(jobs, tx_images, unfinished, batches, counts)| {
                 if jobs.get(id)?.is_some() {
                     return Err(abort(Error::new(
                         ErrorCode::AlreadyExists,
                         format!("job {id} already exists"),
                     )));
                 }
-                jobs.insert(id.as_bytes(), header.encode_to_vec())?;
+                put_job(jobs, counts, id, &header)?;
                 unfinished.insert(id.as_bytes(), &[])?;
                 if !parent_id.is_empty() {
                     batches.insert(batch_key(&parent_id, id), &[])?;
@@ -411,18 +530,21 @@ impl Meta {
         Ok(jobs)
     }
 
-    /// How many jobs are in each state, among those `owner` made (all when empty). Scans
-    /// every job header: a few microseconds each.
+    /// How many jobs are in each state, among those `owner` made (all when empty): read
+    /// from counters kept in the same transactions as the jobs, so no scan.
     pub fn counts(&self, owner: &str) -> Result<JobCounts, Error> {
         let mut counts = JobCounts::default();
-        for value in self.jobs.iter().values() {
-            let job: Job = decode(&value.map_err(db_error)?)?;
-            let summary = job.summary.unwrap_or_default();
-            if !owner.is_empty() && summary.owner != owner {
-                continue;
-            }
-            counts.total += 1;
-            *match summary.state() {
+        for state in COUNTED_STATES {
+            let n = match self
+                .counts
+                .get(counter_key(owner, state))
+                .map_err(db_error)?
+            {
+                Some(bytes) => read_counter(&bytes),
+                None => 0,
+            } as u32;
+            counts.total += n;
+            *match state {
                 JobState::Unspecified | JobState::Queued => &mut counts.queued,
                 JobState::Running => &mut counts.running,
                 JobState::Completed => &mut counts.completed,
@@ -430,7 +552,7 @@ impl Meta {
                 JobState::Failed => &mut counts.failed,
                 JobState::Cancelled => &mut counts.cancelled,
                 JobState::Paused => &mut counts.paused,
-            } += 1;
+            } += n;
         }
         Ok(counts)
     }
@@ -473,29 +595,20 @@ impl Meta {
     /// Queued → running; other states are left as they are.
     pub fn mark_running(&self, id: &str) -> Result<JobSummary, Error> {
         check_job_id(id)?;
-        let old = self
-            .jobs
-            .get(id)
-            .map_err(db_error)?
-            .ok_or_else(|| Error::not_found(format!("job {id} not found")))?;
-        let mut job: Job = decode(&old)?;
-        let summary = job.summary.get_or_insert_default();
-        if summary.state() == JobState::Queued {
-            summary.state = JobState::Running as i32;
-            bump(summary);
-            let new = job.encode_to_vec();
-            // Only if the job is still what `new` was made from: a result recorded meanwhile
-            // may have finished it, and must not be overwritten. Otherwise re-read and retry.
-            match self
-                .jobs
-                .compare_and_swap(id, Some(old), Some(new))
-                .map_err(db_error)?
-            {
-                Ok(()) => {}
-                Err(_) => return self.mark_running(id),
-            }
-        }
-        self.summary(id)
+        // A transaction, so a result recorded meanwhile (which may have finished the job) is
+        // never overwritten.
+        (&self.jobs, &self.counts)
+            .transaction(|(jobs, counts)| {
+                let mut job = tx_job(jobs, id)?;
+                let summary = job.summary.get_or_insert_default();
+                if summary.state() == JobState::Queued {
+                    summary.state = JobState::Running as i32;
+                    bump(summary);
+                    put_job(jobs, counts, id, &job)?;
+                }
+                Ok(job.summary.unwrap_or_default())
+            })
+            .map_err(tx_error)
     }
 
     /// Records one image's outcome if the image is still pending and the job not ended;
@@ -514,8 +627,14 @@ impl Meta {
             )));
         }
         let key = image_key(id, result.index);
-        (&self.jobs, &self.images, &self.unfinished, &self.tiles)
-            .transaction(|(jobs, images, unfinished, tiles)| {
+        (
+            &self.jobs,
+            &self.images,
+            &self.unfinished,
+            &self.tiles,
+            &self.counts,
+        )
+            .transaction(|(jobs, images, unfinished, tiles, counts)| {
                 let mut job = tx_job(jobs, id)?;
                 let mut image: Image = decode(
                     &images
@@ -561,7 +680,7 @@ impl Meta {
                         tiles.insert(key.clone(), plan.encode_to_vec())?;
                         images.insert(key.clone(), image.encode_to_vec())?;
                         let summary = summary.clone();
-                        jobs.insert(id.as_bytes(), job.encode_to_vec())?;
+                        put_job(jobs, counts, id, &job)?;
                         return Ok(Recorded {
                             applied: true,
                             summary,
@@ -601,7 +720,7 @@ impl Meta {
                         tiles.insert(key.clone(), plan.encode_to_vec())?;
                         images.insert(key.clone(), image.encode_to_vec())?;
                         let summary = summary.clone();
-                        jobs.insert(id.as_bytes(), job.encode_to_vec())?;
+                        put_job(jobs, counts, id, &job)?;
                         return Ok(Recorded {
                             applied: true,
                             summary,
@@ -645,7 +764,7 @@ impl Meta {
                     unfinished.remove(id.as_bytes())?;
                 }
                 let summary = summary.clone();
-                jobs.insert(id.as_bytes(), job.encode_to_vec())?;
+                put_job(jobs, counts, id, &job)?;
                 images.insert(key.clone(), image.encode_to_vec())?;
                 Ok(Recorded {
                     applied: true,
@@ -680,8 +799,8 @@ impl Meta {
             .iter()
             .map(|image| image_key(id, image.index))
             .collect();
-        (&self.jobs, &self.images, &self.unfinished)
-            .transaction(|(jobs, images, unfinished)| {
+        (&self.jobs, &self.images, &self.unfinished, &self.counts)
+            .transaction(|(jobs, images, unfinished, counts)| {
                 let mut job = tx_job(jobs, id)?;
                 let summary = job.summary.get_or_insert_default();
                 if summary.state().is_final() {
@@ -706,7 +825,7 @@ impl Meta {
                 summary.state = JobState::Cancelled as i32;
                 summary.finished_at_ms = summary.updated_at_ms;
                 unfinished.remove(id.as_bytes())?;
-                jobs.insert(id.as_bytes(), job.encode_to_vec())?;
+                put_job(jobs, counts, id, &job)?;
                 Ok(())
             })
             .map_err(tx_error)?;
@@ -724,8 +843,14 @@ impl Meta {
             .filter(|image| image.state() == ImageState::Failed)
             .map(|image| image_key(id, image.index))
             .collect();
-        (&self.jobs, &self.images, &self.unfinished, &self.tiles)
-            .transaction(|(jobs, images, unfinished, tiles)| {
+        (
+            &self.jobs,
+            &self.images,
+            &self.unfinished,
+            &self.tiles,
+            &self.counts,
+        )
+            .transaction(|(jobs, images, unfinished, tiles, counts)| {
                 let mut job = tx_job(jobs, id)?;
                 let summary = job.summary.get_or_insert_default();
                 let state = summary.state();
@@ -765,7 +890,7 @@ impl Meta {
                 summary.finished_at_ms = 0;
                 job.generation += 1;
                 unfinished.insert(id.as_bytes(), &[])?;
-                jobs.insert(id.as_bytes(), job.encode_to_vec())?;
+                put_job(jobs, counts, id, &job)?;
                 Ok(())
             })
             .map_err(tx_error)?;
@@ -777,8 +902,8 @@ impl Meta {
     /// tasks already running are still recorded, and may finish the job.
     pub fn pause(&self, id: &str) -> Result<Job, Error> {
         check_job_id(id)?;
-        self.jobs
-            .transaction(|jobs| {
+        (&self.jobs, &self.counts)
+            .transaction(|(jobs, counts)| {
                 let mut job = tx_job(jobs, id)?;
                 let summary = job.summary.get_or_insert_default();
                 match summary.state() {
@@ -793,7 +918,7 @@ impl Meta {
                 }
                 summary.state = JobState::Paused as i32;
                 bump(summary);
-                jobs.insert(id.as_bytes(), job.encode_to_vec())?;
+                put_job(jobs, counts, id, &job)?;
                 Ok(())
             })
             .map_err(tx_error)?;
@@ -812,8 +937,8 @@ impl Meta {
             .filter(|image| image.state() == ImageState::Pending && image.tiles_total > 0)
             .map(|image| image_key(id, image.index))
             .collect();
-        (&self.jobs, &self.images, &self.tiles)
-            .transaction(|(jobs, images, tiles)| {
+        (&self.jobs, &self.images, &self.tiles, &self.counts)
+            .transaction(|(jobs, images, tiles, counts)| {
                 let mut job = tx_job(jobs, id)?;
                 let summary = job.summary.get_or_insert_default();
                 if summary.state() != JobState::Paused {
@@ -840,7 +965,7 @@ impl Meta {
                 }
                 summary.state = JobState::Queued as i32;
                 job.generation += 1;
-                jobs.insert(id.as_bytes(), job.encode_to_vec())?;
+                put_job(jobs, counts, id, &job)?;
                 Ok(())
             })
             .map_err(tx_error)?;
@@ -877,9 +1002,13 @@ impl Meta {
             &self.unfinished,
             &self.tiles,
             &self.batches,
+            &self.counts,
         )
-            .transaction(|(jobs, images, unfinished, tiles, batches)| {
-                jobs.remove(id.as_bytes())?;
+            .transaction(|(jobs, images, unfinished, tiles, batches, counts)| {
+                if let Some(old) = jobs.remove(id.as_bytes())? {
+                    let old: Job = decode(&old).map_err(abort)?;
+                    count(counts, old.summary.as_ref(), -1)?;
+                }
                 unfinished.remove(id.as_bytes())?;
                 if !parent_id.is_empty() {
                     batches.remove(batch_key(&parent_id, id))?;
@@ -1370,6 +1499,74 @@ mod tests {
             ids(meta.list(&batch).expect("batch")),
             [third.clone(), first.clone()]
         );
+    }
+
+    /// The kept counters are what a scan of every job would count (zeros aside).
+    fn assert_counters_agree(meta: &Meta) {
+        let kept: std::collections::BTreeMap<Vec<u8>, u64> = meta
+            .counts
+            .iter()
+            .map(|entry| entry.expect("counter"))
+            .filter(|(key, _)| key.as_ref() != COUNTS_READY)
+            .map(|(key, value)| (key.to_vec(), read_counter(&value)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        assert_eq!(kept, meta.tally().expect("tally"));
+    }
+
+    #[test]
+    fn counters_follow_every_change_and_are_rebuilt_for_an_old_database() {
+        let (dir, meta) = meta();
+        let make = |owner: &str, images: usize| {
+            let id = new_id();
+            meta.create(CreateJobRequest {
+                owner: owner.into(),
+                ..new_job(&id, vec![], inputs(images), Tiling::Auto)
+            })
+            .expect("create");
+            id
+        };
+        let done = make("alice", 1);
+        let failing = make("alice", 2);
+        let cancelled = make("bob", 1);
+        let paused = make("", 1);
+        assert_counters_agree(&meta);
+        meta.record(&ok(&done, 0)).expect("record");
+        meta.mark_running(&failing).expect("running");
+        meta.record(&ok(&failing, 0)).expect("record");
+        meta.record(&failed(&failing, 1)).expect("record");
+        meta.cancel(&cancelled).expect("cancel");
+        meta.pause(&paused).expect("pause");
+        assert_counters_agree(&meta);
+        let all = meta.counts("").expect("counts");
+        assert_eq!(
+            (
+                all.total,
+                all.completed,
+                all.completed_with_errors,
+                all.cancelled,
+                all.paused
+            ),
+            (4, 1, 1, 1, 1)
+        );
+        let alice = meta.counts("alice").expect("counts");
+        assert_eq!((alice.total, alice.completed), (2, 1));
+        assert_eq!(meta.counts("carol").expect("counts"), JobCounts::default());
+
+        meta.resume(&paused).expect("resume");
+        meta.retry(&failing).expect("retry");
+        assert_eq!(meta.counts("alice").expect("counts").queued, 1);
+        meta.delete(&done).expect("delete");
+        assert_counters_agree(&meta);
+        let alice = meta.counts("alice").expect("counts");
+        assert_eq!((alice.total, alice.queued, alice.completed), (1, 1, 0));
+
+        // A database from before the counters: rebuilt on open.
+        meta.counts.clear().expect("clear");
+        drop(meta);
+        let meta = Meta::open(dir.path(), 100).expect("reopen");
+        assert_counters_agree(&meta);
+        assert_eq!(meta.counts("").expect("counts").total, 3);
     }
 
     #[test]
