@@ -628,8 +628,9 @@ pub mod api {
 
     use futures::StreamExt;
     use pixelmesh_proto::v1::{
-        GetJobRequest, ImageInput, Job, JobEvent, Operation, SubmitJobRequest, Tiling,
-        UploadImageRequest, WatchJobRequest, gateway_client::GatewayClient,
+        DownloadOutputRequest, DownloadOutputsRequest, GetJobRequest, ImageInput, Job, JobEvent,
+        Operation, SubmitJobRequest, Tiling, UploadArchiveRequest, UploadImageRequest,
+        WatchJobRequest, gateway_client::GatewayClient,
     };
     use tonic::transport::Channel;
 
@@ -763,17 +764,80 @@ pub mod api {
 
     /// Downloads one output in full.
     pub async fn download(client: &mut GatewayClient<Channel>, id: &str, index: u32) -> Vec<u8> {
-        let mut stream = client
-            .download_output(pixelmesh_proto::v1::DownloadOutputRequest {
+        download_by(
+            client,
+            DownloadOutputRequest {
                 job_id: id.to_string(),
                 index,
-            })
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Downloads in full the output of the first image named `name`.
+    pub async fn download_named(
+        client: &mut GatewayClient<Channel>,
+        id: &str,
+        name: &str,
+    ) -> Vec<u8> {
+        download_by(
+            client,
+            DownloadOutputRequest {
+                job_id: id.to_string(),
+                name: name.to_string(),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    async fn download_by(
+        client: &mut GatewayClient<Channel>,
+        request: DownloadOutputRequest,
+    ) -> Vec<u8> {
+        let mut stream = client
+            .download_output(request)
             .await
             .expect("download")
             .into_inner();
         let mut bytes = Vec::new();
         while let Some(part) = stream.next().await {
             bytes.extend_from_slice(&part.expect("download chunk").chunk);
+        }
+        bytes
+    }
+
+    /// Streams a ZIP archive in 64 KiB chunks; the inputs it became, or the refusal.
+    pub async fn upload_archive(
+        client: &mut GatewayClient<Channel>,
+        archive: &[u8],
+    ) -> Result<Vec<ImageInput>, tonic::Status> {
+        let chunks: Vec<UploadArchiveRequest> = archive
+            .chunks(64 * 1024)
+            .map(|chunk| UploadArchiveRequest {
+                chunk: chunk.to_vec(),
+            })
+            .collect();
+        Ok(client
+            .upload_archive(futures::stream::iter(chunks))
+            .await?
+            .into_inner()
+            .inputs)
+    }
+
+    /// Downloads a job's outputs ZIP (with its manifests) in full.
+    pub async fn download_outputs(client: &mut GatewayClient<Channel>, id: &str) -> Vec<u8> {
+        let mut stream = client
+            .download_outputs(DownloadOutputsRequest {
+                job_id: id.to_string(),
+            })
+            .await
+            .expect("download outputs")
+            .into_inner();
+        let mut bytes = Vec::new();
+        while let Some(part) = stream.next().await {
+            bytes.extend_from_slice(&part.expect("outputs chunk").chunk);
         }
         bytes
     }

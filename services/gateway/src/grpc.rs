@@ -6,21 +6,25 @@ use futures::{Stream, StreamExt};
 use pixelmesh_proto::{
     Error,
     v1::{
-        CancelJobRequest, DeleteJobResponse, DownloadOutputRequest, DownloadOutputResponse,
-        GetJobRequest, Job, JobEvent, ListJobsRequest, ListJobsResponse, ListWorkersRequest,
-        ListWorkersResponse, SubmitJobRequest, UploadImageRequest, UploadImageResponse,
-        WatchJobRequest, gateway_server::Gateway,
+        Batch, CancelJobRequest, DeleteJobResponse, DownloadChunk, DownloadOutputRequest,
+        DownloadOutputResponse, DownloadOutputsRequest, ExportAnalysisRequest,
+        ExportAnalysisResponse, GetBatchRequest, GetJobRequest, Job, JobEvent, ListJobsRequest,
+        ListJobsResponse, ListWorkersRequest, ListWorkersResponse, SubmitBatchResponse,
+        SubmitJobRequest, UploadArchiveRequest, UploadArchiveResponse, UploadImageRequest,
+        UploadImageResponse, WatchJobRequest, gateway_server::Gateway,
     },
 };
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     auth::caller_of,
-    mesh::{Mesh, OutputKey},
+    export::{self, Format},
+    mesh::{self, Mesh, OutputKey},
 };
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<JobEvent, Status>> + Send>>;
 type DownloadStream = Pin<Box<dyn Stream<Item = Result<DownloadOutputResponse, Status>> + Send>>;
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<DownloadChunk, Status>> + Send>>;
 
 pub struct GatewayService {
     mesh: Mesh,
@@ -55,8 +59,56 @@ impl Gateway for GatewayService {
         request: Request<SubmitJobRequest>,
     ) -> Result<Response<Job>, Status> {
         let caller = caller_of(&request)?;
+        let mut request = request.into_inner();
+        self.mesh.take_url_list(&mut request)?;
+        Ok(Response::new(self.mesh.submit_one(&caller, request).await?))
+    }
+
+    async fn upload_archive(
+        &self,
+        request: Request<Streaming<UploadArchiveRequest>>,
+    ) -> Result<Response<UploadArchiveResponse>, Status> {
+        // Blobs have no owner (a job does), but a request must still have come through auth.
+        let _caller = caller_of(&request)?;
+        let chunks = request.into_inner().map(|message| {
+            message
+                .map(|m| bytes::Bytes::from(m.chunk))
+                .map_err(Error::from)
+        });
+        // The archive as sent is bounded like REST's whole submit body (--max-request-bytes);
+        // what it unpacks to, by --max-zip-total-bytes, checked before anything is stored.
+        let file = mesh::spool(chunks, self.mesh.settings().max_request_bytes).await?;
+        let inputs = self
+            .mesh
+            .upload_archive(file, self.mesh.zip_limits(0))
+            .await?;
+        Ok(Response::new(UploadArchiveResponse { inputs }))
+    }
+
+    async fn submit_batch(
+        &self,
+        request: Request<SubmitJobRequest>,
+    ) -> Result<Response<SubmitBatchResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let mut request = request.into_inner();
+        self.mesh.take_url_list(&mut request)?;
+        let (parent_id, jobs) = self.mesh.submit_batch(&caller, request).await?;
+        let jobs = jobs
+            .into_iter()
+            .map(|job| job.summary.unwrap_or_default())
+            .collect();
+        Ok(Response::new(SubmitBatchResponse { parent_id, jobs }))
+    }
+
+    async fn get_batch(
+        &self,
+        request: Request<GetBatchRequest>,
+    ) -> Result<Response<Batch>, Status> {
+        let caller = caller_of(&request)?;
         Ok(Response::new(
-            self.mesh.submit(&caller, request.into_inner()).await?,
+            self.mesh
+                .batch_view(&caller, &request.into_inner().id)
+                .await?,
         ))
     }
 
@@ -146,10 +198,12 @@ impl Gateway for GatewayService {
     ) -> Result<Response<Self::DownloadOutputStream>, Status> {
         let caller = caller_of(&request)?;
         let request = request.into_inner();
-        let (output, _name, chunks) = self
-            .mesh
-            .download(&caller, &request.job_id, OutputKey::Index(request.index))
-            .await?;
+        let key = if request.name.is_empty() {
+            OutputKey::Index(request.index)
+        } else {
+            OutputKey::Name(&request.name)
+        };
+        let (output, _name, chunks) = self.mesh.download(&caller, &request.job_id, key).await?;
         let mut first = Some(output);
         let messages = chunks.map(move |chunk| {
             Ok(DownloadOutputResponse {
@@ -158,6 +212,45 @@ impl Gateway for GatewayService {
             })
         });
         Ok(Response::new(Box::pin(messages)))
+    }
+
+    type DownloadOutputsStream = ChunkStream;
+
+    async fn download_outputs(
+        &self,
+        request: Request<DownloadOutputsRequest>,
+    ) -> Result<Response<Self::DownloadOutputsStream>, Status> {
+        let caller = caller_of(&request)?;
+        let chunks = self
+            .mesh
+            .bundle(&caller, &request.into_inner().job_id)
+            .await?;
+        let messages = chunks.map(|chunk| {
+            Ok(DownloadChunk {
+                chunk: chunk.map_err(Status::from)?.to_vec(),
+            })
+        });
+        Ok(Response::new(Box::pin(messages)))
+    }
+
+    async fn export_analysis(
+        &self,
+        request: Request<ExportAnalysisRequest>,
+    ) -> Result<Response<ExportAnalysisResponse>, Status> {
+        let caller = caller_of(&request)?;
+        let request = request.into_inner();
+        let format = Format::from_extension(&request.format).ok_or_else(|| {
+            Error::invalid(format!(
+                "unknown analysis format {:?}: expected csv, json or xlsx",
+                request.format
+            ))
+        })?;
+        let job = self.mesh.job(&caller, &request.job_id).await?;
+        Ok(Response::new(ExportAnalysisResponse {
+            content_type: format.content_type().to_string(),
+            file_name: format.file_name(&request.job_id),
+            data: export::render(&job, format)?,
+        }))
     }
 
     async fn list_workers(

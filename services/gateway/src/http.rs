@@ -26,12 +26,10 @@ use pixelmesh_proto::{
     },
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
-use tokio::io::AsyncWriteExt as _;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    archive::ZipLimits,
     auth::Caller,
     export::Format,
     mesh::{FeedEvent, Mesh, OutputKey, event_version},
@@ -41,8 +39,6 @@ use crate::{
 const MAX_PIPELINE_BYTES: usize = 64 * 1024;
 /// Longest file name kept from a multipart part.
 const MAX_NAME_BYTES: usize = 255;
-/// Largest `urls` part: 100 000 URLs of 300 bytes.
-const MAX_URL_LIST_BYTES: usize = 32 * 1024 * 1024;
 /// Where the OpenAPI document is served; open without a key, like the UI.
 pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 
@@ -515,19 +511,15 @@ async fn submit_parts(
                 });
             }
             "archive" => {
-                let settings = mesh.settings();
-                let room = settings.max_files_per_job.saturating_sub(inputs.len());
-                let limits = ZipLimits {
-                    max_entries: room,
-                    max_total_bytes: settings.max_zip_total_bytes,
-                    max_entry_bytes: settings.max_upload_bytes,
-                    max_ratio: settings.max_zip_ratio,
-                };
-                let file = spool(field).await?;
+                let limits = mesh.zip_limits(inputs.len());
+                // A ZIP's directory sits at its end, so it is read from disk, never held in
+                // memory.
+                let chunks = field.map_err(multipart_error_plain);
+                let file = crate::mesh::spool(chunks, mesh.settings().max_request_bytes).await?;
                 inputs.extend(mesh.upload_archive(file, limits).await?);
             }
             "urls" => {
-                let text = read_small(field, MAX_URL_LIST_BYTES).await?;
+                let text = read_small(field, crate::mesh::MAX_URL_LIST_BYTES).await?;
                 let max = mesh.settings().max_urls_per_list;
                 inputs.extend(crate::urls::parse_list(&text, inputs.len(), max)?);
             }
@@ -600,23 +592,6 @@ struct Uploaded {
     /// The blob id, for a pipeline's `watermark` logo.
     id: String,
     size_bytes: u64,
-}
-
-/// Writes a multipart part to an unnamed temp file (gone when closed): a ZIP's directory
-/// sits at its end, so it is read from disk, never held in memory. The request body limit
-/// bounds its size.
-async fn spool(mut field: Field<'_>) -> ApiResult<std::fs::File> {
-    let file = tempfile::tempfile()
-        .map_err(|err| Error::internal(format!("creating a temp file for the archive: {err}")))?;
-    let mut file = tokio::fs::File::from_std(file);
-    let write_error = |err: std::io::Error| Error::internal(format!("spooling the archive: {err}"));
-    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
-        file.write_all(&chunk).await.map_err(write_error)?;
-    }
-    file.flush().await.map_err(write_error)?;
-    let mut file = file.into_std().await;
-    std::io::Seek::rewind(&mut file).map_err(write_error)?;
-    Ok(file)
 }
 
 async fn read_small(field: Field<'_>, max: usize) -> ApiResult<String> {
@@ -806,40 +781,15 @@ async fn batch(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<BatchView>> {
-    let jobs = mesh.batch(&caller, &id).await?;
-    let sum = |f: fn(&JobSummary) -> u32| jobs.iter().map(f).sum::<u32>();
-    let (total, done, failed, cancelled) = (
-        sum(|j| j.total),
-        sum(|j| j.done),
-        sum(|j| j.failed),
-        sum(|j| j.cancelled),
-    );
-    let state = if jobs.iter().all(|j| j.state() == JobState::Queued) {
-        JobState::Queued
-    } else if jobs
-        .iter()
-        .any(|j| !j.state().is_final() && j.state() != JobState::Paused)
-    {
-        JobState::Running
-    } else if jobs.iter().any(|j| j.state() == JobState::Paused) {
-        JobState::Paused
-    } else if jobs.iter().all(|j| j.state() == JobState::Cancelled) {
-        JobState::Cancelled
-    } else if failed == total {
-        JobState::Failed
-    } else if failed > 0 || cancelled > 0 {
-        JobState::CompletedWithErrors
-    } else {
-        JobState::Completed
-    };
+    let batch = mesh.batch_view(&caller, &id).await?;
     Ok(Json(BatchView {
-        id,
-        state: state.label(),
-        total,
-        done,
-        failed,
-        cancelled,
-        jobs: jobs.iter().map(JobView::from_summary).collect(),
+        state: batch.state().label(),
+        total: batch.total,
+        done: batch.done,
+        failed: batch.failed,
+        cancelled: batch.cancelled,
+        jobs: batch.jobs.iter().map(JobView::from_summary).collect(),
+        id: batch.id,
     }))
 }
 

@@ -13,14 +13,14 @@ use pixelmesh_common::{grpc::Channel, nats};
 use pixelmesh_proto::{
     Error, ErrorCode,
     v1::{
-        BlobInfo, BlobMeta, CountJobsRequest, DeleteJobResponse, GetBlobRequest, Image, ImageInput,
-        ImageState, Job, JobEvent, JobRequest, JobSummary, ListJobsQuery, ListJobsRequest,
-        ListJobsResponse, Output, PutBlobRequest, SubmitJobRequest, Worker, put_blob_request::Part,
-        scheduler_client::SchedulerClient, storage_client::StorageClient,
+        Batch, BlobInfo, BlobMeta, CountJobsRequest, DeleteJobResponse, GetBlobRequest, Image,
+        ImageInput, ImageState, Job, JobEvent, JobRequest, JobState, JobSummary, ListJobsQuery,
+        ListJobsRequest, ListJobsResponse, Output, PutBlobRequest, SubmitJobRequest, Worker,
+        put_blob_request::Part, scheduler_client::SchedulerClient, storage_client::StorageClient,
     },
 };
 use prost::Message as _;
-use tokio::sync::mpsc;
+use tokio::{io::AsyncWriteExt as _, sync::mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::{
@@ -36,6 +36,8 @@ use crate::{
 const WATCH_RESYNC: Duration = Duration::from_secs(5);
 /// Most jobs in one list page.
 pub const MAX_LIST_LIMIT: u32 = 1000;
+/// Largest URL list one submit may carry as text: 100 000 URLs of 300 bytes.
+pub const MAX_URL_LIST_BYTES: usize = 32 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct Mesh {
@@ -161,6 +163,52 @@ impl Mesh {
             });
         }
         Ok(inputs)
+    }
+
+    /// The limits an archive is read with when `taken` images of the same submit came
+    /// before it: together they stay within one job.
+    pub fn zip_limits(&self, taken: usize) -> ZipLimits {
+        ZipLimits {
+            max_entries: self.settings.max_files_per_job.saturating_sub(taken),
+            max_total_bytes: self.settings.max_zip_total_bytes,
+            max_entry_bytes: self.settings.max_upload_bytes,
+            max_ratio: self.settings.max_zip_ratio,
+        }
+    }
+
+    /// Moves the URLs of `request.url_list` (text, one per line, or CSV with a `url` column)
+    /// to the end of its inputs and empties it, so the scheduler gets inputs only.
+    pub fn take_url_list(&self, request: &mut SubmitJobRequest) -> Result<(), Error> {
+        let text = std::mem::take(&mut request.url_list);
+        if text.is_empty() {
+            return Ok(());
+        }
+        if text.len() > MAX_URL_LIST_BYTES {
+            return Err(Error::too_large(format!(
+                "url list over {MAX_URL_LIST_BYTES} bytes"
+            )));
+        }
+        let max = self.settings.max_urls_per_list;
+        let urls = urls::parse_list(&text, request.inputs.len(), max)?;
+        request.inputs.extend(urls);
+        Ok(())
+    }
+
+    /// Submits `request` as exactly one job: refused when it has more inputs than one job
+    /// may hold ([`Mesh::submit_batch`] splits a long URL list instead).
+    pub async fn submit_one(
+        &self,
+        caller: &Caller,
+        request: SubmitJobRequest,
+    ) -> Result<Job, Error> {
+        let per_job = self.settings.max_files_per_job;
+        if request.inputs.len() > per_job {
+            return Err(Error::too_large(format!(
+                "too many images: {}, at most {per_job} per job; a batch submit splits a long url list",
+                request.inputs.len()
+            )));
+        }
+        self.submit(caller, request).await
     }
 
     /// Submits one job. URL inputs are checked for form here (where they may be fetched
@@ -373,6 +421,22 @@ impl Mesh {
         }
         jobs.reverse();
         Ok(jobs)
+    }
+
+    /// Batch `parent_id` as one view: its jobs, oldest first, their summed counts and
+    /// [`batch_state`].
+    pub async fn batch_view(&self, caller: &Caller, parent_id: &str) -> Result<Batch, Error> {
+        let jobs = self.batch(caller, parent_id).await?;
+        let sum = |count: fn(&JobSummary) -> u32| jobs.iter().map(count).sum::<u32>();
+        Ok(Batch {
+            id: parent_id.to_string(),
+            state: batch_state(&jobs) as i32,
+            total: sum(|job| job.total),
+            done: sum(|job| job.done),
+            failed: sum(|job| job.failed),
+            cancelled: sum(|job| job.cancelled),
+            jobs,
+        })
     }
 
     /// Progress of job `id` as events ordered by job version, ending after the event that
@@ -649,6 +713,63 @@ impl Mesh {
     }
 }
 
+/// One state for a batch's jobs: queued while all are; running while any is queued or
+/// running; paused while the others are paused or ended. Once all ended: cancelled if all
+/// were, failed if every image failed, completed_with_errors if any image failed or was
+/// cancelled, else completed.
+pub fn batch_state(jobs: &[JobSummary]) -> JobState {
+    let states = || jobs.iter().map(JobSummary::state);
+    let sum = |count: fn(&JobSummary) -> u32| jobs.iter().map(count).sum::<u32>();
+    let (total, failed, cancelled) = (
+        sum(|job| job.total),
+        sum(|job| job.failed),
+        sum(|job| job.cancelled),
+    );
+    if states().all(|state| state == JobState::Queued) {
+        JobState::Queued
+    } else if states().any(|state| !state.is_final() && state != JobState::Paused) {
+        JobState::Running
+    } else if states().any(|state| state == JobState::Paused) {
+        JobState::Paused
+    } else if states().all(|state| state == JobState::Cancelled) {
+        JobState::Cancelled
+    } else if failed == total {
+        JobState::Failed
+    } else if failed > 0 || cancelled > 0 {
+        JobState::CompletedWithErrors
+    } else {
+        JobState::Completed
+    }
+}
+
+/// Writes `chunks` to an unnamed temp file (gone when closed) and returns it rewound: a
+/// ZIP's directory sits at its end, so an archive is read from disk, never held in memory.
+/// More than `max_bytes` is refused as soon as it arrives; an error from `chunks` ends the
+/// spooling with it.
+pub async fn spool<S>(chunks: S, max_bytes: u64) -> Result<std::fs::File, Error>
+where
+    S: Stream<Item = Result<Bytes, Error>>,
+{
+    let file = tempfile::tempfile()
+        .map_err(|err| Error::internal(format!("creating a temp file for the archive: {err}")))?;
+    let mut file = tokio::fs::File::from_std(file);
+    let write_error = |err: std::io::Error| Error::internal(format!("spooling the archive: {err}"));
+    let mut spooled: u64 = 0;
+    futures::pin_mut!(chunks);
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk?;
+        spooled += chunk.len() as u64;
+        if spooled > max_bytes {
+            return Err(Error::too_large(format!("archive over {max_bytes} bytes")));
+        }
+        file.write_all(&chunk).await.map_err(write_error)?;
+    }
+    file.flush().await.map_err(write_error)?;
+    let mut file = file.into_std().await;
+    std::io::Seek::rewind(&mut file).map_err(write_error)?;
+    Ok(file)
+}
+
 /// Writes the bundle of `job` into `tx`; stops quietly when the client goes away.
 async fn write_bundle(
     job: Job,
@@ -866,5 +987,62 @@ mod tests {
             .map(|image| (image.index, image.version))
             .collect();
         assert_eq!(replayed, [(1, 4), (3, 7), (0, 9)]);
+    }
+
+    /// The state of a batch of jobs of two images each, given as (state, failed, cancelled).
+    fn state_of(jobs: &[(JobState, u32, u32)]) -> JobState {
+        let jobs: Vec<JobSummary> = jobs
+            .iter()
+            .map(|&(state, failed, cancelled)| JobSummary {
+                state: state as i32,
+                total: 2,
+                done: 2 - failed - cancelled,
+                failed,
+                cancelled,
+                ..Default::default()
+            })
+            .collect();
+        batch_state(&jobs)
+    }
+
+    #[test]
+    fn a_batch_runs_while_any_job_does_then_sums_its_outcomes() {
+        use JobState::*;
+        assert_eq!(state_of(&[(Queued, 0, 0), (Queued, 0, 0)]), Queued);
+        assert_eq!(state_of(&[(Completed, 0, 0), (Queued, 0, 0)]), Running);
+        assert_eq!(state_of(&[(Paused, 0, 0), (Running, 0, 0)]), Running);
+        assert_eq!(state_of(&[(Paused, 0, 0), (Completed, 0, 0)]), Paused);
+        assert_eq!(state_of(&[(Cancelled, 0, 2), (Cancelled, 0, 2)]), Cancelled);
+        assert_eq!(state_of(&[(Failed, 2, 0), (Failed, 2, 0)]), Failed);
+        let with_errors = CompletedWithErrors;
+        assert_eq!(state_of(&[(Failed, 2, 0), (Completed, 0, 0)]), with_errors);
+        assert_eq!(
+            state_of(&[(Completed, 0, 0), (Cancelled, 0, 2)]),
+            with_errors
+        );
+        assert_eq!(state_of(&[(Completed, 0, 0), (Completed, 0, 0)]), Completed);
+    }
+
+    #[tokio::test]
+    async fn spooling_stops_at_the_cap_and_rewinds_what_fits() {
+        use std::io::Read as _;
+        let chunks =
+            |n: usize| futures::stream::iter((0..n).map(|i| Ok(Bytes::from(vec![i as u8; 10]))));
+        let mut file = spool(chunks(3), 30).await.expect("30 bytes fit");
+        let mut spooled = Vec::new();
+        file.read_to_end(&mut spooled).expect("read back");
+        assert_eq!(spooled.len(), 30);
+        assert_eq!(&spooled[20..], [2; 10]);
+
+        let err = spool(chunks(4), 30)
+            .await
+            .expect_err("40 bytes spooled under a 30-byte cap");
+        assert_eq!(err.code, ErrorCode::ResourceExhausted);
+        let failing =
+            futures::stream::iter([Ok(Bytes::from_static(b"PK")), Err(Error::invalid("cut"))]);
+        let err = spool(failing, 30)
+            .await
+            .expect_err("a broken stream spooled");
+        assert_eq!(err.code, ErrorCode::InvalidArgument);
     }
 }

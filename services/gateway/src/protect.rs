@@ -76,6 +76,9 @@ const GRPC_LONG_LIVED: &[&str] = &[
     "/pixelmesh.v1.Gateway/UploadImage",
     "/pixelmesh.v1.Gateway/DownloadOutput",
     "/pixelmesh.v1.Gateway/SubmitJob",
+    "/pixelmesh.v1.Gateway/SubmitBatch",
+    "/pixelmesh.v1.Gateway/UploadArchive",
+    "/pixelmesh.v1.Gateway/DownloadOutputs",
     "/grpc.health.v1.Health/Watch",
 ];
 
