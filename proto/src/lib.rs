@@ -30,6 +30,18 @@ impl JobState {
         )
     }
 
+    /// Every state a job can be in (`Unspecified` is only an unset field), in the order
+    /// the API lists them.
+    pub const ALL: [JobState; 7] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Paused,
+        JobState::Completed,
+        JobState::CompletedWithErrors,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
     /// The lowercase name used in REST, logs and the CLI.
     pub fn label(self) -> &'static str {
         match self {

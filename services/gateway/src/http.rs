@@ -382,7 +382,7 @@ struct JobStateLabel;
 
 impl utoipa::PartialSchema for JobStateLabel {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        labels_schema(JOB_STATES.iter().map(|state| state.label()))
+        labels_schema(JobState::ALL.iter().map(|state| state.label()))
     }
 }
 
@@ -722,19 +722,10 @@ async fn list(
     }))
 }
 
-/// The states a job can be in, as the API names them.
-const JOB_STATES: [JobState; 7] = [
-    JobState::Queued,
-    JobState::Running,
-    JobState::Paused,
-    JobState::Completed,
-    JobState::CompletedWithErrors,
-    JobState::Failed,
-    JobState::Cancelled,
-];
-
 fn job_state(label: &str) -> Option<JobState> {
-    JOB_STATES.into_iter().find(|state| state.label() == label)
+    JobState::ALL
+        .into_iter()
+        .find(|state| state.label() == label)
 }
 
 /// How many jobs are in each state, over every job the caller may see.

@@ -90,17 +90,6 @@ fn tx_job(
 /// Marks the `counts` tree as built (see [`Meta::recount`]).
 const COUNTS_READY: &[u8] = b"ready";
 
-/// The states counters are kept for; a job without a state counts as queued.
-const COUNTED_STATES: [JobState; 7] = [
-    JobState::Queued,
-    JobState::Running,
-    JobState::Paused,
-    JobState::Completed,
-    JobState::CompletedWithErrors,
-    JobState::Failed,
-    JobState::Cancelled,
-];
-
 /// The counter of jobs in `state` among `owner`'s (every job's when `owner` is empty).
 fn counter_key(owner: &str, state: JobState) -> Vec<u8> {
     let state = match state {
@@ -114,11 +103,12 @@ fn counter_key(owner: &str, state: JobState) -> Vec<u8> {
     }
 }
 
-/// The counters a job counts in: every job's, and its owner's when it has one.
-fn counter_keys(summary: &JobSummary) -> Vec<Vec<u8>> {
-    let mut keys = vec![counter_key("", summary.state())];
-    if !summary.owner.is_empty() {
-        keys.push(counter_key(&summary.owner, summary.state()));
+/// The counters a job of `owner` in `state` counts in: every job's, and its owner's when it
+/// has one.
+fn counter_keys(owner: &str, state: JobState) -> Vec<Vec<u8>> {
+    let mut keys = vec![counter_key("", state)];
+    if !owner.is_empty() {
+        keys.push(counter_key(owner, state));
     }
     keys
 }
@@ -127,16 +117,25 @@ fn read_counter(bytes: &[u8]) -> u64 {
     bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
 }
 
-/// Adds `delta` (1 or -1) to the counters `summary` counts in.
+/// A job's state, as its header says.
+fn state_of(job: &Job) -> JobState {
+    job.summary
+        .as_ref()
+        .map_or(JobState::Unspecified, JobSummary::state)
+}
+
+fn owner_of(job: &Job) -> &str {
+    job.summary.as_ref().map_or("", |s| s.owner.as_str())
+}
+
+/// Adds `delta` (1 or -1) to the counters a job of `owner` in `state` counts in.
 fn count(
     counts: &sled::transaction::TransactionalTree,
-    summary: Option<&JobSummary>,
+    owner: &str,
+    state: JobState,
     delta: i64,
 ) -> Result<(), ConflictableTransactionError<Error>> {
-    let Some(summary) = summary else {
-        return Ok(());
-    };
-    for key in counter_keys(summary) {
+    for key in counter_keys(owner, state) {
         let n = counts.get(&key)?.map_or(0, |bytes| read_counter(&bytes));
         let n = n.saturating_add_signed(delta);
         counts.insert(key, &n.to_be_bytes())?;
@@ -144,22 +143,23 @@ fn count(
     Ok(())
 }
 
-/// Writes a job's header and moves the per-state counters when its state (or, never in
-/// practice, its owner) changed.
+/// Writes a job's header and moves the per-state counters when its state changed from
+/// `was`, the state the transaction read (`None` for a new job). A job's owner never
+/// changes.
 fn put_job(
     jobs: &sled::transaction::TransactionalTree,
     counts: &sled::transaction::TransactionalTree,
     id: &str,
+    was: Option<JobState>,
     job: &Job,
 ) -> Result<(), ConflictableTransactionError<Error>> {
-    let old = jobs.insert(id.as_bytes(), job.encode_to_vec())?;
-    let old: Option<Job> = old.map(|bytes| decode(&bytes)).transpose().map_err(abort)?;
-    let before = old.as_ref().and_then(|job| job.summary.as_ref());
-    let after = job.summary.as_ref();
-    let key = |summary: Option<&JobSummary>| summary.map(counter_keys);
-    if key(before) != key(after) {
-        count(counts, before, -1)?;
-        count(counts, after, 1)?;
+    jobs.insert(id.as_bytes(), job.encode_to_vec())?;
+    let state = state_of(job);
+    if was != Some(state) {
+        if let Some(was) = was {
+            count(counts, owner_of(job), was, -1)?;
+        }
+        count(counts, owner_of(job), state, 1)?;
     }
     Ok(())
 }
@@ -321,8 +321,7 @@ impl Meta {
         let mut tally = std::collections::BTreeMap::new();
         for value in self.jobs.iter().values() {
             let job: Job = decode(&value.map_err(db_error)?)?;
-            let summary = job.summary.unwrap_or_default();
-            for key in counter_keys(&summary) {
+            for key in counter_keys(owner_of(&job), state_of(&job)) {
                 *tally.entry(key).or_insert(0) += 1;
             }
         }
@@ -416,7 +415,7 @@ impl Meta {
                         format!("job {id} already exists"),
                     )));
                 }
-                put_job(jobs, counts, id, &header)?;
+                put_job(jobs, counts, id, None, &header)?;
                 unfinished.insert(id.as_bytes(), &[])?;
                 if !parent_id.is_empty() {
                     batches.insert(batch_key(&parent_id, id), &[])?;
@@ -534,7 +533,7 @@ impl Meta {
     /// from counters kept in the same transactions as the jobs, so no scan.
     pub fn counts(&self, owner: &str) -> Result<JobCounts, Error> {
         let mut counts = JobCounts::default();
-        for state in COUNTED_STATES {
+        for state in JobState::ALL {
             let n = match self
                 .counts
                 .get(counter_key(owner, state))
@@ -600,11 +599,12 @@ impl Meta {
         (&self.jobs, &self.counts)
             .transaction(|(jobs, counts)| {
                 let mut job = tx_job(jobs, id)?;
+                let was = state_of(&job);
                 let summary = job.summary.get_or_insert_default();
                 if summary.state() == JobState::Queued {
                     summary.state = JobState::Running as i32;
                     bump(summary);
-                    put_job(jobs, counts, id, &job)?;
+                    put_job(jobs, counts, id, Some(was), &job)?;
                 }
                 Ok(job.summary.unwrap_or_default())
             })
@@ -636,6 +636,7 @@ impl Meta {
         )
             .transaction(|(jobs, images, unfinished, tiles, counts)| {
                 let mut job = tx_job(jobs, id)?;
+                let was = state_of(&job);
                 let mut image: Image = decode(
                     &images
                         .get(&key)?
@@ -680,7 +681,7 @@ impl Meta {
                         tiles.insert(key.clone(), plan.encode_to_vec())?;
                         images.insert(key.clone(), image.encode_to_vec())?;
                         let summary = summary.clone();
-                        put_job(jobs, counts, id, &job)?;
+                        put_job(jobs, counts, id, Some(was), &job)?;
                         return Ok(Recorded {
                             applied: true,
                             summary,
@@ -720,7 +721,7 @@ impl Meta {
                         tiles.insert(key.clone(), plan.encode_to_vec())?;
                         images.insert(key.clone(), image.encode_to_vec())?;
                         let summary = summary.clone();
-                        put_job(jobs, counts, id, &job)?;
+                        put_job(jobs, counts, id, Some(was), &job)?;
                         return Ok(Recorded {
                             applied: true,
                             summary,
@@ -764,7 +765,7 @@ impl Meta {
                     unfinished.remove(id.as_bytes())?;
                 }
                 let summary = summary.clone();
-                put_job(jobs, counts, id, &job)?;
+                put_job(jobs, counts, id, Some(was), &job)?;
                 images.insert(key.clone(), image.encode_to_vec())?;
                 Ok(Recorded {
                     applied: true,
@@ -802,6 +803,7 @@ impl Meta {
         (&self.jobs, &self.images, &self.unfinished, &self.counts)
             .transaction(|(jobs, images, unfinished, counts)| {
                 let mut job = tx_job(jobs, id)?;
+                let was = state_of(&job);
                 let summary = job.summary.get_or_insert_default();
                 if summary.state().is_final() {
                     return Err(abort(Error::new(
@@ -825,7 +827,7 @@ impl Meta {
                 summary.state = JobState::Cancelled as i32;
                 summary.finished_at_ms = summary.updated_at_ms;
                 unfinished.remove(id.as_bytes())?;
-                put_job(jobs, counts, id, &job)?;
+                put_job(jobs, counts, id, Some(was), &job)?;
                 Ok(())
             })
             .map_err(tx_error)?;
@@ -852,6 +854,7 @@ impl Meta {
         )
             .transaction(|(jobs, images, unfinished, tiles, counts)| {
                 let mut job = tx_job(jobs, id)?;
+                let was = state_of(&job);
                 let summary = job.summary.get_or_insert_default();
                 let state = summary.state();
                 let refuse = |why: String| abort(Error::new(ErrorCode::FailedPrecondition, why));
@@ -890,7 +893,7 @@ impl Meta {
                 summary.finished_at_ms = 0;
                 job.generation += 1;
                 unfinished.insert(id.as_bytes(), &[])?;
-                put_job(jobs, counts, id, &job)?;
+                put_job(jobs, counts, id, Some(was), &job)?;
                 Ok(())
             })
             .map_err(tx_error)?;
@@ -905,6 +908,7 @@ impl Meta {
         (&self.jobs, &self.counts)
             .transaction(|(jobs, counts)| {
                 let mut job = tx_job(jobs, id)?;
+                let was = state_of(&job);
                 let summary = job.summary.get_or_insert_default();
                 match summary.state() {
                     JobState::Paused => return Ok(()),
@@ -918,7 +922,7 @@ impl Meta {
                 }
                 summary.state = JobState::Paused as i32;
                 bump(summary);
-                put_job(jobs, counts, id, &job)?;
+                put_job(jobs, counts, id, Some(was), &job)?;
                 Ok(())
             })
             .map_err(tx_error)?;
@@ -940,6 +944,7 @@ impl Meta {
         (&self.jobs, &self.images, &self.tiles, &self.counts)
             .transaction(|(jobs, images, tiles, counts)| {
                 let mut job = tx_job(jobs, id)?;
+                let was = state_of(&job);
                 let summary = job.summary.get_or_insert_default();
                 if summary.state() != JobState::Paused {
                     return Err(abort(Error::new(
@@ -965,7 +970,7 @@ impl Meta {
                 }
                 summary.state = JobState::Queued as i32;
                 job.generation += 1;
-                put_job(jobs, counts, id, &job)?;
+                put_job(jobs, counts, id, Some(was), &job)?;
                 Ok(())
             })
             .map_err(tx_error)?;
@@ -1007,7 +1012,7 @@ impl Meta {
             .transaction(|(jobs, images, unfinished, tiles, batches, counts)| {
                 if let Some(old) = jobs.remove(id.as_bytes())? {
                     let old: Job = decode(&old).map_err(abort)?;
-                    count(counts, old.summary.as_ref(), -1)?;
+                    count(counts, owner_of(&old), state_of(&old), -1)?;
                 }
                 unfinished.remove(id.as_bytes())?;
                 if !parent_id.is_empty() {
