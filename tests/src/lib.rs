@@ -4,7 +4,8 @@
 //!
 //! * [`NatsServer`] — the private broker;
 //! * [`Cluster`] / [`ClusterOptions`] — the roles, with kill and restart per role;
-//! * [`corpus`] — the shared test photographs.
+//! * [`corpus`] — the shared test photographs;
+//! * [`browser`] — headless Chromium through chromedriver, for the web UI.
 
 use std::{
     net::TcpListener,
@@ -17,6 +18,8 @@ use pixelmesh_proto::v1::gateway_client::GatewayClient;
 use tempfile::TempDir;
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+pub mod browser;
 
 /// How long a process may take to become healthy.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);

@@ -31,6 +31,7 @@ pub struct Server {
     routes: Routes,
     health: HealthReporter,
     http: Router,
+    fallback: Option<Router>,
     wrap: Box<dyn FnOnce(Router) -> Router + Send>,
 }
 
@@ -49,6 +50,7 @@ impl Server {
             routes,
             health,
             http: Router::new(),
+            fallback: None,
             wrap: Box::new(|app| app),
         })
     }
@@ -78,6 +80,14 @@ impl Server {
         self
     }
 
+    /// Answers every request no gRPC service or HTTP route takes (the gateway's web UI, with
+    /// its single-page fallback). It replaces tonic's own fallback, so it must answer gRPC
+    /// requests for unknown services itself.
+    pub fn fallback(mut self, router: Router) -> Self {
+        self.fallback = Some(router);
+        self
+    }
+
     /// Wraps the whole app, gRPC and HTTP routes merged, in the caller's layers (auth,
     /// limits…), so one middleware stack sees every request. The layers run inside the
     /// tracing span, so requests they refuse are traced too. Called again, the new layers go
@@ -94,7 +104,10 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let app = self.routes.into_axum_router().merge(self.http);
+        let mut app = self.routes.into_axum_router().merge(self.http);
+        if let Some(fallback) = self.fallback {
+            app = app.fallback_service(fallback);
+        }
         let app = (self.wrap)(app).layer(TraceLayer::new_for_http().make_span_with(request_span));
         let stop = CancellationToken::new();
         let stopped = stop.clone();

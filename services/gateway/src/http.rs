@@ -79,10 +79,12 @@ fn api(body_limit: usize) -> (Router<Mesh>, utoipa::openapi::OpenApi) {
         .routes(routes!(feed))
         .routes(routes!(download))
         .routes(routes!(download_all))
+        .routes(routes!(input))
         .routes(routes!(analysis_csv))
         .routes(routes!(analysis_json))
         .routes(routes!(analysis_xlsx))
         .routes(routes!(workers))
+        .routes(routes!(stats))
         .split_for_parts();
     add_common_errors(&mut document);
     (router, document)
@@ -1103,6 +1105,85 @@ async fn download(
         .map_err(|err| Error::internal(format!("building response: {err}")))?)
 }
 
+/// `GET /api/v1/jobs/{id}/inputs/{index}`: the image as it was submitted (the UI's "before"
+/// thumbnails). Images fetched by URL have no stored input: 404.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/inputs/{index}", tag = "outputs",
+    params(
+        ("id" = String, Path, description = "The job id."),
+        ("index" = u32, Path, description = "The image's index."),
+    ),
+    responses(
+        (status = 200, description = "The input as uploaded: its image type read from its first bytes, else `application/octet-stream` (an upload that is not an image).", content(
+            (BinaryFile = "image/*"),
+            (BinaryFile = "application/octet-stream"),
+        )),
+        (status = 404, description = "No such job or image, or an image fetched by URL.", body = ErrorBody),
+    ),
+)]
+async fn input(
+    State(mesh): State<Mesh>,
+    caller: Caller,
+    ApiPath((id, index)): ApiPath<(String, u32)>,
+) -> ApiResult<Response> {
+    let (name, chunks) = mesh.input(&caller, &id, index).await?;
+    let mut chunks = Box::pin(chunks);
+    // The stored bytes carry no media type: read it off the first chunk's magic number.
+    let first = chunks.next().await.transpose()?.unwrap_or_default();
+    let content_type = image_media_type(&first);
+    let chunks = futures::stream::once(async move { Ok(first) }).chain(chunks);
+    let body = Body::from_stream(chunks.map(|chunk| chunk.map_err(std::io::Error::other)));
+    let file_name = sanitize_header_value(&name);
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, content_type)
+        .header(
+            header::CONTENT_DISPOSITION,
+            format!("inline; filename=\"{file_name}\""),
+        )
+        .body(body)
+        .map_err(|err| Error::internal(format!("building response: {err}")))?)
+}
+
+/// The media type of an image from its first bytes; `application/octet-stream` for what is
+/// not a format the mesh decodes.
+fn image_media_type(head: &[u8]) -> &'static str {
+    match head {
+        [0xFF, 0xD8, 0xFF, ..] => "image/jpeg",
+        [0x89, b'P', b'N', b'G', ..] => "image/png",
+        [
+            b'R',
+            b'I',
+            b'F',
+            b'F',
+            _,
+            _,
+            _,
+            _,
+            b'W',
+            b'E',
+            b'B',
+            b'P',
+            ..,
+        ] => "image/webp",
+        [b'G', b'I', b'F', b'8', ..] => "image/gif",
+        [b'B', b'M', ..] => "image/bmp",
+        [b'I', b'I', 0x2A, 0x00, ..] | [b'M', b'M', 0x00, 0x2A, ..] => "image/tiff",
+        _ => "application/octet-stream",
+    }
+}
+
+/// A name fit for a quoted header parameter, as [`output_file_name`] makes them.
+fn sanitize_header_value(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_ .".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// `GET /api/v1/jobs/{id}/outputs.zip`: every output and `manifest.json` and
 /// `manifest.csv` (input name, output name, size, dimensions, worker, duration, error),
 /// streamed.
@@ -1226,6 +1307,59 @@ async fn workers(State(mesh): State<Mesh>) -> ApiResult<Json<WorkerList>> {
     Ok(Json(WorkerList { workers }))
 }
 
+/// `GET /api/v1/stats`: the filter workers' queue (from JetStream) and how many images
+/// ended in each of the last 15 minutes (as this gateway counted them since it started).
+#[utoipa::path(get, path = "/api/v1/stats", tag = "workers",
+    responses(
+        (status = 200, description = "Queue depth and recent throughput.", body = StatsView),
+    ),
+)]
+async fn stats(State(mesh): State<Mesh>) -> ApiResult<Json<StatsView>> {
+    let (queue, minutes) = mesh.stats().await?;
+    Ok(Json(StatsView {
+        queue: QueueView {
+            pending: queue.pending,
+            in_flight: queue.in_flight,
+            redelivered: queue.redelivered,
+        },
+        throughput: minutes
+            .iter()
+            .map(|m| MinuteView {
+                at_ms: m.at_ms,
+                done: m.done,
+                failed: m.failed,
+            })
+            .collect(),
+    }))
+}
+
+/// The work queue and recent throughput.
+#[derive(Serialize, ToSchema)]
+struct StatsView {
+    queue: QueueView,
+    /// Images ended per minute, oldest first; the last is the current minute.
+    throughput: Vec<MinuteView>,
+}
+
+/// The filter workers' task queue.
+#[derive(Serialize, ToSchema)]
+struct QueueView {
+    /// Tasks waiting for a worker.
+    pending: u64,
+    /// Tasks a worker holds, not yet acknowledged.
+    in_flight: u64,
+    /// Tasks delivered more than once (a worker died or timed out), not yet acknowledged.
+    redelivered: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+struct MinuteView {
+    /// The minute's start, milliseconds since the epoch.
+    at_ms: i64,
+    done: u64,
+    failed: u64,
+}
+
 #[derive(Serialize, ToSchema)]
 struct WorkerList {
     workers: Vec<WorkerView>,
@@ -1298,6 +1432,9 @@ struct ImageView {
     url: String,
     #[schema(value_type = ImageStateLabel)]
     state: &'static str,
+    /// The input as submitted; absent for an image fetched by URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     output: Option<OutputView>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1324,6 +1461,8 @@ impl ImageView {
             name: image.name.clone(),
             url: image.url.clone(),
             state: image.state().label(),
+            input_url: (!image.input_blob_id.is_empty())
+                .then(|| format!("/api/v1/jobs/{job_id}/inputs/{}", image.index)),
             output: image
                 .output
                 .as_ref()

@@ -1,5 +1,5 @@
 //! The gateway role: the only public edge. One port serves gRPC (`pixelmesh.v1.Gateway`,
-//! reflection, health) and HTTP (`/api/v1`, `/healthz`). Stateless: scale it out freely.
+//! reflection, health) and HTTP (`/api/v1`, `/healthz`, the web UI at `/`). Stateless: scale it out freely.
 //!
 //! * [`mesh`] — what both edges do, in domain terms: stream uploads to storage, submit and
 //!   cancel through the scheduler, read jobs, relay progress and downloads, list workers;
@@ -11,7 +11,9 @@
 //! * [`bundle`] — writing a ZIP of a job's outputs as a stream, with its manifests;
 //! * [`export`] — a job's analysis reports as CSV, JSON and XLSX;
 //! * [`auth`] — API keys: who is calling;
-//! * [`protect`] — the tower layers in front of everything: limits, timeouts, load shedding.
+//! * [`protect`] — the tower layers in front of everything: limits, timeouts, load shedding;
+//! * [`stats`] — the dashboard's numbers: queue depth and images ended per minute;
+//! * [`web`] — the web UI's files, with the single-page fallback.
 
 pub mod archive;
 pub mod auth;
@@ -21,7 +23,9 @@ pub mod grpc;
 pub mod http;
 pub mod mesh;
 pub mod protect;
+pub mod stats;
 pub mod urls;
+pub mod web;
 
 use std::{future::Future, sync::Arc};
 
@@ -106,6 +110,9 @@ pub struct Settings {
     /// (--max-request-bytes) and uploads (--max-upload-bytes); over it, 413.
     #[arg(long, env = "PIXELMESH_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// The built web UI (`scripts/web.sh` writes it to web/dist), served at `/`.
+    #[arg(long, env = "PIXELMESH_WEB_DIR", default_value = "web/dist")]
+    pub web_dir: std::path::PathBuf,
 }
 
 impl Default for Settings {
@@ -125,6 +132,7 @@ impl Default for Settings {
             rate_limit_burst: 100,
             request_timeout_secs: 30,
             max_body_bytes: 1024 * 1024,
+            web_dir: "web/dist".into(),
         }
     }
 }
@@ -158,7 +166,9 @@ pub async fn run(
     let scheduler = SchedulerClient::new(channel(&config.scheduler_url)?)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let mesh = mesh::Mesh::new(storage, scheduler, nats, config.settings);
+    let web = web::router(&config.settings.web_dir);
+    let mesh = mesh::Mesh::new(storage, scheduler, nats.clone(), config.settings);
+    mesh.throughput().clone().count(nats).await?;
 
     let server = Server::new()?
         .add_service(
@@ -168,6 +178,7 @@ pub async fn run(
         )
         .await
         .http(http::router(mesh))
+        .fallback(web)
         .layer_with(move |app| protect::protect(app, &limits, Arc::new(keys)));
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
     server.serve(listener, shutdown).await

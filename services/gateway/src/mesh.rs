@@ -28,7 +28,7 @@ use crate::{
     archive::{self, ZipLimits},
     auth::Caller,
     bundle::{self, ManifestRow, ZipStreamWriter},
-    urls,
+    stats, urls,
 };
 
 /// A watcher that heard nothing for this long re-reads the job from storage: progress goes
@@ -45,6 +45,7 @@ pub struct Mesh {
     scheduler: SchedulerClient<Channel>,
     nats: async_nats::Client,
     settings: Settings,
+    throughput: stats::Throughput,
 }
 
 impl Mesh {
@@ -59,7 +60,22 @@ impl Mesh {
             scheduler,
             nats,
             settings,
+            throughput: stats::Throughput::default(),
         }
+    }
+
+    /// Images ended per minute, as this gateway has seen them.
+    pub fn throughput(&self) -> &stats::Throughput {
+        &self.throughput
+    }
+
+    /// The task queue's depth and the recent minutes' throughput.
+    pub async fn stats(&self) -> Result<(stats::Queue, Vec<stats::Minute>), Error> {
+        let queue = stats::queue(&self.nats).await?;
+        Ok((
+            queue,
+            self.throughput.window(pixelmesh_common::time::now_ms()),
+        ))
     }
 
     pub fn settings(&self) -> &Settings {
@@ -586,6 +602,35 @@ impl Mesh {
             .into_inner()
             .map(|chunk| chunk.map(|c| Bytes::from(c.chunk)).map_err(Error::from));
         Ok((output, image.name.clone(), chunks))
+    }
+
+    /// Image `index`'s input as submitted: its name and its bytes in chunks.
+    pub async fn input(
+        &self,
+        caller: &Caller,
+        job_id: &str,
+        index: u32,
+    ) -> Result<(String, impl Stream<Item = Result<Bytes, Error>> + use<>), Error> {
+        let job = self.job(caller, job_id).await?;
+        let image = job
+            .images
+            .get(index as usize)
+            .ok_or_else(|| Error::not_found(format!("job {job_id} has no image {index}")))?;
+        if image.input_blob_id.is_empty() {
+            return Err(Error::not_found(format!(
+                "image {index} of job {job_id} was fetched by url: no stored input"
+            )));
+        }
+        let chunks = self
+            .storage
+            .clone()
+            .get_blob(GetBlobRequest {
+                id: image.input_blob_id.clone(),
+            })
+            .await?
+            .into_inner()
+            .map(|chunk| chunk.map(|c| Bytes::from(c.chunk)).map_err(Error::from));
+        Ok((image.name.clone(), chunks))
     }
 
     /// Every job's progress events and every worker change, for dashboards: first a

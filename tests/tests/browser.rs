@@ -1,0 +1,442 @@
+//! The web UI in a real headless Chromium against a real mesh: submit three photos through
+//! the new-job page, watch the job finish live, download its ZIP, follow it on the jobs page,
+//! and watch the dashboard see a worker go, across a gateway restart. All of it in one page
+//! load: a marker set on the window at the start must survive to the end.
+//!
+//! Screenshots of every page land in `target/screenshots/browser/`.
+
+use std::io::Read as _;
+
+use fantoccini::Locator;
+use pixelmesh_tests::{Cluster, ClusterOptions, browser::Browser, corpus};
+use serde_json::json;
+
+const PHOTOS: [&str; 3] = [
+    "autumn-2560x1600.jpg",
+    "colorful-cups-2560x1600.jpg",
+    "kite-2560x1600.jpg",
+];
+
+/// chromedriver takes only canonical paths for file inputs.
+fn canonical(path: &std::path::Path) -> String {
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .display()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_submits_watches_downloads_and_sees_workers_come_and_go() {
+    let web = Browser::web_dir();
+    let mut cluster = Cluster::start(
+        env!("CARGO_BIN_EXE_pixelmesh-node"),
+        ClusterOptions {
+            filters: 2,
+            gateway_args: vec!["--web-dir".into(), web.display().to_string()],
+            ..ClusterOptions::default()
+        },
+    )
+    .await;
+    let base = cluster.http_url();
+    let browser = Browser::start("browser").await;
+    let page = browser.client();
+
+    // New job: three photos, a pipeline built by hand from a preset.
+    page.goto(&format!("{base}/")).await.expect("opening /");
+    let files = browser.wait_for("#files").await;
+    browser.eval("window.__same_page = true").await;
+    let paths: Vec<String> = PHOTOS
+        .iter()
+        .map(|name| canonical(&corpus::dir().join(name)))
+        .collect();
+    files
+        .send_keys(&paths.join("\n"))
+        .await
+        .expect("choosing files");
+    browser
+        .wait_until(
+            "three files listed with previews",
+            "document.querySelectorAll('li.file img.thumb').length === 3 && \
+             [...document.querySelectorAll('li.file img.thumb')].every(i => i.complete && i.naturalWidth > 0)",
+        )
+        .await;
+    page.find(Locator::Css("button[data-preset='web']"))
+        .await
+        .expect("web preset")
+        .click()
+        .await
+        .expect("choosing the web preset");
+    let width = browser
+        .wait_for("li.step[data-op='resize'] input[id$='-width']")
+        .await;
+    width.clear().await.expect("clearing width");
+    width.send_keys("640").await.expect("typing width");
+    for op in ["grayscale", "analyze"] {
+        page.find(Locator::Css("#add-op"))
+            .await
+            .expect("op list")
+            .select_by_value(op)
+            .await
+            .expect("choosing an op");
+        page.find(Locator::Css("#add-op-button"))
+            .await
+            .expect("add button")
+            .click()
+            .await
+            .expect("adding an op");
+    }
+    // Format stays last: the added ops went in before it.
+    let steps = browser
+        .eval("[...document.querySelectorAll('li.step')].map(s => s.dataset.op)")
+        .await;
+    assert_eq!(steps, json!(["resize", "grayscale", "analyze", "format"]));
+    let pipeline: serde_json::Value = serde_json::from_str(
+        browser
+            .eval("document.querySelector('details.json pre').textContent")
+            .await
+            .as_str()
+            .expect("pipeline text"),
+    )
+    .expect("the pipeline preview is JSON");
+    assert_eq!(
+        pipeline,
+        json!([
+            {"op": "resize", "width": 640, "fit": "inside", "filter": "lanczos3"},
+            {"op": "grayscale"},
+            {"op": "analyze"},
+            {"op": "format", "format": "webp", "quality": 82},
+        ])
+    );
+    browser.screenshot("1-new-job").await;
+
+    // Submit: the app moves to the job's page and its bar reaches 100 % by itself.
+    page.find(Locator::Css("#submit"))
+        .await
+        .expect("submit button")
+        .click()
+        .await
+        .expect("submitting");
+    browser
+        .wait_until(
+            "the job page opens",
+            "location.pathname.startsWith('/jobs/')",
+        )
+        .await;
+    let path = browser.eval("location.pathname").await;
+    let id = path
+        .as_str()
+        .unwrap()
+        .trim_start_matches("/jobs/")
+        .to_string();
+    assert_eq!(id.len(), 26, "a job id in {path}");
+    browser
+        .wait_for("[role='progressbar'][aria-label='job progress'][aria-valuenow='100']")
+        .await;
+    browser
+        .wait_for(".summary-row [data-state='completed']")
+        .await;
+    browser
+        .wait_until(
+            "three after-thumbnails, 640 px wide",
+            "document.querySelectorAll('img.thumb.after').length === 3 && \
+             [...document.querySelectorAll('img.thumb.after')].every(i => i.complete && i.naturalWidth === 640)",
+        )
+        .await;
+    browser
+        .wait_until(
+            "three before-thumbnails",
+            "[...document.querySelectorAll('img.thumb.before')].filter(i => i.complete && i.naturalWidth === 2560).length === 3",
+        )
+        .await;
+    let counts = browser
+        .eval("document.querySelector('#job-counts').textContent")
+        .await;
+    assert_eq!(counts, json!("3 of 3 done"));
+    browser
+        .wait_until(
+            "an analysis row per image",
+            "document.querySelectorAll('table.analysis-table tbody tr').length === 3",
+        )
+        .await;
+    browser.screenshot("2-job").await;
+
+    // The outputs ZIP, downloaded by the browser.
+    page.find(Locator::Css("#download-zip"))
+        .await
+        .expect("download link")
+        .click()
+        .await
+        .expect("downloading");
+    let zip_path = browser.downloaded(".zip").await;
+    let mut archive =
+        zip::ZipArchive::new(std::fs::File::open(&zip_path).expect("zip file")).expect("a zip");
+    let mut names: Vec<String> = archive
+        .file_names()
+        .map(|name| name.expect("entry name").to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 5, "{names:?}");
+    assert!(names.contains(&"manifest.json".to_string()), "{names:?}");
+    assert!(names.contains(&"manifest.csv".to_string()), "{names:?}");
+    let images: Vec<String> = names
+        .iter()
+        .filter(|n| n.ends_with(".webp"))
+        .cloned()
+        .collect();
+    assert_eq!(images.len(), 3, "{names:?}");
+    for name in &images {
+        let mut bytes = Vec::new();
+        archive
+            .by_name(name)
+            .expect("entry")
+            .read_to_end(&mut bytes)
+            .expect("reading entry");
+        let image = image::load_from_memory(&bytes).expect("a webp").to_rgb8();
+        assert_eq!(image.width(), 640, "{name}");
+        // Lossy WebP stores colour as YUV: grey comes back within a level or two.
+        let spread = image
+            .pixels()
+            .map(|p| p.0.iter().max().unwrap() - p.0.iter().min().unwrap())
+            .max()
+            .unwrap();
+        assert!(
+            spread <= 3,
+            "{name} is not grey: channels differ by {spread}"
+        );
+    }
+
+    // The jobs page lists it, finished, reached by the app's own navigation.
+    page.find(Locator::LinkText("Jobs"))
+        .await
+        .expect("jobs link")
+        .click()
+        .await
+        .expect("opening jobs");
+    browser
+        .wait_for(&format!("tr.job[data-job='{id}'] [data-state='completed']"))
+        .await;
+    browser
+        .wait_for(&format!(
+            "tr.job[data-job='{id}'] [role='progressbar'][aria-valuenow='100']"
+        ))
+        .await;
+    browser.screenshot("3-jobs").await;
+    // Filters: the finished job is not among the failed ones, and is among the completed.
+    page.find(Locator::Css("a.filter[data-filter='failed']"))
+        .await
+        .expect("failed filter")
+        .click()
+        .await
+        .expect("filtering");
+    browser
+        .wait_until(
+            "the failed filter shows no jobs",
+            "location.search === '?state=failed' && document.querySelectorAll('tr.job').length === 0 \
+             && document.querySelector('p.empty') !== null",
+        )
+        .await;
+    page.find(Locator::Css("a.filter[data-filter='completed']"))
+        .await
+        .expect("completed filter")
+        .click()
+        .await
+        .expect("filtering");
+    browser.wait_for(&format!("tr.job[data-job='{id}']")).await;
+    let completed = browser
+        .eval("document.querySelector(\"a.filter[data-filter='completed'] .count\").textContent")
+        .await;
+    assert_eq!(completed, json!("1"));
+
+    // The dashboard: both workers, then one stopped.
+    page.find(Locator::LinkText("Dashboard"))
+        .await
+        .expect("dashboard link")
+        .click()
+        .await
+        .expect("opening the dashboard");
+    for worker in ["filter-0", "filter-1"] {
+        browser
+            .wait_until(
+                &format!("{worker} listed online"),
+                &format!(
+                    "(r => r && r.dataset.status !== 'offline')(document.querySelector(\"tr.worker[data-worker='{worker}']\"))"
+                ),
+            )
+            .await;
+    }
+    browser
+        .wait_until(
+            "the cards count the finished job",
+            "document.querySelector(\"[data-card='Completed'] .card-value\").textContent === '1' && \
+             document.querySelector(\"[data-card='Workers online'] .card-value\").textContent === '2'",
+        )
+        .await;
+    browser
+        .wait_until(
+            "the throughput chart counts three images",
+            "document.querySelector('.chart svg').getAttribute('aria-label').startsWith('3 images done')",
+        )
+        .await;
+    browser.screenshot("4-dashboard").await;
+
+    // The gateway restarts under the page: its event stream comes back by itself.
+    cluster.restart("gateway").await;
+    browser
+        .wait_until(
+            "the feed is live again",
+            "document.querySelector(\"[data-live='live']\") !== null",
+        )
+        .await;
+    assert!(
+        cluster.filters[1].terminate(),
+        "filter-1 did not stop cleanly"
+    );
+    browser
+        .wait_for("tr.worker[data-worker='filter-1'][data-status='offline']")
+        .await;
+    let others = browser
+        .eval("document.querySelector(\"tr.worker[data-worker='filter-0']\").dataset.status")
+        .await;
+    assert_ne!(others, json!("offline"));
+    browser
+        .wait_until(
+            "the activity feed says so",
+            "document.querySelector('.activity').textContent.includes('worker filter-1 went offline')",
+        )
+        .await;
+    browser
+        .wait_until(
+            "one worker online",
+            "document.querySelector(\"[data-card='Workers online'] .card-value\").textContent === '1'",
+        )
+        .await;
+    browser.screenshot("5-worker-offline").await;
+
+    assert_eq!(
+        browser.eval("window.__same_page === true").await,
+        json!(true),
+        "the page reloaded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_fails_alone_and_tiled_images_show_their_tiles() {
+    let web = Browser::web_dir();
+    let cluster = Cluster::start(
+        env!("CARGO_BIN_EXE_pixelmesh-node"),
+        ClusterOptions {
+            // 2560x1600 in 512 px tiles: 5 x 4.
+            tile_size: Some(512),
+            gateway_args: vec!["--web-dir".into(), web.display().to_string()],
+            ..ClusterOptions::default()
+        },
+    )
+    .await;
+    let base = cluster.http_url();
+    let browser = Browser::start("browser-errors").await;
+    let page = browser.client();
+    page.goto(&format!("{base}/")).await.expect("opening /");
+
+    // An out-of-range value is named in the page and submit is held back.
+    let quality = browser
+        .wait_for("li.step[data-op='format'] input[id$='-quality']")
+        .await;
+    quality.clear().await.expect("clearing");
+    quality.send_keys("101").await.expect("typing");
+    browser
+        .wait_until(
+            "the error is shown",
+            "document.querySelector('ul.errors').textContent.includes('op 2 (format): quality must be between 1 and 100, got 101')",
+        )
+        .await;
+    assert_eq!(
+        browser
+            .eval("document.querySelector('#submit').disabled")
+            .await,
+        json!(true)
+    );
+    quality.clear().await.expect("clearing");
+    quality.send_keys("80").await.expect("typing");
+    browser
+        .wait_until(
+            "submit is enabled",
+            "!document.querySelector('#submit').disabled",
+        )
+        .await;
+
+    // A pipeline that tiles (resize does not): blur, then WebP; tiling forced.
+    page.find(Locator::Css("button[aria-label='Remove Resize']"))
+        .await
+        .expect("remove button")
+        .click()
+        .await
+        .expect("removing resize");
+    page.find(Locator::Css("#add-op-button"))
+        .await
+        .expect("add button")
+        .click()
+        .await
+        .expect("adding blur");
+    let steps = browser
+        .eval("[...document.querySelectorAll('li.step')].map(s => s.dataset.op)")
+        .await;
+    assert_eq!(steps, json!(["blur", "format"]));
+    page.find(Locator::Css("#tiling"))
+        .await
+        .expect("tiling")
+        .select_by_value("always")
+        .await
+        .expect("choosing tiling");
+
+    // A file that is not an image fails as that image, with the gateway's words on its row.
+    let junk = tempfile::Builder::new()
+        .suffix(".png")
+        .tempfile()
+        .expect("temp file");
+    std::fs::write(junk.path(), b"this is not a png").expect("writing junk");
+    let good = canonical(&corpus::dir().join(PHOTOS[0]));
+    page.find(Locator::Css("#files"))
+        .await
+        .expect("file input")
+        .send_keys(&format!("{good}\n{}", canonical(junk.path())))
+        .await
+        .expect("choosing files");
+    browser
+        .wait_until(
+            "two files listed",
+            "document.querySelectorAll('li.file').length === 2",
+        )
+        .await;
+    page.find(Locator::Css("#submit"))
+        .await
+        .expect("submit")
+        .click()
+        .await
+        .expect("submitting");
+    browser
+        .wait_for(".summary-row [data-state='completed_with_errors']")
+        .await;
+    browser
+        .wait_until(
+            "the bad image's row says why",
+            "(r => r && r.querySelector('.image-error') && r.querySelector('.image-error').textContent.length > 0)\
+             (document.querySelector(\"tr.image[data-state='failed']\"))",
+        )
+        .await;
+    let tiles = browser
+        .eval("document.querySelector(\"tr.image[data-state='done'] .tiles\").textContent.trim()")
+        .await;
+    assert_eq!(tiles, json!("tiles 20 / 20"));
+    browser.screenshot("failed-image-and-tiles").await;
+
+    // A job id that does not exist: the page says so instead of spinning.
+    page.goto(&format!("{base}/jobs/01JZZZZZZZZZZZZZZZZZZZZZZZ"))
+        .await
+        .expect("opening a missing job");
+    browser
+        .wait_until(
+            "not found is shown",
+            "document.querySelector('.job-detail .error') !== null && document.querySelector('.job-detail .error').textContent.includes('404')",
+        )
+        .await;
+}
