@@ -7,7 +7,7 @@
 
 use std::io::Read as _;
 
-use fantoccini::Locator;
+use fantoccini::{Locator, key::Key};
 use pixelmesh_tests::{Cluster, ClusterOptions, browser::Browser, corpus};
 use serde_json::json;
 
@@ -317,6 +317,35 @@ async fn a_user_submits_watches_downloads_and_sees_workers_come_and_go() {
         json!(true),
         "the page reloaded"
     );
+
+    // At a phone's width every page fits: nothing scrolls sideways but inside its table.
+    page.set_window_size(390, 844).await.expect("resizing");
+    for (name, path) in [
+        ("phone-dashboard", "/dashboard".to_string()),
+        ("phone-job", format!("/jobs/{id}")),
+        ("phone-jobs", "/jobs".to_string()),
+        ("phone-new-job", "/".to_string()),
+    ] {
+        page.goto(&format!("{base}{path}"))
+            .await
+            .expect("opening a page");
+        browser.wait_for("main h1").await;
+        browser.screenshot(name).await;
+        // What sticks out past the viewport, if anything (scrolling tables excepted).
+        let overflow = browser
+            .eval(
+                "[window.innerWidth, document.documentElement.scrollWidth, \
+                 [...document.querySelectorAll('body *')] \
+                   .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1 && !e.closest('table')) \
+                   .slice(0, 5).map(e => e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right))]",
+            )
+            .await;
+        assert!(overflow[0].as_u64().unwrap() <= 400, "{overflow}");
+        assert!(
+            overflow[1].as_u64() <= overflow[0].as_u64(),
+            "{path} is wider than a phone: {overflow}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -364,6 +393,31 @@ async fn bad_input_fails_alone_and_tiled_images_show_their_tiles() {
         )
         .await;
 
+    // The builder works from the keyboard: pick an op by typing, Tab to Add, Enter.
+    let ops = page.find(Locator::Css("#add-op")).await.expect("op list");
+    ops.send_keys("Sharpen").await.expect("typing an op name");
+    page.active_element()
+        .await
+        .expect("focus")
+        .send_keys(&Key::Tab.to_string())
+        .await
+        .expect("tab");
+    let focused = browser.eval("document.activeElement.id").await;
+    assert_eq!(focused, json!("add-op-button"));
+    page.active_element()
+        .await
+        .expect("focus")
+        .send_keys(&Key::Enter.to_string())
+        .await
+        .expect("enter");
+    browser.wait_for("li.step[data-op='sharpen']").await;
+    page.find(Locator::Css("button[aria-label='Remove Sharpen']"))
+        .await
+        .expect("remove sharpen")
+        .click()
+        .await
+        .expect("removing sharpen");
+
     // A pipeline that tiles (resize does not): blur, then WebP; tiling forced.
     page.find(Locator::Css("button[aria-label='Remove Resize']"))
         .await
@@ -371,6 +425,12 @@ async fn bad_input_fails_alone_and_tiled_images_show_their_tiles() {
         .click()
         .await
         .expect("removing resize");
+    page.find(Locator::Css("#add-op"))
+        .await
+        .expect("op list")
+        .select_by_value("blur")
+        .await
+        .expect("choosing blur");
     page.find(Locator::Css("#add-op-button"))
         .await
         .expect("add button")

@@ -592,16 +592,22 @@ impl Mesh {
                 )));
             }
         };
-        let chunks = self
+        let chunks = self.blob(output.blob_id.clone()).await?;
+        Ok((output, image.name.clone(), chunks))
+    }
+
+    /// A stored blob's bytes, in chunks as storage streams them.
+    async fn blob(
+        &self,
+        id: String,
+    ) -> Result<impl Stream<Item = Result<Bytes, Error>> + use<>, Error> {
+        Ok(self
             .storage
             .clone()
-            .get_blob(GetBlobRequest {
-                id: output.blob_id.clone(),
-            })
+            .get_blob(GetBlobRequest { id })
             .await?
             .into_inner()
-            .map(|chunk| chunk.map(|c| Bytes::from(c.chunk)).map_err(Error::from));
-        Ok((output, image.name.clone(), chunks))
+            .map(|chunk| chunk.map(|c| Bytes::from(c.chunk)).map_err(Error::from)))
     }
 
     /// Image `index`'s input as submitted: its name and its bytes in chunks.
@@ -621,15 +627,7 @@ impl Mesh {
                 "image {index} of job {job_id} was fetched by url: no stored input"
             )));
         }
-        let chunks = self
-            .storage
-            .clone()
-            .get_blob(GetBlobRequest {
-                id: image.input_blob_id.clone(),
-            })
-            .await?
-            .into_inner()
-            .map(|chunk| chunk.map(|c| Bytes::from(c.chunk)).map_err(Error::from));
+        let chunks = self.blob(image.input_blob_id.clone()).await?;
         Ok((image.name.clone(), chunks))
     }
 

@@ -7,7 +7,9 @@ use leptos::{prelude::*, task::spawn_local};
 use leptos_router::components::A;
 
 use super::{
+    error_line::ErrorLine,
     jobs::{JOB_EVENTS, LiveDot, event_job},
+    table_head::TableHead,
     throughput_chart::ThroughputChart,
 };
 use crate::{
@@ -209,9 +211,7 @@ pub fn Dashboard() -> impl IntoView {
                 <h1>"Dashboard"</h1>
                 <LiveDot live/>
             </div>
-            <Show when=move || error.with(Option::is_some)>
-                <p class="error" role="alert">{move || error.get().unwrap_or_default()}</p>
-            </Show>
+            <ErrorLine message=error/>
             <div class="cards">
                 <Card label="Jobs" value=Signal::derive(move || counts.get().total.to_string())/>
                 <Card
@@ -234,17 +234,7 @@ pub fn Dashboard() -> impl IntoView {
                 <section aria-labelledby="workers-title">
                     <h2 id="workers-title">"Workers"</h2>
                     <table class="workers">
-                        <thead>
-                            <tr>
-                                <th scope="col">"Worker"</th>
-                                <th scope="col">"Host"</th>
-                                <th scope="col">"Status"</th>
-                                <th scope="col">"In flight"</th>
-                                <th scope="col">"Done"</th>
-                                <th scope="col">"Failed"</th>
-                                <th scope="col">"Heartbeat"</th>
-                            </tr>
-                        </thead>
+                        <TableHead columns=&["Worker", "Host", "Status", "In flight", "Done", "Failed", "Heartbeat"]/>
                         <tbody>
                             <For
                                 each=move || workers.get()

@@ -99,7 +99,6 @@ pub fn FilePicker(
                 }
             >
                 <p>"Drop images or a ZIP here, or"</p>
-                <label class="button" for="files">"Choose files…"</label>
                 <input
                     id="files"
                     class="visually-hidden"
@@ -113,6 +112,8 @@ pub fn FilePicker(
                         input.set_value("");
                     }
                 />
+                // After the input, so its keyboard focus can show on the label (see style.css).
+                <label class="button" for="files">"Choose files…"</label>
             </div>
             <Show when=move || files.with(|f| !f.is_empty())>
                 <p class="summary">

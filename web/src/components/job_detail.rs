@@ -7,7 +7,10 @@ use leptos_router::{
     hooks::{use_navigate, use_params_map},
 };
 
-use super::{jobs::LiveDot, progress::ProgressBar, state_badge::StateBadge};
+use super::{
+    error_line::ErrorLine, jobs::LiveDot, progress::ProgressBar, state_badge::StateBadge,
+    table_head::TableHead,
+};
 use crate::{
     api::{self, ImageEvent, ImageView, JobView},
     format,
@@ -182,9 +185,7 @@ fn JobPage(id: String) -> impl IntoView {
                 <h1>"Job " <code>{id.clone()}</code></h1>
                 <LiveDot live/>
             </div>
-            <Show when=move || error.with(Option::is_some)>
-                <p class="error" role="alert">{move || error.get().unwrap_or_default()}</p>
-            </Show>
+            <ErrorLine message=error/>
             <Show when=move || job.with(Option::is_some)>
                 <div class="summary-row">
                     <StateBadge state/>
@@ -224,23 +225,10 @@ fn JobPage(id: String) -> impl IntoView {
                         <button type="button" class="danger" on:click=delete>"Delete"</button>
                     </Show>
                 </div>
-                <Show when=move || notice.with(Option::is_some)>
-                    <p class="error" role="alert">{move || notice.get().unwrap_or_default()}</p>
-                </Show>
+                <ErrorLine message=notice/>
             </Show>
             <table class="images">
-                <thead>
-                    <tr>
-                        <th scope="col">"#"</th>
-                        <th scope="col">"Before"</th>
-                        <th scope="col">"After"</th>
-                        <th scope="col">"Image"</th>
-                        <th scope="col">"State"</th>
-                        <th scope="col">"Worker"</th>
-                        <th scope="col">"Time"</th>
-                        <th scope="col">"Output"</th>
-                    </tr>
-                </thead>
+                <TableHead columns=&["#", "Before", "After", "Image", "State", "Worker", "Time", "Output"]/>
                 <tbody>
                     <For
                         each=move || images.get().into_iter().enumerate()
@@ -261,18 +249,7 @@ fn JobPage(id: String) -> impl IntoView {
                         </span>
                     </div>
                     <table class="analysis-table">
-                        <thead>
-                            <tr>
-                                <th scope="col">"Image"</th>
-                                <th scope="col">"Size"</th>
-                                <th scope="col">"Input"</th>
-                                <th scope="col">"Brightness"</th>
-                                <th scope="col">"Sharpness"</th>
-                                <th scope="col">"Colours"</th>
-                                <th scope="col">"pHash"</th>
-                                <th scope="col">"Camera"</th>
-                            </tr>
-                        </thead>
+                        <TableHead columns=&["Image", "Size", "Input", "Brightness", "Sharpness", "Colours", "pHash", "Camera"]/>
                         <tbody>
                             {move || rows.get().into_iter().map(|row| view! {
                                 <tr>
@@ -325,13 +302,27 @@ fn ImageRow(image: RwSignal<ImageView>, job_id: String) -> impl IntoView {
             api::encode(&job_id)
         )))
     });
+    // An input the browser cannot show (not an image at all, or TIFF): a placeholder.
+    let broken = RwSignal::new(false);
     view! {
         <tr class="image" data-index=index data-state=move || state.get()>
             <td class="num">{index}</td>
             <td class="thumb-cell">
                 {match before {
                     Some(src) => view! {
-                        <img class="thumb before" src=src loading="lazy" decoding="async" alt=move || format!("{} before", image.with(|i| i.name.clone()))/>
+                        <Show
+                            when=move || !broken.get()
+                            fallback=|| view! { <span class="thumb placeholder" title="not an image">"—"</span> }
+                        >
+                            <img
+                                class="thumb before"
+                                src=src.clone()
+                                loading="lazy"
+                                decoding="async"
+                                alt=move || format!("{} before", image.with(|i| i.name.clone()))
+                                on:error=move |_| broken.set(true)
+                            />
+                        </Show>
                     }.into_any(),
                     None => view! {
                         <span class="thumb placeholder" title=move || image.with(|i| i.url.clone())>"URL"</span>
@@ -353,6 +344,9 @@ fn ImageRow(image: RwSignal<ImageView>, job_id: String) -> impl IntoView {
                     }.into_any(),
                     Some(output) => view! {
                         <span class="thumb placeholder">{output.content_type.trim_start_matches("image/").to_uppercase()}</span>
+                    }.into_any(),
+                    None if matches!(i.state.as_str(), "failed" | "cancelled") => view! {
+                        <span class="thumb placeholder" aria-hidden="true">"—"</span>
                     }.into_any(),
                     None => view! { <span class="thumb placeholder" aria-hidden="true">"…"</span> }.into_any(),
                 })}

@@ -5,7 +5,9 @@ use std::time::Duration;
 use leptos::{prelude::*, task::spawn_local};
 use leptos_router::{components::A, hooks::use_query_map};
 
-use super::{progress::ProgressBar, state_badge::StateBadge};
+use super::{
+    error_line::ErrorLine, progress::ProgressBar, state_badge::StateBadge, table_head::TableHead,
+};
 use crate::{
     api::{self, Counts, ImageEvent, JobView},
     format,
@@ -177,22 +179,12 @@ pub fn Jobs() -> impl IntoView {
                     })
                     .collect_view()}
             </nav>
-            <Show when=move || error.with(Option::is_some)>
-                <p class="error" role="alert">{move || error.get().unwrap_or_default()}</p>
-            </Show>
+            <ErrorLine message=error/>
             <Show when=move || loaded.get() && rows.with(Vec::is_empty)>
                 <p class="empty">"No jobs here yet. " <A href="/">"Submit one"</A> "."</p>
             </Show>
             <table class="job-table">
-                <thead>
-                    <tr>
-                        <th scope="col">"Job"</th>
-                        <th scope="col">"State"</th>
-                        <th scope="col">"Progress"</th>
-                        <th scope="col">"Images"</th>
-                        <th scope="col">"Submitted"</th>
-                    </tr>
-                </thead>
+                <TableHead columns=&["Job", "State", "Progress", "Images", "Submitted"]/>
                 <tbody>
                     <For
                         each=move || rows.get()

@@ -3,6 +3,7 @@
 pub mod api_key;
 pub mod app;
 pub mod dashboard;
+pub mod error_line;
 pub mod file_picker;
 pub mod job_detail;
 pub mod jobs;
@@ -10,4 +11,5 @@ pub mod new_job;
 pub mod pipeline_builder;
 pub mod progress;
 pub mod state_badge;
+pub mod table_head;
 pub mod throughput_chart;
