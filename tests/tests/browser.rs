@@ -500,3 +500,91 @@ async fn bad_input_fails_alone_and_tiled_images_show_their_tiles() {
         )
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_api_keys_the_page_takes_a_key_and_every_call_carries_it() {
+    const KEY: &str = "ui-test-key-0123456789abcdef";
+    let web = Browser::web_dir();
+    let cluster = Cluster::start(
+        env!("CARGO_BIN_EXE_pixelmesh-node"),
+        ClusterOptions {
+            gateway_args: vec![
+                "--web-dir".into(),
+                web.display().to_string(),
+                "--api-keys".into(),
+                format!("ui:{KEY}"),
+            ],
+            ..ClusterOptions::default()
+        },
+    )
+    .await;
+    let base = cluster.http_url();
+    let browser = Browser::start("browser-keys").await;
+    let page = browser.client();
+
+    // The page itself is open; the API refuses it until it has a key, and says so.
+    page.goto(&format!("{base}/jobs"))
+        .await
+        .expect("opening /jobs");
+    browser
+        .wait_until(
+            "the refusal is shown",
+            "(e => e && e.textContent.includes('(401)'))(document.querySelector('.jobs .error'))",
+        )
+        .await;
+    browser
+        .wait_for("#api-key")
+        .await
+        .send_keys(KEY)
+        .await
+        .expect("typing the key");
+    page.find(Locator::Css("form.api-key button[type='submit']"))
+        .await
+        .expect("use button")
+        .click()
+        .await
+        .expect("saving the key");
+    browser.wait_for(".key-set").await;
+    browser
+        .wait_until(
+            "the list loads",
+            "document.querySelector('p.empty') !== null && document.querySelector('.jobs .error') === null",
+        )
+        .await;
+
+    // Upload (header), thumbnails (access_token) and the event stream (access_token) work.
+    page.goto(&format!("{base}/")).await.expect("opening /");
+    browser
+        .wait_for("#files")
+        .await
+        .send_keys(&canonical(&corpus::dir().join(PHOTOS[1])))
+        .await
+        .expect("choosing a file");
+    browser
+        .wait_until(
+            "the file is listed",
+            "document.querySelectorAll('li.file').length === 1",
+        )
+        .await;
+    page.find(Locator::Css("#submit"))
+        .await
+        .expect("submit")
+        .click()
+        .await
+        .expect("submitting");
+    browser
+        .wait_until(
+            "the job page opens",
+            "location.pathname.startsWith('/jobs/')",
+        )
+        .await;
+    // `finished` only follows the stream's own job_done event.
+    browser.wait_for("[data-live='finished']").await;
+    browser
+        .wait_until(
+            "before and after thumbnails load",
+            "[...document.querySelectorAll('img.thumb')].filter(i => i.complete && i.naturalWidth > 0).length === 2",
+        )
+        .await;
+    browser.screenshot("job-with-key").await;
+}
