@@ -103,6 +103,40 @@ impl Browser {
             .unwrap_or_else(|e| panic!("no element {css} within {WAIT:?}: {e}"))
     }
 
+    /// Clicks the element matching `css`, which must be there.
+    pub async fn click(&self, css: &str) {
+        self.find(Locator::Css(css))
+            .await
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("clicking {css}: {e}"));
+    }
+
+    /// Follows the link whose text is `text`.
+    pub async fn click_link(&self, text: &str) {
+        self.find(Locator::LinkText(text))
+            .await
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("clicking the {text} link: {e}"));
+    }
+
+    /// Chooses `value` in the `<select>` matching `css`.
+    pub async fn select(&self, css: &str, value: &str) {
+        self.find(Locator::Css(css))
+            .await
+            .select_by_value(value)
+            .await
+            .unwrap_or_else(|e| panic!("choosing {value} in {css}: {e}"));
+    }
+
+    async fn find(&self, locator: Locator<'_>) -> Element {
+        self.client()
+            .find(locator)
+            .await
+            .unwrap_or_else(|e| panic!("no element {locator:?}: {e}"))
+    }
+
     /// Waits until `script` (a JavaScript expression) is true in the page.
     pub async fn wait_until(&self, what: &str, script: &str) {
         let deadline = Instant::now() + WAIT;

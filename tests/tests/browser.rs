@@ -60,30 +60,15 @@ async fn a_user_submits_watches_downloads_and_sees_workers_come_and_go() {
              [...document.querySelectorAll('li.file img.thumb')].every(i => i.complete && i.naturalWidth > 0)",
         )
         .await;
-    page.find(Locator::Css("button[data-preset='web']"))
-        .await
-        .expect("web preset")
-        .click()
-        .await
-        .expect("choosing the web preset");
+    browser.click("button[data-preset='web']").await;
     let width = browser
         .wait_for("li.step[data-op='resize'] input[id$='-width']")
         .await;
     width.clear().await.expect("clearing width");
     width.send_keys("640").await.expect("typing width");
     for op in ["grayscale", "analyze"] {
-        page.find(Locator::Css("#add-op"))
-            .await
-            .expect("op list")
-            .select_by_value(op)
-            .await
-            .expect("choosing an op");
-        page.find(Locator::Css("#add-op-button"))
-            .await
-            .expect("add button")
-            .click()
-            .await
-            .expect("adding an op");
+        browser.select("#add-op", op).await;
+        browser.click("#add-op-button").await;
     }
     // Format stays last: the added ops went in before it.
     let steps = browser
@@ -110,12 +95,7 @@ async fn a_user_submits_watches_downloads_and_sees_workers_come_and_go() {
     browser.screenshot("1-new-job").await;
 
     // Submit: the app moves to the job's page and its bar reaches 100 % by itself.
-    page.find(Locator::Css("#submit"))
-        .await
-        .expect("submit button")
-        .click()
-        .await
-        .expect("submitting");
+    browser.click("#submit").await;
     browser
         .wait_until(
             "the job page opens",
@@ -161,12 +141,7 @@ async fn a_user_submits_watches_downloads_and_sees_workers_come_and_go() {
     browser.screenshot("2-job").await;
 
     // The outputs ZIP, downloaded by the browser.
-    page.find(Locator::Css("#download-zip"))
-        .await
-        .expect("download link")
-        .click()
-        .await
-        .expect("downloading");
+    browser.click("#download-zip").await;
     let zip_path = browser.downloaded(".zip").await;
     let mut archive =
         zip::ZipArchive::new(std::fs::File::open(&zip_path).expect("zip file")).expect("a zip");
@@ -206,12 +181,7 @@ async fn a_user_submits_watches_downloads_and_sees_workers_come_and_go() {
     }
 
     // The jobs page lists it, finished, reached by the app's own navigation.
-    page.find(Locator::LinkText("Jobs"))
-        .await
-        .expect("jobs link")
-        .click()
-        .await
-        .expect("opening jobs");
+    browser.click_link("Jobs").await;
     browser
         .wait_for(&format!("tr.job[data-job='{id}'] [data-state='completed']"))
         .await;
@@ -222,12 +192,7 @@ async fn a_user_submits_watches_downloads_and_sees_workers_come_and_go() {
         .await;
     browser.screenshot("3-jobs").await;
     // Filters: the finished job is not among the failed ones, and is among the completed.
-    page.find(Locator::Css("a.filter[data-filter='failed']"))
-        .await
-        .expect("failed filter")
-        .click()
-        .await
-        .expect("filtering");
+    browser.click("a.filter[data-filter='failed']").await;
     browser
         .wait_until(
             "the failed filter shows no jobs",
@@ -235,12 +200,7 @@ async fn a_user_submits_watches_downloads_and_sees_workers_come_and_go() {
              && document.querySelector('p.empty') !== null",
         )
         .await;
-    page.find(Locator::Css("a.filter[data-filter='completed']"))
-        .await
-        .expect("completed filter")
-        .click()
-        .await
-        .expect("filtering");
+    browser.click("a.filter[data-filter='completed']").await;
     browser.wait_for(&format!("tr.job[data-job='{id}']")).await;
     let completed = browser
         .eval("document.querySelector(\"a.filter[data-filter='completed'] .count\").textContent")
@@ -248,12 +208,7 @@ async fn a_user_submits_watches_downloads_and_sees_workers_come_and_go() {
     assert_eq!(completed, json!("1"));
 
     // The dashboard: both workers, then one stopped.
-    page.find(Locator::LinkText("Dashboard"))
-        .await
-        .expect("dashboard link")
-        .click()
-        .await
-        .expect("opening the dashboard");
+    browser.click_link("Dashboard").await;
     for worker in ["filter-0", "filter-1"] {
         browser
             .wait_until(
@@ -411,42 +366,17 @@ async fn bad_input_fails_alone_and_tiled_images_show_their_tiles() {
         .await
         .expect("enter");
     browser.wait_for("li.step[data-op='sharpen']").await;
-    page.find(Locator::Css("button[aria-label='Remove Sharpen']"))
-        .await
-        .expect("remove sharpen")
-        .click()
-        .await
-        .expect("removing sharpen");
+    browser.click("button[aria-label='Remove Sharpen']").await;
 
     // A pipeline that tiles (resize does not): blur, then WebP; tiling forced.
-    page.find(Locator::Css("button[aria-label='Remove Resize']"))
-        .await
-        .expect("remove button")
-        .click()
-        .await
-        .expect("removing resize");
-    page.find(Locator::Css("#add-op"))
-        .await
-        .expect("op list")
-        .select_by_value("blur")
-        .await
-        .expect("choosing blur");
-    page.find(Locator::Css("#add-op-button"))
-        .await
-        .expect("add button")
-        .click()
-        .await
-        .expect("adding blur");
+    browser.click("button[aria-label='Remove Resize']").await;
+    browser.select("#add-op", "blur").await;
+    browser.click("#add-op-button").await;
     let steps = browser
         .eval("[...document.querySelectorAll('li.step')].map(s => s.dataset.op)")
         .await;
     assert_eq!(steps, json!(["blur", "format"]));
-    page.find(Locator::Css("#tiling"))
-        .await
-        .expect("tiling")
-        .select_by_value("always")
-        .await
-        .expect("choosing tiling");
+    browser.select("#tiling", "always").await;
 
     // A file that is not an image fails as that image, with the gateway's words on its row.
     let junk = tempfile::Builder::new()
@@ -467,12 +397,7 @@ async fn bad_input_fails_alone_and_tiled_images_show_their_tiles() {
             "document.querySelectorAll('li.file').length === 2",
         )
         .await;
-    page.find(Locator::Css("#submit"))
-        .await
-        .expect("submit")
-        .click()
-        .await
-        .expect("submitting");
+    browser.click("#submit").await;
     browser
         .wait_for(".summary-row [data-state='completed_with_errors']")
         .await;
@@ -538,12 +463,7 @@ async fn with_api_keys_the_page_takes_a_key_and_every_call_carries_it() {
         .send_keys(KEY)
         .await
         .expect("typing the key");
-    page.find(Locator::Css("form.api-key button[type='submit']"))
-        .await
-        .expect("use button")
-        .click()
-        .await
-        .expect("saving the key");
+    browser.click("form.api-key button[type='submit']").await;
     browser.wait_for(".key-set").await;
     browser
         .wait_until(
@@ -566,12 +486,7 @@ async fn with_api_keys_the_page_takes_a_key_and_every_call_carries_it() {
             "document.querySelectorAll('li.file').length === 1",
         )
         .await;
-    page.find(Locator::Css("#submit"))
-        .await
-        .expect("submit")
-        .click()
-        .await
-        .expect("submitting");
+    browser.click("#submit").await;
     browser
         .wait_until(
             "the job page opens",

@@ -1132,7 +1132,7 @@ async fn input(
     let content_type = image_media_type(&first);
     let chunks = futures::stream::once(async move { Ok(first) }).chain(chunks);
     let body = Body::from_stream(chunks.map(|chunk| chunk.map_err(std::io::Error::other)));
-    let file_name = sanitize_header_value(&name);
+    let file_name = header_safe_name(&name);
     Ok(Response::builder()
         .header(header::CONTENT_TYPE, content_type)
         .header(
@@ -1171,8 +1171,9 @@ fn image_media_type(head: &[u8]) -> &'static str {
     }
 }
 
-/// A name fit for a quoted header parameter, as [`output_file_name`] makes them.
-fn sanitize_header_value(name: &str) -> String {
+/// A file name fit for a quoted header parameter: every character but ASCII letters,
+/// digits, `-`, `_`, space and `.` becomes `_`.
+fn header_safe_name(name: &str) -> String {
     name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || "-_ .".contains(c) {
@@ -1283,17 +1284,11 @@ async fn analysis(
 /// safe for a quoted header value.
 fn output_file_name(name: &str, content_type: &str) -> String {
     let stem = name.rsplit_once('.').map_or(name, |(stem, _)| stem);
-    let stem: String = stem
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_ .".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("{stem}.{}", crate::bundle::extension(content_type))
+    format!(
+        "{}.{}",
+        header_safe_name(stem),
+        crate::bundle::extension(content_type)
+    )
 }
 
 /// The filter workers with a live heartbeat and their counters.
