@@ -20,6 +20,7 @@ use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 pub mod browser;
+pub mod compose;
 
 /// How long a process may take to become healthy.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);

@@ -34,9 +34,12 @@ impl Drop for Telemetry {
 /// OTLP/gRPC trace export under `service_name`.
 pub fn init(service_name: &str) -> anyhow::Result<Telemetry> {
     global::set_text_map_propagator(TraceContextPropagator::new());
-    let filter = EnvFilter::try_from_env("PIXELMESH_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info,sled=warn,async_nats=warn,h2=warn,tower=warn"));
+    // Empty counts as unset: compose passes `RUST_LOG: ${RUST_LOG:-}` through.
+    let directives = |var: &str| std::env::var(var).ok().filter(|d| !d.trim().is_empty());
+    let filter = directives("PIXELMESH_LOG")
+        .or_else(|| directives("RUST_LOG"))
+        .and_then(|d| EnvFilter::try_new(d).ok())
+        .unwrap_or_else(|| EnvFilter::new("info,sled=warn,async_nats=warn,h2=warn,tower=warn"));
     let json = std::env::var("PIXELMESH_LOG_FORMAT").is_ok_and(|f| f == "json");
     // Logs go to stderr, leaving stdout to command output; colour only on a terminal, so log
     // files and `docker logs` stay greppable.

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 use clap::{Args, Parser, Subcommand};
 use pixelmesh_common::config::{NatsConfig, grpc_url};
 
-use crate::roles;
+use crate::{health, roles};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,6 +33,9 @@ pub enum Command {
     /// answers and one is on PATH.
     // Boxed: it holds every role's settings.
     All(Box<AllArgs>),
+    /// Probes the roles listening on this host through `grpc.health.v1`: exit 0 when all
+    /// serve. The container image's HEALTHCHECK.
+    Health(health::HealthArgs),
 }
 
 /// Where the other roles are.
@@ -170,11 +173,13 @@ fn loopback(mut addr: SocketAddr) -> SocketAddr {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let service = match &cli.command {
-        Command::Gateway(_) => "pixelmesh-gateway",
-        Command::Scheduler(_) => "pixelmesh-scheduler",
-        Command::Filter(_) => "pixelmesh-filter",
-        Command::Storage(_) => "pixelmesh-storage",
-        Command::All(_) => "pixelmesh",
+        Command::Gateway(_) => Some("pixelmesh-gateway"),
+        Command::Scheduler(_) => Some("pixelmesh-scheduler"),
+        Command::Filter(_) => Some("pixelmesh-filter"),
+        Command::Storage(_) => Some("pixelmesh-storage"),
+        Command::All(_) => Some("pixelmesh"),
+        // The probe runs every few seconds in each container: no telemetry for it.
+        Command::Health(_) => None,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -187,7 +192,7 @@ pub fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let _telemetry = pixelmesh_common::telemetry::init(service)?;
+        let _telemetry = service.map(pixelmesh_common::telemetry::init).transpose()?;
         roles::run(cli.command).await
     });
     match result {
@@ -209,7 +214,7 @@ mod tests {
     #[test]
     fn every_role_parses_with_defaults() {
         Cli::command().debug_assert();
-        for role in ["gateway", "scheduler", "filter", "storage", "all"] {
+        for role in ["gateway", "scheduler", "filter", "storage", "all", "health"] {
             Cli::try_parse_from(["pixelmesh", role]).expect(role);
         }
     }

