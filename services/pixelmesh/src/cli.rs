@@ -218,4 +218,18 @@ mod tests {
             Cli::try_parse_from(["pixelmesh", role]).expect(role);
         }
     }
+
+    #[test]
+    fn health_probes_each_role_on_its_default_port() {
+        for (role, _, port) in health::ROLES {
+            let listen = match Cli::try_parse_from(["pixelmesh", role]).unwrap().command {
+                Command::Gateway(args) => args.gateway_listen,
+                Command::Scheduler(args) => args.scheduler_listen,
+                Command::Storage(args) => args.storage_listen,
+                Command::Filter(args) => args.filter_listen,
+                other => panic!("{role} parsed as {other:?}"),
+            };
+            assert_eq!(listen.port(), port, "{role}");
+        }
+    }
 }

@@ -16,8 +16,9 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-/// Each role's listen variable and its default port, as [`crate::cli`] declares them.
-const ROLES: [(&str, &str, u16); 4] = [
+/// Each role's listen variable and its default port, as [`crate::cli`] declares them (a test
+/// there holds the two together).
+pub const ROLES: [(&str, &str, u16); 4] = [
     ("gateway", "PIXELMESH_GATEWAY_LISTEN", 8080),
     ("scheduler", "PIXELMESH_SCHEDULER_LISTEN", 50052),
     ("storage", "PIXELMESH_STORAGE_LISTEN", 50053),
