@@ -27,7 +27,10 @@ target=x86_64-unknown-linux-musl
 PIXELMESH_NO_BROWSER=1 source scripts/tools.sh
 apt_wanted=()
 command -v musl-gcc >/dev/null || apt_wanted+=(musl-tools)
-[ "$nats" = 0 ] || [ -x /bin/busybox ] || apt_wanted+=(busybox-static)
+# Debian's plain `busybox` is dynamically linked: it would not run on `scratch`.
+if [ "$nats" = 1 ] && ! dpkg-query -W -f '${Status}' busybox-static 2>/dev/null | grep -q 'ok installed'; then
+  apt_wanted+=(busybox-static)
+fi
 if [ ${#apt_wanted[@]} -gt 0 ]; then
   echo "installing ${apt_wanted[*]} (apt)" >&2
   sudo_cmd=""
