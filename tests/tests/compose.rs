@@ -192,6 +192,24 @@ async fn compose_stack_scales_and_survives_container_failures() {
     ]);
     assert_eq!(limits.trim(), format!("{} {}", 2u64 << 30, 1_000_000_000));
 
+    // Every role runs as the image's user, and its health check finds it serving.
+    for service in ["storage", "scheduler", "gateway", "filter"] {
+        let container = &stack.containers(service)[0];
+        // `docker top` needs the pid column to tell the container's processes apart.
+        let users = compose::docker(&["top", container, "-o", "pid,uid"]);
+        let uids: Vec<&str> = users
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.split_whitespace().nth(1))
+            .collect();
+        assert_eq!(uids, ["10001"], "{service} runs as: {users}");
+        let health = compose::docker(&["exec", container, "pixelmesh", "health"]);
+        assert!(
+            health.starts_with(&format!("{service} 127.0.0.1:")) && health.contains(": serving"),
+            "{service}: {health}"
+        );
+    }
+
     // The UI and the API on the published port.
     let http = reqwest::Client::new();
     let base = format!("http://{}", stack.gateway_addr());
