@@ -32,11 +32,7 @@ if [ "$nats" = 1 ] && ! dpkg-query -W -f '${Status}' busybox-static 2>/dev/null 
   apt_wanted+=(busybox-static)
 fi
 if [ ${#apt_wanted[@]} -gt 0 ]; then
-  echo "installing ${apt_wanted[*]} (apt)" >&2
-  sudo_cmd=""
-  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${apt_wanted[@]}" >/dev/null
+  pixelmesh_apt_install "${apt_wanted[@]}"
 fi
 if ! rustup target list --installed | grep -qx "$target"; then
   rustup target add "$target"

