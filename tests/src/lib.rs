@@ -169,6 +169,9 @@ pub struct ClusterOptions {
     pub gateway_args: Vec<String>,
     /// More flags for every filter, e.g. what URL inputs may be fetched from.
     pub filter_args: Vec<String>,
+    /// More environment for every role, e.g. `OTEL_EXPORTER_OTLP_ENDPOINT` (which roles
+    /// otherwise never inherit from the test's environment).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for ClusterOptions {
@@ -184,6 +187,7 @@ impl Default for ClusterOptions {
             tile_above_pixels: None,
             gateway_args: Vec::new(),
             filter_args: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -207,9 +211,10 @@ impl Role {
             .expect("role log");
         let child = Command::new(binary)
             .args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("PIXELMESH_LOG", "info")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("PIXELMESH_LOG_FORMAT")
+            .env("PIXELMESH_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -267,7 +272,8 @@ impl Cluster {
         let data = tempfile::tempdir().expect("tempdir");
         let storage_port = free_port();
         let scheduler_port = free_port();
-        let common_env = vec![
+        let mut common_env = options.env.clone();
+        common_env.extend([
             ("PIXELMESH_NATS_URL".to_string(), nats.url()),
             (
                 "PIXELMESH_STORAGE_URL".to_string(),
@@ -277,7 +283,7 @@ impl Cluster {
                 "PIXELMESH_SCHEDULER_URL".to_string(),
                 format!("http://127.0.0.1:{scheduler_port}"),
             ),
-        ];
+        ]);
         let role = |name: &str, port: u16, args: Vec<String>| Role {
             name: name.to_string(),
             port,

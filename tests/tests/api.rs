@@ -280,8 +280,8 @@ async fn rest_submit_status_and_download() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn reflection_lists_every_service_to_grpcurl() {
-    let cluster = Cluster::start(BIN, ClusterOptions::default()).await;
+async fn grpcurl_lists_describes_submits_and_watches() {
+    let mut cluster = Cluster::start(BIN, ClusterOptions::default()).await;
     let expect = |addr: &str, services: &[&str]| {
         let output = std::process::Command::new(tool("grpcurl"))
             .args(["-plaintext", addr, "list"])
@@ -315,22 +315,92 @@ async fn reflection_lists_every_service_to_grpcurl() {
         &["grpc.health.v1.Health"],
     );
 
-    // And a real call through reflection, the way a user would make it.
-    let output = std::process::Command::new(tool("grpcurl"))
-        .args([
-            "-plaintext",
-            "-d",
-            "{}",
-            &cluster.grpc_addr(),
-            "pixelmesh.v1.Gateway/ListJobs",
-        ])
-        .output()
+    // Real calls through reflection, the way the README shows them.
+    let grpcurl = |args: &[&str]| -> String {
+        let output = std::process::Command::new(tool("grpcurl"))
+            .args(["-plaintext", "-max-time", "120"])
+            .args(args)
+            .output()
+            .expect("running grpcurl");
+        assert!(
+            output.status.success(),
+            "grpcurl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("utf-8")
+    };
+    let addr = cluster.grpc_addr();
+    grpcurl(&["-d", "{}", &addr, "pixelmesh.v1.Gateway/ListJobs"]);
+    let described = grpcurl(&[&addr, "describe", "pixelmesh.v1.Gateway"]);
+    assert!(described.contains("pixelmesh.v1.Gateway is a service"), "{described}");
+    for rpc in ["rpc SubmitJob", "rpc WatchJob", "rpc UploadImage", "stream .pixelmesh.v1.JobEvent"] {
+        assert!(described.contains(rpc), "{rpc} not in {described}");
+    }
+    for role in [&cluster.gateway, &cluster.scheduler, &cluster.storage, &cluster.filters[0]] {
+        let health = grpcurl(&[&format!("127.0.0.1:{}", role.port), "grpc.health.v1.Health/Check"]);
+        let health: serde_json::Value = serde_json::from_str(&health).expect("json");
+        assert_eq!(health["status"], "SERVING", "{}", role.name);
+    }
+
+    // Upload-free: the input is a blob storage already holds (here put by REST). The only
+    // worker is stopped first, so the watch below sees the job run, not just its end.
+    assert!(cluster.filters[0].terminate());
+    let http = reqwest::Client::new();
+    let uploaded = http
+        .post(format!("{}/api/v1/uploads", cluster.http_url()))
+        .body(corpus::read("kite-2560x1600.jpg"))
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(uploaded.status().as_u16(), 201);
+    let blob: serde_json::Value = uploaded.json().await.expect("json");
+    let body = serde_json::json!({
+        "pipeline": [{"resize": {"width": 640}}, {"grayscale": {}}],
+        "inputs": [{"blobId": blob["id"], "name": "kite.jpg"}],
+    })
+    .to_string();
+    let submitted = grpcurl(&["-d", &body, &addr, "pixelmesh.v1.Gateway/SubmitJob"]);
+    let job: serde_json::Value = serde_json::from_str(&submitted).expect("job json");
+    let id = job["summary"]["id"].as_str().expect("job id").to_string();
+
+    // WatchJob streams events until the job ends; grpcurl prints one JSON object per event.
+    let mut watch = std::process::Command::new(tool("grpcurl"))
+        .args(["-plaintext", "-max-time", "120", "-d"])
+        .arg(serde_json::json!({"id": id}).to_string())
+        .args([addr.as_str(), "pixelmesh.v1.Gateway/WatchJob"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
         .expect("running grpcurl");
+    // The first event (the job as it stands) is out once the stream is open.
+    let mut stdout = std::io::BufReader::new(watch.stdout.take().expect("stdout"));
+    let mut watched = String::new();
+    while !watched.ends_with("\n}\n") {
+        let read = std::io::BufRead::read_line(&mut stdout, &mut watched).expect("read");
+        assert!(read > 0, "the watch ended before the job ran: {watched}");
+    }
+    assert!(watched.contains("JOB_STATE_RUNNING"), "{watched}");
+    cluster.restart("filter-0").await;
+    std::io::Read::read_to_string(&mut stdout, &mut watched).expect("read");
+    assert!(watch.wait().expect("grpcurl").success(), "{watched}");
+    let events: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&watched)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .expect("a stream of JSON events");
+    assert!(events.len() >= 2, "{watched}");
+    let last = events.last().expect("an event");
+    assert_eq!(last["summary"]["state"], "JOB_STATE_COMPLETED", "{watched}");
     assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+        events.iter().any(|e| e["image"]["state"] == "IMAGE_STATE_DONE"),
+        "{watched}"
     );
+    let fetched = grpcurl(&[
+        "-d",
+        &serde_json::json!({"id": id}).to_string(),
+        &addr,
+        "pixelmesh.v1.Gateway/GetJob",
+    ]);
+    let fetched: serde_json::Value = serde_json::from_str(&fetched).expect("json");
+    assert_eq!(fetched["images"][0]["output"]["width"], 640, "{fetched}");
 }
 
 /// A logo uploaded over REST, stamped by a watermark, and an analysis report delivered with the

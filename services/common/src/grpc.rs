@@ -2,13 +2,14 @@
 //!
 //! Every server gets `grpc.health.v1` and server reflection (v1 and v1alpha, because grpcurl
 //! 1.8 speaks only v1alpha), a tracing span per request whose parent is the caller's W3C
-//! `traceparent`, and a bounded graceful stop. The gateway merges its HTTP routes into the
+//! `traceparent` and whose trace id goes back as `x-trace-id`, Prometheus text at `/metrics`
+//! with every request counted and timed, and a bounded graceful stop. The gateway merges its HTTP routes into the
 //! same server, so gRPC and HTTP share one port.
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
-use axum::Router;
+use axum::{Router, middleware};
 use http::Request;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +22,7 @@ use tonic_health::server::HealthReporter;
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
-use crate::telemetry;
+use crate::{metrics, telemetry};
 
 /// How long open connections (watch streams, downloads) may go on after the stop signal.
 const GRACE: Duration = Duration::from_secs(10);
@@ -33,6 +34,7 @@ pub struct Server {
     http: Router,
     fallback: Option<Router>,
     wrap: Box<dyn FnOnce(Router) -> Router + Send>,
+    collectors: Vec<metrics::Collector>,
 }
 
 impl Server {
@@ -52,6 +54,7 @@ impl Server {
             http: Router::new(),
             fallback: None,
             wrap: Box::new(|app| app),
+            collectors: Vec::new(),
         })
     }
 
@@ -98,17 +101,31 @@ impl Server {
         self
     }
 
+    /// Runs `collect` before every `/metrics` scrape, to refresh gauges read from elsewhere.
+    pub fn metrics_collector(mut self, collect: metrics::Collector) -> Self {
+        self.collectors.push(collect);
+        self
+    }
+
     /// Serves until `shutdown` resolves, then lets open requests finish for a bounded time.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let mut app = self.routes.into_axum_router().merge(self.http);
+        let mut app = self
+            .routes
+            .into_axum_router()
+            .merge(self.http)
+            .merge(metrics::route(self.collectors))
+            .layer(middleware::from_fn(metrics::note_route));
         if let Some(fallback) = self.fallback {
             app = app.fallback_service(fallback);
         }
-        let app = (self.wrap)(app).layer(TraceLayer::new_for_http().make_span_with(request_span));
+        let app = (self.wrap)(app)
+            .layer(middleware::from_fn(metrics::record_request))
+            .layer(middleware::from_fn(trace_id_header))
+            .layer(TraceLayer::new_for_http().make_span_with(request_span));
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         // Without TCP_NODELAY each small HTTP/2 frame written after another waits for the
@@ -143,13 +160,40 @@ impl Server {
 }
 
 fn request_span<B>(request: &Request<B>) -> Span {
+    let path = request.uri().path();
+    let grpc = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
+    // Jaeger lists spans by name: a gRPC call by its method, an HTTP one by method and path.
+    let name = if grpc {
+        path.trim_start_matches('/').to_string()
+    } else {
+        format!("{} {path}", request.method())
+    };
     let span = tracing::info_span!(
         "request",
+        otel.name = name,
+        otel.kind = "server",
         method = %request.method(),
-        path = %request.uri().path(),
+        path,
+        trace_id = tracing::field::Empty,
     );
     telemetry::set_parent_from_http(&span, request.headers());
     span
+}
+
+/// The response header naming the request's trace, for a user to paste into Jaeger.
+pub const TRACE_ID_HEADER: &str = "x-trace-id";
+
+/// Answers every request (gRPC responses carry it as initial metadata) with its trace id.
+async fn trace_id_header(request: axum::extract::Request, next: middleware::Next) -> axum::response::Response {
+    let trace_id = telemetry::trace_id(&Span::current());
+    let mut response = next.run(request).await;
+    if let Some(value) = trace_id.and_then(|id| http::HeaderValue::from_str(&id).ok()) {
+        response.headers_mut().insert(TRACE_ID_HEADER, value);
+    }
+    response
 }
 
 /// Injects the current span's trace context into every outgoing gRPC request.

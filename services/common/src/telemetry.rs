@@ -1,5 +1,5 @@
 //! Logging, OTLP trace export, and W3C trace-context propagation through gRPC metadata and
-//! NATS headers, so one job is one trace across every service.
+//! NATS headers, so one job is one trace across every service, named in every log line.
 
 use std::collections::HashMap;
 
@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use opentelemetry::{
     global,
     propagation::{Extractor, Injector},
-    trace::TracerProvider as _,
+    trace::{TraceContextExt as _, TracerProvider as _},
 };
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing::Span;
@@ -22,16 +22,25 @@ pub struct Telemetry {
 impl Drop for Telemetry {
     fn drop(&mut self) {
         if let Some(provider) = self.provider.take()
-            && let Err(err) = provider.shutdown()
+            // Bounded: a stop must not wait on a collector that is gone.
+            && let Err(err) = provider.shutdown_with_timeout(std::time::Duration::from_secs(3))
         {
             tracing::warn!(error = %err, "trace exporter did not shut down cleanly");
         }
     }
 }
 
-/// Installs the global subscriber. `PIXELMESH_LOG` (or `RUST_LOG`) sets the filter;
-/// `PIXELMESH_LOG_FORMAT=json` switches to JSON lines; `OTEL_EXPORTER_OTLP_ENDPOINT` turns on
-/// OTLP/gRPC trace export under `service_name`.
+/// Installs the global subscriber and the process's metrics recorder.
+///
+/// * `PIXELMESH_LOG` (or `RUST_LOG`) sets the level filter; `PIXELMESH_LOG_FORMAT=json`
+///   switches from human-readable lines to JSON lines, one object per event with its spans'
+///   fields (job id, trace id);
+/// * every span belongs to an OpenTelemetry trace, exported or not, so trace ids link log
+///   lines across services and reach clients as `x-trace-id`;
+/// * `OTEL_EXPORTER_OTLP_ENDPOINT` turns on OTLP/gRPC export under `service_name`, sampled as
+///   `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` say (default: every trace, and always
+///   the caller's decision). Spans leave through a bounded queue on a background thread:
+///   when the collector is slow or gone, spans are dropped, never waited for.
 pub fn init(service_name: &str) -> anyhow::Result<Telemetry> {
     global::set_text_map_propagator(TraceContextPropagator::new());
     // Empty counts as unset: compose passes `RUST_LOG: ${RUST_LOG:-}` through.
@@ -56,28 +65,26 @@ pub fn init(service_name: &str) -> anyhow::Result<Telemetry> {
             .with_writer(std::io::stderr)
     });
 
-    let provider = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
-        Ok(endpoint) if !endpoint.is_empty() => {
+    let resource = Resource::builder()
+        .with_service_name(service_name.to_string())
+        .build();
+    let mut provider = SdkTracerProvider::builder().with_resource(resource);
+    let exporting = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        Ok(endpoint) if !endpoint.trim().is_empty() => {
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
                 .build()
                 .context("creating otlp exporter")?;
-            Some(
-                SdkTracerProvider::builder()
-                    .with_batch_exporter(exporter)
-                    .with_resource(
-                        Resource::builder()
-                            .with_service_name(service_name.to_string())
-                            .build(),
-                    )
-                    .build(),
-            )
+            provider = provider.with_batch_exporter(exporter);
+            Some(endpoint)
         }
         _ => None,
     };
-    let otel = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("pixelmesh")));
+    let provider = provider.build();
+    // Spans carry their fields as attributes; file and line are noise in Jaeger's view.
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("pixelmesh"))
+        .with_location(false);
     tracing_subscriber::registry()
         .with(filter)
         .with(fmt_plain)
@@ -85,10 +92,33 @@ pub fn init(service_name: &str) -> anyhow::Result<Telemetry> {
         .with(otel)
         .try_init()
         .context("installing the tracing subscriber")?;
-    if let Some(provider) = &provider {
-        global::set_tracer_provider(provider.clone());
+    global::set_tracer_provider(provider.clone());
+    crate::metrics::install().context("installing the metrics recorder")?;
+    if let Some(endpoint) = exporting {
+        tracing::info!(endpoint = %endpoint, service = service_name, "exporting traces over otlp");
     }
-    Ok(Telemetry { provider })
+    Ok(Telemetry {
+        provider: Some(provider),
+    })
+}
+
+/// The trace `span` belongs to, as the 32 hex digits Jaeger searches by; `None` without the
+/// OpenTelemetry layer (unit tests).
+pub fn trace_id(span: &Span) -> Option<String> {
+    let cx = span.context();
+    let span_context = cx.span().span_context().clone();
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
+}
+
+/// Fills `span`'s `trace_id` field (declared `trace_id = tracing::field::Empty`), so every log
+/// line inside it names its trace. Call it after setting the span's parent: reading the id
+/// fixes the span's place in its trace.
+pub fn record_trace_id(span: &Span) {
+    if let Some(id) = trace_id(span) {
+        span.record("trace_id", id.as_str());
+    }
 }
 
 struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
@@ -121,10 +151,12 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
-/// Makes `span` a child of the trace named by incoming HTTP/gRPC headers, if any.
+/// Makes `span` a child of the trace named by incoming HTTP/gRPC headers, if any, and
+/// records its trace id.
 pub fn set_parent_from_http(span: &Span, headers: &http::HeaderMap) {
     let cx = global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
     let _ = span.set_parent(cx);
+    record_trace_id(span);
 }
 
 /// Trace context for a NATS message's headers.
@@ -150,10 +182,12 @@ impl Extractor for NatsExtractor<'_> {
     }
 }
 
-/// Makes `span` a child of the trace carried in a NATS message's headers, if any.
+/// Makes `span` a child of the trace carried in a NATS message's headers, if any, and
+/// records its trace id.
 pub fn set_parent_from_nats(span: &Span, headers: Option<&async_nats::HeaderMap>) {
     if let Some(headers) = headers {
         let cx = global::get_text_map_propagator(|p| p.extract(&NatsExtractor(headers)));
         let _ = span.set_parent(cx);
     }
+    record_trace_id(span);
 }

@@ -120,7 +120,7 @@ pub fn process_with(
         full_size,
         colour_type,
         exif,
-    } = codec::decode_shrunk(input, limits, min_size)?;
+    } = stage_span("decode").in_scope(|| codec::decode_shrunk(input, limits, min_size))?;
     let shrunk = (image.width(), image.height()) != full_size;
     let mut analysis = Vec::new();
     let mut facts: Option<InputFacts> = None;
@@ -154,18 +154,33 @@ pub fn process_with(
             });
             analysis.push(analyze::report(&image, facts).to_string());
         }
-        image = op
-            .apply_with(image, assets)
-            .map_err(|reason| ProcessError::Op {
+        image = timed_op(name, position, || op.apply_with(image, assets)).map_err(|reason| {
+            ProcessError::Op {
                 position,
                 op: name,
                 reason,
-            })?;
+            }
+        })?;
     }
     Ok(Processed {
         analysis,
         ..encode(&image, pipeline, input_format)?
     })
+}
+
+/// A span for one stage of a task (fetch, decode, encode, store), a child of the task's span.
+pub fn stage_span(name: &'static str) -> tracing::Span {
+    tracing::info_span!("stage", otel.name = name)
+}
+
+/// Runs one op inside its own span (named after the op) and records its duration in
+/// `pixelmesh_operation_duration_seconds{op}`.
+pub fn timed_op<T>(name: &'static str, position: usize, apply: impl FnOnce() -> T) -> T {
+    let started = std::time::Instant::now();
+    let result = tracing::info_span!("op", otel.name = name, op = name, position).in_scope(apply);
+    metrics::histogram!("pixelmesh_operation_duration_seconds", "op" => name)
+        .record(started.elapsed().as_secs_f64());
+    result
 }
 
 /// Encodes as the pipeline's format op says, or in the input's own format when it has none.
@@ -179,8 +194,9 @@ pub fn encode(
         Some(output) => output.encoding(),
         None => codec::Encoding::new(input_format),
     };
+    let bytes = stage_span("encode").in_scope(|| codec::encode_with(image, &encoding))?;
     Ok(Processed {
-        bytes: codec::encode_with(image, &encoding)?,
+        bytes,
         content_type: encoding.format.content_type(),
         width: image.width(),
         height: image.height(),

@@ -280,8 +280,7 @@ pub fn process_tile(source: Bitmap, tile: Tile, pipeline: &Pipeline) -> Result<B
         if op.tile_halo().is_none() {
             return Err(format!("op {} ({}) cannot run on tiles", i + 1, op.name()));
         }
-        image = op
-            .apply(image)
+        image = crate::engine::timed_op(op.name(), i + 1, || op.apply(image))
             .map_err(|reason| format!("op {} ({}) failed: {reason}", i + 1, op.name()))?;
     }
     extract(

@@ -188,15 +188,27 @@ async fn handle(worker: &Worker, message: jetstream::Message) {
         Some(task::Stage::Tile(tile)) => format!("tile {}", tile.tile),
         Some(task::Stage::Assemble(_)) => "assemble".to_string(),
     };
-    let span = tracing::info_span!("task", job = %task.job_id, index = task.index, stage, attempt);
+    let span = tracing::info_span!(
+        "task",
+        otel.name = format!("task {stage}"),
+        job = %task.job_id,
+        index = task.index,
+        stage,
+        attempt,
+        trace_id = tracing::field::Empty,
+    );
     telemetry::set_parent_from_nats(&span, message.headers.as_ref());
+    if attempt > 1 {
+        metrics::counter!("pixelmesh_tasks_redelivered_total").increment(1);
+    }
     async {
         use std::sync::atomic::Ordering::Relaxed;
         worker.stats.in_flight.fetch_add(1, Relaxed);
         worker.stats.changed.notify_one();
         let started = Instant::now();
         let outcome = with_progress_acks(&message, worker.queue.ack_wait(), run_task(worker, &task)).await;
-        let duration_ms = started.elapsed().as_millis() as u64;
+        let elapsed = started.elapsed();
+        let duration_ms = elapsed.as_millis() as u64;
         worker.stats.in_flight.fetch_sub(1, Relaxed);
         worker.stats.changed.notify_one();
 
@@ -239,21 +251,32 @@ async fn handle(worker: &Worker, message: jetstream::Message) {
             ack(&message, AckKind::Nak(Some(backoff(attempt)))).await;
             return;
         }
-        match &result.outcome {
+        let kind = match &result.outcome {
             Some(Outcome::Error(_)) => {
                 worker.stats.failed.fetch_add(1, Relaxed);
+                metrics::counter!("pixelmesh_images_processed_total", "outcome" => "failed")
+                    .increment(1);
+                "failed"
             }
             Some(Outcome::Split(split)) => {
                 tracing::info!(duration_ms, tiles = split.tiles.len(), "image split into tiles");
+                "split"
             }
             Some(Outcome::Tile(tile)) => {
+                metrics::counter!("pixelmesh_tiles_processed_total").increment(1);
                 tracing::info!(duration_ms, tile = tile.tile, "tile done");
+                "tile"
             }
             Some(Outcome::Output(_)) | None => {
                 worker.stats.done.fetch_add(1, Relaxed);
+                metrics::counter!("pixelmesh_images_processed_total", "outcome" => "done")
+                    .increment(1);
                 tracing::info!(duration_ms, "image done");
+                if task.stage.is_some() { "assemble" } else { "image" }
             }
-        }
+        };
+        metrics::histogram!("pixelmesh_task_duration_seconds", "kind" => kind)
+            .record(elapsed.as_secs_f64());
         ack(&message, ack_kind).await;
     }
     .instrument(span)
@@ -349,7 +372,13 @@ async fn run_image(
     let input = if task.url.is_empty() {
         download(storage, &task.input_blob_id, max_bytes).await?
     } else {
-        worker.fetcher.fetch(&task.url, max_bytes).await?
+        let input = worker
+            .fetcher
+            .fetch(&task.url, max_bytes)
+            .instrument(engine::stage_span("fetch"))
+            .await?;
+        metrics::counter!("pixelmesh_filter_bytes_in_total").increment(input.len() as u64);
+        input
     };
     let downloaded = Instant::now();
     let policy = Policy::from_task(task);
@@ -436,7 +465,9 @@ async fn split(
     let (cut_tx, mut cut_rx) = tokio::sync::mpsc::channel::<(Tile, Vec<u8>)>(1);
     let limits = worker.limits;
     let cutting = on_cpu(worker, move || {
-        let decoded = codec::decode(&input, &limits).map_err(|err| err.to_string())?;
+        let decoded = engine::stage_span("decode")
+            .in_scope(|| codec::decode(&input, &limits))
+            .map_err(|err| err.to_string())?;
         drop(input);
         let image = decoded.image;
         let (width, height) = (image.width(), image.height());
@@ -548,8 +579,11 @@ async fn on_cpu<T: Send + 'static>(
         wait_ms = asked.elapsed().as_millis() as u64,
         "cpu slot taken"
     );
+    // The blocking thread works inside the task's span, so its spans (decode, each op,
+    // encode) are the task's children.
+    let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
-        let result = work();
+        let result = span.in_scope(work);
         drop(cpu);
         result
     })
@@ -563,6 +597,16 @@ fn raw_limit(limits: &Limits) -> u64 {
 }
 
 async fn download(
+    storage: &mut StorageClient<Channel>,
+    blob_id: &str,
+    max_bytes: u64,
+) -> Result<Vec<u8>, TaskError> {
+    download_blob(storage, blob_id, max_bytes)
+        .instrument(engine::stage_span("fetch"))
+        .await
+}
+
+async fn download_blob(
     storage: &mut StorageClient<Channel>,
     blob_id: &str,
     max_bytes: u64,
@@ -596,6 +640,7 @@ async fn download(
         }
         bytes.extend_from_slice(&chunk.chunk);
     }
+    metrics::counter!("pixelmesh_filter_bytes_in_total").increment(bytes.len() as u64);
     Ok(bytes)
 }
 
@@ -619,6 +664,7 @@ async fn put_blob(
     storage: &mut StorageClient<Channel>,
     bytes: Vec<u8>,
 ) -> Result<String, TaskError> {
+    let bytes_len = bytes.len() as u64;
     let parts = std::iter::once(PutBlobRequest {
         part: Some(Part::Meta(BlobMeta { max_bytes: 0 })),
     })
@@ -631,8 +677,10 @@ async fn put_blob(
                 )),
             }),
     );
+    let size = bytes_len;
     let info = storage
         .put_blob(futures::stream::iter(parts))
+        .instrument(engine::stage_span("store"))
         .await
         .map_err(|status| match Error::from(status) {
             // Storage refusing our own output is not the input's fault; another try may land
@@ -641,6 +689,7 @@ async fn put_blob(
             err => TaskError::from(err),
         })?
         .into_inner();
+    metrics::counter!("pixelmesh_filter_bytes_out_total").increment(size);
     Ok(info.id)
 }
 

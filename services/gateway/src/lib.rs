@@ -177,6 +177,13 @@ pub async fn run(
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .await
+        .metrics_collector({
+            let mesh = mesh.clone();
+            Arc::new(move || {
+                let mesh = mesh.clone();
+                Box::pin(async move { mesh.observe().await })
+            })
+        })
         .http(http::router(mesh))
         .fallback(web)
         .layer_with(move |app| protect::protect(app, &limits, Arc::new(keys)));

@@ -78,6 +78,29 @@ impl Mesh {
         ))
     }
 
+    /// Sets the gauges read from elsewhere before a `/metrics` scrape: the task queue from
+    /// JetStream's consumer info, and the workers from their heartbeats. Bounded, so a NATS
+    /// outage slows a scrape by at most a second; the gauges then keep their last values.
+    pub async fn observe(&self) {
+        let read = async { tokio::join!(stats::queue(&self.nats), self.workers()) };
+        let Ok((queue, workers)) = tokio::time::timeout(Duration::from_secs(1), read).await else {
+            tracing::debug!("metrics: nats too slow, gauges not refreshed");
+            return;
+        };
+        if let Ok(queue) = queue {
+            metrics::gauge!("pixelmesh_queue_pending_tasks").set(queue.pending as f64);
+            metrics::gauge!("pixelmesh_queue_in_flight_tasks").set(queue.in_flight as f64);
+            metrics::gauge!("pixelmesh_queue_redelivered_tasks").set(queue.redelivered as f64);
+        }
+        if let Ok(workers) = workers {
+            let busy = workers.iter().filter(|w| w.in_flight > 0).count();
+            let slots: u32 = workers.iter().map(|w| w.concurrency).sum();
+            metrics::gauge!("pixelmesh_workers_online").set(workers.len() as f64);
+            metrics::gauge!("pixelmesh_workers_busy").set(busy as f64);
+            metrics::gauge!("pixelmesh_worker_slots").set(f64::from(slots));
+        }
+    }
+
     pub fn settings(&self) -> &Settings {
         &self.settings
     }

@@ -158,9 +158,9 @@ pub fn is_grpc_health_or_reflection(path: &str) -> bool {
     path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.")
 }
 
-/// Health checks: never rate limited or shed.
+/// Health checks and metric scrapes: never rate limited or shed.
 fn is_health(path: &str) -> bool {
-    path == "/healthz" || path.starts_with("/grpc.health.v1.Health/")
+    path == "/healthz" || path == "/metrics" || path.starts_with("/grpc.health.v1.Health/")
 }
 
 /// REST calls that stream their request body: the multipart submit and raw uploads. Their

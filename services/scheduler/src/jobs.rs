@@ -87,21 +87,28 @@ impl Jobs {
         self.check_logos_exist(&pipeline).await?;
 
         let id = ulid::Ulid::new().to_string();
-        let job = self
-            .storage
-            .clone()
-            .create_job(CreateJobRequest {
-                id: id.clone(),
-                pipeline: pipeline.to_proto(),
-                inputs: request.inputs,
-                tiling: tiling as i32,
-                parent_id: request.parent_id,
-                owner: request.owner,
-            })
-            .await?
-            .into_inner();
-        tracing::info!(job = %id, images = job.images.len(), "job created");
-        self.dispatch(job).await
+        let span = tracing::info_span!("submit_job", otel.name = "submit job", job = %id);
+        async {
+            let job = self
+                .storage
+                .clone()
+                .create_job(CreateJobRequest {
+                    id: id.clone(),
+                    pipeline: pipeline.to_proto(),
+                    inputs: request.inputs,
+                    tiling: tiling as i32,
+                    parent_id: request.parent_id,
+                    owner: request.owner,
+                })
+                .await?
+                .into_inner();
+            metrics::counter!("pixelmesh_jobs_submitted_total").increment(1);
+            metrics::counter!("pixelmesh_images_submitted_total").increment(job.images.len() as u64);
+            tracing::info!(images = job.images.len(), "job created");
+            self.dispatch(job).await
+        }
+        .instrument(span)
+        .await
     }
 
     /// Every input must name a blob that storage has, so a typo fails the submit, not the job.
@@ -206,18 +213,30 @@ impl Jobs {
     }
 
     /// Publishes `task` with `id` as its JetStream dedup id.
+    /// The trace context in the headers is the caller's (the submit, or the recording of a
+    /// split), so a job's tasks, and an image's tiles, are sibling spans in its trace.
     async fn publish_task(&self, task: Task, id: String) -> Result<(), Error> {
-        let mut headers = telemetry::nats_headers();
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
         let subject = nats::task_subject(&task.job_id, task.index);
-        let ack = self
-            .js
-            .publish_with_headers(subject, headers, task.encode_to_vec().into())
-            .await
-            .map_err(|err| Error::unavailable(format!("publishing task: {err}")))?;
-        ack.await
-            .map_err(|err| Error::unavailable(format!("publishing task: {err}")))?;
-        Ok(())
+        let mut headers = telemetry::nats_headers();
+        let span = tracing::info_span!(
+            "publish_task",
+            otel.name = "publish task",
+            otel.kind = "producer",
+            subject = %subject,
+        );
+        async {
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+            let ack = self
+                .js
+                .publish_with_headers(subject, headers, task.encode_to_vec().into())
+                .await
+                .map_err(|err| Error::unavailable(format!("publishing task: {err}")))?;
+            ack.await
+                .map_err(|err| Error::unavailable(format!("publishing task: {err}")))?;
+            Ok(())
+        }
+        .instrument(span)
+        .await
     }
 
     /// Cancels the job in storage, then removes its queued tasks from the stream. Workers
@@ -230,7 +249,10 @@ impl Jobs {
             .await?
             .into_inner();
         self.purge_tasks(id).await;
-        tracing::info!(job = %id, "job cancelled");
+        match &job.summary {
+            Some(summary) if summary.state() == JobState::Cancelled => job_finished(summary),
+            _ => tracing::info!(job = %id, "job cancelled"),
+        }
         self.publish_state(&job).await;
         Ok(job)
     }
@@ -350,13 +372,7 @@ impl Jobs {
         if let Some(summary) = &recorded.summary
             && summary.state().is_final()
         {
-            tracing::info!(
-                job = %job,
-                state = summary.state().label(),
-                done = summary.done,
-                failed = summary.failed,
-                "job finished"
-            );
+            job_finished(summary);
         }
         self.publish_progress(JobEvent {
             summary: recorded.summary,
@@ -459,4 +475,17 @@ impl Jobs {
     pub(crate) fn jetstream(&self) -> &jetstream::Context {
         &self.js
     }
+}
+
+/// Marks a job's end in its trace, its log and `pixelmesh_jobs_finished_total{state}`.
+fn job_finished(summary: &pixelmesh_proto::v1::JobSummary) {
+    let state = summary.state().label();
+    let _span = tracing::info_span!("job_complete", otel.name = "job complete", job = %summary.id, state).entered();
+    metrics::counter!("pixelmesh_jobs_finished_total", "state" => state).increment(1);
+    tracing::info!(
+        state,
+        done = summary.done,
+        failed = summary.failed,
+        "job finished"
+    );
 }

@@ -42,7 +42,15 @@ pub async fn run(jobs: Jobs, mut stop: watch::Receiver<bool>) -> anyhow::Result<
             }
             None => anyhow::bail!("results consumer ended"),
         };
-        let span = tracing::info_span!("record_result", subject = %message.subject);
+        let span = tracing::info_span!(
+            "record_result",
+            otel.name = "record result",
+            otel.kind = "consumer",
+            subject = %message.subject,
+            job = tracing::field::Empty,
+            index = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
         telemetry::set_parent_from_nats(&span, message.headers.as_ref());
         async {
             let ack = match TaskResult::decode(message.payload.clone()) {
@@ -50,17 +58,22 @@ pub async fn run(jobs: Jobs, mut stop: watch::Receiver<bool>) -> anyhow::Result<
                     tracing::error!(error = %err, "undecodable result dropped");
                     AckKind::Term
                 }
-                Ok(result) => match jobs.record(result).await {
-                    Ok(_) => AckKind::Ack,
-                    Err(err) if err.code.is_transient() => {
-                        tracing::warn!(error = %err, "recording result failed, will retry");
-                        AckKind::Nak(Some(RETRY_DELAY))
+                Ok(result) => {
+                    let current = tracing::Span::current();
+                    current.record("job", result.job_id.as_str());
+                    current.record("index", result.index);
+                    match jobs.record(result).await {
+                        Ok(_) => AckKind::Ack,
+                        Err(err) if err.code.is_transient() => {
+                            tracing::warn!(error = %err, "recording result failed, will retry");
+                            AckKind::Nak(Some(RETRY_DELAY))
+                        }
+                        Err(err) => {
+                            tracing::error!(error = %err, "result refused by storage");
+                            AckKind::Term
+                        }
                     }
-                    Err(err) => {
-                        tracing::error!(error = %err, "result refused by storage");
-                        AckKind::Term
-                    }
-                },
+                }
             };
             if let Err(err) = message.ack_with(ack).await {
                 tracing::warn!(error = %err, "acking result failed");

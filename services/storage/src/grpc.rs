@@ -87,6 +87,7 @@ impl Storage for StorageService {
         }
         let writer = writer.ok_or_else(|| Status::invalid_argument("blob is empty"))?;
         let info = writer.finish().await?;
+        metrics::counter!("pixelmesh_storage_bytes_written_total").increment(info.size);
         Ok(Response::new(BlobInfo {
             id: info.id.to_string(),
             size_bytes: info.size,
@@ -107,10 +108,14 @@ impl Storage for StorageService {
             let mut first = true;
             loop {
                 let message = match reader.next_chunk().await {
-                    Ok(Some(chunk)) => Ok(GetBlobResponse {
-                        size_bytes: if first { size_bytes } else { 0 },
-                        chunk,
-                    }),
+                    Ok(Some(chunk)) => {
+                        metrics::counter!("pixelmesh_storage_bytes_read_total")
+                            .increment(chunk.len() as u64);
+                        Ok(GetBlobResponse {
+                            size_bytes: if first { size_bytes } else { 0 },
+                            chunk,
+                        })
+                    }
                     Ok(None) => return,
                     Err(err) => Err(Status::from(err)),
                 };
