@@ -5,7 +5,8 @@
 //! * [`NatsServer`] — the private broker;
 //! * [`Cluster`] / [`ClusterOptions`] — the roles, with kill and restart per role;
 //! * [`corpus`] — the shared test photographs;
-//! * [`browser`] — headless Chromium through chromedriver, for the web UI.
+//! * [`browser`] — headless Chromium through chromedriver, for the web UI;
+//! * [`otlp`] — an in-process OTLP trace collector, to read back what the roles export.
 
 use std::{
     net::TcpListener,
@@ -21,6 +22,7 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 pub mod browser;
 pub mod compose;
+pub mod otlp;
 
 /// How long a process may take to become healthy.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);

@@ -7,12 +7,17 @@ use std::{
 };
 
 use pixelmesh_proto::v1::{JobState, Operation, Resize, operation::Op};
-use pixelmesh_tests::{api, corpus, free_port, tool};
+use pixelmesh_tests::{
+    api, corpus, free_port,
+    otlp::{Collector, SERVICES},
+    tool,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pixelmesh-node");
 
 #[tokio::test(flavor = "multi_thread")]
 async fn all_roles_in_one_process_with_their_own_nats() {
+    let (collector, collector_addr) = Collector::start().await;
     let data = tempfile::tempdir().expect("tempdir");
     let nats_port = free_port();
     let gateway_port = free_port();
@@ -48,6 +53,12 @@ async fn all_roles_in_one_process_with_their_own_nats() {
             "PIXELMESH_FILTER_LISTEN",
             format!("127.0.0.1:{}", free_port()),
         )
+        // One process, yet each role's spans go out under its own service name.
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://{collector_addr}"),
+        )
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -107,6 +118,26 @@ async fn all_roles_in_one_process_with_their_own_nats() {
         "{}",
         logs()
     );
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let trace_id = loop {
+        let completed = collector
+            .spans()
+            .into_iter()
+            .find(|s| s.name == "job complete" && s.attributes.get("job") == Some(&id));
+        if let Some(span) = completed {
+            break span.trace_id;
+        }
+        assert!(Instant::now() < deadline, "no job complete span for {id}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let trace = collector.wait_for(&trace_id, "job complete").await;
+    let mut services: Vec<&str> = trace.iter().map(|s| s.service.as_str()).collect();
+    services.sort();
+    services.dedup();
+    let mut expected = SERVICES.to_vec();
+    expected.sort();
+    assert_eq!(services, expected, "{trace:#?}");
 
     // SIGTERM: every role stops, the process exits 0, and the nats-server it started is gone.
     let _ = Command::new("kill")

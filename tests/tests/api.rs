@@ -332,12 +332,28 @@ async fn grpcurl_lists_describes_submits_and_watches() {
     let addr = cluster.grpc_addr();
     grpcurl(&["-d", "{}", &addr, "pixelmesh.v1.Gateway/ListJobs"]);
     let described = grpcurl(&[&addr, "describe", "pixelmesh.v1.Gateway"]);
-    assert!(described.contains("pixelmesh.v1.Gateway is a service"), "{described}");
-    for rpc in ["rpc SubmitJob", "rpc WatchJob", "rpc UploadImage", "stream .pixelmesh.v1.JobEvent"] {
+    assert!(
+        described.contains("pixelmesh.v1.Gateway is a service"),
+        "{described}"
+    );
+    for rpc in [
+        "rpc SubmitJob",
+        "rpc WatchJob",
+        "rpc UploadImage",
+        "stream .pixelmesh.v1.JobEvent",
+    ] {
         assert!(described.contains(rpc), "{rpc} not in {described}");
     }
-    for role in [&cluster.gateway, &cluster.scheduler, &cluster.storage, &cluster.filters[0]] {
-        let health = grpcurl(&[&format!("127.0.0.1:{}", role.port), "grpc.health.v1.Health/Check"]);
+    for role in [
+        &cluster.gateway,
+        &cluster.scheduler,
+        &cluster.storage,
+        &cluster.filters[0],
+    ] {
+        let health = grpcurl(&[
+            &format!("127.0.0.1:{}", role.port),
+            "grpc.health.v1.Health/Check",
+        ]);
         let health: serde_json::Value = serde_json::from_str(&health).expect("json");
         assert_eq!(health["status"], "SERVING", "{}", role.name);
     }
@@ -390,7 +406,9 @@ async fn grpcurl_lists_describes_submits_and_watches() {
     let last = events.last().expect("an event");
     assert_eq!(last["summary"]["state"], "JOB_STATE_COMPLETED", "{watched}");
     assert!(
-        events.iter().any(|e| e["image"]["state"] == "IMAGE_STATE_DONE"),
+        events
+            .iter()
+            .any(|e| e["image"]["state"] == "IMAGE_STATE_DONE"),
         "{watched}"
     );
     let fetched = grpcurl(&[

@@ -384,7 +384,7 @@ async fn compose_stack_scales_and_survives_container_failures() {
 /// The tracing profile adds Jaeger, and the one variable points every role's trace export at
 /// it. (No Jaeger image here to run: the engine has no registry.)
 #[test]
-fn tracing_profile_adds_jaeger_and_points_every_role_at_it() {
+fn tracing_and_monitoring_profiles_add_their_services() {
     if compose::skipped() {
         return;
     }
@@ -395,18 +395,46 @@ fn tracing_profile_adds_jaeger_and_points_every_role_at_it() {
         names
     };
     // (Compose v1 lists profiled services in `config --services` even without the profile;
-    // that `up` leaves Jaeger out is shown by the stack test, whose engine has no Jaeger.)
+    // that `up` leaves Jaeger, Prometheus and Grafana out is shown by the stack test, whose
+    // engine has none of their images.)
     assert_eq!(
-        services(&["--profile", "tracing", "config", "--services"]),
+        services(&[
+            "--profile",
+            "tracing",
+            "--profile",
+            "monitoring",
+            "config",
+            "--services"
+        ]),
         [
             "filter",
             "gateway",
+            "grafana",
             "jaeger",
             "nats",
+            "prometheus",
             "scheduler",
             "storage"
         ]
     );
+    // The monitoring profile mounts the scrape config and the dashboard from compose/.
+    let config = stack.compose(&["--profile", "monitoring", "config"]);
+    let compose_dir = pixelmesh_tests::workspace_root().join("compose");
+    for (file, target) in [
+        (
+            "prometheus/prometheus.yml",
+            "/etc/prometheus/prometheus.yml",
+        ),
+        ("grafana/dashboards", "/var/lib/grafana/dashboards"),
+        ("grafana/provisioning", "/etc/grafana/provisioning"),
+    ] {
+        assert!(compose_dir.join(file).exists(), "{file}");
+        assert!(
+            config.contains(&compose_dir.join(file).display().to_string())
+                && config.contains(target),
+            "{file} not mounted at {target}: {config}"
+        );
+    }
 
     let traced = Stack::new(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://jaeger:4317")]);
     let config = traced.compose(&["--profile", "tracing", "config"]);

@@ -4,154 +4,21 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    net::SocketAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use opentelemetry_proto::tonic::{
-    collector::trace::v1::{
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
-        trace_service_server::{TraceService, TraceServiceServer},
-    },
-    common::v1::{AnyValue, KeyValue, any_value},
-};
 use pixelmesh_proto::v1::{
     Blur, Brightness, ImageInput, JobState, Operation, Resize, Sharpen, SubmitJobRequest, Tiling,
     operation::Op,
 };
-use pixelmesh_tests::{Cluster, ClusterOptions, api, corpus, free_port};
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use pixelmesh_tests::{
+    Cluster, ClusterOptions, api, corpus, free_port,
+    otlp::{Collector, SERVICES, Span, Trace},
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pixelmesh-node");
 const JOB_TIMEOUT: Duration = Duration::from_secs(240);
-/// How long spans may take to arrive after the job ended (export batches every 100 ms here).
-const SPAN_TIMEOUT: Duration = Duration::from_secs(30);
-
-const SERVICES: [&str; 4] = [
-    "pixelmesh-gateway",
-    "pixelmesh-scheduler",
-    "pixelmesh-filter",
-    "pixelmesh-storage",
-];
-
-/// One received span, flattened.
-#[derive(Debug, Clone)]
-struct Span {
-    service: String,
-    trace_id: String,
-    span_id: String,
-    parent_id: String,
-    name: String,
-    attributes: HashMap<String, String>,
-}
-
-/// An OTLP/gRPC trace collector, as Jaeger runs one.
-#[derive(Clone, Default)]
-struct Collector {
-    spans: Arc<Mutex<Vec<Span>>>,
-}
-
-fn text(value: &Option<AnyValue>) -> String {
-    match value.as_ref().and_then(|v| v.value.as_ref()) {
-        Some(any_value::Value::StringValue(s)) => s.clone(),
-        Some(any_value::Value::IntValue(i)) => i.to_string(),
-        Some(any_value::Value::BoolValue(b)) => b.to_string(),
-        Some(any_value::Value::DoubleValue(d)) => d.to_string(),
-        other => format!("{other:?}"),
-    }
-}
-
-fn attributes(pairs: &[KeyValue]) -> HashMap<String, String> {
-    pairs
-        .iter()
-        .map(|kv| (kv.key.clone(), text(&kv.value)))
-        .collect()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut received = Vec::new();
-        for resource_spans in request.into_inner().resource_spans {
-            let resource = resource_spans
-                .resource
-                .map(|r| attributes(&r.attributes))
-                .unwrap_or_default();
-            let service = resource.get("service.name").cloned().unwrap_or_default();
-            for scope in resource_spans.scope_spans {
-                for span in scope.spans {
-                    received.push(Span {
-                        service: service.clone(),
-                        trace_id: hex(&span.trace_id),
-                        span_id: hex(&span.span_id),
-                        parent_id: hex(&span.parent_span_id),
-                        name: span.name.clone(),
-                        attributes: attributes(&span.attributes),
-                    });
-                }
-            }
-        }
-        self.spans.lock().unwrap().extend(received);
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
-
-impl Collector {
-    async fn start() -> (Self, SocketAddr) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let collector = Collector::default();
-        let service = TraceServiceServer::new(collector.clone());
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(TcpListenerStream::new(listener))
-                .await
-                .expect("collector");
-        });
-        (collector, addr)
-    }
-
-    fn trace(&self, trace_id: &str) -> Vec<Span> {
-        let spans = self.spans.lock().unwrap();
-        spans
-            .iter()
-            .filter(|s| s.trace_id == trace_id)
-            .cloned()
-            .collect()
-    }
-
-    /// Waits until the trace holds a span named `last` (the roles export in batches).
-    async fn wait_for(&self, trace_id: &str, last: &str) -> Vec<Span> {
-        let deadline = Instant::now() + SPAN_TIMEOUT;
-        loop {
-            let spans = self.trace(trace_id);
-            if spans.iter().any(|s| s.name == last) {
-                // A batch exported alongside may still be on its way: one more round.
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                return self.trace(trace_id);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {last:?} span in trace {trace_id} within {SPAN_TIMEOUT:?}; it has {:?}",
-                spans.iter().map(|s| &s.name).collect::<Vec<_>>()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
 fn op(op: Op) -> Operation {
     Operation { op: Some(op) }
 }
@@ -198,42 +65,6 @@ async fn submit(
         "{job:?}"
     );
     (id, trace_id)
-}
-
-/// The spans of one trace, with lookups by name and by id.
-struct Trace {
-    spans: Vec<Span>,
-}
-
-impl Trace {
-    fn named(&self, name: &str) -> Vec<&Span> {
-        self.spans.iter().filter(|s| s.name == name).collect()
-    }
-
-    fn one(&self, name: &str) -> &Span {
-        let found = self.named(name);
-        assert_eq!(found.len(), 1, "one {name:?} span expected: {found:#?}");
-        found[0]
-    }
-
-    fn parent(&self, span: &Span) -> &Span {
-        self.spans
-            .iter()
-            .find(|s| s.span_id == span.parent_id)
-            .unwrap_or_else(|| panic!("parent of {span:?} not in the trace"))
-    }
-
-    /// Whether `ancestor` is `span`'s parent, grandparent, ….
-    fn descends_from(&self, span: &Span, ancestor: &Span) -> bool {
-        let mut at = span;
-        while !at.parent_id.is_empty() && at.parent_id != "0000000000000000" {
-            at = self.parent(at);
-            if at.span_id == ancestor.span_id {
-                return true;
-            }
-        }
-        false
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -332,7 +163,10 @@ async fn one_job_is_one_trace_across_every_service() {
     assert_eq!(trace.parent(record).span_id, task.span_id);
     let complete = trace.one("job complete");
     assert!(trace.descends_from(complete, record));
-    assert_eq!(complete.attributes.get("state").map(String::as_str), Some("completed"));
+    assert_eq!(
+        complete.attributes.get("state").map(String::as_str),
+        Some("completed")
+    );
 
     // A tiled image: its tiles run as sibling spans under the recording of the split.
     let (tiled_id, tiled_trace_id) = submit(
@@ -365,10 +199,7 @@ async fn one_job_is_one_trace_across_every_service() {
     for tile in &tiles {
         for op in ["blur", "brightness"] {
             assert!(
-                tiled
-                    .named(op)
-                    .iter()
-                    .any(|s| s.parent_id == tile.span_id),
+                tiled.named(op).iter().any(|s| s.parent_id == tile.span_id),
                 "{op} under {}",
                 tile.name
             );
@@ -376,7 +207,12 @@ async fn one_job_is_one_trace_across_every_service() {
     }
     let assemble = tiled.one("task assemble");
     assert_eq!(tiled.parent(assemble).name, "record result");
-    assert!(tiled.named("encode").iter().any(|s| s.parent_id == assemble.span_id));
+    assert!(
+        tiled
+            .named("encode")
+            .iter()
+            .any(|s| s.parent_id == assemble.span_id)
+    );
 
     // Every log line the filter and scheduler wrote inside these jobs names job and trace.
     for (role, logs) in [
@@ -401,7 +237,11 @@ async fn one_job_is_one_trace_across_every_service() {
                 continue;
             }
             inside += 1;
-            let expected = if job == job_id { &trace_id } else { &tiled_trace_id };
+            let expected = if job == job_id {
+                &trace_id
+            } else {
+                &tiled_trace_id
+            };
             assert_eq!(
                 field("trace_id").as_deref(),
                 Some(expected.as_str()),
@@ -447,7 +287,10 @@ async fn a_stuck_or_absent_collector_never_holds_up_a_job() {
             }
         }
     });
-    for endpoint in [format!("http://{stuck}"), format!("http://127.0.0.1:{}", free_port())] {
+    for endpoint in [
+        format!("http://{stuck}"),
+        format!("http://127.0.0.1:{}", free_port()),
+    ] {
         let mut cluster = Cluster::start(
             BIN,
             ClusterOptions {
@@ -516,6 +359,40 @@ async fn scrape(port: u16) -> HashMap<String, f64> {
         .collect()
 }
 
+/// A histogram's series (`_bucket`, `_sum`, `_count`) by the histogram's name.
+fn base_name(name: &str) -> String {
+    ["_bucket", "_sum", "_count"]
+        .iter()
+        .find_map(|suffix| name.strip_suffix(suffix))
+        .unwrap_or(name)
+        .to_string()
+}
+
+/// The `pixelmesh_…` metric names in a dashboard's queries.
+fn metric_names(dashboard: &serde_json::Value) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut stack = vec![dashboard];
+    while let Some(value) = stack.pop() {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(expr) = map.get("expr").and_then(|e| e.as_str()) {
+                    for (at, _) in expr.match_indices("pixelmesh_") {
+                        let name: String = expr[at..]
+                            .chars()
+                            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                            .collect();
+                        names.insert(base_name(&name));
+                    }
+                }
+                stack.extend(map.values());
+            }
+            serde_json::Value::Array(items) => stack.extend(items),
+            _ => {}
+        }
+    }
+    names
+}
+
 fn value(metrics: &HashMap<String, f64>, series: &str) -> f64 {
     metrics.get(series).copied().unwrap_or(0.0)
 }
@@ -538,7 +415,10 @@ async fn metrics_move_as_a_job_runs() {
     let mut client = cluster.gateway_client().await;
     let images: Vec<(String, Vec<u8>)> = vec![
         ("kite.jpg".into(), corpus::read("kite-2560x1600.jpg")),
-        ("cups.jpg".into(), corpus::read("colorful-cups-2560x1600.jpg")),
+        (
+            "cups.jpg".into(),
+            corpus::read("colorful-cups-2560x1600.jpg"),
+        ),
         ("broken.jpg".into(), b"not an image".to_vec()),
     ];
     let job = api::submit(
@@ -567,7 +447,10 @@ async fn metrics_move_as_a_job_runs() {
         .expect("get job");
     assert_eq!(status.status().as_u16(), 200);
     let missing = http
-        .get(format!("{}/api/v1/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV", cluster.http_url()))
+        .get(format!(
+            "{}/api/v1/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV",
+            cluster.http_url()
+        ))
         .send()
         .await
         .expect("get job");
@@ -577,9 +460,8 @@ async fn metrics_move_as_a_job_runs() {
     for (role, port) in ports {
         after.insert(role, scrape(port).await);
     }
-    let moved = |role: &str, series: &str| {
-        value(&after[role], series) - value(&before[role], series)
-    };
+    let moved =
+        |role: &str, series: &str| value(&after[role], series) - value(&before[role], series);
     // The scheduler counts the job in and out.
     assert_eq!(moved("scheduler", "pixelmesh_jobs_submitted_total"), 1.0);
     assert_eq!(moved("scheduler", "pixelmesh_images_submitted_total"), 3.0);
@@ -592,11 +474,17 @@ async fn metrics_move_as_a_job_runs() {
     );
     // The filter: images by outcome, per-op latency, task latency, bytes.
     assert_eq!(
-        moved("filter", "pixelmesh_images_processed_total{outcome=\"done\"}"),
+        moved(
+            "filter",
+            "pixelmesh_images_processed_total{outcome=\"done\"}"
+        ),
         2.0
     );
     assert_eq!(
-        moved("filter", "pixelmesh_images_processed_total{outcome=\"failed\"}"),
+        moved(
+            "filter",
+            "pixelmesh_images_processed_total{outcome=\"failed\"}"
+        ),
         1.0
     );
     for op in ["resize", "blur"] {
@@ -616,7 +504,10 @@ async fn metrics_move_as_a_job_runs() {
         );
     }
     assert_eq!(
-        moved("filter", "pixelmesh_task_duration_seconds_count{kind=\"image\"}"),
+        moved(
+            "filter",
+            "pixelmesh_task_duration_seconds_count{kind=\"image\"}"
+        ),
         2.0
     );
     let inputs: usize = images.iter().map(|(_, bytes)| bytes.len()).sum();
@@ -686,6 +577,25 @@ async fn metrics_move_as_a_job_runs() {
     ] {
         assert_eq!(gateway.get(gauge), Some(&0.0), "{gauge}");
     }
+
+    // Every metric the Grafana dashboard draws is one the roles expose.
+    let exposed: BTreeSet<String> = after
+        .values()
+        .flat_map(|series| series.keys())
+        .map(|series| base_name(series.split('{').next().unwrap_or_default()))
+        .collect();
+    let dashboard = std::fs::read_to_string(
+        pixelmesh_tests::workspace_root().join("compose/grafana/dashboards/pixelmesh.json"),
+    )
+    .expect("dashboard");
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard json");
+    let drawn = metric_names(&dashboard);
+    assert!(drawn.len() >= 15, "{drawn:?}");
+    let missing: Vec<&String> = drawn.difference(&exposed).collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard draws metrics nobody exposes: {missing:?}"
+    );
 
     // With the only worker stopped, submitted work shows up as queue depth.
     let mut cluster = cluster;

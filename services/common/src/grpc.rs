@@ -29,6 +29,7 @@ const GRACE: Duration = Duration::from_secs(10);
 
 /// A server under construction: add gRPC services and HTTP routes, then [`Server::serve`].
 pub struct Server {
+    role: &'static str,
     routes: Routes,
     health: HealthReporter,
     http: Router,
@@ -38,7 +39,9 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn new() -> anyhow::Result<Self> {
+    /// A server for `role` (`gateway`, `scheduler`, …): its request spans are that role's,
+    /// also when `pixelmesh all` runs every role in one process.
+    pub fn new(role: &'static str) -> anyhow::Result<Self> {
         let (health, health_service) = tonic_health::server::health_reporter();
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -49,6 +52,7 @@ impl Server {
             .add_service(reflection().build_v1().context("reflection v1")?)
             .add_service(reflection().build_v1alpha().context("reflection v1alpha")?);
         Ok(Server {
+            role,
             routes,
             health,
             http: Router::new(),
@@ -113,6 +117,7 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let role = self.role;
         let mut app = self
             .routes
             .into_axum_router()
@@ -125,7 +130,10 @@ impl Server {
         let app = (self.wrap)(app)
             .layer(middleware::from_fn(metrics::record_request))
             .layer(middleware::from_fn(trace_id_header))
-            .layer(TraceLayer::new_for_http().make_span_with(request_span));
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(move |request: &Request<_>| request_span(role, request)),
+            );
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         // Without TCP_NODELAY each small HTTP/2 frame written after another waits for the
@@ -159,7 +167,7 @@ impl Server {
     }
 }
 
-fn request_span<B>(request: &Request<B>) -> Span {
+fn request_span<B>(role: &'static str, request: &Request<B>) -> Span {
     let path = request.uri().path();
     let grpc = request
         .headers()
@@ -179,6 +187,7 @@ fn request_span<B>(request: &Request<B>) -> Span {
         path,
         trace_id = tracing::field::Empty,
     );
+    telemetry::set_role(&span, role);
     telemetry::set_parent_from_http(&span, request.headers());
     span
 }
@@ -187,7 +196,10 @@ fn request_span<B>(request: &Request<B>) -> Span {
 pub const TRACE_ID_HEADER: &str = "x-trace-id";
 
 /// Answers every request (gRPC responses carry it as initial metadata) with its trace id.
-async fn trace_id_header(request: axum::extract::Request, next: middleware::Next) -> axum::response::Response {
+async fn trace_id_header(
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
     let trace_id = telemetry::trace_id(&Span::current());
     let mut response = next.run(request).await;
     if let Some(value) = trace_id.and_then(|id| http::HeaderValue::from_str(&id).ok()) {

@@ -28,8 +28,7 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Latency buckets, in seconds: from a fast REST read to a 100-megapixel image's pipeline.
 const SECONDS_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    300.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
 /// How often histograms are folded and idle work done when nobody scrapes.
@@ -84,7 +83,10 @@ pub fn route(collectors: Vec<Collector>) -> Router {
                 for collect in &collectors {
                     collect().await;
                 }
-                let body = HANDLE.get().map(PrometheusHandle::render).unwrap_or_default();
+                let body = HANDLE
+                    .get()
+                    .map(PrometheusHandle::render)
+                    .unwrap_or_default();
                 (
                     [(
                         header::CONTENT_TYPE,
@@ -135,7 +137,11 @@ pub async fn record_request(mut request: Request, next: Next) -> Response {
         if grpc {
             let code = grpc_status.unwrap_or(if status == 200 { "unknown" } else { "14" });
             // Unimplemented (12) means no such method: the path is the client's invention.
-            let route = if code == "12" { "unknown".to_string() } else { path.clone() };
+            let route = if code == "12" {
+                "unknown".to_string()
+            } else {
+                path.clone()
+            };
             Labels {
                 protocol: "grpc",
                 route,
@@ -149,7 +155,10 @@ pub async fn record_request(mut request: Request, next: Next) -> Response {
             }
         }
     };
-    let early = parts.headers.get("grpc-status").and_then(|v| v.to_str().ok().map(str::to_string));
+    let early = parts
+        .headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok().map(str::to_string));
     let body = axum::body::Body::new(Recorded {
         inner: body,
         started,

@@ -41,7 +41,7 @@ impl Drop for Telemetry {
 ///   `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` say (default: every trace, and always
 ///   the caller's decision). Spans leave through a bounded queue on a background thread:
 ///   when the collector is slow or gone, spans are dropped, never waited for.
-pub fn init(service_name: &str) -> anyhow::Result<Telemetry> {
+pub fn init(services: Services) -> anyhow::Result<Telemetry> {
     global::set_text_map_propagator(TraceContextPropagator::new());
     // Empty counts as unset: compose passes `RUST_LOG: ${RUST_LOG:-}` through.
     let directives = |var: &str| std::env::var(var).ok().filter(|d| !d.trim().is_empty());
@@ -57,6 +57,7 @@ pub fn init(service_name: &str) -> anyhow::Result<Telemetry> {
         tracing_subscriber::fmt::layer()
             .with_target(false)
             .with_ansi(ansi)
+            .fmt_fields(WithoutOtel)
             .with_writer(std::io::stderr)
     });
     let fmt_json = json.then(|| {
@@ -65,17 +66,17 @@ pub fn init(service_name: &str) -> anyhow::Result<Telemetry> {
             .with_writer(std::io::stderr)
     });
 
-    let resource = Resource::builder()
-        .with_service_name(service_name.to_string())
-        .build();
-    let mut provider = SdkTracerProvider::builder().with_resource(resource);
+    let service_name = match services {
+        Services::One(name) => name,
+        Services::PerRole => "pixelmesh",
+    };
+    let mut provider = SdkTracerProvider::builder().with_resource(resource(service_name));
     let exporting = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
         Ok(endpoint) if !endpoint.trim().is_empty() => {
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .build()
-                .context("creating otlp exporter")?;
-            provider = provider.with_batch_exporter(exporter);
+            provider = match services {
+                Services::One(_) => provider.with_batch_exporter(otlp_exporter()?),
+                Services::PerRole => provider.with_batch_exporter(ByRole::new()?),
+            };
             Some(endpoint)
         }
         _ => None,
@@ -100,6 +101,169 @@ pub fn init(service_name: &str) -> anyhow::Result<Telemetry> {
     Ok(Telemetry {
         provider: Some(provider),
     })
+}
+
+/// Log fields as `name=value`, leaving out the `otel.*` fields that only name and type spans
+/// for OpenTelemetry.
+struct WithoutOtel;
+
+impl<'writer> tracing_subscriber::fmt::FormatFields<'writer> for WithoutOtel {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        writer: tracing_subscriber::fmt::format::Writer<'writer>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut visitor = FieldWriter {
+            writer,
+            first: true,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct FieldWriter<'writer> {
+    writer: tracing_subscriber::fmt::format::Writer<'writer>,
+    first: bool,
+    result: std::fmt::Result,
+}
+
+impl tracing::field::Visit for FieldWriter<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if self.result.is_err() || field.name().starts_with("otel.") {
+            return;
+        }
+        let separator = if self.first { "" } else { " " };
+        self.first = false;
+        self.result = if field.name() == "message" {
+            write!(self.writer, "{separator}{value:?}")
+        } else {
+            write!(self.writer, "{separator}{}={value:?}", field.name())
+        };
+    }
+}
+
+/// Whose name spans are exported under (OpenTelemetry's `service.name`).
+#[derive(Debug, Clone, Copy)]
+pub enum Services {
+    /// One role per process: every span is this service's.
+    One(&'static str),
+    /// `pixelmesh all`: each span is exported under its role's name (`pixelmesh-gateway`,
+    /// …), so a trace looks the same as in a mesh of separate processes.
+    PerRole,
+}
+
+/// The service name of each role, and the crate whose spans are that role's.
+const ROLES: [(&str, &str, &str); 4] = [
+    ("gateway", "pixelmesh_gateway", "pixelmesh-gateway"),
+    ("scheduler", "pixelmesh_scheduler", "pixelmesh-scheduler"),
+    ("filter", "pixelmesh_filter", "pixelmesh-filter"),
+    ("storage", "pixelmesh_storage", "pixelmesh-storage"),
+];
+
+/// The span attribute naming the role whose server made a span in shared code.
+const ROLE_ATTRIBUTE: &str = "pixelmesh.role";
+
+/// Marks `span` as `role`'s, for spans made in shared code (a server's request span).
+pub fn set_role(span: &Span, role: &'static str) {
+    span.set_attribute(ROLE_ATTRIBUTE, role);
+}
+
+fn resource(service_name: &str) -> Resource {
+    Resource::builder()
+        .with_service_name(service_name.to_string())
+        .build()
+}
+
+fn otlp_exporter() -> anyhow::Result<opentelemetry_otlp::SpanExporter> {
+    opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .build()
+        .context("creating otlp exporter")
+}
+
+/// Sends each span under its role's service name: one OTLP exporter per role, each with its
+/// own resource. A span's role is its `pixelmesh.role` attribute, else the crate that made it
+/// (the `target` attribute); anything else goes out as plain `pixelmesh`.
+#[derive(Debug)]
+struct ByRole {
+    roles: Vec<opentelemetry_otlp::SpanExporter>,
+    other: opentelemetry_otlp::SpanExporter,
+}
+
+impl ByRole {
+    fn new() -> anyhow::Result<Self> {
+        let with_name = |name: &str| -> anyhow::Result<_> {
+            let mut exporter = otlp_exporter()?;
+            opentelemetry_sdk::trace::SpanExporter::set_resource(&mut exporter, &resource(name));
+            Ok(exporter)
+        };
+        Ok(ByRole {
+            roles: ROLES
+                .iter()
+                .map(|(_, _, name)| with_name(name))
+                .collect::<anyhow::Result<_>>()?,
+            other: with_name("pixelmesh")?,
+        })
+    }
+
+    /// Index into `roles`, or `roles.len()` for none.
+    fn role_of(span: &opentelemetry_sdk::trace::SpanData) -> usize {
+        let attribute = |key: &str| {
+            span.attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == key)
+                .map(|kv| kv.value.as_str())
+        };
+        let by_attribute = attribute(ROLE_ATTRIBUTE)
+            .and_then(|role| ROLES.iter().position(|(name, _, _)| *name == role.as_ref()));
+        by_attribute
+            .or_else(|| {
+                let target = attribute("target")?;
+                ROLES.iter().position(|(_, krate, _)| {
+                    target.as_ref() == *krate || target.starts_with(&format!("{krate}::"))
+                })
+            })
+            .unwrap_or(ROLES.len())
+    }
+}
+
+impl opentelemetry_sdk::trace::SpanExporter for ByRole {
+    async fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        let mut parts: Vec<Vec<_>> = (0..=ROLES.len()).map(|_| Vec::new()).collect();
+        for span in batch {
+            parts[Self::role_of(&span)].push(span);
+        }
+        let mut result = Ok(());
+        for (exporter, part) in self.roles.iter().chain([&self.other]).zip(parts) {
+            if !part.is_empty()
+                && let Err(err) = exporter.export(part).await
+            {
+                result = Err(err);
+            }
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(
+        &self,
+        timeout: std::time::Duration,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        let mut result = Ok(());
+        for exporter in self.roles.iter().chain([&self.other]) {
+            if let Err(err) = exporter.shutdown_with_timeout(timeout) {
+                result = Err(err);
+            }
+        }
+        result
+    }
+
+    /// Each role's exporter keeps its own resource.
+    fn set_resource(&mut self, _resource: &Resource) {}
 }
 
 /// The trace `span` belongs to, as the 32 hex digits Jaeger searches by; `None` without the

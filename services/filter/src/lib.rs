@@ -68,12 +68,57 @@ pub struct Config {
 
 /// Runs a worker until `shutdown` resolves: then it stops fetching, finishes the tasks it
 /// holds, removes its heartbeat and returns.
+/// The filter's metrics, at zero from the start so rates over them are defined.
+fn describe_metrics() {
+    use metrics::{Unit, counter, describe_counter, describe_histogram};
+    describe_counter!(
+        "pixelmesh_images_processed_total",
+        "images finished by this worker, by outcome (done, failed)"
+    );
+    for outcome in ["done", "failed"] {
+        counter!("pixelmesh_images_processed_total", "outcome" => outcome).absolute(0);
+    }
+    describe_counter!(
+        "pixelmesh_tiles_processed_total",
+        "tiles of huge images processed"
+    );
+    counter!("pixelmesh_tiles_processed_total").absolute(0);
+    describe_counter!(
+        "pixelmesh_tasks_redelivered_total",
+        "tasks this worker got on a second or later delivery (a worker died or timed out)"
+    );
+    counter!("pixelmesh_tasks_redelivered_total").absolute(0);
+    describe_counter!(
+        "pixelmesh_filter_bytes_in_total",
+        Unit::Bytes,
+        "input bytes read: images from storage or their URLs, tiles, logos"
+    );
+    counter!("pixelmesh_filter_bytes_in_total").absolute(0);
+    describe_counter!(
+        "pixelmesh_filter_bytes_out_total",
+        Unit::Bytes,
+        "bytes stored: outputs, tiles"
+    );
+    counter!("pixelmesh_filter_bytes_out_total").absolute(0);
+    describe_histogram!(
+        "pixelmesh_task_duration_seconds",
+        Unit::Seconds,
+        "a task from delivery to result, by kind (image, split, tile, assemble, failed)"
+    );
+    describe_histogram!(
+        "pixelmesh_operation_duration_seconds",
+        Unit::Seconds,
+        "one pipeline operation on one image or tile, by op"
+    );
+}
+
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let settings = config.settings;
+    describe_metrics();
     let client = nats::connect(&config.nats_url, "pixelmesh-filter").await?;
     let js = async_nats::jetstream::new(client);
     nats::ensure_streams(&js).await?;
@@ -124,7 +169,7 @@ pub async fn run(
     let server_stop = CancellationToken::new();
     tracing::info!(addr = %listener.local_addr()?, worker = %id, "filter listening");
     let server =
-        tokio::spawn(Server::new()?.serve(listener, server_stop.clone().cancelled_owned()));
+        tokio::spawn(Server::new("filter")?.serve(listener, server_stop.clone().cancelled_owned()));
 
     let stop = CancellationToken::new();
     let consuming = worker::consume(worker, concurrency + settings.prefetch, stop.clone());

@@ -170,7 +170,7 @@ pub async fn run(
     let mesh = mesh::Mesh::new(storage, scheduler, nats.clone(), config.settings);
     mesh.throughput().clone().count(nats).await?;
 
-    let server = Server::new()?
+    let server = Server::new("gateway")?
         .add_service(
             GatewayServer::new(grpc::GatewayService::new(mesh.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)

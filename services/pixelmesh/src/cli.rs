@@ -172,12 +172,13 @@ fn loopback(mut addr: SocketAddr) -> SocketAddr {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    use pixelmesh_common::telemetry::Services;
     let service = match &cli.command {
-        Command::Gateway(_) => Some("pixelmesh-gateway"),
-        Command::Scheduler(_) => Some("pixelmesh-scheduler"),
-        Command::Filter(_) => Some("pixelmesh-filter"),
-        Command::Storage(_) => Some("pixelmesh-storage"),
-        Command::All(_) => Some("pixelmesh"),
+        Command::Gateway(_) => Some(Services::One("pixelmesh-gateway")),
+        Command::Scheduler(_) => Some(Services::One("pixelmesh-scheduler")),
+        Command::Filter(_) => Some(Services::One("pixelmesh-filter")),
+        Command::Storage(_) => Some(Services::One("pixelmesh-storage")),
+        Command::All(_) => Some(Services::PerRole),
         // The probe runs every few seconds in each container: no telemetry for it.
         Command::Health(_) => None,
     };

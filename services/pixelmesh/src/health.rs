@@ -170,7 +170,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let stop = tokio_util::sync::CancellationToken::new();
         let server = tokio::spawn(
-            pixelmesh_common::grpc::Server::new()
+            pixelmesh_common::grpc::Server::new("test")
                 .unwrap()
                 .serve(listener, stop.clone().cancelled_owned()),
         );

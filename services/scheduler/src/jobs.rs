@@ -103,7 +103,8 @@ impl Jobs {
                 .await?
                 .into_inner();
             metrics::counter!("pixelmesh_jobs_submitted_total").increment(1);
-            metrics::counter!("pixelmesh_images_submitted_total").increment(job.images.len() as u64);
+            metrics::counter!("pixelmesh_images_submitted_total")
+                .increment(job.images.len() as u64);
             tracing::info!(images = job.images.len(), "job created");
             self.dispatch(job).await
         }
@@ -480,7 +481,9 @@ impl Jobs {
 /// Marks a job's end in its trace, its log and `pixelmesh_jobs_finished_total{state}`.
 fn job_finished(summary: &pixelmesh_proto::v1::JobSummary) {
     let state = summary.state().label();
-    let _span = tracing::info_span!("job_complete", otel.name = "job complete", job = %summary.id, state).entered();
+    let _span =
+        tracing::info_span!("job_complete", otel.name = "job complete", job = %summary.id, state)
+            .entered();
     metrics::counter!("pixelmesh_jobs_finished_total", "state" => state).increment(1);
     tracing::info!(
         state,

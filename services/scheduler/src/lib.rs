@@ -57,11 +57,31 @@ impl Default for Settings {
 }
 
 /// Runs the scheduler until `shutdown` resolves.
+/// The scheduler's metrics, at zero from the start so rates over them are defined.
+fn describe_metrics() {
+    use metrics::{counter, describe_counter};
+    describe_counter!("pixelmesh_jobs_submitted_total", "jobs accepted");
+    counter!("pixelmesh_jobs_submitted_total").absolute(0);
+    describe_counter!(
+        "pixelmesh_images_submitted_total",
+        "images in the jobs accepted"
+    );
+    counter!("pixelmesh_images_submitted_total").absolute(0);
+    describe_counter!(
+        "pixelmesh_jobs_finished_total",
+        "jobs ended, by final state (completed, completed_with_errors, failed, cancelled)"
+    );
+    for state in ["completed", "completed_with_errors", "failed", "cancelled"] {
+        counter!("pixelmesh_jobs_finished_total", "state" => state).absolute(0);
+    }
+}
+
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    describe_metrics();
     let client = nats::connect(&config.nats_url, "pixelmesh-scheduler").await?;
     let js = async_nats::jetstream::new(client.clone());
     nats::ensure_streams(&js).await?;
@@ -80,7 +100,7 @@ pub async fn run(
     let consumer = tokio::spawn(results::run(jobs.clone(), stop_rx.clone()));
     let advisories = tokio::spawn(results::run_advisories(jobs.clone(), stop_rx));
 
-    let server = Server::new()?
+    let server = Server::new("scheduler")?
         .add_service(
             SchedulerServer::new(grpc::SchedulerService::new(jobs))
                 .max_decoding_message_size(pixelmesh_common::grpc::MAX_MESSAGE_BYTES)

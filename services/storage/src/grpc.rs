@@ -40,7 +40,9 @@ impl StorageService {
         change: impl FnOnce(&Meta) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Status> {
         let meta = self.meta.clone();
-        let value = tokio::task::spawn_blocking(move || change(&meta))
+        // In the request's span, so what the change logs names its trace.
+        let span = tracing::Span::current();
+        let value = tokio::task::spawn_blocking(move || span.in_scope(|| change(&meta)))
             .await
             .map_err(|err| Status::internal(format!("metadata task failed: {err}")))??;
         self.meta.flush().await?;

@@ -43,14 +43,32 @@ pub struct Config {
 }
 
 /// Serves storage until `shutdown` resolves, then flushes the metadata.
+/// Storage's metrics, at zero from the start so rates over them are defined.
+fn describe_metrics() {
+    use metrics::{Unit, counter, describe_counter};
+    describe_counter!(
+        "pixelmesh_storage_bytes_written_total",
+        Unit::Bytes,
+        "blob bytes stored: uploads, outputs, tiles"
+    );
+    counter!("pixelmesh_storage_bytes_written_total").absolute(0);
+    describe_counter!(
+        "pixelmesh_storage_bytes_read_total",
+        Unit::Bytes,
+        "blob bytes served: to workers, downloads"
+    );
+    counter!("pixelmesh_storage_bytes_read_total").absolute(0);
+}
+
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    describe_metrics();
     let blobs = blobs::Blobs::open(config.dir.join("blobs"), config.max_blob_bytes).await?;
     let meta = meta::Meta::open(&config.dir.join("meta"), config.max_images_per_job)?;
-    let server = Server::new()?
+    let server = Server::new("storage")?
         .add_service(
             StorageServer::new(grpc::StorageService::new(blobs.clone(), meta.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
