@@ -627,3 +627,83 @@ async fn metrics_move_as_a_job_runs() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// Sampling is the standard OTEL_TRACES_SAMPLER's, and the decision travels with the job: with
+/// new traces never sampled, a job is exported nowhere, while a job whose caller sent a
+/// sampled `traceparent` is exported by every service it passes through.
+#[tokio::test(flavor = "multi_thread")]
+async fn sampling_decides_once_per_job_for_every_service() {
+    let (collector, addr) = Collector::start().await;
+    let cluster = Cluster::start(
+        BIN,
+        ClusterOptions {
+            env: vec![
+                (
+                    "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+                    format!("http://{addr}"),
+                ),
+                ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()),
+                (
+                    "OTEL_TRACES_SAMPLER".into(),
+                    "parentbased_traceidratio".into(),
+                ),
+                ("OTEL_TRACES_SAMPLER_ARG".into(), "0".into()),
+            ],
+            ..Default::default()
+        },
+    )
+    .await;
+    let pipeline = || {
+        vec![op(Op::Resize(Resize {
+            width: 320,
+            ..Default::default()
+        }))]
+    };
+    let (unsampled_job, unsampled) =
+        submit(&cluster, "kite-2560x1600.jpg", pipeline(), Tiling::Never).await;
+
+    // The same submit with a caller's sampled trace context.
+    let sampled = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut client = cluster.gateway_client().await;
+    let blob_id = api::upload(
+        &mut client,
+        "cups.jpg",
+        &corpus::read("colorful-cups-2560x1600.jpg"),
+    )
+    .await;
+    let mut request = tonic::Request::new(SubmitJobRequest {
+        pipeline: pipeline(),
+        inputs: vec![ImageInput {
+            blob_id,
+            name: "cups.jpg".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{sampled}-00f067aa0ba902b7-01").parse().unwrap(),
+    );
+    let response = client.submit_job(request).await.expect("submit");
+    assert_eq!(
+        response
+            .metadata()
+            .get("x-trace-id")
+            .and_then(|v| v.to_str().ok()),
+        Some(sampled),
+        "the caller's trace goes on"
+    );
+    let id = response.into_inner().summary.expect("summary").id;
+    let (_, job) = api::watch_to_end(&mut client, &id, JOB_TIMEOUT).await;
+    assert_eq!(job.summary.map(|s| s.state()), Some(JobState::Completed));
+
+    let spans = collector.wait_for(sampled, "job complete").await;
+    let services: BTreeSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
+    assert_eq!(services, SERVICES.into_iter().collect());
+    // Every role exports in order, and the unsampled job ran and ended first.
+    assert_ne!(unsampled, sampled);
+    assert!(
+        collector.trace(&unsampled).is_empty(),
+        "job {unsampled_job} was not sampled, yet its spans were exported"
+    );
+}

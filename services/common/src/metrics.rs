@@ -6,8 +6,9 @@
 //! are listed in the README's "Metrics" section and drawn by `compose/grafana/`.
 
 use std::{
+    collections::HashSet,
     pin::Pin,
-    sync::{Arc, OnceLock},
+    sync::{Arc, LazyLock, OnceLock},
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -23,6 +24,7 @@ use futures::future::BoxFuture;
 use http::{HeaderMap, HeaderValue, header};
 use http_body::{Body, Frame, SizeHint};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use prost::Message as _;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -119,7 +121,8 @@ pub async fn note_route(request: Request, next: Next) -> Response {
 /// Around everything: counts each request and times it to the end of its response body, by
 /// protocol, route and status. gRPC requests are labelled by their method path and their
 /// `grpc-status` (from the trailers); HTTP ones by route template and status code. Routes are
-/// templates or known methods only, so a client cannot mint label values.
+/// templates or methods that exist (anything else is `unmatched` / `unknown`), so a client
+/// cannot mint label values.
 pub async fn record_request(mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let grpc = request
@@ -136,11 +139,11 @@ pub async fn record_request(mut request: Request, next: Next) -> Response {
     let label = move |grpc_status: Option<&str>| -> Labels {
         if grpc {
             let code = grpc_status.unwrap_or(if status == 200 { "unknown" } else { "14" });
-            // Unimplemented (12) means no such method: the path is the client's invention.
-            let route = if code == "12" {
-                "unknown".to_string()
-            } else {
+            // Only methods that exist name a route: any other path is the client's invention.
+            let route = if known_grpc_method(&path) {
                 path.clone()
+            } else {
+                "unknown".to_string()
             };
             Labels {
                 protocol: "grpc",
@@ -166,6 +169,38 @@ pub async fn record_request(mut request: Request, next: Next) -> Response {
         label: Some(Box::new(label)),
     });
     Response::from_parts(parts, body)
+}
+
+/// Whether `path` is `/package.Service/Method` of a service some pixelmesh server has.
+fn known_grpc_method(path: &str) -> bool {
+    static METHODS: LazyLock<HashSet<String>> = LazyLock::new(|| {
+        let sets = [
+            pixelmesh_proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ];
+        let mut methods = HashSet::new();
+        for set in sets {
+            let Ok(set) = prost_types::FileDescriptorSet::decode(set) else {
+                continue;
+            };
+            for file in set.file {
+                for service in &file.service {
+                    for method in &service.method {
+                        methods.insert(format!(
+                            "/{}.{}/{}",
+                            file.package(),
+                            service.name(),
+                            method.name()
+                        ));
+                    }
+                }
+            }
+        }
+        methods
+    });
+    METHODS.contains(path)
 }
 
 struct Labels {
@@ -281,6 +316,21 @@ fn grpc_code_name(code: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_real_grpc_methods_are_routes() {
+        for method in [
+            "/pixelmesh.v1.Gateway/SubmitJob",
+            "/pixelmesh.v1.Storage/GetBlob",
+            "/grpc.health.v1.Health/Check",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert!(known_grpc_method(method), "{method}");
+        }
+        for made_up in ["/pixelmesh.v1.Gateway/Bogus", "/x.Y/SubmitJob", "/", ""] {
+            assert!(!known_grpc_method(made_up), "{made_up}");
+        }
+    }
 
     #[test]
     fn grpc_codes_have_their_names() {

@@ -82,6 +82,8 @@ impl Mesh {
     /// JetStream's consumer info, and the workers from their heartbeats. Bounded, so a NATS
     /// outage slows a scrape by at most a second; the gauges then keep their last values.
     pub async fn observe(&self) {
+        static DESCRIBED: std::sync::Once = std::sync::Once::new();
+        DESCRIBED.call_once(describe_gauges);
         let read = async { tokio::join!(stats::queue(&self.nats), self.workers()) };
         let Ok((queue, workers)) = tokio::time::timeout(Duration::from_secs(1), read).await else {
             tracing::debug!("metrics: nats too slow, gauges not refreshed");
@@ -777,6 +779,34 @@ impl Mesh {
         workers.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(workers)
     }
+}
+
+fn describe_gauges() {
+    use metrics::describe_gauge;
+    describe_gauge!(
+        "pixelmesh_queue_pending_tasks",
+        "tasks waiting for a worker (JetStream)"
+    );
+    describe_gauge!(
+        "pixelmesh_queue_in_flight_tasks",
+        "tasks a worker holds, not yet acknowledged"
+    );
+    describe_gauge!(
+        "pixelmesh_queue_redelivered_tasks",
+        "tasks delivered more than once and not yet acknowledged"
+    );
+    describe_gauge!(
+        "pixelmesh_workers_online",
+        "filter workers with a live heartbeat"
+    );
+    describe_gauge!(
+        "pixelmesh_workers_busy",
+        "workers running at least one task"
+    );
+    describe_gauge!(
+        "pixelmesh_worker_slots",
+        "tasks the online workers can run at once"
+    );
 }
 
 /// One state for a batch's jobs: queued while all are; running while any is queued or
