@@ -167,14 +167,19 @@ impl Server {
     }
 }
 
-fn request_span<B>(role: &'static str, request: &Request<B>) -> Span {
-    let path = request.uri().path();
-    let grpc = request
+/// Whether a request speaks gRPC (`application/grpc`, `application/grpc+proto`, …).
+pub fn is_grpc<B>(request: &Request<B>) -> bool {
+    request
         .headers()
         .get(http::header::CONTENT_TYPE)
-        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/grpc"))
+}
+
+fn request_span<B>(role: &'static str, request: &Request<B>) -> Span {
+    let path = request.uri().path();
     // Jaeger lists spans by name: a gRPC call by its method, an HTTP one by method and path.
-    let name = if grpc {
+    let name = if is_grpc(request) {
         path.trim_start_matches('/').to_string()
     } else {
         format!("{} {path}", request.method())

@@ -125,11 +125,7 @@ pub async fn note_route(request: Request, next: Next) -> Response {
 /// cannot mint label values.
 pub async fn record_request(mut request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let grpc = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.starts_with("application/grpc"));
+    let grpc = crate::grpc::is_grpc(&request);
     let path = request.uri().path().to_string();
     let slot = RouteSlot::default();
     request.extensions_mut().insert(slot.clone());
@@ -158,14 +154,11 @@ pub async fn record_request(mut request: Request, next: Next) -> Response {
             }
         }
     };
-    let early = parts
-        .headers
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok().map(str::to_string));
     let body = axum::body::Body::new(Recorded {
         inner: body,
         started,
-        grpc_status: early,
+        // A trailers-only answer (an early error) has its status in the headers.
+        grpc_status: grpc_status(&parts.headers),
         label: Some(Box::new(label)),
     });
     Response::from_parts(parts, body)

@@ -145,13 +145,7 @@ pub fn protect(app: Router, limits: &Limits, keys: Arc<ApiKeys>) -> Router {
 }
 
 /// Whether a request speaks gRPC: those get their refusals as gRPC statuses.
-pub fn is_grpc<B>(request: &axum::http::Request<B>) -> bool {
-    request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.starts_with("application/grpc"))
-}
+pub use pixelmesh_common::grpc::is_grpc;
 
 /// The gRPC services every server has and anyone may call: health and reflection.
 pub fn is_grpc_health_or_reflection(path: &str) -> bool {
