@@ -16,6 +16,8 @@ pub enum ErrorCode {
     RateLimited,
     /// The request took longer than the gateway allows. HTTP 504.
     DeadlineExceeded,
+    /// The client stopped sending its request body. HTTP 408; gRPC DEADLINE_EXCEEDED.
+    RequestTimeout,
     Unauthenticated,
     PermissionDenied,
     Unavailable,
@@ -30,7 +32,9 @@ impl ErrorCode {
             ErrorCode::AlreadyExists => tonic::Code::AlreadyExists,
             ErrorCode::FailedPrecondition => tonic::Code::FailedPrecondition,
             ErrorCode::ResourceExhausted | ErrorCode::RateLimited => tonic::Code::ResourceExhausted,
-            ErrorCode::DeadlineExceeded => tonic::Code::DeadlineExceeded,
+            ErrorCode::DeadlineExceeded | ErrorCode::RequestTimeout => {
+                tonic::Code::DeadlineExceeded
+            }
             ErrorCode::Unauthenticated => tonic::Code::Unauthenticated,
             ErrorCode::PermissionDenied => tonic::Code::PermissionDenied,
             ErrorCode::Unavailable => tonic::Code::Unavailable,
@@ -46,6 +50,7 @@ impl ErrorCode {
             ErrorCode::ResourceExhausted => http::StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::RateLimited => http::StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::DeadlineExceeded => http::StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::RequestTimeout => http::StatusCode::REQUEST_TIMEOUT,
             ErrorCode::Unauthenticated => http::StatusCode::UNAUTHORIZED,
             ErrorCode::PermissionDenied => http::StatusCode::FORBIDDEN,
             ErrorCode::Unavailable => http::StatusCode::SERVICE_UNAVAILABLE,
@@ -63,6 +68,7 @@ impl ErrorCode {
             ErrorCode::ResourceExhausted => "resource_exhausted",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::DeadlineExceeded => "deadline_exceeded",
+            ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::Unavailable => "unavailable",

@@ -109,31 +109,44 @@ pub mod corpus {
 
 /// A private nats-server with JetStream, killed on drop.
 pub struct NatsServer {
-    child: Child,
+    child: Option<Child>,
     pub port: u16,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl NatsServer {
     pub fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
+        let mut server = NatsServer {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        server.start_again();
+        server
+    }
+
+    /// SIGKILL: clients see the connection drop.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and store (after [`NatsServer::kill`]).
+    pub fn start_again(&mut self) {
+        let port = self.port;
         let child = Command::new(tool("nats-server"))
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir.path())
+            .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("starting nats-server");
-        let server = NatsServer {
-            child,
-            port,
-            _dir: dir,
-        };
+        self.child = Some(child);
         wait_until("nats-server accepts connections", || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
-        server
     }
 
     pub fn url(&self) -> String {
@@ -143,8 +156,7 @@ impl NatsServer {
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -171,6 +183,8 @@ pub struct ClusterOptions {
     pub gateway_args: Vec<String>,
     /// More flags for every filter, e.g. what URL inputs may be fetched from.
     pub filter_args: Vec<String>,
+    /// More scheduler flags, e.g. per-image budgets.
+    pub scheduler_args: Vec<String>,
     /// More environment for every role, e.g. `OTEL_EXPORTER_OTLP_ENDPOINT` (which roles
     /// otherwise never inherit from the test's environment).
     pub env: Vec<(String, String)>,
@@ -189,6 +203,7 @@ impl Default for ClusterOptions {
             tile_above_pixels: None,
             gateway_args: Vec::new(),
             filter_args: Vec::new(),
+            scheduler_args: Vec::new(),
             env: Vec::new(),
         }
     }
@@ -205,6 +220,15 @@ pub struct Role {
 }
 
 impl Role {
+    /// The most memory the running process has held (Linux `VmHWM`), in bytes.
+    pub fn peak_memory_bytes(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
     fn spawn(&mut self, binary: &Path) {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -316,6 +340,7 @@ impl Cluster {
         if let Some(pixels) = options.tile_above_pixels {
             scheduler_args.extend(["--tile-above-pixels".into(), pixels.to_string()]);
         }
+        scheduler_args.extend(options.scheduler_args.iter().cloned());
         let scheduler = role("scheduler", scheduler_port, scheduler_args);
         let filters = (0..options.filters)
             .map(|i| {
@@ -419,6 +444,21 @@ impl Cluster {
                 .chain(self.replicas.iter_mut())
                 .find(|role| role.name == name),
         }
+    }
+
+    /// SIGKILLs a role and leaves it down (see [`Cluster::start_role`]).
+    pub fn kill(&mut self, name: &str) {
+        self.role_mut(name).expect("no such role").kill();
+    }
+
+    /// Starts a role killed by [`Cluster::kill`] again, on the same port and data, and waits
+    /// until it is healthy.
+    pub async fn start_role(&mut self, name: &str) {
+        let binary = self.binary.clone();
+        let role = self.role_mut(name).expect("no such role");
+        role.spawn(&binary);
+        let port = role.port;
+        self.wait_healthy(name, port).await;
     }
 
     /// SIGKILLs a role and starts it again on the same port and data.

@@ -6,13 +6,12 @@
 //! with every request counted and timed, and a bounded graceful stop. The gateway merges its HTTP routes into the
 //! same server, so gRPC and HTTP share one port.
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{future::Future, time::Duration};
 
 use anyhow::Context as _;
 use axum::{Router, middleware};
 use http::Request;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tonic::{
     server::NamedService,
     service::{Interceptor, Routes, interceptor::InterceptedService},
@@ -36,7 +35,15 @@ pub struct Server {
     fallback: Option<Router>,
     wrap: Box<dyn FnOnce(Router) -> Router + Send>,
     collectors: Vec<metrics::Collector>,
+    max_pending_accept_resets: usize,
 }
+
+/// hyper's default for [`Server::trusted_peers`]' setting: a guard against reset floods.
+const PUBLIC_PENDING_ACCEPT_RESETS: usize = 20;
+/// Between our own roles one connection carries every user's calls, and each upload or
+/// download a user abandons may reset a stream on it; the guard must not drop the connection
+/// for that (it did: "remotely-reset pending-accept streams reached limit (20)").
+const TRUSTED_PENDING_ACCEPT_RESETS: usize = 100_000;
 
 impl Server {
     /// A server for `role` (`gateway`, `scheduler`, …): its request spans are that role's,
@@ -59,7 +66,15 @@ impl Server {
             fallback: None,
             wrap: Box::new(|app| app),
             collectors: Vec::new(),
+            max_pending_accept_resets: PUBLIC_PENDING_ACCEPT_RESETS,
         })
+    }
+
+    /// For servers only other roles call (storage, scheduler): streams the peer resets
+    /// before they are accepted never close the connection.
+    pub fn trusted_peers(mut self) -> Self {
+        self.max_pending_accept_resets = TRUSTED_PENDING_ACCEPT_RESETS;
+        self
     }
 
     /// Adds a gRPC service and reports it serving through `grpc.health.v1`.
@@ -134,35 +149,79 @@ impl Server {
                 TraceLayer::new_for_http()
                     .make_span_with(move |request: &Request<_>| request_span(role, request)),
             );
-        let stop = CancellationToken::new();
-        let stopped = stop.clone();
-        // Without TCP_NODELAY each small HTTP/2 frame written after another waits for the
-        // peer's delayed ACK (up to 40 ms): that was most of a single image's latency.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            if let Err(err) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %err, "cannot set tcp_nodelay");
+        serve_connections(app, listener, shutdown, self.max_pending_accept_resets).await
+    }
+}
+
+/// Accepts connections until `shutdown` resolves, then lets open ones finish for [`GRACE`].
+///
+/// What `axum::serve` does, written out because it cannot set HTTP/2 options: each
+/// connection speaks HTTP/1.1 or HTTP/2 (gRPC), with `TCP_NODELAY` (without it each small
+/// HTTP/2 frame written after another waits for the peer's delayed ACK, up to 40 ms: that was
+/// most of a single image's latency) and `ConnectInfo<SocketAddr>` on every request, so
+/// per-client limits of a server without api keys go by the peer's address.
+async fn serve_connections(
+    app: Router,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    max_pending_accept_resets: usize,
+) -> anyhow::Result<()> {
+    use hyper_util::{
+        rt::{TokioExecutor, TokioIo},
+        server::{conn::auto, graceful::GracefulShutdown},
+        service::TowerToHyperService,
+    };
+    use tower::ServiceExt as _;
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .max_pending_accept_reset_streams(max_pending_accept_resets);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of descriptors, most likely: let open connections finish some work.
+                    tracing::warn!(error = %err, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %err, "cannot set tcp_nodelay");
+        }
+        let service =
+            app.clone()
+                .map_request(move |mut request: Request<hyper::body::Incoming>| {
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(addr));
+                    request
+                });
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(service))
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, peer = %addr, "connection ended with an error");
             }
         });
-        // Requests carry `ConnectInfo<SocketAddr>`: per-client limits of a server without
-        // api keys go by the peer's address.
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        let server = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stopped.cancelled().await })
-            .into_future();
-        tokio::pin!(server, shutdown);
-        tokio::select! {
-            result = &mut server => return result.context("server failed"),
-            () = &mut shutdown => stop.cancel(),
-        }
-        match tokio::time::timeout(GRACE, server).await {
-            Ok(result) => result.context("server failed"),
-            Err(_) => {
-                tracing::warn!(
-                    grace_secs = GRACE.as_secs(),
-                    "connections still open after grace period, closing them"
-                );
-                Ok(())
-            }
+    }
+    drop(listener);
+    match tokio::time::timeout(GRACE, graceful.shutdown()).await {
+        Ok(()) => Ok(()),
+        Err(_) => {
+            tracing::warn!(
+                grace_secs = GRACE.as_secs(),
+                "connections still open after grace period, closing them"
+            );
+            Ok(())
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Media types as HTTP headers carry them.
+//! Media types as HTTP headers carry them, and what an image's header says of its size.
 
 /// The media type of a `Content-Type` value without its parameters, lowercase:
 /// `Image/PNG; q=1` → `image/png`.
@@ -9,6 +9,58 @@ pub fn essence(content_type: &str) -> String {
         .unwrap_or_default()
         .trim()
         .to_ascii_lowercase()
+}
+
+/// Bytes of a file's start that [`image_header`] needs at most: a JPEG's size comes after its
+/// EXIF and other application segments, which phones fill with tens of kilobytes.
+pub const IMAGE_HEADER_BYTES: usize = 256 * 1024;
+
+/// An image's dimensions and decoded depth, read from its header without decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageHeader {
+    pub width: u32,
+    pub height: u32,
+    /// Bytes per pixel of the buffer a decoder fills at the image's stored depth: 8 for a
+    /// 16-bit RGBA PNG, 3 for a JPEG. Where the header does not say (a TIFF), the widest
+    /// the format allows, so memory estimates err on the safe side.
+    pub bytes_per_pixel: u32,
+}
+
+/// The header of a JPEG, PNG, WebP, GIF, BMP or TIFF image at the start of `head`, or `None`
+/// when `head` is not one (or is cut before its size). Never panics, whatever the bytes.
+pub fn image_header(head: &[u8]) -> Option<ImageHeader> {
+    use imagesize::ImageType;
+    let kind = imagesize::image_type(head).ok()?;
+    let bytes_per_pixel = match kind {
+        ImageType::Jpeg => 3,
+        ImageType::Png => png_bytes_per_pixel(head)?,
+        ImageType::Webp | ImageType::Gif | ImageType::Bmp => 4,
+        ImageType::Tiff => 8,
+        _ => return None,
+    };
+    let size = imagesize::blob_size(head).ok()?;
+    let width = u32::try_from(size.width).ok().filter(|w| *w > 0)?;
+    let height = u32::try_from(size.height).ok().filter(|h| *h > 0)?;
+    Some(ImageHeader {
+        width,
+        height,
+        bytes_per_pixel,
+    })
+}
+
+/// A PNG's decoded bytes per pixel from its IHDR chunk (bit depth at byte 24, colour type at
+/// 25): palette images expand to RGBA, 16-bit samples take two bytes.
+fn png_bytes_per_pixel(head: &[u8]) -> Option<u32> {
+    let (&depth, &colour) = (head.get(24)?, head.get(25)?);
+    let channels = match colour {
+        0 => 1,
+        2 => 3,
+        3 => return Some(4),
+        4 => 2,
+        6 => 4,
+        _ => return None,
+    };
+    Some(channels * if depth == 16 { 2 } else { 1 })
 }
 
 #[cfg(test)]

@@ -5,7 +5,10 @@
 //! * stream `RESULTS` (work queue): `pixelmesh.result.<job>.<index>`, consumed durably by the
 //!   scheduler, so no result is lost while it is down;
 //! * core subject `pixelmesh.progress.<job>`: progress events for gateways to relay;
-//! * KV bucket `pixelmesh-workers`: worker heartbeats that expire.
+//! * KV bucket `pixelmesh-workers`: worker heartbeats that expire;
+//! * stream `ADVISORIES`: JetStream's max-deliveries advisories for `TASKS`, kept until the
+//!   scheduler's durable consumer has handled them, so a task that ran out of deliveries
+//!   while no scheduler was up still fails its image.
 
 use std::time::Duration;
 
@@ -17,6 +20,17 @@ pub const RESULTS_STREAM: &str = "RESULTS";
 pub const FILTER_CONSUMER: &str = "filter";
 pub const SCHEDULER_CONSUMER: &str = "scheduler";
 pub const WORKERS_BUCKET: &str = "pixelmesh-workers";
+pub const ADVISORIES_STREAM: &str = "ADVISORIES";
+pub const ADVISORIES_CONSUMER: &str = "scheduler-advisories";
+
+/// The advisory JetStream publishes when a task of `TASKS` ran out of deliveries.
+pub fn max_deliveries_subject() -> String {
+    format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{TASKS_STREAM}.{FILTER_CONSUMER}")
+}
+
+/// Advisories older than this are dropped unhandled: a scheduler down for a week finds the
+/// affected jobs through its start-up reconciliation instead.
+const ADVISORY_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// A re-published task within this window is dropped by JetStream; past it, storage's
 /// record-once rule still keeps the image to one outcome.
@@ -117,6 +131,16 @@ pub async fn ensure_streams(js: &jetstream::Context) -> anyhow::Result<()> {
     })
     .await
     .context("creating stream RESULTS")?;
+    js.get_or_create_stream(stream::Config {
+        name: ADVISORIES_STREAM.into(),
+        subjects: vec![max_deliveries_subject()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        max_age: ADVISORY_MAX_AGE,
+        ..Default::default()
+    })
+    .await
+    .context("creating stream ADVISORIES")?;
     Ok(())
 }
 

@@ -29,6 +29,7 @@ use image::codecs::webp::WebPEncoder;
 use image::metadata::Orientation;
 use image::{DynamicImage, ExtendedColorType, ImageDecoder, ImageEncoder, ImageError, ImageReader};
 
+use crate::budget::{Cost, Shape, ns};
 use crate::ops::{Bitmap, FileFormat};
 
 /// What one input may cost to decode.
@@ -117,6 +118,169 @@ pub fn detect_format(input: &[u8]) -> Option<FileFormat> {
         image::ImageFormat::Tiff => FileFormat::Tiff,
         _ => return None,
     })
+}
+
+/// What an image's header says, read by [`probe`] without decoding any pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    pub format: FileFormat,
+    /// The upright size, as decoding returns it: an EXIF orientation that turns the image a
+    /// quarter turn swaps the stored width and height.
+    pub width: u32,
+    pub height: u32,
+    /// Bytes per pixel of the buffer the decoder fills, at the stored depth: 3 for a JPEG
+    /// (libjpeg-turbo writes RGB, grey ones too), 8 for a 16-bit RGBA PNG, 4 for a palette PNG
+    /// (expanded to RGBA).
+    pub bytes_per_pixel: u32,
+    /// Whether the layout has alpha. Decoding drops an alpha channel that is opaque everywhere,
+    /// which the header cannot tell.
+    pub alpha: bool,
+    /// Memory the decoder needs beside its buffer, when the header shows it: the whole
+    /// image's DCT coefficients for a progressive JPEG. 0 otherwise.
+    pub decoder_bytes: u64,
+}
+
+/// Reads `input`'s header with the decoder [`decode`] would use (libjpeg-turbo for JPEG,
+/// image's for the rest), without decoding pixels and without any size limit; `None` if it is
+/// not a supported image or its header does not read. Never panics.
+pub fn probe(input: &[u8]) -> Option<Probe> {
+    let format = detect_format(input)?;
+    // The header parsers are as exposed to hostile bytes as the decoders.
+    panic::catch_unwind(AssertUnwindSafe(|| {
+        if format == FileFormat::Jpeg
+            && let Some(probe) = probe_jpeg(input)
+        {
+            return Some(probe);
+        }
+        // CMYK JPEGs go through image's decoder, as in `decode_shrunk`.
+        probe_as(input, format)
+    }))
+    .ok()
+    .flatten()
+}
+
+/// [`probe`] through libjpeg-turbo; `None` for CMYK and YCCK, which it does not decode.
+fn probe_jpeg(input: &[u8]) -> Option<Probe> {
+    use mozjpeg::{ColorSpace, Decompress, Marker};
+    const MARKERS: &[Marker] = &[Marker::APP(1)];
+    let decoder =
+        panic::catch_unwind(|| Decompress::builder().with_markers(MARKERS).from_mem(input))
+            .ok()?
+            .ok()?;
+    if matches!(
+        decoder.color_space(),
+        ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK
+    ) {
+        return None;
+    }
+    let (width, height) = (
+        u32::try_from(decoder.width()).ok()?,
+        u32::try_from(decoder.height()).ok()?,
+    );
+    let exif = decoder
+        .markers()
+        .filter(|marker| marker.marker == Marker::APP(1))
+        .find_map(|marker| marker.data.strip_prefix(b"Exif\0\0"))
+        .unwrap_or_default();
+    let orientation = Orientation::from_exif_chunk(exif).unwrap_or(Orientation::NoTransforms);
+    let (width, height) = if swaps_axes(orientation) {
+        (height, width)
+    } else {
+        (width, height)
+    };
+    // A progressive JPEG is decoded from a buffer of every block's coefficients (64 i16s per
+    // 8x8 block of each component, rounded up to whole MCUs), which libjpeg-turbo allocates
+    // with malloc beside the pixels; a baseline one needs one row of MCUs.
+    let decoder_bytes = if jpeg_is_progressive(input) {
+        let components = decoder.components();
+        let max = |factor: fn(&mozjpeg::CompInfo) -> i32| {
+            components.iter().map(factor).max().unwrap_or(1).max(1)
+        };
+        let (max_h, max_v) = (max(|c| c.h_samp_factor), max(|c| c.v_samp_factor));
+        components
+            .iter()
+            .map(|c| {
+                let round = |blocks: u32, factor: i32, max: i32| {
+                    // libjpeg rounds each component's blocks up to its sampling factor.
+                    let factor = u64::from(factor.clamp(1, max).unsigned_abs());
+                    u64::from(blocks).div_ceil(factor) * factor
+                };
+                round(c.width_in_blocks, c.h_samp_factor, max_h)
+                    * round(c.height_in_blocks, c.v_samp_factor, max_v)
+                    * 128
+            })
+            .sum()
+    } else {
+        0
+    };
+    Some(Probe {
+        format: FileFormat::Jpeg,
+        width,
+        height,
+        bytes_per_pixel: 3,
+        alpha: false,
+        decoder_bytes,
+    })
+}
+
+/// [`probe`] through image's decoder for `format`.
+fn probe_as(input: &[u8], format: FileFormat) -> Option<Probe> {
+    let mut reader = ImageReader::with_format(Cursor::new(input), image_format(format));
+    // Only the header is read; the limits apply when decoding.
+    reader.no_limits();
+    let mut decoder = reader.into_decoder().ok()?;
+    let (width, height) = decoder.dimensions();
+    let colour = decoder.color_type();
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let (width, height) = if swaps_axes(orientation) {
+        (height, width)
+    } else {
+        (width, height)
+    };
+    Some(Probe {
+        format,
+        width,
+        height,
+        bytes_per_pixel: u32::from(colour.bytes_per_pixel()),
+        alpha: colour.has_alpha(),
+        decoder_bytes: 0,
+    })
+}
+
+/// Whether a JPEG's frame header (the first SOFn marker) says progressive: SOF2, SOF6, SOF10
+/// or SOF14. Walks the segments by their lengths, as [`jpeg_reaches_end`] does.
+fn jpeg_is_progressive(data: &[u8]) -> bool {
+    let mut i = 2;
+    loop {
+        let Some(offset) = data.get(i..).and_then(|rest| memchr::memchr(0xFF, rest)) else {
+            return false;
+        };
+        i += offset;
+        while data.get(i) == Some(&0xFF) {
+            i += 1;
+        }
+        let Some(&marker) = data.get(i) else {
+            return false;
+        };
+        i += 1;
+        match marker {
+            0xC2 | 0xC6 | 0xCA | 0xCE => return true,
+            // The other frame types, or scan data before any frame header.
+            0xC0 | 0xC1 | 0xC3 | 0xC5 | 0xC7 | 0xC9 | 0xCB | 0xCD | 0xCF | 0xDA | 0xD9 => {
+                return false;
+            }
+            0x01 | 0xD0..=0xD8 => continue,
+            _ => {}
+        }
+        let Some(&[hi, lo]) = data.get(i..i + 2) else {
+            return false;
+        };
+        let length = usize::from(u16::from_be_bytes([hi, lo]));
+        if length < 2 {
+            return false;
+        }
+        i += length;
+    }
 }
 
 /// Decodes the first frame of `input` to 8-bit RGB or RGBA, within `limits`.
@@ -257,11 +421,11 @@ fn decode_jpeg(
             format,
             reason: "the decoder returned fewer pixels than the image has".into(),
         })?;
-    let mut image = DynamicImage::ImageRgb8(image);
-    image.apply_orientation(orientation);
-    let image = to_bitmap(image).ok_or_else(|| DecodeError::Corrupt {
-        format,
-        reason: "the image has no pixels".into(),
+    let image = to_bitmap(DynamicImage::ImageRgb8(image), orientation).ok_or_else(|| {
+        DecodeError::Corrupt {
+            format,
+            reason: "the image has no pixels".into(),
+        }
     })?;
     Ok(Some(Decoded {
         image,
@@ -285,7 +449,7 @@ fn swaps_axes(orientation: Orientation) -> bool {
 
 /// The largest of 8, 4, 2 and 1 that a `size` JPEG can be divided by and still be at least
 /// `min_size` (0 = any) on both sides. libjpeg rounds scaled sides up.
-fn jpeg_shrink(size: (u32, u32), min_size: (u32, u32)) -> u8 {
+pub(crate) fn jpeg_shrink(size: (u32, u32), min_size: (u32, u32)) -> u8 {
     [8u8, 4, 2]
         .into_iter()
         .find(|&d| {
@@ -313,16 +477,19 @@ fn truncated_jpeg() -> DecodeError {
     }
 }
 
-fn decode_as(input: &[u8], format: FileFormat, limits: &Limits) -> Result<Decoded, DecodeError> {
-    let image_format = match format {
+fn image_format(format: FileFormat) -> image::ImageFormat {
+    match format {
         FileFormat::Jpeg => image::ImageFormat::Jpeg,
         FileFormat::Png => image::ImageFormat::Png,
         FileFormat::Webp => image::ImageFormat::WebP,
         FileFormat::Gif => image::ImageFormat::Gif,
         FileFormat::Bmp => image::ImageFormat::Bmp,
         FileFormat::Tiff => image::ImageFormat::Tiff,
-    };
-    let mut reader = ImageReader::with_format(Cursor::new(input), image_format);
+    }
+}
+
+fn decode_as(input: &[u8], format: FileFormat, limits: &Limits) -> Result<Decoded, DecodeError> {
+    let mut reader = ImageReader::with_format(Cursor::new(input), image_format(format));
     let mut image_limits = image::Limits::default();
     // Second guard, for allocations the header does not predict. 8 bytes per pixel covers the
     // widest buffer a decoder may return for an image within max_pixels (16-bit RGBA).
@@ -356,9 +523,8 @@ fn decode_as(input: &[u8], format: FileFormat, limits: &Limits) -> Result<Decode
         exif.drain(..6);
     }
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-    let mut image = DynamicImage::from_decoder(decoder).map_err(|err| decode_error(format, err))?;
-    image.apply_orientation(orientation);
-    let image = to_bitmap(image).ok_or_else(|| DecodeError::Corrupt {
+    let image = DynamicImage::from_decoder(decoder).map_err(|err| decode_error(format, err))?;
+    let image = to_bitmap(image, orientation).ok_or_else(|| DecodeError::Corrupt {
         format,
         reason: "the image has no pixels".into(),
     })?;
@@ -371,24 +537,39 @@ fn decode_as(input: &[u8], format: FileFormat, limits: &Limits) -> Result<Decode
     })
 }
 
-/// 8-bit RGB or RGBA; other layouts are converted (grey expands, 16 bits round to 8).
+/// 8-bit RGB or RGBA, upright; other layouts are converted (grey expands, 16 bits round to 8).
+///
+/// Converted before `orientation` is applied: a quarter turn copies the image, and the 8-bit
+/// copy is the smaller one (half of a 16-bit RGBA buffer's size). The two steps commute, so the
+/// pixels are the same either way.
 ///
 /// An alpha channel that is opaque everywhere is dropped: GIF always decodes as RGBA, many
-/// PNGs carry a useless alpha, and every op is faster on three channels than on four.
-fn to_bitmap(image: DynamicImage) -> Option<Bitmap> {
-    let (width, height) = (image.width(), image.height());
-    if !image.color().has_alpha() {
-        return Bitmap::new(width, height, false, image.into_rgb8().into_raw());
-    }
-    let rgba = image.into_rgba8().into_raw();
-    if rgba.chunks_exact(4).all(|pixel| pixel[3] == u8::MAX) {
-        let rgb = rgba
-            .chunks_exact(4)
-            .flat_map(|pixel| [pixel[0], pixel[1], pixel[2]]);
-        Bitmap::new(width, height, false, rgb.collect())
+/// PNGs carry a useless alpha, and every op is faster on three channels than on four. The RGB
+/// bytes are packed into the RGBA buffer's front, so no second image is allocated.
+fn to_bitmap(image: DynamicImage, orientation: Orientation) -> Option<Bitmap> {
+    let mut image = if image.color().has_alpha() {
+        DynamicImage::ImageRgba8(image.into_rgba8())
     } else {
-        Bitmap::new(width, height, true, rgba)
+        DynamicImage::ImageRgb8(image.into_rgb8())
+    };
+    image.apply_orientation(orientation);
+    let (width, height) = (image.width(), image.height());
+    let DynamicImage::ImageRgba8(rgba) = image else {
+        return Bitmap::new(width, height, false, image.into_rgb8().into_raw());
+    };
+    let mut data = rgba.into_raw();
+    if !data.chunks_exact(4).all(|pixel| pixel[3] == u8::MAX) {
+        return Bitmap::new(width, height, true, data);
     }
+    let pixels = data.len() / 4;
+    // Pixel i moves from 4i to 3i, never past bytes not yet read.
+    for i in 0..pixels {
+        let (from, to) = (4 * i, 3 * i);
+        data.copy_within(from..from + 3, to);
+    }
+    data.truncate(pixels * 3);
+    data.shrink_to_fit();
+    Bitmap::new(width, height, false, data)
 }
 
 /// Whether a JPEG's marker structure reaches its end-of-image marker, i.e. it was not cut
@@ -660,6 +841,178 @@ fn flatten_on_white(rgba: &[u8]) -> Vec<u8> {
         }
     }
     rgb
+}
+
+// What decoding and encoding cost, for the budget's estimate (see `crate::budget`). Times are
+// single-core nanoseconds per pixel, measured on the development machine in a release build
+// and rounded up (the calibration is described in `crate::budget`); memory follows what each
+// decoder and encoder allocates (read from their code, checked with a counting allocator in
+// tests/budget_memory.rs).
+
+/// libjpeg-turbo: per stored pixel (reading the entropy-coded data, which every DCT scale
+/// does), and per decoded pixel (inverse DCT, colour conversion).
+const JPEG_DECODE_NS: f64 = 7.0;
+const JPEG_DECODE_OUTPUT_NS: f64 = 4.0;
+/// A progressive JPEG's extra, per stored pixel: several passes over its coefficients.
+const JPEG_PROGRESSIVE_DECODE_NS: f64 = 10.0;
+/// image's decoders, per stored pixel; PNG per byte of its samples, since inflating is most
+/// of the work and 16-bit samples are twice the bytes.
+const PNG_DECODE_NS_PER_BYTE: f64 = 7.0;
+const WEBP_DECODE_NS: f64 = 65.0;
+const GIF_DECODE_NS: f64 = 17.0;
+const BMP_DECODE_NS: f64 = 4.5;
+const TIFF_DECODE_NS: f64 = 2.0;
+/// Converting the decoder's buffer to the 8-bit bitmap, per pixel.
+const CONVERT_NS: f64 = 1.0;
+
+/// What decoding costs: `full` is the stored image's upright size, `decoded` the bitmap's
+/// (smaller for a JPEG shrunk on load), `bytes_per_pixel` the decoder's buffer's depth, and
+/// `decoder_bytes` the decoder's own memory when known ([`Probe::decoder_bytes`]). `format`
+/// `None` takes the costliest decoder that depth could be.
+pub(crate) fn decode_cost(
+    format: Option<FileFormat>,
+    full: Shape,
+    decoded: Shape,
+    bytes_per_pixel: u32,
+    decoder_bytes: Option<u64>,
+) -> Cost {
+    let pixels = full.pixels();
+    let bitmap = decoded.bytes();
+    // A quarter-turn EXIF orientation copies the bitmap.
+    let turned = bitmap.saturating_mul(2);
+    if format == Some(FileFormat::Jpeg) && bytes_per_pixel == 3 {
+        // libjpeg-turbo writes RGB straight into the bitmap's buffer; its own memory is a row
+        // of MCUs, or a progressive file's coefficients, up to 6 bytes a pixel at 4:4:4.
+        let coefficients = decoder_bytes.unwrap_or(pixels.saturating_mul(6));
+        let progressive = if coefficients > 0 {
+            JPEG_PROGRESSIVE_DECODE_NS
+        } else {
+            0.0
+        };
+        return Cost {
+            peak_bytes: bitmap.saturating_add(coefficients).max(turned),
+            cpu_ns: ns(pixels, JPEG_DECODE_NS + progressive)
+                + ns(decoded.pixels(), JPEG_DECODE_OUTPUT_NS),
+        };
+    }
+    let depth = u64::from(bytes_per_pixel);
+    let native = pixels.saturating_mul(depth);
+    // image's decoders fill a buffer at the stored depth, converted to the bitmap beside it.
+    // Beyond that: WebP decodes through a YUV or ARGB frame (up to 4 bytes a pixel), GIF
+    // through a frame buffer, TIFF through its strips' decoded data; an unknown format may be
+    // any of them (or a progressive JPEG, whose coefficients are as big as its RGB).
+    let scratch = match format {
+        Some(FileFormat::Png | FileFormat::Bmp) => 0,
+        Some(FileFormat::Webp | FileFormat::Gif) => pixels.saturating_mul(4),
+        Some(FileFormat::Tiff | FileFormat::Jpeg) => native,
+        None => native.max(pixels.saturating_mul(4)),
+    };
+    let per_pixel = match format {
+        Some(FileFormat::Png) => PNG_DECODE_NS_PER_BYTE * depth as f64,
+        Some(FileFormat::Webp) => WEBP_DECODE_NS,
+        Some(FileFormat::Gif) => GIF_DECODE_NS,
+        Some(FileFormat::Bmp) => BMP_DECODE_NS,
+        Some(FileFormat::Tiff) => TIFF_DECODE_NS,
+        // CMYK, through image's decoder.
+        Some(FileFormat::Jpeg) => JPEG_DECODE_NS + JPEG_DECODE_OUTPUT_NS + CONVERT_NS,
+        None => (PNG_DECODE_NS_PER_BYTE * depth as f64)
+            .max(WEBP_DECODE_NS)
+            .max(GIF_DECODE_NS)
+            .max(JPEG_DECODE_NS + JPEG_PROGRESSIVE_DECODE_NS + JPEG_DECODE_OUTPUT_NS),
+    };
+    Cost {
+        peak_bytes: native
+            .saturating_add(full.bytes())
+            .saturating_add(scratch)
+            .max(turned),
+        cpu_ns: ns(pixels, per_pixel + CONVERT_NS),
+    }
+}
+
+/// Encoders per pixel. PNG by its three speeds (see [`png_compression`]).
+const JPEG_ENCODE_NS: f64 = 14.0;
+const JPEG_PROGRESSIVE_ENCODE_NS: f64 = 55.0;
+const PNG_FAST_ENCODE_NS: f64 = 14.0;
+const PNG_DEFAULT_ENCODE_NS: f64 = 260.0;
+const PNG_BEST_ENCODE_NS: f64 = 400.0;
+const WEBP_LOSSLESS_ENCODE_NS: f64 = 20.0;
+const WEBP_LOSSY_ENCODE_NS: f64 = 200.0;
+const GIF_ENCODE_NS: f64 = 330.0;
+const BMP_ENCODE_NS: f64 = 5.0;
+const TIFF_ENCODE_NS: f64 = 2.0;
+
+/// What encoding an `image` costs as `encoding` says; `None` (the input's format, unknown)
+/// takes the costliest encoder.
+pub(crate) fn encode_cost(encoding: Option<&Encoding>, image: Shape) -> Cost {
+    let Some(encoding) = encoding else {
+        return [
+            Encoding::new(FileFormat::Jpeg),
+            Encoding {
+                progressive: true,
+                ..Encoding::new(FileFormat::Jpeg)
+            },
+            Encoding {
+                compression: 9,
+                ..Encoding::new(FileFormat::Png)
+            },
+            Encoding::new(FileFormat::Webp),
+            Encoding::new(FileFormat::Gif),
+            Encoding::new(FileFormat::Bmp),
+            Encoding::new(FileFormat::Tiff),
+        ]
+        .iter()
+        .map(|encoding| encode_cost(Some(encoding), image))
+        .fold(Cost::default(), |a, b| Cost {
+            peak_bytes: a.peak_bytes.max(b.peak_bytes),
+            cpu_ns: a.cpu_ns.max(b.cpu_ns),
+        });
+    };
+    let (pixels, bitmap) = (image.pixels(), image.bytes());
+    let flattened = if image.channels == 4 {
+        pixels.saturating_mul(3)
+    } else {
+        0
+    };
+    // Beside the bitmap, while it encodes; the output grows by doubling, so its buffer can be
+    // up to twice the file.
+    let (extra, per_pixel) = match encoding.format {
+        // RGBA flattened to RGB, and the file (well under a byte a pixel at any quality).
+        FileFormat::Jpeg if encoding.progressive => (
+            // jpeg-encoder keeps every block's coefficients for the later scans.
+            flattened + pixels.saturating_mul(6) + bitmap,
+            JPEG_PROGRESSIVE_ENCODE_NS,
+        ),
+        FileFormat::Jpeg => (flattened + bitmap, JPEG_ENCODE_NS),
+        // The png crate compresses into its own buffer, then writes it out: two copies of the
+        // file, which for a photo is most of the bitmap's size.
+        FileFormat::Png => (
+            bitmap.saturating_mul(2),
+            match png_compression(encoding.compression) {
+                CompressionType::Fast => PNG_FAST_ENCODE_NS,
+                CompressionType::Best => PNG_BEST_ENCODE_NS,
+                _ => PNG_DEFAULT_ENCODE_NS,
+            },
+        ),
+        // ARGB words, and the file.
+        FileFormat::Webp if encoding.lossless => (
+            pixels.saturating_mul(4).saturating_add(bitmap),
+            WEBP_LOSSLESS_ENCODE_NS,
+        ),
+        // libwebp's YUVA picture, its output, and our copy of it.
+        FileFormat::Webp => (
+            pixels.saturating_mul(3).saturating_add(bitmap),
+            WEBP_LOSSY_ENCODE_NS,
+        ),
+        // An RGBA copy to quantise, the palette indices, and the file.
+        FileFormat::Gif => (pixels.saturating_mul(6), GIF_ENCODE_NS),
+        // The file is the pixels, row-padded, in a buffer that doubled its way there.
+        FileFormat::Bmp => (bitmap.saturating_mul(2), BMP_ENCODE_NS),
+        FileFormat::Tiff => (bitmap.saturating_mul(2), TIFF_ENCODE_NS),
+    };
+    Cost {
+        peak_bytes: bitmap.saturating_add(extra),
+        cpu_ns: ns(pixels, per_pixel),
+    }
 }
 
 fn megapixels(pixels: u64) -> f64 {
@@ -1270,6 +1623,80 @@ mod tests {
             let decoded = decode(&bytes, &Limits::default())
                 .unwrap_or_else(|err| panic!("{}: {err}", path.display()));
             assert!(decoded.image.width() >= 1000, "{}", path.display());
+        }
+    }
+
+    #[test]
+    fn probe_reads_what_decode_will_make_from_the_header_alone() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/corpus");
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let bytes = std::fs::read(entry.path()).unwrap();
+            let Some(format) = detect_format(&bytes) else {
+                continue;
+            };
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let probe = probe(&bytes).unwrap_or_else(|| panic!("{name}"));
+            let decoded = decode(&bytes, &Limits::default()).unwrap();
+            assert_eq!(probe.format, format, "{name}");
+            assert_eq!((probe.width, probe.height), decoded.full_size, "{name}");
+            // The autumn and colorful cups JPEGs are progressive, the others baseline.
+            let progressive = name.starts_with("autumn") || name.starts_with("colorful");
+            assert_eq!(probe.decoder_bytes > 0, progressive, "{name}");
+            if progressive {
+                // At least two bytes per sample of the luma plane.
+                assert!(probe.decoder_bytes >= 2560 * 1600 * 2, "{name}");
+            }
+        }
+        // EXIF orientation 6 turns the stored 320x160 upright.
+        let jpeg = encode(&gradient(320, 160, false), FileFormat::Jpeg, 90).unwrap();
+        let turned = probe(&with_orientation(&jpeg, 6)).unwrap();
+        assert_eq!((turned.width, turned.height), (160, 320));
+        assert_eq!((turned.bytes_per_pixel, turned.alpha), (3, false));
+        let png = encode(&gradient(7, 5, true), FileFormat::Png, 85).unwrap();
+        let probed = probe(&png).unwrap();
+        assert_eq!(
+            (
+                probed.width,
+                probed.height,
+                probed.bytes_per_pixel,
+                probed.alpha
+            ),
+            (7, 5, 4, true)
+        );
+    }
+
+    #[test]
+    fn probe_never_panics_on_hostile_bytes() {
+        let jpeg = encode(&gradient(40, 30, false), FileFormat::Jpeg, 80).unwrap();
+        let png = encode(&gradient(40, 30, true), FileFormat::Png, 80).unwrap();
+        let mut inputs: Vec<Vec<u8>> = vec![Vec::new(), b"GIF89a".to_vec(), b"BM".to_vec()];
+        for file in [&jpeg, &png] {
+            inputs.extend((0..file.len()).step_by(7).map(|cut| file[..cut].to_vec()));
+        }
+        let mut state = 0x9e37_79b9_u32;
+        for prefix in [&jpeg[..4], &png[..8], b"RIFF\0\0\0\0WEBPVP8 ", b"II*\0"] {
+            let mut noise = prefix.to_vec();
+            noise.extend((0..2000).map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                state as u8
+            }));
+            inputs.push(noise);
+        }
+        // A SOF claiming 65000x65000: read, not refused; the limits apply when decoding.
+        let mut huge = jpeg.clone();
+        let sof = huge.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        huge[sof + 5..sof + 9].copy_from_slice(&[0xFD, 0xE8, 0xFD, 0xE8]);
+        assert_eq!(
+            probe(&huge).map(|p| (p.width, p.height)),
+            Some((65000, 65000))
+        );
+        for input in &inputs {
+            let _ = probe(input);
         }
     }
 }

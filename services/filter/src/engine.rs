@@ -10,9 +10,17 @@
 //! real resampling filter after it: the decoded image stays at least twice the size the first
 //! op needs. The first op then resizes to exactly the size it would have made from the full
 //! image, so the output size never depends on whether the input was shrunk.
+//!
+//! A deadline set with [`budget::with_deadline`] is looked at before each op and before the
+//! encode, and by the long ops every few rows; past it, processing stops with
+//! [`ProcessError::TimedOut`]. A decode or an encode, once started, runs to its end: the
+//! budget's estimate bounds them.
+
+use std::time::Duration;
 
 use pixelmesh_proto::ErrorCode;
 
+use crate::budget;
 use crate::codec::{self, DecodeError, Decoded, EncodeError, Limits};
 use crate::ops::{Assets, Bitmap, FileFormat, Fit, InputFacts, Op, Pipeline, Resize, analyze};
 
@@ -33,7 +41,8 @@ pub struct Processed {
 }
 
 /// Why an image could not be processed. Every case is about the input or what the pipeline
-/// asks of it, so retrying the same task never helps.
+/// asks of it, so retrying the same task never helps (a time-out included: the same work
+/// would take as long again).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProcessError {
     #[error(transparent)]
@@ -59,6 +68,12 @@ pub enum ProcessError {
     },
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    /// The task's deadline (see [`budget::with_deadline`]) passed before the image was done.
+    #[error(
+        "processing took longer than the limit of {} per task",
+        budget::seconds(limit)
+    )]
+    TimedOut { limit: Duration },
 }
 
 impl ProcessError {
@@ -67,7 +82,8 @@ impl ProcessError {
         self.to_string()
     }
 
-    /// Size problems are `ResourceExhausted`, the rest `InvalidArgument`; neither is transient.
+    /// Size problems are `ResourceExhausted`, a time-out `DeadlineExceeded`, the rest
+    /// `InvalidArgument`; none is transient.
     pub fn code(&self) -> ErrorCode {
         match self {
             ProcessError::Decode(
@@ -76,6 +92,7 @@ impl ProcessError {
                 | DecodeError::OverMemoryLimit { .. },
             )
             | ProcessError::OutputTooLarge { .. } => ErrorCode::ResourceExhausted,
+            ProcessError::TimedOut { .. } => ErrorCode::DeadlineExceeded,
             ProcessError::Decode(_) | ProcessError::Op { .. } | ProcessError::Encode(_) => {
                 ErrorCode::InvalidArgument
             }
@@ -125,6 +142,9 @@ pub fn process_with(
     let mut analysis = Vec::new();
     let mut facts: Option<InputFacts> = None;
     for (i, op) in pipeline.ops().iter().enumerate() {
+        if budget::expired() {
+            return Err(timed_out());
+        }
         let position = i + 1;
         let name = op.name();
         // Sizes as if the input had been decoded in full.
@@ -155,17 +175,33 @@ pub fn process_with(
             analysis.push(analyze::report(&image, facts).to_string());
         }
         image = timed_op(name, position, || op.apply_with(image, assets)).map_err(|reason| {
-            ProcessError::Op {
-                position,
-                op: name,
-                reason,
+            // A long op stops at the deadline with an error of its own; the deadline is what
+            // the caller needs to hear about.
+            if budget::expired() {
+                timed_out()
+            } else {
+                ProcessError::Op {
+                    position,
+                    op: name,
+                    reason,
+                }
             }
         })?;
+    }
+    if budget::expired() {
+        return Err(timed_out());
     }
     Ok(Processed {
         analysis,
         ..encode(&image, pipeline, input_format)?
     })
+}
+
+/// [`ProcessError::TimedOut`] with the current deadline's limit.
+pub fn timed_out() -> ProcessError {
+    ProcessError::TimedOut {
+        limit: budget::deadline().map_or(Duration::ZERO, |deadline| deadline.limit()),
+    }
 }
 
 /// A span for one stage of a task (fetch, decode, encode, store), a child of the task's span.
@@ -530,5 +566,61 @@ mod tests {
         );
         let proto: pixelmesh_proto::Error = err.into();
         assert_eq!(proto.code, ErrorCode::ResourceExhausted);
+    }
+
+    #[test]
+    fn a_deadline_stops_the_work_with_a_clear_error() {
+        use std::time::{Duration, Instant};
+        let input = photo_like(1200, 800);
+        let blurs = pipeline(
+            r#"[{"op":"blur","sigma":30},{"op":"blur","sigma":30},{"op":"blur","sigma":30},
+                {"op":"blur","sigma":30},{"op":"format","format":"png","compression":1}]"#,
+        );
+        let limit = Duration::from_millis(50);
+        let started = Instant::now();
+        let err = budget::with_deadline(Some(budget::Deadline::after(limit)), || {
+            process(&input, &blurs, &Limits::default())
+        })
+        .unwrap_err();
+        // Generous: a check of correctness, not of speed.
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(err, ProcessError::TimedOut { limit });
+        assert_eq!(
+            err.message(),
+            "processing took longer than the limit of 0.05 s per task"
+        );
+        assert_eq!(err.code(), ErrorCode::DeadlineExceeded);
+        let proto: pixelmesh_proto::Error = err.into();
+        assert_eq!(proto.code, ErrorCode::DeadlineExceeded);
+
+        // Inside one op: a single wide blur stops between its rows.
+        let one = pipeline(r#"[{"op":"blur","sigma":100}]"#);
+        let limit = Duration::from_millis(20);
+        let err = budget::with_deadline(Some(budget::Deadline::after(limit)), || {
+            process(&input, &one, &Limits::default())
+        })
+        .unwrap_err();
+        assert_eq!(err, ProcessError::TimedOut { limit });
+        // Already past before the first op: the decode runs, nothing after it.
+        let past = budget::Deadline::since(Instant::now(), Duration::ZERO);
+        let err = budget::with_deadline(Some(past), || {
+            process(&input, &pipeline("[]"), &Limits::default())
+        });
+        assert_eq!(
+            err,
+            Err(ProcessError::TimedOut {
+                limit: Duration::ZERO
+            })
+        );
+
+        // Without a deadline, or with one far away, the same bytes as ever.
+        let plain = process(&input, &blurs, &Limits::default()).unwrap();
+        let none = budget::with_deadline(None, || process(&input, &blurs, &Limits::default()));
+        let far = budget::with_deadline(
+            Some(budget::Deadline::after(Duration::from_secs(3600))),
+            || process(&input, &blurs, &Limits::default()),
+        );
+        assert_eq!(none.unwrap(), plain);
+        assert_eq!(far.unwrap(), plain);
     }
 }

@@ -4,17 +4,22 @@
 //!   [`ops::Pipeline`] parses and validates a pipeline from protobuf or JSON;
 //! * [`codec`] — decoding with limits checked from the header first, and encoding;
 //! * [`engine`] — `process`: bytes in, pipeline applied, bytes out;
+//! * [`budget`] — what a pipeline will cost on an image, estimated before it runs, and the
+//!   deadline that stops it while it runs;
 //! * [`tiles`] — splitting huge images into tiles with halos, and stitching them back;
 //! * [`worker`] — the JetStream consumer loop with its ack discipline;
 //! * [`fetch`] — downloading URL inputs without letting a URL reach the private network;
+//! * [`outage`] — holding tasks while storage or NATS is down, so outages spend no attempts;
 //! * [`heartbeat`] — the worker's entry in the `pixelmesh-workers` KV bucket.
 
+pub mod budget;
 pub mod codec;
 pub mod engine;
 pub mod fetch;
 pub mod heartbeat;
 pub mod logos;
 pub mod ops;
+pub mod outage;
 pub mod tiles;
 pub mod worker;
 
@@ -50,6 +55,15 @@ pub struct Settings {
     /// Largest input file accepted, in bytes.
     #[arg(long, env = "PIXELMESH_MAX_INPUT_BYTES", default_value_t = codec::Limits::default().max_input_bytes)]
     pub max_input_bytes: u64,
+    /// Memory the images this worker holds at once may need, in bytes, by their estimated
+    /// peak (see the budget module): a task waits until its estimate fits, and one estimated
+    /// over the whole budget runs alone. Set it below the container's memory limit.
+    #[arg(long, env = "PIXELMESH_MEMORY_BUDGET_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
+    pub memory_budget_bytes: u64,
+    /// Longest one task may take, fetch and processing included; past it the image fails
+    /// with a clear error and its core is freed. 0: no limit.
+    #[arg(long, env = "PIXELMESH_TASK_TIMEOUT_SECS", default_value_t = 120)]
+    pub task_timeout_secs: u64,
     /// This worker's id in the worker list; defaults to the host name and a random suffix.
     #[arg(long, env = "PIXELMESH_WORKER_ID")]
     pub worker_id: Option<String>,
@@ -120,10 +134,11 @@ pub async fn run(
     let settings = config.settings;
     describe_metrics();
     let client = nats::connect(&config.nats_url, "pixelmesh-filter").await?;
-    let js = async_nats::jetstream::new(client);
+    let js = async_nats::jetstream::new(client.clone());
     nats::ensure_streams(&js).await?;
     let bucket = nats::workers_bucket(&js).await?;
-    let storage = StorageClient::new(channel(&config.storage_url)?)
+    let storage_channel = channel(&config.storage_url)?;
+    let storage = StorageClient::new(storage_channel.clone())
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
@@ -137,6 +152,10 @@ pub async fn run(
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
     let stats = Arc::new(worker::Stats::default());
+    let stop = CancellationToken::new();
+    let memory_kib = u32::try_from(settings.memory_budget_bytes / 1024)
+        .unwrap_or(u32::MAX)
+        .max(1);
     let worker = Arc::new(worker::Worker {
         id: id.clone(),
         storage,
@@ -148,8 +167,14 @@ pub async fn run(
         },
         stats: stats.clone(),
         cpu: Arc::new(tokio::sync::Semaphore::new(concurrency)),
+        memory: Arc::new(tokio::sync::Semaphore::new(memory_kib as usize)),
+        memory_kib,
+        task_timeout: (settings.task_timeout_secs > 0)
+            .then(|| std::time::Duration::from_secs(settings.task_timeout_secs)),
         logos: Default::default(),
         fetcher: fetch::Fetcher::new(&settings.fetch).context("building the url fetcher")?,
+        outage: outage::Outage::new(storage_channel, client),
+        stopping: stop.clone(),
     });
 
     let beat_stop = CancellationToken::new();
@@ -171,7 +196,6 @@ pub async fn run(
     let server =
         tokio::spawn(Server::new("filter")?.serve(listener, server_stop.clone().cancelled_owned()));
 
-    let stop = CancellationToken::new();
     let consuming = worker::consume(worker, concurrency + settings.prefetch, stop.clone());
     tokio::pin!(consuming, shutdown);
     let consumed = tokio::select! {

@@ -13,6 +13,7 @@
 
 use pixelmesh_proto::v1;
 
+use crate::budget::Estimate;
 use crate::codec::Limits;
 use crate::ops::{Bitmap, Pipeline};
 
@@ -100,6 +101,30 @@ impl Policy {
             v1::Tiling::Auto | v1::Tiling::Unspecified => {
                 (pixels > self.above_pixels && pixels > one_tile).then_some(halo)
             }
+        }
+    }
+}
+
+impl Policy {
+    /// What one `pixels`-pixel image costs under this policy, given `estimate` of a pipeline
+    /// on it: the whole pipeline's CPU, and its memory unless the image is tiled; then only
+    /// the split's (the decode) and the assembly's (the canvas and its encode), which the
+    /// empty pipeline's estimate covers, since the ops run on tiles.
+    pub fn estimate(
+        &self,
+        pipeline: &Pipeline,
+        pixels: u64,
+        estimate: impl Fn(&Pipeline) -> Estimate,
+    ) -> Estimate {
+        let whole = estimate(pipeline);
+        if self.halo_for(pipeline, pixels).is_none() {
+            return whole;
+        }
+        let split = estimate(&Pipeline::default());
+        Estimate {
+            peak_bytes: split.peak_bytes,
+            peak_stage: split.peak_stage,
+            ..whole
         }
     }
 }
@@ -262,7 +287,8 @@ impl Canvas {
     }
 }
 
-/// Runs `pipeline` on a tile's source pixels and returns its core.
+/// Runs `pipeline` on a tile's source pixels and returns its core. Stops when the task's
+/// deadline passes (see [`crate::budget::with_deadline`]), saying so.
 pub fn process_tile(source: Bitmap, tile: Tile, pipeline: &Pipeline) -> Result<Bitmap, String> {
     if (source.width(), source.height()) != (tile.source.width, tile.source.height)
         || !tile.source.contains(tile.core)
@@ -276,12 +302,22 @@ pub fn process_tile(source: Bitmap, tile: Tile, pipeline: &Pipeline) -> Result<B
         ));
     }
     let mut image = source;
+    let timed_out = || crate::engine::timed_out().to_string();
     for (i, op) in pipeline.ops().iter().enumerate() {
         if op.tile_halo().is_none() {
             return Err(format!("op {} ({}) cannot run on tiles", i + 1, op.name()));
         }
-        image = crate::engine::timed_op(op.name(), i + 1, || op.apply(image))
-            .map_err(|reason| format!("op {} ({}) failed: {reason}", i + 1, op.name()))?;
+        if crate::budget::expired() {
+            return Err(timed_out());
+        }
+        image =
+            crate::engine::timed_op(op.name(), i + 1, || op.apply(image)).map_err(|reason| {
+                if crate::budget::expired() {
+                    timed_out()
+                } else {
+                    format!("op {} ({}) failed: {reason}", i + 1, op.name())
+                }
+            })?;
     }
     extract(
         &image,

@@ -1,10 +1,12 @@
 //! The consumer loop: pull one task at a time per free slot from the shared durable
 //! consumer, run it off the async runtime, store the output, publish the result, then ack.
 //!
-//! Ack discipline (see STYLE.md): in-progress acks while a task runs; `Nak(delay)` with
-//! back-off on errors that may pass (storage or NATS unavailable); `Term` on input that can
-//! never succeed, after publishing its failure; on the last allowed delivery a transient
-//! error is published as the image's failure too, so the job always finishes.
+//! Ack discipline (see STYLE.md): in-progress acks while a task runs; `Term` on input that
+//! can never succeed, after publishing its failure; `Nak(delay)` with back-off on failures of
+//! the image that may pass (its URL's server answered 503), and on the last allowed delivery
+//! such a failure is published as the image's too, so the job always finishes. Storage or
+//! NATS being unreachable is not the image's failure: the task is held, with in-progress
+//! acks, until they answer, and runs again on the same delivery (see [`crate::outage`]).
 
 use std::{
     sync::{Arc, Mutex},
@@ -15,7 +17,7 @@ use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures::StreamExt;
 use pixelmesh_common::{config::QueueConfig, grpc::Channel, nats, telemetry};
 use pixelmesh_proto::{
-    Error, ErrorCode,
+    Error,
     v1::{
         BlobMeta, GetBlobRequest, JobRequest, JobState, Output, PutBlobRequest, Task, TaskResult,
         TileAssembly, TileInput, TileOutput, TileSplit, put_blob_request::Part,
@@ -28,11 +30,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::{
+    budget::{self, Budget, Deadline},
     codec::{self, Limits},
     engine::{self, Processed},
     fetch::{FetchError, Fetcher},
     logos::{self, LogoCache},
     ops::{Assets, FileFormat, Pipeline},
+    outage::Outage,
     tiles::{self, Canvas, Policy, Rect, Tile},
 };
 
@@ -61,6 +65,8 @@ enum TaskError {
     Permanent(String),
     /// May succeed on another delivery.
     Transient(String),
+    /// Storage or NATS could not be reached: not the image's fault, so no attempt is spent.
+    Infrastructure(String),
 }
 
 impl From<Error> for TaskError {
@@ -82,9 +88,15 @@ impl From<FetchError> for TaskError {
     }
 }
 
+/// A storage call's failure: a transient one means storage is down or struggling.
 impl From<tonic::Status> for TaskError {
     fn from(status: tonic::Status) -> Self {
-        TaskError::from(Error::from(status))
+        let err = Error::from(status);
+        if err.code.is_transient() {
+            TaskError::Infrastructure(err.message)
+        } else {
+            TaskError::Permanent(err.message)
+        }
     }
 }
 
@@ -98,8 +110,17 @@ pub(crate) struct Worker {
     /// One permit per image processed at once; tasks beyond it wait here, already
     /// downloaded.
     pub cpu: Arc<Semaphore>,
+    /// The memory budget in KiB, one permit each: a task takes its estimated peak before it
+    /// takes a core, so four 100-megapixel images queue instead of taking 5 GB at once.
+    pub memory: Arc<Semaphore>,
+    pub memory_kib: u32,
+    /// Wall-clock limit of one task's work (`None`: none), from its delivery.
+    pub task_timeout: Option<Duration>,
     pub logos: Mutex<LogoCache>,
     pub fetcher: Fetcher,
+    pub outage: Outage,
+    /// Cancelled when the worker stops: a task held through an outage is given back then.
+    pub stopping: CancellationToken,
 }
 
 /// Pulls and runs tasks, holding at most `held` at once, until `stop` is cancelled; then
@@ -128,6 +149,13 @@ pub(crate) async fn consume(
             () = stop.cancelled() => break,
             slot = slots.clone().acquire_owned() => slot?,
         };
+        // While storage or NATS is down, tasks pulled now would only wait with the held ones.
+        if worker.outage.is_down() {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = worker.outage.wait_clear() => {}
+            }
+        }
         while running.try_join_next().is_some() {}
         // One message per pull so that idle replicas get their share (fair sharing); the
         // pull is never abandoned half-way, so no delivered task is left unacknowledged.
@@ -206,7 +234,22 @@ async fn handle(worker: &Worker, message: jetstream::Message) {
         worker.stats.in_flight.fetch_add(1, Relaxed);
         worker.stats.changed.notify_one();
         let started = Instant::now();
-        let outcome = with_progress_acks(&message, worker.queue.ack_wait(), run_task(worker, &task)).await;
+        let ack_wait = worker.queue.ack_wait();
+        let outcome = loop {
+            let deadline = worker.task_timeout.map(Deadline::after);
+            match with_progress_acks(&message, ack_wait, run_task(worker, &task, deadline)).await {
+                Err(TaskError::Infrastructure(error)) => {
+                    // Held, not retried through JetStream: that would spend a delivery.
+                    worker.outage.report(&error);
+                    if !hold_through_outage(worker, &message).await {
+                        ack(&message, AckKind::Nak(None)).await;
+                        return;
+                    }
+                    tracing::info!(error = %error, "storage answers again, running the task again");
+                }
+                outcome => break outcome,
+            }
+        };
         let elapsed = started.elapsed();
         let duration_ms = elapsed.as_millis() as u64;
         worker.stats.in_flight.fetch_sub(1, Relaxed);
@@ -225,6 +268,7 @@ async fn handle(worker: &Worker, message: jetstream::Message) {
                 Outcome::Error(format!("gave up after {attempt} attempts: {error}")),
                 AckKind::Term,
             ),
+            Err(TaskError::Infrastructure(_)) => unreachable!("held until storage answers"),
             Err(TaskError::Transient(error)) => {
                 let delay = backoff(attempt);
                 tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "task failed, will retry");
@@ -245,11 +289,14 @@ async fn handle(worker: &Worker, message: jetstream::Message) {
             attempts: attempt,
             duration_ms,
         };
-        if let Err(err) = publish_result(worker, &result).await {
-            // Without a published result the task must run again.
-            tracing::warn!(error = %err, "publishing result failed, will retry");
-            ack(&message, AckKind::Nak(Some(backoff(attempt)))).await;
-            return;
+        // NATS down: the result is kept and published once it answers, without running
+        // the task again or spending a delivery.
+        while let Err(err) = publish_result(worker, &result).await {
+            worker.outage.report(&format!("publishing result: {err}"));
+            if !hold_through_outage(worker, &message).await {
+                ack(&message, AckKind::Nak(None)).await;
+                return;
+            }
         }
         let kind = match &result.outcome {
             Some(Outcome::Error(_)) => {
@@ -281,6 +328,18 @@ async fn handle(worker: &Worker, message: jetstream::Message) {
     }
     .instrument(span)
     .await;
+}
+
+/// Holds `message` (in-progress acks) until storage and NATS answer again: true then, false
+/// if the worker is stopping first.
+async fn hold_through_outage(worker: &Worker, message: &jetstream::Message) -> bool {
+    let wait = async {
+        tokio::select! {
+            () = worker.outage.wait_clear() => true,
+            () = worker.stopping.cancelled() => false,
+        }
+    };
+    with_progress_acks(message, worker.queue.ack_wait(), wait).await
 }
 
 fn record_error(stats: &Stats, error: &str) {
@@ -328,7 +387,11 @@ fn unreachable_loop<T>() -> T {
     unreachable!("the keep-alive loop never ends")
 }
 
-async fn run_task(worker: &Worker, task: &Task) -> Result<Outcome, TaskError> {
+async fn run_task(
+    worker: &Worker,
+    task: &Task,
+    deadline: Option<Deadline>,
+) -> Result<Outcome, TaskError> {
     let mut storage = worker.storage.clone();
     let summary = match storage
         .get_job_summary(JobRequest {
@@ -339,7 +402,7 @@ async fn run_task(worker: &Worker, task: &Task) -> Result<Outcome, TaskError> {
         Ok(summary) => summary.into_inner(),
         // Deleted since the task was queued.
         Err(status) if status.code() == tonic::Code::NotFound => return Err(TaskError::Skipped),
-        Err(status) => return Err(Error::from(status).into()),
+        Err(status) => return Err(status.into()),
     };
     // A paused job's tasks are dropped: resuming dispatches its pending images again.
     if summary.state().is_final() || summary.state() == JobState::Paused {
@@ -347,12 +410,12 @@ async fn run_task(worker: &Worker, task: &Task) -> Result<Outcome, TaskError> {
     }
     let pipeline = Pipeline::from_proto(&task.pipeline)?;
     match &task.stage {
-        None => run_image(worker, &mut storage, task, pipeline).await,
-        Some(task::Stage::Tile(tile)) => run_tile(worker, &mut storage, tile, pipeline)
+        None => run_image(worker, &mut storage, task, pipeline, deadline).await,
+        Some(task::Stage::Tile(tile)) => run_tile(worker, &mut storage, tile, pipeline, deadline)
             .await
             .map(Outcome::Tile),
         Some(task::Stage::Assemble(assembly)) => {
-            run_assembly(worker, &mut storage, assembly, pipeline)
+            run_assembly(worker, &mut storage, assembly, pipeline, deadline)
                 .await
                 .map(Outcome::Output)
         }
@@ -366,6 +429,7 @@ async fn run_image(
     storage: &mut StorageClient<Channel>,
     task: &Task,
     pipeline: Pipeline,
+    deadline: Option<Deadline>,
 ) -> Result<Outcome, TaskError> {
     let started = Instant::now();
     let max_bytes = worker.limits.max_input_bytes;
@@ -381,15 +445,44 @@ async fn run_image(
         input
     };
     let downloaded = Instant::now();
+    // What the image will cost, from its header: over the job's per-image budget it fails
+    // here (a URL input's size is first known here; a stored one's was checked at submit).
+    // An input whose header does not read fails in the decoder, naming the problem.
+    let probe = codec::probe(&input);
     let policy = Policy::from_task(task);
+    let pixels = probe.map(|probe| u64::from(probe.width) * u64::from(probe.height));
+    let estimate = probe.zip(pixels).map(|(probe, pixels)| {
+        policy.estimate(&pipeline, pixels, |pipeline| {
+            pipeline.estimate_probed(&probe)
+        })
+    });
+    if let Some(estimate) = &estimate {
+        let budget = Budget {
+            max_memory_bytes: task.max_image_memory_bytes,
+            max_cpu_ms: task.max_image_cpu_ms,
+        };
+        budget
+            .check(estimate)
+            .map_err(|err| TaskError::Permanent(err.to_string()))?;
+    }
+    let bytes = estimate.map_or(0, |estimate| estimate.peak_bytes);
     if let Some(halo) =
         tiles::pixels_of(&input).and_then(|pixels| policy.halo_for(&pipeline, pixels))
     {
-        return split(worker, storage, input, policy.tile_size, halo).await;
+        return split(
+            worker,
+            storage,
+            input,
+            policy.tile_size,
+            halo,
+            bytes,
+            deadline,
+        )
+        .await;
     }
     let assets = load_logos(worker, storage, &pipeline).await?;
     let limits = worker.limits;
-    let processed = on_cpu(worker, move || {
+    let processed = on_cpu(worker, bytes, deadline, move || {
         engine::process_with(&input, &pipeline, &limits, &assets)
     })
     .await?
@@ -435,7 +528,9 @@ async fn load_logos(
                 let bytes = download(storage, blob_id, limits.max_input_bytes)
                     .await
                     .map_err(named)?;
-                let logo = on_cpu(worker, move || codec::decode(&bytes, &limits))
+                // Decoded as RGBA, and converted once.
+                let need = logos::MAX_LOGO_PIXELS.saturating_mul(8);
+                let logo = on_cpu(worker, need, None, move || codec::decode(&bytes, &limits))
                     .await
                     .map_err(named)?
                     .map_err(|err| named(TaskError::Permanent(err.to_string())))?;
@@ -460,11 +555,13 @@ async fn split(
     input: Vec<u8>,
     tile_size: u32,
     halo: u32,
+    bytes: u64,
+    deadline: Option<Deadline>,
 ) -> Result<Outcome, TaskError> {
     // Two tiles in flight: one uploading, one cut and waiting.
     let (cut_tx, mut cut_rx) = tokio::sync::mpsc::channel::<(Tile, Vec<u8>)>(1);
     let limits = worker.limits;
-    let cutting = on_cpu(worker, move || {
+    let cutting = on_cpu(worker, bytes, deadline, move || {
         let decoded = engine::stage_span("decode")
             .in_scope(|| codec::decode(&input, &limits))
             .map_err(|err| err.to_string())?;
@@ -511,13 +608,16 @@ async fn run_tile(
     storage: &mut StorageClient<Channel>,
     input: &TileInput,
     pipeline: Pipeline,
+    deadline: Option<Deadline>,
 ) -> Result<TileOutput, TaskError> {
     let tile = Tile {
         core: Rect::from_proto(input.core.as_ref()),
         source: Rect::from_proto(input.source.as_ref()),
     };
     let bytes = download(storage, &input.blob_id, raw_limit(&worker.limits)).await?;
-    let core = on_cpu(worker, move || {
+    // The tile, the pipeline's copy of it, and its core.
+    let need = (bytes.len() as u64).saturating_mul(3);
+    let core = on_cpu(worker, need, deadline, move || {
         tiles::process_tile(tiles::decode_raw(bytes)?, tile, &pipeline)
             .map(|core| tiles::encode_raw(&core))
     })
@@ -536,6 +636,7 @@ async fn run_assembly(
     storage: &mut StorageClient<Channel>,
     assembly: &TileAssembly,
     pipeline: Pipeline,
+    deadline: Option<Deadline>,
 ) -> Result<Output, TaskError> {
     let mut canvas = Canvas::new(assembly.width, assembly.height, &worker.limits)
         .map_err(TaskError::Permanent)?;
@@ -554,7 +655,9 @@ async fn run_assembly(
         )));
     }
     let input_format = FileFormat::from_proto(assembly.input_format).unwrap_or(FileFormat::Png);
-    let processed = on_cpu(worker, move || {
+    // The canvas, and the encoder's working copy of it.
+    let need = u64::from(assembly.width) * u64::from(assembly.height) * 8;
+    let processed = on_cpu(worker, need, deadline, move || {
         let image = canvas.finish()?;
         engine::encode(&image, &pipeline, input_format).map_err(|err| err.to_string())
     })
@@ -563,12 +666,25 @@ async fn run_assembly(
     upload(storage, processed).await
 }
 
-/// Runs CPU-bound `work` off the async runtime, holding one of the worker's CPU slots.
+/// Runs CPU-bound `work` off the async runtime, holding `bytes` of the worker's memory budget
+/// (all of it when `bytes` is more: such a task runs alone) and one of its CPU slots, with
+/// `deadline` as the thread's deadline (see [`budget::with_deadline`]).
 async fn on_cpu<T: Send + 'static>(
     worker: &Worker,
+    bytes: u64,
+    deadline: Option<Deadline>,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, TaskError> {
     let asked = Instant::now();
+    let kib = u32::try_from(bytes.div_ceil(1024))
+        .unwrap_or(u32::MAX)
+        .clamp(1, worker.memory_kib.max(1));
+    let memory = worker
+        .memory
+        .clone()
+        .acquire_many_owned(kib)
+        .await
+        .map_err(|err| TaskError::Transient(format!("worker stopping: {err}")))?;
     let cpu = worker
         .cpu
         .clone()
@@ -583,8 +699,9 @@ async fn on_cpu<T: Send + 'static>(
     // encode) are the task's children.
     let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
-        let result = span.in_scope(work);
+        let result = span.in_scope(|| budget::with_deadline(deadline, work));
         drop(cpu);
+        drop(memory);
         result
     })
     .await
@@ -666,7 +783,7 @@ async fn put_blob(
 ) -> Result<String, TaskError> {
     let bytes_len = bytes.len() as u64;
     let parts = std::iter::once(PutBlobRequest {
-        part: Some(Part::Meta(BlobMeta { max_bytes: 0 })),
+        part: Some(Part::Meta(BlobMeta::default())),
     })
     .chain(
         (0..bytes.len())
@@ -682,11 +799,11 @@ async fn put_blob(
         .put_blob(futures::stream::iter(parts))
         .instrument(engine::stage_span("store"))
         .await
-        .map_err(|status| match Error::from(status) {
+        .map_err(|status| match status.code() {
             // Storage refusing our own output is not the input's fault; another try may land
             // on a healthier moment (disk space freed).
-            err if err.code == ErrorCode::ResourceExhausted => TaskError::Transient(err.message),
-            err => TaskError::from(err),
+            tonic::Code::ResourceExhausted => TaskError::Transient(status.message().to_string()),
+            _ => TaskError::from(status),
         })?
         .into_inner();
     metrics::counter!("pixelmesh_filter_bytes_out_total").increment(size);

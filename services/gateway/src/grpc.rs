@@ -42,12 +42,13 @@ impl Gateway for GatewayService {
         &self,
         request: Request<Streaming<UploadImageRequest>>,
     ) -> Result<Response<UploadImageResponse>, Status> {
+        let caller = caller_of(&request)?;
         let chunks = request.into_inner().map(|message| {
             message
                 .map(|m| bytes::Bytes::from(m.chunk))
                 .map_err(Error::from)
         });
-        let blob = self.mesh.upload(chunks).await?;
+        let blob = self.mesh.upload(&caller, chunks).await?;
         Ok(Response::new(UploadImageResponse {
             blob_id: blob.id,
             size_bytes: blob.size_bytes,
@@ -68,8 +69,8 @@ impl Gateway for GatewayService {
         &self,
         request: Request<Streaming<UploadArchiveRequest>>,
     ) -> Result<Response<UploadArchiveResponse>, Status> {
-        // Blobs have no owner (a job does), but a request must still have come through auth.
-        let _caller = caller_of(&request)?;
+        // Each entry's blob becomes the caller's, as an UploadImage's does.
+        let caller = caller_of(&request)?;
         let chunks = request.into_inner().map(|message| {
             message
                 .map(|m| bytes::Bytes::from(m.chunk))
@@ -80,7 +81,7 @@ impl Gateway for GatewayService {
         let file = mesh::spool(chunks, self.mesh.settings().max_request_bytes).await?;
         let inputs = self
             .mesh
-            .upload_archive(file, self.mesh.zip_limits(0))
+            .upload_archive(&caller, file, self.mesh.zip_limits(0))
             .await?;
         Ok(Response::new(UploadArchiveResponse { inputs }))
     }
@@ -253,12 +254,15 @@ impl Gateway for GatewayService {
         }))
     }
 
+    /// Shared by every key: a worker's `last_error` goes to admins only (see
+    /// [`mesh::worker_view`]).
     async fn list_workers(
         &self,
-        _request: Request<ListWorkersRequest>,
+        request: Request<ListWorkersRequest>,
     ) -> Result<Response<ListWorkersResponse>, Status> {
+        let caller = caller_of(&request)?;
         Ok(Response::new(ListWorkersResponse {
-            workers: self.mesh.workers().await?,
+            workers: self.mesh.workers(&caller).await?,
         }))
     }
 }

@@ -171,13 +171,17 @@ fn add_common_errors(document: &mut utoipa::openapi::OpenApi) {
             );
             if post {
                 add(
+                    "408",
+                    error("The request body sent nothing for the idle time (`--body-idle-timeout-secs`); what it uploaded was dropped.").build(),
+                );
+                add(
                     "413",
                     error("The body, or what it holds, is over a limit.").build(),
                 );
             }
             add(
                 "429",
-                error("Over the rate limit for this key or client.")
+                error("Over the rate limit for this key or client, or, for a submit or upload, over its submits and uploads at once.")
                     .header("Retry-After", retry_after.clone())
                     .build(),
             );
@@ -212,7 +216,7 @@ struct ErrorBody {
     error: String,
     /// What went wrong, for a program: `invalid_argument`, `not_found`,
     /// `failed_precondition`, `resource_exhausted`, `rate_limited`, `unauthenticated`,
-    /// `unavailable`, `deadline_exceeded`, ...
+    /// `unavailable`, `deadline_exceeded`, `request_timeout`, ...
     code: String,
 }
 
@@ -503,7 +507,7 @@ async fn submit_parts(
                 }
                 let name = sanitize_name(field.file_name(), inputs.len());
                 let chunks = field.map_err(multipart_error_plain);
-                let blob = mesh.upload(chunks).await.map_err(|err| {
+                let blob = mesh.upload(caller, chunks).await.map_err(|err| {
                     Error::new(err.code, format!("file {name:?}: {}", err.message))
                 })?;
                 inputs.push(ImageInput {
@@ -518,7 +522,7 @@ async fn submit_parts(
                 // memory.
                 let chunks = field.map_err(multipart_error_plain);
                 let file = crate::mesh::spool(chunks, mesh.settings().max_request_bytes).await?;
-                inputs.extend(mesh.upload_archive(file, limits).await?);
+                inputs.extend(mesh.upload_archive(caller, file, limits).await?);
             }
             "urls" => {
                 let text = read_small(field, crate::mesh::MAX_URL_LIST_BYTES).await?;
@@ -568,19 +572,20 @@ async fn submit_parts(
 
 /// Stores the raw request body as a blob and answers `201 {"id", "size_bytes"}`: how a
 /// watermark's logo gets its id. The body streams to storage, which enforces the upload size
-/// limit. The blob is kept while a job's pipeline refers to it; an unreferenced upload is
-/// removed by the orphan sweep after its grace period.
+/// limit. The blob is the caller's key's: jobs of other keys cannot use it (admins' can). It
+/// is kept while a job's pipeline refers to it; an unreferenced upload is removed by the
+/// orphan sweep after its grace period.
 #[utoipa::path(post, path = "/api/v1/uploads", tag = "jobs",
     request_body(content = BinaryFile, content_type = "application/octet-stream"),
     responses(
         (status = 201, description = "Stored.", body = Uploaded),
     ),
 )]
-async fn upload(State(mesh): State<Mesh>, body: Body) -> ApiResult<Response> {
+async fn upload(State(mesh): State<Mesh>, caller: Caller, body: Body) -> ApiResult<Response> {
     let chunks = body
         .into_data_stream()
         .map_err(|err| Error::invalid(format!("reading the request body: {err}")));
-    let blob = mesh.upload(chunks).await?;
+    let blob = mesh.upload(&caller, chunks).await?;
     let body = Uploaded {
         id: blob.id,
         size_bytes: blob.size_bytes,
@@ -1009,12 +1014,13 @@ fn sse_response(events: impl Stream<Item = Vec<Event>> + Send + 'static) -> Resp
         .into_response()
 }
 
-/// `GET /api/v1/events`: every job's events (as on a job's stream, without resume) and
-/// worker changes: `worker` (a heartbeat: the worker's counters) and `worker_gone`. Each
-/// gateway relays what NATS tells it, so any replica serves the same feed.
+/// `GET /api/v1/events`: the events of every job the caller may see (as on a job's stream,
+/// without resume) and worker changes: `worker` (a heartbeat: the worker's counters; its
+/// `last_error` to admin keys only) and `worker_gone`. Each gateway relays what NATS tells
+/// it, so any replica serves the same feed.
 #[utoipa::path(get, path = "/api/v1/events", tag = "events",
     responses(
-        (status = 200, description = "The event stream of every job, plus `worker` and `worker_gone`. It never ends.", body = SseEvent, content_type = "text/event-stream"),
+        (status = 200, description = "The event stream of every job the caller may see, plus `worker` (`last_error` for admin keys only) and `worker_gone`. It never ends.", body = SseEvent, content_type = "text/event-stream"),
     ),
 )]
 async fn feed(State(mesh): State<Mesh>, caller: Caller) -> ApiResult<Response> {
@@ -1291,14 +1297,21 @@ fn output_file_name(name: &str, content_type: &str) -> String {
     )
 }
 
-/// The filter workers with a live heartbeat and their counters.
+/// The filter workers with a live heartbeat and their counters. Shared by every key, so a
+/// worker's `last_error` (one task's error, which may name another user's URLs and blobs) is
+/// shown to admin keys only.
 #[utoipa::path(get, path = "/api/v1/workers", tag = "workers",
     responses(
         (status = 200, description = "The workers online.", body = WorkerList),
     ),
 )]
-async fn workers(State(mesh): State<Mesh>) -> ApiResult<Json<WorkerList>> {
-    let workers = mesh.workers().await?.iter().map(WorkerView::from).collect();
+async fn workers(State(mesh): State<Mesh>, caller: Caller) -> ApiResult<Json<WorkerList>> {
+    let workers = mesh
+        .workers(&caller)
+        .await?
+        .iter()
+        .map(WorkerView::from)
+        .collect();
     Ok(Json(WorkerList { workers }))
 }
 
@@ -1507,15 +1520,20 @@ impl OutputView {
     }
 }
 
+/// A filter worker: its own id, host and version, its slots and counters. Never a user's
+/// data, but for `last_error` to admins.
 #[derive(Serialize, ToSchema)]
 struct WorkerView {
     id: String,
     host: String,
     version: String,
+    /// Tasks it runs at once.
     concurrency: u32,
     in_flight: u32,
     done: u64,
     failed: u64,
+    /// The error of its last failed task; admin keys only (and everyone when the gateway runs
+    /// open): it may carry another user's URL, file name or blob ids.
     #[serde(skip_serializing_if = "String::is_empty")]
     last_error: String,
     started_at_ms: i64,
@@ -1647,6 +1665,13 @@ mod tests {
                 "cancelled"
             ]
         );
+        for path in ["/api/v1/jobs", "/api/v1/uploads"] {
+            let responses = &paths[path]["post"]["responses"];
+            assert!(
+                responses["408"].is_object(),
+                "{path} lacks the idle body's 408"
+            );
+        }
         let form = &paths["/api/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"];
         assert_eq!(form["schema"]["required"], serde_json::json!(["pipeline"]));
     }

@@ -87,11 +87,29 @@ pub struct Settings {
     /// and lines starting with `#` are skipped. Read once at start.
     #[arg(long, env = "PIXELMESH_API_KEYS_FILE")]
     pub api_keys_file: Option<std::path::PathBuf>,
-    /// Most requests in handlers at once; one more is refused at once with 503 and
-    /// `Retry-After` (gRPC UNAVAILABLE) rather than queued. A watch stream or download holds
-    /// its slot only until its response starts. `/healthz` is never refused. 0: no limit.
+    /// Most requests in handlers at once, submits and uploads aside (they have
+    /// --max-concurrent-uploads); one more is refused at once with 503 and `Retry-After`
+    /// (gRPC UNAVAILABLE) rather than queued. A watch stream or download holds its slot only
+    /// until its response starts. `/healthz` is never refused. 0: no limit.
     #[arg(long, env = "PIXELMESH_MAX_CONCURRENT_REQUESTS", default_value_t = 256)]
     pub max_concurrent_requests: usize,
+    /// Most submits and uploads in handlers at once (REST `POST /api/v1/jobs` and
+    /// `/api/v1/uploads`; gRPC UploadImage, UploadArchive, SubmitJob, SubmitBatch), a pool
+    /// apart from --max-concurrent-requests, so uploads never crowd out reads, event streams
+    /// or downloads. Each holds its slot for its whole upload; one more is refused at once
+    /// with 503 and `Retry-After` (gRPC UNAVAILABLE). 0: no limit.
+    #[arg(long, env = "PIXELMESH_MAX_CONCURRENT_UPLOADS", default_value_t = 64)]
+    pub max_concurrent_uploads: usize,
+    /// Most submits and uploads one API key (running open: one client address, IPv6 one
+    /// /64) may have in handlers at once; one more gets 429 with `Retry-After` (gRPC
+    /// RESOURCE_EXHAUSTED), so one user cannot take every upload slot. 0: no limit.
+    #[arg(long, env = "PIXELMESH_MAX_UPLOADS_PER_KEY", default_value_t = 8)]
+    pub max_uploads_per_key: usize,
+    /// Seconds a request body may deliver no byte while the gateway waits for one; then the
+    /// request fails with 408 (gRPC DEADLINE_EXCEEDED) and what it uploaded so far is
+    /// dropped, so a stalled client frees its slot. 0: no limit.
+    #[arg(long, env = "PIXELMESH_BODY_IDLE_TIMEOUT_SECS", default_value_t = 30)]
+    pub body_idle_timeout_secs: u64,
     /// Requests per second one API key may make, or, running open, one client address
     /// (IPv6: one /64); over it, 429 with `Retry-After` (gRPC RESOURCE_EXHAUSTED). 0: no
     /// rate limit, the default, so one user and load tests on one machine are never
@@ -128,6 +146,9 @@ impl Default for Settings {
             admin_keys: auth::KeyList::default(),
             api_keys_file: None,
             max_concurrent_requests: 256,
+            max_concurrent_uploads: 64,
+            max_uploads_per_key: 8,
+            body_idle_timeout_secs: 30,
             rate_limit_per_second: 0.0,
             rate_limit_burst: 100,
             request_timeout_secs: 30,
@@ -160,7 +181,7 @@ pub async fn run(
     }
     let limits = protect::Limits::from_settings(&config.settings);
     let nats = pixelmesh_common::nats::connect(&config.nats_url, "pixelmesh-gateway").await?;
-    let storage = StorageClient::new(channel(&config.storage_url)?)
+    let storage = StorageClient::new(mesh::Detached::new(channel(&config.storage_url)?))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let scheduler = SchedulerClient::new(channel(&config.scheduler_url)?)

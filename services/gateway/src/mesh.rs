@@ -2,6 +2,9 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
@@ -13,15 +16,17 @@ use pixelmesh_common::{grpc::Channel, nats};
 use pixelmesh_proto::{
     Error, ErrorCode,
     v1::{
-        Batch, BlobInfo, BlobMeta, CountJobsRequest, DeleteJobResponse, GetBlobRequest, Image,
-        ImageInput, ImageState, Job, JobEvent, JobRequest, JobState, JobSummary, ListJobsQuery,
-        ListJobsRequest, ListJobsResponse, Output, PutBlobRequest, SubmitJobRequest, Worker,
-        put_blob_request::Part, scheduler_client::SchedulerClient, storage_client::StorageClient,
+        Batch, BlobAbort, BlobInfo, BlobMeta, CountJobsRequest, DeleteJobResponse, GetBlobRequest,
+        Image, ImageInput, ImageState, Job, JobEvent, JobRequest, JobState, JobSummary,
+        ListJobsQuery, ListJobsRequest, ListJobsResponse, Output, PutBlobRequest, SubmitJobRequest,
+        Worker, put_blob_request::Part, scheduler_client::SchedulerClient,
+        storage_client::StorageClient,
     },
 };
 use prost::Message as _;
 use tokio::{io::AsyncWriteExt as _, sync::mpsc};
 use tokio_stream::wrappers::ReceiverStream;
+use tracing::Instrument as _;
 
 use crate::{
     Settings,
@@ -39,9 +44,12 @@ pub const MAX_LIST_LIMIT: u32 = 1000;
 /// Largest URL list one submit may carry as text: 100 000 URLs of 300 bytes.
 pub const MAX_URL_LIST_BYTES: usize = 32 * 1024 * 1024;
 
+/// The storage client: every call runs to storage's answer in a task of its own.
+pub type Storage = StorageClient<Detached<Channel>>;
+
 #[derive(Clone)]
 pub struct Mesh {
-    storage: StorageClient<Channel>,
+    storage: Storage,
     scheduler: SchedulerClient<Channel>,
     nats: async_nats::Client,
     settings: Settings,
@@ -50,7 +58,7 @@ pub struct Mesh {
 
 impl Mesh {
     pub fn new(
-        storage: StorageClient<Channel>,
+        storage: Storage,
         scheduler: SchedulerClient<Channel>,
         nats: async_nats::Client,
         settings: Settings,
@@ -84,7 +92,7 @@ impl Mesh {
     pub async fn observe(&self) {
         static DESCRIBED: std::sync::Once = std::sync::Once::new();
         DESCRIBED.call_once(describe_gauges);
-        let read = async { tokio::join!(stats::queue(&self.nats), self.workers()) };
+        let read = async { tokio::join!(stats::queue(&self.nats), self.all_workers()) };
         let Ok((queue, workers)) = tokio::time::timeout(Duration::from_secs(1), read).await else {
             tracing::debug!("metrics: nats too slow, gauges not refreshed");
             return;
@@ -111,47 +119,24 @@ impl Mesh {
         self.nats.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// Streams `chunks` into storage. An error from `chunks` cancels the upload, so a
-    /// broken client connection never leaves a truncated blob behind.
-    pub async fn upload<S>(&self, chunks: S) -> Result<BlobInfo, Error>
+    /// Streams `chunks` into storage as a blob of `caller`'s (its key becomes one of the
+    /// blob's owners). An error from `chunks` aborts the upload, so a broken client
+    /// connection never leaves a truncated blob behind.
+    ///
+    /// The storage call runs in a task of its own, fed through a channel, and always ends its
+    /// request stream normally: with the last chunk, or with an abort part when `chunks`
+    /// fails or this future is dropped (its client hung up). Dropping the call instead
+    /// would reset its HTTP/2 stream on the connection every user's calls to storage share,
+    /// and enough resets make hyper's flood guard drop that connection.
+    pub async fn upload<S>(&self, caller: &Caller, chunks: S) -> Result<BlobInfo, Error>
     where
         S: Stream<Item = Result<Bytes, Error>> + Send,
     {
-        let (tx, rx) = mpsc::channel::<PutBlobRequest>(4);
-        let mut storage = self.storage.clone();
-        let put = storage.put_blob(ReceiverStream::new(rx));
-        let max_bytes = self.settings.max_upload_bytes;
-        let feed = async move {
-            let meta = PutBlobRequest {
-                part: Some(Part::Meta(BlobMeta { max_bytes })),
-            };
-            tx.send(meta)
-                .await
-                .map_err(|_| Error::unavailable("storage closed the upload"))?;
-            futures::pin_mut!(chunks);
-            while let Some(chunk) = chunks.next().await {
-                let chunk = chunk?;
-                if chunk.is_empty() {
-                    continue;
-                }
-                let part = PutBlobRequest {
-                    part: Some(Part::Chunk(chunk.to_vec())),
-                };
-                if tx.send(part).await.is_err() {
-                    // Storage ended the call (e.g. over the size limit); its answer says why.
-                    return Ok(());
-                }
-            }
-            Ok::<(), Error>(())
+        let meta = BlobMeta {
+            max_bytes: self.settings.max_upload_bytes,
+            owner: caller.owner().to_string(),
         };
-        tokio::pin!(put, feed);
-        tokio::select! {
-            fed = &mut feed => {
-                fed?;
-                Ok(put.await?.into_inner())
-            }
-            put = &mut put => Ok(put?.into_inner()),
-        }
+        put_blob(self.storage.clone(), meta, chunks).await
     }
 
     /// Stores every image of a spooled ZIP archive as a blob; the job inputs, named after
@@ -160,6 +145,7 @@ impl Mesh {
     /// storage, so memory stays bounded whatever the archive holds.
     pub async fn upload_archive(
         &self,
+        caller: &Caller,
         file: std::fs::File,
         limits: ZipLimits,
     ) -> Result<Vec<ImageInput>, Error> {
@@ -185,13 +171,13 @@ impl Mesh {
                 }
                 (archive, extracted)
             });
-            let uploaded = self.upload(ReceiverStream::new(rx)).await;
+            let uploaded = self.upload(caller, ReceiverStream::new(rx)).await;
             let (returned, extracted) = extract
                 .await
                 .map_err(|err| Error::internal(format!("reading the archive: {err}")))?;
             archive = returned;
             // Storage's refusal (e.g. over the size limit) is the reason when both failed; an
-            // extraction error reaches storage through the stream and comes back the same.
+            // extraction error aborts the upload through the stream and comes back as its error.
             let blob = uploaded
                 .and_then(|blob| extracted.map(|()| blob))
                 .map_err(|err| {
@@ -259,8 +245,10 @@ impl Mesh {
         caller: &Caller,
         mut request: SubmitJobRequest,
     ) -> Result<Job, Error> {
-        // Whatever the client sent: a job belongs to the key that made it.
+        // Whatever the client sent: a job belongs to the key that made it, and only an
+        // admin's job (or any, running open) may use blobs other keys uploaded.
         request.owner = caller.owner().to_string();
+        request.admin = caller.admin;
         for (i, input) in request.inputs.iter_mut().enumerate() {
             if !input.url.is_empty() {
                 let url = urls::check_url(&input.url)
@@ -699,7 +687,7 @@ impl Mesh {
                             kv::Operation::Put => match Worker::decode(entry.value) {
                                 Ok(worker) => {
                                     seen.insert(worker.id.clone(), Instant::now());
-                                    FeedEvent::Worker(worker)
+                                    FeedEvent::Worker(worker_view(&caller, worker))
                                 }
                                 Err(_) => continue,
                             },
@@ -757,8 +745,17 @@ impl Mesh {
         Ok(ReceiverStream::new(rx))
     }
 
-    /// Live workers, from their heartbeats.
-    pub async fn workers(&self) -> Result<Vec<Worker>, Error> {
+    /// Live workers, from their heartbeats, as `caller` may see them ([`worker_view`]).
+    pub async fn workers(&self, caller: &Caller) -> Result<Vec<Worker>, Error> {
+        let workers = self.all_workers().await?;
+        Ok(workers
+            .into_iter()
+            .map(|worker| worker_view(caller, worker))
+            .collect())
+    }
+
+    /// Live workers, from their heartbeats, whole: for the gateway's own gauges.
+    async fn all_workers(&self) -> Result<Vec<Worker>, Error> {
         let js = async_nats::jetstream::new(self.nats.clone());
         let bucket = nats::workers_bucket(&js)
             .await
@@ -778,6 +775,136 @@ impl Mesh {
         }
         workers.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(workers)
+    }
+}
+
+/// A worker as `caller` may see it: its last error for admins only. That error is one task's
+/// and may carry another user's URL (query secrets included), file name or blob ids, while
+/// the worker list is shared by every key. The other fields are the worker's own: id, host,
+/// version, slots, counts and times.
+pub fn worker_view(caller: &Caller, mut worker: Worker) -> Worker {
+    if !caller.admin {
+        worker.last_error.clear();
+    }
+    worker
+}
+
+/// [`Mesh::upload`]'s work: `chunks` into storage as a blob described by `meta`.
+async fn put_blob<S>(mut storage: Storage, meta: BlobMeta, chunks: S) -> Result<BlobInfo, Error>
+where
+    S: Stream<Item = Result<Bytes, Error>> + Send,
+{
+    let (tx, rx) = mpsc::channel::<Feed>(4);
+    let put = tokio::spawn(
+        async move {
+            storage
+                .put_blob(put_parts(meta, rx))
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(Error::from)
+        }
+        .in_current_span(),
+    );
+    let answer = |put: tokio::task::JoinHandle<Result<BlobInfo, Error>>| async move {
+        put.await
+            .map_err(|err| Error::internal(format!("uploading to storage: {err}")))?
+    };
+    futures::pin_mut!(chunks);
+    while let Some(chunk) = chunks.next().await {
+        match chunk {
+            Ok(chunk) if chunk.is_empty() => {}
+            Ok(chunk) => {
+                if tx.send(Feed::Chunk(chunk)).await.is_err() {
+                    // Storage ended the call (e.g. over the size limit); its answer says why.
+                    return answer(put).await;
+                }
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "upload aborted");
+                let _ = tx.send(Feed::Abort(err.message.clone())).await;
+                // Storage's answer to an abort is an error that says nothing new; waiting for
+                // it means the partial blob is gone before the client hears why.
+                let _ = answer(put).await;
+                return Err(err);
+            }
+        }
+    }
+    // Fails only when storage ended the call already; then its answer says why.
+    let _ = tx.send(Feed::End).await;
+    answer(put).await
+}
+
+/// What the request side of an upload hands the task that calls storage.
+enum Feed {
+    Chunk(Bytes),
+    /// Every chunk was sent: the upload is whole.
+    End,
+    /// The upload failed on the request side, for this reason: storage drops what it has.
+    Abort(String),
+}
+
+/// The messages of one PutBlob call: `meta`, each chunk fed, then a normal end of stream
+/// after [`Feed::End`], or an abort part when the feed fails or its sender goes away without
+/// an end (the request's future was dropped). Never a truncated blob, never a reset stream.
+fn put_parts(
+    meta: BlobMeta,
+    feed: mpsc::Receiver<Feed>,
+) -> impl Stream<Item = PutBlobRequest> + Send + 'static {
+    let message = |part| PutBlobRequest { part: Some(part) };
+    let abort = move |reason: &str| {
+        message(Part::Abort(BlobAbort {
+            reason: reason.to_string(),
+        }))
+    };
+    let parts = futures::stream::unfold(Some(feed), move |feed| async move {
+        let mut feed = feed?;
+        match feed.recv().await {
+            Some(Feed::Chunk(chunk)) => Some((message(Part::Chunk(chunk.to_vec())), Some(feed))),
+            Some(Feed::End) => None,
+            Some(Feed::Abort(reason)) => Some((abort(&reason), None)),
+            None => Some((abort("the client went away"), None)),
+        }
+    });
+    futures::stream::once(async move { message(Part::Meta(meta)) }).chain(parts)
+}
+
+/// A channel whose calls each run to their answer's head in a task of their own, so a
+/// request future dropped mid-call (its client hung up) does not reset the call's HTTP/2
+/// stream before the peer has taken it up: hyper's guard against reset floods counts exactly
+/// those, and closes the connection every user's calls share once there are too many. A
+/// stream dropped later (a download whose client left) is still reset, which the guard
+/// does not count.
+#[derive(Debug, Clone)]
+pub struct Detached<S>(S);
+
+impl<S> Detached<S> {
+    pub fn new(inner: S) -> Self {
+        Detached(inner)
+    }
+}
+
+impl<S, B> tower::Service<axum::http::Request<B>> for Detached<S>
+where
+    S: tower::Service<axum::http::Request<B>>,
+    S::Response: Send + 'static,
+    S::Error: Into<tower::BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = tower::BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, tower::BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        // Called here, in the caller's span, so the trace context goes with the request.
+        let call = self.0.call(request);
+        let task = tokio::spawn(
+            async move { call.await.map_err(Into::<tower::BoxError>::into) }.in_current_span(),
+        );
+        Box::pin(async move { task.await? })
     }
 }
 
@@ -869,7 +996,7 @@ where
 /// Writes the bundle of `job` into `tx`; stops quietly when the client goes away.
 async fn write_bundle(
     job: Job,
-    mut storage: StorageClient<Channel>,
+    mut storage: Storage,
     tx: &mpsc::Sender<Result<Bytes, Error>>,
 ) -> Result<(), Error> {
     let send = |bytes: Bytes| async move {
@@ -959,7 +1086,7 @@ pub enum FeedEvent {
 
 /// One watcher's position in a job's history.
 struct Watch {
-    storage: StorageClient<Channel>,
+    storage: Storage,
     request: JobRequest,
     /// The version of the last event sent.
     last: u64,
@@ -1117,6 +1244,186 @@ mod tests {
             with_errors
         );
         assert_eq!(state_of(&[(Completed, 0, 0), (Completed, 0, 0)]), Completed);
+    }
+
+    /// What the fake storage saw of a PutBlob call, message by message.
+    #[derive(Debug, PartialEq)]
+    enum Seen {
+        Meta {
+            owner: String,
+        },
+        Chunk(Vec<u8>),
+        Abort(String),
+        /// The request stream ended: normally, or after a reset.
+        End,
+        /// The sender reset the request stream. tonic reads a reset with CANCEL, which is
+        /// what hyper sends for a dropped call, as a normal end of the stream, so storage
+        /// could take a cut-off blob as whole: the reset is seen on the body, below tonic.
+        Reset,
+    }
+
+    /// A storage that answers PutBlob only, as storage does: a blob for an upload that ends,
+    /// an error for one that is aborted. It reports every message as it arrives.
+    async fn fake_storage() -> (Storage, mpsc::UnboundedReceiver<Seen>) {
+        let (seen_tx, seen) = mpsc::unbounded_channel();
+        let resets = seen_tx.clone();
+        let put = tower::service_fn(
+            move |request: tonic::Request<tonic::Streaming<PutBlobRequest>>| {
+                let seen = seen_tx.clone();
+                async move {
+                    let mut parts = request.into_inner();
+                    let (mut size, mut aborted) = (0, false);
+                    loop {
+                        let part = match parts.message().await {
+                            Ok(Some(message)) => message.part,
+                            Ok(None) => break,
+                            Err(status) => return Err(status),
+                        };
+                        let _ = seen.send(match part {
+                            Some(Part::Meta(meta)) => Seen::Meta { owner: meta.owner },
+                            Some(Part::Chunk(chunk)) => {
+                                size += chunk.len() as u64;
+                                Seen::Chunk(chunk)
+                            }
+                            Some(Part::Abort(abort)) => {
+                                aborted = true;
+                                Seen::Abort(abort.reason)
+                            }
+                            None => continue,
+                        });
+                    }
+                    let _ = seen.send(Seen::End);
+                    if aborted {
+                        return Err(tonic::Status::aborted("upload aborted"));
+                    }
+                    Ok(tonic::Response::new(BlobInfo {
+                        id: "blob".into(),
+                        size_bytes: size,
+                        ..Default::default()
+                    }))
+                }
+            },
+        );
+        let route = move |request: axum::extract::Request| {
+            let put = put.clone();
+            let seen = resets.clone();
+            let request = request.map(|body| {
+                axum::body::Body::new(http_body_util::BodyExt::map_err(body, move |err| {
+                    let _ = seen.send(Seen::Reset);
+                    err
+                }))
+            });
+            async move {
+                let codec = tonic_prost::ProstCodec::<BlobInfo, PutBlobRequest>::default();
+                let mut grpc = tonic::server::Grpc::new(codec);
+                grpc.client_streaming(put, request)
+                    .await
+                    .map(axum::body::Body::new)
+            }
+        };
+        let app =
+            axum::Router::new().route("/pixelmesh.v1.Storage/PutBlob", axum::routing::post(route));
+        let url = crate::protect::testing::serve(app).await;
+        let channel = pixelmesh_common::grpc::channel(&url).expect("a channel");
+        (StorageClient::new(Detached::new(channel)), seen)
+    }
+
+    fn alice() -> BlobMeta {
+        BlobMeta {
+            max_bytes: 0,
+            owner: "alice".into(),
+        }
+    }
+
+    async fn next(seen: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
+        tokio::time::timeout(Duration::from_secs(10), seen.recv())
+            .await
+            .expect("storage saw more in time")
+            .expect("storage is up")
+    }
+
+    #[tokio::test]
+    async fn an_upload_goes_to_storage_whole_and_ends_cleanly() {
+        let (storage, mut seen) = fake_storage().await;
+        let chunks = ["ab", "", "cd"].map(|chunk| Ok(Bytes::from(chunk)));
+        let blob = put_blob(storage, alice(), futures::stream::iter(chunks))
+            .await
+            .expect("stored");
+        assert_eq!(blob.size_bytes, 4);
+        for expected in [
+            Seen::Meta {
+                owner: "alice".into(),
+            },
+            Seen::Chunk(b"ab".to_vec()),
+            Seen::Chunk(b"cd".to_vec()),
+            Seen::End,
+        ] {
+            assert_eq!(next(&mut seen).await, expected);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_upload_is_aborted_at_storage_not_cut_off() {
+        let (storage, mut seen) = fake_storage().await;
+        let chunks = [Ok(Bytes::from("ab")), Err(Error::invalid("the body broke"))];
+        let err = put_blob(storage, alice(), futures::stream::iter(chunks))
+            .await
+            .expect_err("a broken body stored");
+        assert_eq!(err.code, ErrorCode::InvalidArgument, "the body's error");
+        assert_eq!(err.message, "the body broke");
+        assert!(matches!(next(&mut seen).await, Seen::Meta { .. }));
+        assert_eq!(next(&mut seen).await, Seen::Chunk(b"ab".to_vec()));
+        assert_eq!(next(&mut seen).await, Seen::Abort("the body broke".into()));
+        assert_eq!(next(&mut seen).await, Seen::End, "ended, not reset");
+    }
+
+    #[tokio::test]
+    async fn an_upload_dropped_mid_way_is_aborted_and_the_connection_serves_on() {
+        let (storage, mut seen) = fake_storage().await;
+        let (tx, rx) = mpsc::channel::<Result<Bytes, Error>>(1);
+        let upload = tokio::spawn(put_blob(storage.clone(), alice(), ReceiverStream::new(rx)));
+        tx.send(Ok(Bytes::from("ab")))
+            .await
+            .expect("the upload reads");
+        assert!(matches!(next(&mut seen).await, Seen::Meta { .. }));
+        assert_eq!(next(&mut seen).await, Seen::Chunk(b"ab".to_vec()));
+        // What hyper does with a request future when its HTTP/1 client hangs up.
+        upload.abort();
+        assert!(upload.await.expect_err("dropped").is_cancelled());
+        assert_eq!(
+            next(&mut seen).await,
+            Seen::Abort("the client went away".into())
+        );
+        assert_eq!(next(&mut seen).await, Seen::End, "ended, not reset");
+        drop(tx);
+
+        // The same connection carries the next upload.
+        let chunks = futures::stream::iter([Ok(Bytes::from("xyz"))]);
+        let blob = put_blob(storage, alice(), chunks).await.expect("stored");
+        assert_eq!(blob.size_bytes, 3);
+    }
+
+    #[test]
+    fn only_admins_see_a_workers_last_error() {
+        let worker = Worker {
+            id: "w-1".into(),
+            failed: 3,
+            last_error: "fetching https://example.com/a.jpg?token=secret: 404".into(),
+            ..Default::default()
+        };
+        let alice = Caller {
+            key: Some("alice".into()),
+            admin: false,
+        };
+        let seen = worker_view(&alice, worker.clone());
+        assert_eq!(seen.last_error, "");
+        assert_eq!((seen.id.as_str(), seen.failed), ("w-1", 3));
+        let root = Caller {
+            key: Some("root".into()),
+            admin: true,
+        };
+        assert_eq!(worker_view(&root, worker.clone()), worker);
+        assert_eq!(worker_view(&Caller::open(), worker.clone()), worker);
     }
 
     #[tokio::test]

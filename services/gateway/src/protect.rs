@@ -1,5 +1,5 @@
 //! The layers in front of everything: request ids, compression, api keys, a per-client rate
-//! limit, body caps, load shedding and timeouts.
+//! limit, body caps, load shedding, idle bodies and timeouts.
 //!
 //! One stack sees gRPC and REST alike (they share the port), so each refusal is answered in
 //! the caller's protocol from one [`Error`]: REST gets the JSON body of
@@ -14,14 +14,25 @@
 //! 4. **rate limit** — a token bucket per key (per client address when the gateway runs
 //!    open), before anything costly: a flood from one key is refused without taking a slot;
 //! 5. **body cap** — small bodies everywhere but the two routes that stream uploads;
-//! 6. **load shedding** — at most N requests in handlers; one more is refused at once with
-//!    `503` + `Retry-After` (gRPC `UNAVAILABLE`) instead of queueing. A slot is held until
-//!    the response head is ready, so watch streams and downloads do not hold one;
-//! 7. **timeout** — for calls that answer in one piece; never event streams, downloads,
+//! 6. **load shedding** — two pools of slots: *transfers* (submits and uploads: REST
+//!    `POST /api/v1/jobs` and `POST /api/v1/uploads`, gRPC `UploadImage`, `UploadArchive`,
+//!    `SubmitJob`, `SubmitBatch`) and everything else, so a flood of uploads never sheds a
+//!    status read, an event stream or a download. A full pool refuses at once with `503` +
+//!    `Retry-After` (gRPC `UNAVAILABLE`) instead of queueing. A transfer also counts against
+//!    its key's limit (per client address when open): one over it gets `429` + `Retry-After`
+//!    (gRPC `RESOURCE_EXHAUSTED`), so one key cannot hold the whole transfer pool. A slot
+//!    is held until the response head is ready: a transfer holds it for its whole upload,
+//!    while watch streams and downloads give it back once they start streaming;
+//! 7. **idle bodies** — a request body that delivers no byte for the idle time while its
+//!    reader waits fails the read, and the request is answered `408` (gRPC
+//!    `DEADLINE_EXCEEDED`). The handler sees the failed read like a broken connection, so an
+//!    upload in progress is aborted at storage and its slot comes free. Only time spent
+//!    waiting on the client counts, never time the gateway spends passing bytes on;
+//! 8. **timeout** — for calls that answer in one piece; never event streams, downloads,
 //!    submits, uploads or streaming gRPC methods.
 //!
-//! `/healthz` and the gRPC health service pass the rate limit and load shedding, so probes
-//! answer truthfully while the gateway is saturated.
+//! `/healthz`, `/metrics` and the gRPC health service pass the rate limit, load shedding and
+//! the idle limit, so probes answer truthfully while the gateway is saturated.
 //!
 //! These are axum middleware functions rather than tower's `ConcurrencyLimit`/`LoadShed`/
 //! `Timeout`: the stack is applied with `Router::layer`, which gives every route its own copy
@@ -34,8 +45,15 @@
 
 use std::{
     collections::HashMap,
+    fmt,
+    future::Future as _,
     net::{IpAddr, Ipv6Addr, SocketAddr},
-    sync::{Arc, Mutex},
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
@@ -47,8 +65,10 @@ use axum::{
     middleware::{Next, from_fn, from_fn_with_state},
     response::{IntoResponse, Response},
 };
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
 use pixelmesh_proto::{Error, ErrorCode};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_http::compression::{CompressionLayer, Predicate as _, predicate::SizeAbove};
 use tracing::Instrument as _;
 
@@ -81,12 +101,28 @@ const GRPC_LONG_LIVED: &[&str] = &[
     "/pixelmesh.v1.Gateway/DownloadOutputs",
     "/grpc.health.v1.Health/Watch",
 ];
+/// gRPC methods that carry uploads or submits: they take a transfer slot, as REST's
+/// [`streams_request_body`] routes do.
+const GRPC_TRANSFERS: &[&str] = &[
+    "/pixelmesh.v1.Gateway/UploadImage",
+    "/pixelmesh.v1.Gateway/UploadArchive",
+    "/pixelmesh.v1.Gateway/SubmitJob",
+    "/pixelmesh.v1.Gateway/SubmitBatch",
+];
 
 /// The protection settings, from [`Settings`].
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Requests in handlers at once; 0 means no limit.
+    /// Requests other than transfers in handlers at once; 0 means no limit.
     pub max_concurrent_requests: usize,
+    /// Transfers (submits and uploads) in handlers at once; 0 means no limit.
+    pub max_concurrent_uploads: usize,
+    /// Transfers one key (or, open, one client) may have in handlers at once; 0 means no
+    /// limit.
+    pub max_uploads_per_key: usize,
+    /// Longest a request body may deliver nothing while its reader waits; `None` means no
+    /// limit.
+    pub body_idle_timeout: Option<Duration>,
     /// Requests per second per client, refilled continuously; 0 means no rate limit.
     pub rate_limit_per_second: f64,
     /// Requests a client may make at once before the rate applies.
@@ -101,6 +137,10 @@ impl Limits {
     pub fn from_settings(settings: &Settings) -> Self {
         Limits {
             max_concurrent_requests: settings.max_concurrent_requests,
+            max_concurrent_uploads: settings.max_concurrent_uploads,
+            max_uploads_per_key: settings.max_uploads_per_key,
+            body_idle_timeout: (settings.body_idle_timeout_secs > 0)
+                .then(|| Duration::from_secs(settings.body_idle_timeout_secs)),
             rate_limit_per_second: settings.rate_limit_per_second,
             rate_limit_burst: settings.rate_limit_burst,
             request_timeout: (settings.request_timeout_secs > 0)
@@ -123,9 +163,12 @@ pub fn protect(app: Router, limits: &Limits, keys: Arc<ApiKeys>) -> Router {
     if let Some(timeout) = limits.request_timeout {
         app = app.layer(from_fn_with_state(timeout, time_limit));
     }
-    if limits.max_concurrent_requests > 0 {
-        let slots = limits.max_concurrent_requests.min(Semaphore::MAX_PERMITS);
-        app = app.layer(from_fn_with_state(Arc::new(Semaphore::new(slots)), shed));
+    if let Some(idle) = limits.body_idle_timeout {
+        app = app.layer(from_fn_with_state(idle, idle_bodies));
+    }
+    let slots = Slots::new(limits);
+    if !slots.is_unlimited() {
+        app = app.layer(from_fn_with_state(Arc::new(slots), shed));
     }
     app = app.layer(from_fn_with_state(limits.max_body_bytes, cap_body));
     if let Some(limiter) = RateLimiter::new(
@@ -161,6 +204,14 @@ fn is_health(path: &str) -> bool {
 /// own limits apply (`--max-request-bytes`, `--max-upload-bytes`), not the body cap.
 fn streams_request_body(method: &Method, path: &str) -> bool {
     method == Method::POST && (path == "/api/v1/jobs" || path == "/api/v1/uploads")
+}
+
+/// Submits and uploads: they take a transfer slot and count against their key's limit. By
+/// path alone, whatever the content type claims, so no header moves a transfer into the
+/// other pool.
+fn is_transfer(request: &Request) -> bool {
+    let path = request.uri().path();
+    streams_request_body(request.method(), path) || GRPC_TRANSFERS.contains(&path)
 }
 
 /// Calls whose answer or request is a long stream: event streams, downloads, submits and
@@ -246,17 +297,296 @@ fn compressible(_: StatusCode, _: Version, headers: &HeaderMap, _: &Extensions) 
     }
 }
 
-async fn shed(State(slots): State<Arc<Semaphore>>, request: Request, next: Next) -> Response {
+async fn shed(State(slots): State<Arc<Slots>>, request: Request, next: Next) -> Response {
     if is_health(request.uri().path()) {
         return next.run(request).await;
     }
+    let grpc = is_grpc(&request);
     // Taken without waiting, dropped when the handler has produced the response head.
-    let Ok(_slot) = slots.try_acquire_owned() else {
-        tracing::debug!("shedding load: every request slot is taken");
-        let err = Error::unavailable("the gateway is at capacity, retry shortly");
-        return retry_later(is_grpc(&request), err, 1);
+    if !is_transfer(&request) {
+        let Ok(_slot) = slots.requests.try_take() else {
+            tracing::debug!("shedding load: every request slot is taken");
+            return at_capacity(grpc);
+        };
+        return next.run(request).await;
+    }
+    // The key's own limit first: a key at its limit is told so, whatever the pool holds.
+    let _key_slot = match &slots.per_key {
+        Some(per_key) => {
+            let client = ClientKey::of(&request);
+            match per_key.try_take(&client) {
+                Some(slot) => Some(slot),
+                None => {
+                    tracing::debug!(client = ?client, max = per_key.max, "too many transfers from one client");
+                    let err = Error::new(
+                        ErrorCode::RateLimited,
+                        format!(
+                            "too many uploads and submits at once for this key or client: at most {}, retry when one ends",
+                            per_key.max
+                        ),
+                    );
+                    return retry_later(grpc, err, 1);
+                }
+            }
+        }
+        None => None,
+    };
+    let Ok(_slot) = slots.transfers.try_take() else {
+        tracing::debug!("shedding load: every transfer slot is taken");
+        return at_capacity(grpc);
     };
     next.run(request).await
+}
+
+fn at_capacity(grpc: bool) -> Response {
+    let err = Error::unavailable("the gateway is at capacity, retry shortly");
+    retry_later(grpc, err, 1)
+}
+
+/// The slots requests hold while in handlers: one pool for transfers, one for the rest, and
+/// each key's count of transfers.
+struct Slots {
+    requests: Pool,
+    transfers: Pool,
+    per_key: Option<Arc<KeySlots>>,
+}
+
+impl Slots {
+    fn new(limits: &Limits) -> Self {
+        Slots {
+            requests: Pool::new(limits.max_concurrent_requests),
+            transfers: Pool::new(limits.max_concurrent_uploads),
+            per_key: (limits.max_uploads_per_key > 0)
+                .then(|| Arc::new(KeySlots::new(limits.max_uploads_per_key))),
+        }
+    }
+
+    fn is_unlimited(&self) -> bool {
+        self.requests.0.is_none() && self.transfers.0.is_none() && self.per_key.is_none()
+    }
+}
+
+/// A pool of slots; `None` means no limit.
+struct Pool(Option<Arc<Semaphore>>);
+
+impl Pool {
+    fn new(slots: usize) -> Self {
+        Pool((slots > 0).then(|| Arc::new(Semaphore::new(slots.min(Semaphore::MAX_PERMITS)))))
+    }
+
+    /// A slot, taken without waiting (`Ok(None)` when there is no limit), or `Err` when every
+    /// slot is taken.
+    fn try_take(&self) -> Result<Option<OwnedSemaphorePermit>, ()> {
+        match &self.0 {
+            Some(pool) => pool.clone().try_acquire_owned().map(Some).map_err(|_| ()),
+            None => Ok(None),
+        }
+    }
+}
+
+/// How many transfers each key (or client) has in handlers. A key is in the map only while
+/// it has one, so the map never holds more entries than there are transfers in handlers.
+struct KeySlots {
+    max: usize,
+    counts: Mutex<HashMap<ClientKey, usize>>,
+}
+
+/// One of a key's transfer slots; given back when dropped.
+struct KeySlot {
+    slots: Arc<KeySlots>,
+    client: ClientKey,
+}
+
+impl KeySlots {
+    fn new(max: usize) -> Self {
+        KeySlots {
+            max: max.max(1),
+            counts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<ClientKey, usize>> {
+        self.counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A slot for `client`, or `None` when it holds its limit already.
+    fn try_take(self: &Arc<Self>, client: &ClientKey) -> Option<KeySlot> {
+        let mut counts = self.counts();
+        let count = counts.entry(client.clone()).or_insert(0);
+        // `max` is at least 1, so a refused key had an entry already: nothing to remove.
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(KeySlot {
+            slots: Arc::clone(self),
+            client: client.clone(),
+        })
+    }
+
+    #[cfg(test)]
+    fn clients(&self) -> usize {
+        self.counts().len()
+    }
+}
+
+impl Drop for KeySlot {
+    fn drop(&mut self) {
+        let mut counts = self.slots.counts();
+        if let Some(count) = counts.get_mut(&self.client) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// Wraps every request body (health checks aside) in an [`IdleBody`]; a request whose body
+/// went idle and that the handler then failed is answered as the idle body's refusal,
+/// whatever error the handler made of the failed read (a multipart parse error, a broken
+/// gRPC stream).
+async fn idle_bodies(State(idle): State<Duration>, request: Request, next: Next) -> Response {
+    if is_health(request.uri().path()) {
+        return next.run(request).await;
+    }
+    let grpc = is_grpc(&request);
+    let http1 = request.version() < Version::HTTP_2;
+    let went_idle = Arc::new(AtomicBool::new(false));
+    let request = request.map(|body| Body::new(IdleBody::new(body, idle, went_idle.clone())));
+    let response = next.run(request).await;
+    if went_idle.load(Ordering::Acquire) && is_failure(grpc, &response) {
+        tracing::info!(
+            idle_secs = idle.as_secs_f64(),
+            "request body idle, request failed"
+        );
+        let mut response = idle_response(grpc, idle);
+        if http1 {
+            // The rest of the body was never read: the connection cannot carry another
+            // request. (HTTP/2 ends just this stream, and forbids the header.)
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        return response;
+    }
+    response
+}
+
+/// Whether a response reports a failure: an error status, or a gRPC status other than OK.
+fn is_failure(grpc: bool, response: &Response) -> bool {
+    if grpc {
+        response
+            .headers()
+            .get("grpc-status")
+            .is_some_and(|status| status.as_bytes() != b"0")
+    } else {
+        response.status().is_client_error() || response.status().is_server_error()
+    }
+}
+
+/// The answer to a request whose body went idle: 408 with the JSON error body, or gRPC
+/// DEADLINE_EXCEEDED.
+fn idle_response(grpc: bool, idle: Duration) -> Response {
+    // A slow client is not a slow gateway: 408 tells a client it may send the request again.
+    error_response(
+        grpc,
+        Error::new(ErrorCode::RequestTimeout, BodyIdle(idle).to_string()),
+    )
+}
+
+/// The error an idle body fails with.
+#[derive(Debug, Clone, Copy)]
+struct BodyIdle(Duration);
+
+impl fmt::Display for BodyIdle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "no bytes of the request body for {} s",
+            self.0.as_secs_f64()
+        )
+    }
+}
+
+impl std::error::Error for BodyIdle {}
+
+/// A request body that fails once it has delivered no byte for `idle` while its reader
+/// waited. The clock runs only while a read is pending, from the first pending read after
+/// the last byte: time the handler spends elsewhere (streaming to storage, under its
+/// backpressure) never counts against the client.
+struct IdleBody {
+    inner: Body,
+    idle: Duration,
+    /// Made on the first pending read, then reset: one allocation per body at most.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether `timer` runs: a read is pending and no byte came since it started.
+    waiting: bool,
+    went_idle: Arc<AtomicBool>,
+}
+
+impl IdleBody {
+    fn new(inner: Body, idle: Duration, went_idle: Arc<AtomicBool>) -> Self {
+        IdleBody {
+            inner,
+            idle,
+            timer: None,
+            waiting: false,
+            went_idle,
+        }
+    }
+}
+
+impl HttpBody for IdleBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        if this.went_idle.load(Ordering::Acquire) {
+            // Failed once: stays failed, so no reader mistakes a later poll for more body.
+            return Poll::Ready(Some(Err(axum::Error::new(BodyIdle(this.idle)))));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if frame.data_ref().is_some_and(|data| !data.is_empty()) {
+                    this.waiting = false;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Pending => {
+                let deadline = tokio::time::Instant::now() + this.idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if !this.waiting {
+                    timer.as_mut().reset(deadline);
+                    this.waiting = true;
+                }
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        this.went_idle.store(true, Ordering::Release);
+                        Poll::Ready(Some(Err(axum::Error::new(BodyIdle(this.idle)))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            done => done,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 async fn time_limit(State(limit): State<Duration>, request: Request, next: Next) -> Response {
@@ -471,6 +801,9 @@ pub(crate) mod testing {
     pub fn no_limits() -> super::Limits {
         super::Limits {
             max_concurrent_requests: 0,
+            max_concurrent_uploads: 0,
+            max_uploads_per_key: 0,
+            body_idle_timeout: None,
             rate_limit_per_second: 0.0,
             rate_limit_burst: 1,
             request_timeout: None,
@@ -606,6 +939,280 @@ mod tests {
             .unwrap();
         assert_eq!(job.status(), StatusCode::OK);
         drop(stream);
+    }
+
+    /// A handler that reports each request entering it, then waits for the release.
+    fn held(
+        entered: mpsc::UnboundedSender<()>,
+        released: watch::Receiver<bool>,
+    ) -> impl Fn() -> futures::future::BoxFuture<'static, &'static str> + Clone + Send + Sync + 'static
+    {
+        move || {
+            let entered = entered.clone();
+            let mut released = released.clone();
+            Box::pin(async move {
+                let _ = entered.send(());
+                let _ = released.wait_for(|go| *go).await;
+                "done"
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn uploads_and_other_requests_are_shed_from_their_own_pools() {
+        let (entered_tx, mut entered) = mpsc::unbounded_channel();
+        let (release, released) = watch::channel(false);
+        let hold = held(entered_tx, released);
+        let app = Router::new()
+            .route("/api/v1/uploads", post(hold.clone()))
+            .route("/api/v1/slow", get(hold))
+            .route("/api/v1/jobs", get(|| async { "jobs" }))
+            .route("/pixelmesh.v1.Gateway/UploadImage", post(|| async { "up" }))
+            .route("/pixelmesh.v1.Gateway/ListJobs", post(|| async { "list" }))
+            .route("/healthz", get(|| async { "ok" }));
+        let limits = Limits {
+            max_concurrent_requests: 1,
+            max_concurrent_uploads: 2,
+            ..no_limits()
+        };
+        let base = serve(protect(app, &limits, open())).await;
+        let client = reqwest::Client::new();
+        let upload = || client.post(format!("{base}/api/v1/uploads")).send();
+        let grpc = |method: &str| {
+            client
+                .post(format!("{base}/pixelmesh.v1.Gateway/{method}"))
+                .header(header::CONTENT_TYPE, "application/grpc")
+                .send()
+        };
+
+        let uploads: Vec<_> = (0..2).map(|_| tokio::spawn(upload())).collect();
+        for _ in 0..2 {
+            entered.recv().await.expect("an upload in its handler");
+        }
+        // The upload pool is full: one more upload is shed at once...
+        let refused = at_once(upload()).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(refused.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(json(refused).await["code"], "unavailable");
+        let refused = at_once(grpc("UploadImage")).await.unwrap();
+        assert_eq!(refused.headers()["grpc-status"], "14");
+        // ... and every other request still has its slot.
+        let jobs = at_once(client.get(format!("{base}/api/v1/jobs")).send())
+            .await
+            .unwrap();
+        assert_eq!(jobs.status(), StatusCode::OK);
+        let listed = at_once(grpc("ListJobs")).await.unwrap();
+        assert_eq!(listed.status(), StatusCode::OK);
+        assert!(!listed.headers().contains_key("grpc-status"));
+
+        // The other way round: reads fill their one slot, and uploads do not care.
+        let slow = tokio::spawn(client.get(format!("{base}/api/v1/slow")).send());
+        entered.recv().await.expect("a read in its handler");
+        let refused = at_once(client.get(format!("{base}/api/v1/jobs")).send())
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let health = at_once(client.get(format!("{base}/healthz")).send())
+            .await
+            .unwrap();
+        assert_eq!(health.status(), StatusCode::OK);
+
+        release.send_replace(true);
+        for request in uploads.into_iter().chain([slow]) {
+            let response = request.await.unwrap().unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+        }
+        assert_eq!(upload().await.unwrap().status(), StatusCode::OK);
+        let jobs = client.get(format!("{base}/api/v1/jobs")).send().await;
+        assert_eq!(jobs.unwrap().status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_key_over_its_upload_limit_gets_429_and_other_keys_do_not() {
+        let (entered_tx, mut entered) = mpsc::unbounded_channel();
+        let (release, released) = watch::channel(false);
+        let hold = held(entered_tx, released);
+        let app = Router::new()
+            .route("/api/v1/jobs", post(hold.clone()).get(|| async { "jobs" }))
+            .route("/api/v1/uploads", post(hold))
+            .route("/pixelmesh.v1.Gateway/SubmitJob", post(|| async { "job" }));
+        let limits = Limits {
+            max_concurrent_uploads: 10,
+            max_uploads_per_key: 2,
+            ..no_limits()
+        };
+        let keys = ApiKeys::parse(
+            "alice:alice-secret-0123456789,bob:bob-secret-0123456789",
+            "",
+        )
+        .unwrap();
+        let base = serve(protect(app, &limits, Arc::new(keys))).await;
+        let client = reqwest::Client::new();
+        let alice = "alice-secret-0123456789";
+        let bob = "bob-secret-0123456789";
+        let post = |path: &str, secret: &str| {
+            client
+                .post(format!("{base}{path}"))
+                .bearer_auth(secret)
+                .send()
+        };
+
+        // A submit and an upload: both count against alice's two.
+        let held: Vec<_> = ["/api/v1/jobs", "/api/v1/uploads"]
+            .into_iter()
+            .map(|path| tokio::spawn(post(path, alice)))
+            .collect();
+        for _ in 0..2 {
+            entered.recv().await.expect("a transfer in its handler");
+        }
+        let limited = at_once(post("/api/v1/uploads", alice)).await.unwrap();
+        assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(limited.headers()[header::RETRY_AFTER], "1");
+        let body = json(limited).await;
+        assert_eq!(body["code"], "rate_limited");
+        assert!(
+            body["error"].as_str().unwrap().contains("at most 2"),
+            "{body}"
+        );
+        let grpc = at_once(
+            client
+                .post(format!("{base}/pixelmesh.v1.Gateway/SubmitJob"))
+                .header(header::CONTENT_TYPE, "application/grpc")
+                .bearer_auth(alice)
+                .send(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(grpc.headers()["grpc-status"], "8");
+        // Only transfers count: alice may still read.
+        let read = client
+            .get(format!("{base}/api/v1/jobs"))
+            .bearer_auth(alice)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(read.status(), StatusCode::OK);
+
+        // Bob's own limit is untouched by alice's.
+        let bobs = tokio::spawn(post("/api/v1/uploads", bob));
+        at_once(entered.recv())
+            .await
+            .expect("bob's upload in its handler");
+
+        release.send_replace(true);
+        for request in held.into_iter().chain([bobs]) {
+            let response = request.await.unwrap().unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+        }
+        let again = post("/api/v1/uploads", alice).await.unwrap();
+        assert_eq!(again.status(), StatusCode::OK, "alice's slots came back");
+    }
+
+    #[test]
+    fn key_slots_come_back_and_idle_keys_are_forgotten() {
+        let slots = Arc::new(KeySlots::new(2));
+        let alice = ClientKey::Key("alice".into());
+        let bob = ClientKey::Addr(IpAddr::from([10, 0, 0, 1]));
+        let first = slots.try_take(&alice).expect("alice's first");
+        let second = slots.try_take(&alice).expect("alice's second");
+        assert!(slots.try_take(&alice).is_none(), "alice is at her limit");
+        let bobs = slots.try_take(&bob).expect("bob has his own");
+        assert_eq!(slots.clients(), 2);
+        drop(first);
+        let third = slots.try_take(&alice).expect("a slot came back");
+        drop((second, third, bobs));
+        assert_eq!(slots.clients(), 0, "no entry outlives its last slot");
+    }
+
+    /// A request whose body arrives as the test sends it.
+    fn streamed(path: &str, grpc: bool) -> (mpsc::Sender<Result<Bytes, Infallible>>, Request) {
+        let (tx, rx) = mpsc::channel(8);
+        let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let mut request = Request::builder().method(Method::POST).uri(path);
+        if grpc {
+            request = request.header(header::CONTENT_TYPE, "application/grpc");
+        }
+        (tx, request.body(body).unwrap())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_goes_idle_fails_with_408_and_a_slow_one_does_not() {
+        // The clock is paused: it jumps to the next timer whenever every task waits, so the
+        // idle second passes as soon as nothing else can happen.
+        let read = |request: Request| async move {
+            let grpc = is_grpc(&request);
+            match axum::body::to_bytes(request.into_body(), usize::MAX).await {
+                Ok(bytes) => bytes.len().to_string().into_response(),
+                // As handlers do with a broken body: their own error, which the layer replaces.
+                Err(_) if grpc => tonic::Status::internal("broken").into_http::<Body>(),
+                Err(_) => StatusCode::BAD_REQUEST.into_response(),
+            }
+        };
+        let late_reader = |request: Request| async move {
+            // Busy elsewhere (storage, say) for longer than the idle time before reading.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let bytes = axum::body::to_bytes(request.into_body(), usize::MAX).await;
+            bytes
+                .map(|b| b.len().to_string())
+                .map_err(|_| StatusCode::BAD_REQUEST)
+        };
+        let app = Router::new()
+            .route("/api/v1/uploads", post(read))
+            .route("/pixelmesh.v1.Gateway/UploadImage", post(read))
+            .route("/api/v1/jobs", post(late_reader));
+        let limits = Limits {
+            body_idle_timeout: Some(Duration::from_secs(1)),
+            ..no_limits()
+        };
+        let app = protect(app, &limits, open());
+        let chunk = || Ok(Bytes::from_static(b"0123456789"));
+
+        // Ten bytes, then nothing: failed a second after the last byte.
+        let (tx, request) = streamed("/api/v1/uploads", false);
+        tx.send(chunk()).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let response = app.clone().oneshot(request).await.unwrap();
+        let waited = started.elapsed();
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+        assert!(
+            waited >= Duration::from_secs(1) && waited < Duration::from_secs(2),
+            "{waited:?}"
+        );
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["code"], "request_timeout");
+        assert!(body["error"].as_str().unwrap().contains("1 s"), "{body}");
+        drop(tx);
+
+        let (tx, request) = streamed("/pixelmesh.v1.Gateway/UploadImage", true);
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.headers()["grpc-status"], "4");
+        drop(tx);
+
+        // A byte every 0.6 s never leaves the body idle for a second.
+        let (tx, request) = streamed("/api/v1/uploads", false);
+        let trickle = tokio::spawn(async move {
+            for _ in 0..5 {
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                tx.send(chunk()).await.unwrap();
+            }
+        });
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        assert_eq!(&body[..], b"50");
+        trickle.await.unwrap();
+
+        // A body sent whole and read late: the handler's own time is not the client's.
+        let (tx, request) = streamed("/api/v1/jobs", false);
+        tx.send(chunk()).await.unwrap();
+        drop(tx);
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
     }
 
     #[tokio::test]

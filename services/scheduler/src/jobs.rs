@@ -1,31 +1,53 @@
-//! Job lifecycle: submit, cancel, and resuming what a previous scheduler left unfinished.
+//! Job lifecycle: submit, cancel, and reconciling what a previous scheduler left unfinished.
 //!
 //! The scheduler holds no state: storage has the jobs, JetStream has the queued tasks and
-//! the unrecorded results. A job is persisted `queued` before any task is published and
-//! marked `running` once every task is; a scheduler that dies in between re-publishes the
-//! job's pending tasks on start, and JetStream's `Nats-Msg-Id` dedup drops the repeats.
+//! the unrecorded results.
+//!
+//! **A submit is all or nothing.** The job is persisted `queued` and *provisional*, its tasks
+//! are published, then marking it `running` confirms it; only then is the client answered.
+//! A submit that fails (or takes longer than [`SUBMIT_TIMEOUT`]) abandons the job: its tasks
+//! are purged and storage removes it, so a client told "no" never finds the job running
+//! later and may resubmit without making a duplicate. If storage cannot be reached to
+//! abandon it, the job stays provisional, which nothing runs, and reconciliation
+//! ([`crate::reconcile`]) removes it. Workers may start a provisional job's tasks early;
+//! their results are recorded once, or dropped with the job.
 
 use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::{StreamExt, TryStreamExt, stream};
-use pixelmesh_common::{grpc::Channel, nats, telemetry};
-use pixelmesh_filter::ops::{Op, Pipeline};
+use pixelmesh_common::{grpc::Channel, nats, telemetry, time::now_ms};
+use pixelmesh_filter::{
+    budget::Budget,
+    ops::{Op, Pipeline},
+    tiles::Policy,
+};
 use pixelmesh_proto::{
     Error, ErrorCode,
     v1::{
-        CreateJobRequest, GetBlobRequest, ImageState, Job, JobEvent, JobRequest, JobState,
-        ListUnfinishedJobsRequest, RecordResultRequest, SubmitJobRequest, Task, TaskResult, Tiling,
-        storage_client::StorageClient, task, task_result::Outcome,
+        BlobInfo, CheckBlobsRequest, CreateJobRequest, ImageState, Job, JobEvent, JobRequest,
+        JobState, ListUnfinishedJobsRequest, RecordResultRequest, RequeueImagesRequest,
+        SubmitJobRequest, Task, TaskResult, Tiling, storage_client::StorageClient, task,
+        task_result::Outcome,
     },
 };
 use prost::Message as _;
 use tracing::Instrument as _;
 
-use crate::Settings;
+use crate::{
+    Settings,
+    reconcile::{self, Queue, Queued},
+};
 
-/// Tasks published (or blobs checked) at once for one job.
+/// Tasks published at once for one job.
 const PUBLISH_CONCURRENCY: usize = 64;
+/// Longest a submit may take from creating the job to confirming it; past it the job is
+/// abandoned and the client told so. Below [`reconcile::PROVISIONAL_TTL`], so reconciliation
+/// never abandons a submit still in progress.
+pub const SUBMIT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an abandon is retried while storage is unreachable; reconciliation takes over
+/// after that.
+const ABANDON_RETRY_FOR: Duration = Duration::from_secs(600);
 /// The longest image name kept; names are labels, not paths.
 const MAX_NAME_LEN: usize = 255;
 
@@ -83,12 +105,19 @@ impl Jobs {
                 )));
             }
         }
-        self.check_blobs_exist(&request).await?;
-        self.check_logos_exist(&pipeline).await?;
+        // Refused before anything is stored: a submit that cannot queue its tasks would only
+        // leave a job to abandon.
+        if self.nats.connection_state() != async_nats::connection::State::Connected {
+            return Err(Error::unavailable(
+                "the task queue is unreachable, nothing was submitted: retry shortly",
+            ));
+        }
+        let blobs = self.check_blobs(&request, &pipeline).await?;
+        self.check_budget(&request, &pipeline, tiling, &blobs)?;
 
         let id = ulid::Ulid::new().to_string();
         let span = tracing::info_span!("submit_job", otel.name = "submit job", job = %id);
-        async {
+        let submitted = tokio::time::timeout(SUBMIT_TIMEOUT, async {
             let job = self
                 .storage
                 .clone()
@@ -102,105 +131,198 @@ impl Jobs {
                 })
                 .await?
                 .into_inner();
-            metrics::counter!("pixelmesh_jobs_submitted_total").increment(1);
-            metrics::counter!("pixelmesh_images_submitted_total")
-                .increment(job.images.len() as u64);
             tracing::info!(images = job.images.len(), "job created");
             self.dispatch(job).await
-        }
-        .instrument(span)
+        })
+        .instrument(span.clone())
         .await
+        .unwrap_or_else(|_| {
+            Err(Error::new(
+                ErrorCode::DeadlineExceeded,
+                format!(
+                    "the submit took over {} s, nothing was submitted: retry shortly",
+                    SUBMIT_TIMEOUT.as_secs()
+                ),
+            ))
+        });
+        match submitted {
+            Ok(job) => {
+                metrics::counter!("pixelmesh_jobs_submitted_total").increment(1);
+                metrics::counter!("pixelmesh_images_submitted_total")
+                    .increment(job.images.len() as u64);
+                Ok(job)
+            }
+            Err(err) => {
+                tracing::warn!(parent: &span, error = %err, "submit failed, abandoning the job");
+                self.abandon(&id).instrument(span).await;
+                Err(err)
+            }
+        }
     }
 
-    /// Every input must name a blob that storage has, so a typo fails the submit, not the job.
-    async fn check_blobs_exist(&self, request: &SubmitJobRequest) -> Result<(), Error> {
-        // URL inputs are fetched by the workers; storage checks their form.
-        let blobs = request
+    /// Removes a job whose submit failed: its queued tasks, then its records. While storage
+    /// is unreachable this retries in the background for a while; the job stays provisional
+    /// meanwhile, which nothing runs, and reconciliation removes it if this gives up.
+    async fn abandon(&self, id: &str) {
+        self.purge_tasks(id).await;
+        let request = JobRequest { id: id.to_string() };
+        if self
+            .storage
+            .clone()
+            .abandon_job(request.clone())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        let storage = self.storage.clone();
+        let id = id.to_string();
+        tokio::spawn(
+            async move {
+                let deadline = tokio::time::Instant::now() + ABANDON_RETRY_FOR;
+                let mut delay = Duration::from_millis(200);
+                while tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(delay).await;
+                    match storage.clone().abandon_job(request.clone()).await {
+                        Ok(_) => {
+                            tracing::info!(job = %id, "abandoned job removed");
+                            return;
+                        }
+                        Err(status) => {
+                            tracing::debug!(job = %id, error = %status.message(), "abandon failed, retrying");
+                        }
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+                tracing::warn!(job = %id, "could not remove abandoned job: reconciliation will");
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// Every input whose size storage read from its header must fit the per-image budget,
+    /// estimated from that size and the pipeline's ops: what cannot fit is refused before
+    /// anything is queued, naming the image, the limit and the costliest stage. URL inputs are
+    /// checked the same way by their worker once it has read their header.
+    fn check_budget(
+        &self,
+        request: &SubmitJobRequest,
+        pipeline: &Pipeline,
+        tiling: Tiling,
+        blobs: &[Option<BlobInfo>],
+    ) -> Result<(), Error> {
+        let budget = Budget {
+            max_memory_bytes: self.settings.max_image_memory_bytes,
+            max_cpu_ms: self.settings.max_image_cpu_secs.saturating_mul(1000),
+        };
+        let policy = Policy {
+            mode: tiling,
+            above_pixels: self.settings.tile_above_pixels,
+            tile_size: self.settings.tile_size,
+        };
+        for (i, (input, blob)) in request.inputs.iter().zip(blobs).enumerate() {
+            let Some(blob) = blob
+                .as_ref()
+                .filter(|blob| blob.width > 0 && blob.height > 0)
+            else {
+                continue;
+            };
+            let pixels = u64::from(blob.width) * u64::from(blob.height);
+            let estimate = policy.estimate(pipeline, pixels, |pipeline| {
+                pipeline.estimate(blob.width, blob.height, blob.bytes_per_pixel)
+            });
+            budget
+                .check(&estimate)
+                .map_err(|err| Error::too_large(format!("input {i} ({}): {err}", input.name)))?;
+        }
+        Ok(())
+    }
+
+    /// Every blob input and logo must be a stored blob that the submitting key may use (it
+    /// uploaded it, or a job of its produced it; an admin may use any). One that is missing
+    /// or someone else's fails the submit, naming the input, without telling which.
+    async fn check_blobs(
+        &self,
+        request: &SubmitJobRequest,
+        pipeline: &Pipeline,
+    ) -> Result<Vec<Option<BlobInfo>>, Error> {
+        // What each checked id is called in an error: an input, or a watermark's logo.
+        let mut named: Vec<(String, String)> = request
             .inputs
             .iter()
             .enumerate()
-            .filter(|(_, input)| input.url.is_empty());
-        stream::iter(
-            blobs
-                .map(|(i, input)| (i, input.clone()))
-                .collect::<Vec<_>>(),
-        )
-        .map(|(i, input)| {
-            let what = format!("input {i} ({})", input.name);
-            self.check_blob_exists(input.blob_id, what)
-        })
-        .buffer_unordered(PUBLISH_CONCURRENCY)
-        .try_collect::<Vec<_>>()
-        .await?;
-        Ok(())
-    }
-
-    /// Every watermark's logo must be a stored blob, so a wrong id fails the submit, not each
-    /// image. Whether it decodes is up to the workers: a logo that does not fails the images.
-    async fn check_logos_exist(&self, pipeline: &Pipeline) -> Result<(), Error> {
+            .filter(|(_, input)| input.url.is_empty())
+            .map(|(i, input)| (input.blob_id.clone(), format!("input {i} ({})", input.name)))
+            .collect();
         for (i, op) in pipeline.ops().iter().enumerate() {
             if let Op::Watermark(watermark) = op {
-                let what = format!("op {} (watermark): logo", i + 1);
-                self.check_blob_exists(watermark.logo().to_string(), what)
-                    .await?;
+                named.push((
+                    watermark.logo().to_string(),
+                    format!("op {} (watermark): logo", i + 1),
+                ));
             }
         }
-        Ok(())
-    }
-
-    /// Storage's answer for blob `id`, its refusals prefixed with `what` refers to it.
-    async fn check_blob_exists(&self, id: String, what: String) -> Result<(), Error> {
-        self.storage
+        if named.is_empty() {
+            return Ok(vec![None; request.inputs.len()]);
+        }
+        let checked = self
+            .storage
             .clone()
-            .stat_blob(GetBlobRequest { id })
-            .await
-            .map(drop)
-            .map_err(|status| {
-                let err = Error::from(status);
-                match err.code {
-                    ErrorCode::NotFound | ErrorCode::InvalidArgument => {
-                        Error::new(err.code, format!("{what}: {}", err.message))
-                    }
-                    _ => err,
+            .check_blobs(CheckBlobsRequest {
+                ids: named.iter().map(|(id, _)| id.clone()).collect(),
+                owner: request.owner.clone(),
+                admin: request.admin,
+            })
+            .await?
+            .into_inner()
+            .blobs;
+        if checked.len() != named.len() {
+            return Err(Error::internal("storage answered a blob check partly"));
+        }
+        if let Some(((id, what), _)) = named
+            .iter()
+            .zip(&checked)
+            .find(|(_, info)| info.id.is_empty())
+        {
+            let shown: String = id.chars().take(80).collect();
+            return Err(Error::not_found(format!("{what}: blob {shown} not found")));
+        }
+        let mut found = checked.into_iter();
+        Ok(request
+            .inputs
+            .iter()
+            .map(|input| {
+                if input.url.is_empty() {
+                    found.next()
+                } else {
+                    None
                 }
             })
+            .collect())
     }
 
     /// Publishes the pending images' tasks and marks the job running.
     async fn dispatch(&self, mut job: Job) -> Result<Job, Error> {
-        let summary = job.summary.clone().unwrap_or_default();
+        let id = job
+            .summary
+            .as_ref()
+            .map(|s| s.id.clone())
+            .unwrap_or_default();
         let generation = job.generation;
-        let tasks: Vec<Task> = job
+        let tasks: Vec<(Task, String)> = job
             .images
             .iter()
             .filter(|image| image.state() == ImageState::Pending)
-            .map(|image| Task {
-                job_id: summary.id.clone(),
-                index: image.index,
-                input_blob_id: image.input_blob_id.clone(),
-                url: image.url.clone(),
-                name: image.name.clone(),
-                pipeline: job.pipeline.clone(),
-                tiling: job.tiling,
-                tile_above_pixels: self.settings.tile_above_pixels,
-                tile_size: self.settings.tile_size,
-                stage: None,
+            .map(|image| {
+                let task_id = nats::task_id(&id, image.index, generation);
+                (self.image_task(&job, image.index), task_id)
             })
             .collect();
-        stream::iter(tasks)
-            .map(|task| {
-                let id = nats::task_id(&task.job_id, task.index, generation);
-                self.publish_task(task, id)
-            })
-            .buffer_unordered(PUBLISH_CONCURRENCY)
-            .try_collect::<Vec<()>>()
-            .await?;
+        self.publish_tasks(tasks).await?;
         let summary = self
             .storage
             .clone()
-            .mark_job_running(JobRequest {
-                id: summary.id.clone(),
-            })
+            .mark_job_running(JobRequest { id: id.clone() })
             .await?
             .into_inner();
         tracing::info!(job = %summary.id, "job dispatched");
@@ -210,7 +332,41 @@ impl Jobs {
         })
         .await;
         job.summary = Some(summary);
+        job.provisional = false;
         Ok(job)
+    }
+
+    /// The task of image `index` processed whole (or split, if it is big).
+    fn image_task(&self, job: &Job, index: u32) -> Task {
+        let image = job.images.get(index as usize).cloned().unwrap_or_default();
+        Task {
+            job_id: job
+                .summary
+                .as_ref()
+                .map(|s| s.id.clone())
+                .unwrap_or_default(),
+            index,
+            input_blob_id: image.input_blob_id,
+            url: image.url,
+            name: image.name,
+            pipeline: job.pipeline.clone(),
+            tiling: job.tiling,
+            tile_above_pixels: self.settings.tile_above_pixels,
+            tile_size: self.settings.tile_size,
+            max_image_memory_bytes: self.settings.max_image_memory_bytes,
+            max_image_cpu_ms: self.settings.max_image_cpu_secs.saturating_mul(1000),
+            stage: None,
+        }
+    }
+
+    /// Publishes tasks with their dedup ids, several at once.
+    async fn publish_tasks(&self, tasks: Vec<(Task, String)>) -> Result<(), Error> {
+        stream::iter(tasks)
+            .map(|(task, id)| self.publish_task(task, id))
+            .buffer_unordered(PUBLISH_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
     }
 
     /// Publishes `task` with `id` as its JetStream dedup id.
@@ -428,53 +584,183 @@ impl Jobs {
         }
     }
 
-    /// Finishes what a previous scheduler left: jobs still `queued` get their pending tasks
-    /// (re-)published. `running` jobs need nothing: their tasks and results wait in JetStream.
-    pub async fn resume_unfinished(&self) -> anyhow::Result<()> {
+    /// Reconciles every unfinished job with the queue (see [`crate::reconcile`]): at start,
+    /// once storage answers, then every [`reconcile::EVERY`] until `stop`.
+    pub async fn reconcile_forever(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut delay = Duration::from_millis(100);
-        let unfinished = loop {
-            match self
-                .storage
-                .clone()
-                .list_unfinished_jobs(ListUnfinishedJobsRequest {})
-                .await
-            {
-                Ok(list) => break list.into_inner().jobs,
-                Err(status) => {
-                    tracing::warn!(error = %status.message(), "storage not ready, retrying resume");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+        loop {
+            let wait = match self.reconcile().await {
+                Ok(()) => {
+                    delay = Duration::from_millis(100);
+                    reconcile::EVERY
                 }
+                Err(err) => {
+                    tracing::warn!(error = %err, "reconciliation failed, retrying");
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    delay
+                }
+            };
+            tokio::select! {
+                _ = stop.wait_for(|stop| *stop) => return,
+                () = tokio::time::sleep(wait) => {}
             }
-        };
+        }
+    }
+
+    /// One pass of reconciliation over every unfinished job.
+    pub async fn reconcile(&self) -> Result<(), Error> {
+        let unfinished = self
+            .storage
+            .clone()
+            .list_unfinished_jobs(ListUnfinishedJobsRequest {})
+            .await?
+            .into_inner()
+            .jobs;
+        let queue = JetStreamQueue::new(&self.js).await?;
         for summary in unfinished {
-            if summary.state() != JobState::Queued {
+            if summary.state() == JobState::Paused {
                 continue;
             }
-            let span = tracing::info_span!("resume", job = %summary.id);
-            let resumed = async {
-                let job = self
-                    .storage
-                    .clone()
-                    .get_job(JobRequest {
-                        id: summary.id.clone(),
-                    })
-                    .await?
-                    .into_inner();
-                self.dispatch(job).await
+            let span = tracing::info_span!("reconcile", job = %summary.id);
+            if let Err(err) = self
+                .reconcile_job(&summary.id, &queue)
+                .instrument(span)
+                .await
+            {
+                tracing::warn!(job = %summary.id, error = %err, "reconciling job failed");
             }
-            .instrument(span)
-            .await;
-            match resumed {
-                Ok(_) => tracing::info!(job = %summary.id, "resumed queued job"),
-                Err(err) => tracing::warn!(job = %summary.id, error = %err, "resuming job failed"),
-            }
+        }
+        Ok(())
+    }
+
+    async fn reconcile_job(&self, id: &str, queue: &JetStreamQueue) -> Result<(), Error> {
+        let job = match self
+            .storage
+            .clone()
+            .get_job(JobRequest { id: id.to_string() })
+            .await
+        {
+            Ok(job) => job.into_inner(),
+            // Ended and deleted meanwhile.
+            Err(status) if status.code() == tonic::Code::NotFound => return Ok(()),
+            Err(status) => return Err(status.into()),
+        };
+        let plan = reconcile::plan_with(&job, now_ms(), queue).await?;
+        if plan.abandon {
+            tracing::warn!("job left provisional by a submit that never finished, abandoning it");
+            self.purge_tasks(id).await;
+            self.storage
+                .clone()
+                .abandon_job(JobRequest { id: id.to_string() })
+                .await?;
+            return Ok(());
+        }
+        if plan.dispatch {
+            self.dispatch(job).await?;
+            tracing::info!("queued job dispatched");
+            return Ok(());
+        }
+        for (index, error) in plan.fail {
+            tracing::warn!(index, error = %error, "task out of deliveries, failing its image");
+            self.record(TaskResult {
+                job_id: id.to_string(),
+                index,
+                outcome: Some(Outcome::Error(error)),
+                ..Default::default()
+            })
+            .await?;
+        }
+        if !plan.requeue.is_empty() {
+            let job = self
+                .storage
+                .clone()
+                .requeue_images(RequeueImagesRequest {
+                    job_id: id.to_string(),
+                    indexes: plan.requeue.clone(),
+                })
+                .await?
+                .into_inner();
+            // New dedup ids: the lost task's id may still be in JetStream's dedup window.
+            let at = now_ms();
+            let tasks = plan
+                .requeue
+                .iter()
+                .filter(|&&index| {
+                    job.images
+                        .get(index as usize)
+                        .is_some_and(|image| image.state() == ImageState::Pending)
+                })
+                .map(|&index| {
+                    let task_id = format!("{}.r{at}", nats::task_id(id, index, job.generation));
+                    (self.image_task(&job, index), task_id)
+                })
+                .collect::<Vec<_>>();
+            tracing::warn!(
+                images = tasks.len(),
+                "pending images had lost their task, queued again"
+            );
+            self.publish_tasks(tasks).await?;
         }
         Ok(())
     }
 
     pub(crate) fn jetstream(&self) -> &jetstream::Context {
         &self.js
+    }
+}
+
+/// What JetStream holds for a job's images: [`reconcile::Queue`] over `TASKS` and `RESULTS`.
+struct JetStreamQueue {
+    tasks: jetstream::stream::Stream,
+    results: jetstream::stream::Stream,
+}
+
+impl JetStreamQueue {
+    async fn new(js: &jetstream::Context) -> Result<Self, Error> {
+        let stream = |name: &'static str| async move {
+            js.get_stream(name)
+                .await
+                .map_err(|err| Error::unavailable(format!("stream {name}: {err}")))
+        };
+        Ok(JetStreamQueue {
+            tasks: stream(nats::TASKS_STREAM).await?,
+            results: stream(nats::RESULTS_STREAM).await?,
+        })
+    }
+
+    /// The sequence of the last message on `subject`, if there is one.
+    async fn last(stream: &jetstream::stream::Stream, subject: &str) -> Result<Option<u64>, Error> {
+        use jetstream::stream::LastRawMessageErrorKind;
+        match stream.get_last_raw_message_by_subject(subject).await {
+            Ok(message) => Ok(Some(message.sequence)),
+            Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(err) => Err(Error::unavailable(format!("reading {subject}: {err}"))),
+        }
+    }
+}
+
+impl Queue for JetStreamQueue {
+    /// Checks `TASKS` before `RESULTS`: a worker publishes its result before it acks the
+    /// task, so an image that has neither, read in this order, has neither for real (or
+    /// has been recorded meanwhile, which storage's requeue checks).
+    async fn look(&self, job: &str, index: u32) -> Result<Queued, Error> {
+        if let Some(seq) = Self::last(&self.tasks, &nats::task_subject(job, index)).await? {
+            // A task delivered, unacked and not pending with any worker ran out of
+            // deliveries: JetStream keeps it but never delivers it again.
+            let info = self.tasks.consumer_info(nats::FILTER_CONSUMER).await;
+            return Ok(match info {
+                Ok(info) if info.num_ack_pending == 0 && info.delivered.stream_sequence >= seq => {
+                    Queued::Exhausted {
+                        deliveries: info.config.max_deliver.max(1) as u64,
+                    }
+                }
+                _ => Queued::Task,
+            });
+        }
+        match Self::last(&self.results, &nats::result_subject(job, index)).await? {
+            Some(_) => Ok(Queued::Result),
+            None => Ok(Queued::Nothing),
+        }
     }
 }
 

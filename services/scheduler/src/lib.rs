@@ -1,13 +1,17 @@
 //! The scheduler role: owns every job's lifecycle and keeps no state of its own.
 //!
-//! * [`jobs`] — submit (validate, persist, publish one task per image), cancel, and resume
-//!   of unfinished jobs after a restart;
-//! * [`results`] — the durable consumer of `RESULTS`, and of JetStream's max-deliveries
-//!   advisories: records each outcome once and publishes progress;
+//! * [`jobs`] — submit (validate, persist, publish one task per image; all or nothing),
+//!   cancel, pause, retry;
+//! * [`reconcile`] — every unfinished job checked against the queue at start and
+//!   periodically: lost tasks queued again, exhausted ones failed, half-submitted jobs
+//!   abandoned;
+//! * [`results`] — the durable consumers of `RESULTS` and of the max-deliveries advisories
+//!   (stream `ADVISORIES`): records each outcome once and publishes progress;
 //! * [`grpc`] — `pixelmesh.v1.Scheduler`, translating wire types at the edge.
 
 pub mod grpc;
 pub mod jobs;
+pub mod reconcile;
 pub mod results;
 
 use std::future::Future;
@@ -45,6 +49,23 @@ pub struct Settings {
         value_parser = clap::value_parser!(u32).range(64..=4096)
     )]
     pub tile_size: u32,
+    /// Most memory one image's pipeline may need, in bytes, as estimated from the image's
+    /// size (its header) and the ops: a submit over it is refused, naming the image; a URL
+    /// input over it fails when its worker reads its header. 0: no limit.
+    #[arg(
+        long,
+        env = "PIXELMESH_MAX_IMAGE_MEMORY_BYTES",
+        default_value_t = Settings::default().max_image_memory_bytes
+    )]
+    pub max_image_memory_bytes: u64,
+    /// Most CPU one image's pipeline may need, in estimated seconds of one core (upscaled
+    /// area, blur radius x area, ...), checked like --max-image-memory-bytes. 0: no limit.
+    #[arg(
+        long,
+        env = "PIXELMESH_MAX_IMAGE_CPU_SECS",
+        default_value_t = Settings::default().max_image_cpu_secs
+    )]
+    pub max_image_cpu_secs: u64,
 }
 
 impl Default for Settings {
@@ -52,6 +73,8 @@ impl Default for Settings {
         Settings {
             tile_above_pixels: 40_000_000,
             tile_size: 2048,
+            max_image_memory_bytes: pixelmesh_filter::budget::DEFAULT_MAX_MEMORY_BYTES,
+            max_image_cpu_secs: pixelmesh_filter::budget::DEFAULT_MAX_CPU_MS / 1000,
         }
     }
 }
@@ -93,14 +116,15 @@ pub async fn run(
     let jobs = jobs::Jobs::new(storage, client, js, config.settings);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let resume = tokio::spawn({
-        let jobs = jobs.clone();
-        async move { jobs.resume_unfinished().await }
+    let reconciler = tokio::spawn({
+        let (jobs, stop) = (jobs.clone(), stop_rx.clone());
+        async move { jobs.reconcile_forever(stop).await }
     });
     let consumer = tokio::spawn(results::run(jobs.clone(), stop_rx.clone()));
     let advisories = tokio::spawn(results::run_advisories(jobs.clone(), stop_rx));
 
     let server = Server::new("scheduler")?
+        .trusted_peers()
         .add_service(
             SchedulerServer::new(grpc::SchedulerService::new(jobs))
                 .max_decoding_message_size(pixelmesh_common::grpc::MAX_MESSAGE_BYTES)
@@ -112,6 +136,6 @@ pub async fn run(
     let _ = stop_tx.send(true);
     consumer.await.context("results consumer panicked")??;
     advisories.await.context("advisory listener panicked")??;
-    resume.abort();
+    reconciler.abort();
     served
 }

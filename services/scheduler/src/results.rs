@@ -1,5 +1,6 @@
-//! Consuming outcomes: the durable `scheduler` consumer of `RESULTS`, and JetStream's
-//! max-deliveries advisories for tasks whose worker died on every attempt.
+//! Consuming outcomes: the durable `scheduler` consumer of `RESULTS`, and the durable
+//! consumer of JetStream's max-deliveries advisories (captured by stream `ADVISORIES`, so
+//! none is lost while no scheduler runs) for tasks whose worker died on every attempt.
 
 use std::time::Duration;
 
@@ -92,33 +93,49 @@ struct MaxDeliveries {
     deliveries: u64,
 }
 
-/// Fails images whose task exhausted its deliveries, so the job still finishes.
+/// Fails images whose task exhausted its deliveries, so the job still finishes. The
+/// advisories wait in stream `ADVISORIES` until handled, so one that fires while no scheduler
+/// runs is handled by the next.
 pub async fn run_advisories(jobs: Jobs, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     let js = jobs.jetstream().clone();
-    let client = js.client();
-    let subject = format!(
-        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}",
-        nats::TASKS_STREAM,
-        nats::FILTER_CONSUMER
-    );
-    let mut advisories = client.subscribe(subject).await?;
+    let stream = js.get_stream(nats::ADVISORIES_STREAM).await?;
+    let consumer = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(nats::ADVISORIES_CONSUMER.into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
     loop {
         let message = tokio::select! {
             _ = stop.wait_for(|stop| *stop) => return Ok(()),
-            next = advisories.next() => next,
+            next = messages.next() => next,
         };
-        let Some(message) = message else {
-            anyhow::bail!("advisory subscription ended");
-        };
-        let advisory: MaxDeliveries = match serde_json::from_slice(&message.payload) {
-            Ok(advisory) => advisory,
-            Err(err) => {
-                tracing::warn!(error = %err, "unreadable max-deliveries advisory");
+        let message = match message {
+            Some(Ok(message)) => message,
+            Some(Err(err)) => {
+                tracing::warn!(error = %err, "advisory consumer error");
                 continue;
             }
+            None => anyhow::bail!("advisory consumer ended"),
         };
-        if let Err(err) = fail_exhausted_task(&jobs, &advisory).await {
-            tracing::warn!(seq = advisory.stream_seq, error = %err, "failing exhausted task failed");
+        let ack = match serde_json::from_slice::<MaxDeliveries>(&message.payload) {
+            Err(err) => {
+                tracing::warn!(error = %err, "unreadable max-deliveries advisory dropped");
+                AckKind::Term
+            }
+            Ok(advisory) => match fail_exhausted_task(&jobs, &advisory).await {
+                Ok(()) => AckKind::Ack,
+                Err(err) => {
+                    tracing::warn!(seq = advisory.stream_seq, error = %err, "failing exhausted task failed, will retry");
+                    AckKind::Nak(Some(RETRY_DELAY))
+                }
+            },
+        };
+        if let Err(err) = message.ack_with(ack).await {
+            tracing::warn!(error = %err, "acking advisory failed");
         }
     }
 }
@@ -127,7 +144,16 @@ async fn fail_exhausted_task(jobs: &Jobs, advisory: &MaxDeliveries) -> anyhow::R
     let stream = jobs.jetstream().get_stream(nats::TASKS_STREAM).await?;
     // A worker may have published a result on its last attempt after all; storage's
     // record-once rule makes this failure a no-op then.
-    let message = stream.get_raw_message(advisory.stream_seq).await?;
+    let message = match stream.get_raw_message(advisory.stream_seq).await {
+        Ok(message) => message,
+        // Handled already (a redelivered advisory), or purged with its job.
+        Err(err)
+            if err.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound =>
+        {
+            return Ok(());
+        }
+        Err(err) => return Err(err.into()),
+    };
     let task = Task::decode(message.payload.clone())?;
     tracing::warn!(job = %task.job_id, index = task.index, deliveries = advisory.deliveries, "task exhausted its deliveries");
     jobs.record(TaskResult {

@@ -245,6 +245,25 @@ impl Blobs {
         (blobs, bytes)
     }
 
+    /// Whether blob `id` is stored. Blocking.
+    pub fn exists(&self, id: &str) -> bool {
+        BlobId::parse(id).is_ok_and(|id| self.path(&id).is_file())
+    }
+
+    /// The first bytes of a stored blob, at most `max`.
+    pub async fn head(&self, id: &BlobId, max: usize) -> Result<Vec<u8>, Error> {
+        let mut reader = self.reader(id).await?;
+        let mut head = Vec::new();
+        while head.len() < max {
+            match reader.next_chunk().await? {
+                Some(chunk) => head.extend_from_slice(&chunk),
+                None => break,
+            }
+        }
+        head.truncate(max);
+        Ok(head)
+    }
+
     fn path(&self, id: &BlobId) -> PathBuf {
         shard_dir(&self.root, id).join(id.as_str())
     }

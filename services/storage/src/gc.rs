@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use pixelmesh_proto::Error;
 use tokio_util::sync::CancellationToken;
 
-use crate::{blobs::Blobs, meta::Meta};
+use crate::{blobs::Blobs, store::Store};
 
 /// How often the sweep runs; at most, since a short grace period sweeps more often.
 const MAX_INTERVAL: Duration = Duration::from_secs(3600);
@@ -19,34 +19,53 @@ pub struct Swept {
     pub bytes: u64,
 }
 
-/// One sweep. Blocking: it walks the blob directory and the image records.
-pub fn sweep(blobs: &Blobs, meta: &Meta, grace: Duration) -> Result<Swept, Error> {
+/// One sweep: removes blobs no job refers to that were last written more than `grace` ago,
+/// then the owner and header records of blobs that are gone.
+pub async fn sweep(blobs: &Blobs, store: &Store, grace: Duration) -> Result<Swept, Error> {
     // The cutoff comes first: whatever is written or touched after it is left alone even if
     // the reference snapshot below cannot know about it yet.
     let cutoff = SystemTime::now()
         .checked_sub(grace)
         .unwrap_or(SystemTime::UNIX_EPOCH);
-    let keep = meta.referenced_blobs()?;
-    let (blobs, bytes) = blobs.remove_unreferenced(&keep, cutoff)?;
-    Ok(Swept { blobs, bytes })
+    let keep = store.read(|meta| meta.referenced_blobs()).await?;
+    let recorded = store.read(|meta| meta.recorded_blobs()).await?;
+    let blobs = blobs.clone();
+    let (swept, gone) = tokio::task::spawn_blocking(move || {
+        let (count, bytes) = blobs.remove_unreferenced(&keep, cutoff)?;
+        let gone: Vec<String> = recorded
+            .into_iter()
+            .filter(|id| !blobs.exists(id))
+            .collect();
+        Ok::<_, Error>((
+            Swept {
+                blobs: count,
+                bytes,
+            },
+            gone,
+        ))
+    })
+    .await
+    .map_err(|err| Error::internal(format!("orphan sweep task failed: {err}")))??;
+    if !gone.is_empty() {
+        store.write(move |meta| meta.forget_blobs(&gone)).await?;
+    }
+    Ok(swept)
 }
 
 /// Sweeps at start and then periodically until `stop`.
-pub async fn run(blobs: Blobs, meta: Meta, grace: Duration, stop: CancellationToken) {
+pub async fn run(blobs: Blobs, store: Store, grace: Duration, stop: CancellationToken) {
     let every = (grace / 4).clamp(Duration::from_secs(1), MAX_INTERVAL);
     loop {
-        let (blobs, meta) = (blobs.clone(), meta.clone());
-        match tokio::task::spawn_blocking(move || sweep(&blobs, &meta, grace)).await {
-            Ok(Ok(swept)) if swept.blobs > 0 => {
+        match sweep(&blobs, &store, grace).await {
+            Ok(swept) if swept.blobs > 0 => {
                 tracing::info!(
                     blobs = swept.blobs,
                     bytes = swept.bytes,
                     "removed orphan blobs"
                 );
             }
-            Ok(Ok(_)) => {}
-            Ok(Err(err)) => tracing::warn!(error = %err.message, "orphan blob sweep failed"),
-            Err(err) => tracing::warn!(error = %err, "orphan blob sweep panicked"),
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err.message, "orphan blob sweep failed"),
         }
         tokio::select! {
             () = stop.cancelled() => return,
@@ -62,6 +81,7 @@ mod tests {
     use pixelmesh_proto::v1::{ImageInput, Output, TaskResult, task_result::Outcome};
 
     use super::*;
+    use crate::meta::Meta;
 
     async fn put(blobs: &Blobs, bytes: &[u8]) -> String {
         let mut writer = blobs.writer(0).await.expect("writer");
@@ -93,6 +113,7 @@ mod tests {
         let root = dir.path().join("blobs");
         let blobs = Blobs::open(&root, 1 << 20).await.expect("blobs");
         let meta = Meta::open(&dir.path().join("meta"), 100).expect("meta");
+        let store = Store::start(meta.clone()).expect("store");
         let input = put(&blobs, b"input").await;
         let output = put(&blobs, b"output").await;
         let orphan = put(&blobs, b"orphan").await;
@@ -144,14 +165,23 @@ mod tests {
         // Uploading the same bytes again restarts the blob's age.
         assert_eq!(put(&blobs, b"uploaded twice").await, reuploaded);
 
-        let swept = sweep(&blobs, &meta, day).expect("sweep");
+        let owned = pixelmesh_proto::v1::BlobInfo {
+            id: orphan.clone(),
+            ..Default::default()
+        };
+        meta.add_blob(&owned, "alice").expect("owner");
+        let swept = sweep(&blobs, &store, day).await.expect("sweep");
         assert_eq!(swept, Swept { blobs: 1, bytes: 6 });
         assert!(!path(&root, &orphan).exists(), "the old orphan is gone");
+        assert!(
+            !meta.owns(&orphan, "alice").expect("owns"),
+            "its owner record went with it"
+        );
         for kept in [&input, &output, &fresh_orphan, &reuploaded, &logo] {
             assert!(path(&root, kept).exists(), "{kept} was kept");
         }
         assert_eq!(
-            sweep(&blobs, &meta, day).expect("again"),
+            sweep(&blobs, &store, day).await.expect("again"),
             Swept { blobs: 0, bytes: 0 }
         );
     }

@@ -1,4 +1,5 @@
-//! `pixelmesh.v1.Storage`: converts wire types and calls [`Blobs`] and [`Meta`].
+//! `pixelmesh.v1.Storage`: converts wire types and calls [`Blobs`] and, through [`Store`],
+//! the metadata: every change on the writer thread, every read on a blocking thread.
 
 use std::{
     pin::Pin,
@@ -6,13 +7,15 @@ use std::{
 };
 
 use futures::Stream;
+use pixelmesh_common::media::{IMAGE_HEADER_BYTES, image_header};
 use pixelmesh_proto::{
     Error,
     v1::{
-        BlobInfo, CountJobsRequest, CreateJobRequest, DeleteJobResponse, GetBlobRequest,
-        GetBlobResponse, Job, JobCounts, JobRequest, JobSummaries, JobSummary, ListJobsQuery,
-        ListUnfinishedJobsRequest, PutBlobRequest, RecordResultRequest, RecordResultResponse,
-        operation, put_blob_request::Part, storage_server::Storage,
+        BlobInfo, CheckBlobsRequest, CheckBlobsResponse, CountJobsRequest, CreateJobRequest,
+        DeleteJobResponse, GetBlobRequest, GetBlobResponse, Job, JobCounts, JobRequest,
+        JobSummaries, JobSummary, ListJobsQuery, ListUnfinishedJobsRequest, PutBlobRequest,
+        RecordResultRequest, RecordResultResponse, RequeueImagesRequest, operation,
+        put_blob_request::Part, storage_server::Storage,
     },
 };
 use tokio::sync::mpsc;
@@ -21,32 +24,93 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     blobs::{BlobId, Blobs},
-    meta::Meta,
+    store::Store,
 };
+
+/// Most blob ids one `CheckBlobs` may ask about: a job's images and its logos.
+const MAX_CHECKED_BLOBS: usize = 100_000;
 
 pub struct StorageService {
     blobs: Blobs,
-    meta: Meta,
+    store: Store,
 }
 
 impl StorageService {
-    pub fn new(blobs: Blobs, meta: Meta) -> Self {
-        StorageService { blobs, meta }
+    pub fn new(blobs: Blobs, store: Store) -> Self {
+        StorageService { blobs, store }
     }
 
-    /// Runs a metadata change off the async runtime, then makes it durable before answering.
-    async fn mutate<T: Send + 'static>(
-        &self,
-        change: impl FnOnce(&Meta) -> Result<T, Error> + Send + 'static,
-    ) -> Result<T, Status> {
-        let meta = self.meta.clone();
-        // In the request's span, so what the change logs names its trace.
-        let span = tracing::Span::current();
-        let value = tokio::task::spawn_blocking(move || span.in_scope(|| change(&meta)))
-            .await
-            .map_err(|err| Status::internal(format!("metadata task failed: {err}")))??;
-        self.meta.flush().await?;
-        Ok(value)
+    /// Removes what only `job` referred to: its outputs at once, its inputs and logos when
+    /// they were not written lately (an upload for a job not submitted yet may share their
+    /// content; the orphan sweep takes those later). Their owner records go with them.
+    async fn remove_job_blobs(&self, job: Job) -> Result<DeleteJobResponse, Error> {
+        let blobs = self.blobs.clone();
+        let keep = self.store.read(|meta| meta.referenced_blobs()).await?;
+        let (removed, gone) = tokio::task::spawn_blocking(move || {
+            let now = SystemTime::now();
+            let outputs = job
+                .images
+                .iter()
+                .filter_map(|image| image.output.as_ref().map(|o| o.blob_id.as_str()));
+            let (mut count, mut bytes) = blobs.remove_if_unreferenced(outputs, &keep, now);
+            let inputs = job.images.iter().map(|image| image.input_blob_id.as_str());
+            let logos = job.pipeline.iter().filter_map(|op| match &op.op {
+                Some(operation::Op::Watermark(watermark)) => Some(watermark.logo.as_str()),
+                _ => None,
+            });
+            let cutoff = now.checked_sub(INPUT_DELETE_GRACE).unwrap_or(now);
+            let (more, more_bytes) =
+                blobs.remove_if_unreferenced(inputs.chain(logos), &keep, cutoff);
+            count += more;
+            bytes += more_bytes;
+            let gone: Vec<String> = job
+                .images
+                .iter()
+                .flat_map(|image| {
+                    let output = image.output.as_ref().map(|o| o.blob_id.clone());
+                    output.into_iter().chain([image.input_blob_id.clone()])
+                })
+                .filter(|id| !id.is_empty() && !blobs.exists(id))
+                .collect();
+            ((count, bytes), gone)
+        })
+        .await
+        .map_err(|err| Error::internal(format!("blob removal task failed: {err}")))?;
+        if !gone.is_empty() {
+            self.store
+                .write(move |meta| meta.forget_blobs(&gone))
+                .await?;
+        }
+        Ok(DeleteJobResponse {
+            blobs_removed: removed.0 as u32,
+            bytes_removed: removed.1,
+        })
+    }
+
+    /// A stored blob's size and image header: as its upload recorded them, else read from
+    /// its first bytes (a worker's output, or a blob stored before headers were recorded).
+    async fn describe(&self, id: &BlobId, recorded: Option<BlobInfo>) -> Result<BlobInfo, Error> {
+        let size = self.blobs.stat(id).await?.size;
+        if let Some(info) = recorded {
+            return Ok(BlobInfo {
+                size_bytes: size,
+                ..info
+            });
+        }
+        let head = self.blobs.head(id, IMAGE_HEADER_BYTES).await?;
+        Ok(blob_info(id.as_str(), size, &head))
+    }
+}
+
+/// What storage tells of a blob from its size and first bytes.
+fn blob_info(id: &str, size: u64, head: &[u8]) -> BlobInfo {
+    let header = image_header(head);
+    BlobInfo {
+        id: id.to_string(),
+        size_bytes: size,
+        width: header.map_or(0, |h| h.width),
+        height: header.map_or(0, |h| h.height),
+        bytes_per_pixel: header.map_or(0, |h| h.bytes_per_pixel),
     }
 }
 
@@ -64,12 +128,16 @@ impl Storage for StorageService {
     ) -> Result<Response<BlobInfo>, Status> {
         let mut parts = request.into_inner();
         let mut writer = None;
-        // A stream error (client gone mid-upload) returns early; the writer's temp file is
-        // dropped with it, so no partial blob is ever stored.
+        let mut owner = String::new();
+        // The start of the file, for its image header.
+        let mut head = Vec::new();
+        // A stream error (client gone mid-upload) or an abort returns early; the writer's
+        // temp file is dropped with it, so no partial blob is ever stored.
         while let Some(part) = parts.message().await? {
             match part.part {
                 Some(Part::Meta(meta)) if writer.is_none() => {
                     writer = Some(self.blobs.writer(meta.max_bytes).await?);
+                    owner = meta.owner;
                 }
                 Some(Part::Meta(_)) => {
                     return Err(Status::invalid_argument(
@@ -80,20 +148,34 @@ impl Storage for StorageService {
                     if writer.is_none() {
                         writer = Some(self.blobs.writer(0).await?);
                     }
+                    if head.len() < IMAGE_HEADER_BYTES {
+                        let take = chunk.len().min(IMAGE_HEADER_BYTES - head.len());
+                        head.extend_from_slice(&chunk[..take]);
+                    }
                     if let Some(writer) = writer.as_mut() {
                         writer.write(&chunk).await?;
                     }
+                }
+                Some(Part::Abort(abort)) => {
+                    let reason: String = abort.reason.chars().take(200).collect();
+                    tracing::debug!(reason = %reason, "upload aborted by the sender");
+                    return Err(Status::cancelled(format!("upload aborted: {reason}")));
                 }
                 None => {}
             }
         }
         let writer = writer.ok_or_else(|| Status::invalid_argument("blob is empty"))?;
-        let info = writer.finish().await?;
-        metrics::counter!("pixelmesh_storage_bytes_written_total").increment(info.size);
-        Ok(Response::new(BlobInfo {
-            id: info.id.to_string(),
-            size_bytes: info.size,
-        }))
+        let stored = writer.finish().await?;
+        metrics::counter!("pixelmesh_storage_bytes_written_total").increment(stored.size);
+        let info = blob_info(stored.id.as_str(), stored.size, &head);
+        // Only uploads are recorded: a worker's output is owned through its job.
+        if !owner.is_empty() {
+            let record = info.clone();
+            self.store
+                .write(move |meta| meta.add_blob(&record, &owner))
+                .await?;
+        }
+        Ok(Response::new(info))
     }
 
     type GetBlobStream = BlobStream;
@@ -137,11 +219,55 @@ impl Storage for StorageService {
         request: Request<GetBlobRequest>,
     ) -> Result<Response<BlobInfo>, Status> {
         let id = BlobId::parse(&request.into_inner().id)?;
-        let info = self.blobs.stat(&id).await?;
-        Ok(Response::new(BlobInfo {
-            id: info.id.to_string(),
-            size_bytes: info.size,
-        }))
+        let recorded = {
+            let id = id.to_string();
+            self.store.read(move |meta| meta.blob_info(&id)).await?
+        };
+        Ok(Response::new(self.describe(&id, recorded).await?))
+    }
+
+    async fn check_blobs(
+        &self,
+        request: Request<CheckBlobsRequest>,
+    ) -> Result<Response<CheckBlobsResponse>, Status> {
+        let CheckBlobsRequest { ids, owner, admin } = request.into_inner();
+        if ids.len() > MAX_CHECKED_BLOBS {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_CHECKED_BLOBS} blobs per check"
+            )));
+        }
+        // Who may use what, and what uploads recorded, in one read.
+        let access = self
+            .store
+            .read(move |meta| {
+                ids.into_iter()
+                    .map(|id| {
+                        let Ok(blob) = BlobId::parse(&id) else {
+                            return Ok(None);
+                        };
+                        if !admin && !meta.owns(&id, &owner)? {
+                            return Ok(None);
+                        }
+                        Ok(Some((blob, meta.blob_info(&id)?)))
+                    })
+                    .collect::<Result<Vec<_>, Error>>()
+            })
+            .await?;
+        let mut blobs = Vec::with_capacity(access.len());
+        for entry in access {
+            let info = match entry {
+                None => BlobInfo::default(),
+                Some((id, recorded)) => match self.describe(&id, recorded).await {
+                    Ok(info) => info,
+                    Err(err) if err.code == pixelmesh_proto::ErrorCode::NotFound => {
+                        BlobInfo::default()
+                    }
+                    Err(err) => return Err(err.into()),
+                },
+            };
+            blobs.push(info);
+        }
+        Ok(Response::new(CheckBlobsResponse { blobs }))
     }
 
     async fn create_job(
@@ -149,19 +275,25 @@ impl Storage for StorageService {
         request: Request<CreateJobRequest>,
     ) -> Result<Response<Job>, Status> {
         let request = request.into_inner();
-        let job = self.mutate(move |meta| meta.create(request)).await?;
+        let job = self.store.write(move |meta| meta.create(request)).await?;
         Ok(Response::new(job))
     }
 
     async fn get_job(&self, request: Request<JobRequest>) -> Result<Response<Job>, Status> {
-        Ok(Response::new(self.meta.job(&request.into_inner().id)?))
+        let id = request.into_inner().id;
+        Ok(Response::new(
+            self.store.read(move |meta| meta.job(&id)).await?,
+        ))
     }
 
     async fn get_job_summary(
         &self,
         request: Request<JobRequest>,
     ) -> Result<Response<JobSummary>, Status> {
-        Ok(Response::new(self.meta.summary(&request.into_inner().id)?))
+        let id = request.into_inner().id;
+        Ok(Response::new(
+            self.store.read(move |meta| meta.summary(&id)).await?,
+        ))
     }
 
     async fn list_jobs(
@@ -169,21 +301,21 @@ impl Storage for StorageService {
         request: Request<ListJobsQuery>,
     ) -> Result<Response<JobSummaries>, Status> {
         let query = request.into_inner();
-        let jobs = self.meta.list(&query)?;
+        let jobs = self.store.read(move |meta| meta.list(&query)).await?;
         Ok(Response::new(JobSummaries { jobs }))
     }
 
     async fn pause_job(&self, request: Request<JobRequest>) -> Result<Response<Job>, Status> {
         let id = request.into_inner().id;
         Ok(Response::new(
-            self.mutate(move |meta| meta.pause(&id)).await?,
+            self.store.write(move |meta| meta.pause(&id)).await?,
         ))
     }
 
     async fn resume_job(&self, request: Request<JobRequest>) -> Result<Response<Job>, Status> {
         let id = request.into_inner().id;
         Ok(Response::new(
-            self.mutate(move |meta| meta.resume(&id)).await?,
+            self.store.write(move |meta| meta.resume(&id)).await?,
         ))
     }
 
@@ -191,8 +323,9 @@ impl Storage for StorageService {
         &self,
         request: Request<CountJobsRequest>,
     ) -> Result<Response<JobCounts>, Status> {
+        let owner = request.into_inner().owner;
         Ok(Response::new(
-            self.meta.counts(&request.into_inner().owner)?,
+            self.store.read(move |meta| meta.counts(&owner)).await?,
         ))
     }
 
@@ -201,7 +334,7 @@ impl Storage for StorageService {
         _request: Request<ListUnfinishedJobsRequest>,
     ) -> Result<Response<JobSummaries>, Status> {
         Ok(Response::new(JobSummaries {
-            jobs: self.meta.unfinished()?,
+            jobs: self.store.read(|meta| meta.unfinished()).await?,
         }))
     }
 
@@ -211,7 +344,7 @@ impl Storage for StorageService {
     ) -> Result<Response<JobSummary>, Status> {
         let id = request.into_inner().id;
         Ok(Response::new(
-            self.mutate(move |meta| meta.mark_running(&id)).await?,
+            self.store.write(move |meta| meta.mark_running(&id)).await?,
         ))
     }
 
@@ -223,7 +356,7 @@ impl Storage for StorageService {
             .into_inner()
             .result
             .ok_or_else(|| Status::invalid_argument("result is missing"))?;
-        let recorded = self.mutate(move |meta| meta.record(&result)).await?;
+        let recorded = self.store.write(move |meta| meta.record(&result)).await?;
         Ok(Response::new(RecordResultResponse {
             applied: recorded.applied,
             summary: Some(recorded.summary),
@@ -237,14 +370,14 @@ impl Storage for StorageService {
     async fn cancel_job(&self, request: Request<JobRequest>) -> Result<Response<Job>, Status> {
         let id = request.into_inner().id;
         Ok(Response::new(
-            self.mutate(move |meta| meta.cancel(&id)).await?,
+            self.store.write(move |meta| meta.cancel(&id)).await?,
         ))
     }
 
     async fn retry_job(&self, request: Request<JobRequest>) -> Result<Response<Job>, Status> {
         let id = request.into_inner().id;
         Ok(Response::new(
-            self.mutate(move |meta| meta.retry(&id)).await?,
+            self.store.write(move |meta| meta.retry(&id)).await?,
         ))
     }
 
@@ -253,33 +386,30 @@ impl Storage for StorageService {
         request: Request<JobRequest>,
     ) -> Result<Response<DeleteJobResponse>, Status> {
         let id = request.into_inner().id;
-        let job = self.mutate(move |meta| meta.delete(&id)).await?;
-        let (blobs, meta) = (self.blobs.clone(), self.meta.clone());
-        let removed = tokio::task::spawn_blocking(move || {
-            let keep = meta.referenced_blobs()?;
-            let now = SystemTime::now();
-            let outputs = job
-                .images
-                .iter()
-                .filter_map(|image| image.output.as_ref().map(|o| o.blob_id.as_str()));
-            let (mut count, mut bytes) = blobs.remove_if_unreferenced(outputs, &keep, now);
-            let inputs = job.images.iter().map(|image| image.input_blob_id.as_str());
-            let logos = job.pipeline.iter().filter_map(|op| match &op.op {
-                Some(operation::Op::Watermark(watermark)) => Some(watermark.logo.as_str()),
-                _ => None,
-            });
-            let cutoff = now.checked_sub(INPUT_DELETE_GRACE).unwrap_or(now);
-            let (more, more_bytes) =
-                blobs.remove_if_unreferenced(inputs.chain(logos), &keep, cutoff);
-            count += more;
-            bytes += more_bytes;
-            Ok::<_, Error>((count, bytes))
-        })
-        .await
-        .map_err(|err| Status::internal(format!("blob removal task failed: {err}")))??;
-        Ok(Response::new(DeleteJobResponse {
-            blobs_removed: removed.0 as u32,
-            bytes_removed: removed.1,
-        }))
+        let job = self.store.write(move |meta| meta.delete(&id)).await?;
+        Ok(Response::new(self.remove_job_blobs(job).await?))
+    }
+
+    async fn abandon_job(
+        &self,
+        request: Request<JobRequest>,
+    ) -> Result<Response<DeleteJobResponse>, Status> {
+        let id = request.into_inner().id;
+        match self.store.write(move |meta| meta.abandon(&id)).await? {
+            Some(job) => Ok(Response::new(self.remove_job_blobs(job).await?)),
+            None => Ok(Response::new(DeleteJobResponse::default())),
+        }
+    }
+
+    async fn requeue_images(
+        &self,
+        request: Request<RequeueImagesRequest>,
+    ) -> Result<Response<Job>, Status> {
+        let RequeueImagesRequest { job_id, indexes } = request.into_inner();
+        Ok(Response::new(
+            self.store
+                .write(move |meta| meta.requeue(&job_id, &indexes))
+                .await?,
+        ))
     }
 }

@@ -1,7 +1,10 @@
 //! The storage role: blobs on local disk and job metadata in sled.
 //!
 //! * [`blobs`] — content-addressed blobs (BLAKE3), written atomically, read in chunks;
-//! * [`meta`] — jobs, images and the unfinished index in sled, changed in transactions;
+//! * [`meta`] — jobs, images, the unfinished index and blob owners in sled, changed in
+//!   transactions;
+//! * [`store`] — the only way into sled from async code: one writer thread that applies and
+//!   flushes every change, reads on a bounded pool of blocking threads (why: its docs);
 //! * [`grpc`] — `pixelmesh.v1.Storage`, translating wire types at the edge;
 //! * [`gc`] — the periodic sweep of blobs no job refers to.
 
@@ -9,6 +12,7 @@ pub mod blobs;
 pub mod gc;
 pub mod grpc;
 pub mod meta;
+pub mod store;
 
 use std::{future::Future, path::PathBuf, time::Duration};
 
@@ -42,7 +46,6 @@ pub struct Config {
     pub orphan_blob_ttl_secs: u64,
 }
 
-/// Serves storage until `shutdown` resolves, then flushes the metadata.
 /// Storage's metrics, at zero from the start so rates over them are defined.
 fn describe_metrics() {
     use metrics::{Unit, counter, describe_counter};
@@ -60,6 +63,7 @@ fn describe_metrics() {
     counter!("pixelmesh_storage_bytes_read_total").absolute(0);
 }
 
+/// Serves storage until `shutdown` resolves, then flushes the metadata.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -67,10 +71,17 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     describe_metrics();
     let blobs = blobs::Blobs::open(config.dir.join("blobs"), config.max_blob_bytes).await?;
-    let meta = meta::Meta::open(&config.dir.join("meta"), config.max_images_per_job)?;
+    // Opening reads and may rebuild counters: blocking work, before anything is served.
+    let dir = config.dir.join("meta");
+    let max_images = config.max_images_per_job;
+    let meta = tokio::task::spawn_blocking(move || meta::Meta::open(&dir, max_images))
+        .await
+        .context("opening metadata")??;
+    let store = store::Store::start(meta)?;
     let server = Server::new("storage")?
+        .trusted_peers()
         .add_service(
-            StorageServer::new(grpc::StorageService::new(blobs.clone(), meta.clone()))
+            StorageServer::new(grpc::StorageService::new(blobs.clone(), store.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
@@ -80,7 +91,7 @@ pub async fn run(
     let sweeper = (config.orphan_blob_ttl_secs > 0).then(|| {
         tokio::spawn(gc::run(
             blobs.clone(),
-            meta.clone(),
+            store.clone(),
             Duration::from_secs(config.orphan_blob_ttl_secs),
             stop_sweeping.clone(),
         ))
@@ -90,6 +101,6 @@ pub async fn run(
     if let Some(sweeper) = sweeper {
         let _ = sweeper.await;
     }
-    meta.flush().await.context("flushing metadata")?;
+    store.flush().await.context("flushing metadata")?;
     served
 }

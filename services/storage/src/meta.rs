@@ -6,9 +6,14 @@
 //! image's size and the tiles processed so far; removed when the image gets its outcome),
 //! `batches` (parent id + `/` + job id → nothing: the jobs of each batch), `counts`
 //! (`all/<state>` and `owner/<owner>/<state>` → how many jobs, big-endian u64: list counts
-//! without a scan). Job ids are ULIDs, so key order is creation order. Every change that
-//! touches more than one key is one transaction, so counts, counters and images never
-//! disagree, even after a crash.
+//! without a scan), `owners` (blob id + `/` + owner → nothing: the keys that uploaded a blob
+//! or whose job produced it) and `blob_info` (blob id → `BlobInfo`: an upload's size and image
+//! header). Job ids are ULIDs, so key order is creation order. Every change that touches more
+//! than one key is one transaction, so counts, counters and images never disagree, even after
+//! a crash.
+//!
+//! `Meta` is synchronous and called only through [`crate::store::Store`]: changes on its one
+//! writer thread, reads on blocking threads (the module docs there say why).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -17,9 +22,9 @@ use pixelmesh_common::time::now_ms;
 use pixelmesh_proto::{
     Error, ErrorCode,
     v1::{
-        CreateJobRequest, Image, ImageInput, ImageState, Job, JobCounts, JobState, JobSummary,
-        ListJobsQuery, Operation, TaskResult, TileAssembly, TileOutput, TileSplit, operation,
-        task_result::Outcome,
+        BlobInfo, CreateJobRequest, Image, ImageInput, ImageState, Job, JobCounts, JobState,
+        JobSummary, ListJobsQuery, Operation, TaskResult, TileAssembly, TileOutput, TileSplit,
+        operation, task_result::Outcome,
     },
 };
 use prost::Message as _;
@@ -43,6 +48,8 @@ pub struct Meta {
     tiles: sled::Tree,
     batches: sled::Tree,
     counts: sled::Tree,
+    owners: sled::Tree,
+    blob_info: sled::Tree,
     max_images_per_job: u32,
 }
 
@@ -193,6 +200,14 @@ fn batch_key(parent_id: &str, id: &str) -> Vec<u8> {
     format!("{parent_id}/{id}").into_bytes()
 }
 
+fn owner_key(blob_id: &str, owner: &str) -> Vec<u8> {
+    format!("{blob_id}/{owner}").into_bytes()
+}
+
+/// Reads of a job whose images keep changing meanwhile, before giving up: each change of a
+/// job takes the writer well under a millisecond, so this many in a row means a storm.
+const MAX_JOB_READS: usize = 100;
+
 /// Longest owner (an API key's name) a job records.
 const MAX_OWNER_BYTES: usize = 128;
 /// Longest URL an input may have; the gateway checks URLs properly, this bounds the record.
@@ -268,7 +283,9 @@ fn open_db(dir: &Path, wait: Duration) -> sled::Result<sled::Db> {
     let deadline = Instant::now() + wait;
     let mut backoff = Duration::from_millis(5);
     loop {
-        match sled::open(dir) {
+        // No background flusher: the writer thread flushes after every group of changes,
+        // and a second flusher is what deadlocked against transactions (see store.rs).
+        match sled::Config::new().path(dir).flush_every_ms(None).open() {
             // sled reports lock contention only through its message (kind Other).
             Err(sled::Error::Io(e))
                 if e.to_string().contains("could not acquire lock")
@@ -292,6 +309,8 @@ impl Meta {
             tiles: db.open_tree("tiles").map_err(db_error)?,
             batches: db.open_tree("batches").map_err(db_error)?,
             counts: db.open_tree("counts").map_err(db_error)?,
+            owners: db.open_tree("owners").map_err(db_error)?,
+            blob_info: db.open_tree("blob_info").map_err(db_error)?,
             db,
             max_images_per_job,
         };
@@ -328,10 +347,9 @@ impl Meta {
         Ok(tally)
     }
 
-    /// Makes every change so far durable; called after each mutation.
-    pub async fn flush(&self) -> Result<(), Error> {
-        self.db.flush_async().await.map_err(db_error)?;
-        Ok(())
+    /// Makes every change so far durable. Only the writer thread calls it (see store.rs).
+    pub fn flush(&self) -> Result<(), Error> {
+        self.db.flush().map(drop).map_err(db_error)
     }
 
     pub fn create(&self, request: CreateJobRequest) -> Result<Job, Error> {
@@ -400,6 +418,7 @@ impl Meta {
             images: Vec::new(),
             tiling: tiling as i32,
             generation: 0,
+            provisional: true,
         };
         (
             &self.jobs,
@@ -444,28 +463,37 @@ impl Meta {
         Ok(self.header(id)?.summary.unwrap_or_default())
     }
 
+    /// The whole job: header and images, as of one moment. Read without a transaction (a
+    /// read transaction takes sled's write lock, see store.rs): every change to a job's images
+    /// also counts up its header's version in the same transaction, so images read between
+    /// two reads of the same header version belong together; otherwise read again.
     pub fn job(&self, id: &str) -> Result<Job, Error> {
         check_job_id(id)?;
-        // A read-only transaction, so the images agree with the summary's counts even while
-        // results are being recorded.
-        (&self.jobs, &self.images)
-            .transaction(|(jobs, images)| {
-                let bytes = jobs
-                    .get(id)?
-                    .ok_or_else(|| abort(Error::not_found(format!("job {id} not found"))))?;
-                let mut job: Job = decode(&bytes).map_err(abort)?;
-                let total = job.summary.as_ref().map_or(0, |s| s.total);
-                job.images = (0..total)
-                    .map(|index| {
-                        let bytes = images.get(image_key(id, index))?.ok_or_else(|| {
-                            abort(Error::internal(format!("job {id} has no image {index}")))
-                        })?;
-                        decode(&bytes).map_err(abort)
-                    })
-                    .collect::<Result<_, _>>()?;
-                Ok(job)
-            })
-            .map_err(tx_error)
+        let mut attempts = 0;
+        loop {
+            let mut job = self.header(id)?;
+            let summary = job.summary.clone().unwrap_or_default();
+            job.images = (0..summary.total)
+                .map(|index| {
+                    let bytes = self
+                        .images
+                        .get(image_key(id, index))
+                        .map_err(db_error)?
+                        .ok_or_else(|| Error::not_found(format!("job {id} not found")))?;
+                    decode(&bytes)
+                })
+                .collect::<Result<_, _>>()?;
+            let again = self.header(id)?.summary.unwrap_or_default();
+            if again.version == summary.version {
+                return Ok(job);
+            }
+            attempts += 1;
+            if attempts >= MAX_JOB_READS {
+                return Err(Error::unavailable(format!(
+                    "job {id} changes too fast to read, retry"
+                )));
+            }
+        }
     }
 
     /// Newest first, filtered by the query's batch, states and owner; `before` is an
@@ -591,7 +619,8 @@ impl Meta {
         Ok(summaries)
     }
 
-    /// Queued → running; other states are left as they are.
+    /// Queued → running, and the job is no longer provisional (its submit is confirmed);
+    /// other states are left as they are.
     pub fn mark_running(&self, id: &str) -> Result<JobSummary, Error> {
         check_job_id(id)?;
         // A transaction, so a result recorded meanwhile (which may have finished the job) is
@@ -600,10 +629,13 @@ impl Meta {
             .transaction(|(jobs, counts)| {
                 let mut job = tx_job(jobs, id)?;
                 let was = state_of(&job);
+                let confirmed = std::mem::take(&mut job.provisional);
                 let summary = job.summary.get_or_insert_default();
                 if summary.state() == JobState::Queued {
                     summary.state = JobState::Running as i32;
                     bump(summary);
+                    put_job(jobs, counts, id, Some(was), &job)?;
+                } else if confirmed {
                     put_job(jobs, counts, id, Some(was), &job)?;
                 }
                 Ok(job.summary.unwrap_or_default())
@@ -633,8 +665,9 @@ impl Meta {
             &self.unfinished,
             &self.tiles,
             &self.counts,
+            &self.owners,
         )
-            .transaction(|(jobs, images, unfinished, tiles, counts)| {
+            .transaction(|(jobs, images, unfinished, tiles, counts, owners)| {
                 let mut job = tx_job(jobs, id)?;
                 let was = state_of(&job);
                 let mut image: Image = decode(
@@ -735,6 +768,10 @@ impl Meta {
                         image.state = ImageState::Done as i32;
                         image.output = Some(output.clone());
                         summary.done += 1;
+                        // The job's key may download its output, and use it as an input.
+                        if !summary.owner.is_empty() {
+                            owners.insert(owner_key(&output.blob_id, &summary.owner), &[])?;
+                        }
                     }
                     Some(Outcome::Error(error)) => {
                         image.state = ImageState::Failed as i32;
@@ -991,6 +1028,27 @@ impl Meta {
                 format!("job {id} is {}: cancel it before deleting", state.label()),
             ));
         }
+        self.remove_records(id, &job)?;
+        tracing::info!(job = %id, images = job.images.len(), "job deleted");
+        Ok(job)
+    }
+
+    /// Removes a job whose submit was answered with an error or never answered, whatever its
+    /// state: nothing of it may run later. Returns what it was, for its blobs; `None` when
+    /// it was never stored.
+    pub fn abandon(&self, id: &str) -> Result<Option<Job>, Error> {
+        let job = match self.job(id) {
+            Ok(job) => job,
+            Err(err) if err.code == ErrorCode::NotFound => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        self.remove_records(id, &job)?;
+        tracing::info!(job = %id, images = job.images.len(), "job abandoned");
+        Ok(Some(job))
+    }
+
+    /// Every record of job `id` (as read in `job`) in one transaction, counters moved.
+    fn remove_records(&self, id: &str, job: &Job) -> Result<(), Error> {
         let keys: Vec<Vec<u8>> = job
             .images
             .iter()
@@ -1024,9 +1082,123 @@ impl Meta {
                 }
                 Ok(())
             })
+            .map_err(tx_error)
+    }
+
+    /// Puts the pending images among `indexes` back to the start, as if just submitted: a
+    /// tiled one forgets its split and tiles. For images whose task was lost; images that
+    /// are not pending (recorded meanwhile) are left alone. Returns the job.
+    pub fn requeue(&self, id: &str, indexes: &[u32]) -> Result<Job, Error> {
+        check_job_id(id)?;
+        (&self.jobs, &self.images, &self.tiles, &self.counts)
+            .transaction(|(jobs, images, tiles, counts)| {
+                let mut job = tx_job(jobs, id)?;
+                let was = state_of(&job);
+                let summary = job.summary.get_or_insert_default();
+                if summary.state().is_final() {
+                    return Ok(());
+                }
+                let mut version = None;
+                for &index in indexes {
+                    let key = image_key(id, index);
+                    let Some(bytes) = images.get(&key)? else {
+                        continue;
+                    };
+                    let mut image: Image = decode(&bytes).map_err(abort)?;
+                    if image.state() != ImageState::Pending {
+                        continue;
+                    }
+                    let version = *version.get_or_insert_with(|| bump(summary));
+                    image.tiles_total = 0;
+                    image.tiles_done = 0;
+                    image.duration_ms = 0;
+                    image.version = version;
+                    images.insert(key.clone(), image.encode_to_vec())?;
+                    tiles.remove(key)?;
+                }
+                if version.is_some() {
+                    put_job(jobs, counts, id, Some(was), &job)?;
+                }
+                Ok(())
+            })
             .map_err(tx_error)?;
-        tracing::info!(job = %id, images = keys.len(), "job deleted");
-        Ok(job)
+        self.job(id)
+    }
+
+    /// Records that `owner` stored the blob `info` describes (an upload), with its size and
+    /// image header. An empty owner records only the header.
+    pub fn add_blob(&self, info: &BlobInfo, owner: &str) -> Result<(), Error> {
+        if owner.len() > MAX_OWNER_BYTES {
+            return Err(Error::invalid(format!(
+                "owner is over {MAX_OWNER_BYTES} bytes"
+            )));
+        }
+        (&self.owners, &self.blob_info)
+            .transaction(|(owners, blob_info)| {
+                blob_info.insert(info.id.as_bytes(), info.encode_to_vec())?;
+                if !owner.is_empty() {
+                    owners.insert(owner_key(&info.id, owner), &[])?;
+                }
+                Ok(())
+            })
+            .map_err(tx_error)
+    }
+
+    /// Whether `owner` uploaded blob `id` or a job of theirs produced it.
+    pub fn owns(&self, id: &str, owner: &str) -> Result<bool, Error> {
+        if owner.is_empty() {
+            return Ok(false);
+        }
+        Ok(self
+            .owners
+            .get(owner_key(id, owner))
+            .map_err(db_error)?
+            .is_some())
+    }
+
+    /// What an upload recorded of blob `id` (size, image header), if it was recorded.
+    pub fn blob_info(&self, id: &str) -> Result<Option<BlobInfo>, Error> {
+        self.blob_info
+            .get(id.as_bytes())
+            .map_err(db_error)?
+            .map(|bytes| decode(&bytes))
+            .transpose()
+    }
+
+    /// Every blob id with an owner or header record: what [`Meta::forget_blobs`] may need to
+    /// clean up after the blobs themselves are gone.
+    pub fn recorded_blobs(&self) -> Result<std::collections::BTreeSet<String>, Error> {
+        let mut ids = std::collections::BTreeSet::new();
+        for key in self.blob_info.iter().keys() {
+            ids.insert(String::from_utf8_lossy(&key.map_err(db_error)?).into_owned());
+        }
+        for key in self.owners.iter().keys() {
+            let key = key.map_err(db_error)?;
+            let id = key.split(|b| *b == b'/').next().unwrap_or_default();
+            ids.insert(String::from_utf8_lossy(id).into_owned());
+        }
+        Ok(ids)
+    }
+
+    /// Drops the owner and header records of blobs that were removed.
+    pub fn forget_blobs(&self, ids: &[String]) -> Result<(), Error> {
+        let mut keys = Vec::new();
+        for id in ids {
+            for key in self.owners.scan_prefix(format!("{id}/")).keys() {
+                keys.push(key.map_err(db_error)?);
+            }
+        }
+        (&self.owners, &self.blob_info)
+            .transaction(|(owners, blob_info)| {
+                for key in &keys {
+                    owners.remove(key.clone())?;
+                }
+                for id in ids {
+                    blob_info.remove(id.as_bytes())?;
+                }
+                Ok(())
+            })
+            .map_err(tx_error)
     }
 }
 
@@ -1664,6 +1836,113 @@ mod tests {
         let unfinished: Vec<&str> = unfinished.iter().map(|s| s.id.as_str()).collect();
         assert_eq!(unfinished, [&ids[2], &ids[3]]);
         assert_eq!(meta.unfinished.len(), 2, "finished jobs leave the index");
+    }
+
+    #[test]
+    fn a_job_is_provisional_until_marked_running_and_abandon_removes_it_whatever_its_state() {
+        let (_dir, meta) = meta();
+        let id = new_id();
+        let created = meta
+            .create(CreateJobRequest {
+                owner: "alice".into(),
+                ..new_job(&id, vec![], inputs(2), Tiling::Auto)
+            })
+            .expect("create");
+        assert!(
+            created.provisional,
+            "a new job waits for its submit to finish"
+        );
+        meta.mark_running(&id).expect("running");
+        assert!(!meta.job(&id).expect("job").provisional);
+        meta.record(&ok(&id, 0)).expect("record");
+
+        let abandoned = meta.abandon(&id).expect("abandon").expect("it existed");
+        assert_eq!(abandoned.images.len(), 2);
+        assert_eq!(meta.job(&id).expect_err("gone").code, ErrorCode::NotFound);
+        assert!(meta.unfinished().expect("unfinished").is_empty());
+        assert_eq!(meta.counts("alice").expect("counts"), JobCounts::default());
+        assert_counters_agree(&meta);
+        assert!(meta.abandon(&id).expect("again").is_none(), "idempotent");
+    }
+
+    #[test]
+    fn requeue_resets_pending_images_only() {
+        let (_dir, meta) = meta();
+        let id = new_id();
+        meta.create(new_job(&id, vec![], inputs(3), Tiling::Auto))
+            .expect("create");
+        meta.mark_running(&id).expect("running");
+        meta.record(&ok(&id, 0)).expect("done");
+        meta.record(&split(&id, 1, 4)).expect("split");
+        meta.record(&tile(&id, 1, 0)).expect("tile");
+        let before = meta.summary(&id).expect("summary").version;
+
+        let job = meta.requeue(&id, &[0, 1, 2]).expect("requeue");
+        let summary = job.summary.clone().expect("summary");
+        assert_eq!(summary.version, before + 1, "one change");
+        assert_eq!(
+            job.images[0].state(),
+            ImageState::Done,
+            "a done image stays done"
+        );
+        assert_eq!(
+            (job.images[1].tiles_total, job.images[1].tiles_done),
+            (0, 0)
+        );
+        assert_eq!(job.images[1].version, summary.version);
+        assert_eq!(job.images[2].version, summary.version);
+        // The tiled image starts over: a new split is recorded afresh.
+        assert!(meta.record(&split(&id, 1, 2)).expect("new split").applied);
+        let done = meta.requeue(&id, &[0]).expect("nothing pending");
+        assert_eq!(done.summary.expect("summary").version, summary.version + 1);
+    }
+
+    #[test]
+    fn blobs_belong_to_their_uploaders_and_to_the_owner_of_the_job_that_made_them() {
+        let (_dir, meta) = meta();
+        let upload = BlobInfo {
+            id: BLOB.into(),
+            size_bytes: 10,
+            width: 3,
+            height: 2,
+            bytes_per_pixel: 3,
+        };
+        meta.add_blob(&upload, "alice").expect("alice uploads");
+        assert!(meta.owns(BLOB, "alice").expect("owns"));
+        assert!(!meta.owns(BLOB, "bob").expect("owns"));
+        assert!(
+            !meta.owns(BLOB, "").expect("owns"),
+            "no key owns by default"
+        );
+        // The same bytes uploaded by a second key: a second owner.
+        meta.add_blob(&upload, "bob").expect("bob uploads");
+        assert!(meta.owns(BLOB, "bob").expect("owns"));
+        assert_eq!(meta.blob_info(BLOB).expect("info"), Some(upload));
+
+        let output = "b".repeat(64);
+        let id = new_id();
+        meta.create(CreateJobRequest {
+            owner: "carol".into(),
+            ..new_job(&id, vec![], inputs(1), Tiling::Auto)
+        })
+        .expect("create");
+        let mut result = ok(&id, 0);
+        if let Some(Outcome::Output(out)) = &mut result.outcome {
+            out.blob_id.clone_from(&output);
+        }
+        meta.record(&result).expect("record");
+        assert!(
+            meta.owns(&output, "carol").expect("owns"),
+            "the job's key owns its output"
+        );
+        assert!(!meta.owns(&output, "alice").expect("owns"));
+
+        meta.forget_blobs(&[BLOB.to_string(), output.clone()])
+            .expect("forget");
+        assert!(!meta.owns(BLOB, "alice").expect("owns"));
+        assert!(!meta.owns(&output, "carol").expect("owns"));
+        assert_eq!(meta.blob_info(BLOB).expect("info"), None);
+        assert!(meta.recorded_blobs().expect("ids").is_empty());
     }
 
     #[test]

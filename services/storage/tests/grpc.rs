@@ -110,8 +110,20 @@ async fn put_blob(
     max_bytes: u64,
     data: &[u8],
 ) -> Result<pb::BlobInfo, tonic::Status> {
+    put_owned(client, max_bytes, data, "").await
+}
+
+async fn put_owned(
+    client: &mut StorageClient<Channel>,
+    max_bytes: u64,
+    data: &[u8],
+    owner: &str,
+) -> Result<pb::BlobInfo, tonic::Status> {
     let mut parts = vec![PutBlobRequest {
-        part: Some(Part::Meta(BlobMeta { max_bytes })),
+        part: Some(Part::Meta(BlobMeta {
+            max_bytes,
+            owner: owner.into(),
+        })),
     }];
     parts.extend(data.chunks(CHUNK).map(|chunk| PutBlobRequest {
         part: Some(Part::Chunk(chunk.to_vec())),
@@ -302,6 +314,237 @@ async fn bad_requests_get_the_right_codes() {
         .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
 
+    drop(client);
+    server.stop().await;
+}
+
+/// A 3 x 2 RGBA PNG, 8 bits per sample.
+fn tiny_png() -> Vec<u8> {
+    // Only the header matters here: signature, then IHDR (width, height, depth 8, colour 6).
+    let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
+    png.extend_from_slice(&3u32.to_be_bytes());
+    png.extend_from_slice(&2u32.to_be_bytes());
+    png.extend_from_slice(&[8, 6, 0, 0, 0, 0, 0, 0, 0]);
+    png
+}
+
+#[tokio::test]
+async fn a_blob_serves_only_its_owners_and_tells_its_image_size() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Running::start(dir.path()).await;
+    let mut client = server.client().await;
+    let png = tiny_png();
+    let uploaded = put_owned(&mut client, 0, &png, "alice").await.expect("put");
+    assert_eq!((uploaded.width, uploaded.height), (3, 2));
+    assert_eq!(uploaded.bytes_per_pixel, 4);
+    let unowned = put_blob(&mut client, 0, b"no owner").await.expect("put");
+
+    let check = |owner: &str, admin: bool| pb::CheckBlobsRequest {
+        ids: vec![
+            uploaded.id.clone(),
+            unowned.id.clone(),
+            "0".repeat(64),
+            "../x".into(),
+        ],
+        owner: owner.into(),
+        admin,
+    };
+    let ids = |response: pb::CheckBlobsResponse| -> Vec<String> {
+        response.blobs.into_iter().map(|blob| blob.id).collect()
+    };
+    let alice = client
+        .check_blobs(check("alice", false))
+        .await
+        .expect("check");
+    let alice = alice.into_inner();
+    assert_eq!(alice.blobs[0], uploaded, "size and header as uploaded");
+    assert_eq!(
+        ids(alice),
+        [
+            uploaded.id.clone(),
+            String::new(),
+            String::new(),
+            String::new()
+        ]
+    );
+    // Bob may not use Alice's upload: to him it does not exist.
+    let bob = client
+        .check_blobs(check("bob", false))
+        .await
+        .expect("check");
+    assert!(ids(bob.into_inner()).iter().all(String::is_empty));
+    // An admin may use every stored blob, and only stored ones.
+    let admin = client
+        .check_blobs(check("root", true))
+        .await
+        .expect("check");
+    assert_eq!(
+        ids(admin.into_inner()),
+        [
+            uploaded.id.clone(),
+            unowned.id.clone(),
+            String::new(),
+            String::new()
+        ]
+    );
+    // Bob uploading the same bytes becomes a second owner of the one blob.
+    let again = put_owned(&mut client, 0, &png, "bob").await.expect("put");
+    assert_eq!(again.id, uploaded.id);
+    let bob = client
+        .check_blobs(check("bob", false))
+        .await
+        .expect("check");
+    assert_eq!(ids(bob.into_inner())[0], uploaded.id);
+
+    drop(client);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_aborted_upload_stores_nothing_and_the_connection_serves_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Running::start(dir.path()).await;
+    let mut client = server.client().await;
+    let data = random_bytes(200 * 1024);
+    for _ in 0..50 {
+        let parts = vec![
+            PutBlobRequest {
+                part: Some(Part::Meta(BlobMeta::default())),
+            },
+            PutBlobRequest {
+                part: Some(Part::Chunk(data[..CHUNK].to_vec())),
+            },
+            PutBlobRequest {
+                part: Some(Part::Abort(pb::BlobAbort {
+                    reason: "client went away".into(),
+                })),
+            },
+        ];
+        let err = client
+            .put_blob(tokio_stream::iter(parts))
+            .await
+            .expect_err("aborted");
+        assert_eq!(err.code(), Code::Cancelled);
+        assert!(
+            err.message().contains("client went away"),
+            "{}",
+            err.message()
+        );
+    }
+    let missing = client
+        .stat_blob(GetBlobRequest {
+            id: blake3::hash(&data[..CHUNK]).to_hex().to_string(),
+        })
+        .await
+        .expect_err("nothing stored");
+    assert_eq!(missing.code(), Code::NotFound);
+    let temp_files = std::fs::read_dir(dir.path().join("blobs/tmp"))
+        .expect("tmp dir")
+        .count();
+    assert_eq!(temp_files, 0, "aborted uploads leave no temp file");
+    // The same connection still works.
+    put_blob(&mut client, 0, &data)
+        .await
+        .expect("a whole upload");
+
+    drop(client);
+    server.stop().await;
+}
+
+/// The deadlock storage had under load: many concurrent job changes and reads over one
+/// connection, as the scheduler and gateways make them. Every call must be answered and the
+/// health check must answer throughout; before the writer thread, sled's lock cycle hung
+/// both runtime threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_changes_and_reads_all_finish_and_health_answers_throughout() {
+    const JOBS: usize = 300;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Running::start(dir.path()).await;
+    let client = server.client().await;
+    let blob = put_blob(&mut client.clone(), 0, b"input")
+        .await
+        .expect("put");
+    let mut ids = ulid::Generator::new();
+    let ids: Vec<String> = (0..JOBS)
+        .map(|_| ids.generate().expect("ulid").to_string())
+        .collect();
+    let work = ids.iter().cloned().map(|id| {
+        let mut client = client.clone();
+        let blob = blob.id.clone();
+        tokio::spawn(async move {
+            let input = |name: &str| ImageInput {
+                blob_id: blob.clone(),
+                name: name.into(),
+                ..Default::default()
+            };
+            client
+                .create_job(CreateJobRequest {
+                    id: id.clone(),
+                    inputs: vec![input("a"), input("b")],
+                    ..Default::default()
+                })
+                .await?;
+            let request = || JobRequest { id: id.clone() };
+            client.get_job_summary(request()).await?;
+            client.mark_job_running(request()).await?;
+            client.list_jobs(pb::ListJobsQuery::default()).await?;
+            for index in 0..2 {
+                client
+                    .record_result(RecordResultRequest {
+                        result: Some(TaskResult {
+                            job_id: id.clone(),
+                            index,
+                            outcome: Some(Outcome::Error("bad".into())),
+                            worker_id: "w".into(),
+                            attempts: 1,
+                            duration_ms: 1,
+                        }),
+                    })
+                    .await?;
+                client.get_job(request()).await?;
+            }
+            let job = client.get_job(request()).await?.into_inner();
+            Ok::<_, tonic::Status>(job.summary.unwrap_or_default().state())
+        })
+    });
+    let work: Vec<_> = work.collect();
+    let mut health = HealthClient::new(
+        Channel::from_shared(server.url())
+            .expect("url")
+            .connect_lazy(),
+    );
+    let all = futures::future::join_all(work);
+    tokio::pin!(all);
+    let mut checks = 0;
+    let results = loop {
+        tokio::select! {
+            results = &mut all => break results,
+            () = tokio::time::sleep(Duration::from_millis(50)) => {
+                let answered = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    health.check(HealthCheckRequest::default()),
+                )
+                .await;
+                assert!(
+                    matches!(answered, Ok(Ok(_))),
+                    "health check unanswered while under load: {answered:?}"
+                );
+                checks += 1;
+            }
+        }
+    };
+    for result in results {
+        let state = result.expect("task").expect("every call answered");
+        assert_eq!(state, JobState::Failed);
+    }
+    let counts = client
+        .clone()
+        .count_jobs(pb::CountJobsRequest::default())
+        .await
+        .expect("counts")
+        .into_inner();
+    assert_eq!((counts.total, counts.failed), (JOBS as u32, JOBS as u32));
+    eprintln!("{JOBS} jobs, {checks} health checks answered under load");
     drop(client);
     server.stop().await;
 }

@@ -26,11 +26,17 @@ use serde_json::{Map, Value, json};
 
 use super::bitmap::{Bitmap, luma};
 use super::format::FileFormat;
+use crate::budget::{Cost, Shape, ns};
 
 pub(crate) const NAME: &str = "analyze";
 
 /// How many dominant colours the report lists.
 pub const DOMINANT_COLOURS: usize = 5;
+
+/// Single-core nanoseconds per pixel, for the budget's estimate (calibration in
+/// `crate::budget`): a luma plane (one byte a pixel, beside the image), a histogram, colour
+/// bins, a Laplacian and a perceptual hash.
+const NS_PER_PIXEL: f64 = 14.0;
 
 /// The EXIF fields the report lists, when present: what identifies the camera and the shot.
 /// Maker notes and thumbnails are left out; they are large and mean little outside the maker's
@@ -145,6 +151,14 @@ pub struct Analyze;
 impl Analyze {
     pub(crate) fn to_proto(self) -> v1::Analyze {
         v1::Analyze {}
+    }
+
+    /// What the report costs (see `crate::budget`).
+    pub(crate) fn cost(self, image: Shape) -> Cost {
+        Cost {
+            peak_bytes: image.bytes().saturating_add(image.pixels()),
+            cpu_ns: ns(image.pixels(), NS_PER_PIXEL),
+        }
     }
 
     /// The image as it is: the engine takes the [`report`].

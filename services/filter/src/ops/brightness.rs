@@ -10,6 +10,10 @@ use super::bitmap::Bitmap;
 use super::json::Fields;
 
 pub(crate) const NAME: &str = "brightness";
+
+/// Single-core nanoseconds per pixel, for the budget's estimate (calibration in
+/// `crate::budget`). Works in place: no memory beside the image.
+pub(crate) const NS_PER_PIXEL: f64 = 1.6;
 pub(crate) const FIELDS: &[&str] = &["factor"];
 
 /// Past 10x nearly every pixel is white; a larger factor is a mistake.

@@ -8,6 +8,10 @@ use super::bitmap::Bitmap;
 use super::json::{Fields, number};
 
 pub(crate) const NAME: &str = "contrast";
+
+/// Single-core nanoseconds per pixel, for the budget's estimate (calibration in
+/// `crate::budget`). Works in place: no memory beside the image.
+pub(crate) const NS_PER_PIXEL: f64 = 1.8;
 pub(crate) const FIELDS: &[&str] = &["factor"];
 
 /// Past 10x every channel is 0 or 255.

@@ -7,12 +7,17 @@ use serde_json::Value;
 use super::bitmap::Bitmap;
 use super::gravity::Gravity;
 use super::json::Fields;
+use crate::budget::{Cost, Shape};
 
 pub(crate) const NAME: &str = "crop";
 pub(crate) const FIELDS: &[&str] = &["x", "y", "width", "height", "gravity"];
 
 /// Largest offset or side accepted; far beyond any image the pixel limit lets in.
 pub const MAX_COORDINATE: u32 = 1 << 20;
+
+/// Single-core nanoseconds per output pixel, for the budget's estimate (calibration in
+/// `crate::budget`): a copy of each row's part.
+const NS_PER_PIXEL: f64 = 1.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Crop {
@@ -127,6 +132,15 @@ impl Crop {
     pub fn output_size(&self, width: u32, height: u32) -> (u64, u64) {
         let (_, _, w, h) = self.rect(width, height);
         (u64::from(w), u64::from(h))
+    }
+
+    /// What the op costs (see `crate::budget`): the rectangle is copied out while the image
+    /// lives, unless it is the whole image.
+    pub(crate) fn cost(&self, input: Shape, output: Shape) -> Cost {
+        if (input.width, input.height) == (output.width, output.height) {
+            return Cost::in_place(input, 0.0);
+        }
+        Cost::copying(input, output, NS_PER_PIXEL)
     }
 
     pub fn apply(&self, image: Bitmap) -> Result<Bitmap, String> {

@@ -11,11 +11,16 @@
 use pixelmesh_proto::v1;
 
 use super::bitmap::{Bitmap, luma};
+use crate::budget::{self, Cost, Shape, ns};
 
 pub(crate) const NAME: &str = "edge";
 
 /// How far a pixel's value reaches.
 pub const RADIUS: u32 = 1;
+
+/// Single-core nanoseconds per pixel, for the budget's estimate (calibration in
+/// `crate::budget`).
+const NS_PER_PIXEL: f64 = 20.0;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Edge;
@@ -25,7 +30,18 @@ impl Edge {
         v1::Edge {}
     }
 
-    pub fn apply(self, mut image: Bitmap) -> Bitmap {
+    /// What the op costs (see `crate::budget`): a luma plane, one byte a pixel plus two a row,
+    /// beside the image it writes into.
+    pub(crate) fn cost(self, image: Shape) -> Cost {
+        let plane = image.width.saturating_add(2).saturating_mul(image.height);
+        Cost {
+            peak_bytes: image.bytes().saturating_add(plane),
+            cpu_ns: ns(image.pixels(), NS_PER_PIXEL),
+        }
+    }
+
+    /// Errs only when the task's deadline passes (see [`budget::expired`]).
+    pub fn apply(self, mut image: Bitmap) -> Result<Bitmap, String> {
         let (width, height) = (image.width() as usize, image.height() as usize);
         let channels = image.channels();
         // Luma rows with the border pixel repeated on each side, so every output pixel reads a
@@ -44,6 +60,9 @@ impl Edge {
         }
         let stride = width * channels;
         for (y, out) in image.data_mut().chunks_exact_mut(stride).enumerate() {
+            if y % budget::ROWS_PER_CHECK == 0 && budget::expired() {
+                return Err(budget::stopped());
+            }
             let above = &plane[y.saturating_sub(1) * padded..][..padded];
             let here = &plane[y * padded..][..padded];
             let below = &plane[(y + 1).min(height - 1) * padded..][..padded];
@@ -62,7 +81,7 @@ impl Edge {
                 pixel[..3].fill(value);
             }
         }
-        image
+        Ok(image)
     }
 }
 
@@ -120,14 +139,16 @@ mod tests {
 
     #[test]
     fn flat_images_have_no_edges_even_at_the_border() {
-        let out = Edge.apply(grey(5, 4, false, |_, _| 77));
+        let out = Edge.apply(grey(5, 4, false, |_, _| 77)).unwrap();
         assert!(out.data().iter().all(|&v| v == 0));
     }
 
     #[test]
     fn a_vertical_step_lights_the_two_columns_beside_it() {
         // Columns 0..3 are 10, columns 3..6 are 30: a step of 20, gx = 4 x 20 = 80.
-        let out = Edge.apply(grey(6, 3, true, |x, _| if x < 3 { 10 } else { 30 }));
+        let out = Edge
+            .apply(grey(6, 3, true, |x, _| if x < 3 { 10 } else { 30 }))
+            .unwrap();
         for row in red(&out) {
             assert_eq!(row, [0, 0, 80, 80, 0, 0]);
         }
@@ -143,12 +164,14 @@ mod tests {
     #[test]
     fn a_single_dot_gives_the_sobel_ring() {
         // A dot of 10 at (2, 2): each neighbour sees the kernel weight times 10.
-        let out = Edge.apply(grey(
-            5,
-            5,
-            false,
-            |x, y| if (x, y) == (2, 2) { 10 } else { 0 },
-        ));
+        let out = Edge
+            .apply(grey(
+                5,
+                5,
+                false,
+                |x, y| if (x, y) == (2, 2) { 10 } else { 0 },
+            ))
+            .unwrap();
         let rows = red(&out);
         assert_eq!(rows[2][2], 0);
         assert_eq!(rows[2][1], 20); // gx = 2 x 10
@@ -160,12 +183,16 @@ mod tests {
     #[test]
     fn thin_images_repeat_their_border() {
         for (w, h) in [(1, 1), (1, 4), (4, 1)] {
-            let out = Edge.apply(grey(w, h, false, |x, y| (x * 50 + y * 90) as u8));
+            let out = Edge
+                .apply(grey(w, h, false, |x, y| (x * 50 + y * 90) as u8))
+                .unwrap();
             assert_eq!((out.width(), out.height()), (w, h));
         }
         // A 1-pixel-high ramp: the row is its own neighbour above and below, so gy is 0 and gx
         // is 4 x (right - left), the ends repeating themselves.
-        let out = Edge.apply(grey(3, 1, false, |x, _| (x * 10) as u8));
+        let out = Edge
+            .apply(grey(3, 1, false, |x, _| (x * 10) as u8))
+            .unwrap();
         // x=0: (10 + 2x10 + 10) - 0 x 4 = 40; x=1: 4 x (20 - 0) = 80; x=2: 4 x (20 - 10) = 40.
         assert_eq!(red(&out)[0], [40, 80, 40]);
     }

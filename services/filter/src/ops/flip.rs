@@ -7,6 +7,12 @@ use super::bitmap::Bitmap;
 pub(crate) const FLIP: &str = "flip";
 pub(crate) const FLOP: &str = "flop";
 
+/// Single-core nanoseconds per pixel, for the budget's estimate (calibration in
+/// `crate::budget`). Both work in place: flip swaps whole rows, flop reverses each row's bytes
+/// and then each pixel's.
+pub(crate) const FLIP_NS_PER_PIXEL: f64 = 1.0;
+pub(crate) const FLOP_NS_PER_PIXEL: f64 = 3.5;
+
 /// Mirror top to bottom.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Flip;

@@ -8,6 +8,10 @@ use super::bitmap::Bitmap;
 use super::json::{Fields, number};
 
 pub(crate) const NAME: &str = "gamma";
+
+/// Single-core nanoseconds per pixel, for the budget's estimate (calibration in
+/// `crate::budget`). Works in place: no memory beside the image.
+pub(crate) const NS_PER_PIXEL: f64 = 1.6;
 pub(crate) const FIELDS: &[&str] = &["gamma"];
 
 pub const MIN_GAMMA: f32 = 0.1;

@@ -8,6 +8,10 @@ use super::bitmap::{Bitmap, luma};
 
 pub(crate) const NAME: &str = "grayscale";
 
+/// Single-core nanoseconds per pixel, for the budget's estimate (calibration in
+/// `crate::budget`). Works in place: no memory beside the image.
+pub(crate) const NS_PER_PIXEL: f64 = 2.5;
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Grayscale;
 

@@ -6,6 +6,10 @@ use super::bitmap::Bitmap;
 
 pub(crate) const NAME: &str = "invert";
 
+/// Single-core nanoseconds per pixel, for the budget's estimate (calibration in
+/// `crate::budget`). Works in place: no memory beside the image.
+pub(crate) const NS_PER_PIXEL: f64 = 1.6;
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Invert;
 

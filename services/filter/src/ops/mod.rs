@@ -62,6 +62,8 @@ pub use watermark::Watermark;
 use std::collections::HashMap;
 
 use pixelmesh_proto::Error;
+
+use crate::budget::{Context, Cost, Shape};
 use pixelmesh_proto::v1::{Operation, operation};
 use serde_json::Value;
 
@@ -161,6 +163,70 @@ impl Op {
         }
     }
 
+    /// The bytes per pixel (3 or 4) of the bitmap this op makes from `input`: the same, except
+    /// where it puts the image on a transparent background.
+    pub fn output_channels(&self, input: Shape) -> u64 {
+        match self {
+            Op::Resize(op) => op.output_channels(input.width, input.height, input.channels),
+            Op::Thumbnail(op) => {
+                op.resize()
+                    .output_channels(input.width, input.height, input.channels)
+            }
+            Op::Rotate(op) => op.output_channels(input.channels),
+            Op::Crop(_)
+            | Op::Flip(_)
+            | Op::AutoOrient(_)
+            | Op::Flop(_)
+            | Op::Blur(_)
+            | Op::Sharpen(_)
+            | Op::Edge(_)
+            | Op::Pixelate(_)
+            | Op::Brightness(_)
+            | Op::Contrast(_)
+            | Op::Gamma(_)
+            | Op::Saturation(_)
+            | Op::Hue(_)
+            | Op::Grayscale(_)
+            | Op::Sepia(_)
+            | Op::Invert(_)
+            | Op::Threshold(_)
+            | Op::Watermark(_)
+            | Op::Analyze(_)
+            | Op::Format(_) => input.channels,
+        }
+    }
+
+    /// What the op costs making `output` from `input`: the memory alive at its peak and its
+    /// single-core time, for the budget's estimate (see [`crate::budget`]). Each op's numbers
+    /// are in its own file.
+    pub fn cost(&self, input: Shape, output: Shape, context: &Context) -> Cost {
+        match self {
+            Op::Resize(op) => op.cost(input, output),
+            Op::Thumbnail(op) => op.cost(input, output),
+            Op::Crop(op) => op.cost(input, output),
+            Op::Rotate(op) => op.cost(input, output),
+            Op::Flip(_) => Cost::in_place(input, flip::FLIP_NS_PER_PIXEL),
+            Op::Flop(_) => Cost::in_place(input, flip::FLOP_NS_PER_PIXEL),
+            // Nothing to do: decoding made the image upright, and the engine encodes.
+            Op::AutoOrient(_) | Op::Format(_) => Cost::in_place(input, 0.0),
+            Op::Blur(op) => op.cost(input),
+            Op::Sharpen(op) => op.cost(input),
+            Op::Edge(op) => op.cost(input),
+            Op::Pixelate(op) => op.cost(input),
+            Op::Brightness(_) => Cost::in_place(input, brightness::NS_PER_PIXEL),
+            Op::Contrast(_) => Cost::in_place(input, contrast::NS_PER_PIXEL),
+            Op::Gamma(_) => Cost::in_place(input, gamma::NS_PER_PIXEL),
+            Op::Saturation(_) => Cost::in_place(input, saturation::NS_PER_PIXEL),
+            Op::Hue(_) => Cost::in_place(input, hue::NS_PER_PIXEL),
+            Op::Grayscale(_) => Cost::in_place(input, grayscale::NS_PER_PIXEL),
+            Op::Sepia(_) => Cost::in_place(input, sepia::NS_PER_PIXEL),
+            Op::Invert(_) => Cost::in_place(input, invert::NS_PER_PIXEL),
+            Op::Threshold(_) => Cost::in_place(input, threshold::NS_PER_PIXEL),
+            Op::Watermark(op) => op.cost(input, context.logo_pixels),
+            Op::Analyze(op) => op.cost(input),
+        }
+    }
+
     /// How many pixels a tile must carry on each side (its halo) so that the op's output on
     /// the tile's interior matches, byte for byte, its output on the whole image: 0 for
     /// pointwise ops, the kernel radius for bounded-neighbourhood ones. `None` when an output
@@ -214,8 +280,8 @@ impl Op {
             Op::Flop(op) => Ok(op.apply(image)),
             Op::Blur(op) => op.apply(image),
             Op::Sharpen(op) => op.apply(image),
-            Op::Edge(op) => Ok(op.apply(image)),
-            Op::Pixelate(op) => Ok(op.apply(image)),
+            Op::Edge(op) => op.apply(image),
+            Op::Pixelate(op) => op.apply(image),
             Op::Brightness(op) => Ok(op.apply(image)),
             Op::Contrast(op) => Ok(op.apply(image)),
             Op::Gamma(op) => Ok(op.apply(image)),

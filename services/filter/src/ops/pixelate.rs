@@ -7,12 +7,17 @@ use serde_json::Value;
 
 use super::bitmap::Bitmap;
 use super::json::Fields;
+use crate::budget::{self, Cost, Shape};
 
 pub(crate) const NAME: &str = "pixelate";
 pub(crate) const FIELDS: &[&str] = &["size"];
 
 pub const DEFAULT_SIZE: u32 = 10;
 pub const MAX_SIZE: u32 = 4096;
+
+/// Single-core nanoseconds per pixel, for the budget's estimate (calibration in
+/// `crate::budget`): every pixel is read once and written once, in place.
+pub(crate) const NS_PER_PIXEL: f64 = 9.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pixelate {
@@ -52,13 +57,23 @@ impl Pixelate {
         }
     }
 
-    pub fn apply(&self, mut image: Bitmap) -> Bitmap {
+    /// What the op costs (see `crate::budget`).
+    pub(crate) fn cost(&self, image: Shape) -> Cost {
+        Cost::in_place(image, NS_PER_PIXEL)
+    }
+
+    /// Errs only when the task's deadline passes (see [`budget::expired`]), which is looked at
+    /// once per row of blocks.
+    pub fn apply(&self, mut image: Bitmap) -> Result<Bitmap, String> {
         let (width, height) = (image.width() as usize, image.height() as usize);
         let channels = image.channels();
         let size = self.size as usize;
         let stride = width * channels;
         let data = image.data_mut();
         for top in (0..height).step_by(size) {
+            if budget::expired() {
+                return Err(budget::stopped());
+            }
             let bottom = (top + size).min(height);
             for left in (0..width).step_by(size) {
                 let right = (left + size).min(width);
@@ -83,7 +98,7 @@ impl Pixelate {
                 }
             }
         }
-        image
+        Ok(image)
     }
 }
 
@@ -99,16 +114,19 @@ mod tests {
     fn blocks_take_their_mean_and_edges_are_cut_short() {
         // 3x1 RGB with size 2: pixels 0 and 1 average, pixel 2 is its own block.
         let image = Bitmap::new(3, 1, false, vec![0, 10, 100, 10, 20, 201, 7, 7, 7]).unwrap();
-        let out = Pixelate::new(2).unwrap().apply(image);
+        let out = Pixelate::new(2).unwrap().apply(image).unwrap();
         assert_eq!(out.data(), &[5, 15, 151, 5, 15, 151, 7, 7, 7]);
     }
 
     #[test]
     fn size_one_is_identity_and_flat_images_stay_flat() {
         let image = Bitmap::new(2, 2, true, (0..16).collect()).unwrap();
-        assert_eq!(Pixelate::new(1).unwrap().apply(image.clone()), image);
+        assert_eq!(
+            Pixelate::new(1).unwrap().apply(image.clone()).unwrap(),
+            image
+        );
         let flat = Bitmap::new(5, 4, false, vec![42; 60]).unwrap();
-        assert_eq!(Pixelate::new(3).unwrap().apply(flat.clone()), flat);
+        assert_eq!(Pixelate::new(3).unwrap().apply(flat.clone()).unwrap(), flat);
     }
 
     #[test]

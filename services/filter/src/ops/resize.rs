@@ -20,12 +20,20 @@ use serde_json::Value;
 
 use super::bitmap::Bitmap;
 use super::json::{Fields, quoted};
+use crate::budget::{Cost, Shape, ns};
 
 pub(crate) const NAME: &str = "resize";
 pub(crate) const FIELDS: &[&str] = &["width", "height", "fit", "filter", "upscale"];
 
 /// The largest width or height a resize may ask for.
 pub const MAX_DIMENSION: u32 = 16384;
+
+/// Single-core nanoseconds, for the budget's estimate (calibration in `crate::budget`): per
+/// kernel tap of fast_image_resize's two passes (see [`Resize::cost`]), per output pixel
+/// (rounding, storing), and per pixel premultiplied or divided by alpha.
+const NS_PER_TAP: f64 = 0.5;
+const NS_PER_OUTPUT_PIXEL: f64 = 4.0;
+const NS_PER_ALPHA_PIXEL: f64 = 1.5;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Fit {
@@ -325,6 +333,89 @@ impl Resize {
                 canvas: (box_w, box_h),
             },
         }
+    }
+
+    /// The output's bytes per pixel: `exact` pads onto a transparent canvas, RGBA.
+    pub(crate) fn output_channels(&self, width: u64, height: u64, channels: u64) -> u64 {
+        let narrow = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+        let plan = self.plan(narrow(width), narrow(height));
+        if plan.canvas == plan.content {
+            channels
+        } else {
+            4
+        }
+    }
+
+    /// What the op costs (see `crate::budget`).
+    ///
+    /// fast_image_resize runs the vertical pass first for 8-bit pixels, from the source into
+    /// a buffer as wide as the source and as tall as the output, then the horizontal pass into
+    /// the output; RGBA is premultiplied into a copy of the source first. Each pass's kernel
+    /// reaches `support` source pixels each side, widened by the scale when shrinking, so the
+    /// taps are `2 support max(source, output)` per line of each pass. An `exact` fit then
+    /// pads onto a new canvas.
+    pub(crate) fn cost(&self, input: Shape, output: Shape) -> Cost {
+        let narrow = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+        let plan = self.plan(narrow(input.width), narrow(input.height));
+        let padded = plan.canvas != plan.content;
+        // Without padding the content is the output, whose size the engine may have fixed
+        // (after a shrunk decode).
+        let content = if padded {
+            Shape::new(plan.content.0, plan.content.1, input.channels)
+        } else {
+            output.with_channels(input.channels)
+        };
+        let mut cost = if (content.width, content.height) == (input.width, input.height) {
+            Cost::in_place(input, 0.0)
+        } else {
+            let support = match self.filter {
+                Filter::Nearest => 0.0,
+                Filter::Bilinear => 1.0,
+                Filter::CatmullRom => 2.0,
+                Filter::Lanczos3 => 3.0,
+            };
+            let vertical = input.width.saturating_mul(input.height.max(content.height));
+            let horizontal = content
+                .height
+                .saturating_mul(input.width.max(content.width));
+            let taps = 2.0 * support * (vertical as f64 + horizontal as f64);
+            // 4 bytes a pixel cost a third more than 3.
+            let width = input.channels as f64 / 3.0;
+            let temp = input
+                .width
+                .saturating_mul(content.height)
+                .saturating_mul(input.channels);
+            let alpha = input.channels == 4;
+            let premultiplied = if alpha { input.bytes() } else { 0 };
+            // Each axis's weights: about 2 support + 1 f64s, and their fixed-point copies, per
+            // source or output pixel, whichever is more (measured: about 82 bytes each).
+            let weights = (input.width.max(content.width) + input.height.max(content.height))
+                .saturating_mul(160);
+            let alpha_pixels = if alpha {
+                input.pixels().saturating_add(content.pixels())
+            } else {
+                0
+            };
+            Cost {
+                peak_bytes: input
+                    .bytes()
+                    .saturating_add(content.bytes())
+                    .saturating_add(temp)
+                    .saturating_add(premultiplied)
+                    .saturating_add(weights),
+                cpu_ns: taps * NS_PER_TAP * width
+                    + ns(content.pixels(), NS_PER_OUTPUT_PIXEL)
+                    + ns(alpha_pixels, NS_PER_ALPHA_PIXEL),
+            }
+        };
+        if padded {
+            // The resampled content and the canvas live together; the source is gone by then
+            // unless the content is the source itself.
+            let canvas = output.bytes();
+            cost.peak_bytes = cost.peak_bytes.max(content.bytes().saturating_add(canvas));
+            cost.cpu_ns += ns(output.pixels(), NS_PER_OUTPUT_PIXEL);
+        }
+        cost
     }
 
     pub fn apply(&self, image: Bitmap) -> Result<Bitmap, String> {

@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use super::bitmap::Bitmap;
 use super::json::{Fields, quoted};
+use crate::budget::{self, Cost, Shape};
 
 pub(crate) const NAME: &str = "rotate";
 pub(crate) const FIELDS: &[&str] = &["angle", "background"];
@@ -31,6 +32,11 @@ pub const TRANSPARENT: [u8; 4] = [0, 0, 0, 0];
 const TRIG_BITS: u32 = 24;
 /// Fractional bits of a bilinear weight: 1/256 of a pixel is finer than 8-bit output shows.
 const WEIGHT_BITS: u32 = 8;
+
+/// Single-core nanoseconds per output pixel, for the budget's estimate (calibration in
+/// `crate::budget`): a quarter turn moves pixels, any other angle samples four.
+const QUARTER_NS_PER_PIXEL: f64 = 20.0;
+const SAMPLED_NS_PER_PIXEL: f64 = 36.0;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rotate {
@@ -149,10 +155,32 @@ impl Rotate {
         }
     }
 
+    /// The output's bytes per pixel: a sampled turn onto a background that is not opaque
+    /// adds alpha.
+    pub(crate) fn output_channels(&self, channels: u64) -> u64 {
+        if self.quarter_turns().is_none() && self.background[3] < 255 {
+            4
+        } else {
+            channels
+        }
+    }
+
+    /// What the op costs (see `crate::budget`): the turned image is written while the source
+    /// lives; a turn by 0 is free.
+    pub(crate) fn cost(&self, input: Shape, output: Shape) -> Cost {
+        match self.quarter_turns() {
+            Some(0) => Cost::in_place(input, 0.0),
+            Some(_) => Cost::copying(input, output, QUARTER_NS_PER_PIXEL),
+            None => Cost::copying(input, output, SAMPLED_NS_PER_PIXEL),
+        }
+    }
+
+    /// Errs when the canvas would not fit `u32`, or when the task's deadline passes (see
+    /// [`budget::expired`]).
     pub fn apply(&self, image: Bitmap) -> Result<Bitmap, String> {
         match self.quarter_turns() {
             Some(0) => Ok(image),
-            Some(turns) => Ok(quarter_turn(&image, turns)),
+            Some(turns) => quarter_turn(&image, turns),
             None => self.resample(&image),
         }
     }
@@ -190,6 +218,9 @@ impl Rotate {
         let full = 1u64 << WEIGHT_BITS;
         let mut data = Vec::with_capacity(out_w as usize * out_h as usize * out_channels);
         for y in 0..i64::from(out_h) {
+            if y % budget::ROWS_PER_CHECK as i64 == 0 && budget::expired() {
+                return Err(budget::stopped());
+            }
             let dy2 = 2 * y + 1 - i64::from(out_h);
             let dx2 = 1 - i64::from(out_w);
             let mut u = cos * dx2 + sin * dy2 + (w - 1) * one;
@@ -242,14 +273,18 @@ impl Rotate {
     }
 }
 
-/// `image` turned clockwise by `turns` (1..=3) quarter turns: pure pixel moves.
-fn quarter_turn(image: &Bitmap, turns: u32) -> Bitmap {
+/// `image` turned clockwise by `turns` (1..=3) quarter turns: pure pixel moves. Errs only at
+/// the task's deadline.
+fn quarter_turn(image: &Bitmap, turns: u32) -> Result<Bitmap, String> {
     let (w, h) = (image.width() as usize, image.height() as usize);
     let channels = image.channels();
     let source = image.data();
     let (out_w, out_h) = if turns == 2 { (w, h) } else { (h, w) };
     let mut data = Vec::with_capacity(source.len());
     for y in 0..out_h {
+        if y % budget::ROWS_PER_CHECK == 0 && budget::expired() {
+            return Err(budget::stopped());
+        }
         for x in 0..out_w {
             // Where destination (x, y) comes from.
             let (sx, sy) = match turns {
@@ -261,8 +296,10 @@ fn quarter_turn(image: &Bitmap, turns: u32) -> Bitmap {
             data.extend_from_slice(&source[at..at + channels]);
         }
     }
-    Bitmap::new(out_w as u32, out_h as u32, image.has_alpha(), data)
-        .expect("a turned image has as many pixels as the source")
+    Ok(
+        Bitmap::new(out_w as u32, out_h as u32, image.has_alpha(), data)
+            .expect("a turned image has as many pixels as the source"),
+    )
 }
 
 /// `#rrggbb` or `#rrggbbaa`, the `#` optional, either case.

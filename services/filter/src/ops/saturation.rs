@@ -8,6 +8,10 @@ use super::bitmap::{Bitmap, fixed_matrix};
 use super::json::{Fields, number};
 
 pub(crate) const NAME: &str = "saturation";
+
+/// Single-core nanoseconds per pixel, for the budget's estimate (calibration in
+/// `crate::budget`). Works in place: no memory beside the image.
+pub(crate) const NS_PER_PIXEL: f64 = 8.0;
 pub(crate) const FIELDS: &[&str] = &["factor"];
 
 pub const MAX_FACTOR: f32 = 10.0;

@@ -7,6 +7,10 @@ use super::bitmap::{Bitmap, fixed_matrix};
 
 pub(crate) const NAME: &str = "sepia";
 
+/// Single-core nanoseconds per pixel, for the budget's estimate (calibration in
+/// `crate::budget`). Works in place: no memory beside the image.
+pub(crate) const NS_PER_PIXEL: f64 = 5.0;
+
 const MATRIX: [[f64; 3]; 3] = [
     [0.393, 0.769, 0.189],
     [0.349, 0.686, 0.168],

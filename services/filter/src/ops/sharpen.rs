@@ -14,6 +14,7 @@ use serde_json::Value;
 use super::bitmap::Bitmap;
 use super::blur::Blur;
 use super::json::Fields;
+use crate::budget::{self, Cost, Shape, ns};
 
 pub(crate) const NAME: &str = "sharpen";
 pub(crate) const FIELDS: &[&str] = &["sigma", "amount", "threshold"];
@@ -22,6 +23,10 @@ pub const DEFAULT_SIGMA: f32 = 1.0;
 pub const DEFAULT_AMOUNT: f32 = 1.0;
 /// Past 10x every edge clips to black and white; a larger amount is a mistake.
 pub const MAX_AMOUNT: f32 = 10.0;
+
+/// Single-core nanoseconds per pixel beside the blur, for the budget's estimate (calibration
+/// in `crate::budget`): copying the image for the blur, and the table lookups per channel.
+const NS_PER_PIXEL: f64 = 12.0;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sharpen {
@@ -123,6 +128,20 @@ impl Sharpen {
         })
     }
 
+    /// What the op costs (see `crate::budget`): a blurred copy of the image lives beside it,
+    /// with the blur's rows.
+    pub(crate) fn cost(&self, image: Shape) -> Cost {
+        Cost {
+            peak_bytes: image
+                .bytes()
+                .saturating_mul(2)
+                .saturating_add(super::blur::scratch_bytes(image, self.radius())),
+            cpu_ns: super::blur::cpu_ns(image, self.radius())
+                + ns(image.pixels(), NS_PER_PIXEL * image.channels as f64 / 3.0),
+        }
+    }
+
+    /// Errs only when the task's deadline passes (see [`budget::expired`]).
     pub fn apply(&self, mut image: Bitmap) -> Result<Bitmap, String> {
         let blurred = self
             .blur
@@ -130,15 +149,25 @@ impl Sharpen {
             .map_err(|err| err.replacen("blur", NAME, 1))?;
         let table = self.table();
         let channels = image.channels();
-        for (pixel, soft) in image
+        let stride = image.width() as usize * channels;
+        for (y, (row, soft_row)) in image
             .data_mut()
-            .chunks_exact_mut(channels)
-            .zip(blurred.data().chunks_exact(channels))
+            .chunks_exact_mut(stride)
+            .zip(blurred.data().chunks_exact(stride))
+            .enumerate()
         {
-            for (value, &soft) in pixel[..3].iter_mut().zip(&soft[..3]) {
-                let d = i32::from(*value) - i32::from(soft);
-                let gain = i32::from(table[(d + 255) as usize]);
-                *value = (i32::from(*value) + gain).clamp(0, 255) as u8;
+            if y % budget::ROWS_PER_CHECK == 0 && budget::expired() {
+                return Err(budget::stopped());
+            }
+            for (pixel, soft) in row
+                .chunks_exact_mut(channels)
+                .zip(soft_row.chunks_exact(channels))
+            {
+                for (value, &soft) in pixel[..3].iter_mut().zip(&soft[..3]) {
+                    let d = i32::from(*value) - i32::from(soft);
+                    let gain = i32::from(table[(d + 255) as usize]);
+                    *value = (i32::from(*value) + gain).clamp(0, 255) as u8;
+                }
             }
         }
         Ok(image)

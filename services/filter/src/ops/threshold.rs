@@ -8,6 +8,10 @@ use super::bitmap::{Bitmap, luma};
 use super::json::Fields;
 
 pub(crate) const NAME: &str = "threshold";
+
+/// Single-core nanoseconds per pixel, for the budget's estimate (calibration in
+/// `crate::budget`). Works in place: no memory beside the image.
+pub(crate) const NS_PER_PIXEL: f64 = 3.0;
 pub(crate) const FIELDS: &[&str] = &["level"];
 
 pub const DEFAULT_LEVEL: u8 = 128;

@@ -13,6 +13,7 @@ use serde_json::Value;
 use super::bitmap::Bitmap;
 use super::json::Fields;
 use super::resize::{Filter, Fit, MAX_DIMENSION, Resize};
+use crate::budget::{Cost, Shape};
 
 pub(crate) const NAME: &str = "thumbnail";
 pub(crate) const FIELDS: &[&str] = &["width", "height"];
@@ -91,6 +92,11 @@ impl Thumbnail {
 
     pub fn output_size(&self, width: u32, height: u32) -> (u64, u64) {
         self.resize.output_size(width, height)
+    }
+
+    /// A resize's cost (see `crate::budget`).
+    pub(crate) fn cost(&self, input: Shape, output: Shape) -> Cost {
+        self.resize.cost(input, output)
     }
 
     pub fn apply(&self, image: Bitmap) -> Result<Bitmap, String> {

@@ -21,6 +21,7 @@ use serde_json::Value;
 use super::bitmap::Bitmap;
 use super::gravity::Gravity;
 use super::json::{Fields, quoted};
+use crate::budget::{Cost, Shape, ns};
 
 pub(crate) const NAME: &str = "watermark";
 pub(crate) const FIELDS: &[&str] = &["logo", "gravity", "scale", "opacity", "padding"];
@@ -31,6 +32,11 @@ pub const DEFAULT_SCALE: f32 = 20.0;
 pub const DEFAULT_OPACITY: f32 = 1.0;
 pub const DEFAULT_PADDING: u32 = 10;
 pub const MAX_PADDING: u32 = 16384;
+
+/// Single-core nanoseconds, for the budget's estimate (calibration in `crate::budget`): per
+/// logo pixel laid over the image, and per kernel tap of the logo's resampling.
+const BLEND_NS_PER_PIXEL: f64 = 4.0;
+const NS_PER_TAP: f64 = 0.3;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Watermark {
@@ -141,6 +147,32 @@ impl Watermark {
             params.push(("padding", Value::from(self.padding)));
         }
         params
+    }
+
+    /// What the op costs on `image` with a logo of `logo_pixels` (see `crate::budget`), whose
+    /// shape is not known before it is loaded, so bounds: the logo's visible part is `scale`
+    /// percent of the image's width and at most its height, resampled (RGBA, 4 bytes a pixel)
+    /// from a premultiplied copy of the logo through a buffer no bigger than the larger of
+    /// the two. The logo itself is counted once per pipeline (see `crate::budget`).
+    pub(crate) fn cost(&self, image: Shape, logo_pixels: u64) -> Cost {
+        let visible_width = ((image.width as f64 * f64::from(self.scale) / 100.0).ceil() as u64)
+            .clamp(1, image.width.max(1));
+        let visible = visible_width.saturating_mul(image.height);
+        let largest = visible.max(logo_pixels);
+        let part = visible.saturating_mul(4);
+        let temp = largest.saturating_mul(4);
+        let premultiplied = logo_pixels.saturating_mul(4);
+        // Catmull-Rom reaches 2 pixels each side: 4 taps per line of each pass, over the
+        // larger of the logo and its visible part.
+        let taps = 2 * 4 * largest;
+        Cost {
+            peak_bytes: image
+                .bytes()
+                .saturating_add(part)
+                .saturating_add(temp)
+                .saturating_add(premultiplied),
+            cpu_ns: ns(taps, NS_PER_TAP) + ns(visible, BLEND_NS_PER_PIXEL),
+        }
     }
 
     /// Lays `logo` over `image`. Errors only if the resampler refuses buffers we built.
