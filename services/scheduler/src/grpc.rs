@@ -2,6 +2,7 @@
 
 use pixelmesh_proto::v1::{CancelJobRequest, Job, SubmitJobRequest, scheduler_server::Scheduler};
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::jobs::Jobs;
 
@@ -21,7 +22,16 @@ impl Scheduler for SchedulerService {
         &self,
         request: Request<SubmitJobRequest>,
     ) -> Result<Response<Job>, Status> {
-        Ok(Response::new(self.jobs.submit(request.into_inner()).await?))
+        // Run to its end even if the caller goes away: a submit dropped half-way would leave
+        // a provisional job whose tasks may already run. Finished, it is confirmed or
+        // abandoned, never half of either.
+        let jobs = self.jobs.clone();
+        let request = request.into_inner();
+        let submit = tokio::spawn(async move { jobs.submit(request).await }.in_current_span());
+        let job = submit
+            .await
+            .map_err(|err| Status::internal(format!("submit task failed: {err}")))??;
+        Ok(Response::new(job))
     }
 
     async fn cancel_job(
