@@ -537,8 +537,51 @@ pub fn png(width: u32, height: u32, seed: u8) -> Vec<u8> {
     bytes
 }
 
+/// Serves `app` on a loopback port for the roles to reach (a URL input's origin, say); its
+/// base URL. The listener is bound before this returns.
+pub async fn serve_http(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding a loopback port");
+    let addr = listener.local_addr().expect("a bound address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
 /// Client-side helpers over the gateway's REST API.
 pub mod rest {
+    use std::time::{Duration, Instant};
+
+    /// An HTTP client that sends `secret` as its bearer token.
+    pub fn keyed_client(secret: &str) -> reqwest::Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let value = format!("Bearer {secret}").parse().expect("header value");
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .expect("client")
+    }
+
+    /// Polls job `id` until it is in a final state; its JSON. Panics after `timeout`.
+    pub async fn wait_ended(
+        http: &reqwest::Client,
+        base: &str,
+        id: &str,
+        timeout: Duration,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let job = get_json(http, &format!("{base}/api/v1/jobs/{id}")).await;
+            let state = job["state"].as_str().unwrap_or_default();
+            if ["completed", "completed_with_errors", "failed", "cancelled"].contains(&state) {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "job {id} never ended: {job}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// GETs `url` and parses the JSON body, whatever the status.
     pub async fn get_json(http: &reqwest::Client, url: &str) -> serde_json::Value {
         http.get(url)
@@ -685,6 +728,15 @@ pub mod api {
         WatchJobRequest, gateway_client::GatewayClient,
     };
     use tonic::transport::Channel;
+
+    /// A gRPC request carrying `secret` as its bearer token.
+    pub fn keyed<T>(secret: &str, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        let value: tonic::metadata::MetadataValue<_> =
+            format!("Bearer {secret}").parse().expect("metadata");
+        request.metadata_mut().insert("authorization", value);
+        request
+    }
 
     /// Uploads in 64 KiB chunks; returns the blob id.
     pub async fn upload(client: &mut GatewayClient<Channel>, name: &str, bytes: &[u8]) -> String {

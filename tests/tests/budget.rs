@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use pixelmesh_tests::{Cluster, ClusterOptions, corpus, png, rest};
+use pixelmesh_tests::{Cluster, ClusterOptions, corpus, png, rest, serve_http};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pixelmesh-node");
@@ -13,19 +13,6 @@ const TIMEOUT: Duration = Duration::from_secs(300);
 /// The example: a tiny upload made 100 megapixels, then sharpened eight times at the
 /// widest radius.
 const EXPENSIVE: &str = "resize:w=10000,h=10000,fit=fill,upscale=true/sharpen:sigma=100/sharpen:sigma=100/sharpen:sigma=100/sharpen:sigma=100/sharpen:sigma=100/sharpen:sigma=100/sharpen:sigma=100/sharpen:sigma=100";
-
-async fn wait_ended(http: &reqwest::Client, base: &str, id: &str) -> Value {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let job = rest::get_json(http, &format!("{base}/api/v1/jobs/{id}")).await;
-        let state = job["state"].as_str().unwrap_or_default();
-        if ["completed", "completed_with_errors", "failed", "cancelled"].contains(&state) {
-            return job;
-        }
-        assert!(Instant::now() < deadline, "job {id} never ended: {job}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 fn form(pipeline: &str, files: Vec<(String, Vec<u8>)>) -> reqwest::multipart::Form {
     let mut form = reqwest::multipart::Form::new().text("pipeline", pipeline.to_string());
@@ -38,18 +25,13 @@ fn form(pipeline: &str, files: Vec<(String, Vec<u8>)>) -> reqwest::multipart::Fo
     form
 }
 
-/// Serves `bytes` as `image/png` at every path.
+/// Serves `bytes` as `image/png` at every path; the URL of one.
 async fn serve_png(bytes: Vec<u8>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let app = axum::Router::new().fallback(move || {
         let bytes = bytes.clone();
         async move { ([("content-type", "image/png")], bytes) }
     });
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}/tiny.png")
+    format!("{}/tiny.png", serve_http(app).await)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -87,7 +69,7 @@ async fn what_cannot_fit_is_refused_at_submit_or_failed_by_its_worker() {
         .text("pipeline", EXPENSIVE)
         .text("urls", url);
     let id = rest::accepted(rest::post_job(&http, &base, mixed).await).await;
-    let job = wait_ended(&http, &base, &id).await;
+    let job = rest::wait_ended(&http, &base, &id, TIMEOUT).await;
     assert_eq!(job["state"], "failed", "{job}");
     let error = job["images"][0]["error"].as_str().unwrap_or_default();
     assert!(
@@ -119,7 +101,7 @@ async fn a_task_over_its_time_fails_clearly_and_frees_its_core() {
     let started = Instant::now();
     let files = vec![("big.jpg".to_string(), photo)];
     let id = rest::accepted(rest::post_job(&http, &base, form(slow, files)).await).await;
-    let job = wait_ended(&http, &base, &id).await;
+    let job = rest::wait_ended(&http, &base, &id, TIMEOUT).await;
     let took = started.elapsed();
     assert_eq!(job["state"], "failed", "{job}");
     let error = job["images"][0]["error"].as_str().unwrap_or_default();
@@ -133,7 +115,7 @@ async fn a_task_over_its_time_fails_clearly_and_frees_its_core() {
     // The core is free again: the single-slot worker takes the next job.
     let files = vec![("small.png".to_string(), png(40, 30, 1))];
     let id = rest::accepted(rest::post_job(&http, &base, form("invert", files)).await).await;
-    let job = wait_ended(&http, &base, &id).await;
+    let job = rest::wait_ended(&http, &base, &id, TIMEOUT).await;
     assert_eq!(job["state"], "completed", "{job}");
 }
 
@@ -180,7 +162,7 @@ async fn big_images_queue_for_memory_instead_of_running_at_once() {
         .peak_memory_bytes()
         .expect("the filter's memory");
     let id = rest::accepted(rest::post_job(&http, &base, form(pipeline, files)).await).await;
-    let job = wait_ended(&http, &base, &id).await;
+    let job = rest::wait_ended(&http, &base, &id, TIMEOUT).await;
     assert_eq!(job["state"], "completed", "{job}");
     let peak = cluster.filters[0]
         .peak_memory_bytes()

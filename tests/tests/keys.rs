@@ -13,17 +13,6 @@ const ALICE: &str = "alice-secret-0123456789";
 const BOB: &str = "bob-secret-0123456789";
 const ROOT: &str = "root-secret-0123456789";
 
-/// An HTTP client that sends `secret` as its bearer token.
-fn client(secret: &str) -> reqwest::Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    let value = format!("Bearer {secret}").parse().expect("header value");
-    headers.insert(reqwest::header::AUTHORIZATION, value);
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .expect("client")
-}
-
 async fn status(http: &reqwest::Client, method: reqwest::Method, url: &str) -> u16 {
     http.request(method, url)
         .send()
@@ -59,7 +48,11 @@ async fn keys_isolate_jobs_and_an_admin_sees_all() {
     )
     .await;
     let base = cluster.http_url();
-    let (alice, bob, root) = (client(ALICE), client(BOB), client(ROOT));
+    let (alice, bob, root) = (
+        rest::keyed_client(ALICE),
+        rest::keyed_client(BOB),
+        rest::keyed_client(ROOT),
+    );
     let anonymous = reqwest::Client::new();
 
     // No key, or a wrong one: 401 with the JSON error; health stays open.
@@ -72,7 +65,7 @@ async fn keys_isolate_jobs_and_an_admin_sees_all() {
     assert!(response.headers().contains_key("www-authenticate"));
     let body: serde_json::Value = response.json().await.expect("json");
     assert_eq!(body["code"], "unauthenticated");
-    let wrong = client("not-a-key-0123456789abcdef");
+    let wrong = rest::keyed_client("not-a-key-0123456789abcdef");
     assert_eq!(
         status(&wrong, reqwest::Method::GET, &format!("{base}/api/v1/jobs")).await,
         401

@@ -31,17 +31,6 @@ fn secret(key: usize) -> String {
     format!("load-key-{key}-secret-0123456789")
 }
 
-fn client(key: usize) -> reqwest::Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    let value = format!("Bearer {}", secret(key)).parse().expect("header");
-    headers.insert(reqwest::header::AUTHORIZATION, value);
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .pool_max_idle_per_host(0)
-        .build()
-        .expect("client")
-}
-
 /// What one submit came to.
 enum Outcome {
     /// Accepted, and its watcher saw it complete.
@@ -144,7 +133,7 @@ async fn rounds_of_concurrent_submits_and_watchers_all_complete_or_are_shed_clea
         }
     });
 
-    let clients: Vec<reqwest::Client> = (0..KEYS).map(client).collect();
+    let clients: Vec<reqwest::Client> = (0..KEYS).map(|k| rest::keyed_client(&secret(k))).collect();
     let mut latencies = Vec::new();
     let mut shed = (0usize, 0usize);
     for round in 0..ROUNDS {

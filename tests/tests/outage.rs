@@ -17,22 +17,11 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_pixelmesh-node");
 const TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Polls the job until it is in a final state; its JSON.
+/// Polls the job until it is in a final state; its JSON, with every role's log on failure.
 async fn wait_ended(http: &reqwest::Client, base: &str, id: &str, cluster: &Cluster) -> Value {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let job = rest::get_json(http, &format!("{base}/api/v1/jobs/{id}")).await;
-        let state = job["state"].as_str().unwrap_or_default();
-        if ["completed", "completed_with_errors", "failed", "cancelled"].contains(&state) {
-            return job;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "job {id} never ended: {job}\n{}",
-            cluster.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let job = rest::wait_ended(http, base, id, TIMEOUT).await;
+    assert_ne!(job["state"], "failed", "{job}\n{}", cluster.logs());
+    job
 }
 
 /// Polls until `ready` holds of the job's JSON.

@@ -96,17 +96,6 @@ async fn release(held: Vec<HeldUpload>) {
     }
 }
 
-/// An HTTP client that sends `secret` as its bearer token.
-fn client(secret: &str) -> reqwest::Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    let value = format!("Bearer {secret}").parse().expect("header value");
-    headers.insert(reqwest::header::AUTHORIZATION, value);
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .expect("client")
-}
-
 /// A gRPC upload of one chunk, with `secret` as its key when given.
 fn grpc_upload(
     secret: Option<&str>,
@@ -220,7 +209,7 @@ async fn a_key_over_its_upload_limit_gets_429_and_other_keys_still_upload() {
     )
     .await;
     let base = cluster.http_url();
-    let (alice, bob) = (client(ALICE), client(BOB));
+    let (alice, bob) = (rest::keyed_client(ALICE), rest::keyed_client(BOB));
 
     let (held, limited) = fill(&alice, &base, 1, 429).await;
     assert!(limited.headers().contains_key("retry-after"));

@@ -9,10 +9,10 @@ use pixelmesh_proto::v1::{
     GetBatchRequest, GetJobRequest, ImageInput, ListJobsRequest, ListWorkersRequest, Operation,
     SubmitJobRequest, WatchJobRequest, gateway_client::GatewayClient, operation::Op,
 };
-use pixelmesh_tests::{Cluster, ClusterOptions, png, rest, sse::SseStream};
+use pixelmesh_tests::{Cluster, ClusterOptions, api::keyed, png, rest, serve_http, sse::SseStream};
 use reqwest::Method;
 use serde_json::Value;
-use tonic::{Code, metadata::MetadataValue, transport::Channel};
+use tonic::{Code, transport::Channel};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pixelmesh-node");
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -21,48 +21,6 @@ const BOB: &str = "bob-secret-0123456789";
 const ROOT: &str = "root-secret-0123456789";
 /// What Alice's failed URL carries: a presigned URL's secret, as a user would have it.
 const URL_SECRET: &str = "X-Amz-Signature=alice0secret0signature";
-
-fn client(secret: &str) -> reqwest::Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    let value = format!("Bearer {secret}").parse().expect("header value");
-    headers.insert(reqwest::header::AUTHORIZATION, value);
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .expect("client")
-}
-
-/// A gRPC request carrying `secret`.
-fn keyed<T>(secret: &str, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    let value: MetadataValue<_> = format!("Bearer {secret}").parse().expect("metadata");
-    request.metadata_mut().insert("authorization", value);
-    request
-}
-
-/// A server answering 404 to everything: where Alice's URL input points.
-async fn not_found_server() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let app = axum::Router::new().fallback(|| async { axum::http::StatusCode::NOT_FOUND });
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}")
-}
-
-async fn wait_ended(http: &reqwest::Client, base: &str, id: &str) -> Value {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let job = rest::get_json(http, &format!("{base}/api/v1/jobs/{id}")).await;
-        let state = job["state"].as_str().unwrap_or_default();
-        if ["completed", "completed_with_errors", "failed", "cancelled"].contains(&state) {
-            return job;
-        }
-        assert!(Instant::now() < deadline, "job {id} never ended: {job}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 async fn upload(http: &reqwest::Client, base: &str, bytes: Vec<u8>) -> String {
     let response = http
@@ -118,7 +76,10 @@ macro_rules! not_found_stream {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_key_cannot_read_use_or_learn_the_first_keys_data() {
-    let origin = not_found_server().await;
+    // Where Alice's URL inputs point: 404 for everything.
+    let origin =
+        serve_http(axum::Router::new().fallback(|| async { axum::http::StatusCode::NOT_FOUND }))
+            .await;
     let cluster = Cluster::start(
         BIN,
         ClusterOptions {
@@ -136,7 +97,11 @@ async fn a_second_key_cannot_read_use_or_learn_the_first_keys_data() {
     )
     .await;
     let base = cluster.http_url();
-    let (alice, bob, root) = (client(ALICE), client(BOB), client(ROOT));
+    let (alice, bob, root) = (
+        rest::keyed_client(ALICE),
+        rest::keyed_client(BOB),
+        rest::keyed_client(ROOT),
+    );
     let mut bob_feed = SseStream::open(&bob, &format!("{base}/api/v1/events"), None).await;
 
     // Alice: a batch from a URL list (3 URLs, 2 per job), whose images all fail...
@@ -172,7 +137,7 @@ async fn a_second_key_cannot_read_use_or_learn_the_first_keys_data() {
         )
         .text("urls", secret_url.clone());
     let job_id = rest::accepted(rest::post_job(&alice, &base, form).await).await;
-    let job = wait_ended(&alice, &base, &job_id).await;
+    let job = rest::wait_ended(&alice, &base, &job_id, TIMEOUT).await;
     assert_eq!(job["state"], "completed_with_errors", "{job}");
     assert!(
         job["images"][1]["error"]

@@ -251,36 +251,41 @@ fn probe_as(input: &[u8], format: FileFormat) -> Option<Probe> {
 /// or SOF14. Walks the segments by their lengths, as [`jpeg_reaches_end`] does.
 fn jpeg_is_progressive(data: &[u8]) -> bool {
     let mut i = 2;
-    loop {
-        let Some(offset) = data.get(i..).and_then(|rest| memchr::memchr(0xFF, rest)) else {
-            return false;
-        };
-        i += offset;
-        while data.get(i) == Some(&0xFF) {
-            i += 1;
-        }
-        let Some(&marker) = data.get(i) else {
-            return false;
-        };
-        i += 1;
+    while let Some((marker, at)) = next_jpeg_marker(data, i) {
         match marker {
             0xC2 | 0xC6 | 0xCA | 0xCE => return true,
             // The other frame types, or scan data before any frame header.
             0xC0 | 0xC1 | 0xC3 | 0xC5 | 0xC7 | 0xC9 | 0xCB | 0xCD | 0xCF | 0xDA | 0xD9 => {
                 return false;
             }
-            0x01 | 0xD0..=0xD8 => continue,
-            _ => {}
+            0x01 | 0xD0..=0xD8 => i = at,
+            _ => match jpeg_segment_end(data, at) {
+                Some(end) => i = end,
+                None => return false,
+            },
         }
-        let Some(&[hi, lo]) = data.get(i..i + 2) else {
-            return false;
-        };
-        let length = usize::from(u16::from_be_bytes([hi, lo]));
-        if length < 2 {
-            return false;
-        }
-        i += length;
     }
+    false
+}
+
+/// The next marker at or after `i`, and where the bytes after it start. Stray bytes between
+/// segments are tolerated, as the decoder does, and fill bytes (repeated 0xFF) skipped.
+fn next_jpeg_marker(data: &[u8], i: usize) -> Option<(u8, usize)> {
+    let mut i = i + memchr::memchr(0xFF, data.get(i..)?)?;
+    while data.get(i) == Some(&0xFF) {
+        i += 1;
+    }
+    Some((*data.get(i)?, i + 1))
+}
+
+/// Where a segment whose length field starts at `i` ends; the length counts its own two
+/// bytes. `None` for a cut or broken length.
+fn jpeg_segment_end(data: &[u8], i: usize) -> Option<usize> {
+    let &[hi, lo] = data.get(i..i + 2)? else {
+        return None;
+    };
+    let length = usize::from(u16::from_be_bytes([hi, lo]));
+    (length >= 2).then_some(i + length)
 }
 
 /// Decodes the first frame of `input` to 8-bit RGB or RGBA, within `limits`.
@@ -584,33 +589,22 @@ fn jpeg_reaches_end(data: &[u8]) -> bool {
     }
     let mut i = 2;
     loop {
-        // Tolerate stray bytes between segments, as the decoder does, then skip fill bytes.
-        let Some(offset) = data.get(i..).and_then(|rest| memchr::memchr(0xFF, rest)) else {
+        let Some((marker, at)) = next_jpeg_marker(data, i) else {
             return false;
         };
-        i += offset;
-        while data.get(i) == Some(&0xFF) {
-            i += 1;
-        }
-        let Some(&marker) = data.get(i) else {
-            return false;
-        };
-        i += 1;
         match marker {
             EOI => return true,
             // Markers without a length: TEM, RSTn, and a stray SOI.
-            0x01 | 0xD0..=0xD8 => continue,
+            0x01 | 0xD0..=0xD8 => {
+                i = at;
+                continue;
+            }
             _ => {}
         }
-        let Some(&[hi, lo]) = data.get(i..i + 2) else {
+        let Some(end) = jpeg_segment_end(data, at) else {
             return false;
         };
-        // The length counts its own two bytes.
-        let length = usize::from(u16::from_be_bytes([hi, lo]));
-        if length < 2 {
-            return false;
-        }
-        i += length;
+        i = end;
         if marker == SOS {
             // Entropy-coded data runs to the first 0xFF that is not stuffing (FF 00), a
             // restart marker (FF D0..D7) or fill before one of those.
