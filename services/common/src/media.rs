@@ -35,7 +35,8 @@ pub fn image_header(head: &[u8]) -> Option<ImageHeader> {
         ImageType::Jpeg => 3,
         ImageType::Png => png_bytes_per_pixel(head)?,
         ImageType::Webp | ImageType::Gif | ImageType::Bmp => 4,
-        ImageType::Tiff => 8,
+        // Float RGBA, the widest a TIFF decodes to.
+        ImageType::Tiff => 16,
         _ => return None,
     };
     let size = imagesize::blob_size(head).ok()?;
@@ -49,7 +50,8 @@ pub fn image_header(head: &[u8]) -> Option<ImageHeader> {
 }
 
 /// A PNG's decoded bytes per pixel from its IHDR chunk (bit depth at byte 24, colour type at
-/// 25): palette images expand to RGBA, 16-bit samples take two bytes.
+/// 25): palette images expand to RGBA, 16-bit samples take two bytes, and a grey or RGB image
+/// with a `tRNS` chunk decodes with an alpha channel.
 fn png_bytes_per_pixel(head: &[u8]) -> Option<u32> {
     let (&depth, &colour) = (head.get(24)?, head.get(25)?);
     let channels = match colour {
@@ -60,7 +62,24 @@ fn png_bytes_per_pixel(head: &[u8]) -> Option<u32> {
         6 => 4,
         _ => return None,
     };
-    Some(channels * if depth == 16 { 2 } else { 1 })
+    let alpha = u32::from(matches!(colour, 0 | 2) && png_has_transparency(head));
+    Some((channels + alpha) * if depth == 16 { 2 } else { 1 })
+}
+
+/// Whether a `tRNS` chunk comes before the image data: chunks after the 8-byte signature are
+/// length (4 bytes), type (4), data, CRC (4). A head cut before the image data counts as
+/// transparent, the safe side for an estimate.
+fn png_has_transparency(head: &[u8]) -> bool {
+    let mut at = 8;
+    while let Some(chunk) = head.get(at..at + 8) {
+        let length = u32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]) as usize;
+        match &chunk[4..8] {
+            b"tRNS" => return true,
+            b"IDAT" | b"IEND" => return false,
+            _ => at = at.saturating_add(length).saturating_add(12),
+        }
+    }
+    true
 }
 
 #[cfg(test)]

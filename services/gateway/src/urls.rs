@@ -69,19 +69,26 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Reads a URL list: CSV when the first line has a `url` column, otherwise one URL per line.
-/// Blank lines and lines starting with `#` are skipped. `first_index` numbers the inputs for
-/// fallback names. Errors name the line; more than `max` URLs is refused.
+/// Reads a URL list: CSV when the first line has a `url` column (and is not itself a URL),
+/// otherwise one URL per line. Blank lines are skipped, and lines starting with `#` before a
+/// CSV header and in a plain list (in CSV rows `#` is data: a name may start with it).
+/// `first_index` numbers the inputs for fallback names. Errors name the line; more than `max`
+/// URLs is refused.
 pub fn parse_list(text: &str, first_index: usize, max: usize) -> Result<Vec<ImageInput>, Error> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut lines = text
         .lines()
         .enumerate()
         .map(|(i, line)| (i + 1, line.trim()))
-        .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
+        .filter(|(_, line)| !line.is_empty())
+        .skip_while(|(_, line)| line.starts_with('#'))
         .peekable();
-    // CSV when the header names a `url` column.
+    // CSV when the header names a `url` column; a first line holding a URL is data, whatever
+    // its query says (`https://a.example/?a,url`).
     let columns = lines.peek().and_then(|(_, header)| {
+        if header.contains("://") {
+            return None;
+        }
         let fields = split_csv_line(header);
         let position = |name: &str| {
             fields
@@ -93,6 +100,8 @@ pub fn parse_list(text: &str, first_index: usize, max: usize) -> Result<Vec<Imag
     if columns.is_some() {
         lines.next();
     }
+    let csv = columns.is_some();
+    let lines = lines.filter(|(_, line)| csv || !line.starts_with('#'));
     let mut inputs = Vec::new();
     for (line_number, line) in lines {
         if inputs.len() >= max {

@@ -27,10 +27,9 @@ impl Threshold {
     }
 
     pub(crate) fn from_proto(p: &v1::Threshold) -> Result<Threshold, String> {
-        // 0 would make every pixel white: treated as unset, like every zero in the protos.
         match p.level {
-            0 => Ok(Threshold::new(DEFAULT_LEVEL)),
-            level => u8::try_from(level)
+            None => Ok(Threshold::new(DEFAULT_LEVEL)),
+            Some(level) => u8::try_from(level)
                 .map(Threshold::new)
                 .map_err(|_| level_error(i64::from(level))),
         }
@@ -47,7 +46,7 @@ impl Threshold {
 
     pub(crate) fn to_proto(self) -> v1::Threshold {
         v1::Threshold {
-            level: u32::from(self.level),
+            level: Some(u32::from(self.level)),
         }
     }
 
@@ -93,10 +92,11 @@ mod tests {
     #[test]
     fn level_is_validated() {
         let p = |level| Threshold::from_proto(&v1::Threshold { level });
-        assert_eq!(p(0), Ok(Threshold::new(DEFAULT_LEVEL)));
-        assert_eq!(p(255), Ok(Threshold::new(255)));
+        assert_eq!(p(None), Ok(Threshold::new(DEFAULT_LEVEL)));
+        assert_eq!(p(Some(0)), Ok(Threshold::new(0)), "0 is a level, not unset");
+        assert_eq!(p(Some(255)), Ok(Threshold::new(255)));
         assert_eq!(
-            p(256),
+            p(Some(256)),
             Err("level must be between 0 and 255, got 256".into())
         );
     }
