@@ -13,6 +13,10 @@ pub mod v1 {
     tonic::include_proto!("pixelmesh.v1");
 }
 
+/// Most tiles one image is cut into: the filter plans splits within it and storage refuses a
+/// split with more (a 100-megapixel image in 256 x 256 tiles makes about 1500).
+pub const MAX_TILES: u32 = 4096;
+
 /// Encoded descriptors of every `pixelmesh.v1` file, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("pixelmesh_descriptor");
 

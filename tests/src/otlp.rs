@@ -2,7 +2,7 @@
 //! it and tests read back whole traces.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -132,20 +132,35 @@ impl Collector {
             .collect()
     }
 
-    /// Waits until the trace holds a span named `last` (the roles export in batches).
+    /// Waits until the trace is whole: it holds a span named `last`, spans of every role, and
+    /// no span whose parent is missing but for the trace's one entry point (the roles export
+    /// in batches, so a batch may still be on its way after `last` arrived).
     pub async fn wait_for(&self, trace_id: &str, last: &str) -> Vec<Span> {
         let deadline = Instant::now() + SPAN_TIMEOUT;
         loop {
             let spans = self.trace(trace_id);
-            if spans.iter().any(|s| s.name == last) {
-                // A batch exported alongside may still be on its way: one more round.
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                return self.trace(trace_id);
+            let ids: HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+            // Parents outside the trace: empty for a root, the caller's for a continued trace.
+            let outside: HashSet<&str> = spans
+                .iter()
+                .map(|s| s.parent_id.as_str())
+                .filter(|parent| !ids.contains(parent))
+                .collect();
+            let services: HashSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
+            if spans.iter().any(|s| s.name == last)
+                && SERVICES.iter().all(|service| services.contains(service))
+                && outside.len() <= 1
+            {
+                return spans;
             }
             assert!(
                 Instant::now() < deadline,
-                "no {last:?} span in trace {trace_id} within {SPAN_TIMEOUT:?}; it has {:?}",
-                spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+                "trace {trace_id} not whole (a {last:?} span, every role, every parent) within \
+                 {SPAN_TIMEOUT:?}; it has {:?}",
+                spans
+                    .iter()
+                    .map(|s| (&s.service, &s.name, &s.span_id, &s.parent_id))
+                    .collect::<Vec<_>>()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -54,6 +54,8 @@ async fn what_cannot_fit_is_refused_at_submit_or_failed_by_its_worker() {
     assert_eq!(refused.status().as_u16(), 413);
     let body: Value = refused.json().await.expect("json");
     let message = body["error"].as_str().unwrap_or_default();
+    // The README quotes this message.
+    eprintln!("refused: {message}");
     assert!(
         message.starts_with("input 0 (tiny.png): the pipeline would need about")
             && message.contains("of cpu for a 40x30 image")

@@ -28,7 +28,8 @@ fn pipeline() -> Vec<Operation> {
     ]
 }
 
-/// Each image index appears in at most one progress event: results are recorded once.
+/// Progress was reported, and each image index appears in at most one progress event:
+/// results are recorded once.
 fn assert_each_image_reported_once(events: &[JobEvent], total: usize) {
     let mut seen: HashMap<u32, usize> = HashMap::new();
     for event in events {
@@ -39,6 +40,7 @@ fn assert_each_image_reported_once(events: &[JobEvent], total: usize) {
     for (index, count) in &seen {
         assert_eq!(*count, 1, "image {index} was reported {count} times");
     }
+    assert!(!seen.is_empty(), "no progress events among {events:?}");
     assert!(seen.len() <= total);
 }
 

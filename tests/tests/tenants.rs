@@ -5,8 +5,9 @@
 use std::time::{Duration, Instant};
 
 use pixelmesh_proto::v1::{
-    CancelJobRequest, DownloadOutputRequest, DownloadOutputsRequest, ExportAnalysisRequest,
-    GetBatchRequest, GetJobRequest, ImageInput, ListJobsRequest, ListWorkersRequest, Operation,
+    CancelJobRequest, DeleteJobRequest, DownloadOutputRequest, DownloadOutputsRequest,
+    ExportAnalysisRequest, GetBatchRequest, GetJobRequest, ImageInput, ListJobsRequest,
+    ListWorkersRequest, Operation, PauseJobRequest, ResumeJobRequest, RetryJobRequest,
     SubmitJobRequest, WatchJobRequest, gateway_client::GatewayClient, operation::Op,
 };
 use pixelmesh_tests::{Cluster, ClusterOptions, api::keyed, png, rest, serve_http, sse::SseStream};
@@ -273,19 +274,19 @@ async fn a_second_key_cannot_read_use_or_learn_the_first_keys_data() {
         "CancelJob"
     );
     not_found!(
-        grpc.retry_job(keyed(BOB, CancelJobRequest { id: id() })),
+        grpc.retry_job(keyed(BOB, RetryJobRequest { id: id() })),
         "RetryJob"
     );
     not_found!(
-        grpc.pause_job(keyed(BOB, CancelJobRequest { id: id() })),
+        grpc.pause_job(keyed(BOB, PauseJobRequest { id: id() })),
         "PauseJob"
     );
     not_found!(
-        grpc.resume_job(keyed(BOB, CancelJobRequest { id: id() })),
+        grpc.resume_job(keyed(BOB, ResumeJobRequest { id: id() })),
         "ResumeJob"
     );
     not_found!(
-        grpc.delete_job(keyed(BOB, CancelJobRequest { id: id() })),
+        grpc.delete_job(keyed(BOB, DeleteJobRequest { id: id() })),
         "DeleteJob"
     );
     not_found_stream!(

@@ -505,11 +505,7 @@ mod tests {
 
     #[test]
     fn outputs_carry_no_metadata_from_the_input() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/corpus/safe-landing-exif-1622x2880.jpg"
-        );
-        let input = std::fs::read(path).expect("the shared corpus is beside the repository");
+        let input = crate::testdata::corpus("safe-landing-exif-1622x2880.jpg");
         let has = |bytes: &[u8], needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
         // The photo's EXIF names the program that wrote it and when.
         assert!(has(&input, b"Exif") && has(&input, b"gThumb") && has(&input, b"2022:05:23"));

@@ -235,12 +235,21 @@ fn non_public_v6(ip: Ipv6Addr) -> Option<&'static str> {
         "a loopback address"
     } else if first & 0xffc0 == 0xfe80 {
         "a link-local address"
+    } else if first & 0xffc0 == 0xfec0 {
+        // Deprecated, but some networks still route it privately.
+        "a site-local address"
     } else if first & 0xfe00 == 0xfc00 {
         "a private (unique local) address"
     } else if first & 0xff00 == 0xff00 {
         "a multicast address"
     } else if first == 0x2001 && ip.segments()[1] == 0x0db8 {
         "a documentation address"
+    } else if first == 0x2001 && ip.segments()[1] == 0 {
+        // Teredo (2001::/32) tunnels to an IPv4 host that the address hides.
+        "a Teredo tunnel address"
+    } else if ip.segments()[..3] == [0x64, 0xff9b, 1] {
+        // Local-use NAT64 (64:ff9b:1::/48): translated inside the operator's network.
+        "a local-use NAT64 address"
     } else if ip.segments()[..6] == [0, 0, 0, 0, 0, 0] {
         // Deprecated IPv4-compatible addresses (::a.b.c.d).
         "an IPv4-compatible address"
@@ -563,12 +572,18 @@ mod tests {
         assert_eq!(kind("::ffff:10.0.0.1"), Some("a private address"));
         assert_eq!(kind("64:ff9b::a9fe:a9fe"), Some("a link-local address"));
         assert_eq!(kind("2002:c0a8:0101::1"), Some("a private address"));
+        assert_eq!(kind("fec0::1"), Some("a site-local address"));
+        assert_eq!(kind("2001:0:4136:e378::1"), Some("a Teredo tunnel address"));
+        assert_eq!(kind("64:ff9b:1::a00:1"), Some("a local-use NAT64 address"));
+        assert_eq!(kind("2001:db8::1"), Some("a documentation address"));
         for public in [
             "8.8.8.8",
             "172.32.0.1",
             "100.128.0.1",
             "1.1.1.1",
             "2606:4700::1111",
+            "2001:4860:4860::8888",
+            "64:ff9b::808:808",
         ] {
             assert_eq!(kind(public), None, "{public}");
         }

@@ -23,6 +23,9 @@ pub mod outage;
 pub mod tiles;
 pub mod worker;
 
+#[cfg(test)]
+mod testdata;
+
 use std::{future::Future, sync::Arc};
 
 use anyhow::Context as _;

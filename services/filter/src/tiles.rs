@@ -11,7 +11,7 @@
 //! Tiles travel between workers as raw pixels ([`encode_raw`]): re-encoding them would cost
 //! more than sending them, and a lossy format would break the identity.
 
-use pixelmesh_proto::v1;
+use pixelmesh_proto::{MAX_TILES, v1};
 
 use crate::budget::Estimate;
 use crate::codec::Limits;
@@ -129,14 +129,11 @@ impl Policy {
     }
 }
 
-/// Most tiles one image is cut into; storage refuses a split with more (its `MAX_TILES`).
-pub const MAX_TILES: u64 = 4096;
-
 /// `size`, grown until a `width` x `height` image makes at most [`MAX_TILES`] tiles.
 pub fn tile_size_for(width: u32, height: u32, size: u32) -> u32 {
     let count = |size: u32| u64::from(width.div_ceil(size)) * u64::from(height.div_ceil(size));
     let mut size = size.max(1);
-    while count(size) > MAX_TILES {
+    while count(size) > u64::from(MAX_TILES) {
         size = size.saturating_mul(2);
     }
     size
@@ -532,8 +529,8 @@ mod tests {
         assert_eq!(tile_size_for(1000, 1000, 100), 100);
         let size = tile_size_for(12_500, 8_000, 64);
         assert_eq!(size, 256);
-        assert!(plan(12_500, 8_000, size, 0).len() as u64 <= MAX_TILES);
-        assert!(plan(12_500, 8_000, 128, 0).len() as u64 > MAX_TILES);
+        assert!(plan(12_500, 8_000, size, 0).len() <= MAX_TILES as usize);
+        assert!(plan(12_500, 8_000, 128, 0).len() > MAX_TILES as usize);
     }
 
     #[test]

@@ -355,39 +355,10 @@ fn presented_secret(request: &Request) -> Option<String> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return None;
     }
-    request
-        .uri()
-        .query()?
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("access_token="))
-        .map(percent_decode)
-}
-
-/// Decodes `%XX` and `+` in a query value; a malformed escape is kept as is (and then
-/// matches no key).
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => match text
-                .get(i + 1..i + 3)
-                .filter(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
-                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
-            {
-                Some(byte) => {
-                    out.push(byte);
-                    i += 2;
-                }
-                None => out.push(b'%'),
-            },
-            byte => out.push(byte),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    let query = request.uri().query()?;
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(name, _)| name == "access_token")
+        .map(|(_, value)| value.into_owned())
 }
 
 /// The URI without its `access_token` parameter, so the secret reaches neither the handler
@@ -395,16 +366,15 @@ fn percent_decode(text: &str) -> String {
 fn strip_access_token(request: &mut Request) {
     let uri = request.uri();
     let Some(query) = uri.query() else { return };
-    if !query
-        .split('&')
-        .any(|pair| pair.starts_with("access_token="))
-    {
+    // A pair is the token by its decoded name, as `presented_secret` reads it
+    // (`access%5Ftoken=` included).
+    let is_token = |pair: &&str| {
+        form_urlencoded::parse(pair.as_bytes()).any(|(name, _)| name == "access_token")
+    };
+    if !query.split('&').any(|pair| is_token(&pair)) {
         return;
     }
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| !pair.starts_with("access_token="))
-        .collect();
+    let kept: Vec<&str> = query.split('&').filter(|pair| !is_token(pair)).collect();
     let path_and_query = if kept.is_empty() {
         uri.path().to_string()
     } else {
@@ -619,6 +589,19 @@ mod tests {
         assert_eq!(body["key"], "root");
         assert_eq!(body["query"], "after=3");
 
+        // However its name is escaped, the token is read and taken off.
+        let escaped = url.replace("access_token", "access%5Ftoken");
+        let body: serde_json::Value = client
+            .get(&escaped)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(body["key"], "root");
+        assert_eq!(body["query"], "after=3");
+
         // Only a GET: other methods must send the header.
         let post = client.post(&url).send().await.unwrap();
         assert_eq!(post.status(), StatusCode::UNAUTHORIZED);
@@ -825,9 +808,24 @@ mod tests {
     }
 
     #[test]
-    fn percent_escapes_decode() {
-        assert_eq!(percent_decode("a%2Bb%2f%3D"), "a+b/=");
-        assert_eq!(percent_decode("a+b"), "a b");
-        assert_eq!(percent_decode("%zz%1"), "%zz%1");
+    fn an_access_token_is_read_percent_decoded_from_a_get_only() {
+        let secret = |method: Method, uri: &str| {
+            let request = Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(axum::body::Body::empty())
+                .expect("request");
+            presented_secret(&request)
+        };
+        let get = |query: &str| secret(Method::GET, &format!("/api/v1/jobs?{query}"));
+        assert_eq!(
+            get("a=1&access_token=a%2Bb%2f%3D").as_deref(),
+            Some("a+b/=")
+        );
+        assert_eq!(get("access_token=a+b").as_deref(), Some("a b"));
+        // A malformed escape is kept as is, and then matches no key.
+        assert_eq!(get("access_token=%zz%1").as_deref(), Some("%zz%1"));
+        assert_eq!(get("token=x"), None);
+        assert_eq!(secret(Method::POST, "/api/v1/jobs?access_token=x"), None);
     }
 }

@@ -6,12 +6,13 @@ use futures::{Stream, StreamExt};
 use pixelmesh_proto::{
     Error,
     v1::{
-        Batch, CancelJobRequest, DeleteJobResponse, DownloadChunk, DownloadOutputRequest,
-        DownloadOutputResponse, DownloadOutputsRequest, ExportAnalysisRequest,
-        ExportAnalysisResponse, GetBatchRequest, GetJobRequest, Job, JobEvent, ListJobsRequest,
-        ListJobsResponse, ListWorkersRequest, ListWorkersResponse, SubmitBatchResponse,
-        SubmitJobRequest, UploadArchiveRequest, UploadArchiveResponse, UploadImageRequest,
-        UploadImageResponse, WatchJobRequest, gateway_server::Gateway,
+        Batch, CancelJobRequest, DeleteJobRequest, DeleteJobResponse, DownloadChunk,
+        DownloadOutputRequest, DownloadOutputResponse, DownloadOutputsRequest,
+        ExportAnalysisRequest, ExportAnalysisResponse, GetBatchRequest, GetJobRequest, Job,
+        JobEvent, ListJobsRequest, ListJobsResponse, ListWorkersRequest, ListWorkersResponse,
+        PauseJobRequest, ResumeJobRequest, RetryJobRequest, SubmitBatchResponse, SubmitJobRequest,
+        UploadArchiveRequest, UploadArchiveResponse, UploadImageRequest, UploadImageResponse,
+        WatchJobRequest, gateway_server::Gateway,
     },
 };
 use tonic::{Request, Response, Status, Streaming};
@@ -157,14 +158,14 @@ impl Gateway for GatewayService {
         ))
     }
 
-    async fn retry_job(&self, request: Request<CancelJobRequest>) -> Result<Response<Job>, Status> {
+    async fn retry_job(&self, request: Request<RetryJobRequest>) -> Result<Response<Job>, Status> {
         let caller = caller_of(&request)?;
         Ok(Response::new(
             self.mesh.retry(&caller, &request.into_inner().id).await?,
         ))
     }
 
-    async fn pause_job(&self, request: Request<CancelJobRequest>) -> Result<Response<Job>, Status> {
+    async fn pause_job(&self, request: Request<PauseJobRequest>) -> Result<Response<Job>, Status> {
         let caller = caller_of(&request)?;
         Ok(Response::new(
             self.mesh.pause(&caller, &request.into_inner().id).await?,
@@ -173,7 +174,7 @@ impl Gateway for GatewayService {
 
     async fn resume_job(
         &self,
-        request: Request<CancelJobRequest>,
+        request: Request<ResumeJobRequest>,
     ) -> Result<Response<Job>, Status> {
         let caller = caller_of(&request)?;
         Ok(Response::new(
@@ -183,7 +184,7 @@ impl Gateway for GatewayService {
 
     async fn delete_job(
         &self,
-        request: Request<CancelJobRequest>,
+        request: Request<DeleteJobRequest>,
     ) -> Result<Response<DeleteJobResponse>, Status> {
         let caller = caller_of(&request)?;
         Ok(Response::new(

@@ -29,7 +29,7 @@ pub mod web;
 
 use std::{future::Future, sync::Arc};
 
-use clap::Args;
+use clap::{Args, FromArgMatches};
 use pixelmesh_common::grpc::{MAX_MESSAGE_BYTES, Server, channel};
 use pixelmesh_proto::v1::{
     gateway_server::GatewayServer, scheduler_client::SchedulerClient, storage_client::StorageClient,
@@ -134,27 +134,13 @@ pub struct Settings {
 }
 
 impl Default for Settings {
+    /// The flags' defaults as their `#[arg]` attributes give them (the one place they are
+    /// written), without reading the environment.
     fn default() -> Self {
-        Settings {
-            max_upload_bytes: 256 * 1024 * 1024,
-            max_request_bytes: 2 * 1024 * 1024 * 1024,
-            max_files_per_job: 1000,
-            max_urls_per_list: 100_000,
-            max_zip_total_bytes: 4 * 1024 * 1024 * 1024,
-            max_zip_ratio: 100,
-            api_keys: auth::KeyList::default(),
-            admin_keys: auth::KeyList::default(),
-            api_keys_file: None,
-            max_concurrent_requests: 256,
-            max_concurrent_uploads: 64,
-            max_uploads_per_key: 8,
-            body_idle_timeout_secs: 30,
-            rate_limit_per_second: 0.0,
-            rate_limit_burst: 100,
-            request_timeout_secs: 30,
-            max_body_bytes: 1024 * 1024,
-            web_dir: "web/dist".into(),
-        }
+        let command =
+            Settings::augment_args(clap::Command::new("gateway")).mut_args(|arg| arg.env(None));
+        let matches = command.get_matches_from(["gateway"]);
+        Settings::from_arg_matches(&matches).expect("the flags' defaults parse")
     }
 }
 
@@ -210,4 +196,21 @@ pub async fn run(
         .layer_with(move |app| protect::protect(app, &limits, Arc::new(keys)));
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
     server.serve(listener, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_flags_defaults() {
+        let settings = Settings::default();
+        assert_eq!(settings.max_upload_bytes, 256 * 1024 * 1024);
+        assert_eq!(settings.max_files_per_job, 1000);
+        assert_eq!(settings.max_concurrent_uploads, 64);
+        assert_eq!(settings.max_uploads_per_key, 8);
+        assert_eq!(settings.rate_limit_per_second, 0.0);
+        assert_eq!(settings.web_dir, std::path::PathBuf::from("web/dist"));
+        assert!(settings.api_keys_file.is_none());
+    }
 }

@@ -352,7 +352,7 @@ impl Mesh {
 
     pub async fn pause(&self, caller: &Caller, id: &str) -> Result<Job, Error> {
         self.summary(caller, id).await?;
-        let request = pixelmesh_proto::v1::CancelJobRequest { id: id.to_string() };
+        let request = pixelmesh_proto::v1::PauseJobRequest { id: id.to_string() };
         Ok(self
             .scheduler
             .clone()
@@ -363,7 +363,7 @@ impl Mesh {
 
     pub async fn resume(&self, caller: &Caller, id: &str) -> Result<Job, Error> {
         self.summary(caller, id).await?;
-        let request = pixelmesh_proto::v1::CancelJobRequest { id: id.to_string() };
+        let request = pixelmesh_proto::v1::ResumeJobRequest { id: id.to_string() };
         Ok(self
             .scheduler
             .clone()
@@ -374,7 +374,7 @@ impl Mesh {
 
     pub async fn retry(&self, caller: &Caller, id: &str) -> Result<Job, Error> {
         self.summary(caller, id).await?;
-        let request = pixelmesh_proto::v1::CancelJobRequest { id: id.to_string() };
+        let request = pixelmesh_proto::v1::RetryJobRequest { id: id.to_string() };
         Ok(self
             .scheduler
             .clone()

@@ -43,89 +43,33 @@ pub fn name_of(url: &Url, index: usize) -> String {
         .path_segments()
         .and_then(|mut segments| segments.next_back())
         .unwrap_or_default();
-    let decoded = percent_decode(segment);
+    let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
     sanitize_name(Some(&decoded), index)
 }
 
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%'
-            && let (Some(hi), Some(lo)) = (
-                bytes.get(i + 1).copied().and_then(hex),
-                bytes.get(i + 2).copied().and_then(hex),
-            )
-        {
-            out.push((hi * 16 + lo) as u8);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Reads a URL list: CSV when the first line has a `url` column (and is not itself a URL),
-/// otherwise one URL per line. Blank lines are skipped, and lines starting with `#` before a
-/// CSV header and in a plain list (in CSV rows `#` is data: a name may start with it).
-/// `first_index` numbers the inputs for fallback names. Errors name the line; more than `max`
-/// URLs is refused.
+/// Reads a URL list: CSV when the first line that is neither blank nor a `#` comment has a
+/// `url` column (and is not itself a URL), otherwise one URL per line. Blank lines are
+/// skipped; `#` comments only in a plain list and above a CSV header (in CSV rows `#` is data:
+/// a name may start with it). CSV is read by the `csv` crate (RFC 4180 quoting, quoted line
+/// breaks). `first_index` numbers the inputs for fallback names. Errors name the line; more
+/// than `max` URLs is refused.
 pub fn parse_list(text: &str, first_index: usize, max: usize) -> Result<Vec<ImageInput>, Error> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .map(|(i, line)| (i + 1, line.trim()))
-        .filter(|(_, line)| !line.is_empty())
-        .skip_while(|(_, line)| line.starts_with('#'))
-        .peekable();
-    // CSV when the header names a `url` column; a first line holding a URL is data, whatever
-    // its query says (`https://a.example/?a,url`).
-    let columns = lines.peek().and_then(|(_, header)| {
-        if header.contains("://") {
-            return None;
-        }
-        let fields = split_csv_line(header);
-        let position = |name: &str| {
-            fields
-                .iter()
-                .position(|field| field.trim().eq_ignore_ascii_case(name))
-        };
-        position("url").map(|url| (url, position("name")))
-    });
-    if columns.is_some() {
-        lines.next();
-    }
-    let csv = columns.is_some();
-    let lines = lines.filter(|(_, line)| csv || !line.starts_with('#'));
     let mut inputs = Vec::new();
-    for (line_number, line) in lines {
+    let mut push = |line: usize, url: &str, name: Option<&str>| {
         if inputs.len() >= max {
             return Err(Error::too_large(format!(
                 "too many urls: at most {max} in one list"
             )));
         }
-        let (url, name) = match columns {
-            Some((url_column, name_column)) => {
-                let fields = split_csv_line(line);
-                let url = fields.get(url_column).cloned().unwrap_or_default();
-                let name = name_column.and_then(|column| fields.get(column).cloned());
-                (url, name)
-            }
-            None => (line.to_string(), None),
-        };
         if url.trim().is_empty() {
-            return Err(Error::invalid(format!("line {line_number}: no url")));
+            return Err(Error::invalid(format!("line {line}: no url")));
         }
-        let parsed = check_url(&url)
-            .map_err(|message| Error::invalid(format!("line {line_number}: {message}")))?;
+        let parsed =
+            check_url(url).map_err(|message| Error::invalid(format!("line {line}: {message}")))?;
         let index = first_index + inputs.len();
         let name = match name.filter(|name| !name.trim().is_empty()) {
-            Some(name) => sanitize_name(Some(&name), index),
+            Some(name) => sanitize_name(Some(name), index),
             None => name_of(&parsed, index),
         };
         inputs.push(ImageInput {
@@ -133,29 +77,87 @@ pub fn parse_list(text: &str, first_index: usize, max: usize) -> Result<Vec<Imag
             name,
             ..Default::default()
         });
-    }
-    Ok(inputs)
-}
+        Ok(())
+    };
 
-/// One CSV line's fields (RFC 4180 quoting, `""` inside quotes; fields on one line).
-fn split_csv_line(line: &str) -> Vec<String> {
-    let mut fields = Vec::new();
-    let mut field = String::new();
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' if quoted && chars.peek() == Some(&'"') => {
-                field.push('"');
-                chars.next();
+    let mut offset = 0;
+    let header = text
+        .split_inclusive('\n')
+        .enumerate()
+        .find_map(|(index, line)| {
+            let trimmed = line.trim();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                offset += line.len();
+                None
+            } else {
+                Some((index, trimmed))
             }
-            '"' => quoted = !quoted,
-            ',' if !quoted => fields.push(std::mem::take(&mut field).trim().to_string()),
-            c => field.push(c),
+        });
+    let Some((header_index, header)) = header else {
+        return Ok(inputs);
+    };
+    // A first line holding a URL is data, whatever its query says (`https://a/?a,url`).
+    if !header.contains("://") {
+        // Each line trimmed, so a row indented before its first quote still reads quoted,
+        // and lines of spaces become empty lines, which the reader skips; line numbers stay.
+        // A row of empty cells (`""`) still reads as a row without a url.
+        let mut rows = String::with_capacity(text.len() - offset);
+        for line in text[offset..].split_inclusive('\n') {
+            rows.push_str(line.trim());
+            if line.ends_with('\n') {
+                rows.push('\n');
+            }
+        }
+        let mut reader = csv::ReaderBuilder::new()
+            .flexible(true)
+            // Rows end at a line feed only, as the plain form's lines do (`\r` is trimmed).
+            .terminator(csv::Terminator::Any(b'\n'))
+            .trim(csv::Trim::All)
+            .from_reader(rows.as_bytes());
+        let columns = reader.headers().ok().and_then(|fields| {
+            let position = |name: &str| fields.iter().position(|f| f.eq_ignore_ascii_case(name));
+            position("url").map(|url| (url, position("name")))
+        });
+        if let Some((url_column, name_column)) = columns {
+            // The reader's own line count leaves out the blank lines it skips: count line
+            // feeds up to each row's first byte instead (rows only move forward).
+            let (mut counted_to, mut feeds) = (0, 0);
+            let mut line_at = |byte: u64| {
+                let byte = usize::try_from(byte).unwrap_or(rows.len()).min(rows.len());
+                let start = byte + rows[byte..].bytes().take_while(|&b| b == b'\n').count();
+                let start = start.max(counted_to);
+                feeds += rows.as_bytes()[counted_to..start]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count();
+                counted_to = start;
+                header_index + feeds + 1
+            };
+            let mut record = csv::StringRecord::new();
+            loop {
+                let before = reader.position().byte();
+                match reader.read_record(&mut record) {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(err) => {
+                        let line = line_at(before);
+                        return Err(Error::invalid(format!("line {line}: {err}")));
+                    }
+                }
+                let line = line_at(record.position().map_or(before, csv::Position::byte));
+                let url = record.get(url_column).unwrap_or_default();
+                push(line, url, name_column.and_then(|column| record.get(column)))?;
+            }
+            return Ok(inputs);
         }
     }
-    fields.push(field.trim().to_string());
-    fields
+    for (index, line) in text.lines().enumerate().skip(header_index) {
+        let line = line.trim();
+        if !line.is_empty() && !line.starts_with('#') {
+            push(index + 1, line, None)?;
+        }
+    }
+    Ok(inputs)
 }
 
 #[cfg(test)]
@@ -194,6 +196,21 @@ mod tests {
         );
         assert_eq!(inputs[0].name, "Front, big");
         assert_eq!(inputs[1].name, "q");
+    }
+
+    #[test]
+    fn a_csv_name_may_span_lines_and_errors_still_name_the_right_line() {
+        let list = "# photos\nname,url\n\"two\nlines\",https://example.com/a.jpg\n  \n#1 front,https://example.com/b.jpg\n";
+        let inputs = parse_list(list, 0, 10).expect("csv");
+        assert_eq!(
+            urls(&inputs),
+            ["https://example.com/a.jpg", "https://example.com/b.jpg"]
+        );
+        // A row starting with `#` is data.
+        assert_eq!(inputs[1].name, "#1 front");
+        let bad = format!("{list}x,ftp://example.com/c.jpg\n");
+        let err = parse_list(&bad, 0, 10).expect_err("ftp");
+        assert!(err.message.starts_with("line 7: "), "{}", err.message);
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! `pixelmesh.v1.Scheduler`: converts wire types and calls [`Jobs`].
 
-use pixelmesh_proto::v1::{CancelJobRequest, Job, SubmitJobRequest, scheduler_server::Scheduler};
+use pixelmesh_proto::v1::{
+    CancelJobRequest, Job, PauseJobRequest, ResumeJobRequest, RetryJobRequest, SubmitJobRequest,
+    scheduler_server::Scheduler,
+};
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
@@ -43,13 +46,13 @@ impl Scheduler for SchedulerService {
         ))
     }
 
-    async fn retry_job(&self, request: Request<CancelJobRequest>) -> Result<Response<Job>, Status> {
+    async fn retry_job(&self, request: Request<RetryJobRequest>) -> Result<Response<Job>, Status> {
         Ok(Response::new(
             self.jobs.retry(&request.into_inner().id).await?,
         ))
     }
 
-    async fn pause_job(&self, request: Request<CancelJobRequest>) -> Result<Response<Job>, Status> {
+    async fn pause_job(&self, request: Request<PauseJobRequest>) -> Result<Response<Job>, Status> {
         Ok(Response::new(
             self.jobs.pause(&request.into_inner().id).await?,
         ))
@@ -57,7 +60,7 @@ impl Scheduler for SchedulerService {
 
     async fn resume_job(
         &self,
-        request: Request<CancelJobRequest>,
+        request: Request<ResumeJobRequest>,
     ) -> Result<Response<Job>, Status> {
         Ok(Response::new(
             self.jobs.resume(&request.into_inner().id).await?,

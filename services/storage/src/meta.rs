@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use pixelmesh_common::time::now_ms;
 use pixelmesh_proto::{
-    Error, ErrorCode,
+    Error, ErrorCode, MAX_TILES,
     v1::{
         BlobInfo, CreateJobRequest, Image, ImageInput, ImageState, Job, JobCounts, JobState,
         JobSummary, ListJobsQuery, Operation, TaskResult, TileAssembly, TileOutput, TileSplit,
@@ -33,8 +33,6 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 /// Largest page of [`Meta::list`].
 pub const MAX_LIST: u32 = 1000;
 const DEFAULT_LIST: u32 = 50;
-/// More tiles than a 100-megapixel image cut into 256 x 256 tiles is a broken split.
-pub const MAX_TILES: usize = 4096;
 /// An output's analysis reports together: a report is a few kilobytes (a 256-bin histogram and
 /// a summary of EXIF), so this is room for dozens.
 pub const MAX_ANALYSIS_BYTES: usize = 256 * 1024;
@@ -257,7 +255,7 @@ fn check_outcome(outcome: Option<&Outcome>) -> Result<(), Error> {
         }
         Some(Outcome::Error(_)) => Ok(()),
         Some(Outcome::Split(TileSplit { tiles, .. })) => {
-            if tiles.is_empty() || tiles.len() > MAX_TILES {
+            if tiles.is_empty() || tiles.len() > MAX_TILES as usize {
                 return Err(Error::invalid(format!(
                     "a split needs 1 to {MAX_TILES} tiles, got {}",
                     tiles.len()

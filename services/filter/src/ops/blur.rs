@@ -907,15 +907,8 @@ mod tests {
     }
 
     #[test]
-    fn within_one_level_of_an_exact_gaussian_on_a_photo_when_present() {
-        // The shared corpus is outside the crate; skip quietly where it is not mounted.
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/corpus/kite-2560x1600.jpg"
-        );
-        let Ok(bytes) = std::fs::read(path) else {
-            return;
-        };
+    fn within_one_level_of_an_exact_gaussian_on_a_photo() {
+        let bytes = crate::testdata::corpus("kite-2560x1600.jpg");
         let photo = crate::codec::decode(&bytes, &crate::codec::Limits::default())
             .unwrap()
             .image;

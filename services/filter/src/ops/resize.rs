@@ -500,22 +500,12 @@ fn range_error(name: &str, value: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testdata::gradient;
 
     fn size(width: u32, height: u32, fit: Fit, src: (u32, u32)) -> (u64, u64) {
         Resize::new(width, height, fit)
             .unwrap()
             .output_size(src.0, src.1)
-    }
-
-    fn gradient(width: u32, height: u32, alpha: bool) -> Bitmap {
-        let channels = if alpha { 4 } else { 3 };
-        let data = (0..width * height)
-            .flat_map(|i| {
-                let (x, y) = (i % width, i / width);
-                [(x * 7) as u8, (y * 5) as u8, ((x + y) * 3) as u8, 200][..channels].to_vec()
-            })
-            .collect();
-        Bitmap::new(width, height, alpha, data).unwrap()
     }
 
     #[test]

@@ -109,17 +109,7 @@ impl Thumbnail {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn gradient(width: u32, height: u32, alpha: bool) -> Bitmap {
-        let channels = if alpha { 4 } else { 3 };
-        let data = (0..width * height)
-            .flat_map(|i| {
-                let (x, y) = (i % width, i / width);
-                [(x * 3) as u8, (y * 5) as u8, 90, 255][..channels].to_vec()
-            })
-            .collect();
-        Bitmap::new(width, height, alpha, data).unwrap()
-    }
+    use crate::testdata::gradient;
 
     #[test]
     fn fits_inside_keeps_aspect_and_never_enlarges() {
