@@ -27,6 +27,26 @@ pub mod otlp;
 /// How long a process may take to become healthy.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Asks `probe` every `every` until it answers `Ok`, and returns that; after `timeout`, fails
+/// the test naming `what` and the last `Err` it gave (what it saw instead).
+pub async fn poll<T, F, Fut>(what: &str, timeout: Duration, every: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(seen) => assert!(
+                Instant::now() < deadline,
+                "{what}: not within {timeout:?}; last seen: {seen}"
+            ),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// A port nothing listens on right now, and that no other caller in this process got.
 /// Taken below Linux's ephemeral range (32768–60999): a port the kernel hands out for
 /// `bind(0)` can meanwhile become the source port of some outgoing connection, and the
@@ -291,9 +311,28 @@ pub struct Cluster {
     pub data: TempDir,
 }
 
+/// The `pixelmesh-node` binary Cargo builds for the integration tests, beside their own
+/// binaries (`target/<profile>/deps/<test>` → `target/<profile>/pixelmesh-node`): the path
+/// `CARGO_BIN_EXE_pixelmesh-node` names, which only a test file itself can read.
+pub fn node_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test binary is in target/<profile>/deps")
+        .join("pixelmesh-node");
+    assert!(
+        bin.is_file(),
+        "{}: not built (cargo builds it for the integration tests of pixelmesh-tests)",
+        bin.display()
+    );
+    bin
+}
+
 impl Cluster {
-    /// Starts the cluster with `binary` (pass `env!("CARGO_BIN_EXE_pixelmesh-node")`).
-    pub async fn start(binary: &str, options: ClusterOptions) -> Self {
+    /// Starts the cluster, every role the [`node_bin`] binary.
+    pub async fn start(options: ClusterOptions) -> Self {
+        let binary = node_bin();
         let nats = NatsServer::start();
         let data = tempfile::tempdir().expect("tempdir");
         let storage_port = free_port();
@@ -373,7 +412,7 @@ impl Cluster {
         gateway_args.extend(options.gateway_args.iter().cloned());
         let gateway = role("gateway", gateway_port, gateway_args);
         let mut cluster = Cluster {
-            binary: PathBuf::from(binary),
+            binary,
             storage,
             scheduler,
             filters,

@@ -8,12 +8,10 @@ use std::{
 
 use pixelmesh_proto::v1::{JobState, Operation, Resize, operation::Op};
 use pixelmesh_tests::{
-    api, corpus, free_port,
+    api, corpus, free_port, node_bin,
     otlp::{Collector, SERVICES},
-    tool,
+    poll, tool,
 };
-
-const BIN: &str = env!("CARGO_BIN_EXE_pixelmesh-node");
 
 #[tokio::test(flavor = "multi_thread")]
 async fn all_roles_in_one_process_with_their_own_nats() {
@@ -28,7 +26,7 @@ async fn all_roles_in_one_process_with_their_own_nats() {
         .to_string();
     let path = format!("{nats_dir}:{}", std::env::var("PATH").unwrap_or_default());
     let log = std::fs::File::create(data.path().join("all.log")).expect("log");
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(node_bin())
         .arg("all")
         .env("PATH", path)
         .env(
@@ -119,18 +117,21 @@ async fn all_roles_in_one_process_with_their_own_nats() {
         logs()
     );
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let trace_id = loop {
-        let completed = collector
-            .spans()
-            .into_iter()
-            .find(|s| s.name == "job complete" && s.attributes.get("job") == Some(&id));
-        if let Some(span) = completed {
-            break span.trace_id;
-        }
-        assert!(Instant::now() < deadline, "no job complete span for {id}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let what = format!("a job complete span for {id}");
+    let trace_id = poll(
+        &what,
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            let spans = collector.spans();
+            spans
+                .iter()
+                .find(|s| s.name == "job complete" && s.attributes.get("job") == Some(&id))
+                .map(|span| span.trace_id.clone())
+                .ok_or_else(|| format!("{} spans", spans.len()))
+        },
+    )
+    .await;
     let trace = collector.wait_for(&trace_id, "job complete").await;
     let mut services: Vec<&str> = trace.iter().map(|s| s.service.as_str()).collect();
     services.sort();
@@ -154,7 +155,7 @@ async fn all_roles_in_one_process_with_their_own_nats() {
 #[test]
 fn all_fails_fast_without_nats() {
     let data = tempfile::tempdir().expect("tempdir");
-    let output = Command::new(BIN)
+    let output = Command::new(node_bin())
         .arg("all")
         .env("PATH", "/nonexistent")
         .env(

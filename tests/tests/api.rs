@@ -8,7 +8,6 @@ use pixelmesh_proto::v1::{
 };
 use pixelmesh_tests::{Cluster, ClusterOptions, api, corpus, rest, tool};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pixelmesh-node");
 const JOB_TIMEOUT: Duration = Duration::from_secs(240);
 
 fn resize(width: u32) -> Operation {
@@ -22,14 +21,11 @@ fn resize(width: u32) -> Operation {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_images_fail_alone_and_the_mesh_keeps_serving() {
-    let cluster = Cluster::start(
-        BIN,
-        ClusterOptions {
-            // safe-landing (5120x2880, 14.7 MP) is over this; kite (2560x1600) is not.
-            max_pixels: 10_000_000,
-            ..Default::default()
-        },
-    )
+    let cluster = Cluster::start(ClusterOptions {
+        // safe-landing (5120x2880, 14.7 MP) is over this; kite (2560x1600) is not.
+        max_pixels: 10_000_000,
+        ..Default::default()
+    })
     .await;
     let mut client = cluster.gateway_client().await;
     let kite = corpus::read("kite-2560x1600.jpg");
@@ -94,7 +90,7 @@ async fn bad_images_fail_alone_and_the_mesh_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_pipelines_are_refused_at_submit() {
-    let cluster = Cluster::start(BIN, ClusterOptions::default()).await;
+    let cluster = Cluster::start(ClusterOptions::default()).await;
     let mut client = cluster.gateway_client().await;
     let blob = api::upload(&mut client, "kite.jpg", &corpus::read("kite-2560x1600.jpg")).await;
     let inputs = vec![ImageInput {
@@ -204,7 +200,7 @@ async fn invalid_pipelines_are_refused_at_submit() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rest_submit_status_and_download() {
-    let cluster = Cluster::start(BIN, ClusterOptions::default()).await;
+    let cluster = Cluster::start(ClusterOptions::default()).await;
     let http = reqwest::Client::new();
     let base = cluster.http_url();
 
@@ -281,7 +277,7 @@ async fn rest_submit_status_and_download() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn grpcurl_lists_describes_submits_and_watches() {
-    let mut cluster = Cluster::start(BIN, ClusterOptions::default()).await;
+    let mut cluster = Cluster::start(ClusterOptions::default()).await;
     let expect = |addr: &str, services: &[&str]| {
         let output = std::process::Command::new(tool("grpcurl"))
             .args(["-plaintext", addr, "list"])
@@ -425,7 +421,7 @@ async fn grpcurl_lists_describes_submits_and_watches() {
 /// output; a missing logo is refused at submit, one that is not an image fails its images.
 #[tokio::test(flavor = "multi_thread")]
 async fn watermark_and_analyze_through_the_mesh() {
-    let cluster = Cluster::start(BIN, ClusterOptions::default()).await;
+    let cluster = Cluster::start(ClusterOptions::default()).await;
     let http = reqwest::Client::new();
     let base = cluster.http_url();
     let upload = |bytes: Vec<u8>| {
@@ -551,7 +547,7 @@ async fn watermark_and_analyze_through_the_mesh() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn analysis_exports_as_csv_json_and_xlsx() {
-    let cluster = Cluster::start(BIN, ClusterOptions::default()).await;
+    let cluster = Cluster::start(ClusterOptions::default()).await;
     let http = reqwest::Client::new();
     let base = cluster.http_url();
     let files = [

@@ -10,7 +10,6 @@ use pixelmesh_proto::v1::{ImageState, JobState};
 use pixelmesh_tests::{Cluster, ClusterOptions, api, png, rest};
 use zip::{CompressionMethod, ZipWriter, write::SimpleFileOptions};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pixelmesh-node");
 const JOB_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn options(method: CompressionMethod) -> SimpleFileOptions {
@@ -52,7 +51,7 @@ async fn submit_archive(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_zip_of_images_becomes_a_job_with_flattened_unique_names() {
-    let cluster = Cluster::start(BIN, ClusterOptions::default()).await;
+    let cluster = Cluster::start(ClusterOptions::default()).await;
     let http = reqwest::Client::new();
     let base = cluster.http_url();
     let archive = zip_of(
@@ -187,20 +186,17 @@ async fn a_zip_of_images_becomes_a_job_with_flattened_unique_names() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn archive_attacks_are_refused_before_anything_is_queued() {
-    let cluster = Cluster::start(
-        BIN,
-        ClusterOptions {
-            gateway_args: [
-                "--max-files-per-job",
-                "4",
-                "--max-zip-total-bytes",
-                "3000000",
-            ]
-            .map(String::from)
-            .to_vec(),
-            ..Default::default()
-        },
-    )
+    let cluster = Cluster::start(ClusterOptions {
+        gateway_args: [
+            "--max-files-per-job",
+            "4",
+            "--max-zip-total-bytes",
+            "3000000",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Default::default()
+    })
     .await;
     let http = reqwest::Client::new();
     let base = cluster.http_url();

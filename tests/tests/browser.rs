@@ -28,14 +28,11 @@ fn canonical(path: &std::path::Path) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_submits_watches_downloads_and_sees_workers_come_and_go() {
     let web = Browser::web_dir();
-    let mut cluster = Cluster::start(
-        env!("CARGO_BIN_EXE_pixelmesh-node"),
-        ClusterOptions {
-            filters: 2,
-            gateway_args: vec!["--web-dir".into(), web.display().to_string()],
-            ..ClusterOptions::default()
-        },
-    )
+    let mut cluster = Cluster::start(ClusterOptions {
+        filters: 2,
+        gateway_args: vec!["--web-dir".into(), web.display().to_string()],
+        ..ClusterOptions::default()
+    })
     .await;
     let base = cluster.http_url();
     let browser = Browser::start("browser").await;
@@ -306,15 +303,12 @@ async fn a_user_submits_watches_downloads_and_sees_workers_come_and_go() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_fails_alone_and_tiled_images_show_their_tiles() {
     let web = Browser::web_dir();
-    let cluster = Cluster::start(
-        env!("CARGO_BIN_EXE_pixelmesh-node"),
-        ClusterOptions {
-            // 2560x1600 in 512 px tiles: 5 x 4.
-            tile_size: Some(512),
-            gateway_args: vec!["--web-dir".into(), web.display().to_string()],
-            ..ClusterOptions::default()
-        },
-    )
+    let cluster = Cluster::start(ClusterOptions {
+        // 2560x1600 in 512 px tiles: 5 x 4.
+        tile_size: Some(512),
+        gateway_args: vec!["--web-dir".into(), web.display().to_string()],
+        ..ClusterOptions::default()
+    })
     .await;
     let base = cluster.http_url();
     let browser = Browser::start("browser-errors").await;
@@ -430,18 +424,15 @@ async fn bad_input_fails_alone_and_tiled_images_show_their_tiles() {
 async fn with_api_keys_the_page_takes_a_key_and_every_call_carries_it() {
     const KEY: &str = "ui-test-key-0123456789abcdef";
     let web = Browser::web_dir();
-    let cluster = Cluster::start(
-        env!("CARGO_BIN_EXE_pixelmesh-node"),
-        ClusterOptions {
-            gateway_args: vec![
-                "--web-dir".into(),
-                web.display().to_string(),
-                "--api-keys".into(),
-                format!("ui:{KEY}"),
-            ],
-            ..ClusterOptions::default()
-        },
-    )
+    let cluster = Cluster::start(ClusterOptions {
+        gateway_args: vec![
+            "--web-dir".into(),
+            web.display().to_string(),
+            "--api-keys".into(),
+            format!("ui:{KEY}"),
+        ],
+        ..ClusterOptions::default()
+    })
     .await;
     let base = cluster.http_url();
     let browser = Browser::start("browser-keys").await;

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use pixelmesh_tests::{Cluster, ClusterOptions, corpus, png, rest, serve_http};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_pixelmesh-node");
 const TIMEOUT: Duration = Duration::from_secs(300);
 /// The example: a tiny upload made 100 megapixels, then sharpened eight times at the
 /// widest radius.
@@ -37,13 +36,10 @@ async fn serve_png(bytes: Vec<u8>) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn what_cannot_fit_is_refused_at_submit_or_failed_by_its_worker() {
     let url = serve_png(png(40, 30, 11)).await;
-    let cluster = Cluster::start(
-        BIN,
-        ClusterOptions {
-            filter_args: vec!["--fetch-allow-private".into()],
-            ..Default::default()
-        },
-    )
+    let cluster = Cluster::start(ClusterOptions {
+        filter_args: vec!["--fetch-allow-private".into()],
+        ..Default::default()
+    })
     .await;
     let base = cluster.http_url();
     let http = reqwest::Client::new();
@@ -86,15 +82,12 @@ async fn what_cannot_fit_is_refused_at_submit_or_failed_by_its_worker() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_over_its_time_fails_clearly_and_frees_its_core() {
-    let cluster = Cluster::start(
-        BIN,
-        ClusterOptions {
-            filter_args: vec!["--task-timeout-secs".into(), "1".into()],
-            // No estimate stops it at submit: the clock must.
-            scheduler_args: vec!["--max-image-cpu-secs".into(), "0".into()],
-            ..Default::default()
-        },
-    )
+    let cluster = Cluster::start(ClusterOptions {
+        filter_args: vec!["--task-timeout-secs".into(), "1".into()],
+        // No estimate stops it at submit: the clock must.
+        scheduler_args: vec!["--max-image-cpu-secs".into(), "0".into()],
+        ..Default::default()
+    })
     .await;
     let base = cluster.http_url();
     let http = reqwest::Client::new();
@@ -140,14 +133,11 @@ fn big_png(width: u32, height: u32, seed: u8) -> Vec<u8> {
 async fn big_images_queue_for_memory_instead_of_running_at_once() {
     // Four slots, but memory for about one 25-megapixel image at a time.
     const BUDGET: u64 = 400 * 1024 * 1024;
-    let cluster = Cluster::start(
-        BIN,
-        ClusterOptions {
-            filter_concurrency: 4,
-            filter_args: vec!["--memory-budget-bytes".into(), BUDGET.to_string()],
-            ..Default::default()
-        },
-    )
+    let cluster = Cluster::start(ClusterOptions {
+        filter_concurrency: 4,
+        filter_args: vec!["--memory-budget-bytes".into(), BUDGET.to_string()],
+        ..Default::default()
+    })
     .await;
     let base = cluster.http_url();
     let http = reqwest::Client::new();

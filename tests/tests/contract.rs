@@ -9,7 +9,6 @@ use std::{path::Path, process::Command, time::Duration};
 
 use pixelmesh_tests::{Cluster, ClusterOptions, png, rest, sse::SseStream, tool, workspace_root};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pixelmesh-node");
 const KEY: &str = "contract-secret-0123456789";
 /// Cases per operation and phase: enough to reach every documented status of every
 /// operation, bounded so each run takes seconds.
@@ -88,16 +87,13 @@ async fn schemathesis(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn schemathesis_finds_the_api_true_to_its_document() {
-    let cluster = Cluster::start(
-        BIN,
-        ClusterOptions {
-            gateway_args: vec!["--api-keys".into(), format!("contract:{KEY}")],
-            // Generated URL lists must never reach past this machine: every other host is
-            // refused before any lookup, and this one is loopback, refused as private.
-            filter_args: vec!["--fetch-allow-hosts".into(), "127.0.0.1".into()],
-            ..Default::default()
-        },
-    )
+    let cluster = Cluster::start(ClusterOptions {
+        gateway_args: vec!["--api-keys".into(), format!("contract:{KEY}")],
+        // Generated URL lists must never reach past this machine: every other host is
+        // refused before any lookup, and this one is loopback, refused as private.
+        filter_args: vec!["--fetch-allow-hosts".into(), "127.0.0.1".into()],
+        ..Default::default()
+    })
     .await;
     let base = cluster.http_url();
     let document_url = format!("{base}/api/v1/openapi.json");

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use pixelmesh_tests::{Cluster, ClusterOptions, api, corpus, png, rest, sse::SseStream};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pixelmesh-node");
 const JOB_TIMEOUT: Duration = Duration::from_secs(120);
 
 async fn submit(http: &reqwest::Client, base: &str, files: &[(&str, Vec<u8>)]) -> String {
@@ -23,7 +22,7 @@ async fn status(http: &reqwest::Client, url: String) -> u16 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn delete_removes_the_job_and_only_the_blobs_no_other_job_uses() {
-    let cluster = Cluster::start(BIN, ClusterOptions::default()).await;
+    let cluster = Cluster::start(ClusterOptions::default()).await;
     let http = reqwest::Client::new();
     let base = cluster.http_url();
     let mut client = cluster.gateway_client().await;
@@ -89,7 +88,7 @@ async fn delete_removes_the_job_and_only_the_blobs_no_other_job_uses() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deleting_a_running_job_cancels_it_and_the_mesh_goes_on() {
-    let cluster = Cluster::start(BIN, ClusterOptions::default()).await;
+    let cluster = Cluster::start(ClusterOptions::default()).await;
     let http = reqwest::Client::new();
     let base = cluster.http_url();
     let mut client = cluster.gateway_client().await;
@@ -117,7 +116,7 @@ async fn deleting_a_running_job_cancels_it_and_the_mesh_goes_on() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn retry_runs_the_failed_images_again_and_only_them() {
-    let cluster = Cluster::start(BIN, ClusterOptions::default()).await;
+    let cluster = Cluster::start(ClusterOptions::default()).await;
     let http = reqwest::Client::new();
     let base = cluster.http_url();
     let mut client = cluster.gateway_client().await;
@@ -207,7 +206,7 @@ async fn retry_runs_the_failed_images_again_and_only_them() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pause_stops_dispatch_and_resume_finishes_every_image_once() {
-    let cluster = Cluster::start(BIN, ClusterOptions::default()).await;
+    let cluster = Cluster::start(ClusterOptions::default()).await;
     let http = reqwest::Client::new();
     let base = cluster.http_url();
     let mut client = cluster.gateway_client().await;

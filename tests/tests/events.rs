@@ -8,7 +8,6 @@ use pixelmesh_tests::{
     sse::{SseEvent, SseStream},
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_pixelmesh-node");
 const EVENT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Submits `n` images (the last one not an image) with a small pipeline; the job id.
@@ -38,7 +37,7 @@ fn version(event: &SseEvent) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn events_report_every_image_once_in_order_and_resume_after_a_reconnect() {
-    let cluster = Cluster::start(BIN, ClusterOptions::default()).await;
+    let cluster = Cluster::start(ClusterOptions::default()).await;
     let http = reqwest::Client::new();
     let base = cluster.http_url();
     let n = 6;
@@ -133,7 +132,7 @@ async fn events_report_every_image_once_in_order_and_resume_after_a_reconnect() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn events_refuse_unknown_jobs_and_bad_resume_ids() {
-    let cluster = Cluster::start(BIN, ClusterOptions::default()).await;
+    let cluster = Cluster::start(ClusterOptions::default()).await;
     let http = reqwest::Client::new();
     let base = cluster.http_url();
     let unknown = http
@@ -176,13 +175,10 @@ async fn events_refuse_unknown_jobs_and_bad_resume_ids() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_feed_shows_every_job_and_workers_coming_and_going() {
-    let mut cluster = Cluster::start(
-        BIN,
-        ClusterOptions {
-            filters: 2,
-            ..Default::default()
-        },
-    )
+    let mut cluster = Cluster::start(ClusterOptions {
+        filters: 2,
+        ..Default::default()
+    })
     .await;
     let http = reqwest::Client::new();
     let base = cluster.http_url();
@@ -230,7 +226,7 @@ async fn the_feed_shows_every_job_and_workers_coming_and_going() {
 /// The id of the next `worker_gone` event.
 #[tokio::test(flavor = "multi_thread")]
 async fn every_gateway_replica_relays_the_same_events() {
-    let mut cluster = Cluster::start(BIN, ClusterOptions::default()).await;
+    let mut cluster = Cluster::start(ClusterOptions::default()).await;
     let second = cluster.add_gateway().await;
     let first = cluster.http_url();
     let http = reqwest::Client::new();

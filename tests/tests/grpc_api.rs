@@ -13,7 +13,6 @@ use pixelmesh_tests::{Cluster, ClusterOptions, api, png};
 use tonic::Code;
 use zip::{CompressionMethod, ZipWriter, write::SimpleFileOptions};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pixelmesh-node");
 const JOB_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn pipeline(text: &str) -> Vec<Operation> {
@@ -40,7 +39,7 @@ fn read_entry(bundle: &mut zip::ZipArchive<Cursor<Vec<u8>>>, name: &str) -> Vec<
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_zip_becomes_inputs_and_its_outputs_come_back_zipped_and_exported() {
-    let cluster = Cluster::start(BIN, ClusterOptions::default()).await;
+    let cluster = Cluster::start(ClusterOptions::default()).await;
     let mut client = cluster.gateway_client().await;
 
     // One entry leaving the archive refuses the whole archive.
@@ -197,15 +196,12 @@ async fn image_server() -> SocketAddr {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_url_list_over_the_job_size_becomes_a_batch() {
     let addr = image_server().await;
-    let cluster = Cluster::start(
-        BIN,
-        ClusterOptions {
-            // The test server's address only: loopback stays refused otherwise.
-            filter_args: vec!["--fetch-allow-networks".into(), format!("{}/32", addr.ip())],
-            gateway_args: vec!["--max-files-per-job".into(), "2".into()],
-            ..Default::default()
-        },
-    )
+    let cluster = Cluster::start(ClusterOptions {
+        // The test server's address only: loopback stays refused otherwise.
+        filter_args: vec!["--fetch-allow-networks".into(), format!("{}/32", addr.ip())],
+        gateway_args: vec!["--max-files-per-job".into(), "2".into()],
+        ..Default::default()
+    })
     .await;
     let mut client = cluster.gateway_client().await;
 

@@ -7,7 +7,6 @@ use pixelmesh_proto::v1::{GetJobRequest, ListJobsRequest};
 use pixelmesh_tests::{Cluster, ClusterOptions, png, rest, sse::SseStream};
 use tonic::{Code, metadata::MetadataValue};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pixelmesh-node");
 const TIMEOUT: Duration = Duration::from_secs(120);
 const ALICE: &str = "alice-secret-0123456789";
 const BOB: &str = "bob-secret-0123456789";
@@ -34,18 +33,15 @@ async fn next_done(feed: &mut SseStream) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn keys_isolate_jobs_and_an_admin_sees_all() {
-    let cluster = Cluster::start(
-        BIN,
-        ClusterOptions {
-            gateway_args: vec![
-                "--api-keys".into(),
-                format!("alice:{ALICE},bob:{BOB}"),
-                "--admin-keys".into(),
-                format!("root:{ROOT}"),
-            ],
-            ..Default::default()
-        },
-    )
+    let cluster = Cluster::start(ClusterOptions {
+        gateway_args: vec![
+            "--api-keys".into(),
+            format!("alice:{ALICE},bob:{BOB}"),
+            "--admin-keys".into(),
+            format!("root:{ROOT}"),
+        ],
+        ..Default::default()
+    })
     .await;
     let base = cluster.http_url();
     let (alice, bob, root) = (

@@ -18,7 +18,6 @@ use std::{
 use pixelmesh_tests::{Cluster, ClusterOptions, png, rest, sse::SseStream};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pixelmesh-node");
 const ROUNDS: usize = 5;
 const SUBMITS: usize = 300;
 const KEYS: usize = 30;
@@ -86,21 +85,18 @@ async fn submit_and_watch(http: reqwest::Client, base: String, seed: usize) -> O
 #[tokio::test(flavor = "multi_thread")]
 async fn rounds_of_concurrent_submits_and_watchers_all_complete_or_are_shed_cleanly() {
     let keys: Vec<String> = (0..KEYS).map(|k| format!("key{k}:{}", secret(k))).collect();
-    let cluster = Cluster::start(
-        BIN,
-        ClusterOptions {
-            filters: 2,
-            // Room for every submit of a round at once, so storage sees all of them; each
-            // key keeps its default share (--max-uploads-per-key).
-            gateway_args: vec![
-                "--api-keys".into(),
-                keys.join(","),
-                "--max-concurrent-uploads".into(),
-                SUBMITS.to_string(),
-            ],
-            ..Default::default()
-        },
-    )
+    let cluster = Cluster::start(ClusterOptions {
+        filters: 2,
+        // Room for every submit of a round at once, so storage sees all of them; each
+        // key keeps its default share (--max-uploads-per-key).
+        gateway_args: vec![
+            "--api-keys".into(),
+            keys.join(","),
+            "--max-concurrent-uploads".into(),
+            SUBMITS.to_string(),
+        ],
+        ..Default::default()
+    })
     .await;
     let base = cluster.http_url();
 

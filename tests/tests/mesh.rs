@@ -8,7 +8,6 @@ use pixelmesh_proto::v1::{
 };
 use pixelmesh_tests::{Cluster, ClusterOptions, api, corpus};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pixelmesh-node");
 const JOB_TIMEOUT: Duration = Duration::from_secs(240);
 
 fn pipeline() -> Vec<Operation> {
@@ -65,13 +64,10 @@ fn assert_all_done(job: &Job, cluster: &Cluster) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn corpus_through_two_filters_matches_in_process() {
-    let cluster = Cluster::start(
-        BIN,
-        ClusterOptions {
-            filters: 2,
-            ..Default::default()
-        },
-    )
+    let cluster = Cluster::start(ClusterOptions {
+        filters: 2,
+        ..Default::default()
+    })
     .await;
     let mut client = cluster.gateway_client().await;
     let images = corpus::all();
@@ -120,14 +116,11 @@ async fn corpus_through_two_filters_matches_in_process() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_filter_mid_batch_loses_nothing() {
-    let mut cluster = Cluster::start(
-        BIN,
-        ClusterOptions {
-            filters: 2,
-            ack_wait_secs: 2,
-            ..Default::default()
-        },
-    )
+    let mut cluster = Cluster::start(ClusterOptions {
+        filters: 2,
+        ack_wait_secs: 2,
+        ..Default::default()
+    })
     .await;
     let mut client = cluster.gateway_client().await;
     let images: Vec<_> = corpus::all().into_iter().take(6).collect();
@@ -156,7 +149,7 @@ async fn sigkill_filter_mid_batch_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn scheduler_restart_mid_job_finishes_the_job() {
-    let mut cluster = Cluster::start(BIN, ClusterOptions::default()).await;
+    let mut cluster = Cluster::start(ClusterOptions::default()).await;
     let mut client = cluster.gateway_client().await;
     let images: Vec<_> = corpus::all().into_iter().take(5).collect();
     let job = api::submit(&mut client, &images, pipeline()).await;
@@ -171,7 +164,7 @@ async fn scheduler_restart_mid_job_finishes_the_job() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn storage_restart_keeps_jobs_and_blobs() {
-    let mut cluster = Cluster::start(BIN, ClusterOptions::default()).await;
+    let mut cluster = Cluster::start(ClusterOptions::default()).await;
     let mut client = cluster.gateway_client().await;
     let images: Vec<_> = corpus::all().into_iter().take(4).collect();
     let job = api::submit(&mut client, &images, pipeline()).await;
@@ -211,13 +204,10 @@ fn slow_pipeline() -> Vec<Operation> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_filter_finishes_its_task_first() {
-    let mut cluster = Cluster::start(
-        BIN,
-        ClusterOptions {
-            filters: 2,
-            ..Default::default()
-        },
-    )
+    let mut cluster = Cluster::start(ClusterOptions {
+        filters: 2,
+        ..Default::default()
+    })
     .await;
     let mut client = cluster.gateway_client().await;
     let largest = corpus::all()
@@ -227,6 +217,11 @@ async fn sigterm_filter_finishes_its_task_first() {
     let images = vec![largest; 3];
     let job = api::submit(&mut client, &images, slow_pipeline()).await;
     let id = job.summary.expect("summary").id;
+    // Watched from the start, so every image's progress is seen, whatever the stop takes.
+    let watcher = {
+        let (mut client, id) = (client.clone(), id.clone());
+        tokio::spawn(async move { api::watch_to_end(&mut client, &id, JOB_TIMEOUT).await })
+    };
 
     // The worker list shows filter-0 busy: that is the moment to ask it to stop.
     let deadline = tokio::time::Instant::now() + JOB_TIMEOUT;
@@ -271,7 +266,7 @@ async fn sigterm_filter_finishes_its_task_first() {
         "filter-0 was not mid-task when it stopped:\n{log}"
     );
 
-    let (events, job) = api::watch_to_end(&mut client, &id, JOB_TIMEOUT).await;
+    let (events, job) = watcher.await.expect("watcher");
     assert_all_done(&job, &cluster);
     assert_each_image_reported_once(&events, images.len());
     let by_victim: Vec<_> = job

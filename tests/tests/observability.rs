@@ -17,7 +17,6 @@ use pixelmesh_tests::{
     otlp::{Collector, SERVICES, Span, Trace},
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_pixelmesh-node");
 const JOB_TIMEOUT: Duration = Duration::from_secs(240);
 fn op(op: Op) -> Operation {
     Operation { op: Some(op) }
@@ -70,22 +69,19 @@ async fn submit(
 #[tokio::test(flavor = "multi_thread")]
 async fn one_job_is_one_trace_across_every_service() {
     let (collector, addr) = Collector::start().await;
-    let cluster = Cluster::start(
-        BIN,
-        ClusterOptions {
-            // 2560x1600 in tiles of about 1024 pixels.
-            tile_size: Some(1024),
-            env: vec![
-                (
-                    "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
-                    format!("http://{addr}"),
-                ),
-                ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()),
-                ("PIXELMESH_LOG_FORMAT".into(), "json".into()),
-            ],
-            ..Default::default()
-        },
-    )
+    let cluster = Cluster::start(ClusterOptions {
+        // 2560x1600 in tiles of about 1024 pixels.
+        tile_size: Some(1024),
+        env: vec![
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+                format!("http://{addr}"),
+            ),
+            ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()),
+            ("PIXELMESH_LOG_FORMAT".into(), "json".into()),
+        ],
+        ..Default::default()
+    })
     .await;
 
     // A whole image: fetch, decode, each op, encode, store.
@@ -291,16 +287,13 @@ async fn a_stuck_or_absent_collector_never_holds_up_a_job() {
         format!("http://{stuck}"),
         format!("http://127.0.0.1:{}", free_port()),
     ] {
-        let mut cluster = Cluster::start(
-            BIN,
-            ClusterOptions {
-                env: vec![
-                    ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.clone()),
-                    ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()),
-                ],
-                ..Default::default()
-            },
-        )
+        let mut cluster = Cluster::start(ClusterOptions {
+            env: vec![
+                ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.clone()),
+                ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()),
+            ],
+            ..Default::default()
+        })
         .await;
         let mut client = cluster.gateway_client().await;
         let images: Vec<(String, Vec<u8>)> = (0..3)
@@ -399,7 +392,7 @@ fn value(metrics: &HashMap<String, f64>, series: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_move_as_a_job_runs() {
-    let cluster = Cluster::start(BIN, ClusterOptions::default()).await;
+    let cluster = Cluster::start(ClusterOptions::default()).await;
     let filter_port = cluster.filters[0].port;
     let ports = [
         ("gateway", cluster.gateway.port),
@@ -634,24 +627,21 @@ async fn metrics_move_as_a_job_runs() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sampling_decides_once_per_job_for_every_service() {
     let (collector, addr) = Collector::start().await;
-    let cluster = Cluster::start(
-        BIN,
-        ClusterOptions {
-            env: vec![
-                (
-                    "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
-                    format!("http://{addr}"),
-                ),
-                ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()),
-                (
-                    "OTEL_TRACES_SAMPLER".into(),
-                    "parentbased_traceidratio".into(),
-                ),
-                ("OTEL_TRACES_SAMPLER_ARG".into(), "0".into()),
-            ],
-            ..Default::default()
-        },
-    )
+    let cluster = Cluster::start(ClusterOptions {
+        env: vec![
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+                format!("http://{addr}"),
+            ),
+            ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()),
+            (
+                "OTEL_TRACES_SAMPLER".into(),
+                "parentbased_traceidratio".into(),
+            ),
+            ("OTEL_TRACES_SAMPLER_ARG".into(), "0".into()),
+        ],
+        ..Default::default()
+    })
     .await;
     let pipeline = || {
         vec![op(Op::Resize(Resize {

@@ -11,10 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pixelmesh_tests::{Cluster, ClusterOptions, png, rest};
+use pixelmesh_tests::{Cluster, ClusterOptions, png, poll, rest};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_pixelmesh-node");
 const TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Polls the job until it is in a final state; its JSON, with every role's log on failure.
@@ -32,15 +31,16 @@ async fn wait_job(
     what: &str,
     ready: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let job = rest::get_json(http, &format!("{base}/api/v1/jobs/{id}")).await;
+    let url = format!("{base}/api/v1/jobs/{id}");
+    poll(what, TIMEOUT, Duration::from_millis(50), || async {
+        let job = rest::get_json(http, &url).await;
         if ready(&job) {
-            return job;
+            Ok(job)
+        } else {
+            Err(job.to_string())
         }
-        assert!(Instant::now() < deadline, "never {what}: {job}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 fn submit_form(pipeline: &str, images: usize, size: u32) -> reqwest::multipart::Form {
@@ -61,13 +61,10 @@ fn submit_form(pipeline: &str, images: usize, size: u32) -> reqwest::multipart::
 #[tokio::test(flavor = "multi_thread")]
 async fn storage_down_a_minute_mid_batch_spends_no_attempts() {
     const IMAGES: usize = 200;
-    let mut cluster = Cluster::start(
-        BIN,
-        ClusterOptions {
-            filters: 2,
-            ..Default::default()
-        },
-    )
+    let mut cluster = Cluster::start(ClusterOptions {
+        filters: 2,
+        ..Default::default()
+    })
     .await;
     let base = cluster.http_url();
     let http = reqwest::Client::new();
@@ -127,11 +124,15 @@ async fn stall_server() -> (String, Arc<AtomicUsize>) {
 }
 
 async fn wait_count(count: &AtomicUsize, at_least: usize, what: &str) {
-    let deadline = Instant::now() + TIMEOUT;
-    while count.load(Ordering::SeqCst) < at_least {
-        assert!(Instant::now() < deadline, "never {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll(what, TIMEOUT, Duration::from_millis(20), || async {
+        let seen = count.load(Ordering::SeqCst);
+        if seen >= at_least {
+            Ok(())
+        } else {
+            Err(format!("{seen} of {at_least}"))
+        }
+    })
+    .await;
 }
 
 async fn stream_messages(nats: &async_nats::Client, stream: &str) -> u64 {
@@ -143,15 +144,12 @@ async fn stream_messages(nats: &async_nats::Client, stream: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_out_of_deliveries_while_no_scheduler_runs_still_fails_its_image() {
     let (url, accepted) = stall_server().await;
-    let mut cluster = Cluster::start(
-        BIN,
-        ClusterOptions {
-            max_deliver: 2,
-            ack_wait_secs: 2,
-            filter_args: vec!["--fetch-allow-private".into()],
-            ..Default::default()
-        },
-    )
+    let mut cluster = Cluster::start(ClusterOptions {
+        max_deliver: 2,
+        ack_wait_secs: 2,
+        filter_args: vec!["--fetch-allow-private".into()],
+        ..Default::default()
+    })
     .await;
     let base = cluster.http_url();
     let http = reqwest::Client::new();
@@ -171,11 +169,18 @@ async fn a_task_out_of_deliveries_while_no_scheduler_runs_still_fails_its_image(
     cluster.start_role("filter-0").await;
     // JetStream gives up on the task while no scheduler runs: its advisory is kept.
     let nats = async_nats::connect(cluster.nats.url()).await.expect("nats");
-    let deadline = Instant::now() + TIMEOUT;
-    while stream_messages(&nats, "ADVISORIES").await == 0 {
-        assert!(Instant::now() < deadline, "no max-deliveries advisory");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poll(
+        "a max-deliveries advisory kept",
+        TIMEOUT,
+        Duration::from_millis(100),
+        || async {
+            match stream_messages(&nats, "ADVISORIES").await {
+                0 => Err("no message in ADVISORIES".to_string()),
+                _ => Ok(()),
+            }
+        },
+    )
+    .await;
 
     cluster.start_role("scheduler").await;
     let job = wait_ended(&http, &base, &id, &cluster).await;
@@ -211,7 +216,7 @@ async fn wait_ended_or_running(http: &reqwest::Client, base: &str, id: &str) -> 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_running_job_whose_tasks_were_lost_is_run_again_by_the_next_scheduler() {
-    let mut cluster = Cluster::start(BIN, ClusterOptions::default()).await;
+    let mut cluster = Cluster::start(ClusterOptions::default()).await;
     let base = cluster.http_url();
     let http = reqwest::Client::new();
     // No worker takes the tasks, so they wait in the queue...
@@ -243,7 +248,7 @@ async fn a_running_job_whose_tasks_were_lost_is_run_again_by_the_next_scheduler(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_submit_refused_while_the_queue_is_down_leaves_nothing_that_runs_later() {
-    let mut cluster = Cluster::start(BIN, ClusterOptions::default()).await;
+    let mut cluster = Cluster::start(ClusterOptions::default()).await;
     let base = cluster.http_url();
     let http = reqwest::Client::new();
     cluster.nats.kill();

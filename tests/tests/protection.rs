@@ -13,7 +13,6 @@ use pixelmesh_tests::{Cluster, ClusterOptions, api, png, rest, sse::SseStream};
 use tokio::sync::mpsc;
 use tonic::{Code, metadata::MetadataValue};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pixelmesh-node");
 const TIMEOUT: Duration = Duration::from_secs(120);
 const ALICE: &str = "alice-secret-0123456789";
 const BOB: &str = "bob-secret-0123456789";
@@ -114,23 +113,20 @@ fn grpc_upload(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn held_uploads_fill_their_pool_and_reads_are_still_answered() {
-    let cluster = Cluster::start(
-        BIN,
-        ClusterOptions {
-            gateway_args: [
-                "--max-concurrent-uploads",
-                "2",
-                "--max-concurrent-requests",
-                "4",
-                // The held uploads stall on purpose: not for long enough to be cut off.
-                "--body-idle-timeout-secs",
-                "600",
-            ]
-            .map(String::from)
-            .to_vec(),
-            ..Default::default()
-        },
-    )
+    let cluster = Cluster::start(ClusterOptions {
+        gateway_args: [
+            "--max-concurrent-uploads",
+            "2",
+            "--max-concurrent-requests",
+            "4",
+            // The held uploads stall on purpose: not for long enough to be cut off.
+            "--body-idle-timeout-secs",
+            "600",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Default::default()
+    })
     .await;
     let base = cluster.http_url();
     let http = reqwest::Client::new();
@@ -193,20 +189,17 @@ async fn held_uploads_fill_their_pool_and_reads_are_still_answered() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_over_its_upload_limit_gets_429_and_other_keys_still_upload() {
-    let cluster = Cluster::start(
-        BIN,
-        ClusterOptions {
-            gateway_args: vec![
-                "--api-keys".into(),
-                format!("alice:{ALICE},bob:{BOB}"),
-                "--max-uploads-per-key".into(),
-                "1".into(),
-                "--body-idle-timeout-secs".into(),
-                "600".into(),
-            ],
-            ..Default::default()
-        },
-    )
+    let cluster = Cluster::start(ClusterOptions {
+        gateway_args: vec![
+            "--api-keys".into(),
+            format!("alice:{ALICE},bob:{BOB}"),
+            "--max-uploads-per-key".into(),
+            "1".into(),
+            "--body-idle-timeout-secs".into(),
+            "600".into(),
+        ],
+        ..Default::default()
+    })
     .await;
     let base = cluster.http_url();
     let (alice, bob) = (rest::keyed_client(ALICE), rest::keyed_client(BOB));
@@ -267,22 +260,19 @@ fn stalled_submit(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stalled_upload_gets_408_and_costs_no_one_else() {
-    let cluster = Cluster::start(
-        BIN,
-        ClusterOptions {
-            gateway_args: [
-                "--body-idle-timeout-secs",
-                "1",
-                // Many stalled uploads from one address at once: more than hyper's default
-                // guard against reset streams (20) would let through.
-                "--max-uploads-per-key",
-                "0",
-            ]
-            .map(String::from)
-            .to_vec(),
-            ..Default::default()
-        },
-    )
+    let cluster = Cluster::start(ClusterOptions {
+        gateway_args: [
+            "--body-idle-timeout-secs",
+            "1",
+            // Many stalled uploads from one address at once: more than hyper's default
+            // guard against reset streams (20) would let through.
+            "--max-uploads-per-key",
+            "0",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Default::default()
+    })
     .await;
     let base = cluster.http_url();
     let http = reqwest::Client::new();

@@ -2,7 +2,7 @@
 //! blobs, jobs, URLs or errors, through any REST route, event stream or gRPC method that
 //! takes an id or returns one. Admins see everything.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pixelmesh_proto::v1::{
     CancelJobRequest, DeleteJobRequest, DownloadOutputRequest, DownloadOutputsRequest,
@@ -10,12 +10,13 @@ use pixelmesh_proto::v1::{
     ListWorkersRequest, Operation, PauseJobRequest, ResumeJobRequest, RetryJobRequest,
     SubmitJobRequest, WatchJobRequest, gateway_client::GatewayClient, operation::Op,
 };
-use pixelmesh_tests::{Cluster, ClusterOptions, api::keyed, png, rest, serve_http, sse::SseStream};
+use pixelmesh_tests::{
+    Cluster, ClusterOptions, api::keyed, png, poll, rest, serve_http, sse::SseStream,
+};
 use reqwest::Method;
 use serde_json::Value;
 use tonic::{Code, transport::Channel};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pixelmesh-node");
 const TIMEOUT: Duration = Duration::from_secs(120);
 const ALICE: &str = "alice-secret-0123456789";
 const BOB: &str = "bob-secret-0123456789";
@@ -81,21 +82,18 @@ async fn a_second_key_cannot_read_use_or_learn_the_first_keys_data() {
     let origin =
         serve_http(axum::Router::new().fallback(|| async { axum::http::StatusCode::NOT_FOUND }))
             .await;
-    let cluster = Cluster::start(
-        BIN,
-        ClusterOptions {
-            gateway_args: vec![
-                "--api-keys".into(),
-                format!("alice:{ALICE},bob:{BOB}"),
-                "--admin-keys".into(),
-                format!("root:{ROOT}"),
-                "--max-files-per-job".into(),
-                "2".into(),
-            ],
-            filter_args: vec!["--fetch-allow-private".into()],
-            ..Default::default()
-        },
-    )
+    let cluster = Cluster::start(ClusterOptions {
+        gateway_args: vec![
+            "--api-keys".into(),
+            format!("alice:{ALICE},bob:{BOB}"),
+            "--admin-keys".into(),
+            format!("root:{ROOT}"),
+            "--max-files-per-job".into(),
+            "2".into(),
+        ],
+        filter_args: vec!["--fetch-allow-private".into()],
+        ..Default::default()
+    })
     .await;
     let base = cluster.http_url();
     let (alice, bob, root) = (
@@ -115,15 +113,21 @@ async fn a_second_key_cannot_read_use_or_learn_the_first_keys_data() {
     let batch: Value = response.json().await.expect("json");
     let parent = batch["parent_id"].as_str().expect("parent id").to_string();
     // ... first, so the worker's last error is then that of Alice's secret URL, below.
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let batch = rest::get_json(&alice, &format!("{base}/api/v1/batches/{parent}")).await;
-        if batch["state"] == "failed" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the batch never ended: {batch}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let url = format!("{base}/api/v1/batches/{parent}");
+    poll(
+        "the batch failed",
+        TIMEOUT,
+        Duration::from_millis(50),
+        || async {
+            let batch = rest::get_json(&alice, &url).await;
+            if batch["state"] == "failed" {
+                Ok(())
+            } else {
+                Err(batch.to_string())
+            }
+        },
+    )
+    .await;
 
     // Then a logo, and a job with a file and a URL that fails (its error carries the URL
     // and its secret).
@@ -333,18 +337,21 @@ async fn a_second_key_cannot_read_use_or_learn_the_first_keys_data() {
 
     // The shared worker view: counts and states, never another key's URLs or errors. The
     // admin sees the last error (once the worker's next heartbeat carries it).
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let workers = rest::get_json(&root, &format!("{base}/api/v1/workers")).await;
-        if workers.to_string().contains(URL_SECRET) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the admin never saw the error: {workers}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let url = format!("{base}/api/v1/workers");
+    poll(
+        "the admin saw the error",
+        TIMEOUT,
+        Duration::from_millis(100),
+        || async {
+            let workers = rest::get_json(&root, &url).await.to_string();
+            if workers.contains(URL_SECRET) {
+                Ok(())
+            } else {
+                Err(workers)
+            }
+        },
+    )
+    .await;
     let workers = rest::get_json(&bob, &format!("{base}/api/v1/workers")).await;
     assert!(!workers.to_string().contains(URL_SECRET), "{workers}");
     assert!(

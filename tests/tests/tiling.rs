@@ -11,7 +11,6 @@ use pixelmesh_filter::{
 use pixelmesh_proto::v1::{ImageState, JobState, SubmitJobRequest, Tiling};
 use pixelmesh_tests::{Cluster, ClusterOptions, api, corpus};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pixelmesh-node");
 const JOB_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A real photo repeated (mirrored, so there are no seams) over `width` x `height`.
@@ -46,15 +45,12 @@ fn big_photo(width: u32, height: u32) -> Vec<u8> {
 async fn a_100_megapixel_image_tiled_over_three_filters_matches_whole() {
     let (width, height) = (12_500, 8_000);
     let tile_size = 2048;
-    let mut cluster = Cluster::start(
-        BIN,
-        ClusterOptions {
-            filters: 3,
-            ack_wait_secs: 30,
-            tile_size: Some(tile_size),
-            ..ClusterOptions::default()
-        },
-    )
+    let mut cluster = Cluster::start(ClusterOptions {
+        filters: 3,
+        ack_wait_secs: 30,
+        tile_size: Some(tile_size),
+        ..ClusterOptions::default()
+    })
     .await;
     let mut client = cluster.gateway_client().await;
     let input = big_photo(width, height);
@@ -126,14 +122,11 @@ async fn a_100_megapixel_image_tiled_over_three_filters_matches_whole() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tiling_modes_are_validated_and_always_tiles_small_images() {
-    let cluster = Cluster::start(
-        BIN,
-        ClusterOptions {
-            filters: 2,
-            tile_size: Some(256),
-            ..ClusterOptions::default()
-        },
-    )
+    let cluster = Cluster::start(ClusterOptions {
+        filters: 2,
+        tile_size: Some(256),
+        ..ClusterOptions::default()
+    })
     .await;
     let mut client = cluster.gateway_client().await;
     let photo = corpus::read("autumn-2560x1600.jpg");

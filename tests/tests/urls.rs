@@ -18,7 +18,6 @@ use axum::{
 use pixelmesh_proto::v1::{ImageState, JobState};
 use pixelmesh_tests::{Cluster, ClusterOptions, api, png, rest};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pixelmesh-node");
 const JOB_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What the image server was asked for: path → user agents.
@@ -101,16 +100,13 @@ async fn submit_urls(http: &reqwest::Client, base: &str, list: String) -> reqwes
 #[tokio::test(flavor = "multi_thread")]
 async fn a_long_url_list_is_fetched_by_the_workers_as_linked_jobs() {
     let (addr, seen) = image_server().await;
-    let cluster = Cluster::start(
-        BIN,
-        ClusterOptions {
-            filters: 2,
-            // The test server's address only: loopback stays refused otherwise.
-            filter_args: vec!["--fetch-allow-networks".into(), format!("{}/32", addr.ip())],
-            gateway_args: vec!["--max-files-per-job".into(), "4".into()],
-            ..Default::default()
-        },
-    )
+    let cluster = Cluster::start(ClusterOptions {
+        filters: 2,
+        // The test server's address only: loopback stays refused otherwise.
+        filter_args: vec!["--fetch-allow-networks".into(), format!("{}/32", addr.ip())],
+        gateway_args: vec!["--max-files-per-job".into(), "4".into()],
+        ..Default::default()
+    })
     .await;
     let http = reqwest::Client::new();
     let base = cluster.http_url();
@@ -234,7 +230,7 @@ async fn a_long_url_list_is_fetched_by_the_workers_as_linked_jobs() {
 #[tokio::test(flavor = "multi_thread")]
 async fn private_targets_are_refused_unless_allowed() {
     let (addr, seen) = image_server().await;
-    let cluster = Cluster::start(BIN, ClusterOptions::default()).await;
+    let cluster = Cluster::start(ClusterOptions::default()).await;
     let http = reqwest::Client::new();
     let base = cluster.http_url();
 
