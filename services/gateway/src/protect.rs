@@ -48,13 +48,14 @@ use std::{
     fmt,
     future::Future as _,
     net::{IpAddr, Ipv6Addr, SocketAddr},
+    num::NonZeroU32,
     pin::Pin,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use axum::{
@@ -66,6 +67,12 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bytes::Bytes;
+use governor::{
+    Quota,
+    clock::{Clock, DefaultClock, Reference as _},
+    middleware::NoOpMiddleware,
+    state::keyed::DefaultKeyedStateStore,
+};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use pixelmesh_proto::{Error, ErrorCode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -84,8 +91,8 @@ const MAX_REQUEST_ID_CHARS: usize = 64;
 /// Responses smaller than this are not worth a gzip header.
 const MIN_COMPRESS_BYTES: u16 = 256;
 /// Most clients the rate limiter remembers. Idle clients (whose bucket has refilled) are
-/// forgotten first, so this only binds when this many are limited at the same time; then
-/// the longest-unseen one is forgotten.
+/// forgotten, so this only binds when this many are limited at the same time; then newcomers
+/// share one bucket until room frees.
 const MAX_RATE_CLIENTS: usize = 65_536;
 /// How often the rate limiter forgets idle clients.
 const RATE_SWEEP_EVERY: Duration = Duration::from_secs(30);
@@ -634,7 +641,7 @@ async fn rate_limit(
         return next.run(request).await;
     }
     let client = ClientKey::of(&request);
-    if let Err(wait) = limiter.check(&client, Instant::now()) {
+    if let Err(wait) = limiter.check(&client) {
         let seconds = wait.as_secs_f64().ceil() as u64;
         tracing::debug!(client = ?client, retry_after_secs = seconds, "rate limited");
         let err = Error::new(
@@ -680,98 +687,83 @@ fn network_of(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Token buckets, one per client, in a bounded map.
-struct RateLimiter {
-    per_second: f64,
-    burst: f64,
+/// Keyed GCRA limits (`governor`: lock-free, one state per client), bounded in number.
+struct RateLimiter<C: Clock = DefaultClock> {
+    limiter: governor::RateLimiter<
+        ClientKey,
+        DefaultKeyedStateStore<ClientKey>,
+        C,
+        NoOpMiddleware<C::Instant>,
+    >,
+    clock: C,
     max_clients: usize,
-    buckets: Mutex<Buckets>,
-}
-
-struct Buckets {
-    map: HashMap<ClientKey, Bucket>,
-    swept: Instant,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    fn refilled(self, now: Instant, per_second: f64, burst: f64) -> f64 {
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        (self.tokens + elapsed * per_second).min(burst)
-    }
+    /// When idle clients were last forgotten.
+    swept: Mutex<C::Instant>,
 }
 
 impl RateLimiter {
     /// `None` when `per_second` is 0 (or not a number): no rate limit.
     fn new(per_second: f64, burst: u32, max_clients: usize) -> Option<Self> {
-        (per_second.is_finite() && per_second > 0.0).then(|| RateLimiter {
-            per_second,
-            burst: f64::from(burst.max(1)),
+        Self::with_clock(per_second, burst, max_clients, DefaultClock::default())
+    }
+}
+
+impl<C: Clock + Clone> RateLimiter<C> {
+    fn with_clock(per_second: f64, burst: u32, max_clients: usize, clock: C) -> Option<Self> {
+        if !(per_second.is_finite() && per_second > 0.0) {
+            return None;
+        }
+        let period = Duration::try_from_secs_f64(1.0 / per_second)
+            .unwrap_or(Duration::MAX)
+            .max(Duration::from_nanos(1));
+        let quota = Quota::with_period(period)?.allow_burst(NonZeroU32::new(burst.max(1))?);
+        Some(RateLimiter {
+            limiter: governor::RateLimiter::dashmap_with_clock(quota, clock.clone()),
+            swept: Mutex::new(clock.now()),
+            clock,
             max_clients: max_clients.max(1),
-            buckets: Mutex::new(Buckets {
-                map: HashMap::new(),
-                swept: Instant::now(),
-            }),
         })
     }
 
-    /// Takes a token from `client`'s bucket, or says how long until one is there.
-    fn check(&self, client: &ClientKey, now: Instant) -> Result<(), Duration> {
-        let mut buckets = self
-            .buckets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let full = buckets.map.len() >= self.max_clients;
-        if full || now.saturating_duration_since(buckets.swept) >= RATE_SWEEP_EVERY {
-            self.sweep(&mut buckets, now);
-        }
-        if buckets.map.len() >= self.max_clients && !buckets.map.contains_key(client) {
-            // Every remembered client is being limited right now: forget the one seen
-            // longest ago rather than grow.
-            let oldest = buckets
-                .map
-                .iter()
-                .min_by_key(|(_, bucket)| bucket.at)
-                .map(|(key, _)| key.clone());
-            if let Some(oldest) = oldest {
-                buckets.map.remove(&oldest);
-            }
-        }
-        let bucket = buckets.map.entry(client.clone()).or_insert(Bucket {
-            tokens: self.burst,
-            at: now,
-        });
-        let tokens = bucket.refilled(now, self.per_second, self.burst);
-        if tokens >= 1.0 {
-            *bucket = Bucket {
-                tokens: tokens - 1.0,
-                at: now,
-            };
-            Ok(())
+    /// Counts one request of `client`, or says how long until it may make one.
+    fn check(&self, client: &ClientKey) -> Result<(), Duration> {
+        let now = self.clock.now();
+        let full = self.limiter.len() >= self.max_clients;
+        self.sweep(now, full);
+        // Still full: every remembered client is being limited right now. Rather than grow,
+        // everyone shares one bucket until the next sweep frees room.
+        let client = if self.limiter.len() >= self.max_clients {
+            &ClientKey::Unknown
         } else {
-            *bucket = Bucket { tokens, at: now };
-            let wait = (1.0 - tokens) / self.per_second;
-            Err(Duration::try_from_secs_f64(wait).unwrap_or(Duration::MAX))
-        }
+            client
+        };
+        self.limiter
+            .check_key(client)
+            .map_err(|not_until| not_until.wait_time_from(now))
     }
 
-    /// Forgets clients whose bucket has refilled: a full bucket is the same as none.
-    fn sweep(&self, buckets: &mut Buckets, now: Instant) {
-        let (per_second, burst) = (self.per_second, self.burst);
-        buckets
-            .map
-            .retain(|_, bucket| bucket.refilled(now, per_second, burst) < burst);
-        buckets.swept = now;
+    /// Forgets clients whose state is as good as new (their bucket refilled), every
+    /// [`RATE_SWEEP_EVERY`], or every second while the map is full.
+    fn sweep(&self, now: C::Instant, full: bool) {
+        let due = if full {
+            Duration::from_secs(1)
+        } else {
+            RATE_SWEEP_EVERY
+        };
+        let mut swept = self
+            .swept
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if Duration::from(now.duration_since(*swept)) >= due {
+            self.limiter.retain_recent();
+            self.limiter.shrink_to_fit();
+            *swept = now;
+        }
     }
 
     #[cfg(test)]
     fn clients(&self) -> usize {
-        self.buckets.lock().map(|b| b.map.len()).unwrap_or_default()
+        self.limiter.len()
     }
 }
 
@@ -829,6 +821,7 @@ mod tests {
         response::sse::{Event, Sse},
         routing::{get, post},
     };
+    use governor::clock::FakeRelativeClock;
     use tokio::sync::{mpsc, watch};
     use tower::ServiceExt as _;
 
@@ -1274,41 +1267,40 @@ mod tests {
 
     #[test]
     fn buckets_refill_at_the_rate() {
-        let limiter = RateLimiter::new(2.0, 2, 10).unwrap();
+        let clock = FakeRelativeClock::default();
+        let limiter = RateLimiter::with_clock(2.0, 2, 10, clock.clone()).unwrap();
         let alice = ClientKey::Key("alice".into());
-        let t0 = Instant::now();
-        assert!(limiter.check(&alice, t0).is_ok());
-        assert!(limiter.check(&alice, t0).is_ok());
-        let wait = limiter.check(&alice, t0).unwrap_err();
+        assert!(limiter.check(&alice).is_ok());
+        assert!(limiter.check(&alice).is_ok());
+        let wait = limiter.check(&alice).unwrap_err();
         assert_eq!(wait, Duration::from_millis(500));
-        assert!(
-            limiter
-                .check(&alice, t0 + Duration::from_millis(250))
-                .is_err()
-        );
-        assert!(
-            limiter
-                .check(&alice, t0 + Duration::from_millis(500))
-                .is_ok()
-        );
+        clock.advance(Duration::from_millis(250));
+        assert_eq!(limiter.check(&alice), Err(Duration::from_millis(250)));
+        clock.advance(Duration::from_millis(250));
+        assert!(limiter.check(&alice).is_ok());
+        // Another client has its own bucket.
+        assert!(limiter.check(&ClientKey::Key("bob".into())).is_ok());
         assert!(RateLimiter::new(0.0, 10, 10).is_none());
+        assert!(RateLimiter::new(f64::NAN, 10, 10).is_none());
     }
 
     #[test]
     fn the_rate_limiter_forgets_idle_clients_and_stays_bounded() {
-        let limiter = RateLimiter::new(1.0, 1, 2).unwrap();
+        let clock = FakeRelativeClock::default();
+        let limiter = RateLimiter::with_clock(1.0, 1, 2, clock.clone()).unwrap();
         let client = |n: u8| ClientKey::Addr(IpAddr::from([10, 0, 0, n]));
-        let t0 = Instant::now();
         let ms = Duration::from_millis;
-        assert!(limiter.check(&client(1), t0).is_ok());
-        assert!(limiter.check(&client(2), t0 + ms(1)).is_ok());
-        // Full of limited clients: the one seen longest ago makes room.
-        assert!(limiter.check(&client(3), t0 + ms(2)).is_ok());
-        assert_eq!(limiter.clients(), 2);
-        assert!(limiter.check(&client(2), t0 + ms(3)).is_err());
+        assert!(limiter.check(&client(1)).is_ok());
+        clock.advance(ms(1));
+        assert!(limiter.check(&client(2)).is_ok());
+        // Full of limited clients: a newcomer shares one bucket with the other newcomers.
+        clock.advance(ms(1));
+        assert!(limiter.check(&client(3)).is_ok());
+        assert!(limiter.check(&client(4)).is_err());
+        assert!(limiter.clients() <= 3);
         // Once their buckets have refilled, idle clients are swept away.
-        let later = t0 + RATE_SWEEP_EVERY + ms(10);
-        assert!(limiter.check(&client(4), later).is_ok());
+        clock.advance(RATE_SWEEP_EVERY);
+        assert!(limiter.check(&client(4)).is_ok());
         assert_eq!(limiter.clients(), 1);
     }
 
