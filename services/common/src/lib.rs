@@ -7,7 +7,9 @@
 //! * [`nats`] — stream, subject, consumer and bucket names in one place, and their setup;
 //! * [`shutdown`] — the process stop signal;
 //! * [`telemetry`] — logging, OTLP trace export and W3C trace-context propagation;
-//! * [`time`] — wall-clock milliseconds as the protos carry them.
+//! * [`time`] — wall-clock milliseconds as the protos carry them;
+//! * `testing` (feature `testing`) — what the crates' tests share: a property-test runner
+//!   that reports its case counts, and PNG chunks written by hand.
 
 pub mod config;
 pub mod grpc;
@@ -16,4 +18,6 @@ pub mod metrics;
 pub mod nats;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod time;

@@ -6,7 +6,6 @@
 //! colour types, depths and chunks (palette, `tRNS`, 1-, 2- and 4-bit) image never writes.
 //! Each property runs a fixed number of cases through [`check`], which prints how many ran.
 
-use std::cell::Cell;
 use std::io::Cursor;
 
 use image::codecs::bmp::BmpEncoder;
@@ -17,39 +16,10 @@ use image::codecs::tiff::TiffEncoder;
 use image::codecs::webp::WebPEncoder;
 use image::{ExtendedColorType, ImageEncoder};
 use pixelmesh_common::media::{ImageHeader, essence, image_header};
+use pixelmesh_common::testing::{check, png_chunk};
 use proptest::prelude::*;
-use proptest::test_runner::TestRunner;
 
-// ---------------------------------------------------------------- running
-
-/// Runs `test` on `cases` values drawn from `strategy` and prints how many cases ran. A failure
-/// panics with the smallest input proptest shrank it to. Nothing is written to disk: a failing
-/// input is reported, not kept in a regressions file.
-fn check<S: Strategy>(
-    name: &str,
-    cases: u32,
-    strategy: S,
-    test: impl Fn(S::Value) -> Result<(), TestCaseError>,
-) {
-    let config = ProptestConfig {
-        cases,
-        max_shrink_iters: 4096,
-        // Milliseconds: a shrinking failure still ends in bounded time.
-        max_shrink_time: 20_000,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    };
-    let ran = Cell::new(0_u32);
-    let mut runner = TestRunner::new(config);
-    let result = runner.run(&strategy, |value| {
-        ran.set(ran.get() + 1);
-        test(value)
-    });
-    eprintln!("{name}: {} cases ran ({cases} must pass)", ran.get());
-    if let Err(err) = result {
-        panic!("{name}: {err}");
-    }
-}
+// ---------------------------------------------------------------- helpers
 
 /// Deterministic noise, so images are not flat (flat ones compress to nothing).
 fn noise(seed: u64, len: usize) -> Vec<u8> {
@@ -88,15 +58,6 @@ fn zlib_stored(data: &[u8]) -> Vec<u8> {
     }
     out.extend_from_slice(&((b << 16) | a).to_be_bytes());
     out
-}
-
-fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    let start = out.len();
-    out.extend_from_slice(kind);
-    out.extend_from_slice(data);
-    let crc = crc32fast::hash(&out[start..]);
-    out.extend_from_slice(&crc.to_be_bytes());
 }
 
 /// A PNG's colour type and bit depth, and whether it has a `tRNS` chunk.
@@ -148,10 +109,10 @@ fn png_by_hand(layout: PngLayout, width: u32, height: u32, seed: u64) -> Vec<u8>
     header.extend_from_slice(&width.to_be_bytes());
     header.extend_from_slice(&height.to_be_bytes());
     header.extend_from_slice(&[depth, colour, 0, 0, 0]);
-    chunk(&mut out, b"IHDR", &header);
+    png_chunk(&mut out, b"IHDR", &header);
     let entries = 1_usize << depth.min(8);
     if colour == 3 {
-        chunk(&mut out, b"PLTE", &noise(seed ^ 1, entries * 3));
+        png_chunk(&mut out, b"PLTE", &noise(seed ^ 1, entries * 3));
     }
     if transparency {
         let trns = match colour {
@@ -159,7 +120,7 @@ fn png_by_hand(layout: PngLayout, width: u32, height: u32, seed: u64) -> Vec<u8>
             2 => noise(seed ^ 2, 6),
             _ => noise(seed ^ 2, entries.min(1 + (seed as usize % entries))),
         };
-        chunk(&mut out, b"tRNS", &trns);
+        png_chunk(&mut out, b"tRNS", &trns);
     }
     let pixels = noise(seed, row_bytes * height as usize);
     let mut raw = Vec::with_capacity((row_bytes + 1) * height as usize);
@@ -168,8 +129,8 @@ fn png_by_hand(layout: PngLayout, width: u32, height: u32, seed: u64) -> Vec<u8>
         raw.push((y % 5) as u8);
         raw.extend_from_slice(row);
     }
-    chunk(&mut out, b"IDAT", &zlib_stored(&raw));
-    chunk(&mut out, b"IEND", &[]);
+    png_chunk(&mut out, b"IDAT", &zlib_stored(&raw));
+    png_chunk(&mut out, b"IEND", &[]);
     out
 }
 

@@ -1021,16 +1021,9 @@ fn megapixels(pixels: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testdata::{corpus, corpus_files, gradient};
+    use pixelmesh_common::testing::png_chunk;
 
-    fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        let start = out.len();
-        out.extend_from_slice(kind);
-        out.extend_from_slice(data);
-        let crc = crc32fast::hash(&out[start..]);
-        out.extend_from_slice(&crc.to_be_bytes());
-    }
+    use crate::testdata::{corpus, corpus_files, gradient};
 
     /// A well-formed PNG header claiming `width` x `height` RGB, followed by a few bytes of
     /// image data: far too little for the claimed size.

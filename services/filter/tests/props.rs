@@ -5,13 +5,13 @@
 //! Each property runs a fixed number of cases through [`check`], which prints how many ran;
 //! the counts are chosen so the whole file takes seconds on two cores, as CI runs it.
 
-use std::cell::Cell;
 use std::io::Cursor;
 
 use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::PngEncoder;
 use image::codecs::tiff::TiffEncoder;
 use image::{ExtendedColorType, ImageEncoder};
+use pixelmesh_common::testing::check;
 use pixelmesh_filter::codec::{self, Encoding, Limits};
 use pixelmesh_filter::ops::text::MAX_TEXT_BYTES;
 use pixelmesh_filter::ops::{
@@ -25,39 +25,9 @@ use pixelmesh_proto::v1::{self, Operation, operation};
 use pixelmesh_proto::{Error, ErrorCode};
 use proptest::prelude::*;
 use proptest::strategy::Union;
-use proptest::test_runner::TestRunner;
 use serde_json::Value;
 
-// ---------------------------------------------------------------- running
-
-/// Runs `test` on `cases` values drawn from `strategy` and prints how many cases ran. A failure
-/// panics with the smallest input proptest shrank it to. Nothing is written to disk: a failing
-/// input is reported, not kept in a regressions file.
-fn check<S: Strategy>(
-    name: &str,
-    cases: u32,
-    strategy: S,
-    test: impl Fn(S::Value) -> Result<(), TestCaseError>,
-) {
-    let config = ProptestConfig {
-        cases,
-        max_shrink_iters: 4096,
-        // Milliseconds: a shrinking failure still ends in bounded time.
-        max_shrink_time: 20_000,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    };
-    let ran = Cell::new(0_u32);
-    let mut runner = TestRunner::new(config);
-    let result = runner.run(&strategy, |value| {
-        ran.set(ran.get() + 1);
-        test(value)
-    });
-    eprintln!("{name}: {} cases ran ({cases} must pass)", ran.get());
-    if let Err(err) = result {
-        panic!("{name}: {err}");
-    }
-}
+// ---------------------------------------------------------------- helpers
 
 /// The error every pipeline parser gives for bad input: invalid argument, lowercase, without
 /// trailing punctuation, and short whatever the input (clients control what it quotes).

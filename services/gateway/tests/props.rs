@@ -5,50 +5,20 @@
 //! Each property runs a fixed number of cases through [`check`], which prints how many ran;
 //! the counts keep the file within seconds on two cores, as CI runs it.
 
-use std::cell::Cell;
 use std::collections::HashSet;
 use std::io::{Cursor, Write};
 
+use pixelmesh_common::testing::check;
 use pixelmesh_gateway::archive::{self, Planned, ZipLimits};
 use pixelmesh_gateway::http::sanitize_name;
 use pixelmesh_gateway::urls::{self, MAX_URL_BYTES};
 use pixelmesh_proto::{Error, ErrorCode};
 use proptest::prelude::*;
-use proptest::test_runner::TestRunner;
 use url::Url;
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipWriter};
 
-// ---------------------------------------------------------------- running
-
-/// Runs `test` on `cases` values drawn from `strategy` and prints how many cases ran. A failure
-/// panics with the smallest input proptest shrank it to. Nothing is written to disk: a failing
-/// input is reported, not kept in a regressions file.
-fn check<S: Strategy>(
-    name: &str,
-    cases: u32,
-    strategy: S,
-    test: impl Fn(S::Value) -> Result<(), TestCaseError>,
-) {
-    let config = ProptestConfig {
-        cases,
-        max_shrink_iters: 4096,
-        // Milliseconds: a shrinking failure still ends in bounded time.
-        max_shrink_time: 20_000,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    };
-    let ran = Cell::new(0_u32);
-    let mut runner = TestRunner::new(config);
-    let result = runner.run(&strategy, |value| {
-        ran.set(ran.get() + 1);
-        test(value)
-    });
-    eprintln!("{name}: {} cases ran ({cases} must pass)", ran.get());
-    if let Err(err) = result {
-        panic!("{name}: {err}");
-    }
-}
+// ---------------------------------------------------------------- helpers
 
 /// A display name as the gateway hands it on: non-empty, one path component, no control
 /// characters, at most 255 bytes.
