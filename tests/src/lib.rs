@@ -589,7 +589,7 @@ pub async fn serve_http(app: axum::Router) -> String {
 
 /// Client-side helpers over the gateway's REST API.
 pub mod rest {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     /// An HTTP client that sends `secret` as its bearer token.
     pub fn keyed_client(secret: &str) -> reqwest::Client {
@@ -609,16 +609,34 @@ pub mod rest {
         id: &str,
         timeout: Duration,
     ) -> serde_json::Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let job = get_json(http, &format!("{base}/api/v1/jobs/{id}")).await;
+        wait_job(http, base, id, "ended", timeout, |job| {
             let state = job["state"].as_str().unwrap_or_default();
-            if ["completed", "completed_with_errors", "failed", "cancelled"].contains(&state) {
-                return job;
+            ["completed", "completed_with_errors", "failed", "cancelled"].contains(&state)
+        })
+        .await
+    }
+
+    /// Polls job `id` until `ready` holds of its JSON, and returns that; panics naming
+    /// `what` after `timeout`.
+    pub async fn wait_job(
+        http: &reqwest::Client,
+        base: &str,
+        id: &str,
+        what: &str,
+        timeout: Duration,
+        ready: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let url = format!("{base}/api/v1/jobs/{id}");
+        let what = format!("job {id} {what}");
+        crate::poll(&what, timeout, Duration::from_millis(50), || async {
+            let job = get_json(http, &url).await;
+            if ready(&job) {
+                Ok(job)
+            } else {
+                Err(job.to_string())
             }
-            assert!(Instant::now() < deadline, "job {id} never ended: {job}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await
     }
 
     /// GETs `url` and parses the JSON body, whatever the status.

@@ -23,26 +23,6 @@ async fn wait_ended(http: &reqwest::Client, base: &str, id: &str, cluster: &Clus
     job
 }
 
-/// Polls until `ready` holds of the job's JSON.
-async fn wait_job(
-    http: &reqwest::Client,
-    base: &str,
-    id: &str,
-    what: &str,
-    ready: impl Fn(&Value) -> bool,
-) -> Value {
-    let url = format!("{base}/api/v1/jobs/{id}");
-    poll(what, TIMEOUT, Duration::from_millis(50), || async {
-        let job = rest::get_json(http, &url).await;
-        if ready(&job) {
-            Ok(job)
-        } else {
-            Err(job.to_string())
-        }
-    })
-    .await
-}
-
 fn submit_form(pipeline: &str, images: usize, size: u32) -> reqwest::multipart::Form {
     let mut form = reqwest::multipart::Form::new().text("pipeline", pipeline.to_string());
     for i in 0..images {
@@ -72,7 +52,7 @@ async fn storage_down_a_minute_mid_batch_spends_no_attempts() {
     let id = rest::accepted(response).await;
 
     // Storage goes down once the batch is under way, and stays down for a minute.
-    wait_job(&http, &base, &id, "started", |job| {
+    rest::wait_job(&http, &base, &id, "started", TIMEOUT, |job| {
         job["done"].as_u64() >= Some(10)
     })
     .await;
@@ -211,7 +191,10 @@ async fn a_task_out_of_deliveries_while_no_scheduler_runs_still_fails_its_image(
 
 /// The job's JSON once it is at least running (or ended).
 async fn wait_ended_or_running(http: &reqwest::Client, base: &str, id: &str) -> Value {
-    wait_job(http, base, id, "running", |job| job["state"] != "queued").await
+    rest::wait_job(http, base, id, "running", TIMEOUT, |job| {
+        job["state"] != "queued"
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -386,17 +386,7 @@ fn filter() -> impl Strategy<Value = Filter> {
 }
 
 fn gravity() -> impl Strategy<Value = Gravity> {
-    prop::sample::select(vec![
-        Gravity::Centre,
-        Gravity::North,
-        Gravity::South,
-        Gravity::East,
-        Gravity::West,
-        Gravity::NorthEast,
-        Gravity::NorthWest,
-        Gravity::SouthEast,
-        Gravity::SouthWest,
-    ])
+    prop::sample::select(Gravity::ALL.to_vec())
 }
 
 /// A gravity's name, in either spelling of centre.

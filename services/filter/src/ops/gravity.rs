@@ -20,6 +20,19 @@ pub enum Gravity {
 }
 
 impl Gravity {
+    /// Every gravity, in the order of [`Gravity::NAMES`].
+    pub const ALL: [Gravity; 9] = [
+        Gravity::Centre,
+        Gravity::North,
+        Gravity::South,
+        Gravity::East,
+        Gravity::West,
+        Gravity::NorthEast,
+        Gravity::NorthWest,
+        Gravity::SouthEast,
+        Gravity::SouthWest,
+    ];
+
     const NAMES: &str =
         "centre, north, south, east, west, north_east, north_west, south_east, south_west";
 
@@ -119,20 +132,11 @@ mod tests {
 
     #[test]
     fn names_and_protos_round_trip() {
-        for g in [
-            Gravity::Centre,
-            Gravity::North,
-            Gravity::South,
-            Gravity::East,
-            Gravity::West,
-            Gravity::NorthEast,
-            Gravity::NorthWest,
-            Gravity::SouthEast,
-            Gravity::SouthWest,
-        ] {
+        for g in Gravity::ALL {
             assert_eq!(Gravity::from_name(g.name()), Ok(g));
             assert_eq!(Gravity::from_proto(g.to_proto() as i32), Ok(Some(g)));
         }
+        assert_eq!(Gravity::ALL.map(Gravity::name).join(", "), Gravity::NAMES);
         assert_eq!(Gravity::from_name("center"), Ok(Gravity::Centre));
         assert_eq!(Gravity::from_proto(0), Ok(None));
         assert!(Gravity::from_name("up").is_err());
