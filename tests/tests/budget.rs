@@ -148,7 +148,7 @@ async fn big_images_queue_for_memory_instead_of_running_at_once() {
     let probe = pixelmesh_filter::codec::probe(&files[0].1).expect("probe");
     let one = pixelmesh_filter::ops::Pipeline::parse(pipeline)
         .expect("pipeline")
-        .estimate_probed(&probe)
+        .estimate_probed(&probe.input())
         .peak_bytes;
     let idle = cluster.filters[0]
         .peak_memory_bytes()

@@ -21,7 +21,7 @@ impl Step {
         Step {
             id,
             op,
-            values: op.params.iter().map(|p| p.default.to_string()).collect(),
+            values: op.params.iter().map(|p| p.default.clone()).collect(),
         }
     }
 
@@ -36,22 +36,22 @@ impl Step {
     /// Whether `param` means anything with the step's other values (a format's quality only
     /// for JPEG and WebP).
     pub fn applies(&self, param: &Param) -> bool {
-        param.formats.is_empty() || param.formats.contains(&self.value("format"))
+        param.formats.is_empty() || param.formats.iter().any(|f| f == self.value("format"))
     }
 
     /// The step as a JSON op object, or what is wrong with it.
     fn to_json(&self) -> Result<Value, String> {
         let mut object = Map::new();
-        object.insert("op".into(), Value::from(self.op.name));
+        object.insert("op".into(), Value::from(self.op.name.as_str()));
         for (param, raw) in self.op.params.iter().zip(&self.values) {
             if !self.applies(param) {
                 continue;
             }
             if let Some(value) = param_value(param, raw.trim())? {
-                object.insert(param.name.into(), value);
+                object.insert(param.name.clone(), value);
             }
         }
-        if matches!(self.op.name, "resize" | "thumbnail")
+        if matches!(self.op.name.as_str(), "resize" | "thumbnail")
             && !object.contains_key("width")
             && !object.contains_key("height")
         {
@@ -69,9 +69,9 @@ impl Step {
 
 /// One parameter's JSON value; `None` when unset (the filter's default applies).
 fn param_value(param: &Param, raw: &str) -> Result<Option<Value>, String> {
-    let name = param.name;
+    let name = &param.name;
     if raw.is_empty() {
-        return match (param.required, param.kind) {
+        return match (param.required, &param.kind) {
             (true, Kind::Blob) => Err(format!("{name}: choose an image")),
             (true, _) => Err(format!("{name} is required")),
             _ => Ok(None),
@@ -109,11 +109,11 @@ fn param_value(param: &Param, raw: &str) -> Result<Option<Value>, String> {
             }
             Value::from(n)
         }
-        Kind::Choice(names) => {
-            if !names.contains(&raw) {
+        Kind::Choice { ref choices } => {
+            if !choices.iter().any(|c| c == raw) {
                 return Err(format!(
                     "{name} must be one of {}, got {raw:?}",
-                    names.join(", ")
+                    choices.join(", ")
                 ));
             }
             Value::from(raw)
@@ -308,9 +308,14 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn builder() -> Builder {
+        ops::load_for_tests();
+        Builder::default()
+    }
+
     #[test]
     fn steps_become_the_api_json_with_unset_and_false_values_left_out() {
-        let mut b = Builder::default();
+        let mut b = builder();
         let resize = b.add("resize").unwrap();
         b.set(resize, "width", " 800 ".into());
         let blur = b.add("blur").unwrap();
@@ -336,6 +341,7 @@ mod tests {
 
     #[test]
     fn every_preset_is_a_pipeline_the_filter_accepts() {
+        ops::load_for_tests();
         for preset in PRESETS {
             let mut builder = Builder::preset(preset.name).unwrap();
             if let Some(step) = builder.steps().iter().find(|s| s.op.name == "watermark") {
@@ -348,14 +354,14 @@ mod tests {
                 builder.set(id, "logo", "c".repeat(64));
             }
             let json = builder.to_json().unwrap().to_string();
-            pixelmesh_filter::ops::Pipeline::from_json(&json)
+            pixelmesh_pipeline::ops::Pipeline::from_json(&json)
                 .unwrap_or_else(|e| panic!("preset {}: {}", preset.name, e.message));
         }
     }
 
     #[test]
     fn errors_name_the_op_and_field_like_the_filter() {
-        let mut b = Builder::default();
+        let mut b = builder();
         assert_eq!(b.errors(), vec!["add at least one operation"]);
         let blur = b.add("blur").unwrap();
         b.set(blur, "sigma", "-1".into());
@@ -386,12 +392,17 @@ mod tests {
 
     #[test]
     fn format_stays_last_and_single() {
-        let mut b = Builder::default();
+        let mut b = builder();
         let format = b.add("format").unwrap();
         assert!(!b.can_add("format"));
         assert_eq!(b.add("format"), None);
         let blur = b.add("blur").unwrap();
-        let names = |b: &Builder| b.steps().iter().map(|s| s.op.name).collect::<Vec<_>>();
+        let names = |b: &Builder| {
+            b.steps()
+                .iter()
+                .map(|s| s.op.name.as_str())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(names(&b), ["blur", "format"]);
         assert!(!b.shift(format, -1), "format moved before another op");
         assert!(!b.shift(blur, 1));

@@ -29,8 +29,10 @@ use image::codecs::webp::WebPEncoder;
 use image::metadata::Orientation;
 use image::{DynamicImage, ExtendedColorType, ImageDecoder, ImageEncoder, ImageError, ImageReader};
 
-use crate::budget::{Cost, Shape, ns};
-use crate::ops::{Bitmap, FileFormat};
+use pixelmesh_pipeline::budget::Input;
+pub use pixelmesh_pipeline::formats::Encoding;
+use pixelmesh_pipeline::formats::{PngSpeed, jpeg_shrink};
+use pixelmesh_pipeline::{Bitmap, FileFormat};
 
 // mozjpeg reports a corrupt JPEG by unwinding out of libjpeg, and `catch_unwind` turns that
 // into the image's error. Built with `panic = "abort"`, one bad upload would kill the worker.
@@ -143,6 +145,20 @@ pub struct Probe {
     /// Memory the decoder needs beside its buffer, when the header shows it: the whole
     /// image's DCT coefficients for a progressive JPEG. 0 otherwise.
     pub decoder_bytes: u64,
+}
+
+impl Probe {
+    /// What the budget's estimate needs of the header.
+    pub fn input(&self) -> Input {
+        Input {
+            width: self.width,
+            height: self.height,
+            bytes_per_pixel: self.bytes_per_pixel,
+            alpha: self.alpha,
+            format: Some(self.format),
+            decoder_bytes: Some(self.decoder_bytes),
+        }
+    }
 }
 
 /// Reads `input`'s header with the decoder [`decode`] would use (libjpeg-turbo for JPEG,
@@ -457,18 +473,6 @@ fn swaps_axes(orientation: Orientation) -> bool {
     )
 }
 
-/// The largest of 8, 4, 2 and 1 that a `size` JPEG can be divided by and still be at least
-/// `min_size` (0 = any) on both sides. libjpeg rounds scaled sides up.
-pub(crate) fn jpeg_shrink(size: (u32, u32), min_size: (u32, u32)) -> u8 {
-    [8u8, 4, 2]
-        .into_iter()
-        .find(|&d| {
-            size.0.div_ceil(u32::from(d)) >= min_size.0
-                && size.1.div_ceil(u32::from(d)) >= min_size.1
-        })
-        .unwrap_or(1)
-}
-
 fn check_pixels(width: u32, height: u32, limits: &Limits) -> Result<(), DecodeError> {
     if u64::from(width) * u64::from(height) > limits.max_pixels {
         return Err(DecodeError::TooManyPixels {
@@ -669,35 +673,6 @@ pub fn encode(image: &Bitmap, format: FileFormat, quality: u8) -> Result<Vec<u8>
     )
 }
 
-/// How to encode an output: the format and its options.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Encoding {
-    pub format: FileFormat,
-    /// JPEG quality, 1..=100.
-    pub quality: u8,
-    /// JPEG: progressive scans.
-    pub progressive: bool,
-    /// PNG: 1 (fastest) ..= 9 (smallest).
-    pub compression: u8,
-    /// WebP: lossless (image's encoder) when true, else lossy at `quality` (libwebp). The
-    /// default is lossless, which was the only WebP output before lossy existed.
-    pub lossless: bool,
-}
-
-impl Encoding {
-    /// The format with default options: quality 85, baseline JPEG, PNG compression 6, lossless
-    /// WebP.
-    pub fn new(format: FileFormat) -> Encoding {
-        Encoding {
-            format,
-            quality: crate::ops::format::DEFAULT_QUALITY,
-            progressive: false,
-            compression: crate::ops::format::DEFAULT_COMPRESSION,
-            lossless: true,
-        }
-    }
-}
-
 /// Encodes as `encoding` says.
 pub fn encode_with(image: &Bitmap, encoding: &Encoding) -> Result<Vec<u8>, EncodeError> {
     let format = encoding.format;
@@ -725,13 +700,11 @@ pub fn encode_with(image: &Bitmap, encoding: &Encoding) -> Result<Vec<u8>, Encod
     let mut out = Vec::with_capacity(image.data().len() / 8);
     match format {
         FileFormat::Jpeg => encode_jpeg(image, encoding, &mut out).map_err(failed)?,
-        FileFormat::Png => PngEncoder::new_with_quality(
-            &mut out,
-            png_compression(encoding.compression),
-            PngFilter::Adaptive,
-        )
-        .write_image(image.data(), width, height, color)
-        .map_err(|err| failed(err.to_string()))?,
+        FileFormat::Png => {
+            PngEncoder::new_with_quality(&mut out, png_compression(encoding), PngFilter::Adaptive)
+                .write_image(image.data(), width, height, color)
+                .map_err(|err| failed(err.to_string()))?
+        }
         FileFormat::Webp if encoding.lossless => WebPEncoder::new_lossless(&mut out)
             .write_image(image.data(), width, height, color)
             .map_err(|err| failed(err.to_string()))?,
@@ -752,11 +725,11 @@ pub fn encode_with(image: &Bitmap, encoding: &Encoding) -> Result<Vec<u8>, Encod
 }
 
 /// zlib-style levels onto the three speeds image's PNG encoder offers.
-fn png_compression(level: u8) -> CompressionType {
-    match level {
-        0..=3 => CompressionType::Fast,
-        4..=6 => CompressionType::Default,
-        _ => CompressionType::Best,
+fn png_compression(encoding: &Encoding) -> CompressionType {
+    match encoding.png_speed() {
+        PngSpeed::Fast => CompressionType::Fast,
+        PngSpeed::Default => CompressionType::Default,
+        PngSpeed::Best => CompressionType::Best,
     }
 }
 
@@ -840,178 +813,6 @@ fn flatten_on_white(rgba: &[u8]) -> Vec<u8> {
         }
     }
     rgb
-}
-
-// What decoding and encoding cost, for the budget's estimate (see `crate::budget`). Times are
-// single-core nanoseconds per pixel, measured on the development machine in a release build
-// and rounded up (the calibration is described in `crate::budget`); memory follows what each
-// decoder and encoder allocates (read from their code, checked with a counting allocator in
-// tests/budget_memory.rs).
-
-/// libjpeg-turbo: per stored pixel (reading the entropy-coded data, which every DCT scale
-/// does), and per decoded pixel (inverse DCT, colour conversion).
-const JPEG_DECODE_NS: f64 = 7.0;
-const JPEG_DECODE_OUTPUT_NS: f64 = 4.0;
-/// A progressive JPEG's extra, per stored pixel: several passes over its coefficients.
-const JPEG_PROGRESSIVE_DECODE_NS: f64 = 10.0;
-/// image's decoders, per stored pixel; PNG per byte of its samples, since inflating is most
-/// of the work and 16-bit samples are twice the bytes.
-const PNG_DECODE_NS_PER_BYTE: f64 = 7.0;
-const WEBP_DECODE_NS: f64 = 65.0;
-const GIF_DECODE_NS: f64 = 17.0;
-const BMP_DECODE_NS: f64 = 4.5;
-const TIFF_DECODE_NS: f64 = 2.0;
-/// Converting the decoder's buffer to the 8-bit bitmap, per pixel.
-const CONVERT_NS: f64 = 1.0;
-
-/// What decoding costs: `full` is the stored image's upright size, `decoded` the bitmap's
-/// (smaller for a JPEG shrunk on load), `bytes_per_pixel` the decoder's buffer's depth, and
-/// `decoder_bytes` the decoder's own memory when known ([`Probe::decoder_bytes`]). `format`
-/// `None` takes the costliest decoder that depth could be.
-pub(crate) fn decode_cost(
-    format: Option<FileFormat>,
-    full: Shape,
-    decoded: Shape,
-    bytes_per_pixel: u32,
-    decoder_bytes: Option<u64>,
-) -> Cost {
-    let pixels = full.pixels();
-    let bitmap = decoded.bytes();
-    // A quarter-turn EXIF orientation copies the bitmap.
-    let turned = bitmap.saturating_mul(2);
-    if format == Some(FileFormat::Jpeg) && bytes_per_pixel == 3 {
-        // libjpeg-turbo writes RGB straight into the bitmap's buffer; its own memory is a row
-        // of MCUs, or a progressive file's coefficients, up to 6 bytes a pixel at 4:4:4.
-        let coefficients = decoder_bytes.unwrap_or(pixels.saturating_mul(6));
-        let progressive = if coefficients > 0 {
-            JPEG_PROGRESSIVE_DECODE_NS
-        } else {
-            0.0
-        };
-        return Cost {
-            peak_bytes: bitmap.saturating_add(coefficients).max(turned),
-            cpu_ns: ns(pixels, JPEG_DECODE_NS + progressive)
-                + ns(decoded.pixels(), JPEG_DECODE_OUTPUT_NS),
-        };
-    }
-    let depth = u64::from(bytes_per_pixel);
-    let native = pixels.saturating_mul(depth);
-    // image's decoders fill a buffer at the stored depth, converted to the bitmap beside it.
-    // Beyond that: WebP decodes through a YUV or ARGB frame (up to 4 bytes a pixel), GIF
-    // through a frame buffer, TIFF through its strips' decoded data; an unknown format may be
-    // any of them (or a progressive JPEG, whose coefficients are as big as its RGB).
-    let scratch = match format {
-        Some(FileFormat::Png | FileFormat::Bmp) => 0,
-        Some(FileFormat::Webp | FileFormat::Gif) => pixels.saturating_mul(4),
-        Some(FileFormat::Tiff | FileFormat::Jpeg) => native,
-        None => native.max(pixels.saturating_mul(4)),
-    };
-    let per_pixel = match format {
-        Some(FileFormat::Png) => PNG_DECODE_NS_PER_BYTE * depth as f64,
-        Some(FileFormat::Webp) => WEBP_DECODE_NS,
-        Some(FileFormat::Gif) => GIF_DECODE_NS,
-        Some(FileFormat::Bmp) => BMP_DECODE_NS,
-        Some(FileFormat::Tiff) => TIFF_DECODE_NS,
-        // CMYK, through image's decoder.
-        Some(FileFormat::Jpeg) => JPEG_DECODE_NS + JPEG_DECODE_OUTPUT_NS + CONVERT_NS,
-        None => (PNG_DECODE_NS_PER_BYTE * depth as f64)
-            .max(WEBP_DECODE_NS)
-            .max(GIF_DECODE_NS)
-            .max(JPEG_DECODE_NS + JPEG_PROGRESSIVE_DECODE_NS + JPEG_DECODE_OUTPUT_NS),
-    };
-    Cost {
-        peak_bytes: native
-            .saturating_add(full.bytes())
-            .saturating_add(scratch)
-            .max(turned),
-        cpu_ns: ns(pixels, per_pixel + CONVERT_NS),
-    }
-}
-
-/// Encoders per pixel. PNG by its three speeds (see [`png_compression`]).
-const JPEG_ENCODE_NS: f64 = 14.0;
-const JPEG_PROGRESSIVE_ENCODE_NS: f64 = 55.0;
-const PNG_FAST_ENCODE_NS: f64 = 14.0;
-const PNG_DEFAULT_ENCODE_NS: f64 = 260.0;
-const PNG_BEST_ENCODE_NS: f64 = 400.0;
-const WEBP_LOSSLESS_ENCODE_NS: f64 = 20.0;
-const WEBP_LOSSY_ENCODE_NS: f64 = 200.0;
-const GIF_ENCODE_NS: f64 = 330.0;
-const BMP_ENCODE_NS: f64 = 5.0;
-const TIFF_ENCODE_NS: f64 = 2.0;
-
-/// What encoding an `image` costs as `encoding` says; `None` (the input's format, unknown)
-/// takes the costliest encoder.
-pub(crate) fn encode_cost(encoding: Option<&Encoding>, image: Shape) -> Cost {
-    let Some(encoding) = encoding else {
-        return [
-            Encoding::new(FileFormat::Jpeg),
-            Encoding {
-                progressive: true,
-                ..Encoding::new(FileFormat::Jpeg)
-            },
-            Encoding {
-                compression: 9,
-                ..Encoding::new(FileFormat::Png)
-            },
-            Encoding::new(FileFormat::Webp),
-            Encoding::new(FileFormat::Gif),
-            Encoding::new(FileFormat::Bmp),
-            Encoding::new(FileFormat::Tiff),
-        ]
-        .iter()
-        .map(|encoding| encode_cost(Some(encoding), image))
-        .fold(Cost::default(), |a, b| Cost {
-            peak_bytes: a.peak_bytes.max(b.peak_bytes),
-            cpu_ns: a.cpu_ns.max(b.cpu_ns),
-        });
-    };
-    let (pixels, bitmap) = (image.pixels(), image.bytes());
-    let flattened = if image.channels == 4 {
-        pixels.saturating_mul(3)
-    } else {
-        0
-    };
-    // Beside the bitmap, while it encodes; the output grows by doubling, so its buffer can be
-    // up to twice the file.
-    let (extra, per_pixel) = match encoding.format {
-        // RGBA flattened to RGB, and the file (well under a byte a pixel at any quality).
-        FileFormat::Jpeg if encoding.progressive => (
-            // jpeg-encoder keeps every block's coefficients for the later scans.
-            flattened + pixels.saturating_mul(6) + bitmap,
-            JPEG_PROGRESSIVE_ENCODE_NS,
-        ),
-        FileFormat::Jpeg => (flattened + bitmap, JPEG_ENCODE_NS),
-        // The png crate compresses into its own buffer, then writes it out: two copies of the
-        // file, which for a photo is most of the bitmap's size.
-        FileFormat::Png => (
-            bitmap.saturating_mul(2),
-            match png_compression(encoding.compression) {
-                CompressionType::Fast => PNG_FAST_ENCODE_NS,
-                CompressionType::Best => PNG_BEST_ENCODE_NS,
-                _ => PNG_DEFAULT_ENCODE_NS,
-            },
-        ),
-        // ARGB words, and the file.
-        FileFormat::Webp if encoding.lossless => (
-            pixels.saturating_mul(4).saturating_add(bitmap),
-            WEBP_LOSSLESS_ENCODE_NS,
-        ),
-        // libwebp's YUVA picture, its output, and our copy of it.
-        FileFormat::Webp => (
-            pixels.saturating_mul(3).saturating_add(bitmap),
-            WEBP_LOSSY_ENCODE_NS,
-        ),
-        // An RGBA copy to quantise, the palette indices, and the file.
-        FileFormat::Gif => (pixels.saturating_mul(6), GIF_ENCODE_NS),
-        // The file is the pixels, row-padded, in a buffer that doubled its way there.
-        FileFormat::Bmp => (bitmap.saturating_mul(2), BMP_ENCODE_NS),
-        FileFormat::Tiff => (bitmap.saturating_mul(2), TIFF_ENCODE_NS),
-    };
-    Cost {
-        peak_bytes: bitmap.saturating_add(extra),
-        cpu_ns: ns(pixels, per_pixel),
-    }
 }
 
 fn megapixels(pixels: u64) -> f64 {

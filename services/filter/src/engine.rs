@@ -24,10 +24,7 @@ use crate::budget;
 use crate::codec::{self, DecodeError, Decoded, EncodeError, Limits};
 use crate::ops::{Assets, Bitmap, FileFormat, Fit, InputFacts, Op, Pipeline, Resize, analyze};
 
-/// How much bigger than needed a shrunk-on-load image stays, so that the op's own filter does
-/// at least this much of the downscale. libvips' thumbnail leaves the same factor; with 1 the
-/// block average would do all of it and fine textures alias visibly.
-pub const SHRINK_HEADROOM: u32 = 2;
+pub use pixelmesh_pipeline::formats::SHRINK_HEADROOM;
 
 /// An encoded output image.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,19 +12,21 @@
 //! * [`outage`] — holding tasks while storage or NATS is down, so outages spend no attempts;
 //! * [`heartbeat`] — the worker's entry in the `pixelmesh-workers` KV bucket.
 
-pub mod budget;
 pub mod codec;
 pub mod engine;
 pub mod fetch;
 pub mod heartbeat;
 pub mod logos;
-pub mod ops;
 pub mod outage;
 pub mod tiles;
 pub mod worker;
 
+// The pipeline model lives in its own crate, shared with the gateway and scheduler; these
+// keep the filter's paths (`pixelmesh_filter::ops::Pipeline`) as they were.
+pub use pixelmesh_pipeline::{Bitmap, budget, ops};
+
 #[cfg(test)]
-mod testdata;
+use pixelmesh_pipeline::testdata;
 
 use std::{future::Future, sync::Arc};
 

@@ -8,9 +8,7 @@ use std::{collections::VecDeque, sync::Arc};
 
 use crate::ops::Bitmap;
 
-/// The largest logo accepted, in pixels: a logo is scaled down to a fraction of the image it
-/// marks, so more than this (a 4000x4000 square) only costs memory.
-pub const MAX_LOGO_PIXELS: u64 = 16_000_000;
+pub use pixelmesh_pipeline::budget::MAX_LOGO_PIXELS;
 /// Decoded bytes the cache holds at most; the least recently used logos go first.
 pub const CACHE_BYTES: usize = 64 * 1024 * 1024;
 

@@ -453,7 +453,7 @@ async fn run_image(
     let pixels = probe.map(|probe| u64::from(probe.width) * u64::from(probe.height));
     let estimate = probe.zip(pixels).map(|(probe, pixels)| {
         policy.estimate(&pipeline, pixels, |pipeline| {
-            pipeline.estimate_probed(&probe)
+            pipeline.estimate_probed(&probe.input())
         })
     });
     if let Some(estimate) = &estimate {

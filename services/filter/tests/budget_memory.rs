@@ -134,7 +134,7 @@ struct Run {
 fn run(name: &str, input: &[u8], text: &str) -> Run {
     let pipeline = Pipeline::from_text(text).expect("a valid pipeline");
     let probe = codec::probe(input).expect("a readable header");
-    let estimate = pipeline.estimate_probed(&probe);
+    let estimate = pipeline.estimate_probed(&probe.input());
     // What the scheduler knows: the size and depth, not the format or orientation (for the
     // EXIF-rotated photo the stored size is the upright one turned, which `estimate` covers).
     let declared = pipeline.estimate(probe.width, probe.height, probe.bytes_per_pixel);

@@ -329,11 +329,14 @@ fn parse_key_file(text: &str) -> Result<Vec<KeyEntry>, String> {
 }
 
 /// Whether a request needs a key: the API and the `pixelmesh.*` gRPC services do; health,
-/// reflection, the OpenAPI document and the UI's static files do not. A gRPC request to any other service needs one
-/// too, so nothing new slips through unguarded.
+/// reflection, the OpenAPI document, the op specs and the UI's static files do not. A gRPC
+/// request to any other service needs one too, so nothing new slips through unguarded.
 fn needs_key(request: &Request) -> bool {
     let path = request.uri().path();
-    if protect::is_grpc_health_or_reflection(path) || path == crate::http::OPENAPI_PATH {
+    if protect::is_grpc_health_or_reflection(path)
+        || path == crate::http::OPENAPI_PATH
+        || path == crate::http::OPS_PATH
+    {
         return false;
     }
     path == "/api"

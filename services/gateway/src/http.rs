@@ -17,7 +17,7 @@ use axum::{
     routing::get,
 };
 use futures::{Stream, StreamExt, TryStreamExt};
-use pixelmesh_filter::ops::Pipeline;
+use pixelmesh_pipeline::ops::{Pipeline, SPECS, Spec};
 use pixelmesh_proto::{
     Error,
     v1::{
@@ -41,6 +41,9 @@ const MAX_PIPELINE_BYTES: usize = 64 * 1024;
 const MAX_NAME_BYTES: usize = 255;
 /// Where the OpenAPI document is served; open without a key, like the UI.
 pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
+/// Where the op specs are served; open without a key too, so the UI can draw its pipeline
+/// builder before anyone signs in.
+pub const OPS_PATH: &str = "/api/v1/ops";
 
 pub fn router(mesh: Mesh) -> Router {
     let body_limit = usize::try_from(mesh.settings().max_request_bytes).unwrap_or(usize::MAX);
@@ -67,6 +70,7 @@ fn api(body_limit: usize) -> (Router<Mesh>, utoipa::openapi::OpenApi) {
     let jobs = jobs.layer(DefaultBodyLimit::max(body_limit));
     let (router, mut document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(healthz))
+        .routes(routes!(ops))
         .routes((schemas, paths, jobs))
         .routes(routes!(upload))
         .routes(routes!(job, delete))
@@ -287,6 +291,21 @@ async fn healthz(State(mesh): State<Mesh>) -> Response {
         };
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
+}
+
+/// Every op a pipeline may hold, with each field's kind, range and default: what the UI's
+/// pipeline builder draws its controls from, and what a client can check a pipeline against.
+/// Open without a key.
+#[utoipa::path(get, path = "/api/v1/ops", tag = "pipeline", responses(
+    (status = 200, description = "The ops, in the order clients list them.", body = [Spec]),
+))]
+async fn ops() -> Response {
+    // Fixed for the life of the binary; a short cache spares a reload the round trip.
+    (
+        [(header::CACHE_CONTROL, "public, max-age=300")],
+        Json(SPECS),
+    )
+        .into_response()
 }
 
 /// A submitted job.

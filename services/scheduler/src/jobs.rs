@@ -11,13 +11,15 @@
 //! abandon it, the job stays provisional, which nothing runs, and reconciliation
 //! ([`crate::reconcile`]) removes it. Workers may start a provisional job's tasks early;
 //! their results are recorded once, or dropped with the job.
+//!
+//! [`Jobs`] reaches storage through [`JobStore`] and NATS through [`TaskQueue`], so the
+//! state machine is unit-tested against in-memory fakes (`tests.rs` beside this file).
 
 use std::time::Duration;
 
-use async_nats::jetstream;
 use futures::{StreamExt, TryStreamExt, stream};
-use pixelmesh_common::{grpc::Channel, nats, telemetry, time::now_ms};
-use pixelmesh_filter::{
+use pixelmesh_common::{nats, time::now_ms};
+use pixelmesh_pipeline::{
     budget::Budget,
     ops::{Op, Pipeline},
     tiles::Policy,
@@ -25,19 +27,21 @@ use pixelmesh_filter::{
 use pixelmesh_proto::{
     Error, ErrorCode,
     v1::{
-        BlobInfo, CheckBlobsRequest, CreateJobRequest, ImageState, Job, JobEvent, JobRequest,
-        JobState, ListUnfinishedJobsRequest, RecordResultRequest, RequeueImagesRequest,
-        SubmitJobRequest, Task, TaskResult, Tiling, storage_client::StorageClient, task,
-        task_result::Outcome,
+        BlobInfo, CheckBlobsRequest, CreateJobRequest, ImageState, Job, JobEvent, JobState,
+        SubmitJobRequest, Task, TaskResult, Tiling, task, task_result::Outcome,
     },
 };
-use prost::Message as _;
 use tracing::Instrument as _;
 
 use crate::{
     Settings,
-    reconcile::{self, Queue, Queued},
+    queue::{JetStreamQueue, TaskQueue},
+    reconcile,
+    store::{GrpcStore, JobStore},
 };
+
+#[cfg(test)]
+mod tests;
 
 /// Tasks published at once for one job.
 const PUBLISH_CONCURRENCY: usize = 64;
@@ -51,25 +55,20 @@ const ABANDON_RETRY_FOR: Duration = Duration::from_secs(600);
 /// The longest image name kept; names are labels, not paths.
 const MAX_NAME_LEN: usize = 255;
 
+/// The job state machine over a store and a queue: storage over gRPC and JetStream in the
+/// scheduler, in-memory fakes in unit tests.
 #[derive(Clone)]
-pub struct Jobs {
-    storage: StorageClient<Channel>,
-    nats: async_nats::Client,
-    js: jetstream::Context,
+pub struct Jobs<S = GrpcStore, Q = JetStreamQueue> {
+    storage: S,
+    queue: Q,
     settings: Settings,
 }
 
-impl Jobs {
-    pub fn new(
-        storage: StorageClient<Channel>,
-        nats: async_nats::Client,
-        js: jetstream::Context,
-        settings: Settings,
-    ) -> Self {
+impl<S: JobStore, Q: TaskQueue> Jobs<S, Q> {
+    pub fn new(storage: S, queue: Q, settings: Settings) -> Self {
         Jobs {
             storage,
-            nats,
-            js,
+            queue,
             settings,
         }
     }
@@ -107,7 +106,7 @@ impl Jobs {
         }
         // Refused before anything is stored: a submit that cannot queue its tasks would only
         // leave a job to abandon.
-        if self.nats.connection_state() != async_nats::connection::State::Connected {
+        if !self.queue.is_connected() {
             return Err(Error::unavailable(
                 "the task queue is unreachable, nothing was submitted: retry shortly",
             ));
@@ -120,7 +119,6 @@ impl Jobs {
         let submitted = tokio::time::timeout(SUBMIT_TIMEOUT, async {
             let job = self
                 .storage
-                .clone()
                 .create_job(CreateJobRequest {
                     id: id.clone(),
                     pipeline: pipeline.to_proto(),
@@ -129,8 +127,7 @@ impl Jobs {
                     parent_id: request.parent_id,
                     owner: request.owner,
                 })
-                .await?
-                .into_inner();
+                .await?;
             tracing::info!(images = job.images.len(), "job created");
             self.dispatch(job).await
         })
@@ -165,14 +162,7 @@ impl Jobs {
     /// meanwhile, which nothing runs, and reconciliation removes it if this gives up.
     async fn abandon(&self, id: &str) {
         self.purge_tasks(id).await;
-        let request = JobRequest { id: id.to_string() };
-        if self
-            .storage
-            .clone()
-            .abandon_job(request.clone())
-            .await
-            .is_ok()
-        {
+        if self.storage.abandon_job(id).await.is_ok() {
             return;
         }
         let storage = self.storage.clone();
@@ -183,13 +173,13 @@ impl Jobs {
                 let mut delay = Duration::from_millis(200);
                 while tokio::time::Instant::now() < deadline {
                     tokio::time::sleep(delay).await;
-                    match storage.clone().abandon_job(request.clone()).await {
-                        Ok(_) => {
+                    match storage.abandon_job(&id).await {
+                        Ok(()) => {
                             tracing::info!(job = %id, "abandoned job removed");
                             return;
                         }
-                        Err(status) => {
-                            tracing::debug!(job = %id, error = %status.message(), "abandon failed, retrying");
+                        Err(err) => {
+                            tracing::debug!(job = %id, error = %err, "abandon failed, retrying");
                         }
                     }
                     delay = (delay * 2).min(Duration::from_secs(10));
@@ -267,15 +257,12 @@ impl Jobs {
         }
         let checked = self
             .storage
-            .clone()
             .check_blobs(CheckBlobsRequest {
                 ids: named.iter().map(|(id, _)| id.clone()).collect(),
                 owner: request.owner.clone(),
                 admin: request.admin,
             })
-            .await?
-            .into_inner()
-            .blobs;
+            .await?;
         if checked.len() != named.len() {
             return Err(Error::internal("storage answered a blob check partly"));
         }
@@ -319,12 +306,7 @@ impl Jobs {
             })
             .collect();
         self.publish_tasks(tasks).await?;
-        let summary = self
-            .storage
-            .clone()
-            .mark_job_running(JobRequest { id: id.clone() })
-            .await?
-            .into_inner();
+        let summary = self.storage.mark_job_running(&id).await?;
         tracing::info!(job = %summary.id, "job dispatched");
         self.publish_progress(JobEvent {
             summary: Some(summary.clone()),
@@ -362,49 +344,17 @@ impl Jobs {
     /// Publishes tasks with their dedup ids, several at once.
     async fn publish_tasks(&self, tasks: Vec<(Task, String)>) -> Result<(), Error> {
         stream::iter(tasks)
-            .map(|(task, id)| self.publish_task(task, id))
+            .map(|(task, id)| self.queue.publish_task(task, id))
             .buffer_unordered(PUBLISH_CONCURRENCY)
             .try_collect::<Vec<()>>()
             .await?;
         Ok(())
     }
 
-    /// Publishes `task` with `id` as its JetStream dedup id.
-    /// The trace context in the headers is the caller's (the submit, or the recording of a
-    /// split), so a job's tasks, and an image's tiles, are sibling spans in its trace.
-    async fn publish_task(&self, task: Task, id: String) -> Result<(), Error> {
-        let subject = nats::task_subject(&task.job_id, task.index);
-        let mut headers = telemetry::nats_headers();
-        let span = tracing::info_span!(
-            "publish_task",
-            otel.name = "publish task",
-            otel.kind = "producer",
-            subject = %subject,
-        );
-        async {
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
-            let ack = self
-                .js
-                .publish_with_headers(subject, headers, task.encode_to_vec().into())
-                .await
-                .map_err(|err| Error::unavailable(format!("publishing task: {err}")))?;
-            ack.await
-                .map_err(|err| Error::unavailable(format!("publishing task: {err}")))?;
-            Ok(())
-        }
-        .instrument(span)
-        .await
-    }
-
     /// Cancels the job in storage, then removes its queued tasks from the stream. Workers
     /// also check the job state before they start a task, for tasks already delivered.
     pub async fn cancel(&self, id: &str) -> Result<Job, Error> {
-        let job = self
-            .storage
-            .clone()
-            .cancel_job(JobRequest { id: id.to_string() })
-            .await?
-            .into_inner();
+        let job = self.storage.cancel_job(id).await?;
         self.purge_tasks(id).await;
         match &job.summary {
             Some(summary) if summary.state() == JobState::Cancelled => job_finished(summary),
@@ -417,12 +367,7 @@ impl Jobs {
     /// Pauses the job in storage, then removes its queued tasks from the stream; workers
     /// skip any they already hold. Tasks running now finish and are recorded.
     pub async fn pause(&self, id: &str) -> Result<Job, Error> {
-        let job = self
-            .storage
-            .clone()
-            .pause_job(JobRequest { id: id.to_string() })
-            .await?
-            .into_inner();
+        let job = self.storage.pause_job(id).await?;
         self.purge_tasks(id).await;
         tracing::info!(job = %id, "job paused");
         self.publish_state(&job).await;
@@ -432,12 +377,7 @@ impl Jobs {
     /// Dispatches a paused job's pending images again, under a new generation so that
     /// JetStream's dedup window does not drop the new tasks.
     pub async fn resume(&self, id: &str) -> Result<Job, Error> {
-        let job = self
-            .storage
-            .clone()
-            .resume_job(JobRequest { id: id.to_string() })
-            .await?
-            .into_inner();
+        let job = self.storage.resume_job(id).await?;
         tracing::info!(job = %id, generation = job.generation, "job resumed");
         self.publish_state(&job).await;
         self.dispatch(job).await
@@ -446,25 +386,15 @@ impl Jobs {
     /// Removes the job's queued tasks from the stream, best effort: workers check the job's
     /// state before running a task anyway.
     async fn purge_tasks(&self, id: &str) {
-        match self.js.get_stream(nats::TASKS_STREAM).await {
-            Ok(stream) => {
-                if let Err(err) = stream.purge().filter(nats::job_tasks_filter(id)).await {
-                    tracing::warn!(job = %id, error = %err, "purging the job's tasks failed");
-                }
-            }
-            Err(err) => tracing::warn!(job = %id, error = %err, "tasks stream unavailable"),
+        if let Err(err) = self.queue.purge_tasks(id).await {
+            tracing::warn!(job = %id, error = %err, "purging the job's tasks failed");
         }
     }
 
     /// Runs an ended job's failed images again: storage puts them back to pending under a
     /// new generation, then they are dispatched like a new job's.
     pub async fn retry(&self, id: &str) -> Result<Job, Error> {
-        let job = self
-            .storage
-            .clone()
-            .retry_job(JobRequest { id: id.to_string() })
-            .await?
-            .into_inner();
+        let job = self.storage.retry_job(id).await?;
         tracing::info!(job = %id, generation = job.generation, "retrying failed images");
         self.publish_state(&job).await;
         self.dispatch(job).await
@@ -479,14 +409,7 @@ impl Jobs {
             Some(Outcome::Split(split)) => Some(split.clone()),
             _ => None,
         };
-        let recorded = self
-            .storage
-            .clone()
-            .record_result(RecordResultRequest {
-                result: Some(result),
-            })
-            .await?
-            .into_inner();
+        let recorded = self.storage.record_result(result).await?;
         // Published again for a duplicate result too: the scheduler that recorded it first
         // may have died before publishing, and JetStream's dedup drops true repeats.
         let pending = recorded
@@ -502,7 +425,7 @@ impl Jobs {
                 (task, id)
             });
             stream::iter(tasks)
-                .map(|(task, id)| self.publish_task(task, id))
+                .map(|(task, id)| self.queue.publish_task(task, id))
                 .buffer_unordered(PUBLISH_CONCURRENCY)
                 .try_collect::<Vec<()>>()
                 .await?;
@@ -515,11 +438,12 @@ impl Jobs {
                 &recorded.pipeline,
                 task::Stage::Assemble(assemble),
             );
-            self.publish_task(
-                task,
-                nats::assemble_task_id(&job, index, recorded.generation),
-            )
-            .await?;
+            self.queue
+                .publish_task(
+                    task,
+                    nats::assemble_task_id(&job, index, recorded.generation),
+                )
+                .await?;
             tracing::info!(job = %job, index, "tiles done, assembly published");
         }
         if !recorded.applied {
@@ -570,17 +494,9 @@ impl Jobs {
         let Some(summary) = &event.summary else {
             return;
         };
-        let subject = nats::progress_subject(&summary.id);
-        if let Err(err) = self
-            .nats
-            .publish_with_headers(
-                subject,
-                telemetry::nats_headers(),
-                event.encode_to_vec().into(),
-            )
-            .await
-        {
-            tracing::warn!(job = %summary.id, error = %err, "publishing progress failed");
+        let job = summary.id.clone();
+        if let Err(err) = self.queue.publish_progress(&job, event).await {
+            tracing::warn!(job = %job, error = %err, "publishing progress failed");
         }
     }
 
@@ -609,14 +525,8 @@ impl Jobs {
 
     /// One pass of reconciliation over every unfinished job.
     pub async fn reconcile(&self) -> Result<(), Error> {
-        let unfinished = self
-            .storage
-            .clone()
-            .list_unfinished_jobs(ListUnfinishedJobsRequest {})
-            .await?
-            .into_inner()
-            .jobs;
-        let queue = JetStreamQueue::new(&self.js).await?;
+        let unfinished = self.storage.list_unfinished_jobs().await?;
+        let queue = self.queue.lookup().await?;
         for summary in unfinished {
             if summary.state() == JobState::Paused {
                 continue;
@@ -633,26 +543,18 @@ impl Jobs {
         Ok(())
     }
 
-    async fn reconcile_job(&self, id: &str, queue: &JetStreamQueue) -> Result<(), Error> {
-        let job = match self
-            .storage
-            .clone()
-            .get_job(JobRequest { id: id.to_string() })
-            .await
-        {
-            Ok(job) => job.into_inner(),
+    async fn reconcile_job(&self, id: &str, queue: &Q::Lookup) -> Result<(), Error> {
+        let job = match self.storage.get_job(id).await {
+            Ok(job) => job,
             // Ended and deleted meanwhile.
-            Err(status) if status.code() == tonic::Code::NotFound => return Ok(()),
-            Err(status) => return Err(status.into()),
+            Err(err) if err.code == ErrorCode::NotFound => return Ok(()),
+            Err(err) => return Err(err),
         };
         let plan = reconcile::plan_with(&job, now_ms(), queue).await?;
         if plan.abandon {
             tracing::warn!("job left provisional by a submit that never finished, abandoning it");
             self.purge_tasks(id).await;
-            self.storage
-                .clone()
-                .abandon_job(JobRequest { id: id.to_string() })
-                .await?;
+            self.storage.abandon_job(id).await?;
             return Ok(());
         }
         if plan.dispatch {
@@ -673,13 +575,8 @@ impl Jobs {
         if !plan.requeue.is_empty() {
             let job = self
                 .storage
-                .clone()
-                .requeue_images(RequeueImagesRequest {
-                    job_id: id.to_string(),
-                    indexes: plan.requeue.clone(),
-                })
-                .await?
-                .into_inner();
+                .requeue_images(id, plan.requeue.clone())
+                .await?;
             // New dedup ids: the lost task's id may still be in JetStream's dedup window.
             let at = now_ms();
             let tasks = plan
@@ -703,64 +600,11 @@ impl Jobs {
         }
         Ok(())
     }
-
-    pub(crate) fn jetstream(&self) -> &jetstream::Context {
-        &self.js
-    }
 }
 
-/// What JetStream holds for a job's images: [`reconcile::Queue`] over `TASKS` and `RESULTS`.
-struct JetStreamQueue {
-    tasks: jetstream::stream::Stream,
-    results: jetstream::stream::Stream,
-}
-
-impl JetStreamQueue {
-    async fn new(js: &jetstream::Context) -> Result<Self, Error> {
-        let stream = |name: &'static str| async move {
-            js.get_stream(name)
-                .await
-                .map_err(|err| Error::unavailable(format!("stream {name}: {err}")))
-        };
-        Ok(JetStreamQueue {
-            tasks: stream(nats::TASKS_STREAM).await?,
-            results: stream(nats::RESULTS_STREAM).await?,
-        })
-    }
-
-    /// The sequence of the last message on `subject`, if there is one.
-    async fn last(stream: &jetstream::stream::Stream, subject: &str) -> Result<Option<u64>, Error> {
-        use jetstream::stream::LastRawMessageErrorKind;
-        match stream.get_last_raw_message_by_subject(subject).await {
-            Ok(message) => Ok(Some(message.sequence)),
-            Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(err) => Err(Error::unavailable(format!("reading {subject}: {err}"))),
-        }
-    }
-}
-
-impl Queue for JetStreamQueue {
-    /// Checks `TASKS` before `RESULTS`: a worker publishes its result before it acks the
-    /// task, so an image that has neither, read in this order, has neither for real (or
-    /// has been recorded meanwhile, which storage's requeue checks).
-    async fn look(&self, job: &str, index: u32) -> Result<Queued, Error> {
-        if let Some(seq) = Self::last(&self.tasks, &nats::task_subject(job, index)).await? {
-            // A task delivered, unacked and not pending with any worker ran out of
-            // deliveries: JetStream keeps it but never delivers it again.
-            let info = self.tasks.consumer_info(nats::FILTER_CONSUMER).await;
-            return Ok(match info {
-                Ok(info) if info.num_ack_pending == 0 && info.delivered.stream_sequence >= seq => {
-                    Queued::Exhausted {
-                        deliveries: info.config.max_deliver.max(1) as u64,
-                    }
-                }
-                _ => Queued::Task,
-            });
-        }
-        match Self::last(&self.results, &nats::result_subject(job, index)).await? {
-            Some(_) => Ok(Queued::Result),
-            None => Ok(Queued::Nothing),
-        }
+impl<S> Jobs<S, JetStreamQueue> {
+    pub(crate) fn jetstream(&self) -> &async_nats::jetstream::Context {
+        self.queue.jetstream()
     }
 }
 

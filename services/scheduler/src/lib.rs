@@ -2,17 +2,26 @@
 //!
 //! * [`jobs`] — submit (validate, persist, publish one task per image; all or nothing),
 //!   cancel, pause, retry;
+//! * [`store`] — [`store::JobStore`], the storage calls [`jobs`] makes, over gRPC;
+//! * [`queue`] — [`queue::TaskQueue`], what [`jobs`] asks of NATS: tasks, purges, progress,
+//!   reconciliation's lookups;
 //! * [`reconcile`] — every unfinished job checked against the queue at start and
 //!   periodically: lost tasks queued again, exhausted ones failed, half-submitted jobs
 //!   abandoned;
 //! * [`results`] — the durable consumers of `RESULTS` and of the max-deliveries advisories
 //!   (stream `ADVISORIES`): records each outcome once and publishes progress;
-//! * [`grpc`] — `pixelmesh.v1.Scheduler`, translating wire types at the edge.
+//! * [`grpc`] — `pixelmesh.v1.Scheduler`, translating wire types at the edge;
+//! * `fakes` (tests only) — in-memory [`store::JobStore`] and [`queue::TaskQueue`] that keep
+//!   storage's state rules and JetStream's dedup, for unit tests of [`jobs`].
 
+#[cfg(test)]
+mod fakes;
 pub mod grpc;
 pub mod jobs;
+pub mod queue;
 pub mod reconcile;
 pub mod results;
+pub mod store;
 
 use std::future::Future;
 
@@ -73,8 +82,8 @@ impl Default for Settings {
         Settings {
             tile_above_pixels: 40_000_000,
             tile_size: 2048,
-            max_image_memory_bytes: pixelmesh_filter::budget::DEFAULT_MAX_MEMORY_BYTES,
-            max_image_cpu_secs: pixelmesh_filter::budget::DEFAULT_MAX_CPU_MS / 1000,
+            max_image_memory_bytes: pixelmesh_pipeline::budget::DEFAULT_MAX_MEMORY_BYTES,
+            max_image_cpu_secs: pixelmesh_pipeline::budget::DEFAULT_MAX_CPU_MS / 1000,
         }
     }
 }
@@ -113,7 +122,11 @@ pub async fn run(
     )
     .max_decoding_message_size(pixelmesh_common::grpc::MAX_MESSAGE_BYTES)
     .max_encoding_message_size(pixelmesh_common::grpc::MAX_MESSAGE_BYTES);
-    let jobs = jobs::Jobs::new(storage, client, js, config.settings);
+    let jobs = jobs::Jobs::new(
+        store::GrpcStore(storage),
+        queue::JetStreamQueue::new(client, js),
+        config.settings,
+    );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let reconciler = tokio::spawn({

@@ -5,7 +5,7 @@ use leptos::{prelude::*, task::spawn_local};
 
 use crate::{
     api,
-    ops::{self, Kind, OPS, Param},
+    ops::{self, Kind, Param},
     pipeline::{Builder, PRESETS},
 };
 
@@ -19,7 +19,7 @@ pub fn PipelineBuilder(builder: RwSignal<Builder>) -> impl IntoView {
         builder.with(|b| {
             b.steps()
                 .iter()
-                .map(|s| (generation, s.id, s.op.name))
+                .map(|s| (generation, s.id, s.op.name.as_str()))
                 .collect::<Vec<_>>()
         })
     };
@@ -61,13 +61,14 @@ pub fn PipelineBuilder(builder: RwSignal<Builder>) -> impl IntoView {
                     children=move |(_, id, name)| view! { <StepRow builder id name/> }
                 />
             </ol>
+            {ops::load_error().map(|error| view! { <p class="errors" role="alert">{error}</p> })}
             <div class="add-op">
                 <label for="add-op">"Add operation"</label>
                 <select id="add-op" on:change=move |ev| choice.set(event_target_value(&ev))>
-                    {OPS
+                    {ops::all()
                         .iter()
                         .map(|op| {
-                            let name = op.name;
+                            let name = op.name.as_str();
                             view! {
                                 <option
                                     value=name
@@ -133,19 +134,19 @@ fn StepRow(builder: RwSignal<Builder>, id: u32, name: &'static str) -> impl Into
                     s.op.params
                         .iter()
                         .filter(|p| s.applies(p))
-                        .map(|p| p.name)
+                        .map(|p| p.name.as_str())
                         .collect::<Vec<_>>()
                 })
                 .unwrap_or_default()
         })
     });
-    let label = spec.label;
+    let label = spec.label.as_str();
     view! {
         <li class="step" data-op=name>
             <div class="step-head">
                 <span class="step-number">{position} "."</span>
                 <strong>{label}</strong>
-                <span class="help">{spec.help}</span>
+                <span class="help">{spec.help.as_str()}</span>
                 <span class="step-buttons">
                     <button
                         type="button"
@@ -203,17 +204,17 @@ fn ParamControl(builder: RwSignal<Builder>, id: u32, param: &'static Param) -> i
             b.steps()
                 .iter()
                 .find(|s| s.id == id)
-                .map(|s| s.value(param.name).to_string())
+                .map(|s| s.value(&param.name).to_string())
                 .unwrap_or_default()
         })
     };
-    let set = move |value: String| builder.update(|b| b.set(id, param.name, value));
+    let set = move |value: String| builder.update(|b| b.set(id, &param.name, value));
     let dom_id = format!("step{id}-{}", param.name);
-    let label = param.label;
+    let label = param.label.as_str();
     // Controls are not bound back to the state: the state follows them, so a half-typed
     // number is never overwritten.
-    let control = match param.kind {
-        Kind::Int { min, max } => view! {
+    let control = match &param.kind {
+        &Kind::Int { min, max } => view! {
             <input
                 id=dom_id.clone()
                 type="number"
@@ -228,7 +229,7 @@ fn ParamControl(builder: RwSignal<Builder>, id: u32, param: &'static Param) -> i
             <small class="range">{format!("{min} – {max}")}</small>
         }
         .into_any(),
-        Kind::Float {
+        &Kind::Float {
             min,
             max,
             step,
@@ -249,17 +250,17 @@ fn ParamControl(builder: RwSignal<Builder>, id: u32, param: &'static Param) -> i
             </small>
         }
         .into_any(),
-        Kind::Choice(names) => {
+        Kind::Choice { choices } => {
             let initial = current();
             view! {
                 <select id=dom_id.clone() on:change=move |ev| set(event_target_value(&ev))>
                     {(!param.required && param.default.is_empty())
                         .then(|| view! { <option value="" selected={initial.is_empty()}>"(none)"</option> })}
-                    {names
+                    {choices
                         .iter()
                         .map(|name| {
                             view! {
-                                <option value=*name selected={*name == initial}>
+                                <option value=name.as_str() selected={*name == initial}>
                                     {name.replace('_', " ")}
                                 </option>
                             }

@@ -1,0 +1,159 @@
+//! The image formats pixelmesh reads and writes, how an output is encoded, and how far a
+//! JPEG may shrink on load: what the pipeline model, the budget and the codec agree on. The
+//! codec (in the filter) implements them; nothing here touches encoded bytes.
+
+use pixelmesh_proto::v1;
+
+/// Quality when none is given: a common web default, visually clean for photos.
+pub const DEFAULT_QUALITY: u8 = 85;
+/// PNG compression when none is given: zlib's own default level.
+pub const DEFAULT_COMPRESSION: u8 = 6;
+
+/// The image formats pixelmesh reads and writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FileFormat {
+    Jpeg,
+    Png,
+    Webp,
+    Gif,
+    Bmp,
+    Tiff,
+}
+
+impl FileFormat {
+    pub const ALL: [FileFormat; 6] = [
+        FileFormat::Jpeg,
+        FileFormat::Png,
+        FileFormat::Webp,
+        FileFormat::Gif,
+        FileFormat::Bmp,
+        FileFormat::Tiff,
+    ];
+
+    pub const NAMES: &[&str] = &["jpeg", "png", "webp", "gif", "bmp", "tiff"];
+
+    /// The lowercase name used in JSON and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            FileFormat::Jpeg => "jpeg",
+            FileFormat::Png => "png",
+            FileFormat::Webp => "webp",
+            FileFormat::Gif => "gif",
+            FileFormat::Bmp => "bmp",
+            FileFormat::Tiff => "tiff",
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            FileFormat::Jpeg => "image/jpeg",
+            FileFormat::Png => "image/png",
+            FileFormat::Webp => "image/webp",
+            FileFormat::Gif => "image/gif",
+            FileFormat::Bmp => "image/bmp",
+            FileFormat::Tiff => "image/tiff",
+        }
+    }
+
+    /// The usual file extension, without the dot.
+    pub fn extension(self) -> &'static str {
+        match self {
+            FileFormat::Jpeg => "jpg",
+            FileFormat::Tiff => "tif",
+            other => other.name(),
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<FileFormat> {
+        FileFormat::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    pub fn to_proto(self) -> v1::ImageFormat {
+        match self {
+            FileFormat::Jpeg => v1::ImageFormat::Jpeg,
+            FileFormat::Png => v1::ImageFormat::Png,
+            FileFormat::Webp => v1::ImageFormat::Webp,
+            FileFormat::Gif => v1::ImageFormat::Gif,
+            FileFormat::Bmp => v1::ImageFormat::Bmp,
+            FileFormat::Tiff => v1::ImageFormat::Tiff,
+        }
+    }
+
+    /// `None` for unspecified and unknown values.
+    pub fn from_proto(value: i32) -> Option<FileFormat> {
+        match v1::ImageFormat::try_from(value).ok()? {
+            v1::ImageFormat::Unspecified => None,
+            v1::ImageFormat::Jpeg => Some(FileFormat::Jpeg),
+            v1::ImageFormat::Png => Some(FileFormat::Png),
+            v1::ImageFormat::Webp => Some(FileFormat::Webp),
+            v1::ImageFormat::Gif => Some(FileFormat::Gif),
+            v1::ImageFormat::Bmp => Some(FileFormat::Bmp),
+            v1::ImageFormat::Tiff => Some(FileFormat::Tiff),
+        }
+    }
+}
+
+/// How to encode an output: the format and its options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Encoding {
+    pub format: FileFormat,
+    /// JPEG quality, 1..=100.
+    pub quality: u8,
+    /// JPEG: progressive scans.
+    pub progressive: bool,
+    /// PNG: 1 (fastest) ..= 9 (smallest).
+    pub compression: u8,
+    /// WebP: lossless (image's encoder) when true, else lossy at `quality` (libwebp). The
+    /// default is lossless, which was the only WebP output before lossy existed.
+    pub lossless: bool,
+}
+
+impl Encoding {
+    /// The format with default options: quality 85, baseline JPEG, PNG compression 6, lossless
+    /// WebP.
+    pub fn new(format: FileFormat) -> Encoding {
+        Encoding {
+            format,
+            quality: DEFAULT_QUALITY,
+            progressive: false,
+            compression: DEFAULT_COMPRESSION,
+            lossless: true,
+        }
+    }
+}
+
+/// How much bigger than needed a shrunk-on-load image stays, so that the op's own filter does
+/// at least this much of the downscale. libvips' thumbnail leaves the same factor; with 1 the
+/// block average would do all of it and fine textures alias visibly.
+pub const SHRINK_HEADROOM: u32 = 2;
+
+/// The three speeds of the PNG encoder, by zlib-style level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PngSpeed {
+    Fast,
+    Default,
+    Best,
+}
+
+impl Encoding {
+    /// Which of the PNG encoder's speeds `compression` selects.
+    pub fn png_speed(&self) -> PngSpeed {
+        match self.compression {
+            0..=3 => PngSpeed::Fast,
+            4..=6 => PngSpeed::Default,
+            _ => PngSpeed::Best,
+        }
+    }
+}
+
+/// The largest of 8, 4, 2 and 1 that a `size` JPEG can be divided by and still be at least
+/// `min_size` (0 = any) on both sides. libjpeg rounds scaled sides up.
+pub fn jpeg_shrink(size: (u32, u32), min_size: (u32, u32)) -> u8 {
+    [8u8, 4, 2]
+        .into_iter()
+        .find(|&d| {
+            size.0.div_ceil(u32::from(d)) >= min_size.0
+                && size.1.div_ceil(u32::from(d)) >= min_size.1
+        })
+        .unwrap_or(1)
+}

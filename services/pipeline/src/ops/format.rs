@@ -1,0 +1,261 @@
+//! `format`: the output encoding and its quality. It changes no pixels; the engine reads it
+//! when encoding, which is why it must be the last op.
+
+use pixelmesh_proto::v1;
+
+use crate::bitmap::Bitmap;
+pub use crate::formats::{DEFAULT_COMPRESSION, DEFAULT_QUALITY, FileFormat};
+
+use serde_json::Value;
+
+use super::json::{Fields, quoted};
+use super::{Assets, Context, Field, Operator, Spec};
+use crate::budget::{Cost, Shape};
+
+pub(crate) const NAME: &str = "format";
+
+/// Output format and its options. Options that do not apply to the format are refused, so
+/// nobody waits for a `progressive` PNG.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Format {
+    format: FileFormat,
+    quality: u8,
+    progressive: bool,
+    lossless: bool,
+    compression: u8,
+}
+
+impl Format {
+    /// The format with default options.
+    pub fn new(format: FileFormat, quality: u8) -> Result<Format, String> {
+        Format::with_options(format, quality, false, false, DEFAULT_COMPRESSION)
+    }
+
+    pub fn with_options(
+        format: FileFormat,
+        quality: u8,
+        progressive: bool,
+        lossless: bool,
+        compression: u8,
+    ) -> Result<Format, String> {
+        if !(1..=100).contains(&quality) {
+            return Err(quality_error(i64::from(quality)));
+        }
+        if !(1..=9).contains(&compression) {
+            return Err(compression_error(i64::from(compression)));
+        }
+        if progressive && format != FileFormat::Jpeg {
+            return Err(format!(
+                "progressive applies to jpeg only, not {}",
+                format.name()
+            ));
+        }
+        if lossless && format != FileFormat::Webp {
+            return Err(format!(
+                "lossless applies to webp only, not {}",
+                format.name()
+            ));
+        }
+        if compression != DEFAULT_COMPRESSION && format != FileFormat::Png {
+            return Err(format!(
+                "compression applies to png only, not {}",
+                format.name()
+            ));
+        }
+        Ok(Format {
+            format,
+            quality,
+            progressive,
+            lossless,
+            compression,
+        })
+    }
+
+    pub fn format(&self) -> FileFormat {
+        self.format
+    }
+
+    pub fn quality(&self) -> u8 {
+        self.quality
+    }
+
+    /// What the codec needs to write this format.
+    pub fn encoding(&self) -> crate::formats::Encoding {
+        crate::formats::Encoding {
+            format: self.format,
+            quality: self.quality,
+            progressive: self.progressive,
+            compression: self.compression,
+            lossless: self.lossless,
+        }
+    }
+}
+
+fn compression_error(value: i64) -> String {
+    format!("compression must be between 1 and 9, got {value}")
+}
+
+fn quality_error(value: i64) -> String {
+    format!("quality must be between 1 and 100, got {value}")
+}
+
+impl Operator for Format {
+    const SPEC: Spec = Spec::new(
+        NAME,
+        "Format",
+        "Encode as; must be the last op.",
+        &[
+            Field::choice("format", "Format", FileFormat::NAMES)
+                .with_default("webp")
+                .required(),
+            Field::int("quality", "Quality", 1, 100)
+                .with_default("85")
+                .only_for(&["jpeg", "webp"]),
+            Field::flag("progressive", "Progressive").only_for(&["jpeg"]),
+            Field::flag("lossless", "Lossless").only_for(&["webp"]),
+            Field::int("compression", "Compression", 1, 9)
+                .with_default("6")
+                .only_for(&["png"]),
+        ],
+    );
+
+    type Proto = v1::Format;
+
+    fn from_fields(fields: &Fields<'_>) -> Result<Format, String> {
+        let name = fields.string("format")?.ok_or("format is required")?;
+        let format = FileFormat::from_name(name).ok_or_else(|| {
+            format!(
+                "format must be one of {}, got {}",
+                FileFormat::NAMES.join(", "),
+                quoted(name)
+            )
+        })?;
+        let quality = match fields.integer("quality")? {
+            None | Some(0) => DEFAULT_QUALITY,
+            Some(q) => u8::try_from(q).map_err(|_| quality_error(q))?,
+        };
+        let compression = match fields.integer("compression")? {
+            None | Some(0) => DEFAULT_COMPRESSION,
+            Some(c) => u8::try_from(c).map_err(|_| compression_error(c))?,
+        };
+        Format::with_options(
+            format,
+            quality,
+            fields.boolean("progressive")?.unwrap_or(false),
+            fields.boolean("lossless")?.unwrap_or(false),
+            compression,
+        )
+    }
+
+    fn from_proto(p: &v1::Format) -> Result<Format, String> {
+        let format = match v1::ImageFormat::try_from(p.format) {
+            Ok(v1::ImageFormat::Unspecified) => return Err("format is required".into()),
+            _ => FileFormat::from_proto(p.format).ok_or_else(|| {
+                format!(
+                    "format must be one of {}, got {}",
+                    FileFormat::NAMES.join(", "),
+                    p.format
+                )
+            })?,
+        };
+        let quality = match p.quality {
+            0 => DEFAULT_QUALITY,
+            q => u8::try_from(q).map_err(|_| quality_error(i64::from(q)))?,
+        };
+        let compression = match p.compression {
+            0 => DEFAULT_COMPRESSION,
+            c => u8::try_from(c).map_err(|_| compression_error(i64::from(c)))?,
+        };
+        Format::with_options(format, quality, p.progressive, p.lossless, compression)
+    }
+
+    fn to_proto(&self) -> v1::Format {
+        v1::Format {
+            format: self.format.to_proto() as i32,
+            quality: u32::from(self.quality),
+            progressive: self.progressive,
+            lossless: self.lossless,
+            compression: u32::from(self.compression),
+        }
+    }
+
+    fn params(&self) -> Vec<(&'static str, Value)> {
+        let mut params = vec![("format", Value::from(self.format.name()))];
+        if self.quality != DEFAULT_QUALITY {
+            params.push(("quality", Value::from(self.quality)));
+        }
+        if self.progressive {
+            params.push(("progressive", Value::from(true)));
+        }
+        if self.lossless {
+            params.push(("lossless", Value::from(true)));
+        }
+        if self.compression != DEFAULT_COMPRESSION {
+            params.push(("compression", Value::from(self.compression)));
+        }
+        params
+    }
+
+    fn cost(&self, input: Shape, _output: Shape, _context: &Context) -> Cost {
+        Cost::in_place(input, 0.0)
+    }
+
+    fn tile_halo(&self) -> Option<u32> {
+        Some(0)
+    }
+
+    fn run(&self, image: Bitmap, _assets: &Assets) -> Result<Bitmap, String> {
+        // The engine reads the format op when it encodes; pixels are unchanged.
+        Ok(image)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_proto_values_round_trip() {
+        for format in FileFormat::ALL {
+            assert_eq!(FileFormat::from_name(format.name()), Some(format));
+            assert_eq!(
+                FileFormat::from_proto(format.to_proto() as i32),
+                Some(format)
+            );
+            assert!(format.content_type().starts_with("image/"));
+        }
+        assert_eq!(FileFormat::from_proto(0), None);
+        assert_eq!(FileFormat::from_proto(99), None);
+    }
+
+    #[test]
+    fn quality_defaults_and_limits() {
+        let p = |quality| {
+            Format::from_proto(&v1::Format {
+                format: v1::ImageFormat::Jpeg as i32,
+                quality,
+                ..Default::default()
+            })
+        };
+        assert_eq!(p(0).unwrap().quality(), DEFAULT_QUALITY);
+        assert_eq!(p(1).unwrap().quality(), 1);
+        assert_eq!(p(100).unwrap().quality(), 100);
+        assert_eq!(
+            p(101).unwrap_err(),
+            "quality must be between 1 and 100, got 101"
+        );
+        assert_eq!(
+            p(1000).unwrap_err(),
+            "quality must be between 1 and 100, got 1000"
+        );
+        assert_eq!(
+            Format::from_proto(&v1::Format {
+                format: 17,
+                quality: 0,
+                ..Default::default()
+            })
+            .unwrap_err(),
+            "format must be one of jpeg, png, webp, gif, bmp, tiff, got 17"
+        );
+    }
+}
