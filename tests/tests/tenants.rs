@@ -192,6 +192,18 @@ async fn a_second_key_cannot_read_use_or_learn_the_first_keys_data() {
         let body = response.text().await.expect("body");
         assert!(!body.contains(URL_SECRET), "{method} {path}: {body}");
     }
+    // Single images are read alone (storage's GetImage), and still answer as a job that
+    // does not exist, whether or not the image does.
+    for path in [
+        "/outputs/0",
+        "/outputs/99",
+        "/outputs/nope.png",
+        "/inputs/0",
+        "/inputs/99",
+    ] {
+        let body = rest::get_json(&bob, &format!("{job_url}{path}")).await;
+        assert_eq!(body["error"], format!("job {job_id} not found"), "{path}");
+    }
     let response = bob
         .get(format!("{base}/api/v1/batches/{parent}"))
         .send()

@@ -10,6 +10,7 @@
 //! * [`urls`] — URL inputs: lists (text or CSV) read and each URL checked;
 //! * [`bundle`] — writing a ZIP of a job's outputs as a stream, with its manifests;
 //! * [`export`] — a job's analysis reports as CSV, JSON and XLSX;
+//! * [`fanout`] — one NATS subscription per subject, shared by every event watcher;
 //! * [`auth`] — API keys: who is calling;
 //! * [`protect`] — the tower layers in front of everything: limits, timeouts, load shedding;
 //! * [`stats`] — the dashboard's numbers: queue depth and images ended per minute;
@@ -19,6 +20,7 @@ pub mod archive;
 pub mod auth;
 pub mod bundle;
 pub mod export;
+pub mod fanout;
 pub mod grpc;
 pub mod http;
 pub mod mesh;
@@ -174,8 +176,8 @@ pub async fn run(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let web = web::router(&config.settings.web_dir);
-    let mesh = mesh::Mesh::new(storage, scheduler, nats.clone(), config.settings);
-    mesh.throughput().clone().count(nats).await?;
+    let mesh = mesh::Mesh::new(storage, scheduler, nats, config.settings);
+    mesh.throughput().clone().count(mesh.fanout()).await?;
 
     let server = Server::new("gateway")?
         .add_service(

@@ -8,8 +8,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use async_nats::jetstream::kv;
-
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use pixelmesh_common::{grpc::Channel, nats};
@@ -17,9 +15,9 @@ use pixelmesh_proto::{
     Error, ErrorCode,
     v1::{
         Batch, BlobAbort, BlobInfo, BlobMeta, CountJobsRequest, DeleteJobResponse, GetBlobRequest,
-        Image, ImageInput, ImageState, Job, JobEvent, JobRequest, JobState, JobSummary,
-        ListJobsQuery, ListJobsRequest, ListJobsResponse, Output, PutBlobRequest, SubmitJobRequest,
-        Worker, put_blob_request::Part, scheduler_client::SchedulerClient,
+        GetImageRequest, Image, ImageInput, ImageState, Job, JobEvent, JobRequest, JobState,
+        JobSummary, ListJobsQuery, ListJobsRequest, ListJobsResponse, Output, PutBlobRequest,
+        SubmitJobRequest, Worker, put_blob_request::Part, scheduler_client::SchedulerClient,
         storage_client::StorageClient,
     },
 };
@@ -33,6 +31,7 @@ use crate::{
     archive::{self, ZipLimits},
     auth::Caller,
     bundle::{self, ManifestRow, ZipStreamWriter},
+    fanout::{Delivery, Fanout},
     stats, urls,
 };
 
@@ -52,6 +51,8 @@ pub struct Mesh {
     storage: Storage,
     scheduler: SchedulerClient<Channel>,
     nats: async_nats::Client,
+    /// Every watcher's NATS subscriptions: one per subject for the whole gateway.
+    fanout: Fanout<async_nats::Message>,
     settings: Settings,
     throughput: stats::Throughput,
 }
@@ -66,6 +67,7 @@ impl Mesh {
         Mesh {
             storage,
             scheduler,
+            fanout: Fanout::nats(nats.clone()),
             nats,
             settings,
             throughput: stats::Throughput::default(),
@@ -75,6 +77,11 @@ impl Mesh {
     /// Images ended per minute, as this gateway has seen them.
     pub fn throughput(&self) -> &stats::Throughput {
         &self.throughput
+    }
+
+    /// The shared NATS subscriptions, for the throughput counter.
+    pub fn fanout(&self) -> &Fanout<async_nats::Message> {
+        &self.fanout
     }
 
     /// The task queue's depth and the recent minutes' throughput.
@@ -92,6 +99,10 @@ impl Mesh {
     pub async fn observe(&self) {
         static DESCRIBED: std::sync::Once = std::sync::Once::new();
         DESCRIBED.call_once(describe_gauges);
+        // Tasks leak silently (a watcher that outlives its client): this makes them visible.
+        let runtime = tokio::runtime::Handle::current().metrics();
+        metrics::gauge!("pixelmesh_runtime_alive_tasks").set(runtime.num_alive_tasks() as f64);
+        metrics::gauge!("pixelmesh_nats_shared_subscriptions").set(self.fanout.subjects() as f64);
         let read = async { tokio::join!(stats::queue(&self.nats), self.all_workers()) };
         let Ok((queue, workers)) = tokio::time::timeout(Duration::from_secs(1), read).await else {
             tracing::debug!("metrics: nats too slow, gauges not refreshed");
@@ -479,11 +490,7 @@ impl Mesh {
         after: u64,
     ) -> Result<ReceiverStream<Result<JobEvent, Error>>, Error> {
         // Subscribe before reading storage, so no change falls between the two.
-        let mut events = self
-            .nats
-            .subscribe(nats::progress_subject(id))
-            .await
-            .map_err(|err| Error::unavailable(format!("subscribing to progress: {err}")))?;
+        let mut events = self.fanout.subscribe(&nats::progress_subject(id)).await?;
         let mut watch = Watch {
             storage: self.storage.clone(),
             request: JobRequest { id: id.to_string() },
@@ -518,9 +525,13 @@ impl Mesh {
                 return;
             }
             loop {
-                let next = tokio::time::timeout(WATCH_RESYNC, events.next()).await;
+                let next = tokio::select! {
+                    // The client left: stop now, not at the next event or resync.
+                    () = tx.closed() => return,
+                    next = tokio::time::timeout(WATCH_RESYNC, events.recv()) => next,
+                };
                 let behind = match next {
-                    Ok(Some(message)) => match JobEvent::decode(message.payload) {
+                    Ok(Delivery::Message(message)) => match JobEvent::decode(message.payload) {
                         Ok(event) => {
                             let version = event.summary.as_ref().map_or(0, |s| s.version);
                             if version <= watch.last {
@@ -545,7 +556,9 @@ impl Mesh {
                             true
                         }
                     },
-                    Ok(None) => return,
+                    // Events went by while this watcher was behind: storage has them.
+                    Ok(Delivery::Missed(_)) => true,
+                    Ok(Delivery::Closed) => return,
                     Err(_) => match watch.summary().await {
                         Ok(summary) => summary.version > watch.last,
                         Err(err) => {
@@ -583,12 +596,7 @@ impl Mesh {
         ),
         Error,
     > {
-        let job = self.job(caller, job_id).await?;
-        let image = match key {
-            OutputKey::Index(index) => job.images.get(index as usize),
-            OutputKey::Name(name) => job.images.iter().find(|image| image.name == name),
-        }
-        .ok_or_else(|| Error::not_found(format!("job {job_id} has no image {key}")))?;
+        let image = self.image(caller, job_id, key).await?;
         let index = image.index;
         let output = match (image.state(), &image.output) {
             (ImageState::Done, Some(output)) => output.clone(),
@@ -607,6 +615,35 @@ impl Mesh {
         };
         let chunks = self.blob(output.blob_id.clone()).await?;
         Ok((output, image.name.clone(), chunks))
+    }
+
+    /// One image of job `job_id`, if `caller` may see the job: storage reads that image's
+    /// record alone, not the job's every image with its analysis. Another key's job is not
+    /// found, whether or not it has the image.
+    async fn image(
+        &self,
+        caller: &Caller,
+        job_id: &str,
+        key: OutputKey<'_>,
+    ) -> Result<Image, Error> {
+        let (index, name) = match key {
+            OutputKey::Index(index) => (index, String::new()),
+            OutputKey::Name(name) => (0, name.to_string()),
+        };
+        let request = GetImageRequest {
+            job_id: job_id.to_string(),
+            index,
+            name,
+        };
+        let found = self.storage.clone().get_image(request).await?.into_inner();
+        check_access(
+            caller,
+            job_id,
+            found.summary.as_ref().unwrap_or(&JobSummary::default()),
+        )?;
+        found
+            .image
+            .ok_or_else(|| Error::not_found(format!("job {job_id} has no image {key}")))
     }
 
     /// A stored blob's bytes, in chunks as storage streams them.
@@ -630,11 +667,7 @@ impl Mesh {
         job_id: &str,
         index: u32,
     ) -> Result<(String, impl Stream<Item = Result<Bytes, Error>> + use<>), Error> {
-        let job = self.job(caller, job_id).await?;
-        let image = job
-            .images
-            .get(index as usize)
-            .ok_or_else(|| Error::not_found(format!("job {job_id} has no image {index}")))?;
+        let image = self.image(caller, job_id, OutputKey::Index(index)).await?;
         if image.input_blob_id.is_empty() {
             return Err(Error::not_found(format!(
                 "image {index} of job {job_id} was fetched by url: no stored input"
@@ -650,27 +683,32 @@ impl Mesh {
     /// Every job's events that `caller` may see, and worker changes.
     pub async fn feed(&self, caller: &Caller) -> Result<ReceiverStream<FeedEvent>, Error> {
         let caller = caller.clone();
-        let mut progress = self
-            .nats
-            .subscribe(nats::ALL_PROGRESS)
-            .await
-            .map_err(|err| Error::unavailable(format!("subscribing to progress: {err}")))?;
-        let js = async_nats::jetstream::new(self.nats.clone());
-        let bucket = nats::workers_bucket(&js)
-            .await
-            .map_err(|err| Error::unavailable(format!("{err:#}")))?;
-        let mut workers = bucket
-            .watch_with_history(">")
-            .await
-            .map_err(|err| Error::unavailable(format!("watching workers: {err}")))?;
+        let mut progress = self.fanout.subscribe(nats::ALL_PROGRESS).await?;
+        // Heartbeats as NATS core sees them land on the bucket's subjects: one subscription
+        // shared by every feed, where a KV watch would be a consumer per feed. Subscribed
+        // before the live workers are listed, so no beat falls between the two.
+        let mut beats = self.fanout.subscribe(&workers_subjects()).await?;
+        let live = self.all_workers().await?;
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(async move {
             let mut seen: HashMap<String, Instant> = HashMap::new();
+            for worker in live {
+                seen.insert(worker.id.clone(), Instant::now());
+                if tx
+                    .send(FeedEvent::Worker(worker_view(&caller, worker)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
             let mut sweep = tokio::time::interval(FEED_SWEEP);
             loop {
                 let event = tokio::select! {
-                    message = progress.next() => match message {
-                        Some(message) => match JobEvent::decode(message.payload) {
+                    // The client left: stop now, not at the next event.
+                    () = tx.closed() => return,
+                    delivery = progress.recv() => match delivery {
+                        Delivery::Message(message) => match JobEvent::decode(message.payload) {
                             Ok(event) => {
                                 let owner = event.summary.as_ref().map(|s| s.owner.as_str());
                                 if !caller.may_access(owner.unwrap_or_default()) {
@@ -680,27 +718,31 @@ impl Mesh {
                             }
                             Err(_) => continue,
                         },
-                        None => return,
-                    },
-                    entry = workers.next() => match entry {
-                        Some(Ok(entry)) => match entry.operation {
-                            kv::Operation::Put => match Worker::decode(entry.value) {
-                                Ok(worker) => {
-                                    seen.insert(worker.id.clone(), Instant::now());
-                                    FeedEvent::Worker(worker_view(&caller, worker))
-                                }
-                                Err(_) => continue,
-                            },
-                            kv::Operation::Delete | kv::Operation::Purge => {
-                                seen.remove(&entry.key);
-                                FeedEvent::WorkerGone(entry.key)
-                            }
-                        },
-                        Some(Err(err)) => {
-                            tracing::warn!(error = %err, "worker watch failed");
-                            return;
+                        // A dashboard's feed has no history to resync from: it goes on.
+                        Delivery::Missed(missed) => {
+                            tracing::debug!(missed, "feed fell behind progress events");
+                            continue;
                         }
-                        None => return,
+                        Delivery::Closed => return,
+                    },
+                    delivery = beats.recv() => match delivery {
+                        Delivery::Message(message) => match worker_change(message) {
+                            Some(FeedEvent::Worker(worker)) => {
+                                seen.insert(worker.id.clone(), Instant::now());
+                                FeedEvent::Worker(worker_view(&caller, worker))
+                            }
+                            Some(FeedEvent::WorkerGone(id)) => {
+                                seen.remove(&id);
+                                FeedEvent::WorkerGone(id)
+                            }
+                            _ => continue,
+                        },
+                        // The next beat of each worker brings it back.
+                        Delivery::Missed(missed) => {
+                            tracing::debug!(missed, "feed fell behind worker heartbeats");
+                            continue;
+                        }
+                        Delivery::Closed => return,
                     },
                     _ = sweep.tick() => {
                         // KV expiry tells no watcher: a killed worker just stops beating.
@@ -775,6 +817,27 @@ impl Mesh {
         }
         workers.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(workers)
+    }
+}
+
+/// The subjects the heartbeat bucket's puts and deletes are published on.
+fn workers_subjects() -> String {
+    format!("$KV.{}.>", nats::WORKERS_BUCKET)
+}
+
+/// A heartbeat bucket message as the feed reports it: a put is the worker's beat, a delete
+/// or purge (a worker stopping) its departure. `None` for what cannot be read.
+fn worker_change(message: async_nats::Message) -> Option<FeedEvent> {
+    let prefix = format!("$KV.{}.", nats::WORKERS_BUCKET);
+    let key = message.subject.as_str().strip_prefix(&prefix)?.to_string();
+    let operation = message
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get("KV-Operation"))
+        .map(|value| value.as_str().to_string());
+    match operation.as_deref() {
+        Some("DEL" | "PURGE") => Some(FeedEvent::WorkerGone(key)),
+        _ => Worker::decode(message.payload).ok().map(FeedEvent::Worker),
     }
 }
 
@@ -933,6 +996,14 @@ fn describe_gauges() {
     describe_gauge!(
         "pixelmesh_worker_slots",
         "tasks the online workers can run at once"
+    );
+    describe_gauge!(
+        "pixelmesh_runtime_alive_tasks",
+        "tokio tasks alive in this process"
+    );
+    describe_gauge!(
+        "pixelmesh_nats_shared_subscriptions",
+        "nats subjects this gateway subscribes to for its watchers, each shared by all of them"
     );
 }
 

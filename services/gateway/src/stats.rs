@@ -10,13 +10,14 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use futures::StreamExt;
 use pixelmesh_common::{nats, time::now_ms};
 use pixelmesh_proto::{
     Error,
     v1::{ImageState, JobEvent},
 };
 use prost::Message;
+
+use crate::fanout::{Delivery, Fanout};
 
 /// Minutes of throughput kept and reported.
 pub const WINDOW_MINUTES: usize = 15;
@@ -98,15 +99,21 @@ impl Throughput {
             .collect()
     }
 
-    /// Counts every image that ends, from the progress events on NATS, until the connection
-    /// closes.
-    pub async fn count(self, client: async_nats::Client) -> Result<(), Error> {
-        let mut progress = client
-            .subscribe(nats::ALL_PROGRESS)
-            .await
-            .map_err(|err| Error::unavailable(format!("subscribing to progress: {err}")))?;
+    /// Counts every image that ends, from the progress events on NATS (through the
+    /// gateway's shared subscription), until the connection closes.
+    pub async fn count(self, fanout: &Fanout<async_nats::Message>) -> Result<(), Error> {
+        let mut progress = fanout.subscribe(nats::ALL_PROGRESS).await?;
         tokio::spawn(async move {
-            while let Some(message) = progress.next().await {
+            loop {
+                let message = match progress.recv().await {
+                    Delivery::Message(message) => message,
+                    // Counted short, as a dropped NATS core message would be.
+                    Delivery::Missed(missed) => {
+                        tracing::debug!(missed, "throughput fell behind progress events");
+                        continue;
+                    }
+                    Delivery::Closed => return,
+                };
                 let Ok(event) = JobEvent::decode(message.payload) else {
                     continue;
                 };

@@ -12,9 +12,9 @@ use pixelmesh_proto::{
     Error,
     v1::{
         BlobInfo, CheckBlobsRequest, CheckBlobsResponse, CountJobsRequest, CreateJobRequest,
-        DeleteJobResponse, GetBlobRequest, GetBlobResponse, Job, JobCounts, JobRequest,
-        JobSummaries, JobSummary, ListJobsQuery, ListUnfinishedJobsRequest, PutBlobRequest,
-        RecordResultRequest, RecordResultResponse, RequeueImagesRequest, operation,
+        DeleteJobResponse, GetBlobRequest, GetBlobResponse, GetImageRequest, Job, JobCounts,
+        JobImage, JobRequest, JobSummaries, JobSummary, ListJobsQuery, ListUnfinishedJobsRequest,
+        PutBlobRequest, RecordResultRequest, RecordResultResponse, RequeueImagesRequest, operation,
         put_blob_request::Part, storage_server::Storage,
     },
 };
@@ -294,6 +294,25 @@ impl Storage for StorageService {
         Ok(Response::new(
             self.store.read(move |meta| meta.summary(&id)).await?,
         ))
+    }
+
+    async fn get_image(
+        &self,
+        request: Request<GetImageRequest>,
+    ) -> Result<Response<JobImage>, Status> {
+        let GetImageRequest {
+            job_id,
+            index,
+            name,
+        } = request.into_inner();
+        let (summary, image) = self
+            .store
+            .read(move |meta| meta.image(&job_id, index, &name))
+            .await?;
+        Ok(Response::new(JobImage {
+            summary: Some(summary),
+            image,
+        }))
     }
 
     async fn list_jobs(

@@ -1,8 +1,8 @@
 //! The storage role: blobs on local disk and job metadata in sled.
 //!
 //! * [`blobs`] — content-addressed blobs (BLAKE3), written atomically, read in chunks;
-//! * [`meta`] — jobs, images, the unfinished index and blob owners in sled, changed in
-//!   transactions;
+//! * [`meta`] — jobs, images, the unfinished and by-state indexes and blob owners in sled,
+//!   changed in transactions;
 //! * [`store`] — the only way into sled from async code: one writer thread that applies and
 //!   flushes every change, reads on a bounded pool of blocking threads (why: its docs);
 //! * [`grpc`] — `pixelmesh.v1.Storage`, translating wire types at the edge;

@@ -8,7 +8,8 @@
 //! (`all/<state>` and `owner/<owner>/<state>` → how many jobs, big-endian u64: list counts
 //! without a scan), `owners` (blob id + `/` + owner → nothing: the keys that uploaded a blob
 //! or whose job produced it) and `blob_info` (blob id → `BlobInfo`: an upload's size and image
-//! header). Job ids are ULIDs, so key order is creation order. Every change that touches more
+//! header) and `by_state` (state + job id, and owner + state + job id → nothing: filtered
+//! lists read the jobs they return, not every job; see [`state_prefix`]). Job ids are ULIDs, so key order is creation order. Every change that touches more
 //! than one key is one transaction, so counts, counters and images never disagree, even after
 //! a crash.
 //!
@@ -48,6 +49,7 @@ pub struct Meta {
     counts: sled::Tree,
     owners: sled::Tree,
     blob_info: sled::Tree,
+    by_state: sled::Tree,
     max_images_per_job: u32,
 }
 
@@ -148,12 +150,13 @@ fn count(
     Ok(())
 }
 
-/// Writes a job's header and moves the per-state counters when its state changed from
-/// `was`, the state the transaction read (`None` for a new job). A job's owner never
-/// changes.
+/// Writes a job's header and moves the per-state counters and index entries when its state
+/// changed from `was`, the state the transaction read (`None` for a new job). A job's owner
+/// never changes.
 fn put_job(
     jobs: &sled::transaction::TransactionalTree,
     counts: &sled::transaction::TransactionalTree,
+    by_state: &sled::transaction::TransactionalTree,
     id: &str,
     was: Option<JobState>,
     job: &Job,
@@ -161,12 +164,59 @@ fn put_job(
     jobs.insert(id.as_bytes(), job.encode_to_vec())?;
     let state = state_of(job);
     if was != Some(state) {
+        let owner = owner_of(job);
         if let Some(was) = was {
-            count(counts, owner_of(job), was, -1)?;
+            count(counts, owner, was, -1)?;
+            for key in state_keys(owner, was, id) {
+                by_state.remove(key)?;
+            }
         }
-        count(counts, owner_of(job), state, 1)?;
+        count(counts, owner, state, 1)?;
+        for key in state_keys(owner, state, id) {
+            by_state.insert(key, &[])?;
+        }
     }
     Ok(())
+}
+
+/// Marks the `by_state` index as built (see [`Meta::reindex`]); no entry starts with `r`.
+const INDEX_READY: &[u8] = b"ready";
+
+/// Where `by_state` keeps the jobs in `state` among `owner`'s (every job's when `owner` is
+/// empty): `a` + state, or `o` + the owner's length + owner + state; the job id (26 bytes)
+/// follows. The length keeps an owner from reaching into another's range, whatever bytes it
+/// holds, and ids in key order are creation order, so a range read backwards is newest first.
+fn state_prefix(owner: &str, state: JobState) -> Vec<u8> {
+    let state = match state {
+        JobState::Unspecified => JobState::Queued,
+        state => state,
+    } as i32 as u8;
+    if owner.is_empty() {
+        vec![b'a', state]
+    } else {
+        let mut prefix = Vec::with_capacity(owner.len() + 4);
+        prefix.push(b'o');
+        prefix.extend_from_slice(&(owner.len() as u16).to_be_bytes());
+        prefix.extend_from_slice(owner.as_bytes());
+        prefix.push(state);
+        prefix
+    }
+}
+
+/// The `by_state` entries of job `id` of `owner` in `state`: every job's, and its owner's.
+fn state_keys(owner: &str, state: JobState, id: &str) -> Vec<Vec<u8>> {
+    let mut scopes = vec![""];
+    if !owner.is_empty() {
+        scopes.push(owner);
+    }
+    scopes
+        .into_iter()
+        .map(|scope| {
+            let mut key = state_prefix(scope, state);
+            key.extend_from_slice(id.as_bytes());
+            key
+        })
+        .collect()
 }
 
 /// ULIDs as the scheduler makes them: 26 characters of uppercase Crockford base32, the first
@@ -309,13 +359,46 @@ impl Meta {
             counts: db.open_tree("counts").map_err(db_error)?,
             owners: db.open_tree("owners").map_err(db_error)?,
             blob_info: db.open_tree("blob_info").map_err(db_error)?,
+            by_state: db.open_tree("by_state").map_err(db_error)?,
             db,
             max_images_per_job,
         };
         if meta.counts.get(COUNTS_READY).map_err(db_error)?.is_none() {
             meta.recount()?;
         }
+        if meta.by_state.get(INDEX_READY).map_err(db_error)?.is_none() {
+            meta.reindex()?;
+        }
         Ok(meta)
+    }
+
+    /// Rebuilds the `by_state` index from every job header: once, for a database written
+    /// before the index existed. Runs before the store serves anything, like [`Meta::recount`].
+    fn reindex(&self) -> Result<(), Error> {
+        // Written in bounded batches; the mark goes last, so a crash part-way rebuilds again.
+        const BATCH: usize = 10_000;
+        self.by_state.clear().map_err(db_error)?;
+        let mut batch = sled::Batch::default();
+        let mut batched = 0;
+        for entry in self.jobs.iter() {
+            let (id, value) = entry.map_err(db_error)?;
+            let job: Job = decode(&value)?;
+            let id = String::from_utf8_lossy(&id);
+            for key in state_keys(owner_of(&job), state_of(&job), &id) {
+                batch.insert(key, &[]);
+            }
+            batched += 1;
+            if batched == BATCH {
+                self.by_state
+                    .apply_batch(std::mem::take(&mut batch))
+                    .map_err(db_error)?;
+                batched = 0;
+            }
+        }
+        batch.insert(INDEX_READY, &[]);
+        self.by_state.apply_batch(batch).map_err(db_error)?;
+        tracing::info!(jobs = self.jobs.len(), "job state index rebuilt");
+        Ok(())
     }
 
     /// Rebuilds the `counts` tree from every job header: once, for a database written
@@ -424,15 +507,16 @@ impl Meta {
             &self.unfinished,
             &self.batches,
             &self.counts,
+            &self.by_state,
         )
-            .transaction(|(jobs, tx_images, unfinished, batches, counts)| {
+            .transaction(|(jobs, tx_images, unfinished, batches, counts, by_state)| {
                 if jobs.get(id)?.is_some() {
                     return Err(abort(Error::new(
                         ErrorCode::AlreadyExists,
                         format!("job {id} already exists"),
                     )));
                 }
-                put_job(jobs, counts, id, None, &header)?;
+                put_job(jobs, counts, by_state, id, None, &header)?;
                 unfinished.insert(id.as_bytes(), &[])?;
                 if !parent_id.is_empty() {
                     batches.insert(batch_key(&parent_id, id), &[])?;
@@ -459,6 +543,45 @@ impl Meta {
 
     pub fn summary(&self, id: &str) -> Result<JobSummary, Error> {
         Ok(self.header(id)?.summary.unwrap_or_default())
+    }
+
+    /// One image of job `id` and the job's summary, reading that image's record only: by
+    /// `index`, or when `name` is not empty the first image of that name (a scan of this
+    /// job's images, none of another job's). `None` for an image the job does not have: the
+    /// summary still comes back, so the caller checks access before saying so. The two are
+    /// read apart, not as of one moment; what callers use of the summary (id, owner) never
+    /// changes.
+    pub fn image(
+        &self,
+        id: &str,
+        index: u32,
+        name: &str,
+    ) -> Result<(JobSummary, Option<Image>), Error> {
+        let summary = self.summary(id)?;
+        let image = if name.is_empty() {
+            if index >= summary.total {
+                return Ok((summary, None));
+            }
+            self.images
+                .get(image_key(id, index))
+                .map_err(db_error)?
+                .map(|bytes| decode(&bytes))
+                .transpose()?
+        } else {
+            let mut found = None;
+            // Image keys end in the index big-endian: this is index order.
+            let mut prefix = id.as_bytes().to_vec();
+            prefix.push(b'/');
+            for value in self.images.scan_prefix(prefix).values() {
+                let image: Image = decode(&value.map_err(db_error)?)?;
+                if image.name == name {
+                    found = Some(image);
+                    break;
+                }
+            }
+            found
+        };
+        Ok((summary, image))
     }
 
     /// The whole job: header and images, as of one moment. Read without a transaction (a
@@ -496,7 +619,8 @@ impl Meta {
 
     /// Newest first, filtered by the query's batch, states and owner; `before` is an
     /// exclusive upper bound (the last id of the previous page). A batch is read from its
-    /// index; other filters scan jobs newest first until the page is full.
+    /// index; states and owner from `by_state` (one range per state, merged newest first);
+    /// no filter reads jobs newest first. Each read stops once the page is full.
     pub fn list(&self, query: &ListJobsQuery) -> Result<Vec<JobSummary>, Error> {
         let limit = match query.limit {
             0 => DEFAULT_LIST,
@@ -511,7 +635,69 @@ impl Meta {
                 && (query.owner.is_empty() || summary.owner == query.owner)
         };
         let mut jobs = Vec::new();
-        if query.parent_id.is_empty() {
+        if query.parent_id.is_empty() && !(states.is_empty() && query.owner.is_empty()) {
+            let chosen = if states.is_empty() {
+                JobState::ALL.to_vec()
+            } else {
+                states.clone()
+            };
+            let mut prefixes: Vec<Vec<u8>> = chosen
+                .into_iter()
+                .map(|state| state_prefix(&query.owner, state))
+                .collect();
+            prefixes.sort();
+            prefixes.dedup();
+            let mut ranges: Vec<_> = prefixes
+                .into_iter()
+                .map(|start| {
+                    let len = start.len();
+                    let mut end = start.clone();
+                    if query.before.is_empty() {
+                        // Above every id: ids are ASCII.
+                        end.push(0xff);
+                    } else {
+                        end.extend_from_slice(query.before.as_bytes());
+                    }
+                    self.by_state
+                        .range(start..end)
+                        .keys()
+                        .rev()
+                        .map(move |key| key.map(|key| key[len..].to_vec()).map_err(db_error))
+                })
+                .collect();
+            let mut heads = ranges
+                .iter_mut()
+                .map(|range| range.next().transpose())
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut last: Option<Vec<u8>> = None;
+            // The newest head of all ranges, each time: their merge, newest first.
+            while let Some(at) = (0..heads.len())
+                .filter(|&at| heads[at].is_some())
+                .max_by(|&a, &b| heads[a].cmp(&heads[b]))
+            {
+                let Some(id) = heads[at].take() else { break };
+                heads[at] = ranges[at].next().transpose()?;
+                // A job that changed state during the read can show up in two ranges; the
+                // merge makes those neighbours.
+                if last.as_ref() == Some(&id) {
+                    continue;
+                }
+                let id = String::from_utf8_lossy(&id).into_owned();
+                last = Some(id.clone().into_bytes());
+                // The header decides: a job deleted or moved meanwhile is left out.
+                let summary = match self.summary(&id) {
+                    Ok(summary) => summary,
+                    Err(err) if err.code == ErrorCode::NotFound => continue,
+                    Err(err) => return Err(err),
+                };
+                if wanted(&summary) {
+                    jobs.push(summary);
+                    if jobs.len() == limit {
+                        break;
+                    }
+                }
+            }
+        } else if query.parent_id.is_empty() {
             let range = if query.before.is_empty() {
                 self.jobs.iter()
             } else {
@@ -623,8 +809,8 @@ impl Meta {
         check_job_id(id)?;
         // A transaction, so a result recorded meanwhile (which may have finished the job) is
         // never overwritten.
-        (&self.jobs, &self.counts)
-            .transaction(|(jobs, counts)| {
+        (&self.jobs, &self.counts, &self.by_state)
+            .transaction(|(jobs, counts, by_state)| {
                 let mut job = tx_job(jobs, id)?;
                 let was = state_of(&job);
                 let confirmed = std::mem::take(&mut job.provisional);
@@ -632,9 +818,9 @@ impl Meta {
                 if summary.state() == JobState::Queued {
                     summary.state = JobState::Running as i32;
                     bump(summary);
-                    put_job(jobs, counts, id, Some(was), &job)?;
+                    put_job(jobs, counts, by_state, id, Some(was), &job)?;
                 } else if confirmed {
-                    put_job(jobs, counts, id, Some(was), &job)?;
+                    put_job(jobs, counts, by_state, id, Some(was), &job)?;
                 }
                 Ok(job.summary.unwrap_or_default())
             })
@@ -663,154 +849,157 @@ impl Meta {
             &self.unfinished,
             &self.tiles,
             &self.counts,
+            &self.by_state,
             &self.owners,
         )
-            .transaction(|(jobs, images, unfinished, tiles, counts, owners)| {
-                let mut job = tx_job(jobs, id)?;
-                let was = state_of(&job);
-                let mut image: Image = decode(
-                    &images
-                        .get(&key)?
-                        .ok_or_else(|| abort(Error::internal("image record missing")))?,
-                )
-                .map_err(abort)?;
-                let summary = job.summary.get_or_insert_default();
-                if summary.state().is_final() || image.state() != ImageState::Pending {
-                    return Ok(Recorded {
+            .transaction(
+                |(jobs, images, unfinished, tiles, counts, by_state, owners)| {
+                    let mut job = tx_job(jobs, id)?;
+                    let was = state_of(&job);
+                    let mut image: Image = decode(
+                        &images
+                            .get(&key)?
+                            .ok_or_else(|| abort(Error::internal("image record missing")))?,
+                    )
+                    .map_err(abort)?;
+                    let summary = job.summary.get_or_insert_default();
+                    if summary.state().is_final() || image.state() != ImageState::Pending {
+                        return Ok(Recorded {
+                            applied: false,
+                            summary: summary.clone(),
+                            image: Some(image),
+                            assemble: None,
+                            pipeline: Vec::new(),
+                            generation: job.generation,
+                        });
+                    }
+                    let pipeline = job.pipeline.clone();
+                    let generation = job.generation;
+                    let unchanged = |summary: &JobSummary, image: Image, assemble| Recorded {
                         applied: false,
                         summary: summary.clone(),
                         image: Some(image),
+                        assemble,
+                        pipeline: pipeline.clone(),
+                        generation,
+                    };
+                    match &result.outcome {
+                        Some(Outcome::Split(split)) => {
+                            if image.tiles_total > 0 {
+                                return Ok(unchanged(summary, image, None));
+                            }
+                            image.tiles_total = split.tiles.len() as u32;
+                            image.duration_ms = result.duration_ms;
+                            image.version = bump(summary);
+                            let plan = TileAssembly {
+                                width: split.width,
+                                height: split.height,
+                                input_format: split.input_format,
+                                tiles: Vec::new(),
+                            };
+                            tiles.insert(key.clone(), plan.encode_to_vec())?;
+                            images.insert(key.clone(), image.encode_to_vec())?;
+                            let summary = summary.clone();
+                            put_job(jobs, counts, by_state, id, Some(was), &job)?;
+                            return Ok(Recorded {
+                                applied: true,
+                                summary,
+                                image: Some(image),
+                                assemble: None,
+                                pipeline,
+                                generation,
+                            });
+                        }
+                        Some(Outcome::Tile(tile)) => {
+                            let mut plan: TileAssembly =
+                                decode(&tiles.get(&key)?.ok_or_else(|| {
+                                    abort(Error::invalid(format!(
+                                        "image {} of job {id} was not split into tiles",
+                                        result.index
+                                    )))
+                                })?)
+                                .map_err(abort)?;
+                            if tile.tile >= image.tiles_total {
+                                return Err(abort(Error::invalid(format!(
+                                    "tile {} of image {} is out of range (it has {})",
+                                    tile.tile, result.index, image.tiles_total
+                                ))));
+                            }
+                            let complete = |plan: &TileAssembly, image: &Image| {
+                                (plan.tiles.len() as u32 == image.tiles_total).then(|| plan.clone())
+                            };
+                            if plan.tiles.iter().any(|done| done.tile == tile.tile) {
+                                let assemble = complete(&plan, &image);
+                                return Ok(unchanged(summary, image, assemble));
+                            }
+                            plan.tiles.push(tile.clone());
+                            plan.tiles.sort_by_key(|done| done.tile);
+                            image.tiles_done = plan.tiles.len() as u32;
+                            image.duration_ms += result.duration_ms;
+                            image.version = bump(summary);
+                            tiles.insert(key.clone(), plan.encode_to_vec())?;
+                            images.insert(key.clone(), image.encode_to_vec())?;
+                            let summary = summary.clone();
+                            put_job(jobs, counts, by_state, id, Some(was), &job)?;
+                            return Ok(Recorded {
+                                applied: true,
+                                summary,
+                                assemble: complete(&plan, &image),
+                                image: Some(image),
+                                pipeline,
+                                generation,
+                            });
+                        }
+                        Some(Outcome::Output(output)) => {
+                            image.state = ImageState::Done as i32;
+                            image.output = Some(output.clone());
+                            summary.done += 1;
+                            // The job's key may download its output, and use it as an input.
+                            if !summary.owner.is_empty() {
+                                owners.insert(owner_key(&output.blob_id, &summary.owner), &[])?;
+                            }
+                        }
+                        Some(Outcome::Error(error)) => {
+                            image.state = ImageState::Failed as i32;
+                            image.error.clone_from(error);
+                            summary.failed += 1;
+                        }
+                        None => unreachable!("checked before the transaction"),
+                    }
+                    tiles.remove(key.clone())?;
+                    image.worker_id.clone_from(&result.worker_id);
+                    image.attempts = result.attempts;
+                    if image.tiles_total > 0 {
+                        image.duration_ms += result.duration_ms;
+                    } else {
+                        image.duration_ms = result.duration_ms;
+                    }
+                    image.version = bump(summary);
+                    let now = summary.updated_at_ms;
+                    if summary.done + summary.failed + summary.cancelled >= summary.total {
+                        summary.state = if summary.failed == 0 {
+                            JobState::Completed
+                        } else if summary.done == 0 {
+                            JobState::Failed
+                        } else {
+                            JobState::CompletedWithErrors
+                        } as i32;
+                        summary.finished_at_ms = now;
+                        unfinished.remove(id.as_bytes())?;
+                    }
+                    let summary = summary.clone();
+                    put_job(jobs, counts, by_state, id, Some(was), &job)?;
+                    images.insert(key.clone(), image.encode_to_vec())?;
+                    Ok(Recorded {
+                        applied: true,
+                        summary,
+                        image: Some(image),
                         assemble: None,
                         pipeline: Vec::new(),
-                        generation: job.generation,
-                    });
-                }
-                let pipeline = job.pipeline.clone();
-                let generation = job.generation;
-                let unchanged = |summary: &JobSummary, image: Image, assemble| Recorded {
-                    applied: false,
-                    summary: summary.clone(),
-                    image: Some(image),
-                    assemble,
-                    pipeline: pipeline.clone(),
-                    generation,
-                };
-                match &result.outcome {
-                    Some(Outcome::Split(split)) => {
-                        if image.tiles_total > 0 {
-                            return Ok(unchanged(summary, image, None));
-                        }
-                        image.tiles_total = split.tiles.len() as u32;
-                        image.duration_ms = result.duration_ms;
-                        image.version = bump(summary);
-                        let plan = TileAssembly {
-                            width: split.width,
-                            height: split.height,
-                            input_format: split.input_format,
-                            tiles: Vec::new(),
-                        };
-                        tiles.insert(key.clone(), plan.encode_to_vec())?;
-                        images.insert(key.clone(), image.encode_to_vec())?;
-                        let summary = summary.clone();
-                        put_job(jobs, counts, id, Some(was), &job)?;
-                        return Ok(Recorded {
-                            applied: true,
-                            summary,
-                            image: Some(image),
-                            assemble: None,
-                            pipeline,
-                            generation,
-                        });
-                    }
-                    Some(Outcome::Tile(tile)) => {
-                        let mut plan: TileAssembly =
-                            decode(&tiles.get(&key)?.ok_or_else(|| {
-                                abort(Error::invalid(format!(
-                                    "image {} of job {id} was not split into tiles",
-                                    result.index
-                                )))
-                            })?)
-                            .map_err(abort)?;
-                        if tile.tile >= image.tiles_total {
-                            return Err(abort(Error::invalid(format!(
-                                "tile {} of image {} is out of range (it has {})",
-                                tile.tile, result.index, image.tiles_total
-                            ))));
-                        }
-                        let complete = |plan: &TileAssembly, image: &Image| {
-                            (plan.tiles.len() as u32 == image.tiles_total).then(|| plan.clone())
-                        };
-                        if plan.tiles.iter().any(|done| done.tile == tile.tile) {
-                            let assemble = complete(&plan, &image);
-                            return Ok(unchanged(summary, image, assemble));
-                        }
-                        plan.tiles.push(tile.clone());
-                        plan.tiles.sort_by_key(|done| done.tile);
-                        image.tiles_done = plan.tiles.len() as u32;
-                        image.duration_ms += result.duration_ms;
-                        image.version = bump(summary);
-                        tiles.insert(key.clone(), plan.encode_to_vec())?;
-                        images.insert(key.clone(), image.encode_to_vec())?;
-                        let summary = summary.clone();
-                        put_job(jobs, counts, id, Some(was), &job)?;
-                        return Ok(Recorded {
-                            applied: true,
-                            summary,
-                            assemble: complete(&plan, &image),
-                            image: Some(image),
-                            pipeline,
-                            generation,
-                        });
-                    }
-                    Some(Outcome::Output(output)) => {
-                        image.state = ImageState::Done as i32;
-                        image.output = Some(output.clone());
-                        summary.done += 1;
-                        // The job's key may download its output, and use it as an input.
-                        if !summary.owner.is_empty() {
-                            owners.insert(owner_key(&output.blob_id, &summary.owner), &[])?;
-                        }
-                    }
-                    Some(Outcome::Error(error)) => {
-                        image.state = ImageState::Failed as i32;
-                        image.error.clone_from(error);
-                        summary.failed += 1;
-                    }
-                    None => unreachable!("checked before the transaction"),
-                }
-                tiles.remove(key.clone())?;
-                image.worker_id.clone_from(&result.worker_id);
-                image.attempts = result.attempts;
-                if image.tiles_total > 0 {
-                    image.duration_ms += result.duration_ms;
-                } else {
-                    image.duration_ms = result.duration_ms;
-                }
-                image.version = bump(summary);
-                let now = summary.updated_at_ms;
-                if summary.done + summary.failed + summary.cancelled >= summary.total {
-                    summary.state = if summary.failed == 0 {
-                        JobState::Completed
-                    } else if summary.done == 0 {
-                        JobState::Failed
-                    } else {
-                        JobState::CompletedWithErrors
-                    } as i32;
-                    summary.finished_at_ms = now;
-                    unfinished.remove(id.as_bytes())?;
-                }
-                let summary = summary.clone();
-                put_job(jobs, counts, id, Some(was), &job)?;
-                images.insert(key.clone(), image.encode_to_vec())?;
-                Ok(Recorded {
-                    applied: true,
-                    summary,
-                    image: Some(image),
-                    assemble: None,
-                    pipeline: Vec::new(),
-                    generation,
-                })
-            })
+                        generation,
+                    })
+                },
+            )
             .map_err(tx_error)
     }
 
@@ -835,8 +1024,14 @@ impl Meta {
             .iter()
             .map(|image| image_key(id, image.index))
             .collect();
-        (&self.jobs, &self.images, &self.unfinished, &self.counts)
-            .transaction(|(jobs, images, unfinished, counts)| {
+        (
+            &self.jobs,
+            &self.images,
+            &self.unfinished,
+            &self.counts,
+            &self.by_state,
+        )
+            .transaction(|(jobs, images, unfinished, counts, by_state)| {
                 let mut job = tx_job(jobs, id)?;
                 let was = state_of(&job);
                 let summary = job.summary.get_or_insert_default();
@@ -862,7 +1057,7 @@ impl Meta {
                 summary.state = JobState::Cancelled as i32;
                 summary.finished_at_ms = summary.updated_at_ms;
                 unfinished.remove(id.as_bytes())?;
-                put_job(jobs, counts, id, Some(was), &job)?;
+                put_job(jobs, counts, by_state, id, Some(was), &job)?;
                 Ok(())
             })
             .map_err(tx_error)?;
@@ -886,8 +1081,9 @@ impl Meta {
             &self.unfinished,
             &self.tiles,
             &self.counts,
+            &self.by_state,
         )
-            .transaction(|(jobs, images, unfinished, tiles, counts)| {
+            .transaction(|(jobs, images, unfinished, tiles, counts, by_state)| {
                 let mut job = tx_job(jobs, id)?;
                 let was = state_of(&job);
                 let summary = job.summary.get_or_insert_default();
@@ -928,7 +1124,7 @@ impl Meta {
                 summary.finished_at_ms = 0;
                 job.generation += 1;
                 unfinished.insert(id.as_bytes(), &[])?;
-                put_job(jobs, counts, id, Some(was), &job)?;
+                put_job(jobs, counts, by_state, id, Some(was), &job)?;
                 Ok(())
             })
             .map_err(tx_error)?;
@@ -940,8 +1136,8 @@ impl Meta {
     /// tasks already running are still recorded, and may finish the job.
     pub fn pause(&self, id: &str) -> Result<Job, Error> {
         check_job_id(id)?;
-        (&self.jobs, &self.counts)
-            .transaction(|(jobs, counts)| {
+        (&self.jobs, &self.counts, &self.by_state)
+            .transaction(|(jobs, counts, by_state)| {
                 let mut job = tx_job(jobs, id)?;
                 let was = state_of(&job);
                 let summary = job.summary.get_or_insert_default();
@@ -957,7 +1153,7 @@ impl Meta {
                 }
                 summary.state = JobState::Paused as i32;
                 bump(summary);
-                put_job(jobs, counts, id, Some(was), &job)?;
+                put_job(jobs, counts, by_state, id, Some(was), &job)?;
                 Ok(())
             })
             .map_err(tx_error)?;
@@ -976,8 +1172,14 @@ impl Meta {
             .filter(|image| image.state() == ImageState::Pending && image.tiles_total > 0)
             .map(|image| image_key(id, image.index))
             .collect();
-        (&self.jobs, &self.images, &self.tiles, &self.counts)
-            .transaction(|(jobs, images, tiles, counts)| {
+        (
+            &self.jobs,
+            &self.images,
+            &self.tiles,
+            &self.counts,
+            &self.by_state,
+        )
+            .transaction(|(jobs, images, tiles, counts, by_state)| {
                 let mut job = tx_job(jobs, id)?;
                 let was = state_of(&job);
                 let summary = job.summary.get_or_insert_default();
@@ -1005,7 +1207,7 @@ impl Meta {
                 }
                 summary.state = JobState::Queued as i32;
                 job.generation += 1;
-                put_job(jobs, counts, id, Some(was), &job)?;
+                put_job(jobs, counts, by_state, id, Some(was), &job)?;
                 Ok(())
             })
             .map_err(tx_error)?;
@@ -1064,22 +1266,28 @@ impl Meta {
             &self.tiles,
             &self.batches,
             &self.counts,
+            &self.by_state,
         )
-            .transaction(|(jobs, images, unfinished, tiles, batches, counts)| {
-                if let Some(old) = jobs.remove(id.as_bytes())? {
-                    let old: Job = decode(&old).map_err(abort)?;
-                    count(counts, owner_of(&old), state_of(&old), -1)?;
-                }
-                unfinished.remove(id.as_bytes())?;
-                if !parent_id.is_empty() {
-                    batches.remove(batch_key(&parent_id, id))?;
-                }
-                for key in &keys {
-                    images.remove(key.clone())?;
-                    tiles.remove(key.clone())?;
-                }
-                Ok(())
-            })
+            .transaction(
+                |(jobs, images, unfinished, tiles, batches, counts, by_state)| {
+                    if let Some(old) = jobs.remove(id.as_bytes())? {
+                        let old: Job = decode(&old).map_err(abort)?;
+                        count(counts, owner_of(&old), state_of(&old), -1)?;
+                        for key in state_keys(owner_of(&old), state_of(&old), id) {
+                            by_state.remove(key)?;
+                        }
+                    }
+                    unfinished.remove(id.as_bytes())?;
+                    if !parent_id.is_empty() {
+                        batches.remove(batch_key(&parent_id, id))?;
+                    }
+                    for key in &keys {
+                        images.remove(key.clone())?;
+                        tiles.remove(key.clone())?;
+                    }
+                    Ok(())
+                },
+            )
             .map_err(tx_error)
     }
 
@@ -1088,8 +1296,14 @@ impl Meta {
     /// are not pending (recorded meanwhile) are left alone. Returns the job.
     pub fn requeue(&self, id: &str, indexes: &[u32]) -> Result<Job, Error> {
         check_job_id(id)?;
-        (&self.jobs, &self.images, &self.tiles, &self.counts)
-            .transaction(|(jobs, images, tiles, counts)| {
+        (
+            &self.jobs,
+            &self.images,
+            &self.tiles,
+            &self.counts,
+            &self.by_state,
+        )
+            .transaction(|(jobs, images, tiles, counts, by_state)| {
                 let mut job = tx_job(jobs, id)?;
                 let was = state_of(&job);
                 let summary = job.summary.get_or_insert_default();
@@ -1115,7 +1329,7 @@ impl Meta {
                     tiles.remove(key)?;
                 }
                 if version.is_some() {
-                    put_job(jobs, counts, id, Some(was), &job)?;
+                    put_job(jobs, counts, by_state, id, Some(was), &job)?;
                 }
                 Ok(())
             })
@@ -1742,6 +1956,232 @@ mod tests {
         let meta = Meta::open(dir.path(), 100).expect("reopen");
         assert_counters_agree(&meta);
         assert_eq!(meta.counts("").expect("counts").total, 3);
+    }
+
+    /// The `by_state` entries are what a scan of every job header would write.
+    fn assert_index_agrees(meta: &Meta) {
+        let kept: std::collections::BTreeSet<Vec<u8>> = meta
+            .by_state
+            .iter()
+            .keys()
+            .map(|key| key.expect("index key").to_vec())
+            .filter(|key| key.as_slice() != INDEX_READY)
+            .collect();
+        let mut scanned = std::collections::BTreeSet::new();
+        for entry in meta.jobs.iter() {
+            let (id, value) = entry.expect("job");
+            let job: Job = decode(&value).expect("header");
+            let id = String::from_utf8_lossy(&id).into_owned();
+            scanned.extend(state_keys(owner_of(&job), state_of(&job), &id));
+        }
+        assert_eq!(kept, scanned);
+    }
+
+    /// What `list` answered before the index: every job header newest first, filtered.
+    fn scan_list(meta: &Meta, query: &ListJobsQuery) -> Vec<String> {
+        let limit = match query.limit {
+            0 => DEFAULT_LIST,
+            n => n.min(MAX_LIST),
+        } as usize;
+        let states: Vec<JobState> = query.states().collect();
+        let range = if query.before.is_empty() {
+            meta.jobs.iter()
+        } else {
+            meta.jobs.range(..query.before.as_bytes())
+        };
+        range
+            .values()
+            .rev()
+            .map(|value| decode::<Job>(&value.expect("job")).expect("header"))
+            .filter_map(|job| job.summary)
+            .filter(|summary| {
+                (states.is_empty() || states.contains(&summary.state()))
+                    && (query.owner.is_empty() || summary.owner == query.owner)
+            })
+            .take(limit)
+            .map(|summary| summary.id)
+            .collect()
+    }
+
+    /// Filtered lists through the index answer what the scan answered: every state alone,
+    /// pairs of states, each owner with and without states, pages and limits.
+    fn assert_lists_match_scan(meta: &Meta, owners: &[&str]) {
+        let mut queries = Vec::new();
+        for owner in owners.iter().chain([&""]) {
+            let mut state_sets: Vec<Vec<JobState>> = vec![vec![]];
+            state_sets.extend(JobState::ALL.iter().map(|state| vec![*state]));
+            state_sets.push(vec![JobState::Cancelled, JobState::Queued]);
+            state_sets.push(vec![JobState::Running, JobState::Running, JobState::Paused]);
+            state_sets.push(JobState::ALL.to_vec());
+            for states in state_sets {
+                for limit in [0, 1, 2] {
+                    queries.push(ListJobsQuery {
+                        limit,
+                        owner: owner.to_string(),
+                        states: states.iter().map(|state| *state as i32).collect(),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        for query in queries {
+            let mut query = query;
+            // Page through to the end, as a client does, comparing every page.
+            loop {
+                let indexed: Vec<String> = meta
+                    .list(&query)
+                    .expect("list")
+                    .into_iter()
+                    .map(|summary| summary.id)
+                    .collect();
+                assert_eq!(indexed, scan_list(meta, &query), "{query:?}");
+                match indexed.last() {
+                    Some(last) if query.limit > 0 => query.before = last.clone(),
+                    _ => break,
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_state_index_follows_every_change_and_is_rebuilt_for_an_old_database() {
+        let (dir, meta) = meta();
+        // "a" and "a/b": an owner that is another's prefix, and one with the separator
+        // the counters use.
+        let owners = ["alice", "bob", "a", "a/b"];
+        let mut ulids = ulid::Generator::new();
+        let mut make = |owner: &str, images: usize| {
+            let id = ulids.generate().expect("ulid").to_string();
+            meta.create(CreateJobRequest {
+                owner: owner.into(),
+                ..new_job(&id, vec![], inputs(images), Tiling::Auto)
+            })
+            .expect("create");
+            id
+        };
+        let done = make("alice", 1);
+        let failing = make("alice", 2);
+        let cancelled = make("bob", 1);
+        let paused = make("", 1);
+        let running = make("a", 2);
+        let other = make("a/b", 1);
+        let abandoned = make("bob", 1);
+        let queued = make("alice", 1);
+        assert_index_agrees(&meta);
+        assert_lists_match_scan(&meta, &owners);
+
+        meta.record(&ok(&done, 0)).expect("record");
+        meta.mark_running(&failing).expect("running");
+        meta.record(&ok(&failing, 0)).expect("record");
+        meta.record(&failed(&failing, 1)).expect("record");
+        meta.cancel(&cancelled).expect("cancel");
+        meta.pause(&paused).expect("pause");
+        meta.mark_running(&running).expect("running");
+        meta.record(&split(&running, 0, 2)).expect("split");
+        meta.requeue(&running, &[0]).expect("requeue");
+        meta.record(&failed(&other, 0)).expect("record");
+        assert_index_agrees(&meta);
+        assert_lists_match_scan(&meta, &owners);
+        let in_state = |meta: &Meta, owner: &str, state: JobState| {
+            let query = ListJobsQuery {
+                owner: owner.into(),
+                states: vec![state as i32],
+                ..Default::default()
+            };
+            let jobs = meta.list(&query).expect("list");
+            jobs.into_iter().map(|s| s.id).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            in_state(&meta, "", JobState::Running),
+            std::slice::from_ref(&running)
+        );
+        assert_eq!(
+            in_state(&meta, "a", JobState::Running),
+            std::slice::from_ref(&running)
+        );
+        assert!(in_state(&meta, "a/b", JobState::Running).is_empty());
+        assert_eq!(
+            in_state(&meta, "a/b", JobState::Failed),
+            std::slice::from_ref(&other)
+        );
+        assert_eq!(
+            in_state(&meta, "alice", JobState::Queued),
+            std::slice::from_ref(&queued)
+        );
+
+        meta.resume(&paused).expect("resume");
+        meta.retry(&failing).expect("retry");
+        meta.abandon(&abandoned).expect("abandon");
+        meta.delete(&done).expect("delete");
+        assert_index_agrees(&meta);
+        assert_lists_match_scan(&meta, &owners);
+        assert_eq!(
+            in_state(&meta, "alice", JobState::Queued),
+            [queued.clone(), failing.clone()]
+        );
+        assert!(in_state(&meta, "alice", JobState::Completed).is_empty());
+        assert!(in_state(&meta, "bob", JobState::Queued).is_empty());
+
+        // Reopened as it is, the index is kept (not rebuilt) and still agrees.
+        let kept = meta.by_state.len();
+        drop(meta);
+        let meta = Meta::open(dir.path(), 100).expect("reopen");
+        assert_eq!(meta.by_state.len(), kept);
+        assert_index_agrees(&meta);
+        assert_lists_match_scan(&meta, &owners);
+
+        // A database from before the index: rebuilt on open, with the same answers.
+        meta.by_state.clear().expect("clear");
+        drop(meta);
+        let meta = Meta::open(dir.path(), 100).expect("reopen");
+        assert_eq!(meta.by_state.len(), kept);
+        assert_index_agrees(&meta);
+        assert_lists_match_scan(&meta, &owners);
+        assert_eq!(in_state(&meta, "", JobState::Running), [running]);
+    }
+
+    #[test]
+    fn an_image_is_read_by_index_or_name_with_its_jobs_summary() {
+        let (_dir, meta) = meta();
+        let id = new_id();
+        let named = ["a.jpg", "b.jpg", "a.jpg"]
+            .map(|name| ImageInput {
+                blob_id: BLOB.into(),
+                name: name.into(),
+                ..Default::default()
+            })
+            .to_vec();
+        meta.create(CreateJobRequest {
+            owner: "alice".into(),
+            ..new_job(&id, vec![], named, Tiling::Auto)
+        })
+        .expect("create");
+        meta.record(&ok(&id, 2)).expect("record");
+        let (summary, image) = meta.image(&id, 1, "").expect("by index");
+        assert_eq!(
+            (summary.id.as_str(), summary.owner.as_str()),
+            (id.as_str(), "alice")
+        );
+        assert_eq!(image.map(|i| (i.index, i.name)), Some((1, "b.jpg".into())));
+        let (_, image) = meta.image(&id, 2, "").expect("done image");
+        let image = image.expect("image 2");
+        assert_eq!(image.state(), ImageState::Done);
+        assert_eq!(image.output.map(|o| o.blob_id), Some(BLOB.to_string()));
+        // The first of that name, whatever the index says.
+        let (_, image) = meta.image(&id, 7, "a.jpg").expect("by name");
+        assert_eq!(image.map(|i| i.index), Some(0));
+        // No such image: the summary comes back for the caller's access check.
+        let (summary, image) = meta.image(&id, 3, "").expect("past the end");
+        assert_eq!((summary.owner.as_str(), image), ("alice", None));
+        assert_eq!(meta.image(&id, 0, "c.jpg").expect("no such name").1, None);
+        assert_eq!(
+            meta.image(&new_id(), 0, "").expect_err("no such job").code,
+            ErrorCode::NotFound
+        );
+        assert_eq!(
+            meta.image("nope", 0, "").expect_err("bad id").code,
+            ErrorCode::InvalidArgument
+        );
     }
 
     #[test]
