@@ -3,7 +3,8 @@
 //! * [`rows`] — one [`AnalysisRow`] per image per `analyze` report, and one row for an image
 //!   without a report, so failed images show up in the export too;
 //! * [`to_csv`] — those rows as RFC 4180 CSV, formula-defused like the bundle's manifest;
-//! * [`to_xlsx`] — the same rows as an Office Open XML workbook with one sheet, `analysis`;
+//! * [`to_xlsx`] — the same rows as an Office Open XML workbook with one sheet, `analysis`,
+//!   written by `rust_xlsxwriter`;
 //! * [`to_json`] — the reports whole, grouped by image.
 //!
 //! The tables leave the 256-bin histogram out: 256 columns would bury everything else, and a
@@ -11,15 +12,13 @@
 //! built whole in memory.
 
 use std::borrow::Cow;
-use std::io::{Cursor, Write as _};
 
-use pixelmesh_filter::ops::analyze::DOMINANT_COLOURS;
+use pixelmesh_pipeline::ops::analyze::DOMINANT_COLOURS;
 use pixelmesh_proto::Error;
 use pixelmesh_proto::v1::{Image, Job};
+use rust_xlsxwriter::{DocProperties, ExcelDateTime, Format as XlsxFormat, Workbook, XlsxError};
 use serde::Serialize;
 use serde_json::Value;
-use zip::write::SimpleFileOptions;
-use zip::{CompressionMethod, DateTime, ZipWriter};
 
 use crate::bundle::csv_field;
 
@@ -370,158 +369,58 @@ pub fn to_json(job: &Job) -> Vec<u8> {
     json
 }
 
-const XML_DECLARATION: &str = r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?>"#;
-
-const SHEET_PART: &str = "xl/worksheets/sheet1.xml";
-
-const CONTENT_TYPES: &str = concat!(
-    r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?>"#,
-    r#"<Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">"#,
-    r#"<Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/>"#,
-    r#"<Default Extension="xml" ContentType="application/xml"/>"#,
-    r#"<Override PartName="/xl/workbook.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet.main+xml"/>"#,
-    r#"<Override PartName="/xl/worksheets/sheet1.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.worksheet+xml"/>"#,
-    r#"<Override PartName="/xl/styles.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.styles+xml"/>"#,
-    r#"</Types>"#,
-);
-
-const ROOT_RELATIONSHIPS: &str = concat!(
-    r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?>"#,
-    r#"<Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">"#,
-    r#"<Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/officeDocument" Target="xl/workbook.xml"/>"#,
-    r#"</Relationships>"#,
-);
-
-const WORKBOOK: &str = concat!(
-    r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?>"#,
-    r#"<workbook xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/relationships">"#,
-    r#"<sheets><sheet name="analysis" sheetId="1" r:id="rId1"/></sheets>"#,
-    r#"</workbook>"#,
-);
-
-const WORKBOOK_RELATIONSHIPS: &str = concat!(
-    r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?>"#,
-    r#"<Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">"#,
-    r#"<Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/worksheet" Target="worksheets/sheet1.xml"/>"#,
-    r#"<Relationship Id="rId2" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/styles" Target="styles.xml"/>"#,
-    r#"</Relationships>"#,
-);
-
-/// Two cell formats: 0 the default, 1 bold for the header. Excel wants the fills, borders and
-/// "Normal" style below even when nothing uses them, or it offers to repair the file.
-const STYLES: &str = concat!(
-    r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?>"#,
-    r#"<styleSheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">"#,
-    r#"<fonts count="2"><font><sz val="11"/><name val="Calibri"/></font>"#,
-    r#"<font><b/><sz val="11"/><name val="Calibri"/></font></fonts>"#,
-    r#"<fills count="2"><fill><patternFill patternType="none"/></fill>"#,
-    r#"<fill><patternFill patternType="gray125"/></fill></fills>"#,
-    r#"<borders count="1"><border><left/><right/><top/><bottom/><diagonal/></border></borders>"#,
-    r#"<cellStyleXfs count="1"><xf numFmtId="0" fontId="0" fillId="0" borderId="0"/></cellStyleXfs>"#,
-    r#"<cellXfs count="2"><xf numFmtId="0" fontId="0" fillId="0" borderId="0" xfId="0"/>"#,
-    r#"<xf numFmtId="0" fontId="1" fillId="0" borderId="0" xfId="0" applyFont="1"/></cellXfs>"#,
-    r#"<cellStyles count="1"><cellStyle name="Normal" xfId="0" builtinId="0"/></cellStyles>"#,
-    r#"</styleSheet>"#,
-);
-
 /// The analysis as an XLSX workbook: one sheet, `analysis`, with a bold, frozen [`COLUMNS`]
-/// header and then [`rows`]; numbers and booleans are typed cells, text is inline strings (so
-/// no shared-strings part is needed).
+/// header and then [`rows`]; numbers and booleans are typed cells, text is text.
 pub fn to_xlsx(job: &Job) -> Result<Vec<u8>, Error> {
-    let sheet = sheet_xml(&rows(job));
-    let parts = [
-        // First, by convention: some readers sniff the type from the first entry.
-        ("[Content_Types].xml", CONTENT_TYPES),
-        ("_rels/.rels", ROOT_RELATIONSHIPS),
-        ("xl/workbook.xml", WORKBOOK),
-        ("xl/_rels/workbook.xml.rels", WORKBOOK_RELATIONSHIPS),
-        ("xl/styles.xml", STYLES),
-        (SHEET_PART, sheet.as_str()),
-    ];
-    let options = SimpleFileOptions::default()
-        .compression_method(CompressionMethod::Deflated)
-        // A fixed time, as in the bundles: the same analysis gives the same bytes.
-        .last_modified_time(DateTime::default());
-    let mut zip = ZipWriter::new(Cursor::new(Vec::new()));
-    for (name, xml) in parts {
-        zip.start_file(name, options).map_err(xlsx_error)?;
-        zip.write_all(xml.as_bytes())
-            .map_err(|err| xlsx_error(err.into()))?;
-    }
-    Ok(zip.finish().map_err(xlsx_error)?.into_inner())
+    workbook(&rows(job)).map_err(|err| Error::internal(format!("writing xlsx: {err}")))
 }
 
-fn xlsx_error(err: zip::result::ZipError) -> Error {
-    Error::internal(format!("writing xlsx: {err}"))
-}
-
-/// `xl/worksheets/sheet1.xml`: the header row, then one row per [`AnalysisRow`].
-fn sheet_xml(rows: &[AnalysisRow]) -> String {
-    let last = format!("{}{}", column_name(COLUMNS.len() - 1), rows.len() + 1);
-    let mut xml = String::with_capacity(2048 + rows.len() * 1024);
-    xml.push_str(XML_DECLARATION);
-    xml.push_str(
-        r#"<worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">"#,
-    );
-    xml.push_str(&format!(r#"<dimension ref="A1:{last}"/>"#));
+/// Built whole in memory, like the other exports: a job's rows are bounded (see the module
+/// docs), so the `constant_memory` feature's temp files would buy nothing.
+fn workbook(rows: &[AnalysisRow]) -> Result<Vec<u8>, XlsxError> {
+    let mut workbook = Workbook::new();
+    // The library stamps the current time into docProps/core.xml; a fixed one (the ZIP epoch,
+    // as its entries carry) makes the same analysis give the same bytes.
+    let created = ExcelDateTime::from_ymd(1980, 1, 1)?;
+    workbook.set_properties(&DocProperties::new().set_creation_datetime(&created));
+    let sheet = workbook.add_worksheet();
+    sheet.set_name("analysis")?;
     // The header stays in view while scrolling through a thousand images.
-    xml.push_str(concat!(
-        r#"<sheetViews><sheetView workbookViewId="0">"#,
-        r#"<pane ySplit="1" topLeftCell="A2" activePane="bottomLeft" state="frozen"/>"#,
-        r#"</sheetView></sheetViews>"#,
-    ));
-    xml.push_str("<sheetData>");
-    push_row(&mut xml, 1, &COLUMNS.map(Cell::Text), r#" s="1""#);
-    for (i, row) in rows.iter().enumerate() {
-        push_row(&mut xml, i + 2, &row.cells(), "");
+    sheet.set_freeze_panes(1, 0)?;
+    let bold = XlsxFormat::new().set_bold();
+    for (column, name) in (0..).zip(COLUMNS) {
+        sheet.write_string_with_format(0, column, name, &bold)?;
     }
-    xml.push_str("</sheetData></worksheet>");
-    xml
-}
-
-/// Appends row `number` (1-based) of `cells`, each with the attributes `style`. Empty cells
-/// are left out, as spreadsheets write them.
-fn push_row(xml: &mut String, number: usize, cells: &[Cell<'_>], style: &str) {
-    xml.push_str(&format!(r#"<row r="{number}">"#));
-    for (column, cell) in cells.iter().enumerate() {
-        let at = format!("{}{number}", column_name(column));
-        let cell = match *cell {
-            Cell::Empty | Cell::Text("") => continue,
-            // Inline strings are never formulas, so unlike CSV nothing needs defusing.
-            Cell::Text(text) => format!(
-                r#"<c r="{at}"{style} t="inlineStr"><is><t xml:space="preserve">{}</t></is></c>"#,
-                xml_escape(&excel_escape(excel_cut(text)))
-            ),
-            Cell::Integer(value) => format!(r#"<c r="{at}"{style}><v>{value}</v></c>"#),
-            // `Display` of an f64 never writes an exponent; JSON numbers are never NaN or infinite.
-            Cell::Decimal(value) => format!(r#"<c r="{at}"{style}><v>{value}</v></c>"#),
-            Cell::Boolean(value) => {
-                format!(r#"<c r="{at}"{style} t="b"><v>{}</v></c>"#, u8::from(value))
+    for (number, row) in (1..).zip(rows) {
+        for (column, cell) in (0..).zip(row.cells()) {
+            match cell {
+                // The library writes no cell for an empty string either.
+                Cell::Empty => {}
+                // A string cell is never a formula, so unlike CSV nothing needs defusing.
+                Cell::Text(text) => {
+                    sheet.write_string(number, column, excel_cut(text))?;
+                }
+                // Excel's numbers are doubles; sizes and indices are far below 2^53.
+                Cell::Integer(value) => {
+                    sheet.write_number(number, column, value as f64)?;
+                }
+                Cell::Decimal(value) => {
+                    sheet.write_number(number, column, value)?;
+                }
+                Cell::Boolean(value) => {
+                    sheet.write_boolean(number, column, value)?;
+                }
             }
-        };
-        xml.push_str(&cell);
-    }
-    xml.push_str("</row>");
-}
-
-/// The spreadsheet name of 0-based `column`: A..Z, AA..AZ, BA, ...
-fn column_name(column: usize) -> String {
-    let mut letters = Vec::new();
-    let mut rest = column;
-    loop {
-        letters.push(char::from(b'A' + (rest % 26) as u8));
-        if rest < 26 {
-            break;
         }
-        rest = rest / 26 - 1;
     }
-    letters.iter().rev().collect()
+    workbook.save_to_buffer()
 }
 
-/// Excel refuses a workbook with a cell text longer than this, in UTF-16 units.
+/// Excel refuses a cell text longer than this, in UTF-16 units (and so does the library).
 const EXCEL_MAX_TEXT: usize = 32_767;
 
-/// `text` cut to [`EXCEL_MAX_TEXT`], at a character boundary.
+/// `text` cut to [`EXCEL_MAX_TEXT`], at a character boundary: a long EXIF summary or error
+/// loses its tail rather than the whole export failing.
 fn excel_cut(text: &str) -> &str {
     let mut units = 0;
     for (at, c) in text.char_indices() {
@@ -533,56 +432,14 @@ fn excel_cut(text: &str) -> &str {
     text
 }
 
-/// Excel reads `_xHHHH_` in cell text as the character U+HHHH; escaping the underscore as
-/// `_x005F_` keeps a name like `IMG_x2000_.jpg` as written.
-fn excel_escape(text: &str) -> Cow<'_, str> {
-    if !text.contains("_x") {
-        return Cow::Borrowed(text);
-    }
-    let mut escaped = String::with_capacity(text.len() + 12);
-    let mut rest = text;
-    while let Some(at) = rest.find("_x") {
-        let tail = &rest.as_bytes()[at..];
-        let is_escape =
-            tail.len() >= 7 && tail[2..6].iter().all(u8::is_ascii_hexdigit) && tail[6] == b'_';
-        escaped.push_str(&rest[..at]);
-        if is_escape {
-            escaped.push_str("_x005F");
-        }
-        escaped.push('_');
-        rest = &rest[at + 1..];
-    }
-    escaped.push_str(rest);
-    Cow::Owned(escaped)
-}
-
-/// `text` escaped for XML text and attribute values, without the characters XML 1.0 cannot
-/// hold at all (control characters other than tab, line feed and carriage return).
-fn xml_escape(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => escaped.push_str("&amp;"),
-            '<' => escaped.push_str("&lt;"),
-            '>' => escaped.push_str("&gt;"),
-            '"' => escaped.push_str("&quot;"),
-            // A raw CR would read back as LF: XML parsers normalise line ends.
-            '\r' => escaped.push_str("&#13;"),
-            '\t' | '\n' => escaped.push(c),
-            c if c < ' ' || c == '\u{FFFE}' || c == '\u{FFFF}' => {}
-            c => escaped.push(c),
-        }
-    }
-    escaped
-}
-
 #[cfg(test)]
 mod tests {
-    use std::io::Read;
+    use std::collections::BTreeMap;
+    use std::io::{Cursor, Read as _};
 
     use pixelmesh_proto::v1::{ImageState, JobSummary, Output};
     use serde_json::json;
-    use zip::ZipArchive;
+    use zip::{CompressionMethod, ZipArchive};
 
     use super::*;
 
@@ -817,205 +674,285 @@ mod tests {
         assert_eq!(empty, json!({"job": "", "images": []}));
     }
 
-    const PARTS: [&str; 6] = [
-        "[Content_Types].xml",
-        "_rels/.rels",
-        "xl/workbook.xml",
-        "xl/_rels/workbook.xml.rels",
-        "xl/styles.xml",
-        "xl/worksheets/sheet1.xml",
-    ];
-
-    /// The parts of an XLSX, each by name, after checking they are deflated XML.
-    fn unpack(xlsx: Vec<u8>) -> Vec<(String, String)> {
+    /// The parts of an XLSX by name, after checking each is deflated UTF-8.
+    fn unpack(xlsx: Vec<u8>) -> BTreeMap<String, String> {
         let mut archive = ZipArchive::new(Cursor::new(xlsx)).expect("xlsx is a zip");
-        let mut parts = Vec::new();
+        let mut parts = BTreeMap::new();
         for index in 0..archive.len() {
             let mut file = archive.by_index(index).expect("entry");
             let name = file.name().expect("name").into_owned();
             assert_eq!(file.compression(), CompressionMethod::Deflated, "{name}");
             let mut xml = String::new();
             file.read_to_string(&mut xml).expect("utf-8 entry");
-            parts.push((name, xml));
+            parts.insert(name, xml);
         }
         parts
     }
 
-    fn part<'a>(parts: &'a [(String, String)], name: &str) -> &'a str {
-        parts
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, xml)| xml.as_str())
-            .unwrap_or_else(|| panic!("no part {name}"))
+    fn part<'a>(parts: &'a BTreeMap<String, String>, name: &str) -> &'a str {
+        parts.get(name).unwrap_or_else(|| panic!("no part {name}"))
     }
 
-    /// Checks what a parser would choke on: the declaration, one root, tags that nest and
-    /// close, entities only where `&` appears, and no characters XML 1.0 forbids.
-    fn assert_well_formed(name: &str, xml: &str) {
-        let mut rest = xml
-            .strip_prefix(XML_DECLARATION)
-            .unwrap_or_else(|| panic!("{name}: no declaration"));
-        let mut open: Vec<&str> = Vec::new();
-        let mut roots = 0;
-        while let Some(start) = rest.find('<') {
-            assert_text(name, &rest[..start]);
-            assert!(
-                start == 0 || !open.is_empty(),
-                "{name}: text outside the root"
-            );
-            let end = start + rest[start..].find('>').expect("tag ends");
-            let tag = &rest[start + 1..end];
-            assert!(!tag.contains('<'), "{name}: `<` inside {tag:?}");
-            if let Some(closing) = tag.strip_prefix('/') {
-                assert_eq!(open.pop(), Some(closing), "{name}: closing tag");
-            } else {
-                if open.is_empty() {
-                    roots += 1;
+    const SHEET_PART: &str = "xl/worksheets/sheet1.xml";
+
+    /// A cell as a spreadsheet reads it back.
+    #[derive(Debug, Clone, PartialEq)]
+    enum Read {
+        Text(String),
+        Number(f64),
+        Boolean(bool),
+    }
+
+    /// A cell read back: its value and its style index (`s`, 0 when absent).
+    #[derive(Debug, Clone, PartialEq)]
+    struct ReadCell {
+        value: Read,
+        style: u32,
+    }
+
+    /// The sheet's cells by reference (`A1`), with shared strings resolved and both XML's and
+    /// Excel's (`_xHHHH_`) escapes undone, as Excel would read them.
+    fn read_sheet(parts: &BTreeMap<String, String>) -> BTreeMap<String, ReadCell> {
+        let strings: Vec<String> = parts
+            .get("xl/sharedStrings.xml")
+            .map(|xml| {
+                xml.split("<si>")
+                    .skip(1)
+                    .map(|si| text_of(si, "t"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let sheet = part(parts, SHEET_PART);
+        let mut cells = BTreeMap::new();
+        for tail in sheet.split("<c ").skip(1) {
+            let end = tail.find('>').expect("cell tag ends");
+            let tag = &tail[..end];
+            assert!(!tag.ends_with('/'), "a blank cell: <c {tag}>");
+            // Only this cell's content, so a lookup cannot run on into the next cell.
+            let content = &tail[end + 1..tail.find("</c>").expect("cell closed")];
+            let attribute = |key: &str| {
+                let at = tag.find(&format!(" {key}=\""))? + key.len() + 3;
+                Some(&tag[at..at + tag[at..].find('"')?])
+            };
+            let reference = tag
+                .strip_prefix("r=\"")
+                .and_then(|r| r.split('"').next())
+                .expect("cell reference first");
+            let raw = || text_of(content, "v");
+            let value = match attribute("t") {
+                Some("s") => Read::Text(strings[raw().parse::<usize>().expect("index")].clone()),
+                Some("inlineStr") => Read::Text(text_of(content, "t")),
+                Some("b") => Read::Boolean(raw() == "1"),
+                None => Read::Number(raw().parse().expect("number")),
+                Some(other) => panic!("cell {reference}: type {other}"),
+            };
+            let style = attribute("s").map_or(0, |s| s.parse().expect("style"));
+            let previous = cells.insert(reference.to_owned(), ReadCell { value, style });
+            assert!(previous.is_none(), "cell {reference} twice");
+        }
+        cells
+    }
+
+    /// The text of the first `<element>` in `xml`, unescaped.
+    fn text_of(xml: &str, element: &str) -> String {
+        let open = xml
+            .find(&format!("<{element}>"))
+            .or_else(|| xml.find(&format!("<{element} ")))
+            .unwrap_or_else(|| panic!("no <{element}> in {xml:?}"));
+        let start = open + xml[open..].find('>').expect("tag ends") + 1;
+        let end = start + xml[start..].find(&format!("</{element}>")).expect("closed");
+        let text = xml[start..end]
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&apos;", "'")
+            .replace("&amp;", "&");
+        excel_unescape(&text)
+    }
+
+    /// Excel's reading of `_xHHHH_` in cell text: the character U+HHHH.
+    fn excel_unescape(text: &str) -> String {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(at) = rest.find("_x") {
+            out.push_str(&rest[..at]);
+            let escape = rest
+                .get(at + 2..at + 7)
+                .filter(|tail| tail.ends_with('_'))
+                .and_then(|tail| u32::from_str_radix(&tail[..4], 16).ok())
+                .and_then(char::from_u32);
+            match escape {
+                Some(c) => {
+                    out.push(c);
+                    rest = &rest[at + 7..];
                 }
-                let element = tag.split([' ', '/']).next().expect("element name");
-                assert!(!element.is_empty(), "{name}: tag {tag:?}");
-                assert_text(name, &tag[element.len()..]);
-                if !tag.ends_with('/') {
-                    open.push(element);
+                None => {
+                    out.push_str("_x");
+                    rest = &rest[at + 2..];
                 }
             }
-            rest = &rest[end + 1..];
         }
-        assert!(open.is_empty(), "{name}: unclosed {open:?}");
-        assert_eq!(roots, 1, "{name}: roots");
-        assert!(rest.is_empty(), "{name}: trailing {rest:?}");
+        out.push_str(rest);
+        out
     }
 
-    fn assert_text(name: &str, text: &str) {
-        assert!(
-            !text
-                .chars()
-                .any(|c| c < ' ' && !matches!(c, '\t' | '\n' | '\r')),
-            "{name}: control character in {text:?}"
+    #[test]
+    fn the_test_reader_undoes_excels_escapes() {
+        assert_eq!(
+            excel_unescape("a_x0001_b_x005F_x2000_c_x12_d_x"),
+            "a\u{1}b_x2000_c_x12_d_x"
         );
-        for (at, _) in text.match_indices('&') {
-            let entity = &text[at + 1..text[at..].find(';').map_or(text.len(), |end| at + end)];
-            let known = matches!(entity, "amp" | "lt" | "gt" | "quot" | "apos")
-                || entity
-                    .strip_prefix('#')
-                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-            assert!(known, "{name}: bare `&` in {text:?}");
-        }
+        assert_eq!(
+            text_of("<t xml:space=\"preserve\">a&amp;lt;b&lt;</t>", "t"),
+            "a&lt;b<"
+        );
     }
 
-    #[test]
-    #[should_panic(expected = "bare `&`")]
-    fn the_xml_check_catches_a_bare_ampersand() {
-        assert_well_formed("test", &format!("{XML_DECLARATION}<a><b>x & y</b></a>"));
-    }
-
-    #[test]
-    #[should_panic(expected = "closing tag")]
-    fn the_xml_check_catches_crossed_tags() {
-        assert_well_formed("test", &format!("{XML_DECLARATION}<a><b></a></b>"));
+    fn text(text: &str) -> Read {
+        Read::Text(text.to_owned())
     }
 
     #[test]
     fn xlsx_is_a_workbook_with_one_typed_sheet() {
-        let xlsx = to_xlsx(&job()).expect("xlsx");
+        let parts = unpack(to_xlsx(&job()).expect("xlsx"));
+        assert!(part(&parts, "xl/workbook.xml").contains(r#"<sheet name="analysis" sheetId="1""#));
         assert_eq!(
-            to_xlsx(&job()).expect("xlsx"),
-            xlsx,
-            "same job, other bytes"
+            parts
+                .keys()
+                .filter(|name| name.starts_with("xl/worksheets/"))
+                .count(),
+            1,
+            "one sheet"
         );
-        let parts = unpack(xlsx);
-        let names: Vec<&str> = parts.iter().map(|(name, _)| name.as_str()).collect();
-        assert_eq!(names, PARTS);
-        for (name, xml) in &parts {
-            assert_well_formed(name, xml);
-        }
-
-        let types = part(&parts, "[Content_Types].xml");
-        assert!(types.contains(
-            r#"<Override PartName="/xl/worksheets/sheet1.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.worksheet+xml"/>"#
-        ));
-        assert!(types.contains(r#"PartName="/xl/workbook.xml""#));
-        assert!(
-            part(&parts, "xl/workbook.xml")
-                .contains(r#"<sheet name="analysis" sheetId="1" r:id="rId1"/>"#)
-        );
-        assert!(
-            part(&parts, "xl/_rels/workbook.xml.rels")
-                .contains(r#"Target="worksheets/sheet1.xml""#)
-        );
-
         let sheet = part(&parts, SHEET_PART);
         assert!(sheet.contains(r#"<dimension ref="A1:AA5"/>"#));
         assert_eq!(sheet.matches("<row ").count(), 5);
+        // The header stays in view.
+        assert!(sheet.contains(
+            r#"<pane ySplit="1" topLeftCell="A2" activePane="bottomLeft" state="frozen"/>"#
+        ));
+
+        let cells = read_sheet(&parts);
         // Header 27, then the non-empty cells: 15 + 6 colours + exif, 15 + 2 colours,
         // index/name/state/error, index/name/state.
-        assert_eq!(sheet.matches("<c ").count(), 27 + 22 + 17 + 4 + 3);
-        for cell in [
-            r#"<c r="A1" s="1" t="inlineStr"><is><t xml:space="preserve">index</t></is></c>"#,
-            r#"<c r="AA1" s="1" t="inlineStr"><is><t xml:space="preserve">error</t></is></c>"#,
-            r#"<c r="E2"><v>64</v></c>"#,
-            r#"<c r="M2"><v>123.45</v></c>"#,
-            r#"<c r="W2"><v>0.125</v></c>"#,
-            r#"<c r="K2" t="b"><v>0</v></c>"#,
-            r#"<c r="L3" t="b"><v>1</v></c>"#,
-            r#"<c r="D3"><v>1</v></c>"#,
-            // Not defused: an inline string is never a formula.
-            r#"<c r="B2" t="inlineStr"><is><t xml:space="preserve">=cmd.png</t></is></c>"#,
-            r#"<c r="B4" t="inlineStr"><is><t xml:space="preserve">a&amp;b&lt;c&gt;.png</t></is></c>"#,
-            // The control character is dropped.
-            r#"<c r="AA4" t="inlineStr"><is><t xml:space="preserve">bad &quot;jpeg&quot; header, at byte 3</t></is></c>"#,
-        ] {
-            assert!(sheet.contains(cell), "no {cell}");
+        assert_eq!(cells.len(), 27 + 22 + 17 + 4 + 3);
+        let value = |at: &str| {
+            cells
+                .get(at)
+                .map(|cell| cell.value.clone())
+                .unwrap_or_else(|| panic!("no cell {at}"))
+        };
+        let header: Vec<Read> = (0..COLUMNS.len())
+            .map(|column| value(&format!("{}1", column_name(column))))
+            .collect();
+        assert_eq!(header, COLUMNS.map(text));
+        // One bold style for the header, none for the data.
+        let header_style = cells["A1"].style;
+        assert_ne!(header_style, 0);
+        for (at, cell) in &cells {
+            let in_header = at.ends_with('1') && !at[..at.len() - 1].ends_with(char::is_numeric);
+            assert_eq!(
+                cell.style,
+                if in_header { header_style } else { 0 },
+                "style of {at}"
+            );
         }
-        assert!(!sheet.contains(r#"<c r="X2""#), "empty share_4 written");
         assert!(
-            !sheet.contains(r#"<c r="D4""#),
-            "report cell for an image without one"
+            part(&parts, "xl/styles.xml").contains("<b/>"),
+            "no bold font"
         );
+
+        for (at, expected) in [
+            ("A2", Read::Number(0.0)),
+            // Not defused: a string cell is never a formula.
+            ("B2", text("=cmd.png")),
+            ("C2", text("done")),
+            ("D2", Read::Number(0.0)),
+            ("E2", Read::Number(64.0)),
+            ("H2", Read::Number(640.0)),
+            ("G2", text("jpeg")),
+            ("K2", Read::Boolean(false)),
+            ("M2", Read::Number(123.45)),
+            ("N2", Read::Number(17.5)),
+            ("O2", text("8f3c00ff12345678")),
+            ("R2", text("#0000ff")),
+            ("W2", Read::Number(0.125)),
+            ("Z2", text("Make=Acme; Model=X, 1")),
+            ("D3", Read::Number(1.0)),
+            ("L3", Read::Boolean(true)),
+            ("M3", Read::Number(99.0)),
+            ("B4", text("a&b<c>.png")),
+            ("C4", text("failed")),
+            // The control character survives, in Excel's own escape.
+            ("AA4", text(FAILURE)),
+            ("A5", Read::Number(2.0)),
+        ] {
+            assert_eq!(value(at), expected, "cell {at}");
+        }
+        for absent in ["X2", "Z3", "D4", "E4", "AA5"] {
+            assert!(!cells.contains_key(absent), "cell {absent} written");
+        }
+    }
+
+    /// The spreadsheet name of 0-based `column` below 702: A..Z, AA..ZZ.
+    fn column_name(column: usize) -> String {
+        let letter = |n: usize| char::from(b'A' + n as u8);
+        match column {
+            0..26 => letter(column).to_string(),
+            _ => format!("{}{}", letter(column / 26 - 1), letter(column % 26)),
+        }
+    }
+
+    #[test]
+    fn xlsx_is_the_same_bytes_for_the_same_job() {
+        let xlsx = to_xlsx(&job()).expect("xlsx");
+        // Apart in time: the creation stamp has one-second resolution.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert!(
+            to_xlsx(&job()).expect("xlsx") == xlsx,
+            "same job, other bytes"
+        );
+        let core = unpack(xlsx)
+            .remove("docProps/core.xml")
+            .expect("core properties");
+        for element in ["created", "modified"] {
+            let stamp = format!(
+                r#"<dcterms:{element} xsi:type="dcterms:W3CDTF">1980-01-01T00:00:00Z</dcterms:{element}>"#
+            );
+            assert!(core.contains(&stamp), "no fixed {element} in {core}");
+        }
     }
 
     #[test]
     fn xlsx_of_a_job_without_images_has_the_header_only() {
         let parts = unpack(to_xlsx(&Job::default()).expect("xlsx"));
-        let sheet = part(&parts, SHEET_PART);
-        assert_well_formed(SHEET_PART, sheet);
-        assert!(sheet.contains(r#"<dimension ref="A1:AA1"/>"#));
-        assert_eq!(sheet.matches("<row ").count(), 1);
-        assert_eq!(sheet.matches("<c ").count(), COLUMNS.len());
+        assert!(part(&parts, SHEET_PART).contains(r#"<dimension ref="A1:AA1"/>"#));
+        assert_eq!(part(&parts, SHEET_PART).matches("<row ").count(), 1);
+        let cells = read_sheet(&parts);
+        assert_eq!(cells.len(), COLUMNS.len());
+        assert!(cells.keys().all(|at| at.ends_with('1') && at.len() <= 3));
     }
 
     #[test]
-    fn xml_escape_leaves_no_markup_and_no_forbidden_characters() {
-        assert_eq!(
-            xml_escape("a&b<c>\"d'\te\nf\rg\u{0}\u{1b}\u{fffe}h\u{7f}é😀"),
-            "a&amp;b&lt;c&gt;&quot;d'\te\nf&#13;gh\u{7f}é😀"
-        );
-        assert_eq!(xml_escape(""), "");
+    fn xlsx_text_reads_back_as_written_and_fits_a_cell() {
+        let mut job = job();
+        job.images.truncate(2);
+        job.images[0].output = None;
+        job.images[0].name = "IMG_x2000_.jpg\r\n\ttab".to_owned();
+        // Longer than a cell holds: cut, not an export that fails.
+        job.images[1].error = "é".repeat(EXCEL_MAX_TEXT + 5);
+        let cells = read_sheet(&unpack(to_xlsx(&job).expect("xlsx")));
+        assert_eq!(cells["B2"].value, text("IMG_x2000_.jpg\r\n\ttab"));
+        assert_eq!(cells["AA3"].value, text(&"é".repeat(EXCEL_MAX_TEXT)));
     }
 
     #[test]
-    fn excel_text_keeps_underscore_escapes_literal_and_fits_a_cell() {
-        assert_eq!(excel_escape("IMG_x2000_.jpg"), "IMG_x005F_x2000_.jpg");
-        assert_eq!(excel_escape("a_x00e9__x12_b_x"), "a_x005F_x00e9__x12_b_x");
-        assert_eq!(excel_escape("_x_x0041_"), "_x_x005F_x0041_");
-        assert_eq!(excel_escape("plain_name"), "plain_name");
+    fn excel_cut_counts_utf16_units() {
         assert_eq!(excel_cut("short"), "short");
         let long = "é".repeat(EXCEL_MAX_TEXT + 5);
         assert_eq!(excel_cut(&long).chars().count(), EXCEL_MAX_TEXT);
         // Outside the BMP a character takes two UTF-16 units.
         let wide = "😀".repeat(EXCEL_MAX_TEXT);
         assert_eq!(excel_cut(&wide).chars().count(), EXCEL_MAX_TEXT / 2);
-    }
-
-    #[test]
-    fn column_names_run_like_a_spreadsheet() {
-        let names: Vec<String> = [0, 1, 25, 26, 27, 51, 52, 701, 702, 16_383]
-            .into_iter()
-            .map(column_name)
-            .collect();
-        assert_eq!(
-            names,
-            ["A", "B", "Z", "AA", "AB", "AZ", "BA", "ZZ", "AAA", "XFD"]
-        );
     }
 }
