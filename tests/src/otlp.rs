@@ -132,10 +132,12 @@ impl Collector {
             .collect()
     }
 
-    /// Waits until the trace is whole: it holds a span named `last`, spans of every role, and
-    /// no span whose parent is missing but for the trace's one entry point (the roles export
-    /// in batches, so a batch may still be on its way after `last` arrived).
-    pub async fn wait_for(&self, trace_id: &str, last: &str) -> Vec<Span> {
+    /// Waits until the trace is whole: it holds a span named `last`, spans of every role, no
+    /// span whose parent is missing but for the trace's one entry point, and for each
+    /// `(name, parent)` of `leaves` a span `name` under a span `parent` (the roles export in
+    /// batches, so a batch may still be on its way after `last` arrived; a leaf from another
+    /// role than its parent's is the one thing a missing parent cannot reveal).
+    pub async fn wait_for(&self, trace_id: &str, last: &str, leaves: &[(&str, &str)]) -> Vec<Span> {
         let deadline = Instant::now() + SPAN_TIMEOUT;
         loop {
             let spans = self.trace(trace_id);
@@ -147,9 +149,16 @@ impl Collector {
                 .filter(|parent| !ids.contains(parent))
                 .collect();
             let services: HashSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
+            let name_of = |id: &str| spans.iter().find(|s| s.span_id == id).map(|s| &s.name);
+            let has_leaf = |(name, parent): &(&str, &str)| {
+                spans
+                    .iter()
+                    .any(|s| s.name == *name && name_of(&s.parent_id).is_some_and(|p| p == parent))
+            };
             if spans.iter().any(|s| s.name == last)
                 && SERVICES.iter().all(|service| services.contains(service))
                 && outside.len() <= 1
+                && leaves.iter().all(has_leaf)
             {
                 return spans;
             }

@@ -3,7 +3,7 @@
 
 use std::{
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use pixelmesh_proto::v1::{JobState, Operation, Resize, operation::Op};
@@ -65,26 +65,28 @@ async fn all_roles_in_one_process_with_their_own_nats() {
 
     // Ready when the gateway answers /healthz with ok (it is connected to NATS).
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("pixelmesh all exited ({status}):\n{}", logs());
-        }
-        if let Ok(response) = http
-            .get(format!("http://127.0.0.1:{gateway_port}/healthz"))
-            .send()
-            .await
-            && response.status().is_success()
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "all did not become ready:\n{}",
-            logs()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let healthz = format!("http://127.0.0.1:{gateway_port}/healthz");
+    poll(
+        "all ready",
+        Duration::from_secs(60),
+        Duration::from_millis(25),
+        || {
+            // Checked before each try: an exited process will never become ready.
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("pixelmesh all exited ({status}):\n{}", logs());
+            }
+            let (http, healthz) = (&http, &healthz);
+            async move {
+                let answer = match http.get(healthz).send().await {
+                    Ok(response) if response.status().is_success() => return Ok(()),
+                    Ok(response) => response.status().to_string(),
+                    Err(err) => err.to_string(),
+                };
+                Err(format!("/healthz: {answer}\n{}", logs()))
+            }
+        },
+    )
+    .await;
     assert!(
         data.path().join("nats").exists(),
         "nats store not under the data dir"

@@ -6,7 +6,7 @@ use pixelmesh_filter::{codec::Limits, engine, ops::Pipeline};
 use pixelmesh_proto::v1::{
     Blur, Grayscale, ImageState, Job, JobEvent, JobState, Operation, Resize, operation::Op,
 };
-use pixelmesh_tests::{Cluster, ClusterOptions, api, corpus};
+use pixelmesh_tests::{Cluster, ClusterOptions, api, corpus, poll};
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(240);
 
@@ -224,27 +224,37 @@ async fn sigterm_filter_finishes_its_task_first() {
     };
 
     // The worker list shows filter-0 busy: that is the moment to ask it to stop.
-    let deadline = tokio::time::Instant::now() + JOB_TIMEOUT;
-    loop {
-        let workers = client
-            .list_workers(pixelmesh_proto::v1::ListWorkersRequest {})
-            .await
-            .expect("list workers")
-            .into_inner()
-            .workers;
-        if workers
-            .iter()
-            .any(|w| w.id == "filter-0" && w.in_flight > 0)
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "filter-0 never took a task:\n{}",
-            cluster.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll(
+        "filter-0 taking a task",
+        JOB_TIMEOUT,
+        Duration::from_millis(20),
+        || {
+            let mut client = client.clone();
+            let cluster = &cluster;
+            async move {
+                let workers = client
+                    .list_workers(pixelmesh_proto::v1::ListWorkersRequest {})
+                    .await
+                    .expect("list workers")
+                    .into_inner()
+                    .workers;
+                let busy: Vec<(&str, u32)> = workers
+                    .iter()
+                    .map(|w| (w.id.as_str(), w.in_flight))
+                    .collect();
+                if busy
+                    .iter()
+                    .any(|&(id, in_flight)| id == "filter-0" && in_flight > 0)
+                {
+                    Ok(())
+                } else {
+                    // The logs go with what was seen: they explain a worker that never takes a task.
+                    Err(format!("in flight {busy:?}\n{}", cluster.logs()))
+                }
+            }
+        },
+    )
+    .await;
     assert!(
         cluster.filters[0].terminate(),
         "filter-0 did not exit cleanly:\n{}",

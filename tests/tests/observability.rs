@@ -15,6 +15,7 @@ use pixelmesh_proto::v1::{
 use pixelmesh_tests::{
     Cluster, ClusterOptions, api, corpus, free_port,
     otlp::{Collector, SERVICES, Span, Trace},
+    poll,
 };
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(240);
@@ -99,7 +100,16 @@ async fn one_job_is_one_trace_across_every_service() {
     )
     .await;
     let trace = Trace {
-        spans: collector.wait_for(&trace_id, "job complete").await,
+        spans: collector
+            .wait_for(
+                &trace_id,
+                "job complete",
+                &[
+                    ("pixelmesh.v1.Storage/GetBlob", "fetch"),
+                    ("pixelmesh.v1.Storage/PutBlob", "store"),
+                ],
+            )
+            .await,
     };
     let services: BTreeSet<&str> = trace.spans.iter().map(|s| s.service.as_str()).collect();
     assert_eq!(
@@ -177,7 +187,9 @@ async fn one_job_is_one_trace_across_every_service() {
     .await;
     assert_ne!(tiled_trace_id, trace_id, "each job is its own trace");
     let tiled = Trace {
-        spans: collector.wait_for(&tiled_trace_id, "job complete").await,
+        spans: collector
+            .wait_for(&tiled_trace_id, "job complete", &[])
+            .await,
     };
     let tiles: Vec<&Span> = tiled
         .spans
@@ -603,22 +615,22 @@ async fn metrics_move_as_a_job_runs() {
     )
     .await;
     assert!(queued.summary.is_some());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let gateway = scrape(cluster.gateway.port).await;
-        if value(&gateway, "pixelmesh_queue_pending_tasks") == 2.0
-            && value(&gateway, "pixelmesh_workers_online") == 0.0
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "queue depth and workers online did not follow: pending {} online {}",
-            value(&gateway, "pixelmesh_queue_pending_tasks"),
-            value(&gateway, "pixelmesh_workers_online")
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    poll(
+        "queue depth and workers online following",
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || async {
+            let gateway = scrape(cluster.gateway.port).await;
+            let pending = value(&gateway, "pixelmesh_queue_pending_tasks");
+            let online = value(&gateway, "pixelmesh_workers_online");
+            if pending == 2.0 && online == 0.0 {
+                Ok(())
+            } else {
+                Err(format!("pending {pending} online {online}"))
+            }
+        },
+    )
+    .await;
 }
 
 /// Sampling is the standard OTEL_TRACES_SAMPLER's, and the decision travels with the job: with
@@ -687,7 +699,7 @@ async fn sampling_decides_once_per_job_for_every_service() {
     let (_, job) = api::watch_to_end(&mut client, &id, JOB_TIMEOUT).await;
     assert_eq!(job.summary.map(|s| s.state()), Some(JobState::Completed));
 
-    let spans = collector.wait_for(sampled, "job complete").await;
+    let spans = collector.wait_for(sampled, "job complete", &[]).await;
     let services: BTreeSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
     assert_eq!(services, SERVICES.into_iter().collect());
     // Every role exports in order, and the unsampled job ran and ended first.

@@ -127,6 +127,9 @@ async fn a_task_out_of_deliveries_while_no_scheduler_runs_still_fails_its_image(
     let mut cluster = Cluster::start(ClusterOptions {
         max_deliver: 2,
         ack_wait_secs: 2,
+        // Two at once, so the PNG never waits behind the hanging fetch: with one, a worker
+        // could hold it unprocessed when killed, and it would run out of deliveries too.
+        filter_concurrency: 2,
         filter_args: vec!["--fetch-allow-private".into()],
         ..Default::default()
     })
@@ -138,8 +141,13 @@ async fn a_task_out_of_deliveries_while_no_scheduler_runs_still_fails_its_image(
     let job = wait_ended_or_running(&http, &base, &id).await;
     assert_eq!(job["total"], 2);
 
-    // Delivery 1 hangs in its fetch; the scheduler goes down; the worker dies holding it.
+    // Delivery 1 hangs in its fetch while the PNG is done; the scheduler goes down; the
+    // worker dies holding the fetch.
     wait_count(&accepted, 1, "fetched once").await;
+    rest::wait_job(&http, &base, &id, "png done", TIMEOUT, |job| {
+        job["images"][0]["state"] == "done"
+    })
+    .await;
     cluster.kill("scheduler");
     cluster.kill("filter-0");
     // Delivery 2, to a new worker, hangs too, and that worker dies as well.

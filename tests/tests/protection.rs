@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt as _;
 use pixelmesh_proto::v1::{GetJobRequest, JobState, ListJobsRequest, UploadImageRequest};
-use pixelmesh_tests::{Cluster, ClusterOptions, api, png, rest, sse::SseStream};
+use pixelmesh_tests::{Cluster, ClusterOptions, api, png, poll, rest, sse::SseStream};
 use tokio::sync::mpsc;
 use tonic::{Code, metadata::MetadataValue};
 
@@ -56,34 +56,44 @@ async fn fill(
     holders: usize,
     refused: u16,
 ) -> (Vec<HeldUpload>, reqwest::Response) {
-    let mut held: Vec<HeldUpload> = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        assert!(tokio::time::Instant::now() < deadline, "never refused");
-        let mut live = Vec::new();
-        for upload in held.drain(..) {
-            if upload.response.is_finished() {
-                let response = upload.response.await.expect("upload task");
-                assert_eq!(
-                    response.status().as_u16(),
-                    refused,
-                    "only a refusal ends a held upload"
-                );
-            } else {
-                live.push(upload);
+    // The probe keeps the held uploads from one try to the next; a lock lets it have them.
+    let held: tokio::sync::Mutex<Vec<HeldUpload>> = tokio::sync::Mutex::default();
+    let what = format!("an upload refused with {refused}");
+    let probe = poll(
+        &what,
+        Duration::from_secs(60),
+        Duration::from_millis(10),
+        || async {
+            let mut held = held.lock().await;
+            let mut live = Vec::new();
+            for upload in held.drain(..) {
+                if upload.response.is_finished() {
+                    let response = upload.response.await.expect("upload task");
+                    assert_eq!(
+                        response.status().as_u16(),
+                        refused,
+                        "only a refusal ends a held upload"
+                    );
+                } else {
+                    live.push(upload);
+                }
             }
-        }
-        held = live;
-        while held.len() < holders {
-            held.push(hold_upload(http, base).await);
-        }
-        let probe = upload(http, base).await;
-        if probe.status().as_u16() == refused {
-            return (held, probe);
-        }
-        assert_eq!(probe.status().as_u16(), 201);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+            *held = live;
+            while held.len() < holders {
+                held.push(hold_upload(http, base).await);
+            }
+            let probe = upload(http, base).await;
+            match probe.status().as_u16() {
+                status if status == refused => Ok(probe),
+                status => {
+                    assert_eq!(status, 201);
+                    Err(format!("upload {status} with {} held", held.len()))
+                }
+            }
+        },
+    )
+    .await;
+    (held.into_inner(), probe)
 }
 
 /// Ends the held uploads' bodies: each is stored.

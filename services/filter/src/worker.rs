@@ -130,17 +130,20 @@ pub(crate) async fn consume(
     held: usize,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let stream = worker.js.get_stream(nats::TASKS_STREAM).await?;
-    // create_consumer creates or updates, so every replica converges on the same settings.
-    let consumer: jetstream::consumer::PullConsumer = stream
-        .create_consumer(pull::Config {
-            durable_name: Some(nats::FILTER_CONSUMER.into()),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            ack_wait: worker.queue.ack_wait(),
-            max_deliver: worker.queue.max_deliver,
-            ..Default::default()
-        })
-        .await?;
+    // NATS may go away between the worker's start and its first pull (the health server is
+    // already up by then): wait for it, as the pull loop does, rather than exit.
+    let consumer = loop {
+        match open_consumer(&worker).await {
+            Ok(consumer) => break consumer,
+            Err(err) => {
+                tracing::warn!(error = %err, "opening the task consumer failed, retrying");
+                tokio::select! {
+                    () = stop.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(PULL_EXPIRES) => {}
+                }
+            }
+        }
+    };
     let slots = Arc::new(Semaphore::new(held.max(1)));
     let mut running = tokio::task::JoinSet::new();
     tracing::info!(worker = %worker.id, concurrency = worker.cpu.available_permits(), held, "filter consuming tasks");
@@ -194,6 +197,22 @@ pub(crate) async fn consume(
     );
     while running.join_next().await.is_some() {}
     Ok(())
+}
+
+/// The filters' shared durable consumer of the task stream. create_consumer creates or
+/// updates, so every replica converges on the same settings.
+async fn open_consumer(worker: &Worker) -> anyhow::Result<jetstream::consumer::PullConsumer> {
+    let stream = worker.js.get_stream(nats::TASKS_STREAM).await?;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some(nats::FILTER_CONSUMER.into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: worker.queue.ack_wait(),
+            max_deliver: worker.queue.max_deliver,
+            ..Default::default()
+        })
+        .await?;
+    Ok(consumer)
 }
 
 /// Runs one delivered task to its ack.
