@@ -134,7 +134,7 @@ async fn all_roles_in_one_process_with_their_own_nats() {
         },
     )
     .await;
-    let trace = collector.wait_for(&trace_id, "job complete").await;
+    let trace = collector.wait_for(&trace_id, "job complete", &[]).await;
     let mut services: Vec<&str> = trace.iter().map(|s| s.service.as_str()).collect();
     services.sort();
     services.dedup();

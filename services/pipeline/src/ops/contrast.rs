@@ -80,17 +80,7 @@ impl Operator for Contrast {
         vec![("factor", number(self.factor))]
     }
 
-    fn cost(&self, input: Shape, _output: Shape, _context: &Context) -> Cost {
-        Cost::in_place(input, NS_PER_PIXEL)
-    }
-
-    fn tile_halo(&self) -> Option<u32> {
-        Some(0)
-    }
-
-    fn run(&self, image: Bitmap, _assets: &Assets) -> Result<Bitmap, String> {
-        Ok(self.apply(image))
-    }
+    pointwise!(NS_PER_PIXEL);
 }
 
 #[cfg(test)]

@@ -6,6 +6,25 @@
 //! Validation errors are `InvalidArgument` and name the op's 1-based position, the op and the
 //! field: `op 2 (blur): sigma must be > 0 and <= 100, got -1`.
 
+/// The [`Operator`] items every pointwise op shares (each output pixel from the same input
+/// pixel, in place): its cost at `$ns_per_pixel` single-core nanoseconds, a tile halo of 0,
+/// and its `apply`, which cannot fail.
+macro_rules! pointwise {
+    ($ns_per_pixel:expr) => {
+        fn cost(&self, input: Shape, _output: Shape, _context: &Context) -> Cost {
+            Cost::in_place(input, $ns_per_pixel)
+        }
+
+        fn tile_halo(&self) -> Option<u32> {
+            Some(0)
+        }
+
+        fn run(&self, image: Bitmap, _assets: &Assets) -> Result<Bitmap, String> {
+            Ok(self.apply(image))
+        }
+    };
+}
+
 pub mod analyze;
 pub mod auto_orient;
 pub mod blur;
