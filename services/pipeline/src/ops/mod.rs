@@ -41,6 +41,7 @@ pub mod hue;
 pub mod invert;
 pub mod json;
 pub mod pixelate;
+pub mod posterize;
 mod range;
 pub mod resize;
 pub mod rotate;
@@ -70,6 +71,7 @@ pub use grayscale::Grayscale;
 pub use hue::Hue;
 pub use invert::Invert;
 pub use pixelate::Pixelate;
+pub use posterize::Posterize;
 pub use resize::{Filter, Fit, Resize};
 pub use rotate::Rotate;
 pub use saturation::Saturation;
@@ -271,6 +273,7 @@ registry! {
     Sepia(Sepia),
     Invert(Invert),
     Threshold(Threshold),
+    Posterize(Posterize),
     Watermark(Watermark),
     Analyze(Analyze),
     Format(Format),
