@@ -7,9 +7,11 @@
 #   compose/build.sh [--nats]
 #
 # PIXELMESH_IMAGE (default pixelmesh:latest) and PIXELMESH_NATS_IMAGE (default
-# pixelmesh-nats:2.15.1) name the images, as docker-compose.yml reads them. Installs what the
-# build needs when missing: musl-tools (and busybox-static for --nats) via apt, the musl
-# target via rustup, and what scripts/tools.sh and scripts/web.sh install.
+# pixelmesh-nats:2.15.1) name the images, as docker-compose.yml reads them. PIXELMESH_BINARY
+# names a static binary built already (the test suite's, when it is built for the musl target,
+# as scripts/test.sh does) to put in the image instead of compiling the release one. Installs
+# what the build needs when missing: musl-tools (and busybox-static for --nats) via apt, the
+# musl target via rustup, and what scripts/tools.sh and scripts/web.sh install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,8 +41,17 @@ if ! rustup target list --installed | grep -qx "$target"; then
 fi
 
 scripts/web.sh
-CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --locked --target "$target" --bin pixelmesh
-binary=target/$target/release/pixelmesh
+if [ -n "${PIXELMESH_BINARY:-}" ]; then
+  binary=$PIXELMESH_BINARY
+  # The image is `scratch`: a binary that needs a dynamic loader would not start there.
+  if ! readelf -lW "$binary" >/dev/null || readelf -lW "$binary" | grep -q INTERP; then
+    echo "PIXELMESH_BINARY=$binary: not a static executable" >&2
+    exit 1
+  fi
+else
+  CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --locked --target "$target" --bin pixelmesh
+  binary=target/$target/release/pixelmesh
+fi
 
 # A root for `scratch`: the users the processes run as, and a world-writable /tmp.
 rootfs() {

@@ -6,4 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/tools.sh
 scripts/web.sh
-exec cargo nextest run --workspace --locked "$@"
+# Built for the static musl target the container image ships: the compose test puts this very
+# build's node binary in the image instead of compiling the workspace a second time.
+exec cargo nextest run --workspace --locked --target x86_64-unknown-linux-musl "$@"

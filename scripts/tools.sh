@@ -39,14 +39,22 @@ fi
 export PATH="$pixelmesh_venv/bin:$PATH"
 
 # From Debian: nasm and a C compiler for the JPEG codec (libjpeg-turbo, built from source by
-# the mozjpeg crate), and for the web UI's browser test Chromium and its chromedriver.
+# the mozjpeg crate), musl-gcc for the static x86_64-unknown-linux-musl build (the container
+# image's binary, which scripts/test.sh builds the suite as), and for the web UI's browser
+# test Chromium and its chromedriver.
 pixelmesh_apt=()
 command -v nasm >/dev/null || pixelmesh_apt+=(nasm)
 command -v cc >/dev/null || pixelmesh_apt+=(gcc)
+command -v musl-gcc >/dev/null || pixelmesh_apt+=(musl-tools)
 if [ "${PIXELMESH_NO_BROWSER:-}" != 1 ]; then
   command -v chromium >/dev/null || pixelmesh_apt+=(chromium)
   command -v chromedriver >/dev/null || pixelmesh_apt+=(chromium-driver)
 fi
 if [ ${#pixelmesh_apt[@]} -gt 0 ]; then
   pixelmesh_apt_install "${pixelmesh_apt[@]}"
+fi
+# The C parts of the musl build (libjpeg-turbo, libwebp, ring) compile against musl's libc.
+export CC_x86_64_unknown_linux_musl=musl-gcc
+if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+  rustup target add x86_64-unknown-linux-musl
 fi

@@ -42,9 +42,15 @@ pub fn skipped() -> bool {
     }
 }
 
-/// Builds both images with `compose/build.sh --nats`.
+/// Builds both images with `compose/build.sh --nats`. A suite built for the musl target (as
+/// `scripts/test.sh` builds it) hands over its own static node binary, so the image holds the
+/// build under test and no second, release build of the workspace runs beside the tests.
 pub fn build_images() {
-    let status = Command::new(workspace_root().join("compose/build.sh"))
+    let mut build = Command::new(workspace_root().join("compose/build.sh"));
+    if cfg!(target_env = "musl") {
+        build.env("PIXELMESH_BINARY", crate::node_bin());
+    }
+    let status = build
         .arg("--nats")
         .env("PIXELMESH_IMAGE", IMAGE)
         .env("PIXELMESH_NATS_IMAGE", NATS_IMAGE)
