@@ -6,7 +6,8 @@
 //! * [`Cluster`] / [`ClusterOptions`] — the roles, with kill and restart per role;
 //! * [`corpus`] — the shared test photographs;
 //! * [`browser`] — headless Chromium through chromedriver, for the web UI;
-//! * [`otlp`] — an in-process OTLP trace collector, to read back what the roles export.
+//! * [`otlp`] — an in-process OTLP trace collector, to read back what the roles export;
+//! * [`garage`] — a real Garage object store, one node or a replicated cluster.
 
 use std::{
     net::TcpListener,
@@ -22,6 +23,7 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 pub mod browser;
 pub mod compose;
+pub mod garage;
 pub mod otlp;
 
 /// How long a process may take to become healthy.

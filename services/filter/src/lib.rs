@@ -82,6 +82,9 @@ pub struct Settings {
 pub struct Config {
     pub nats_url: String,
     pub storage_url: String,
+    /// The blob store to read inputs from and write outputs to directly, checked to be
+    /// storage's at start; `None`: through storage's gRPC.
+    pub blob_store: Option<String>,
     pub settings: Settings,
 }
 
@@ -143,9 +146,17 @@ pub async fn run(
     nats::ensure_streams(&js).await?;
     let bucket = nats::workers_bucket(&js).await?;
     let storage_channel = channel(&config.storage_url)?;
-    let storage = StorageClient::new(storage_channel.clone())
+    let mut storage = StorageClient::new(storage_channel.clone())
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let blobs = match &config.blob_store {
+        Some(url) => Some(
+            pixelmesh_blobs::open_shared(url, &mut storage, &config.storage_url)
+                .await
+                .map_err(|err| anyhow::anyhow!("the blob store: {}", err.message))?,
+        ),
+        None => None,
+    };
 
     let host = hostname();
     let id = settings
@@ -164,6 +175,7 @@ pub async fn run(
     let worker = Arc::new(worker::Worker {
         id: id.clone(),
         storage,
+        blobs: blobs.clone(),
         js,
         queue: settings.queue.clone(),
         limits: codec::Limits {
@@ -178,7 +190,7 @@ pub async fn run(
             .then(|| std::time::Duration::from_secs(settings.task_timeout_secs)),
         logos: Default::default(),
         fetcher: fetch::Fetcher::new(&settings.fetch).context("building the url fetcher")?,
-        outage: outage::Outage::new(storage_channel, client),
+        outage: outage::Outage::new(storage_channel, client, blobs),
         stopping: stop.clone(),
     });
 

@@ -1,6 +1,6 @@
 //! Outages of our own infrastructure are not an image's fault.
 //!
-//! When a task cannot reach storage or NATS, retrying it through JetStream would spend one
+//! When a task cannot reach storage, NATS or the shared blob store, retrying it through JetStream would spend one
 //! of the image's few deliveries per try: a 20 s storage outage used to fail most of a
 //! batch for good ("gave up after 5 attempts: tcp connect error"). Instead the worker holds
 //! the task (with in-progress acks, so it is not redelivered), stops pulling new ones, and
@@ -36,15 +36,22 @@ pub struct Outage {
     probing: Arc<AtomicBool>,
     storage: Channel,
     nats: async_nats::Client,
+    /// The shared blob store, when the worker reads and writes it directly.
+    blobs: Option<pixelmesh_blobs::BlobStore>,
 }
 
 impl Outage {
-    pub fn new(storage: Channel, nats: async_nats::Client) -> Self {
+    pub fn new(
+        storage: Channel,
+        nats: async_nats::Client,
+        blobs: Option<pixelmesh_blobs::BlobStore>,
+    ) -> Self {
         Outage {
             down: Arc::new(watch::channel(false).0),
             probing: Arc::new(AtomicBool::new(false)),
             storage,
             nats,
+            blobs,
         }
     }
 
@@ -83,10 +90,16 @@ impl Outage {
         *self.down.borrow()
     }
 
-    /// Storage says SERVING and the NATS connection is up.
+    /// Storage says SERVING, the NATS connection is up, and a shared blob store answers.
     async fn healthy(&self) -> bool {
         if self.nats.connection_state() != async_nats::connection::State::Connected {
             return false;
+        }
+        if let Some(blobs) = &self.blobs {
+            let read = tokio::time::timeout(PROBE_TIMEOUT, blobs.identity()).await;
+            if !matches!(read, Ok(Ok(Some(_)))) {
+                return false;
+            }
         }
         let mut health = HealthClient::new(self.storage.clone());
         let request = HealthCheckRequest {

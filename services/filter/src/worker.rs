@@ -15,9 +15,10 @@ use std::{
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures::StreamExt;
+use pixelmesh_blobs::{BlobId, BlobStore};
 use pixelmesh_common::{config::QueueConfig, grpc::Channel, nats, telemetry};
 use pixelmesh_proto::{
-    Error,
+    Error, ErrorCode,
     v1::{
         BlobMeta, GetBlobRequest, JobRequest, JobState, Output, PutBlobRequest, Task, TaskResult,
         TileAssembly, TileInput, TileOutput, TileSplit, put_blob_request::Part,
@@ -103,6 +104,9 @@ impl From<tonic::Status> for TaskError {
 pub(crate) struct Worker {
     pub id: String,
     pub storage: StorageClient<Channel>,
+    /// The blob store shared with storage, when this worker reaches it; else bytes go
+    /// through storage's gRPC.
+    pub blobs: Option<BlobStore>,
     pub js: jetstream::Context,
     pub queue: QueueConfig,
     pub limits: Limits,
@@ -453,7 +457,7 @@ async fn run_image(
     let started = Instant::now();
     let max_bytes = worker.limits.max_input_bytes;
     let input = if task.url.is_empty() {
-        download(storage, &task.input_blob_id, max_bytes).await?
+        download(worker, storage, &task.input_blob_id, max_bytes).await?
     } else {
         let input = worker
             .fetcher
@@ -507,7 +511,7 @@ async fn run_image(
     .await?
     .map_err(|err| TaskError::Permanent(err.to_string()))?;
     let processed_at = Instant::now();
-    let output = upload(storage, processed).await?;
+    let output = upload(worker, storage, processed).await?;
     tracing::debug!(
         download_ms = (downloaded - started).as_millis() as u64,
         process_ms = (processed_at - downloaded).as_millis() as u64,
@@ -544,7 +548,7 @@ async fn load_logos(
                     max_pixels: worker.limits.max_pixels.min(logos::MAX_LOGO_PIXELS),
                     ..worker.limits
                 };
-                let bytes = download(storage, blob_id, limits.max_input_bytes)
+                let bytes = download(worker, storage, blob_id, limits.max_input_bytes)
                     .await
                     .map_err(named)?;
                 // Decoded as RGBA, and converted once.
@@ -600,7 +604,7 @@ async fn split(
     let uploading = async {
         let mut stored = Vec::new();
         while let Some((tile, bytes)) = cut_rx.recv().await {
-            let blob_id = put_blob(storage, bytes).await?;
+            let blob_id = put_blob(worker, storage, bytes).await?;
             stored.push(TileInput {
                 tile: stored.len() as u32,
                 core: Some(tile.core.to_proto()),
@@ -633,7 +637,7 @@ async fn run_tile(
         core: Rect::from_proto(input.core.as_ref()),
         source: Rect::from_proto(input.source.as_ref()),
     };
-    let bytes = download(storage, &input.blob_id, raw_limit(&worker.limits)).await?;
+    let bytes = download(worker, storage, &input.blob_id, raw_limit(&worker.limits)).await?;
     // The tile, the pipeline's copy of it, and its core.
     let need = (bytes.len() as u64).saturating_mul(3);
     let core = on_cpu(worker, need, deadline, move || {
@@ -645,7 +649,7 @@ async fn run_tile(
     Ok(TileOutput {
         tile: input.tile,
         core: Some(tile.core.to_proto()),
-        blob_id: put_blob(storage, core).await?,
+        blob_id: put_blob(worker, storage, core).await?,
     })
 }
 
@@ -662,7 +666,7 @@ async fn run_assembly(
     let mut covered = 0u64;
     for tile in &assembly.tiles {
         let at = Rect::from_proto(tile.core.as_ref());
-        let bytes = download(storage, &tile.blob_id, raw_limit(&worker.limits)).await?;
+        let bytes = download(worker, storage, &tile.blob_id, raw_limit(&worker.limits)).await?;
         let core = tiles::decode_raw(bytes).map_err(TaskError::Permanent)?;
         canvas.paste(at, &core).map_err(TaskError::Permanent)?;
         covered += u64::from(at.width) * u64::from(at.height);
@@ -682,7 +686,7 @@ async fn run_assembly(
     })
     .await?
     .map_err(TaskError::Permanent)?;
-    upload(storage, processed).await
+    upload(worker, storage, processed).await
 }
 
 /// Runs CPU-bound `work` off the async runtime, holding `bytes` of the worker's memory budget
@@ -733,13 +737,53 @@ fn raw_limit(limits: &Limits) -> u64 {
 }
 
 async fn download(
+    worker: &Worker,
     storage: &mut StorageClient<Channel>,
     blob_id: &str,
     max_bytes: u64,
 ) -> Result<Vec<u8>, TaskError> {
-    download_blob(storage, blob_id, max_bytes)
-        .instrument(engine::stage_span("fetch"))
-        .await
+    let bytes = match &worker.blobs {
+        Some(blobs) => {
+            read_direct(blobs, blob_id, max_bytes)
+                .instrument(engine::stage_span("fetch"))
+                .await?
+        }
+        None => {
+            download_blob(storage, blob_id, max_bytes)
+                .instrument(engine::stage_span("fetch"))
+                .await?
+        }
+    };
+    metrics::counter!("pixelmesh_filter_bytes_in_total").increment(bytes.len() as u64);
+    Ok(bytes)
+}
+
+/// A blob straight from the shared store.
+async fn read_direct(
+    blobs: &BlobStore,
+    blob_id: &str,
+    max_bytes: u64,
+) -> Result<Vec<u8>, TaskError> {
+    let id = BlobId::parse(blob_id).map_err(|err| TaskError::Permanent(err.message))?;
+    match blobs.get(&id, max_bytes).await {
+        // The engine takes a Vec; a file store's Bytes owns its Vec, so this does not copy.
+        Ok(bytes) => Ok(Vec::from(bytes)),
+        Err(err) => Err(store_error(err, max_bytes)),
+    }
+}
+
+/// A shared store's failure as a task's: a missing or oversized blob is the input's fault;
+/// a store that does not answer is not, so no attempt is spent on it.
+fn store_error(err: Error, max_bytes: u64) -> TaskError {
+    match err.code {
+        ErrorCode::NotFound => TaskError::Permanent(err.message),
+        ErrorCode::ResourceExhausted => TaskError::Permanent(format!(
+            "input is over the limit of {max_bytes} bytes ({})",
+            err.message
+        )),
+        code if code.is_transient() => TaskError::Infrastructure(err.message),
+        _ => TaskError::Transient(err.message),
+    }
 }
 
 async fn download_blob(
@@ -776,17 +820,17 @@ async fn download_blob(
         }
         bytes.extend_from_slice(&chunk.chunk);
     }
-    metrics::counter!("pixelmesh_filter_bytes_in_total").increment(bytes.len() as u64);
     Ok(bytes)
 }
 
 async fn upload(
+    worker: &Worker,
     storage: &mut StorageClient<Channel>,
     processed: Processed,
 ) -> Result<Output, TaskError> {
     let size_bytes = processed.bytes.len() as u64;
     Ok(Output {
-        blob_id: put_blob(storage, processed.bytes).await?,
+        blob_id: put_blob(worker, storage, processed.bytes).await?,
         content_type: processed.content_type.to_string(),
         width: processed.width,
         height: processed.height,
@@ -795,12 +839,36 @@ async fn upload(
     })
 }
 
-/// Stores `bytes` and returns the blob id.
+/// Stores `bytes`, in the shared store or through storage, and returns the blob id.
 async fn put_blob(
+    worker: &Worker,
     storage: &mut StorageClient<Channel>,
     bytes: Vec<u8>,
 ) -> Result<String, TaskError> {
-    let bytes_len = bytes.len() as u64;
+    let size = bytes.len() as u64;
+    let id = match &worker.blobs {
+        Some(blobs) => blobs
+            .put(bytes.into())
+            .instrument(engine::stage_span("store"))
+            .await
+            .map(|stored| stored.id.to_string())
+            .map_err(|err| match err.code {
+                // The store refusing our own output is not the input's fault; another try
+                // may land on a healthier moment.
+                ErrorCode::ResourceExhausted => TaskError::Transient(err.message),
+                code if code.is_transient() => TaskError::Infrastructure(err.message),
+                _ => TaskError::Transient(err.message),
+            })?,
+        None => put_through_storage(storage, bytes).await?,
+    };
+    metrics::counter!("pixelmesh_filter_bytes_out_total").increment(size);
+    Ok(id)
+}
+
+async fn put_through_storage(
+    storage: &mut StorageClient<Channel>,
+    bytes: Vec<u8>,
+) -> Result<String, TaskError> {
     let parts = std::iter::once(PutBlobRequest {
         part: Some(Part::Meta(BlobMeta::default())),
     })
@@ -813,7 +881,6 @@ async fn put_blob(
                 )),
             }),
     );
-    let size = bytes_len;
     let info = storage
         .put_blob(futures::stream::iter(parts))
         .instrument(engine::stage_span("store"))
@@ -825,7 +892,6 @@ async fn put_blob(
             _ => TaskError::from(status),
         })?
         .into_inner();
-    metrics::counter!("pixelmesh_filter_bytes_out_total").increment(size);
     Ok(info.id)
 }
 

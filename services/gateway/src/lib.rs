@@ -151,6 +151,9 @@ pub struct Config {
     pub nats_url: String,
     pub storage_url: String,
     pub scheduler_url: String,
+    /// The blob store to write uploads to and serve downloads from directly, checked to be
+    /// storage's at start; `None`: through storage's gRPC.
+    pub blob_store: Option<String>,
     pub settings: Settings,
 }
 
@@ -169,14 +172,26 @@ pub async fn run(
     }
     let limits = protect::Limits::from_settings(&config.settings);
     let nats = pixelmesh_common::nats::connect(&config.nats_url, "pixelmesh-gateway").await?;
-    let storage = StorageClient::new(mesh::Detached::new(channel(&config.storage_url)?))
+    let storage_channel = channel(&config.storage_url)?;
+    let blobs = match &config.blob_store {
+        Some(url) => {
+            let mut storage = StorageClient::new(storage_channel.clone());
+            Some(
+                pixelmesh_blobs::open_shared(url, &mut storage, &config.storage_url)
+                    .await
+                    .map_err(|err| anyhow::anyhow!("the blob store: {}", err.message))?,
+            )
+        }
+        None => None,
+    };
+    let storage = StorageClient::new(mesh::Detached::new(storage_channel))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let scheduler = SchedulerClient::new(channel(&config.scheduler_url)?)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let web = web::router(&config.settings.web_dir);
-    let mesh = mesh::Mesh::new(storage, scheduler, nats, config.settings);
+    let mesh = mesh::Mesh::new(storage, blobs, scheduler, nats, config.settings);
     mesh.throughput().clone().count(mesh.fanout()).await?;
 
     let server = Server::new("gateway")?

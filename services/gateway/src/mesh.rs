@@ -9,16 +9,17 @@ use std::{
 };
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
-use pixelmesh_common::{grpc::Channel, nats};
+use futures::{Stream, StreamExt, stream::BoxStream};
+use pixelmesh_blobs::{BlobId, BlobStore};
+use pixelmesh_common::{grpc::Channel, media::IMAGE_HEADER_BYTES, nats};
 use pixelmesh_proto::{
     Error, ErrorCode,
     v1::{
         Batch, BlobAbort, BlobInfo, BlobMeta, CountJobsRequest, DeleteJobResponse, GetBlobRequest,
         GetImageRequest, Image, ImageInput, ImageState, Job, JobEvent, JobRequest, JobState,
         JobSummary, ListJobsQuery, ListJobsRequest, ListJobsResponse, Output, PutBlobRequest,
-        SubmitJobRequest, Worker, put_blob_request::Part, scheduler_client::SchedulerClient,
-        storage_client::StorageClient,
+        RecordBlobRequest, SubmitJobRequest, Worker, put_blob_request::Part,
+        scheduler_client::SchedulerClient, storage_client::StorageClient,
     },
 };
 use prost::Message as _;
@@ -49,6 +50,9 @@ pub type Storage = StorageClient<Detached<Channel>>;
 #[derive(Clone)]
 pub struct Mesh {
     storage: Storage,
+    /// The blob store shared with storage, when the gateway reaches it: uploads are written
+    /// and downloads read there, and storage only records them.
+    blobs: Option<BlobStore>,
     scheduler: SchedulerClient<Channel>,
     nats: async_nats::Client,
     /// Every watcher's NATS subscriptions: one per subject for the whole gateway.
@@ -60,12 +64,14 @@ pub struct Mesh {
 impl Mesh {
     pub fn new(
         storage: Storage,
+        blobs: Option<BlobStore>,
         scheduler: SchedulerClient<Channel>,
         nats: async_nats::Client,
         settings: Settings,
     ) -> Self {
         Mesh {
             storage,
+            blobs,
             scheduler,
             fanout: Fanout::nats(nats.clone()),
             nats,
@@ -130,9 +136,10 @@ impl Mesh {
         self.nats.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// Streams `chunks` into storage as a blob of `caller`'s (its key becomes one of the
-    /// blob's owners). An error from `chunks` aborts the upload, so a broken client
-    /// connection never leaves a truncated blob behind.
+    /// Streams `chunks` into the blob store as a blob of `caller`'s (its key becomes one of
+    /// the blob's owners): straight into the shared store when the gateway reaches it, then
+    /// recorded by storage, else through storage. An error from `chunks` aborts the upload,
+    /// so a broken client connection never leaves a truncated blob behind.
     ///
     /// The storage call runs in a task of its own, fed through a channel, and always ends its
     /// request stream normally: with the last chunk, or with an abort part when `chunks`
@@ -147,7 +154,10 @@ impl Mesh {
             max_bytes: self.settings.max_upload_bytes,
             owner: caller.owner().to_string(),
         };
-        put_blob(self.storage.clone(), meta, chunks).await
+        match &self.blobs {
+            Some(blobs) => put_direct(blobs, self.storage.clone(), meta, chunks).await,
+            None => put_blob(self.storage.clone(), meta, chunks).await,
+        }
     }
 
     /// Stores every image of a spooled ZIP archive as a blob; the job inputs, named after
@@ -646,18 +656,9 @@ impl Mesh {
             .ok_or_else(|| Error::not_found(format!("job {job_id} has no image {key}")))
     }
 
-    /// A stored blob's bytes, in chunks as storage streams them.
-    async fn blob(
-        &self,
-        id: String,
-    ) -> Result<impl Stream<Item = Result<Bytes, Error>> + use<>, Error> {
-        Ok(self
-            .storage
-            .clone()
-            .get_blob(GetBlobRequest { id })
-            .await?
-            .into_inner()
-            .map(|chunk| chunk.map(|c| Bytes::from(c.chunk)).map_err(Error::from)))
+    /// A stored blob's bytes in chunks.
+    async fn blob(&self, id: String) -> Result<BoxStream<'static, Result<Bytes, Error>>, Error> {
+        blob_chunks(&self.storage, self.blobs.as_ref(), id).await
     }
 
     /// Image `index`'s input as submitted: its name and its bytes in chunks.
@@ -777,10 +778,10 @@ impl Mesh {
         id: &str,
     ) -> Result<ReceiverStream<Result<Bytes, Error>>, Error> {
         let job = self.job(caller, id).await?;
-        let storage = self.storage.clone();
+        let (storage, blobs) = (self.storage.clone(), self.blobs.clone());
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(async move {
-            if let Err(err) = write_bundle(job, storage, &tx).await {
+            if let Err(err) = write_bundle(job, storage, blobs, &tx).await {
                 let _ = tx.send(Err(err)).await;
             }
         });
@@ -850,6 +851,58 @@ pub fn worker_view(caller: &Caller, mut worker: Worker) -> Worker {
         worker.last_error.clear();
     }
     worker
+}
+
+/// A blob's bytes in chunks: from the shared store when there is one, else as storage
+/// streams them.
+async fn blob_chunks(
+    storage: &Storage,
+    blobs: Option<&BlobStore>,
+    id: String,
+) -> Result<BoxStream<'static, Result<Bytes, Error>>, Error> {
+    if let Some(blobs) = blobs {
+        let id = BlobId::parse(&id)?;
+        return Ok(blobs.reader(&id).await?.chunks);
+    }
+    Ok(storage
+        .clone()
+        .get_blob(GetBlobRequest { id })
+        .await?
+        .into_inner()
+        .map(|chunk| chunk.map(|c| Bytes::from(c.chunk)).map_err(Error::from))
+        .boxed())
+}
+
+/// [`Mesh::upload`] into the shared store: the bytes go there, then storage records the
+/// blob with its owner and image header (so a submit's checks need no read of the store).
+async fn put_direct<S>(
+    blobs: &BlobStore,
+    mut storage: Storage,
+    meta: BlobMeta,
+    chunks: S,
+) -> Result<BlobInfo, Error>
+where
+    S: Stream<Item = Result<Bytes, Error>> + Send,
+{
+    let head = std::sync::Mutex::new(Vec::new());
+    let chunks = chunks.inspect(|chunk| {
+        if let (Ok(chunk), Ok(mut head)) = (chunk, head.lock())
+            && head.len() < IMAGE_HEADER_BYTES
+        {
+            let take = chunk.len().min(IMAGE_HEADER_BYTES - head.len());
+            head.extend_from_slice(&chunk[..take]);
+        }
+    });
+    let stored = blobs.put_stream(chunks, meta.max_bytes).await?;
+    let head = head.into_inner().unwrap_or_default();
+    let info = pixelmesh_blobs::info(stored.id.as_str(), stored.size, &head);
+    storage
+        .record_blob(RecordBlobRequest {
+            blob: Some(info.clone()),
+            owner: meta.owner,
+        })
+        .await?;
+    Ok(info)
 }
 
 /// [`Mesh::upload`]'s work: `chunks` into storage as a blob described by `meta`.
@@ -1067,7 +1120,8 @@ where
 /// Writes the bundle of `job` into `tx`; stops quietly when the client goes away.
 async fn write_bundle(
     job: Job,
-    mut storage: Storage,
+    storage: Storage,
+    blobs: Option<BlobStore>,
     tx: &mpsc::Sender<Result<Bytes, Error>>,
 ) -> Result<(), Error> {
     let send = |bytes: Bytes| async move {
@@ -1095,14 +1149,9 @@ async fn write_bundle(
             let extension = bundle::extension(&output.content_type);
             let name = bundle::output_name(&image.name, image.index, extension, &mut taken);
             send(zip.start_entry(&name)?).await?;
-            let mut chunks = storage
-                .get_blob(GetBlobRequest {
-                    id: output.blob_id.clone(),
-                })
-                .await?
-                .into_inner();
+            let mut chunks = blob_chunks(&storage, blobs.as_ref(), output.blob_id.clone()).await?;
             while let Some(chunk) = chunks.next().await {
-                let chunk = Bytes::from(chunk?.chunk);
+                let chunk = chunk?;
                 zip.data(&chunk);
                 send(chunk).await?;
             }

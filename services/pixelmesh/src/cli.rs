@@ -27,7 +27,7 @@ pub enum Command {
     Scheduler(SchedulerArgs),
     /// A worker: pulls tasks and runs image pipelines. Run as many as you like.
     Filter(FilterArgs),
-    /// Blobs on disk and job metadata in sled.
+    /// Job metadata in sled; keeper of the blob store.
     Storage(StorageArgs),
     /// Every role in one process, each on its own port; starts a local nats-server if none
     /// answers and one is on PATH.
@@ -36,6 +36,19 @@ pub enum Command {
     /// Probes the roles listening on this host through `grpc.health.v1`: exit 0 when all
     /// serve. The container image's HEALTHCHECK.
     Health(health::HealthArgs),
+}
+
+/// Where blob bytes live. Every role that moves bytes (storage, gateway, filter) takes it.
+#[derive(Debug, Clone, Args)]
+pub struct BlobStoreArgs {
+    /// The blob store: `file:///path` (a directory) or `s3://bucket[/prefix]` (any
+    /// S3-compatible store, configured by AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_REGION and AWS_ALLOW_HTTP). Storage defaults to
+    /// `file://<storage dir>/blobs`. A gateway or filter given one reads and writes bytes
+    /// there directly, after checking it is storage's; without one, bytes go through
+    /// storage's gRPC. `all` shares storage's store with its roles.
+    #[arg(long, env = "PIXELMESH_BLOB_STORE")]
+    pub blob_store: Option<String>,
 }
 
 /// Where the other roles are.
@@ -67,6 +80,8 @@ pub struct GatewayArgs {
     #[command(flatten)]
     pub peers: Peers,
     #[command(flatten)]
+    pub blobs: BlobStoreArgs,
+    #[command(flatten)]
     pub settings: pixelmesh_gateway::Settings,
 }
 
@@ -96,6 +111,8 @@ pub struct FilterArgs {
     #[command(flatten)]
     pub peers: Peers,
     #[command(flatten)]
+    pub blobs: BlobStoreArgs,
+    #[command(flatten)]
     pub settings: pixelmesh_filter::Settings,
 }
 
@@ -107,6 +124,8 @@ pub struct StorageArgs {
         default_value = "0.0.0.0:50053"
     )]
     pub storage_listen: SocketAddr,
+    #[command(flatten)]
+    pub blobs: BlobStoreArgs,
     #[command(flatten)]
     pub config: pixelmesh_storage::Config,
 }
@@ -142,6 +161,8 @@ pub struct AllArgs {
     pub nats_dir: PathBuf,
     #[command(flatten)]
     pub nats: NatsConfig,
+    #[command(flatten)]
+    pub blobs: BlobStoreArgs,
     #[command(flatten)]
     pub storage: pixelmesh_storage::Config,
     #[command(flatten)]

@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cli::{Command, FilterArgs, GatewayArgs, Peers, SchedulerArgs, StorageArgs},
+    cli::{BlobStoreArgs, Command, FilterArgs, GatewayArgs, Peers, SchedulerArgs, StorageArgs},
     nats_server,
 };
 
@@ -29,6 +29,7 @@ async fn gateway(args: GatewayArgs, stop: Stop) -> anyhow::Result<()> {
         nats_url: args.nats.url,
         storage_url: args.peers.storage_url,
         scheduler_url: args.peers.scheduler_url,
+        blob_store: args.blobs.blob_store,
         settings: args.settings,
     };
     pixelmesh_gateway::run(config, listener, stop).await
@@ -49,6 +50,7 @@ async fn filter(args: FilterArgs, stop: Stop) -> anyhow::Result<()> {
     let config = pixelmesh_filter::Config {
         nats_url: args.nats.url,
         storage_url: args.peers.storage_url,
+        blob_store: args.blobs.blob_store,
         settings: args.settings,
     };
     pixelmesh_filter::run(config, listener, stop).await
@@ -56,7 +58,11 @@ async fn filter(args: FilterArgs, stop: Stop) -> anyhow::Result<()> {
 
 async fn storage(args: StorageArgs, stop: Stop) -> anyhow::Result<()> {
     let listener = bind(args.storage_listen, "storage").await?;
-    pixelmesh_storage::run(args.config, listener, stop).await
+    let config = pixelmesh_storage::Config {
+        blob_store: args.blobs.blob_store,
+        ..args.config
+    };
+    pixelmesh_storage::run(config, listener, stop).await
 }
 
 /// Runs one role, or all of them, until SIGTERM/Ctrl-C.
@@ -80,12 +86,20 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             // Kept alive until every role has stopped; dropping it stops the server.
             let _nats = nats_server::ensure(&args.nats.url, &args.nats_dir).await?;
             let peers: Peers = args.peers();
+            // Every role of one process shares storage's store: bytes never cross gRPC.
+            let blobs = BlobStoreArgs {
+                blob_store: Some(match &args.blobs.blob_store {
+                    Some(url) => url.clone(),
+                    None => args.storage.blob_store_url()?,
+                }),
+            };
             let roles: Vec<(&str, Started)> = vec![
                 (
                     "storage",
                     Box::pin(storage(
                         StorageArgs {
                             storage_listen: args.storage_listen,
+                            blobs: blobs.clone(),
                             config: args.storage.clone(),
                         },
                         signal(&stop),
@@ -110,6 +124,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                             filter_listen: args.filter_listen,
                             nats: args.nats.clone(),
                             peers: peers.clone(),
+                            blobs: blobs.clone(),
                             settings: args.filter.clone(),
                         },
                         signal(&stop),
@@ -122,6 +137,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                             gateway_listen: args.gateway_listen,
                             nats: args.nats.clone(),
                             peers,
+                            blobs,
                             settings: args.gateway.clone(),
                         },
                         signal(&stop),

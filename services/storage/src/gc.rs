@@ -2,12 +2,16 @@
 //! or never came. A blob is kept for a grace period after it was last written, so an upload
 //! waiting for its submit and a worker's output waiting to be recorded are never taken.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    collections::HashSet,
+    time::{Duration, SystemTime},
+};
 
+use pixelmesh_blobs::{BlobId, BlobStore};
 use pixelmesh_proto::Error;
 use tokio_util::sync::CancellationToken;
 
-use crate::{blobs::Blobs, store::Store};
+use crate::store::Store;
 
 /// How often the sweep runs; at most, since a short grace period sweeps more often.
 const MAX_INTERVAL: Duration = Duration::from_secs(3600);
@@ -21,7 +25,7 @@ pub struct Swept {
 
 /// One sweep: removes blobs no job refers to that were last written more than `grace` ago,
 /// then the owner and header records of blobs that are gone.
-pub async fn sweep(blobs: &Blobs, store: &Store, grace: Duration) -> Result<Swept, Error> {
+pub async fn sweep(blobs: &BlobStore, store: &Store, grace: Duration) -> Result<Swept, Error> {
     // The cutoff comes first: whatever is written or touched after it is left alone even if
     // the reference snapshot below cannot know about it yet.
     let cutoff = SystemTime::now()
@@ -29,31 +33,77 @@ pub async fn sweep(blobs: &Blobs, store: &Store, grace: Duration) -> Result<Swep
         .unwrap_or(SystemTime::UNIX_EPOCH);
     let keep = store.read(|meta| meta.referenced_blobs()).await?;
     let recorded = store.read(|meta| meta.recorded_blobs()).await?;
-    let blobs = blobs.clone();
-    let (swept, gone) = tokio::task::spawn_blocking(move || {
-        let (count, bytes) = blobs.remove_unreferenced(&keep, cutoff)?;
-        let gone: Vec<String> = recorded
-            .into_iter()
-            .filter(|id| !blobs.exists(id))
-            .collect();
-        Ok::<_, Error>((
-            Swept {
-                blobs: count,
-                bytes,
-            },
-            gone,
-        ))
-    })
-    .await
-    .map_err(|err| Error::internal(format!("orphan sweep task failed: {err}")))??;
+    let listed = blobs.list().await?;
+    let mut swept = Swept { blobs: 0, bytes: 0 };
+    let mut present = HashSet::with_capacity(listed.len());
+    for blob in listed {
+        if keep.contains(blob.id.as_str()) || blob.modified >= cutoff {
+            present.insert(blob.id.as_str().to_string());
+            continue;
+        }
+        match blobs.delete(&blob.id).await {
+            Ok(_) => {
+                swept.blobs += 1;
+                swept.bytes += blob.size;
+            }
+            Err(err) => {
+                tracing::warn!(blob = %blob.id, error = %err.message, "cannot remove orphan blob");
+                present.insert(blob.id.as_str().to_string());
+            }
+        }
+    }
+    let gone: Vec<String> = recorded
+        .into_iter()
+        .filter(|id| !present.contains(id))
+        .collect();
     if !gone.is_empty() {
         store.write(move |meta| meta.forget_blobs(&gone)).await?;
     }
     Ok(swept)
 }
 
+/// Deletes those of `ids` not in `keep` and last written before `cutoff`; returns how many
+/// blobs and bytes went.
+pub async fn remove_if_unreferenced(
+    blobs: &BlobStore,
+    ids: impl IntoIterator<Item = String>,
+    keep: &HashSet<String>,
+    cutoff: SystemTime,
+) -> (u64, u64) {
+    let (mut count, mut bytes) = (0, 0);
+    let mut seen = HashSet::new();
+    for id in ids {
+        let Ok(blob) = BlobId::parse(&id) else {
+            continue;
+        };
+        if keep.contains(&id) || !seen.insert(id) {
+            continue;
+        }
+        let entry = match blobs.entry(&blob).await {
+            Ok(Some(entry)) => entry,
+            Ok(None) => continue,
+            Err(err) => {
+                tracing::warn!(blob = %blob, error = %err.message, "cannot read blob");
+                continue;
+            }
+        };
+        if entry.modified >= cutoff {
+            continue;
+        }
+        match blobs.delete(&blob).await {
+            Ok(true) => {
+                count += 1;
+                bytes += entry.size;
+            }
+            Ok(false) => {}
+            Err(err) => tracing::warn!(blob = %blob, error = %err.message, "cannot remove blob"),
+        }
+    }
+    (count, bytes)
+}
+
 /// Sweeps at start and then periodically until `stop`.
-pub async fn run(blobs: Blobs, store: Store, grace: Duration, stop: CancellationToken) {
+pub async fn run(blobs: BlobStore, store: Store, grace: Duration, stop: CancellationToken) {
     let every = (grace / 4).clamp(Duration::from_secs(1), MAX_INTERVAL);
     loop {
         match sweep(&blobs, &store, grace).await {
@@ -83,13 +133,11 @@ mod tests {
     use super::*;
     use crate::meta::Meta;
 
-    async fn put(blobs: &Blobs, bytes: &[u8]) -> String {
-        let mut writer = blobs.writer(0).await.expect("writer");
-        writer.write(bytes).await.expect("write");
-        writer
-            .finish()
+    async fn put(blobs: &BlobStore, bytes: &[u8]) -> String {
+        blobs
+            .put(bytes::Bytes::copy_from_slice(bytes))
             .await
-            .expect("finish")
+            .expect("put")
             .id
             .as_str()
             .to_string()
@@ -111,7 +159,8 @@ mod tests {
     async fn removes_old_unreferenced_blobs_only() {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("blobs");
-        let blobs = Blobs::open(&root, 1 << 20).await.expect("blobs");
+        let url = pixelmesh_blobs::file_url(&root).expect("url");
+        let blobs = BlobStore::open(&url, 1 << 20).await.expect("blobs");
         let meta = Meta::open(&dir.path().join("meta"), 100).expect("meta");
         let store = Store::start(meta.clone()).expect("store");
         let input = put(&blobs, b"input").await;

@@ -1,20 +1,23 @@
-//! `pixelmesh.v1.Storage`: converts wire types and calls [`Blobs`] and, through [`Store`],
-//! the metadata: every change on the writer thread, every read on a blocking thread.
+//! `pixelmesh.v1.Storage`: converts wire types and calls the [`BlobStore`] and, through
+//! [`Store`], the metadata: every change on the writer thread, every read on a blocking thread.
 
 use std::{
     pin::Pin,
     time::{Duration, SystemTime},
 };
 
-use futures::Stream;
-use pixelmesh_common::media::{IMAGE_HEADER_BYTES, image_header};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use pixelmesh_blobs::{BlobId, BlobStore};
+use pixelmesh_common::media::IMAGE_HEADER_BYTES;
 use pixelmesh_proto::{
     Error,
     v1::{
-        BlobInfo, CheckBlobsRequest, CheckBlobsResponse, CountJobsRequest, CreateJobRequest,
-        DeleteJobResponse, GetBlobRequest, GetBlobResponse, GetImageRequest, Job, JobCounts,
-        JobImage, JobRequest, JobSummaries, JobSummary, ListJobsQuery, ListUnfinishedJobsRequest,
-        PutBlobRequest, RecordResultRequest, RecordResultResponse, RequeueImagesRequest, operation,
+        BlobInfo, BlobStoreInfo, CheckBlobsRequest, CheckBlobsResponse, CountJobsRequest,
+        CreateJobRequest, DeleteJobResponse, GetBlobRequest, GetBlobResponse, GetBlobStoreRequest,
+        GetImageRequest, Job, JobCounts, JobImage, JobRequest, JobSummaries, JobSummary,
+        ListJobsQuery, ListUnfinishedJobsRequest, PutBlobRequest, RecordBlobRequest,
+        RecordResultRequest, RecordResultResponse, RequeueImagesRequest, operation,
         put_blob_request::Part, storage_server::Storage,
     },
 };
@@ -22,95 +25,96 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::{
-    blobs::{BlobId, Blobs},
-    store::Store,
-};
+use crate::store::Store;
 
 /// Most blob ids one `CheckBlobs` may ask about: a job's images and its logos.
 const MAX_CHECKED_BLOBS: usize = 100_000;
 
 pub struct StorageService {
-    blobs: Blobs,
+    blobs: BlobStore,
+    /// The id in the blob store's marker.
+    store_id: String,
     store: Store,
 }
 
 impl StorageService {
-    pub fn new(blobs: Blobs, store: Store) -> Self {
-        StorageService { blobs, store }
+    pub fn new(blobs: BlobStore, store_id: String, store: Store) -> Self {
+        StorageService {
+            blobs,
+            store_id,
+            store,
+        }
     }
 
     /// Removes what only `job` referred to: its outputs at once, its inputs and logos when
     /// they were not written lately (an upload for a job not submitted yet may share their
     /// content; the orphan sweep takes those later). Their owner records go with them.
     async fn remove_job_blobs(&self, job: Job) -> Result<DeleteJobResponse, Error> {
-        let blobs = self.blobs.clone();
         let keep = self.store.read(|meta| meta.referenced_blobs()).await?;
-        let (removed, gone) = tokio::task::spawn_blocking(move || {
-            let now = SystemTime::now();
-            let outputs = job
-                .images
-                .iter()
-                .filter_map(|image| image.output.as_ref().map(|o| o.blob_id.as_str()));
-            let (mut count, mut bytes) = blobs.remove_if_unreferenced(outputs, &keep, now);
-            let inputs = job.images.iter().map(|image| image.input_blob_id.as_str());
-            let logos = job.pipeline.iter().filter_map(|op| match &op.op {
-                Some(operation::Op::Watermark(watermark)) => Some(watermark.logo.as_str()),
+        let now = SystemTime::now();
+        // Collected before any await: iterator closures held across one make the future
+        // not Send.
+        let outputs: Vec<String> = job
+            .images
+            .iter()
+            .filter_map(|image| image.output.as_ref().map(|o| o.blob_id.clone()))
+            .collect();
+        let inputs_and_logos: Vec<String> = job
+            .images
+            .iter()
+            .map(|image| image.input_blob_id.clone())
+            .chain(job.pipeline.iter().filter_map(|op| match &op.op {
+                Some(operation::Op::Watermark(watermark)) => Some(watermark.logo.clone()),
                 _ => None,
-            });
-            let cutoff = now.checked_sub(INPUT_DELETE_GRACE).unwrap_or(now);
-            let (more, more_bytes) =
-                blobs.remove_if_unreferenced(inputs.chain(logos), &keep, cutoff);
-            count += more;
-            bytes += more_bytes;
-            let gone: Vec<String> = job
-                .images
-                .iter()
-                .flat_map(|image| {
-                    let output = image.output.as_ref().map(|o| o.blob_id.clone());
-                    output.into_iter().chain([image.input_blob_id.clone()])
-                })
-                .filter(|id| !id.is_empty() && !blobs.exists(id))
-                .collect();
-            ((count, bytes), gone)
-        })
-        .await
-        .map_err(|err| Error::internal(format!("blob removal task failed: {err}")))?;
+            }))
+            .collect();
+        let (mut count, mut bytes) =
+            crate::gc::remove_if_unreferenced(&self.blobs, outputs, &keep, now).await;
+        let cutoff = now.checked_sub(INPUT_DELETE_GRACE).unwrap_or(now);
+        let (more, more_bytes) =
+            crate::gc::remove_if_unreferenced(&self.blobs, inputs_and_logos, &keep, cutoff).await;
+        count += more;
+        bytes += more_bytes;
+        let mut gone = Vec::new();
+        let ids: Vec<String> = job
+            .images
+            .iter()
+            .flat_map(|image| {
+                let output = image.output.as_ref().map(|o| o.blob_id.clone());
+                output.into_iter().chain([image.input_blob_id.clone()])
+            })
+            .collect();
+        for id in ids {
+            let Ok(blob) = BlobId::parse(&id) else {
+                continue;
+            };
+            if !self.blobs.exists(&blob).await.unwrap_or(true) {
+                gone.push(id);
+            }
+        }
         if !gone.is_empty() {
             self.store
                 .write(move |meta| meta.forget_blobs(&gone))
                 .await?;
         }
         Ok(DeleteJobResponse {
-            blobs_removed: removed.0 as u32,
-            bytes_removed: removed.1,
+            blobs_removed: count as u32,
+            bytes_removed: bytes,
         })
     }
 
     /// A stored blob's size and image header: as its upload recorded them, else read from
     /// its first bytes (a worker's output, or a blob stored before headers were recorded).
+    /// A recorded blob is taken at its record's word: asking an object store about each of
+    /// a 10,000-image job's inputs would cost as many round trips. Its record goes when the
+    /// blob is deleted.
     async fn describe(&self, id: &BlobId, recorded: Option<BlobInfo>) -> Result<BlobInfo, Error> {
-        let size = self.blobs.stat(id).await?.size;
-        if let Some(info) = recorded {
-            return Ok(BlobInfo {
-                size_bytes: size,
-                ..info
-            });
+        if let Some(info) = recorded.filter(|info| info.size_bytes > 0) {
+            return Ok(info);
         }
+        let size = self.blobs.stat(id).await?;
         let head = self.blobs.head(id, IMAGE_HEADER_BYTES).await?;
-        Ok(blob_info(id.as_str(), size, &head))
-    }
-}
-
-/// What storage tells of a blob from its size and first bytes.
-fn blob_info(id: &str, size: u64, head: &[u8]) -> BlobInfo {
-    let header = image_header(head);
-    BlobInfo {
-        id: id.to_string(),
-        size_bytes: size,
-        width: header.map_or(0, |h| h.width),
-        height: header.map_or(0, |h| h.height),
-        bytes_per_pixel: header.map_or(0, |h| h.bytes_per_pixel),
+        Ok(pixelmesh_blobs::info(id.as_str(), size, &head))
     }
 }
 
@@ -127,50 +131,69 @@ impl Storage for StorageService {
         request: Request<Streaming<PutBlobRequest>>,
     ) -> Result<Response<BlobInfo>, Status> {
         let mut parts = request.into_inner();
-        let mut writer = None;
-        let mut owner = String::new();
+        // The first message carries the meta (older senders may start with a chunk).
+        let (meta, first) = match parts.message().await? {
+            Some(PutBlobRequest {
+                part: Some(Part::Meta(meta)),
+            }) => (meta, None),
+            other => (Default::default(), other),
+        };
         // The start of the file, for its image header.
-        let mut head = Vec::new();
-        // A stream error (client gone mid-upload) or an abort returns early; the writer's
-        // temp file is dropped with it, so no partial blob is ever stored.
-        while let Some(part) = parts.message().await? {
-            match part.part {
-                Some(Part::Meta(meta)) if writer.is_none() => {
-                    writer = Some(self.blobs.writer(meta.max_bytes).await?);
-                    owner = meta.owner;
-                }
-                Some(Part::Meta(_)) => {
-                    return Err(Status::invalid_argument(
-                        "meta must be the first message, sent once",
-                    ));
-                }
-                Some(Part::Chunk(chunk)) => {
-                    if writer.is_none() {
-                        writer = Some(self.blobs.writer(0).await?);
+        let head = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let aborted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let chunks = futures::stream::iter(first.map(Ok))
+            .chain(parts)
+            .filter_map({
+                let (head, aborted) = (head.clone(), aborted.clone());
+                move |part| {
+                    let (head, aborted) = (head.clone(), aborted.clone());
+                    async move {
+                        match part {
+                            Err(status) => Some(Err(Error::from(status))),
+                            Ok(PutBlobRequest { part }) => match part {
+                                Some(Part::Chunk(chunk)) => {
+                                    if let Ok(mut head) = head.lock()
+                                        && head.len() < IMAGE_HEADER_BYTES
+                                    {
+                                        let take =
+                                            chunk.len().min(IMAGE_HEADER_BYTES - head.len());
+                                        head.extend_from_slice(&chunk[..take]);
+                                    }
+                                    Some(Ok(Bytes::from(chunk)))
+                                }
+                                Some(Part::Meta(_)) => Some(Err(Error::invalid(
+                                    "meta must be the first message, sent once",
+                                ))),
+                                Some(Part::Abort(abort)) => {
+                                    let reason: String = abort.reason.chars().take(200).collect();
+                                    tracing::debug!(reason = %reason, "upload aborted by the sender");
+                                    aborted.store(true, std::sync::atomic::Ordering::Relaxed);
+                                    Some(Err(Error::unavailable(format!(
+                                        "upload aborted: {reason}"
+                                    ))))
+                                }
+                                None => None,
+                            },
+                        }
                     }
-                    if head.len() < IMAGE_HEADER_BYTES {
-                        let take = chunk.len().min(IMAGE_HEADER_BYTES - head.len());
-                        head.extend_from_slice(&chunk[..take]);
-                    }
-                    if let Some(writer) = writer.as_mut() {
-                        writer.write(&chunk).await?;
-                    }
                 }
-                Some(Part::Abort(abort)) => {
-                    let reason: String = abort.reason.chars().take(200).collect();
-                    tracing::debug!(reason = %reason, "upload aborted by the sender");
-                    return Err(Status::cancelled(format!("upload aborted: {reason}")));
-                }
-                None => {}
+            });
+        // A stream error (client gone mid-upload) or an abort fails the put, which stores
+        // nothing.
+        let stored = match self.blobs.put_stream(chunks, meta.max_bytes).await {
+            Ok(stored) => stored,
+            Err(err) if aborted.load(std::sync::atomic::Ordering::Relaxed) => {
+                return Err(Status::cancelled(err.message));
             }
-        }
-        let writer = writer.ok_or_else(|| Status::invalid_argument("blob is empty"))?;
-        let stored = writer.finish().await?;
+            Err(err) => return Err(err.into()),
+        };
         metrics::counter!("pixelmesh_storage_bytes_written_total").increment(stored.size);
-        let info = blob_info(stored.id.as_str(), stored.size, &head);
+        let head = head.lock().map(|head| head.clone()).unwrap_or_default();
+        let info = pixelmesh_blobs::info(stored.id.as_str(), stored.size, &head);
         // Only uploads are recorded: a worker's output is owned through its job.
-        if !owner.is_empty() {
+        if !meta.owner.is_empty() {
             let record = info.clone();
+            let owner = meta.owner;
             self.store
                 .write(move |meta| meta.add_blob(&record, &owner))
                 .await?;
@@ -185,19 +208,20 @@ impl Storage for StorageService {
         request: Request<GetBlobRequest>,
     ) -> Result<Response<Self::GetBlobStream>, Status> {
         let id = BlobId::parse(&request.into_inner().id)?;
-        let mut reader = self.blobs.reader(&id).await?;
-        let size_bytes = reader.size();
+        let reader = self.blobs.reader(&id).await?;
+        let size_bytes = reader.size;
+        let mut chunks = reader.chunks;
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
             let mut first = true;
             loop {
-                let message = match reader.next_chunk().await {
+                let message = match chunks.next().await.transpose() {
                     Ok(Some(chunk)) => {
                         metrics::counter!("pixelmesh_storage_bytes_read_total")
                             .increment(chunk.len() as u64);
                         Ok(GetBlobResponse {
                             size_bytes: if first { size_bytes } else { 0 },
-                            chunk,
+                            chunk: chunk.to_vec(),
                         })
                     }
                     Ok(None) => return,
@@ -268,6 +292,50 @@ impl Storage for StorageService {
             blobs.push(info);
         }
         Ok(Response::new(CheckBlobsResponse { blobs }))
+    }
+
+    async fn record_blob(
+        &self,
+        request: Request<RecordBlobRequest>,
+    ) -> Result<Response<BlobInfo>, Status> {
+        let RecordBlobRequest { blob, owner } = request.into_inner();
+        let blob = blob.ok_or_else(|| Status::invalid_argument("blob is missing"))?;
+        let id = BlobId::parse(&blob.id)?;
+        // The writer's word on the size is checked against the store: a role writing to
+        // another store than storage's must not get a record of bytes storage cannot serve.
+        let size = match self.blobs.stat(&id).await {
+            Ok(size) => size,
+            Err(err) if err.code == pixelmesh_proto::ErrorCode::NotFound => {
+                return Err(Status::not_found(format!(
+                    "blob {id} is not in storage's blob store {}",
+                    self.blobs.url()
+                )));
+            }
+            Err(err) => return Err(err.into()),
+        };
+        if size != blob.size_bytes {
+            return Err(Status::invalid_argument(format!(
+                "blob {id} is {size} bytes in the store, not {}",
+                blob.size_bytes
+            )));
+        }
+        metrics::counter!("pixelmesh_storage_bytes_written_total").increment(size);
+        let record = blob.clone();
+        self.store
+            .write(move |meta| meta.add_blob(&record, &owner))
+            .await?;
+        Ok(Response::new(blob))
+    }
+
+    async fn get_blob_store(
+        &self,
+        _request: Request<GetBlobStoreRequest>,
+    ) -> Result<Response<BlobStoreInfo>, Status> {
+        Ok(Response::new(BlobStoreInfo {
+            id: self.store_id.clone(),
+            url: self.blobs.url().to_string(),
+            max_blob_bytes: self.blobs.max_blob_bytes(),
+        }))
     }
 
     async fn create_job(

@@ -1,6 +1,9 @@
-//! The storage role: blobs on local disk and job metadata in sled.
+//! The storage role: job metadata in sled, and the blob store's keeper.
 //!
-//! * [`blobs`] — content-addressed blobs (BLAKE3), written atomically, read in chunks;
+//! Blob bytes live in a [`pixelmesh_blobs::BlobStore`] (a directory or an S3 bucket); storage
+//! serves them over gRPC to roles that do not reach the store themselves, records who owns
+//! each upload, and is the only role that deletes blobs.
+//!
 //! * [`meta`] — jobs, images, the unfinished and by-state indexes and blob owners in sled,
 //!   changed in transactions;
 //! * [`store`] — the only way into sled from async code: one writer thread that applies and
@@ -8,7 +11,6 @@
 //! * [`grpc`] — `pixelmesh.v1.Storage`, translating wire types at the edge;
 //! * [`gc`] — the periodic sweep of blobs no job refers to.
 
-pub mod blobs;
 pub mod gc;
 pub mod grpc;
 pub mod meta;
@@ -27,7 +29,7 @@ use tokio::net::TcpListener;
 // Unique among the Args structs `pixelmesh all` flattens side by side.
 #[group(id = "storage_config")]
 pub struct Config {
-    /// Directory for blobs and the sled database.
+    /// Directory for the sled database, and for blobs unless the blob store is elsewhere.
     #[arg(
         long = "storage-dir",
         env = "PIXELMESH_STORAGE_DIR",
@@ -44,6 +46,20 @@ pub struct Config {
     /// they were last written; 0 keeps them forever.
     #[arg(long, env = "PIXELMESH_ORPHAN_BLOB_TTL_SECS", default_value_t = 24 * 3600)]
     pub orphan_blob_ttl_secs: u64,
+    /// The blob store's URL (`--blob-store`, shared with the other roles, so set by the
+    /// command line's own argument group); `None`: `file://<storage dir>/blobs`.
+    #[arg(skip)]
+    pub blob_store: Option<String>,
+}
+
+impl Config {
+    /// The blob store's URL, as given or the default under the storage directory.
+    pub fn blob_store_url(&self) -> anyhow::Result<String> {
+        match &self.blob_store {
+            Some(url) => Ok(url.clone()),
+            None => Ok(pixelmesh_blobs::file_url(&self.dir.join("blobs"))?),
+        }
+    }
 }
 
 /// Storage's metrics, at zero from the start so rates over them are defined.
@@ -70,7 +86,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     describe_metrics();
-    let blobs = blobs::Blobs::open(config.dir.join("blobs"), config.max_blob_bytes).await?;
+    let url = config.blob_store_url()?;
+    let blobs = pixelmesh_blobs::BlobStore::open(&url, config.max_blob_bytes)
+        .await
+        .with_context(|| format!("opening the blob store {url}"))?;
+    let store_id = blobs.claim().await.context("marking the blob store")?;
     // Opening reads and may rebuild counters: blocking work, before anything is served.
     let dir = config.dir.join("meta");
     let max_images = config.max_images_per_job;
@@ -81,12 +101,16 @@ pub async fn run(
     let server = Server::new("storage")?
         .trusted_peers()
         .add_service(
-            StorageServer::new(grpc::StorageService::new(blobs.clone(), store.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            StorageServer::new(grpc::StorageService::new(
+                blobs.clone(),
+                store_id,
+                store.clone(),
+            ))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .await;
-    tracing::info!(addr = %listener.local_addr()?, dir = %config.dir.display(), "storage listening");
+    tracing::info!(addr = %listener.local_addr()?, dir = %config.dir.display(), blob_store = %url, "storage listening");
     let stop_sweeping = tokio_util::sync::CancellationToken::new();
     let sweeper = (config.orphan_blob_ttl_secs > 0).then(|| {
         tokio::spawn(gc::run(

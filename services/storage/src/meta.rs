@@ -264,7 +264,7 @@ pub const MAX_URL_BYTES: usize = 2048;
 /// An input is a stored blob or an http(s) URL, never both.
 fn check_input(input: &ImageInput) -> Result<(), Error> {
     match (input.blob_id.is_empty(), input.url.is_empty()) {
-        (false, true) => crate::blobs::BlobId::parse(&input.blob_id).map(drop),
+        (false, true) => pixelmesh_blobs::BlobId::parse(&input.blob_id).map(drop),
         (true, false) => {
             let lower = input.url.get(..8).unwrap_or_default().to_ascii_lowercase();
             if input.url.len() > MAX_URL_BYTES {
@@ -288,7 +288,7 @@ fn decode<M: prost::Message + Default>(bytes: &[u8]) -> Result<M, Error> {
 /// worker's word.
 fn check_outcome(outcome: Option<&Outcome>) -> Result<(), Error> {
     let blob = |what: &str, id: &str| {
-        crate::blobs::BlobId::parse(id)
+        pixelmesh_blobs::BlobId::parse(id)
             .map(|_| ())
             .map_err(|err| Error::invalid(format!("result {what}: {}", err.message)))
     };

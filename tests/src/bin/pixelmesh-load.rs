@@ -1,12 +1,18 @@
-//! End-to-end load tool: the same pipeline in-process and through a running mesh, side by
-//! side. Start a mesh first (`scripts/run.sh`, or `pixelmesh all` from a release build), then
-//! `cargo run --release -p pixelmesh-tests --bin pixelmesh-load -- --images 40`.
+//! End-to-end load tool: the same pipeline in-process, in libvips as a plain process pool, and
+//! through a running mesh, side by side. Start a mesh first (`scripts/run.sh`, or `pixelmesh
+//! all` from a release build), then `cargo run --release -p pixelmesh-tests --bin
+//! pixelmesh-load -- --images 96`; `scripts/bench-mesh` does all of it, for a `file://` and a
+//! Garage store.
 //!
-//! Pipeline: 4K JPEG (opal-3840x2160.png re-encoded at q90) → resize 1920 → blur σ2 →
-//! brightness 1.1 → JPEG q85.
+//! Pipeline: distinct 4K JPEGs (the corpus photographs cropped to 3840x2160, each in several
+//! variants, q90) → resize 1920 → blur σ2 → brightness 1.1 → JPEG q85. The inputs are made
+//! once into `target/bench-inputs`. The mesh's inputs are uploaded before the clock starts;
+//! its time runs from submit to the job's completed event.
 //!
-//! In-process and mesh batches alternate for `--rounds` rounds and medians are reported, so a
-//! noisy neighbour slows both sides alike instead of skewing the ratio.
+//! libvips (`scripts/vips-pool`, pyvips from `.tools/bench-venv`) runs in `--threads`
+//! processes of one core each. In-process, libvips and mesh batches alternate for `--rounds`
+//! rounds and medians are reported, so a noisy neighbour slows every side alike instead of
+//! skewing the ratios.
 
 // The same allocator as the `pixelmesh` binary, so in-process and mesh run the same code.
 #[global_allocator]
@@ -20,7 +26,7 @@ use std::{
 
 use pixelmesh_filter::{codec::Limits, engine, ops::Pipeline};
 use pixelmesh_proto::v1::{ImageInput, JobState, SubmitJobRequest, gateway_client::GatewayClient};
-use pixelmesh_tests::{api, corpus};
+use pixelmesh_tests::{api, corpus, workspace_root};
 
 const PIPELINE: &str = r#"[{"op":"resize","width":1920},{"op":"blur","sigma":2},{"op":"brightness","factor":1.1},{"op":"format","format":"jpeg","quality":85}]"#;
 
@@ -30,18 +36,24 @@ struct Args {
     latency_runs: usize,
     rounds: usize,
     threads: usize,
+    vips: bool,
 }
 
 fn args() -> Args {
     let mut args = Args {
         gateway: "http://127.0.0.1:8080".into(),
-        images: 40,
+        images: 96,
         latency_runs: 5,
         rounds: 3,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        vips: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--no-vips" {
+            args.vips = false;
+            continue;
+        }
         let value = it.next().unwrap_or_default();
         match flag.as_str() {
             "--gateway" => args.gateway = value,
@@ -51,7 +63,7 @@ fn args() -> Args {
             "--threads" => args.threads = value.parse().expect("--threads N"),
             other => panic!(
                 "unknown flag {other}; flags: --gateway URL --images N --latency-runs N \
-                 --rounds N --threads N"
+                 --rounds N --threads N --no-vips"
             ),
         }
     }
@@ -64,21 +76,19 @@ fn median<T: PartialOrd + Copy>(mut values: Vec<T>) -> T {
 }
 
 /// Images per second with one pipeline per thread, like a filter with default concurrency.
-fn in_process_rate(
-    input: &Arc<Vec<u8>>,
-    pipeline: &Arc<Pipeline>,
-    threads: usize,
-    images: usize,
-) -> f64 {
+fn in_process_rate(inputs: &Arc<Vec<Vec<u8>>>, pipeline: &Arc<Pipeline>, threads: usize) -> f64 {
+    let images = inputs.len();
     let limits = Limits::default();
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let workers: Vec<_> = (0..threads)
         .map(|_| {
-            let (input, pipeline, next) = (input.clone(), pipeline.clone(), next.clone());
+            let (inputs, pipeline, next) = (inputs.clone(), pipeline.clone(), next.clone());
             std::thread::spawn(move || {
-                while next.fetch_add(1, Ordering::Relaxed) < images {
-                    engine::process(&input, &pipeline, &limits).expect("process");
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(input) = inputs.get(i) else { break };
+                    engine::process(input, &pipeline, &limits).expect("process");
                 }
             })
         })
@@ -89,42 +99,109 @@ fn in_process_rate(
     images as f64 / start.elapsed().as_secs_f64()
 }
 
-fn four_k_jpeg() -> Vec<u8> {
-    let png = image::load_from_memory(&corpus::read("opal-3840x2160.png")).expect("opal decodes");
-    let mut out = Cursor::new(Vec::new());
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
-        .encode_image(&png.to_rgb8())
-        .expect("jpeg encode");
-    out.into_inner()
+/// `count` distinct 4K JPEGs, made once into `target/bench-inputs`: each corpus photograph
+/// cropped to 3840x2160, in variants of brightness and mirroring. Their paths.
+fn distinct_4k(count: usize) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let dir = workspace_root().join("target").join("bench-inputs");
+    std::fs::create_dir_all(&dir)?;
+    let paths: Vec<_> = (0..count)
+        .map(|i| dir.join(format!("4k-{i:03}.jpg")))
+        .collect();
+    if paths.iter().all(|p| p.is_file()) {
+        return Ok(paths);
+    }
+    eprintln!(
+        "making {count} distinct 4K JPEGs in {} (once)",
+        dir.display()
+    );
+    let photos: Vec<image::RgbImage> = corpus::all()
+        .into_iter()
+        .map(|(_, bytes)| {
+            image::load_from_memory(&bytes)
+                .expect("corpus photo decodes")
+                .resize_to_fill(3840, 2160, image::imageops::FilterType::Triangle)
+                .to_rgb8()
+        })
+        .collect();
+    for (i, path) in paths.iter().enumerate() {
+        let photo = &photos[i % photos.len()];
+        let variant = i / photos.len();
+        let mut image = image::imageops::colorops::brighten(photo, variant as i32 * 3 - 15);
+        if variant % 2 == 1 {
+            image::imageops::flip_horizontal_in_place(&mut image);
+        }
+        let mut out = Cursor::new(Vec::new());
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90).encode_image(&image)?;
+        std::fs::write(path, out.into_inner())?;
+    }
+    Ok(paths)
+}
+
+/// libvips over the same files in `procs` processes: images per second, or `None` when
+/// pyvips is not installed.
+fn vips_rate(paths: &[std::path::PathBuf], procs: usize) -> Option<f64> {
+    let output = std::process::Command::new(workspace_root().join("scripts/vips-pool"))
+        .arg("--procs")
+        .arg(procs.to_string())
+        .args(paths)
+        .output()
+        .ok()?;
+    if !output.status.success() {
+        eprintln!(
+            "libvips side skipped: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        return None;
+    }
+    let line = String::from_utf8_lossy(&output.stdout);
+    let seconds: f64 = line
+        .split("\"seconds\": ")
+        .nth(1)?
+        .split([',', '}'])
+        .next()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(paths.len() as f64 / seconds)
 }
 
 fn main() -> anyhow::Result<()> {
     let args = args();
-    let input = Arc::new(four_k_jpeg());
+    let paths = distinct_4k(args.images)?;
+    let inputs: Arc<Vec<Vec<u8>>> =
+        Arc::new(paths.iter().map(std::fs::read).collect::<Result<_, _>>()?);
     let pipeline = Arc::new(Pipeline::from_json(PIPELINE)?);
     let limits = Limits::default();
 
     // In-process, one thread: per-image time.
     let mut single = Vec::new();
-    for _ in 0..5 {
+    for input in inputs.iter().take(5) {
         let start = Instant::now();
-        engine::process(&input, &pipeline, &limits)?;
+        engine::process(input, &pipeline, &limits)?;
         single.push(start.elapsed());
     }
     let per_image = median(single);
 
     let runtime = tokio::runtime::Runtime::new()?;
-    let (latency, rounds) = runtime.block_on(async {
+    let (latency, upload, rounds) = runtime.block_on(async {
         let mut client = GatewayClient::connect(args.gateway.clone())
             .await?
             .max_decoding_message_size(64 * 1024 * 1024);
-        let blob = api::upload(&mut client, "opal-4k.jpg", &input).await;
+        let uploading = Instant::now();
+        let mut blobs = Vec::with_capacity(inputs.len());
+        for (i, input) in inputs.iter().enumerate() {
+            blobs.push(api::upload(&mut client, &format!("4k-{i:03}.jpg"), input).await);
+        }
+        let upload = uploading.elapsed();
         let job_of = |n: usize| SubmitJobRequest {
             pipeline: pipeline.to_proto(),
-            inputs: (0..n)
-                .map(|i| ImageInput {
+            inputs: blobs
+                .iter()
+                .take(n)
+                .enumerate()
+                .map(|(i, blob)| ImageInput {
                     blob_id: blob.clone(),
-                    name: format!("opal-{i}.jpg"),
+                    name: format!("4k-{i:03}.jpg"),
                     ..Default::default()
                 })
                 .collect(),
@@ -155,34 +232,59 @@ fn main() -> anyhow::Result<()> {
         }
         let mut rounds = Vec::new();
         for round in 1..=args.rounds.max(1) {
-            let local = in_process_rate(&input, &pipeline, args.threads, args.images);
-            let mesh = args.images as f64 / run(args.images).await?.as_secs_f64();
+            let local = in_process_rate(&inputs, &pipeline, args.threads);
+            let vips = if args.vips {
+                vips_rate(&paths, args.threads)
+            } else {
+                None
+            };
+            let mesh = inputs.len() as f64 / run(inputs.len()).await?.as_secs_f64();
+            let vips_text = vips.map_or("-".to_string(), |v| format!("{v:6.2}"));
+            let versus = vips.map_or("-".to_string(), |v| format!("{:5.2}x", mesh / v));
             println!(
-                "round {round}: in-process {local:6.2} images/s, mesh {mesh:6.2} images/s, \
-                 {:5.1} %",
+                "round {round}: in-process {local:6.2} images/s, libvips {vips_text} images/s, \
+                 mesh {mesh:6.2} images/s; mesh/libvips {versus}, mesh/in-process {:5.1} %",
                 mesh / local * 100.0
             );
-            rounds.push((local, mesh));
+            rounds.push((local, mesh, vips));
         }
-        anyhow::Ok((median(latencies), rounds))
+        anyhow::Ok((median(latencies), upload, rounds))
     })?;
     let local_rate = median(rounds.iter().map(|r| r.0).collect());
     let mesh_rate = median(rounds.iter().map(|r| r.1).collect());
     let ratio = median(rounds.iter().map(|r| r.1 / r.0).collect());
+    let vips: Vec<(f64, f64)> = rounds
+        .iter()
+        .filter_map(|r| r.2.map(|v| (v, r.1 / v)))
+        .collect();
 
     println!(
-        "pipeline: 4K JPEG (3840x2160) -> resize 1920 -> blur 2 -> brightness 1.1 -> JPEG q85"
+        "pipeline: {} distinct 4K JPEGs (3840x2160) -> resize 1920 -> blur 2 -> brightness 1.1 \
+         -> JPEG q85",
+        inputs.len()
     );
     println!(
         "in-process, 1 thread          {:>8.1} ms/image",
         per_image.as_secs_f64() * 1e3
     );
     println!(
-        "in-process, {} threads         {:>8.2} images/s ({} images, median of {} rounds)",
+        "in-process, {} threads         {:>8.2} images/s (median of {} rounds)",
         args.threads,
         local_rate,
-        args.images,
         rounds.len()
+    );
+    if !vips.is_empty() {
+        println!(
+            "libvips, {} processes          {:>8.2} images/s (median of {} rounds)",
+            args.threads,
+            median(vips.iter().map(|v| v.0).collect()),
+            vips.len()
+        );
+    }
+    println!(
+        "mesh upload (before timing)   {:>8.2} s for {} images",
+        upload.as_secs_f64(),
+        inputs.len()
     );
     println!(
         "mesh single-image latency     {:>8.1} ms (median of {}, submit -> completed event)",
@@ -190,9 +292,15 @@ fn main() -> anyhow::Result<()> {
         args.latency_runs
     );
     println!(
-        "mesh throughput               {:>8.2} images/s ({} images, submit -> completed)",
-        mesh_rate, args.images
+        "mesh throughput               {:>8.2} images/s (submit -> completed)",
+        mesh_rate
     );
+    if !vips.is_empty() {
+        println!(
+            "mesh / libvips throughput     {:>8.2} x (median of the rounds' ratios)",
+            median(vips.iter().map(|v| v.1).collect())
+        );
+    }
     println!(
         "mesh / in-process throughput  {:>8.1} % (median of the rounds' ratios)",
         ratio * 100.0

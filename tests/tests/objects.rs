@@ -1,0 +1,318 @@
+//! Blobs in a real object store: the mesh against Garage, one node and a replicated cluster,
+//! every role a real process; and the start-up checks that refuse a half-working mesh.
+
+use std::{
+    collections::HashSet,
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use pixelmesh_blobs::{BlobId, BlobStore};
+use pixelmesh_proto::v1::{ImageState, Job, JobState, Operation, Resize, Tiling, operation::Op};
+use pixelmesh_tests::{Cluster, ClusterOptions, api, free_port, garage::Garage, node_bin, png};
+
+const JOB_TIMEOUT: Duration = Duration::from_secs(300);
+const STORE: &str = "s3://pixelmesh/mesh";
+
+fn resize(width: u32) -> Vec<Operation> {
+    vec![Operation {
+        op: Some(Op::Resize(Resize {
+            width,
+            ..Default::default()
+        })),
+    }]
+}
+
+/// Every role's environment: the store's URL and the `AWS_*` settings of node `node`.
+fn store_env(garage: &Garage, node: usize) -> Vec<(String, String)> {
+    let mut env = garage.env(node);
+    env.push(("PIXELMESH_BLOB_STORE".into(), STORE.into()));
+    env
+}
+
+/// The test's own view of the bucket, through the same crate the roles use.
+async fn open_store(garage: &Garage) -> BlobStore {
+    BlobStore::open_with(STORE, u64::MAX, &garage.env(0))
+        .await
+        .expect("open the bucket")
+}
+
+/// Files in `dir` (recursively) named like a blob.
+fn blob_files(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(blob_files(&path));
+        } else if let Some(name) = path.file_name().and_then(|n| n.to_str())
+            && BlobId::parse(name).is_ok()
+        {
+            found.push(path.display().to_string());
+        }
+    }
+    found
+}
+
+fn assert_completed(job: &Job, logs: impl FnOnce() -> String) {
+    let summary = job.summary.as_ref().expect("summary");
+    assert_eq!(
+        summary.state(),
+        JobState::Completed,
+        "job did not complete: {:?}\n{}",
+        job.images
+            .iter()
+            .filter(|i| i.state() != ImageState::Done)
+            .map(|i| format!("{}: {}", i.index, i.error))
+            .collect::<Vec<_>>(),
+        logs()
+    );
+}
+
+/// The mesh against a one-node Garage: uploads, tiles and outputs all land in the bucket,
+/// downloads (one by one and the ZIP) come from it, a delete removes outputs from it, and
+/// storage's own directory never holds a blob.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_single_node_garage_holds_every_blob() {
+    let garage = Garage::single();
+    let cluster = Cluster::start(ClusterOptions {
+        env: store_env(&garage, 0),
+        // The big image is cut into tiles, which go through the store too.
+        tile_size: Some(256),
+        tile_above_pixels: Some(300_000),
+        ..Default::default()
+    })
+    .await;
+    let mut client = cluster.gateway_client().await;
+    let mut images: Vec<(String, Vec<u8>)> = (0..5)
+        .map(|i| (format!("small-{i}.png"), png(300, 200, i)))
+        .collect();
+    images.push(("big.png".into(), png(900, 600, 99)));
+    let pipeline = vec![Operation {
+        op: Some(Op::Blur(pixelmesh_proto::v1::Blur { sigma: 1.0 })),
+    }];
+    let job = api::submit_tiled(&mut client, &images, pipeline, Tiling::Auto).await;
+    let id = job.summary.expect("summary").id;
+    let (_, job) = api::watch_to_end(&mut client, &id, JOB_TIMEOUT).await;
+    assert_completed(&job, || format!("{}\n{}", cluster.logs(), garage.logs()));
+    let big = job
+        .images
+        .iter()
+        .find(|i| i.name == "big.png")
+        .expect("big");
+    assert!(big.tiles_total > 1, "the big image was tiled: {big:?}");
+
+    let store = open_store(&garage).await;
+    let stored: HashSet<String> = store
+        .list()
+        .await
+        .expect("list the bucket")
+        .into_iter()
+        .map(|blob| blob.id.to_string())
+        .collect();
+    for image in &job.images {
+        let output = image.output.as_ref().expect("output");
+        assert!(
+            stored.contains(&image.input_blob_id),
+            "input of {}",
+            image.name
+        );
+        assert!(stored.contains(&output.blob_id), "output of {}", image.name);
+        let bytes = api::download(&mut client, &id, image.index).await;
+        assert_eq!(bytes.len() as u64, output.size_bytes);
+        let decoded = image::load_from_memory(&bytes).expect("the output decodes");
+        assert_eq!(
+            (decoded.width(), decoded.height()),
+            (output.width, output.height)
+        );
+    }
+    // Inputs, outputs and the big image's tiles (in and out).
+    assert!(
+        stored.len() > 2 * images.len(),
+        "{} blobs in the bucket",
+        stored.len()
+    );
+    let bundle = api::download_outputs(&mut client, &id).await;
+    let zip = zip::ZipArchive::new(std::io::Cursor::new(bundle)).expect("the ZIP reads");
+    assert_eq!(zip.len(), images.len() + 2, "outputs and two manifests");
+
+    let storage_dir = cluster.data.path().join("storage");
+    assert!(
+        storage_dir.join("meta").is_dir(),
+        "storage keeps its metadata"
+    );
+    assert_eq!(blob_files(&storage_dir), Vec::<String>::new());
+
+    client
+        .delete_job(pixelmesh_proto::v1::DeleteJobRequest { id: id.clone() })
+        .await
+        .expect("delete");
+    for image in &job.images {
+        let output = BlobId::parse(&image.output.as_ref().expect("output").blob_id).unwrap();
+        assert!(
+            !store.exists(&output).await.expect("stat"),
+            "the deleted job's output {output} left the bucket"
+        );
+    }
+}
+
+/// Runs `pixelmesh <args>` with `env` and expects it to refuse to start: a non-zero exit
+/// within a minute. Returns what it printed.
+fn refused_start(args: &[String], env: &[(String, String)]) -> String {
+    let mut child = Command::new(node_bin())
+        .args(args)
+        .env("PIXELMESH_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pixelmesh");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("pixelmesh {args:?} still runs after a minute; it should have refused");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    assert!(!status.success(), "pixelmesh {args:?} started: {stderr}");
+    stderr
+}
+
+fn storage_args(dir: &Path) -> Vec<String> {
+    vec![
+        "storage".into(),
+        "--storage-listen".into(),
+        format!("127.0.0.1:{}", free_port()),
+        "--storage-dir".into(),
+        dir.display().to_string(),
+    ]
+}
+
+/// Each kind of bad store configuration stops the role at start with an error naming it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_store_configuration_is_refused_at_start() {
+    let garage = Garage::single();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let with = |changes: &[(&str, &str)]| {
+        let mut env = store_env(&garage, 0);
+        for (key, value) in changes {
+            env.retain(|(k, _)| k != key);
+            env.push((key.to_string(), value.to_string()));
+        }
+        env
+    };
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    for (changes, expected) in [
+        (
+            vec![("AWS_ENDPOINT_URL", closed.as_str())],
+            "the store does not answer",
+        ),
+        (
+            vec![(
+                "AWS_SECRET_ACCESS_KEY",
+                "0000000000000000000000000000000000000000",
+            )],
+            "refused the credentials",
+        ),
+        (
+            vec![("PIXELMESH_BLOB_STORE", "s3://no-such-bucket")],
+            "the bucket does not exist",
+        ),
+        (
+            vec![("PIXELMESH_BLOB_STORE", "ftp://example.com/x")],
+            "use file:///path or s3://bucket[/prefix]",
+        ),
+    ] {
+        let printed = refused_start(&storage_args(dir.path()), &with(&changes));
+        assert!(printed.contains(expected), "{changes:?}: {printed}");
+    }
+
+    // Roles that disagree on the store: storage on the bucket, a filter on a directory, a
+    // gateway on another prefix. Neither starts half-working.
+    let cluster = Cluster::start(ClusterOptions {
+        env: store_env(&garage, 0),
+        ..Default::default()
+    })
+    .await;
+    let storage_url = format!("http://127.0.0.1:{}", cluster.storage.port);
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let printed = refused_start(
+        &[
+            "filter".into(),
+            "--filter-listen".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--blob-store".into(),
+            format!("file://{}", elsewhere.path().display()),
+        ],
+        &[
+            ("PIXELMESH_NATS_URL".into(), cluster.nats.url()),
+            ("PIXELMESH_STORAGE_URL".into(), storage_url.clone()),
+        ],
+    );
+    assert!(
+        printed.contains("is not the one storage uses") && printed.contains(STORE),
+        "{printed}"
+    );
+    let printed = refused_start(
+        &[
+            "gateway".into(),
+            "--gateway-listen".into(),
+            format!("127.0.0.1:{}", free_port()),
+        ],
+        &with(&[
+            ("PIXELMESH_BLOB_STORE", "s3://pixelmesh/other"),
+            ("PIXELMESH_NATS_URL", &cluster.nats.url()),
+            ("PIXELMESH_STORAGE_URL", &storage_url),
+        ]),
+    );
+    assert!(
+        printed.contains("is not the one storage uses")
+            && printed.contains("no pixelmesh store marker"),
+        "{printed}"
+    );
+}
+
+/// A three-node Garage storing every object on each node: one node is killed in the middle
+/// of a 200-image batch, and every image still completes, its output readable.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_garage_node_dies_mid_batch_and_nothing_is_lost() {
+    let mut garage = Garage::cluster(3);
+    let cluster = Cluster::start(ClusterOptions {
+        filters: 2,
+        env: store_env(&garage, 0),
+        ..Default::default()
+    })
+    .await;
+    let mut client = cluster.gateway_client().await;
+    let images: Vec<(String, Vec<u8>)> = (0..200u32)
+        .map(|i| (format!("image-{i}.png"), png(96, 64, i as u8)))
+        .collect();
+    let job = api::submit(&mut client, &images, resize(48)).await;
+    let id = job.summary.expect("summary").id;
+    api::watch_until(&mut client, &id, JOB_TIMEOUT, |event| {
+        event.summary.as_ref().is_some_and(|s| s.done >= 30)
+    })
+    .await;
+    garage.nodes[2].kill();
+    let (_, job) = api::watch_to_end(&mut client, &id, JOB_TIMEOUT).await;
+    assert_completed(&job, || format!("{}\n{}", cluster.logs(), garage.logs()));
+    assert_eq!(job.images.len(), 200);
+    let mut outputs = HashSet::new();
+    for image in &job.images {
+        let bytes = api::download(&mut client, &id, image.index).await;
+        let decoded = image::load_from_memory(&bytes).expect("the output decodes");
+        assert_eq!((decoded.width(), decoded.height()), (48, 32));
+        outputs.insert(image.output.as_ref().expect("output").blob_id.clone());
+    }
+    assert_eq!(outputs.len(), 200, "200 distinct outputs");
+}
