@@ -66,8 +66,9 @@ impl GarageNode {
         });
     }
 
-    /// Runs a `garage` CLI command against this node; panics with its output on failure.
-    fn cli(&self, args: &[&str]) -> String {
+    /// Runs a `garage` CLI command against this node: what it printed, as `Err` when it
+    /// failed.
+    fn run(&self, args: &[&str]) -> Result<String, String> {
         let output = Command::new(binary())
             .arg("-c")
             .arg(&self.config)
@@ -79,8 +80,17 @@ impl GarageNode {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
-        assert!(output.status.success(), "garage {args:?} failed: {text}");
-        text
+        if output.status.success() {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    }
+
+    /// [`GarageNode::run`], panicking with its output on failure.
+    fn cli(&self, args: &[&str]) -> String {
+        self.run(args)
+            .unwrap_or_else(|text| panic!("garage {args:?} failed: {text}"))
     }
 
     /// SIGKILL.
@@ -233,19 +243,12 @@ impl Garage {
 fn poll_cli(node: &GarageNode, args: &[&str]) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let output = Command::new(binary())
-            .arg("-c")
-            .arg(&node.config)
-            .args(args)
-            .output()
-            .expect("running the garage cli");
-        if output.status.success() {
+        let Err(text) = node.run(args) else {
             return;
-        }
+        };
         assert!(
             std::time::Instant::now() < deadline,
-            "garage {args:?} kept failing: {}",
-            String::from_utf8_lossy(&output.stderr)
+            "garage {args:?} kept failing: {text}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }

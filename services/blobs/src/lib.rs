@@ -27,7 +27,7 @@ use std::{
 use bytes::Bytes;
 use futures::{Stream, StreamExt, stream::BoxStream};
 use pixelmesh_common::grpc::Channel;
-use pixelmesh_common::media::image_header;
+use pixelmesh_common::media::{IMAGE_HEADER_BYTES, image_header};
 use pixelmesh_proto::{Error, v1, v1::storage_client::StorageClient};
 
 /// A blob id checked to be 64 lowercase hex characters, so it is safe as a file name or key.
@@ -478,6 +478,15 @@ fn over_limit(size: u64, max: u64) -> Error {
     Error::too_large(format!(
         "blob is {size} bytes, over the limit of {max} bytes"
     ))
+}
+
+/// Appends to `head` what it still lacks of a file's first [`IMAGE_HEADER_BYTES`] from
+/// `chunk`, the upload's next chunk: what [`info`] reads the image header from.
+pub fn extend_head(head: &mut Vec<u8>, chunk: &[u8]) {
+    let take = chunk
+        .len()
+        .min(IMAGE_HEADER_BYTES.saturating_sub(head.len()));
+    head.extend_from_slice(&chunk[..take]);
 }
 
 /// What storage tells of a blob from its size and first bytes: its image header.

@@ -11,7 +11,7 @@ use std::{
 use bytes::Bytes;
 use futures::{Stream, StreamExt, stream::BoxStream};
 use pixelmesh_blobs::{BlobId, BlobStore};
-use pixelmesh_common::{grpc::Channel, media::IMAGE_HEADER_BYTES, nats};
+use pixelmesh_common::{grpc::Channel, nats};
 use pixelmesh_proto::{
     Error, ErrorCode,
     v1::{
@@ -886,11 +886,8 @@ where
 {
     let head = std::sync::Mutex::new(Vec::new());
     let chunks = chunks.inspect(|chunk| {
-        if let (Ok(chunk), Ok(mut head)) = (chunk, head.lock())
-            && head.len() < IMAGE_HEADER_BYTES
-        {
-            let take = chunk.len().min(IMAGE_HEADER_BYTES - head.len());
-            head.extend_from_slice(&chunk[..take]);
+        if let (Ok(chunk), Ok(mut head)) = (chunk, head.lock()) {
+            pixelmesh_blobs::extend_head(&mut head, chunk);
         }
     });
     let stored = blobs.put_stream(chunks, meta.max_bytes).await?;

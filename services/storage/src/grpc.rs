@@ -152,12 +152,8 @@ impl Storage for StorageService {
                             Err(status) => Some(Err(Error::from(status))),
                             Ok(PutBlobRequest { part }) => match part {
                                 Some(Part::Chunk(chunk)) => {
-                                    if let Ok(mut head) = head.lock()
-                                        && head.len() < IMAGE_HEADER_BYTES
-                                    {
-                                        let take =
-                                            chunk.len().min(IMAGE_HEADER_BYTES - head.len());
-                                        head.extend_from_slice(&chunk[..take]);
+                                    if let Ok(mut head) = head.lock() {
+                                        pixelmesh_blobs::extend_head(&mut head, &chunk);
                                     }
                                     Some(Ok(Bytes::from(chunk)))
                                 }
