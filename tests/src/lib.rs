@@ -153,19 +153,85 @@ pub struct NatsServer {
     /// `/varz`, `/connz?subs=1` …: what the server sees of its clients (see
     /// [`NatsServer::monitor_url`]).
     pub monitor_port: u16,
+    /// The server's name: in a cluster, what stream infos name as leader and replicas.
+    pub name: String,
+    /// `--cluster`, `--routes` … for a node of [`NatsServer::cluster`].
+    cluster_args: Vec<String>,
     dir: TempDir,
 }
 
 impl NatsServer {
     pub fn start() -> Self {
-        let mut server = NatsServer {
+        let mut server = Self::configured("nats-0".into(), Vec::new());
+        server.start_again();
+        server
+    }
+
+    /// `nodes` servers routed to each other on loopback as one JetStream cluster, returned
+    /// once it has a JetStream meta leader (every node's `/healthz` is ok).
+    pub fn cluster(nodes: usize) -> Vec<Self> {
+        let route_ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
+        let routes = route_ports
+            .iter()
+            .map(|port| format!("nats://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut servers: Vec<Self> = route_ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                let args = [
+                    "--cluster_name",
+                    "pixelmesh",
+                    "--cluster",
+                    &format!("nats://127.0.0.1:{port}"),
+                    "--routes",
+                    &routes,
+                ];
+                Self::configured(
+                    format!("nats-{i}"),
+                    args.iter().map(|arg| arg.to_string()).collect(),
+                )
+            })
+            .collect();
+        for server in &mut servers {
+            server.start_again();
+        }
+        for server in &servers {
+            wait_until("the nats cluster has a jetstream meta leader", || {
+                server.healthy()
+            });
+        }
+        servers
+    }
+
+    fn configured(name: String, cluster_args: Vec<String>) -> Self {
+        NatsServer {
             child: None,
             port: free_port(),
             monitor_port: free_port(),
+            name,
+            cluster_args,
             dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// Whether `/healthz` answers 200: JetStream up, and in a cluster, its meta leader known.
+    pub fn healthy(&self) -> bool {
+        use std::io::{Read as _, Write as _};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.monitor_port)) else {
+            return false;
         };
-        server.start_again();
-        server
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        if stream
+            .write_all(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .is_err()
+        {
+            return false;
+        }
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200")
     }
 
     /// SIGKILL: clients see the connection drop.
@@ -190,6 +256,8 @@ impl NatsServer {
                 "-m",
                 &monitor,
             ])
+            .args(["-n", &self.name])
+            .args(&self.cluster_args)
             .arg("-sd")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -246,6 +314,10 @@ pub struct ClusterOptions {
     /// More environment for every role, e.g. `OTEL_EXPORTER_OTLP_ENDPOINT` (which roles
     /// otherwise never inherit from the test's environment).
     pub env: Vec<(String, String)>,
+    /// NATS servers: 1, or a cluster of 3 with the mesh's streams at 3 replicas.
+    pub nats_nodes: usize,
+    /// Schedulers side by side, sharing the work; the gateway is given every one's URL.
+    pub schedulers: usize,
 }
 
 impl Default for ClusterOptions {
@@ -263,6 +335,8 @@ impl Default for ClusterOptions {
             filter_args: Vec::new(),
             scheduler_args: Vec::new(),
             env: Vec::new(),
+            nats_nodes: 1,
+            schedulers: 1,
         }
     }
 }
@@ -306,6 +380,13 @@ impl Role {
         self.child = Some(child);
     }
 
+    /// Whether the process started last is still running (never restarted, never exited).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
     /// SIGKILL: no goodbye, no flush, no ack.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -341,11 +422,15 @@ pub struct Cluster {
     binary: PathBuf,
     pub storage: Role,
     pub scheduler: Role,
+    /// Schedulers after the first ([`ClusterOptions::schedulers`]), named `scheduler-2` …
+    pub more_schedulers: Vec<Role>,
     pub filters: Vec<Role>,
     pub gateway: Role,
     /// Gateways started by [`Cluster::add_gateway`].
     pub replicas: Vec<Role>,
     pub nats: NatsServer,
+    /// The other nodes of a NATS cluster ([`ClusterOptions::nats_nodes`]).
+    pub nats_peers: Vec<NatsServer>,
     pub data: TempDir,
 }
 
@@ -371,21 +456,38 @@ impl Cluster {
     /// Starts the cluster, every role the [`node_bin`] binary.
     pub async fn start(options: ClusterOptions) -> Self {
         let binary = node_bin();
-        let nats = NatsServer::start();
+        let mut nats_peers = match options.nats_nodes {
+            0 | 1 => vec![NatsServer::start()],
+            nodes => NatsServer::cluster(nodes),
+        };
+        let nats = nats_peers.remove(0);
+        let nats_url = std::iter::once(&nats)
+            .chain(&nats_peers)
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",");
         let data = tempfile::tempdir().expect("tempdir");
         let storage_port = free_port();
-        let scheduler_port = free_port();
+        let scheduler_ports: Vec<u16> = (0..options.schedulers.max(1))
+            .map(|_| free_port())
+            .collect();
+        let scheduler_urls = scheduler_ports
+            .iter()
+            .map(|port| format!("http://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",");
         let mut common_env = options.env.clone();
         common_env.extend([
-            ("PIXELMESH_NATS_URL".to_string(), nats.url()),
+            ("PIXELMESH_NATS_URL".to_string(), nats_url),
+            (
+                "PIXELMESH_NATS_REPLICAS".to_string(),
+                options.nats_nodes.clamp(1, 3).to_string(),
+            ),
             (
                 "PIXELMESH_STORAGE_URL".to_string(),
                 format!("http://127.0.0.1:{storage_port}"),
             ),
-            (
-                "PIXELMESH_SCHEDULER_URL".to_string(),
-                format!("http://127.0.0.1:{scheduler_port}"),
-            ),
+            ("PIXELMESH_SCHEDULER_URL".to_string(), scheduler_urls),
         ]);
         let role = |name: &str, port: u16, args: Vec<String>| Role {
             name: name.to_string(),
@@ -406,11 +508,7 @@ impl Cluster {
                 data.path().join("storage").display().to_string(),
             ],
         );
-        let mut scheduler_args = vec![
-            "scheduler".into(),
-            "--scheduler-listen".into(),
-            format!("127.0.0.1:{scheduler_port}"),
-        ];
+        let mut scheduler_args: Vec<String> = vec!["scheduler".into()];
         if let Some(size) = options.tile_size {
             scheduler_args.extend(["--tile-size".into(), size.to_string()]);
         }
@@ -418,7 +516,17 @@ impl Cluster {
             scheduler_args.extend(["--tile-above-pixels".into(), pixels.to_string()]);
         }
         scheduler_args.extend(options.scheduler_args.iter().cloned());
-        let scheduler = role("scheduler", scheduler_port, scheduler_args);
+        let mut schedulers = scheduler_ports.iter().enumerate().map(|(i, &port)| {
+            let mut args = scheduler_args.clone();
+            args.extend(["--scheduler-listen".into(), format!("127.0.0.1:{port}")]);
+            let name = match i {
+                0 => "scheduler".to_string(),
+                i => format!("scheduler-{}", i + 1),
+            };
+            role(&name, port, args)
+        });
+        let scheduler = schedulers.next().expect("one scheduler");
+        let more_schedulers: Vec<Role> = schedulers.collect();
         let filters = (0..options.filters)
             .map(|i| {
                 let port = free_port();
@@ -453,21 +561,27 @@ impl Cluster {
             binary,
             storage,
             scheduler,
+            more_schedulers,
             filters,
             gateway,
             replicas: Vec::new(),
             nats,
+            nats_peers,
             data,
         };
         let binary = cluster.binary.clone();
         cluster.storage.spawn(&binary);
         cluster.wait_healthy_storage().await;
         cluster.scheduler.spawn(&binary);
+        for scheduler in &mut cluster.more_schedulers {
+            scheduler.spawn(&binary);
+        }
         for filter in &mut cluster.filters {
             filter.spawn(&binary);
         }
         cluster.gateway.spawn(&binary);
         let ports: Vec<(String, u16)> = std::iter::once(&cluster.scheduler)
+            .chain(cluster.more_schedulers.iter())
             .chain(cluster.filters.iter())
             .chain(std::iter::once(&cluster.gateway))
             .map(|r| (r.name.clone(), r.port))
@@ -518,6 +632,7 @@ impl Cluster {
             _ => self
                 .filters
                 .iter_mut()
+                .chain(self.more_schedulers.iter_mut())
                 .chain(self.replicas.iter_mut())
                 .find(|role| role.name == name),
         }
@@ -591,6 +706,7 @@ impl Cluster {
     pub fn logs(&self) -> String {
         std::iter::once(&self.storage)
             .chain(std::iter::once(&self.scheduler))
+            .chain(self.more_schedulers.iter())
             .chain(self.filters.iter())
             .chain(std::iter::once(&self.gateway))
             .chain(self.replicas.iter())

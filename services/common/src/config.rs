@@ -7,13 +7,25 @@ use clap::Args;
 
 #[derive(Debug, Clone, Args)]
 pub struct NatsConfig {
-    /// NATS server URL (JetStream must be enabled).
+    /// NATS server URL (JetStream must be enabled). A cluster is a comma-separated list of
+    /// its nodes' URLs; any one is enough to find the rest, the list is for starting while
+    /// one of them is down.
     #[arg(
         long = "nats-url",
         env = "PIXELMESH_NATS_URL",
         default_value = "nats://127.0.0.1:4222"
     )]
     pub url: String,
+    /// Copies JetStream keeps of every stream and bucket pixelmesh creates: 1 on a single
+    /// server, 3 on a 3-node cluster so the mesh goes on when one node dies. Streams that
+    /// exist already are updated to it.
+    #[arg(
+        long = "nats-replicas",
+        env = "PIXELMESH_NATS_REPLICAS",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..=5)
+    )]
+    pub replicas: u16,
 }
 
 /// How the shared JetStream work queue behaves. The filter creates (or updates) the consumer,

@@ -6,6 +6,7 @@
 //!   scheduler, so no result is lost while it is down;
 //! * core subject `pixelmesh.progress.<job>`: progress events for gateways to relay;
 //! * KV bucket `pixelmesh-workers`: worker heartbeats that expire;
+//! * KV bucket `pixelmesh-leases`: the scheduler lease for reconciliation;
 //! * stream `ADVISORIES`: JetStream's max-deliveries advisories for `TASKS`, kept until the
 //!   scheduler's durable consumer has handled them, so a task that ran out of deliveries
 //!   while no scheduler was up still fails its image.
@@ -22,6 +23,8 @@ pub const SCHEDULER_CONSUMER: &str = "scheduler";
 pub const WORKERS_BUCKET: &str = "pixelmesh-workers";
 pub const ADVISORIES_STREAM: &str = "ADVISORIES";
 pub const ADVISORIES_CONSUMER: &str = "scheduler-advisories";
+/// KV bucket of leases: work one scheduler of several does at a time.
+pub const LEASES_BUCKET: &str = "pixelmesh-leases";
 
 /// The advisory JetStream publishes when a task of `TASKS` ran out of deliveries.
 pub fn max_deliveries_subject() -> String {
@@ -78,7 +81,16 @@ pub fn assemble_task_id(job_id: &str, index: u32, generation: u32) -> String {
     format!("{}.assemble", task_id(job_id, index, generation))
 }
 
-/// Connects, retrying for a while so roles can start before the server is up.
+/// The servers of a `--nats-url`: one URL, or a cluster's as a comma-separated list.
+fn servers(url: &str) -> Vec<&str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .collect()
+}
+
+/// Connects, retrying for a while so roles can start before the server is up. Given a
+/// cluster's URLs, the client moves to another node when its node dies.
 pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
     let mut delay = Duration::from_millis(50);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -88,7 +100,7 @@ pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(2))
             .max_reconnects(None)
-            .connect(url)
+            .connect(servers(url))
             .await
         {
             Ok(client) => {
@@ -110,42 +122,58 @@ pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client
     }
 }
 
-/// Creates the streams if they do not exist yet. Every role calls it, so start order is free.
-pub async fn ensure_streams(js: &jetstream::Context) -> anyhow::Result<()> {
-    js.get_or_create_stream(stream::Config {
-        name: TASKS_STREAM.into(),
-        subjects: vec!["pixelmesh.task.>".into()],
-        retention: stream::RetentionPolicy::WorkQueue,
-        storage: stream::StorageType::File,
-        duplicate_window: DEDUP_WINDOW,
-        ..Default::default()
-    })
-    .await
-    .context("creating stream TASKS")?;
-    js.get_or_create_stream(stream::Config {
-        name: RESULTS_STREAM.into(),
-        subjects: vec!["pixelmesh.result.>".into()],
-        retention: stream::RetentionPolicy::WorkQueue,
-        storage: stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .context("creating stream RESULTS")?;
-    js.get_or_create_stream(stream::Config {
-        name: ADVISORIES_STREAM.into(),
-        subjects: vec![max_deliveries_subject()],
-        retention: stream::RetentionPolicy::WorkQueue,
-        storage: stream::StorageType::File,
-        max_age: ADVISORY_MAX_AGE,
-        ..Default::default()
-    })
-    .await
-    .context("creating stream ADVISORIES")?;
+/// Creates the streams if they do not exist yet, with `replicas` copies each; a stream that
+/// exists with another count is updated to it. Every role calls it, so start order is free.
+pub async fn ensure_streams(js: &jetstream::Context, replicas: u16) -> anyhow::Result<()> {
+    let replicas = usize::from(replicas);
+    let streams = [
+        stream::Config {
+            name: TASKS_STREAM.into(),
+            subjects: vec!["pixelmesh.task.>".into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            duplicate_window: DEDUP_WINDOW,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+        stream::Config {
+            name: RESULTS_STREAM.into(),
+            subjects: vec!["pixelmesh.result.>".into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+        stream::Config {
+            name: ADVISORIES_STREAM.into(),
+            subjects: vec![max_deliveries_subject()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            max_age: ADVISORY_MAX_AGE,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+    ];
+    for config in streams {
+        let name = config.name.clone();
+        let mut stream = js
+            .get_or_create_stream(config.clone())
+            .await
+            .with_context(|| format!("creating stream {name} with {replicas} replicas"))?;
+        let current = stream.info().await?.config.num_replicas;
+        if current != replicas {
+            tracing::info!(stream = %name, from = current, to = replicas, "changing stream replicas");
+            js.update_stream(config)
+                .await
+                .with_context(|| format!("changing stream {name} to {replicas} replicas"))?;
+        }
+    }
     Ok(())
 }
 
-/// The heartbeat bucket; entries expire after [`HEARTBEAT_TTL`].
-pub async fn workers_bucket(js: &jetstream::Context) -> anyhow::Result<kv::Store> {
+/// The heartbeat bucket, created with `replicas` copies if missing; entries expire after
+/// [`HEARTBEAT_TTL`].
+pub async fn workers_bucket(js: &jetstream::Context, replicas: u16) -> anyhow::Result<kv::Store> {
     if let Ok(store) = js.get_key_value(WORKERS_BUCKET).await {
         return Ok(store);
     }
@@ -154,6 +182,7 @@ pub async fn workers_bucket(js: &jetstream::Context) -> anyhow::Result<kv::Store
         history: 1,
         max_age: HEARTBEAT_TTL,
         storage: stream::StorageType::Memory,
+        num_replicas: usize::from(replicas),
         ..Default::default()
     })
     .await
@@ -163,6 +192,15 @@ pub async fn workers_bucket(js: &jetstream::Context) -> anyhow::Result<kv::Store
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_url_is_its_nodes() {
+        assert_eq!(servers("nats://a:4222"), ["nats://a:4222"]);
+        assert_eq!(
+            servers("nats://a:4222, nats://b:4222,nats://c:4222,"),
+            ["nats://a:4222", "nats://b:4222", "nats://c:4222"]
+        );
+    }
 
     #[test]
     fn subjects_nest_under_their_streams() {

@@ -80,7 +80,7 @@ pub struct Settings {
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub nats_url: String,
+    pub nats: pixelmesh_common::config::NatsConfig,
     pub storage_url: String,
     /// The blob store to read inputs from and write outputs to directly, checked to be
     /// storage's at start; `None`: through storage's gRPC.
@@ -141,10 +141,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let settings = config.settings;
     describe_metrics();
-    let client = nats::connect(&config.nats_url, "pixelmesh-filter").await?;
+    let client = nats::connect(&config.nats.url, "pixelmesh-filter").await?;
     let js = async_nats::jetstream::new(client.clone());
-    nats::ensure_streams(&js).await?;
-    let bucket = nats::workers_bucket(&js).await?;
+    nats::ensure_streams(&js, config.nats.replicas).await?;
+    let bucket = nats::workers_bucket(&js, config.nats.replicas).await?;
     let storage_channel = channel(&config.storage_url)?;
     let mut storage = StorageClient::new(storage_channel.clone())
         .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -11,6 +11,7 @@
 //! * [`bundle`] — writing a ZIP of a job's outputs as a stream, with its manifests;
 //! * [`export`] — a job's analysis reports as CSV, JSON and XLSX;
 //! * [`fanout`] — one NATS subscription per subject, shared by every event watcher;
+//! * [`schedulers`] — one or several schedulers, each asked in turn, skipping a dead one;
 //! * [`auth`] — API keys: who is calling;
 //! * [`protect`] — the tower layers in front of everything: limits, timeouts, load shedding;
 //! * [`stats`] — the dashboard's numbers: queue depth and images ended per minute;
@@ -25,6 +26,7 @@ pub mod grpc;
 pub mod http;
 pub mod mesh;
 pub mod protect;
+pub mod schedulers;
 pub mod stats;
 pub mod urls;
 pub mod web;
@@ -33,9 +35,7 @@ use std::{future::Future, sync::Arc};
 
 use clap::{Args, FromArgMatches};
 use pixelmesh_common::grpc::{MAX_MESSAGE_BYTES, Server, channel};
-use pixelmesh_proto::v1::{
-    gateway_server::GatewayServer, scheduler_client::SchedulerClient, storage_client::StorageClient,
-};
+use pixelmesh_proto::v1::{gateway_server::GatewayServer, storage_client::StorageClient};
 use tokio::net::TcpListener;
 
 /// Limits on what clients may send. They are enforced while streaming, never after buffering.
@@ -148,8 +148,9 @@ impl Default for Settings {
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub nats_url: String,
+    pub nats: pixelmesh_common::config::NatsConfig,
     pub storage_url: String,
+    /// One scheduler's gRPC URL, or several, comma-separated (see [`schedulers`]).
     pub scheduler_url: String,
     /// The blob store to write uploads to and serve downloads from directly, checked to be
     /// storage's at start; `None`: through storage's gRPC.
@@ -171,7 +172,7 @@ pub async fn run(
         tracing::info!(keys = ?keys, "api keys required");
     }
     let limits = protect::Limits::from_settings(&config.settings);
-    let nats = pixelmesh_common::nats::connect(&config.nats_url, "pixelmesh-gateway").await?;
+    let nats = pixelmesh_common::nats::connect(&config.nats.url, "pixelmesh-gateway").await?;
     let storage_channel = channel(&config.storage_url)?;
     let blobs = match &config.blob_store {
         Some(url) => {
@@ -187,9 +188,7 @@ pub async fn run(
     let storage = StorageClient::new(mesh::Detached::new(storage_channel))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let scheduler = SchedulerClient::new(channel(&config.scheduler_url)?)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let scheduler = schedulers::Schedulers::new(&config.scheduler_url)?;
     let web = web::router(&config.settings.web_dir);
     let mesh = mesh::Mesh::new(storage, blobs, scheduler, nats, config.settings);
     mesh.throughput().clone().count(mesh.fanout()).await?;

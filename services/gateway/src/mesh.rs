@@ -19,7 +19,7 @@ use pixelmesh_proto::{
         GetImageRequest, Image, ImageInput, ImageState, Job, JobEvent, JobRequest, JobState,
         JobSummary, ListJobsQuery, ListJobsRequest, ListJobsResponse, Output, PutBlobRequest,
         RecordBlobRequest, SubmitJobRequest, Worker, put_blob_request::Part,
-        scheduler_client::SchedulerClient, storage_client::StorageClient,
+        storage_client::StorageClient,
     },
 };
 use prost::Message as _;
@@ -33,6 +33,7 @@ use crate::{
     auth::Caller,
     bundle::{self, ManifestRow, ZipStreamWriter},
     fanout::{Delivery, Fanout},
+    schedulers::Schedulers,
     stats, urls,
 };
 
@@ -53,7 +54,7 @@ pub struct Mesh {
     /// The blob store shared with storage, when the gateway reaches it: uploads are written
     /// and downloads read there, and storage only records them.
     blobs: Option<BlobStore>,
-    scheduler: SchedulerClient<Channel>,
+    scheduler: Schedulers,
     nats: async_nats::Client,
     /// Every watcher's NATS subscriptions: one per subject for the whole gateway.
     fanout: Fanout<async_nats::Message>,
@@ -65,7 +66,7 @@ impl Mesh {
     pub fn new(
         storage: Storage,
         blobs: Option<BlobStore>,
-        scheduler: SchedulerClient<Channel>,
+        scheduler: Schedulers,
         nats: async_nats::Client,
         settings: Settings,
     ) -> Self {
@@ -279,10 +280,11 @@ impl Mesh {
         }
         Ok(self
             .scheduler
-            .clone()
-            .submit_job(request)
-            .await?
-            .into_inner())
+            .call(|mut scheduler| {
+                let request = request.clone();
+                async move { scheduler.submit_job(request).await }
+            })
+            .await?)
     }
 
     /// Submits `request` as one job, or, when it has more inputs than one job may hold (a long
@@ -337,10 +339,11 @@ impl Mesh {
         let request = pixelmesh_proto::v1::CancelJobRequest { id: id.to_string() };
         Ok(self
             .scheduler
-            .clone()
-            .cancel_job(request)
-            .await?
-            .into_inner())
+            .call(|mut scheduler| {
+                let request = request.clone();
+                async move { scheduler.cancel_job(request).await }
+            })
+            .await?)
     }
 
     /// Cancels the job if it still runs (its queued tasks are purged; tasks in flight find
@@ -376,10 +379,11 @@ impl Mesh {
         let request = pixelmesh_proto::v1::PauseJobRequest { id: id.to_string() };
         Ok(self
             .scheduler
-            .clone()
-            .pause_job(request)
-            .await?
-            .into_inner())
+            .call(|mut scheduler| {
+                let request = request.clone();
+                async move { scheduler.pause_job(request).await }
+            })
+            .await?)
     }
 
     pub async fn resume(&self, caller: &Caller, id: &str) -> Result<Job, Error> {
@@ -387,10 +391,11 @@ impl Mesh {
         let request = pixelmesh_proto::v1::ResumeJobRequest { id: id.to_string() };
         Ok(self
             .scheduler
-            .clone()
-            .resume_job(request)
-            .await?
-            .into_inner())
+            .call(|mut scheduler| {
+                let request = request.clone();
+                async move { scheduler.resume_job(request).await }
+            })
+            .await?)
     }
 
     pub async fn retry(&self, caller: &Caller, id: &str) -> Result<Job, Error> {
@@ -398,10 +403,11 @@ impl Mesh {
         let request = pixelmesh_proto::v1::RetryJobRequest { id: id.to_string() };
         Ok(self
             .scheduler
-            .clone()
-            .retry_job(request)
-            .await?
-            .into_inner())
+            .call(|mut scheduler| {
+                let request = request.clone();
+                async move { scheduler.retry_job(request).await }
+            })
+            .await?)
     }
 
     pub async fn job(&self, caller: &Caller, id: &str) -> Result<Job, Error> {
@@ -800,9 +806,12 @@ impl Mesh {
     /// Live workers, from their heartbeats, whole: for the gateway's own gauges.
     async fn all_workers(&self) -> Result<Vec<Worker>, Error> {
         let js = async_nats::jetstream::new(self.nats.clone());
-        let bucket = nats::workers_bucket(&js)
-            .await
-            .map_err(|err| Error::unavailable(format!("{err:#}")))?;
+        // Filters create the bucket: while NATS answers, a missing one means no filter yet.
+        let bucket = match js.get_key_value(nats::WORKERS_BUCKET).await {
+            Ok(bucket) => bucket,
+            Err(_) if self.nats_connected() => return Ok(Vec::new()),
+            Err(err) => return Err(Error::unavailable(format!("reading workers: {err}"))),
+        };
         let mut keys = bucket
             .keys()
             .await

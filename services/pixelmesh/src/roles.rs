@@ -26,7 +26,7 @@ async fn bind(addr: SocketAddr, role: &str) -> anyhow::Result<TcpListener> {
 async fn gateway(args: GatewayArgs, stop: Stop) -> anyhow::Result<()> {
     let listener = bind(args.gateway_listen, "gateway").await?;
     let config = pixelmesh_gateway::Config {
-        nats_url: args.nats.url,
+        nats: args.nats,
         storage_url: args.peers.storage_url,
         scheduler_url: args.peers.scheduler_url,
         blob_store: args.blobs.blob_store,
@@ -38,7 +38,7 @@ async fn gateway(args: GatewayArgs, stop: Stop) -> anyhow::Result<()> {
 async fn scheduler(args: SchedulerArgs, stop: Stop) -> anyhow::Result<()> {
     let listener = bind(args.scheduler_listen, "scheduler").await?;
     let config = pixelmesh_scheduler::Config {
-        nats_url: args.nats.url,
+        nats: args.nats,
         storage_url: args.peers.storage_url,
         settings: args.settings,
     };
@@ -48,7 +48,7 @@ async fn scheduler(args: SchedulerArgs, stop: Stop) -> anyhow::Result<()> {
 async fn filter(args: FilterArgs, stop: Stop) -> anyhow::Result<()> {
     let listener = bind(args.filter_listen, "filter").await?;
     let config = pixelmesh_filter::Config {
-        nats_url: args.nats.url,
+        nats: args.nats,
         storage_url: args.peers.storage_url,
         blob_store: args.blobs.blob_store,
         settings: args.settings,
@@ -83,8 +83,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Storage(args) => storage(args, signal(&stop)).await,
         Command::Health(args) => crate::health::run(args).await,
         Command::All(args) => {
-            // Kept alive until every role has stopped; dropping it stops the server.
-            let _nats = nats_server::ensure(&args.nats.url, &args.nats_dir).await?;
+            // Stopped once every role has stopped.
+            let nats = nats_server::ensure(&args.nats.url, &args.nats_dir).await?;
             let peers: Peers = args.peers();
             // Every role of one process shares storage's store: bytes never cross gRPC.
             let blobs = BlobStoreArgs {
@@ -144,7 +144,11 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                     )),
                 ),
             ];
-            run_together(roles, stop).await
+            let result = run_together(roles, stop).await;
+            if let Some(nats) = nats {
+                nats.stop().await;
+            }
+            result
         }
     }
 }

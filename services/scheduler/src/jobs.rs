@@ -450,6 +450,7 @@ impl<S: JobStore, Q: TaskQueue> Jobs<S, Q> {
             tracing::debug!(job = %job, index, "duplicate or late result ignored");
             return Ok(false);
         }
+        metrics::counter!("pixelmesh_results_recorded_total").increment(1);
         if let Some(summary) = &recorded.summary
             && summary.state().is_final()
         {
@@ -500,11 +501,20 @@ impl<S: JobStore, Q: TaskQueue> Jobs<S, Q> {
         }
     }
 
-    /// Reconciles every unfinished job with the queue (see [`crate::reconcile`]): at start,
-    /// once storage answers, then every [`reconcile::EVERY`] until `stop`.
-    pub async fn reconcile_forever(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
+    /// Reconciles every unfinished job with the queue (see [`crate::reconcile`]) while this
+    /// scheduler holds the reconciler lease (`held`, see [`crate::lease`]): as it takes the
+    /// lease, once storage answers, then every [`reconcile::EVERY`] until `stop`.
+    pub async fn reconcile_forever(
+        &self,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+        mut held: tokio::sync::watch::Receiver<bool>,
+    ) {
         let mut delay = Duration::from_millis(100);
         loop {
+            tokio::select! {
+                _ = stop.wait_for(|stop| *stop) => return,
+                holds = held.wait_for(|holds| *holds) => if holds.is_err() { return },
+            }
             let wait = match self.reconcile().await {
                 Ok(()) => {
                     delay = Duration::from_millis(100);
@@ -519,6 +529,8 @@ impl<S: JobStore, Q: TaskQueue> Jobs<S, Q> {
             tokio::select! {
                 _ = stop.wait_for(|stop| *stop) => return,
                 () = tokio::time::sleep(wait) => {}
+                // Lost: wait to take it again, and reconcile at once then.
+                _ = held.wait_for(|holds| !*holds) => {}
             }
         }
     }

@@ -10,6 +10,8 @@
 //!   abandoned;
 //! * [`results`] — the durable consumers of `RESULTS` and of the max-deliveries advisories
 //!   (stream `ADVISORIES`): records each outcome once and publishes progress;
+//! * [`lease`] — the NATS KV lease that lets one scheduler of several reconcile at a time;
+//!   the rest of their work is shared;
 //! * [`grpc`] — `pixelmesh.v1.Scheduler`, translating wire types at the edge;
 //! * `fakes` (tests only) — in-memory [`store::JobStore`] and [`queue::TaskQueue`] that keep
 //!   storage's state rules and JetStream's dedup, for unit tests of [`jobs`].
@@ -18,6 +20,7 @@
 mod fakes;
 pub mod grpc;
 pub mod jobs;
+pub mod lease;
 pub mod queue;
 pub mod reconcile;
 pub mod results;
@@ -32,7 +35,7 @@ use tokio::net::TcpListener;
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub nats_url: String,
+    pub nats: pixelmesh_common::config::NatsConfig,
     /// gRPC URL of the storage role.
     pub storage_url: String,
     pub settings: Settings,
@@ -91,7 +94,17 @@ impl Default for Settings {
 /// Runs the scheduler until `shutdown` resolves.
 /// The scheduler's metrics, at zero from the start so rates over them are defined.
 fn describe_metrics() {
-    use metrics::{counter, describe_counter};
+    use metrics::{counter, describe_counter, describe_gauge, gauge};
+    describe_counter!(
+        "pixelmesh_results_recorded_total",
+        "task outcomes this scheduler recorded (several schedulers share the results)"
+    );
+    counter!("pixelmesh_results_recorded_total").absolute(0);
+    describe_gauge!(
+        "pixelmesh_scheduler_reconciler",
+        "1 while this scheduler holds the reconciler lease"
+    );
+    gauge!("pixelmesh_scheduler_reconciler").set(0.0);
     describe_counter!("pixelmesh_jobs_submitted_total", "jobs accepted");
     counter!("pixelmesh_jobs_submitted_total").absolute(0);
     describe_counter!(
@@ -114,9 +127,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     describe_metrics();
-    let client = nats::connect(&config.nats_url, "pixelmesh-scheduler").await?;
+    let client = nats::connect(&config.nats.url, "pixelmesh-scheduler").await?;
     let js = async_nats::jetstream::new(client.clone());
-    nats::ensure_streams(&js).await?;
+    nats::ensure_streams(&js, config.nats.replicas).await?;
     let storage = pixelmesh_proto::v1::storage_client::StorageClient::new(
         pixelmesh_common::grpc::channel(&config.storage_url)?,
     )
@@ -124,14 +137,22 @@ pub async fn run(
     .max_encoding_message_size(pixelmesh_common::grpc::MAX_MESSAGE_BYTES);
     let jobs = jobs::Jobs::new(
         store::GrpcStore(storage),
-        queue::JetStreamQueue::new(client, js),
+        queue::JetStreamQueue::new(client, js.clone()),
         config.settings,
     );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (held_tx, held_rx) = tokio::sync::watch::channel(false);
+    let lease = tokio::spawn(lease::hold_reconciler(
+        js.clone(),
+        config.nats.replicas,
+        holder_id(&listener)?,
+        held_tx,
+        stop_rx.clone(),
+    ));
     let reconciler = tokio::spawn({
         let (jobs, stop) = (jobs.clone(), stop_rx.clone());
-        async move { jobs.reconcile_forever(stop).await }
+        async move { jobs.reconcile_forever(stop, held_rx).await }
     });
     let consumer = tokio::spawn(results::run(jobs.clone(), stop_rx.clone()));
     let advisories = tokio::spawn(results::run_advisories(jobs.clone(), stop_rx));
@@ -150,5 +171,15 @@ pub async fn run(
     consumer.await.context("results consumer panicked")??;
     advisories.await.context("advisory listener panicked")??;
     reconciler.abort();
+    lease.await.context("lease holder panicked")?;
     served
+}
+
+/// Who holds the reconciler lease: host name and listening port, the same after a restart
+/// (so a restarted scheduler takes its lease back at once) and unique among schedulers.
+fn holder_id(listener: &TcpListener) -> anyhow::Result<String> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .unwrap_or_else(|_| "scheduler".into());
+    Ok(format!("{host}:{}", listener.local_addr()?.port()))
 }

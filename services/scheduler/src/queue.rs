@@ -9,7 +9,7 @@
 //! [`JetStreamQueue`] is the thin adapter over the NATS client and JetStream context; unit
 //! tests use an in-memory queue that records what was published.
 
-use std::future::Future;
+use std::{future::Future, time::Duration};
 
 use async_nats::jetstream;
 use pixelmesh_common::{nats, telemetry};
@@ -21,6 +21,11 @@ use prost::Message as _;
 use tracing::Instrument as _;
 
 use crate::reconcile::{self, Queued};
+
+/// How long a task publish is retried while NATS is connected but no stream answers (a
+/// cluster electing a stream leader after a node died; seconds in practice). Below the
+/// submit timeout.
+const PUBLISH_RETRY_FOR: Duration = Duration::from_secs(20);
 
 pub trait TaskQueue: Clone + Send + Sync + 'static {
     /// Answers reconciliation's questions for one pass.
@@ -86,14 +91,29 @@ impl TaskQueue for JetStreamQueue {
         );
         async {
             headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
-            let ack = self
-                .js
-                .publish_with_headers(subject, headers, task.encode_to_vec().into())
-                .await
-                .map_err(|err| Error::unavailable(format!("publishing task: {err}")))?;
-            ack.await
-                .map_err(|err| Error::unavailable(format!("publishing task: {err}")))?;
-            Ok(())
+            let payload: bytes::Bytes = task.encode_to_vec().into();
+            let started = tokio::time::Instant::now();
+            let mut delay = Duration::from_millis(100);
+            loop {
+                let published = async {
+                    self.js
+                        .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                        .await?
+                        .await
+                }
+                .await;
+                match published {
+                    Ok(_) => return Ok(()),
+                    // Connected, yet no stream answers: a NATS cluster electing the stream's
+                    // new leader after a node died. The message id makes a retry safe.
+                    Err(err) if self.is_connected() && started.elapsed() < PUBLISH_RETRY_FOR => {
+                        tracing::warn!(error = %err, "publishing task failed, retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(1));
+                    }
+                    Err(err) => return Err(Error::unavailable(format!("publishing task: {err}"))),
+                }
+            }
         }
         .instrument(span)
         .await
