@@ -155,18 +155,39 @@ pub async fn ensure_streams(js: &jetstream::Context, replicas: u16) -> anyhow::R
         },
     ];
     for config in streams {
-        let name = config.name.clone();
-        let mut stream = js
-            .get_or_create_stream(config.clone())
-            .await
-            .with_context(|| format!("creating stream {name} with {replicas} replicas"))?;
-        let current = stream.info().await?.config.num_replicas;
-        if current != replicas {
-            tracing::info!(stream = %name, from = current, to = replicas, "changing stream replicas");
-            js.update_stream(config)
-                .await
-                .with_context(|| format!("changing stream {name} to {replicas} replicas"))?;
+        // A cluster that is still forming (or electing) times requests out: wait for it.
+        let deadline = tokio::time::Instant::now() + STREAMS_READY_WITHIN;
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match ensure_stream(js, &config).await {
+                Ok(()) => break,
+                Err(err) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(stream = %config.name, error = %format!("{err:#}"), "stream not ready, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(err) => return Err(err),
+            }
         }
+    }
+    Ok(())
+}
+
+/// How long a role waits at start for JetStream to create or update its streams.
+const STREAMS_READY_WITHIN: Duration = Duration::from_secs(60);
+
+async fn ensure_stream(js: &jetstream::Context, config: &stream::Config) -> anyhow::Result<()> {
+    let (name, replicas) = (&config.name, config.num_replicas);
+    let mut stream = js
+        .get_or_create_stream(config.clone())
+        .await
+        .with_context(|| format!("creating stream {name} with {replicas} replicas"))?;
+    let current = stream.info().await?.config.num_replicas;
+    if current != replicas {
+        tracing::info!(stream = %name, from = current, to = replicas, "changing stream replicas");
+        js.update_stream(config.clone())
+            .await
+            .with_context(|| format!("changing stream {name} to {replicas} replicas"))?;
     }
     Ok(())
 }
