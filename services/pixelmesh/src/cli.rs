@@ -51,6 +51,14 @@ pub struct BlobStoreArgs {
     pub blob_store: Option<String>,
 }
 
+impl BlobStoreArgs {
+    /// The store's URL; an empty one counts as none, so a compose file can pass
+    /// `${PIXELMESH_BLOB_STORE:-}` through and leave the default.
+    pub fn url(&self) -> Option<String> {
+        self.blob_store.clone().filter(|url| !url.trim().is_empty())
+    }
+}
+
 /// Where the other roles are.
 #[derive(Debug, Clone, Args)]
 pub struct Peers {
@@ -254,5 +262,18 @@ mod tests {
             };
             assert_eq!(listen.port(), port, "{role}");
         }
+    }
+
+    #[test]
+    fn an_empty_blob_store_is_the_default() {
+        let url = |value: &str| {
+            let args = BlobStoreArgs {
+                blob_store: Some(value.to_string()),
+            };
+            args.url()
+        };
+        assert_eq!(url(""), None);
+        assert_eq!(url("  "), None);
+        assert_eq!(url("s3://pixelmesh").as_deref(), Some("s3://pixelmesh"));
     }
 }

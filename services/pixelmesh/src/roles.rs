@@ -29,7 +29,7 @@ async fn gateway(args: GatewayArgs, stop: Stop) -> anyhow::Result<()> {
         nats: args.nats,
         storage_url: args.peers.storage_url,
         scheduler_url: args.peers.scheduler_url,
-        blob_store: args.blobs.blob_store,
+        blob_store: args.blobs.url(),
         settings: args.settings,
     };
     pixelmesh_gateway::run(config, listener, stop).await
@@ -50,7 +50,7 @@ async fn filter(args: FilterArgs, stop: Stop) -> anyhow::Result<()> {
     let config = pixelmesh_filter::Config {
         nats: args.nats,
         storage_url: args.peers.storage_url,
-        blob_store: args.blobs.blob_store,
+        blob_store: args.blobs.url(),
         settings: args.settings,
     };
     pixelmesh_filter::run(config, listener, stop).await
@@ -59,7 +59,7 @@ async fn filter(args: FilterArgs, stop: Stop) -> anyhow::Result<()> {
 async fn storage(args: StorageArgs, stop: Stop) -> anyhow::Result<()> {
     let listener = bind(args.storage_listen, "storage").await?;
     let config = pixelmesh_storage::Config {
-        blob_store: args.blobs.blob_store,
+        blob_store: args.blobs.url(),
         ..args.config
     };
     pixelmesh_storage::run(config, listener, stop).await
@@ -88,8 +88,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             let peers: Peers = args.peers();
             // Every role of one process shares storage's store: bytes never cross gRPC.
             let blobs = BlobStoreArgs {
-                blob_store: Some(match &args.blobs.blob_store {
-                    Some(url) => url.clone(),
+                blob_store: Some(match args.blobs.url() {
+                    Some(url) => url,
                     None => args.storage.blob_store_url()?,
                 }),
             };
