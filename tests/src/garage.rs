@@ -209,6 +209,22 @@ impl Garage {
         }
     }
 
+    /// Multipart uploads of the bucket begun and neither finished nor aborted, as Garage
+    /// counts them (its counters follow the writes within moments).
+    pub fn unfinished_uploads(&self) -> usize {
+        let info = self.nodes[0].cli(&["bucket", "info", BUCKET]);
+        // The line is printed only while there are some: "Unfinished uploads: N multipart uploads".
+        info.lines()
+            .find_map(|line| line.trim().strip_prefix("Unfinished uploads:"))
+            .map(|rest| {
+                rest.split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| panic!("no count in: {info}"))
+            })
+            .unwrap_or(0)
+    }
+
     /// The S3 endpoint of node `i`.
     pub fn endpoint(&self, i: usize) -> String {
         format!("http://127.0.0.1:{}", self.nodes[i].s3_port)

@@ -8,9 +8,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures::StreamExt as _;
 use pixelmesh_blobs::{BlobId, BlobStore};
 use pixelmesh_proto::v1::{ImageState, Job, JobState, Operation, Resize, Tiling, operation::Op};
-use pixelmesh_tests::{Cluster, ClusterOptions, api, free_port, garage::Garage, node_bin, png};
+use pixelmesh_tests::{
+    Cluster, ClusterOptions, api, free_port, garage::Garage, node_bin, png, poll,
+};
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(300);
 const STORE: &str = "s3://pixelmesh/mesh";
@@ -315,4 +318,45 @@ async fn a_garage_node_dies_mid_batch_and_nothing_is_lost() {
         outputs.insert(image.output.as_ref().expect("output").blob_id.clone());
     }
     assert_eq!(outputs.len(), 200, "200 distinct outputs");
+}
+
+/// An upload that dies half-way (its request dropped mid-stream, as when a client goes away)
+/// leaves no multipart upload in the bucket: S3 stores keep unfinished parts until told to
+/// abort them.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_dropped_half_way_leaves_no_parts_in_the_bucket() {
+    let garage = Garage::single();
+    let store = open_store(&garage).await;
+    // More than one part's worth, then a client that sends nothing more.
+    let first: Result<bytes::Bytes, pixelmesh_proto::Error> =
+        Ok(bytes::Bytes::from(vec![7u8; 9 << 20]));
+    let chunks = futures::stream::iter([first]).chain(futures::stream::pending());
+    let upload = tokio::spawn(async move { store.put_stream(chunks, u64::MAX).await });
+    let unfinished = |want_some: bool| {
+        let count = garage.unfinished_uploads();
+        async move {
+            if (count > 0) == want_some {
+                Ok(count)
+            } else {
+                Err(format!("{count} unfinished uploads"))
+            }
+        }
+    };
+    let begun = poll(
+        "the multipart upload begun",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || unfinished(true),
+    )
+    .await;
+    assert_eq!(begun, 1);
+    upload.abort();
+    assert!(upload.await.expect_err("aborted").is_cancelled());
+    poll(
+        "the dropped upload aborted in the store",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || unfinished(false),
+    )
+    .await;
 }

@@ -164,29 +164,33 @@ impl S3Store {
             .put_multipart(&temp)
             .await
             .map_err(|err| s3_io_error("starting an upload", err))?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+        let mut writer = Unfinished(Some(WriteMultipart::new_with_chunk_size(
+            upload, PART_BYTES,
+        )));
         let streamed = async {
-            writer.put(first.freeze());
-            writer.put(overflow);
+            let parts = writer.get();
+            parts.put(first.freeze());
+            parts.put(overflow);
             while let Some(chunk) = chunks.next().await {
                 let chunk = chunk?;
                 add(&chunk, &mut hasher)?;
-                writer
+                let parts = writer.get();
+                parts
                     .wait_for_capacity(PARTS_IN_FLIGHT)
                     .await
                     .map_err(|err| s3_io_error("uploading", err))?;
-                writer.put(chunk);
+                parts.put(chunk);
             }
             Ok::<_, Error>(())
         }
         .await;
         if let Err(err) = streamed {
-            if let Err(abort) = writer.abort().await {
-                tracing::warn!(error = %abort, "aborting a failed multipart upload failed");
-            }
+            // Dropping the guard aborts the upload.
+            drop(writer);
             return Err(err);
         }
         writer
+            .take()
             .finish()
             .await
             .map_err(|err| s3_io_error("finishing an upload", err))?;
@@ -375,6 +379,37 @@ fn explain(err: &object_store::Error) -> String {
     }
 }
 
+/// A multipart upload not finished yet. Dropped (a failed upload, or a client that went away
+/// and took the request's future with it), it aborts the upload in the background, so the
+/// store does not keep its parts: S3 stores hold unfinished uploads until told otherwise.
+struct Unfinished(Option<WriteMultipart>);
+
+impl Unfinished {
+    fn get(&mut self) -> &mut WriteMultipart {
+        self.0.as_mut().expect("an unfinished upload")
+    }
+
+    fn take(&mut self) -> WriteMultipart {
+        self.0.take().expect("an unfinished upload")
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        let Some(writer) = self.0.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("a multipart upload is left unfinished: no runtime to abort it");
+            return;
+        };
+        runtime.spawn(async move {
+            if let Err(err) = writer.abort().await {
+                tracing::warn!(error = %err, "aborting an unfinished multipart upload failed");
+            }
+        });
+    }
+}
 fn s3_error(what: &str, id: &BlobId, err: object_store::Error) -> Error {
     match err {
         object_store::Error::NotFound { .. } => Error::not_found(format!("blob {id} not found")),
