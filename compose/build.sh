@@ -77,7 +77,9 @@ revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 context=target/docker/pixelmesh
 rm -rf "$context"
 rootfs "$context" pixelmesh 10001
-mkdir -p "$context/data/storage" "$context/data/nats"
+# /blobs: the mount point of compose/shared-blobs.yml's volume, so Docker gives a new volume
+# the image user's ownership.
+mkdir -p "$context/data/storage" "$context/data/nats" "$context/blobs"
 cp -r web/dist "$context/web"
 # Symbols stay (panics name their functions); only the DWARF line tables go.
 objcopy --strip-debug "$binary" "$context/pixelmesh"

@@ -9,6 +9,7 @@
 
 use std::{
     collections::HashMap,
+    ffi::OsStr,
     path::PathBuf,
     process::{Command, Output},
     sync::atomic::{AtomicUsize, Ordering},
@@ -112,7 +113,7 @@ static STACKS: AtomicUsize = AtomicUsize::new(0);
 pub struct Stack {
     tool: Vec<String>,
     project: String,
-    file: PathBuf,
+    files: Vec<PathBuf>,
     env: Vec<(String, String)>,
 }
 
@@ -135,9 +136,15 @@ impl Stack {
                 std::process::id(),
                 STACKS.fetch_add(1, Ordering::Relaxed)
             ),
-            file: workspace_root().join("compose/docker-compose.yml"),
+            files: vec![workspace_root().join("compose/docker-compose.yml")],
             env: all,
         }
+    }
+
+    /// The same project with `file` (under `compose/`) laid over the main compose file.
+    pub fn with_file(mut self, file: &str) -> Self {
+        self.files.push(workspace_root().join("compose").join(file));
+        self
     }
 
     /// Which Compose answered, for the test log.
@@ -150,8 +157,11 @@ impl Stack {
         cmd.args(&self.tool[1..])
             .arg("--project-name")
             .arg(&self.project)
-            .arg("--file")
-            .arg(&self.file)
+            .args(
+                self.files
+                    .iter()
+                    .flat_map(|file| [OsStr::new("--file"), file.as_os_str()]),
+            )
             .args(args)
             .envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd

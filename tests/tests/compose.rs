@@ -1,14 +1,17 @@
 //! The compose deployment under the real Docker engine: the images built from this tree, the
 //! stack up with three filters, 30 corpus photos per job through the gateway's published
 //! port, and the stack surviving a killed filter, a restarted scheduler, a scale-down with
-//! work queued, and a full stop and start. `PIXELMESH_NO_DOCKER=1` skips it; without that,
-//! no Docker engine is a failure.
+//! work queued, and a full stop and start; and two stacks whose gateway and filter move
+//! bytes themselves, one on the `garage` profile's bucket, one on compose/shared-blobs.yml's
+//! shared volume. `PIXELMESH_NO_DOCKER=1` skips them; without that, no Docker engine is a
+//! failure.
 
 use std::{
     collections::{HashMap, HashSet},
     time::{Duration, Instant},
 };
 
+use pixelmesh_blobs::BlobId;
 use pixelmesh_proto::v1::{
     Format, GetJobRequest, ImageFormat, ImageState, Job, JobEvent, JobState, ListWorkersRequest,
     Operation, Resize, Sharpen, gateway_client::GatewayClient, operation::Op,
@@ -381,89 +384,17 @@ async fn compose_stack_scales_and_survives_container_failures() {
     }
 }
 
-/// The garage profile: one Garage node in its own container holds every blob. The gateway
-/// and the filter read and write the bucket directly, downloads come from it, and storage's
-/// volume keeps only its sled database.
-#[tokio::test(flavor = "multi_thread")]
-async fn the_garage_profile_keeps_every_blob_in_garage() {
-    if compose::skipped() {
-        return;
-    }
-    compose::build_images();
-    let stack = Stack::new(&[
-        ("COMPOSE_PROFILES", "garage"),
-        ("PIXELMESH_BLOB_STORE", "s3://pixelmesh"),
-    ]);
-    let started = Instant::now();
-    stack.compose(&["up", "-d", "--scale", "filter=1"]);
-    stack.wait_healthy(1, HEALTHY_TIMEOUT).await;
-    let garage = stack.container("garage");
-    eprintln!("stack with garage healthy in {:.1?}", started.elapsed());
-
-    let corpus = corpus::all();
-    let images: Vec<(String, Vec<u8>)> = corpus.iter().take(3).cloned().collect();
-    let mut client = connect(&stack).await;
-    let id = submit(&mut client, &images, quick()).await;
-    let (_, job) = api::watch_to_end(&mut client, &id, JOB_TIMEOUT).await;
-    let summary = job.summary.as_ref().expect("summary");
-    assert_eq!(
-        summary.state(),
-        JobState::Completed,
-        "{job:?}\n{}",
-        stack.logs()
-    );
-    for index in 0..images.len() as u32 {
-        let output = api::download(&mut client, &id, index).await;
-        let decoded = image::load_from_memory(&output).expect("the output decodes");
-        assert_eq!(decoded.width(), 1280, "image {index}");
-    }
-
-    // The gateway and the filter opened the bucket themselves, after checking it is
-    // storage's.
-    for service in ["gateway", "filter"] {
-        // The roles log to stderr.
-        let out = std::process::Command::new("docker")
-            .args(["logs", &stack.container(service)])
-            .output()
-            .expect("docker logs");
-        let log = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            log.contains("blob store shared with storage") && log.contains("s3://pixelmesh"),
-            "{service} does not use the bucket directly: {log}"
-        );
-    }
-    // In the bucket: storage's marker, three inputs and three outputs (Garage counts them a
-    // moment after the writes).
-    let objects = || -> usize {
-        let info = compose::docker(&["exec", &garage, "garage", "bucket", "info", "pixelmesh"]);
-        info.lines()
-            .find_map(|line| line.trim().strip_prefix("Objects:"))
-            .and_then(|count| count.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no object count in: {info}"))
-    };
-    let wanted = 1 + 2 * images.len();
-    pixelmesh_tests::poll(
-        "garage counting every blob",
-        Duration::from_secs(30),
-        Duration::from_millis(500),
-        || async {
-            let count = objects();
-            (count >= wanted)
-                .then_some(count)
-                .ok_or(format!("{count} of {wanted} objects"))
-        },
-    )
-    .await;
-    // Storage's volume: sled only, not one blob file.
+/// Files under `dir` in a container, copied out with `docker cp` (the images have no shell),
+/// as paths relative to `dir`'s parent.
+fn files_in(container: &str, dir: &str) -> Vec<String> {
     let copy = tempfile::tempdir().expect("tempdir");
-    let storage = stack.container("storage");
     compose::docker(&[
         "cp",
-        &format!("{storage}:/data/storage"),
+        &format!("{container}:{dir}"),
         &copy.path().display().to_string(),
     ]);
     let mut files = Vec::new();
-    let mut dirs = vec![copy.path().join("storage")];
+    let mut dirs = vec![copy.path().to_path_buf()];
     while let Some(dir) = dirs.pop() {
         for entry in std::fs::read_dir(&dir).expect("read_dir") {
             let path = entry.expect("entry").path();
@@ -479,6 +410,50 @@ async fn the_garage_profile_keeps_every_blob_in_garage() {
             }
         }
     }
+    files
+}
+
+/// One filter's stack with its blobs in `store`: a three-image job runs and downloads, the
+/// gateway and the filter say they use the store directly, and storage's own volume keeps
+/// its sled database and not one blob file. The images submitted.
+async fn run_on_a_shared_store(stack: &Stack, store: &str) -> usize {
+    let started = Instant::now();
+    stack.compose(&["up", "-d", "--scale", "filter=1"]);
+    stack.wait_healthy(1, HEALTHY_TIMEOUT).await;
+    eprintln!("stack on {store} healthy in {:.1?}", started.elapsed());
+
+    let corpus = corpus::all();
+    let images: Vec<(String, Vec<u8>)> = corpus.iter().take(3).cloned().collect();
+    let mut client = connect(stack).await;
+    let id = submit(&mut client, &images, quick()).await;
+    let (_, job) = api::watch_to_end(&mut client, &id, JOB_TIMEOUT).await;
+    let summary = job.summary.as_ref().expect("summary");
+    assert_eq!(
+        summary.state(),
+        JobState::Completed,
+        "{job:?}\n{}",
+        stack.logs()
+    );
+    for index in 0..images.len() as u32 {
+        let output = api::download(&mut client, &id, index).await;
+        let decoded = image::load_from_memory(&output).expect("the output decodes");
+        assert_eq!(decoded.width(), 1280, "image {index}");
+    }
+
+    // The gateway and the filter opened the store themselves, after checking it is storage's.
+    for service in ["gateway", "filter"] {
+        // The roles log to stderr.
+        let out = std::process::Command::new("docker")
+            .args(["logs", &stack.container(service)])
+            .output()
+            .expect("docker logs");
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            log.contains("blob store shared with storage") && log.contains(store),
+            "{service} does not use {store} directly: {log}"
+        );
+    }
+    let files = files_in(&stack.container("storage"), "/data/storage");
     assert!(
         files.iter().any(|f| f.starts_with("storage/meta/")),
         "no sled database in storage's volume: {files:?}"
@@ -487,6 +462,75 @@ async fn the_garage_profile_keeps_every_blob_in_garage() {
     assert!(
         blobs.is_empty(),
         "blob files in storage's volume: {blobs:?}"
+    );
+    images.len()
+}
+
+/// The garage profile: one Garage node in its own container holds every blob; the gateway and
+/// the filter read and write the bucket directly.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_garage_profile_keeps_every_blob_in_garage() {
+    if compose::skipped() {
+        return;
+    }
+    compose::build_images();
+    let stack = Stack::new(&[
+        ("COMPOSE_PROFILES", "garage"),
+        ("PIXELMESH_BLOB_STORE", "s3://pixelmesh"),
+    ]);
+    let images = run_on_a_shared_store(&stack, "s3://pixelmesh").await;
+    // In the bucket: storage's marker, the inputs and the outputs (Garage counts them a
+    // moment after the writes).
+    let garage = stack.container("garage");
+    let objects = || -> usize {
+        let info = compose::docker(&["exec", &garage, "garage", "bucket", "info", "pixelmesh"]);
+        info.lines()
+            .find_map(|line| line.trim().strip_prefix("Objects:"))
+            .and_then(|count| count.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no object count in: {info}"))
+    };
+    let wanted = 1 + 2 * images;
+    pixelmesh_tests::poll(
+        "garage counting every blob",
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        || async {
+            let count = objects();
+            (count >= wanted)
+                .then_some(count)
+                .ok_or(format!("{count} of {wanted} objects"))
+        },
+    )
+    .await;
+}
+
+/// compose/shared-blobs.yml: one host's volume shared by storage, the gateway and the filters
+/// holds every blob, written and read by each role directly.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shared_volume_holds_every_blob_and_each_role_uses_it() {
+    if compose::skipped() {
+        return;
+    }
+    compose::build_images();
+    let stack = Stack::new(&[]).with_file("shared-blobs.yml");
+    let images = run_on_a_shared_store(&stack, "file:///blobs").await;
+    let files = files_in(&stack.container("filter"), "/blobs");
+    let blobs = files
+        .iter()
+        .filter(|f| {
+            f.rsplit('/')
+                .next()
+                .is_some_and(|name| BlobId::parse(name).is_ok())
+        })
+        .count();
+    assert_eq!(
+        blobs,
+        2 * images,
+        "inputs and outputs in the shared volume: {files:?}"
+    );
+    assert!(
+        files.contains(&"blobs/pixelmesh-store".to_string()),
+        "{files:?}"
     );
 }
 
