@@ -7,35 +7,18 @@
 
 use std::{
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
 use tempfile::TempDir;
 
-use crate::{free_port, wait_until, workspace_root};
+use crate::{Process, free_port, tool, wait_until};
 
 /// The bucket every test store uses.
 pub const BUCKET: &str = "pixelmesh";
 /// Garage checks the region a request is signed for.
 const REGION: &str = "garage";
-
-fn binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("PIXELMESH_GARAGE") {
-        return PathBuf::from(path);
-    }
-    let local = workspace_root().join(".tools/garage/bin/garage");
-    if local.is_file() {
-        return local;
-    }
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join("garage"))
-                .find(|p| p.is_file())
-        })
-        .unwrap_or_else(|| panic!("garage not found: run scripts/tools.sh (it installs it)"))
-}
 
 /// One Garage server process.
 pub struct GarageNode {
@@ -43,13 +26,13 @@ pub struct GarageNode {
     pub s3_port: u16,
     rpc_port: u16,
     log: PathBuf,
-    child: Option<Child>,
+    child: Process,
 }
 
 impl GarageNode {
     fn spawn(&mut self) {
         let log = std::fs::File::create(&self.log).expect("garage log");
-        let child = Command::new(binary())
+        let child = Command::new(tool("garage"))
             .arg("-c")
             .arg(&self.config)
             .arg("server")
@@ -58,7 +41,7 @@ impl GarageNode {
             .stderr(log)
             .spawn()
             .expect("starting garage");
-        self.child = Some(child);
+        *self.child = Some(child);
         let (s3, rpc) = (self.s3_port, self.rpc_port);
         wait_until("garage listens", || {
             std::net::TcpStream::connect(("127.0.0.1", s3)).is_ok()
@@ -69,7 +52,7 @@ impl GarageNode {
     /// Runs a `garage` CLI command against this node: what it printed, as `Err` when it
     /// failed.
     fn run(&self, args: &[&str]) -> Result<String, String> {
-        let output = Command::new(binary())
+        let output = Command::new(tool("garage"))
             .arg("-c")
             .arg(&self.config)
             .args(args)
@@ -95,20 +78,11 @@ impl GarageNode {
 
     /// SIGKILL.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.child.kill();
     }
 
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for GarageNode {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -166,7 +140,7 @@ impl Garage {
                     s3_port,
                     rpc_port,
                     log: root.join("garage.log"),
-                    child: None,
+                    child: Process::default(),
                 }
             })
             .collect();

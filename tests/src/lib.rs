@@ -99,15 +99,21 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Finds a tool: `$PIXELMESH_<NAME>` first, then `.tools/venv/bin`, then PATH.
+/// Finds a tool: `$PIXELMESH_<NAME>` first, then where scripts/tools.sh installs it
+/// (`.tools/venv/bin` for PyPI's, `.tools/<name>/bin` for a crate built from source), then PATH.
 pub fn tool(name: &str) -> PathBuf {
     let var = format!("PIXELMESH_{}", name.to_uppercase().replace('-', "_"));
     if let Some(path) = std::env::var_os(&var) {
         return PathBuf::from(path);
     }
-    let local = workspace_root().join(".tools/venv/bin").join(name);
-    if local.is_file() {
-        return local;
+    let tools = workspace_root().join(".tools");
+    for local in [
+        tools.join("venv/bin").join(name),
+        tools.join(name).join("bin").join(name),
+    ] {
+        if local.is_file() {
+            return local;
+        }
     }
     std::env::var_os("PATH")
         .and_then(|paths| {
@@ -146,9 +152,44 @@ pub mod corpus {
     }
 }
 
+/// A test's child process (or none yet), killed with SIGKILL and reaped when dropped: no
+/// server outlives its test.
+#[derive(Default)]
+pub struct Process(Option<Child>);
+
+impl Process {
+    /// SIGKILL, then wait for the exit; nothing when no process runs.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl std::ops::Deref for Process {
+    type Target = Option<Child>;
+
+    fn deref(&self) -> &Option<Child> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Process {
+    fn deref_mut(&mut self) -> &mut Option<Child> {
+        &mut self.0
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// A private nats-server with JetStream and its HTTP monitoring endpoint, killed on drop.
 pub struct NatsServer {
-    child: Option<Child>,
+    child: Process,
     pub port: u16,
     /// `/varz`, `/connz?subs=1` …: what the server sees of its clients (see
     /// [`NatsServer::monitor_url`]).
@@ -207,7 +248,7 @@ impl NatsServer {
 
     fn configured(name: String, cluster_args: Vec<String>) -> Self {
         NatsServer {
-            child: None,
+            child: Process::default(),
             port: free_port(),
             monitor_port: free_port(),
             name,
@@ -236,10 +277,7 @@ impl NatsServer {
 
     /// SIGKILL: clients see the connection drop.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.child.kill();
     }
 
     /// Starts the server again on the same port and store (after [`NatsServer::kill`]).
@@ -264,7 +302,7 @@ impl NatsServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("starting nats-server");
-        self.child = Some(child);
+        *self.child = Some(child);
         wait_until("nats-server accepts connections", || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
@@ -277,12 +315,6 @@ impl NatsServer {
     /// The monitoring endpoint's base URL (`http://127.0.0.1:<port>`).
     pub fn monitor_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.monitor_port)
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -348,7 +380,7 @@ pub struct Role {
     args: Vec<String>,
     env: Vec<(String, String)>,
     log: PathBuf,
-    child: Option<Child>,
+    child: Process,
 }
 
 impl Role {
@@ -377,7 +409,7 @@ impl Role {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", self.name));
-        self.child = Some(child);
+        *self.child = Some(child);
     }
 
     /// Whether the process started last is still running (never restarted, never exited).
@@ -389,10 +421,7 @@ impl Role {
 
     /// SIGKILL: no goodbye, no flush, no ack.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.child.kill();
     }
 
     /// SIGTERM, then wait for a clean exit; returns whether it exited successfully.
@@ -408,12 +437,6 @@ impl Role {
 
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Role {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -495,7 +518,7 @@ impl Cluster {
             args,
             env: common_env.clone(),
             log: data.path().join(format!("{name}.log")),
-            child: None,
+            child: Process::default(),
         };
         let storage = role(
             "storage",
@@ -677,7 +700,7 @@ impl Cluster {
             args,
             env: self.gateway.env.clone(),
             log: self.data.path().join(format!("{name}.log")),
-            child: None,
+            child: Process::default(),
         };
         role.spawn(&self.binary);
         self.replicas.push(role);

