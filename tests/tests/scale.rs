@@ -270,3 +270,68 @@ async fn two_schedulers_share_the_work_and_the_reconciler_fails_over() {
         .last_sequence;
     assert_eq!(tasks, u64::from(IMAGES) + 8, "one task per image");
 }
+
+/// What the gateway does when the scheduler it asked dies mid-submit: it sends the same
+/// submit, with the job id it chose, to the next scheduler. Both real schedulers get it here;
+/// there is one job, each image is processed once, and both answer with its id.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_submit_sent_to_a_second_scheduler_makes_the_same_job() {
+    use pixelmesh_proto::v1::{
+        ImageInput, ListJobsRequest, SubmitJobRequest, scheduler_client::SchedulerClient,
+    };
+    let cluster = Cluster::start(ClusterOptions {
+        schedulers: 2,
+        ..Default::default()
+    })
+    .await;
+    let mut gateway = cluster.gateway_client().await;
+    let mut inputs = Vec::new();
+    for (name, bytes) in batch(77, 3) {
+        inputs.push(ImageInput {
+            blob_id: api::upload(&mut gateway, &name, &bytes).await,
+            name,
+            ..Default::default()
+        });
+    }
+    let request = SubmitJobRequest {
+        pipeline: resize(48),
+        inputs,
+        job_id: ulid::Ulid::new().to_string(),
+        // Running open, the gateway submits as an admin.
+        admin: true,
+        ..Default::default()
+    };
+    let mut answers = Vec::new();
+    for port in [cluster.scheduler.port, cluster.more_schedulers[0].port] {
+        let mut scheduler = SchedulerClient::connect(format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("scheduler");
+        let job = scheduler
+            .submit_job(request.clone())
+            .await
+            .expect("submit")
+            .into_inner();
+        answers.push(job.summary.expect("summary").id);
+    }
+    assert_eq!(answers, [request.job_id.clone(), request.job_id.clone()]);
+    let (_, job) = api::watch_to_end(&mut gateway, &request.job_id, JOB_TIMEOUT).await;
+    assert_eq!(
+        job.summary.as_ref().map(|s| (s.state(), s.done)),
+        Some((JobState::Completed, 3)),
+        "{job:?}"
+    );
+    for image in &job.images {
+        assert_eq!(
+            (image.state(), image.attempts),
+            (ImageState::Done, 1),
+            "each image processed once: {image:?}"
+        );
+    }
+    let listed = gateway
+        .list_jobs(ListJobsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .jobs;
+    assert_eq!(listed.len(), 1, "one job: {listed:?}");
+}

@@ -410,6 +410,7 @@ impl Drop for Unfinished {
         });
     }
 }
+
 fn s3_error(what: &str, id: &BlobId, err: object_store::Error) -> Error {
     match err {
         object_store::Error::NotFound { .. } => Error::not_found(format!("blob {id} not found")),

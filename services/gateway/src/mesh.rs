@@ -271,6 +271,9 @@ impl Mesh {
         // admin's job (or any, running open) may use blobs other keys uploaded.
         request.owner = caller.owner().to_string();
         request.admin = caller.admin;
+        // Chosen here, so the scheduler after one that died mid-submit finds the job the
+        // first stored and finishes it instead of making a second.
+        request.job_id = ulid::Ulid::new().to_string();
         for (i, input) in request.inputs.iter_mut().enumerate() {
             if !input.url.is_empty() {
                 let url = urls::check_url(&input.url)

@@ -41,8 +41,9 @@ impl Schedulers {
     }
 
     /// Runs `call` on the next scheduler, and on the ones after it while they answer
-    /// `Unavailable`. A submit sent to a scheduler that died mid-way is safe to send again:
-    /// the dead one's job was never confirmed, and reconciliation removes it.
+    /// `Unavailable`. A submit sent again this way is safe: it carries the job id the gateway
+    /// chose, so the next scheduler finishes the job the dead one stored (or returns it, if it
+    /// was confirmed) instead of making a second.
     pub async fn call<T, F, Fut>(&self, call: F) -> Result<T, Status>
     where
         F: Fn(SchedulerClient<Channel>) -> Fut,

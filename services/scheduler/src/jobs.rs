@@ -114,10 +114,19 @@ impl<S: JobStore, Q: TaskQueue> Jobs<S, Q> {
         let blobs = self.check_blobs(&request, &pipeline).await?;
         self.check_budget(&request, &pipeline, tiling, &blobs)?;
 
-        let id = ulid::Ulid::new().to_string();
+        let id = match request.job_id.as_str() {
+            "" => ulid::Ulid::new().to_string(),
+            given => given
+                .parse::<ulid::Ulid>()
+                .map_err(|_| Error::invalid(format!("job id {given:?} is not a ULID")))?
+                .to_string(),
+        };
         let span = tracing::info_span!("submit_job", otel.name = "submit job", job = %id);
+        let owner = request.owner.clone();
+        // Whether this call stored the job: only then is it this call's to abandon.
+        let mut stored = false;
         let submitted = tokio::time::timeout(SUBMIT_TIMEOUT, async {
-            let job = self
+            let created = self
                 .storage
                 .create_job(CreateJobRequest {
                     id: id.clone(),
@@ -127,7 +136,15 @@ impl<S: JobStore, Q: TaskQueue> Jobs<S, Q> {
                     parent_id: request.parent_id,
                     owner: request.owner,
                 })
-                .await?;
+                .await;
+            let job = match created {
+                Ok(job) => job,
+                Err(err) if err.code == ErrorCode::AlreadyExists => {
+                    return self.resubmitted(&id, &owner).await;
+                }
+                Err(err) => return Err(err),
+            };
+            stored = true;
             tracing::info!(images = job.images.len(), "job created");
             self.dispatch(job).await
         })
@@ -149,12 +166,34 @@ impl<S: JobStore, Q: TaskQueue> Jobs<S, Q> {
                     .increment(job.images.len() as u64);
                 Ok(job)
             }
-            Err(err) => {
+            Err(err) if stored => {
                 tracing::warn!(parent: &span, error = %err, "submit failed, abandoning the job");
                 self.abandon(&id).instrument(span).await;
                 Err(err)
             }
+            Err(err) => Err(err),
         }
+    }
+
+    /// A submit sent again with the id of a job already stored: the gateway's retry on this
+    /// scheduler after the one it asked first died mid-submit, or lost its answer. The stored
+    /// job is the answer; one never confirmed is dispatched now (its tasks that were queued
+    /// already are dropped as repeats by JetStream), never a second job.
+    async fn resubmitted(&self, id: &str, owner: &str) -> Result<Job, Error> {
+        let job = self.storage.get_job(id).await?;
+        let summary = job.summary.clone().unwrap_or_default();
+        if summary.owner != owner {
+            return Err(Error::new(
+                ErrorCode::AlreadyExists,
+                format!("job {id} already exists"),
+            ));
+        }
+        if !job.provisional {
+            tracing::info!(job = %id, "submit sent again: the job is already confirmed");
+            return Ok(job);
+        }
+        tracing::info!(job = %id, "submit sent again: dispatching the job a scheduler left unconfirmed");
+        self.dispatch(job).await
     }
 
     /// Removes a job whose submit failed: its queued tasks, then its records. While storage

@@ -286,6 +286,105 @@ async fn invalid_submits_are_refused_before_anything_is_stored() {
 }
 
 #[tokio::test]
+async fn a_submit_sent_again_with_its_job_id_answers_the_same_job_and_queues_nothing_twice() {
+    let mesh = mesh();
+    let id = ulid::Ulid::new().to_string();
+    let first = SubmitJobRequest {
+        job_id: id.clone(),
+        ..request(&mesh, 3)
+    };
+    let again = first.clone();
+    let job = mesh.jobs.submit(first).await.expect("submit");
+    assert_eq!(self::id(&job), id, "the gateway's id is the job's");
+    let repeated = mesh.jobs.submit(again.clone()).await.expect("sent again");
+    assert_eq!(self::id(&repeated), id);
+    assert_eq!(state(&repeated), JobState::Running);
+    assert_eq!(mesh.store.job_ids(), vec![id.clone()], "one job stored");
+    assert_eq!(mesh.queue.stored().len(), 3, "each task queued once");
+
+    // The same id from another key (who uploaded the same bytes) is not that key's job, and
+    // is not abandoned for it.
+    for i in 0..3 {
+        mesh.store.add_blob(&blob(i), "mallory", 100, 100);
+    }
+    let other = SubmitJobRequest {
+        owner: "mallory".into(),
+        ..again
+    };
+    let err = mesh.jobs.submit(other).await.expect_err("another key");
+    assert_eq!(err.code, ErrorCode::AlreadyExists, "{}", err.message);
+    assert!(mesh.store.job(&id).is_some());
+    assert!(mesh.queue.purged().is_empty(), "{:?}", mesh.queue.purged());
+
+    let bad = SubmitJobRequest {
+        job_id: "not a ulid".into(),
+        ..request(&mesh, 1)
+    };
+    let err = mesh.jobs.submit(bad).await.expect_err("bad id");
+    assert_eq!(err.code, ErrorCode::InvalidArgument, "{}", err.message);
+}
+
+#[tokio::test]
+async fn a_submit_sent_again_dispatches_the_job_a_dead_scheduler_left_unconfirmed() {
+    use crate::{queue::TaskQueue as _, store::JobStore as _};
+    // The first scheduler stored the job and queued one of its two tasks, then died.
+    let mesh = mesh();
+    let id = ulid::Ulid::new().to_string();
+    let request = SubmitJobRequest {
+        job_id: id.clone(),
+        ..request(&mesh, 2)
+    };
+    let create = pixelmesh_proto::v1::CreateJobRequest {
+        id: id.clone(),
+        pipeline: request.pipeline.clone(),
+        inputs: request.inputs.clone(),
+        owner: OWNER.into(),
+        ..Default::default()
+    };
+    let job = mesh.store.create_job(create).await.expect("create");
+    let task = mesh.jobs.image_task(&job, 0);
+    mesh.queue
+        .publish_task(task, nats::task_id(&id, 0, 0))
+        .await
+        .expect("publish");
+
+    // The gateway sends the submit again, to this scheduler.
+    let job = mesh.jobs.submit(request).await.expect("sent again");
+    assert_eq!(self::id(&job), id);
+    assert_eq!(state(&job), JobState::Running);
+    let stored = mesh.store.job(&id).expect("stored");
+    assert!(!stored.provisional, "confirmed");
+    assert_eq!(
+        queued_ids(&mesh, &id),
+        [nats::task_id(&id, 0, 0), nats::task_id(&id, 1, 0)],
+        "both tasks, the one queued before not twice"
+    );
+}
+
+#[tokio::test]
+async fn a_submit_sent_again_that_fails_leaves_the_stored_job_alone() {
+    let mesh = mesh();
+    let id = ulid::Ulid::new().to_string();
+    let request = SubmitJobRequest {
+        job_id: id.clone(),
+        ..request(&mesh, 2)
+    };
+    mesh.jobs.submit(request.clone()).await.expect("submit");
+    mesh.store.fail_next(
+        "get_job",
+        pixelmesh_proto::Error::unavailable("storage is away"),
+    );
+    let err = mesh.jobs.submit(request).await.expect_err("get_job fails");
+    assert_eq!(err.code, ErrorCode::Unavailable);
+    assert!(
+        mesh.store.job(&id).is_some(),
+        "not abandoned: it is not this call's"
+    );
+    assert_eq!(queued_ids(&mesh, &id).len(), 2);
+    assert!(mesh.queue.purged().is_empty());
+}
+
+#[tokio::test]
 async fn a_queue_failure_mid_submit_removes_the_job_and_its_tasks_before_answering() {
     let mesh = mesh();
     mesh.queue.fail_publishes_after(Some(2));
