@@ -126,6 +126,38 @@ pub fn tool(name: &str) -> PathBuf {
         })
 }
 
+/// Every file under `dir`, recursively; none when it cannot be read.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for path in entries.flatten().map(|entry| entry.path()) {
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// The files under `dir` (recursively) named like a blob.
+pub fn blob_files(dir: &Path) -> Vec<String> {
+    files_under(dir)
+        .into_iter()
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| pixelmesh_blobs::BlobId::parse(name).is_ok())
+        })
+        .map(|path| path.display().to_string())
+        .collect()
+}
+
 /// The shared test photographs in `../shared/corpus`.
 pub mod corpus {
     use std::path::PathBuf;
@@ -957,11 +989,45 @@ pub mod api {
 
     use futures::StreamExt;
     use pixelmesh_proto::v1::{
-        DownloadOutputRequest, DownloadOutputsRequest, GetJobRequest, ImageInput, Job, JobEvent,
-        Operation, SubmitJobRequest, Tiling, UploadArchiveRequest, UploadImageRequest,
-        WatchJobRequest, gateway_client::GatewayClient,
+        DownloadOutputRequest, DownloadOutputsRequest, GetJobRequest, ImageInput, ImageState, Job,
+        JobEvent, JobState, Operation, SubmitJobRequest, Tiling, UploadArchiveRequest,
+        UploadImageRequest, WatchJobRequest, gateway_client::GatewayClient,
     };
     use tonic::transport::Channel;
+
+    /// Fails unless `job` completed, naming each image that did not and printing `logs`.
+    pub fn assert_completed(job: &Job, logs: impl FnOnce() -> String) {
+        let summary = job.summary.as_ref().expect("summary");
+        assert_eq!(
+            summary.state(),
+            JobState::Completed,
+            "job did not complete: {:?}\n{}",
+            job.images
+                .iter()
+                .filter(|i| i.state() != ImageState::Done)
+                .map(|i| format!("{}: {}", i.index, i.error))
+                .collect::<Vec<_>>(),
+            logs()
+        );
+    }
+
+    /// Every output of `job` downloads and decodes at `size`, and no two are the same blob.
+    pub async fn assert_distinct_outputs(
+        client: &mut GatewayClient<Channel>,
+        job: &Job,
+        size: (u32, u32),
+    ) {
+        let id = &job.summary.as_ref().expect("summary").id;
+        let mut outputs = std::collections::HashSet::new();
+        for image in &job.images {
+            let bytes = download(client, id, image.index).await;
+            let decoded = image::load_from_memory(&bytes).expect("the output decodes");
+            assert_eq!((decoded.width(), decoded.height()), size);
+            outputs.insert(image.output.as_ref().expect("output").blob_id.clone());
+        }
+        let count = job.images.len();
+        assert_eq!(outputs.len(), count, "{count} distinct outputs");
+    }
 
     /// A gRPC request carrying `secret` as its bearer token.
     pub fn keyed<T>(secret: &str, message: T) -> tonic::Request<T> {

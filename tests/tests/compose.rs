@@ -393,24 +393,15 @@ fn files_in(container: &str, dir: &str) -> Vec<String> {
         &format!("{container}:{dir}"),
         &copy.path().display().to_string(),
     ]);
-    let mut files = Vec::new();
-    let mut dirs = vec![copy.path().to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).expect("read_dir") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else {
-                files.push(
-                    path.strip_prefix(copy.path())
-                        .unwrap()
-                        .display()
-                        .to_string(),
-                );
-            }
-        }
-    }
-    files
+    pixelmesh_tests::files_under(copy.path())
+        .iter()
+        .map(|path| {
+            path.strip_prefix(copy.path())
+                .unwrap()
+                .display()
+                .to_string()
+        })
+        .collect()
 }
 
 /// One filter's stack with its blobs in `store`: a three-image job runs and downloads, the

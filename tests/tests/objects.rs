@@ -10,9 +10,9 @@ use std::{
 
 use futures::StreamExt as _;
 use pixelmesh_blobs::{BlobId, BlobStore};
-use pixelmesh_proto::v1::{ImageState, Job, JobState, Operation, Resize, Tiling, operation::Op};
+use pixelmesh_proto::v1::{Operation, Resize, Tiling, operation::Op};
 use pixelmesh_tests::{
-    Cluster, ClusterOptions, api, free_port, garage::Garage, node_bin, png, poll,
+    Cluster, ClusterOptions, api, blob_files, free_port, garage::Garage, node_bin, png, poll,
 };
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(300);
@@ -41,40 +41,6 @@ async fn open_store(garage: &Garage) -> BlobStore {
         .expect("open the bucket")
 }
 
-/// Files in `dir` (recursively) named like a blob.
-fn blob_files(dir: &Path) -> Vec<String> {
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            found.extend(blob_files(&path));
-        } else if let Some(name) = path.file_name().and_then(|n| n.to_str())
-            && BlobId::parse(name).is_ok()
-        {
-            found.push(path.display().to_string());
-        }
-    }
-    found
-}
-
-fn assert_completed(job: &Job, logs: impl FnOnce() -> String) {
-    let summary = job.summary.as_ref().expect("summary");
-    assert_eq!(
-        summary.state(),
-        JobState::Completed,
-        "job did not complete: {:?}\n{}",
-        job.images
-            .iter()
-            .filter(|i| i.state() != ImageState::Done)
-            .map(|i| format!("{}: {}", i.index, i.error))
-            .collect::<Vec<_>>(),
-        logs()
-    );
-}
-
 /// The mesh against a one-node Garage: uploads, tiles and outputs all land in the bucket,
 /// downloads (one by one and the ZIP) come from it, a delete removes outputs from it, and
 /// storage's own directory never holds a blob.
@@ -100,7 +66,7 @@ async fn a_single_node_garage_holds_every_blob() {
     let job = api::submit_tiled(&mut client, &images, pipeline, Tiling::Auto).await;
     let id = job.summary.expect("summary").id;
     let (_, job) = api::watch_to_end(&mut client, &id, JOB_TIMEOUT).await;
-    assert_completed(&job, || format!("{}\n{}", cluster.logs(), garage.logs()));
+    api::assert_completed(&job, || format!("{}\n{}", cluster.logs(), garage.logs()));
     let big = job
         .images
         .iter()
@@ -308,16 +274,9 @@ async fn a_garage_node_dies_mid_batch_and_nothing_is_lost() {
     .await;
     garage.nodes[2].kill();
     let (_, job) = api::watch_to_end(&mut client, &id, JOB_TIMEOUT).await;
-    assert_completed(&job, || format!("{}\n{}", cluster.logs(), garage.logs()));
+    api::assert_completed(&job, || format!("{}\n{}", cluster.logs(), garage.logs()));
     assert_eq!(job.images.len(), 200);
-    let mut outputs = HashSet::new();
-    for image in &job.images {
-        let bytes = api::download(&mut client, &id, image.index).await;
-        let decoded = image::load_from_memory(&bytes).expect("the output decodes");
-        assert_eq!((decoded.width(), decoded.height()), (48, 32));
-        outputs.insert(image.output.as_ref().expect("output").blob_id.clone());
-    }
-    assert_eq!(outputs.len(), 200, "200 distinct outputs");
+    api::assert_distinct_outputs(&mut client, &job, (48, 32)).await;
 }
 
 /// An upload that dies half-way (its request dropped mid-stream, as when a client goes away)

@@ -35,28 +35,10 @@ fn batch(seed: u32, count: u32) -> Vec<(String, Vec<u8>)> {
 
 /// Every image done, each output downloads and decodes at 48x32, and no two are the same.
 async fn assert_all_done(cluster: &Cluster, job: &Job, images: usize) {
-    let summary = job.summary.as_ref().expect("summary");
-    assert_eq!(
-        summary.state(),
-        JobState::Completed,
-        "job did not complete: {:?}\n{}",
-        job.images
-            .iter()
-            .filter(|i| i.state() != ImageState::Done)
-            .map(|i| format!("{}: {}", i.index, i.error))
-            .collect::<Vec<_>>(),
-        cluster.logs()
-    );
+    api::assert_completed(job, || cluster.logs());
     assert_eq!(job.images.len(), images);
     let mut client = cluster.gateway_client().await;
-    let mut outputs = HashSet::new();
-    for image in &job.images {
-        let bytes = api::download(&mut client, &summary.id, image.index).await;
-        let decoded = image::load_from_memory(&bytes).expect("the output decodes");
-        assert_eq!((decoded.width(), decoded.height()), (48, 32));
-        outputs.insert(image.output.as_ref().expect("output").blob_id.clone());
-    }
-    assert_eq!(outputs.len(), images, "{images} distinct outputs");
+    api::assert_distinct_outputs(&mut client, job, (48, 32)).await;
 }
 
 /// Submits a batch and returns its id once `done` images of it have finished.

@@ -91,7 +91,6 @@ impl Default for Settings {
     }
 }
 
-/// Runs the scheduler until `shutdown` resolves.
 /// The scheduler's metrics, at zero from the start so rates over them are defined.
 fn describe_metrics() {
     use metrics::{counter, describe_counter, describe_gauge, gauge};
@@ -121,6 +120,7 @@ fn describe_metrics() {
     }
 }
 
+/// Runs the scheduler until `shutdown` resolves.
 pub async fn run(
     config: Config,
     listener: TcpListener,

@@ -116,6 +116,25 @@ fn queued_ids(mesh: &Mesh, job: &str) -> Vec<String> {
     ids
 }
 
+/// What a scheduler that died mid-submit leaves: `request`'s job stored as `id`, never
+/// confirmed, and only the task of its first image queued.
+async fn left_mid_submit(mesh: &Mesh, id: &str, request: &SubmitJobRequest) {
+    use crate::{queue::TaskQueue as _, store::JobStore as _};
+    let create = pixelmesh_proto::v1::CreateJobRequest {
+        id: id.to_string(),
+        pipeline: request.pipeline.clone(),
+        inputs: request.inputs.clone(),
+        owner: OWNER.into(),
+        ..Default::default()
+    };
+    let job = mesh.store.create_job(create).await.expect("create");
+    let task = mesh.jobs.image_task(&job, 0);
+    mesh.queue
+        .publish_task(task, nats::task_id(id, 0, 0))
+        .await
+        .expect("publish");
+}
+
 async fn submitted(mesh: &Mesh, images: usize) -> String {
     id(&mesh
         .jobs
@@ -326,27 +345,13 @@ async fn a_submit_sent_again_with_its_job_id_answers_the_same_job_and_queues_not
 
 #[tokio::test]
 async fn a_submit_sent_again_dispatches_the_job_a_dead_scheduler_left_unconfirmed() {
-    use crate::{queue::TaskQueue as _, store::JobStore as _};
-    // The first scheduler stored the job and queued one of its two tasks, then died.
     let mesh = mesh();
     let id = ulid::Ulid::new().to_string();
     let request = SubmitJobRequest {
         job_id: id.clone(),
         ..request(&mesh, 2)
     };
-    let create = pixelmesh_proto::v1::CreateJobRequest {
-        id: id.clone(),
-        pipeline: request.pipeline.clone(),
-        inputs: request.inputs.clone(),
-        owner: OWNER.into(),
-        ..Default::default()
-    };
-    let job = mesh.store.create_job(create).await.expect("create");
-    let task = mesh.jobs.image_task(&job, 0);
-    mesh.queue
-        .publish_task(task, nats::task_id(&id, 0, 0))
-        .await
-        .expect("publish");
+    left_mid_submit(&mesh, &id, &request).await;
 
     // The gateway sends the submit again, to this scheduler.
     let job = mesh.jobs.submit(request).await.expect("sent again");
@@ -904,25 +909,9 @@ async fn reconciliation_fails_images_whose_task_ran_out_of_deliveries_so_the_job
 
 #[tokio::test]
 async fn reconciliation_removes_a_stale_provisional_job_with_its_tasks_but_not_a_young_one() {
-    use crate::{queue::TaskQueue as _, store::JobStore as _};
-    // A scheduler that died mid-submit: the job created, one task queued, never confirmed.
     let mesh = mesh();
     let id = ulid::Ulid::new().to_string();
-    let request = request(&mesh, 2);
-    let create = pixelmesh_proto::v1::CreateJobRequest {
-        id: id.clone(),
-        pipeline: request.pipeline,
-        inputs: request.inputs,
-        owner: OWNER.into(),
-        ..Default::default()
-    };
-    let job = mesh.store.create_job(create).await.expect("create");
-    let task = mesh.jobs.image_task(&job, 0);
-    let task_id = nats::task_id(&id, 0, 0);
-    mesh.queue
-        .publish_task(task, task_id)
-        .await
-        .expect("publish");
+    left_mid_submit(&mesh, &id, &request(&mesh, 2)).await;
 
     mesh.jobs.reconcile().await.expect("reconcile");
     assert!(
