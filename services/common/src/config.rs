@@ -5,6 +5,15 @@ use std::time::Duration;
 
 use clap::Args;
 
+/// The URLs of a setting that takes one or several, comma-separated (a NATS cluster's
+/// nodes, the gateway's schedulers), trimmed, empty ones skipped.
+pub fn url_list(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .collect()
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct NatsConfig {
     /// NATS server URL (JetStream must be enabled). A cluster is a comma-separated list of
@@ -63,5 +72,19 @@ pub fn grpc_url(addr: &str) -> String {
         addr.to_string()
     } else {
         format!("http://{addr}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_list;
+
+    #[test]
+    fn a_cluster_url_is_its_nodes() {
+        assert_eq!(url_list("nats://a:4222"), ["nats://a:4222"]);
+        assert_eq!(
+            url_list("nats://a:4222, nats://b:4222,nats://c:4222,"),
+            ["nats://a:4222", "nats://b:4222", "nats://c:4222"]
+        );
     }
 }

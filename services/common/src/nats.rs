@@ -81,14 +81,6 @@ pub fn assemble_task_id(job_id: &str, index: u32, generation: u32) -> String {
     format!("{}.assemble", task_id(job_id, index, generation))
 }
 
-/// The servers of a `--nats-url`: one URL, or a cluster's as a comma-separated list.
-fn servers(url: &str) -> Vec<&str> {
-    url.split(',')
-        .map(str::trim)
-        .filter(|url| !url.is_empty())
-        .collect()
-}
-
 /// Connects, retrying for a while so roles can start before the server is up. Given a
 /// cluster's URLs, the client moves to another node when its node dies.
 pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
@@ -100,7 +92,7 @@ pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(2))
             .max_reconnects(None)
-            .connect(servers(url))
+            .connect(crate::config::url_list(url))
             .await
         {
             Ok(client) => {
@@ -213,15 +205,6 @@ pub async fn workers_bucket(js: &jetstream::Context, replicas: u16) -> anyhow::R
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_cluster_url_is_its_nodes() {
-        assert_eq!(servers("nats://a:4222"), ["nats://a:4222"]);
-        assert_eq!(
-            servers("nats://a:4222, nats://b:4222,nats://c:4222,"),
-            ["nats://a:4222", "nats://b:4222", "nats://c:4222"]
-        );
-    }
 
     #[test]
     fn subjects_nest_under_their_streams() {

@@ -23,10 +23,8 @@ pub struct Schedulers {
 impl Schedulers {
     /// One scheduler's gRPC URL, or several as a comma-separated list.
     pub fn new(urls: &str) -> anyhow::Result<Self> {
-        let clients = urls
-            .split(',')
-            .map(str::trim)
-            .filter(|url| !url.is_empty())
+        let clients = pixelmesh_common::config::url_list(urls)
+            .into_iter()
             .map(|url| {
                 Ok(SchedulerClient::new(channel(url)?)
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
