@@ -46,6 +46,9 @@ pixelmesh_apt=()
 command -v nasm >/dev/null || pixelmesh_apt+=(nasm)
 command -v cc >/dev/null || pixelmesh_apt+=(gcc)
 command -v musl-gcc >/dev/null || pixelmesh_apt+=(musl-tools)
+# Real ICC profiles and Little CMS's transicc, which the colour-management tests check against.
+[ -f /usr/share/color/icc/compatibleWithAdobeRGB1998.icc ] || pixelmesh_apt+=(icc-profiles-free)
+command -v transicc >/dev/null || pixelmesh_apt+=(liblcms2-utils)
 if [ "${PIXELMESH_NO_BROWSER:-}" != 1 ]; then
   command -v chromium >/dev/null || pixelmesh_apt+=(chromium)
   command -v chromedriver >/dev/null || pixelmesh_apt+=(chromium-driver)

@@ -34,6 +34,8 @@ pub use pixelmesh_pipeline::formats::Encoding;
 use pixelmesh_pipeline::formats::{PngSpeed, jpeg_shrink};
 use pixelmesh_pipeline::{Bitmap, FileFormat};
 
+use crate::colour;
+
 // mozjpeg reports a corrupt JPEG by unwinding out of libjpeg, and `catch_unwind` turns that
 // into the image's error. Built with `panic = "abort"`, one bad upload would kill the worker.
 #[cfg(panic = "abort")]
@@ -112,6 +114,9 @@ pub struct Decoded {
     pub colour_type: String,
     /// The EXIF block (its TIFF structure, without JPEG's `Exif\0\0` prefix); empty if none.
     pub exif: Vec<u8>,
+    /// What was done with the embedded ICC profile (see [`colour::to_srgb`]); `None` without
+    /// one.
+    pub colour_profile: Option<colour::Applied>,
 }
 
 /// The format the bytes are in, from their signature; `None` if not one we read.
@@ -391,8 +396,8 @@ fn decode_jpeg(
         format,
         reason: reason(&err),
     };
-    // APP1 holds the EXIF block with the orientation.
-    const MARKERS: &[Marker] = &[Marker::APP(1)];
+    // APP1 holds the EXIF block with the orientation, APP2 the ICC profile.
+    const MARKERS: &[Marker] = &[Marker::APP(1), Marker::APP(2)];
     // Reading the header allocates only per-component tables, never pixels.
     let mut decoder =
         panic::catch_unwind(|| Decompress::builder().with_markers(MARKERS).from_mem(input))
@@ -420,6 +425,11 @@ fn decode_jpeg(
         .find_map(|marker| marker.data.strip_prefix(b"Exif\0\0"))
         .map(<[u8]>::to_vec)
         .unwrap_or_default();
+    let icc = jpeg_icc_profile(
+        decoder
+            .markers()
+            .filter_map(|marker| (marker.marker == Marker::APP(2)).then_some(marker.data)),
+    );
     // A broken EXIF block should not fail an image whose pixels are fine.
     let orientation = Orientation::from_exif_chunk(&exif).unwrap_or(Orientation::NoTransforms);
     let full_size = if swaps_axes(orientation) {
@@ -447,19 +457,48 @@ fn decode_jpeg(
             format,
             reason: "the decoder returned fewer pixels than the image has".into(),
         })?;
-    let image = to_bitmap(DynamicImage::ImageRgb8(image), orientation).ok_or_else(|| {
+    let mut image = to_bitmap(DynamicImage::ImageRgb8(image), orientation).ok_or_else(|| {
         DecodeError::Corrupt {
             format,
             reason: "the image has no pixels".into(),
         }
     })?;
+    let colour_profile = icc.map(|icc| colour::to_srgb(&mut image, &icc));
     Ok(Some(Decoded {
         image,
         format,
         full_size,
         colour_type: colour_type.into(),
         exif,
+        colour_profile,
     }))
+}
+
+/// The ICC profile of a JPEG, from its APP2 markers: `ICC_PROFILE\0`, the chunk's number
+/// (from 1), the count of chunks, then that chunk of the profile. `None` without a profile,
+/// or with chunks missing (a profile cut short is not one to apply).
+fn jpeg_icc_profile<'a>(app2: impl Iterator<Item = &'a [u8]>) -> Option<Vec<u8>> {
+    let mut chunks: Vec<(u8, u8, &[u8])> = app2
+        .filter_map(|data| data.strip_prefix(b"ICC_PROFILE\0"))
+        .filter_map(|data| match data {
+            [number, count, chunk @ ..] => Some((*number, *count, chunk)),
+            _ => None,
+        })
+        .collect();
+    chunks.sort_by_key(|&(number, ..)| number);
+    let count = chunks.first()?.1;
+    let complete = chunks.len() == usize::from(count)
+        && chunks
+            .iter()
+            .enumerate()
+            .all(|(i, &(number, n, _))| usize::from(number) == i + 1 && n == count);
+    complete.then(|| {
+        chunks
+            .iter()
+            .flat_map(|&(.., chunk)| chunk)
+            .copied()
+            .collect()
+    })
 }
 
 /// Orientations that turn the stored image a quarter turn, so its width is the upright height.
@@ -537,6 +576,8 @@ fn decode_as(input: &[u8], format: FileFormat, limits: &Limits) -> Result<Decode
         exif.drain(..6);
     }
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    // As with EXIF: a profile that cannot be read is no reason to fail the pixels.
+    let icc = decoder.icc_profile().ok().flatten();
     let image = match (format == FileFormat::Webp)
         .then(|| decode_webp(input))
         .flatten()
@@ -544,16 +585,18 @@ fn decode_as(input: &[u8], format: FileFormat, limits: &Limits) -> Result<Decode
         Some(image) => image,
         None => DynamicImage::from_decoder(decoder).map_err(|err| decode_error(format, err))?,
     };
-    let image = to_bitmap(image, orientation).ok_or_else(|| DecodeError::Corrupt {
+    let mut image = to_bitmap(image, orientation).ok_or_else(|| DecodeError::Corrupt {
         format,
         reason: "the image has no pixels".into(),
     })?;
+    let colour_profile = icc.map(|icc| colour::to_srgb(&mut image, &icc));
     Ok(Decoded {
         full_size: (image.width(), image.height()),
         image,
         format,
         colour_type,
         exif,
+        colour_profile,
     })
 }
 
@@ -1033,6 +1076,153 @@ mod tests {
             let diff = mean_abs_diff(&decoded.image, &image);
             assert!(diff < 3.0, "alpha {alpha}: mean difference {diff}");
         }
+    }
+
+    /// A real profile from Debian's icc-profiles-free, which scripts/tools.sh installs.
+    fn system_profile(name: &str) -> (std::path::PathBuf, Vec<u8>) {
+        let path = std::path::Path::new("/usr/share/color/icc").join(name);
+        let bytes = std::fs::read(&path).unwrap_or_else(|err| {
+            panic!(
+                "{}: {err}; install icc-profiles-free (scripts/tools.sh)",
+                path.display()
+            )
+        });
+        (path, bytes)
+    }
+
+    /// The JPEG with `icc` in APP2 markers right after SOI, cut into `chunks` pieces.
+    fn with_icc(jpeg: &[u8], icc: &[u8], chunks: usize) -> Vec<u8> {
+        let mut out = jpeg[..2].to_vec();
+        let size = icc.len().div_ceil(chunks);
+        for (i, chunk) in icc.chunks(size).enumerate() {
+            let length = 2 + 12 + 2 + chunk.len();
+            out.extend_from_slice(&[0xFF, 0xE2]);
+            out.extend_from_slice(&(length as u16).to_be_bytes());
+            out.extend_from_slice(b"ICC_PROFILE\0");
+            out.extend_from_slice(&[i as u8 + 1, chunks as u8]);
+            out.extend_from_slice(chunk);
+        }
+        out.extend_from_slice(&jpeg[2..]);
+        out
+    }
+
+    /// What Little CMS's own `transicc` (liblcms2-utils) makes of each pixel of `image` from
+    /// the profile at `path` to sRGB, relative colorimetric, rounded and clamped to 8 bits.
+    fn transicc(path: &std::path::Path, image: &Bitmap) -> Bitmap {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new("transicc")
+            .args(["-i"])
+            .arg(path)
+            .args(["-o", "*sRGB", "-t", "1", "-n"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("transicc (liblcms2-utils; scripts/tools.sh installs it)");
+        let mut input = String::new();
+        for pixel in image.data().chunks_exact(3) {
+            input.push_str(&format!("{} {} {}\n", pixel[0], pixel[1], pixel[2]));
+        }
+        let mut stdin = child.stdin.take().unwrap();
+        let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+        let output = child.wait_with_output().unwrap();
+        writer.join().unwrap().unwrap();
+        let data: Vec<u8> = String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .filter_map(|line| {
+                let values: Vec<f64> = line
+                    .split_whitespace()
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()
+                    .ok()?;
+                (values.len() == 3).then_some(values)
+            })
+            .flatten()
+            .map(|value| value.round().clamp(0.0, 255.0) as u8)
+            .collect();
+        Bitmap::new(image.width(), image.height(), false, data).unwrap()
+    }
+
+    #[test]
+    fn an_adobe_rgb_jpeg_comes_out_in_srgb_as_transicc_makes_it() {
+        let (path, icc) = system_profile("compatibleWithAdobeRGB1998.icc");
+        let plain = encode(&smooth(96, 64), FileFormat::Jpeg, 95).unwrap();
+        // The profile split over two markers, as big profiles are.
+        let tagged = with_icc(&plain, &icc, 2);
+        let stored = decode(&plain, &Limits::default()).unwrap();
+        assert_eq!(stored.colour_profile, None);
+        let managed = decode(&tagged, &Limits::default()).unwrap();
+        assert!(
+            matches!(&managed.colour_profile, Some(colour::Applied::Converted(name)) if name.contains("Adobe")),
+            "{:?}",
+            managed.colour_profile
+        );
+        let expected = transicc(&path, &stored.image);
+        let off = mean_abs_diff(&managed.image, &expected);
+        assert!(off < 1.0, "mean difference from transicc {off}");
+        // And the conversion is no rounding: these colours move.
+        let moved = mean_abs_diff(&managed.image, &stored.image);
+        assert!(moved > 3.0, "moved only {moved}");
+    }
+
+    #[test]
+    fn a_png_with_an_icc_chunk_is_converted_too_and_srgb_is_left_alone() {
+        use image::ImageEncoder as _;
+        let (path, icc) = system_profile("compatibleWithAdobeRGB1998.icc");
+        let image = smooth(64, 48);
+        let png = |profile: Option<Vec<u8>>| {
+            let mut out = Vec::new();
+            let mut encoder = image::codecs::png::PngEncoder::new(&mut out);
+            if let Some(profile) = profile {
+                encoder.set_icc_profile(profile).unwrap();
+            }
+            encoder
+                .write_image(image.data(), 64, 48, image::ExtendedColorType::Rgb8)
+                .unwrap();
+            out
+        };
+        let managed = decode(&png(Some(icc)), &Limits::default()).unwrap();
+        assert!(matches!(
+            managed.colour_profile,
+            Some(colour::Applied::Converted(_))
+        ));
+        let off = mean_abs_diff(&managed.image, &transicc(&path, &image));
+        assert!(off < 1.0, "mean difference from transicc {off}");
+
+        let (_, srgb) = system_profile("sRGB.icc");
+        let kept = decode(&png(Some(srgb)), &Limits::default()).unwrap();
+        assert!(matches!(
+            kept.colour_profile,
+            Some(colour::Applied::Kept(_))
+        ));
+        assert_eq!(kept.image.data(), image.data());
+    }
+
+    #[test]
+    fn a_corrupt_or_incomplete_icc_profile_never_fails_the_image() {
+        let (_, icc) = system_profile("compatibleWithAdobeRGB1998.icc");
+        let plain = encode(&smooth(32, 32), FileFormat::Jpeg, 90).unwrap();
+        let pixels = decode(&plain, &Limits::default()).unwrap().image;
+
+        let mut garbled = icc.clone();
+        garbled[..128].fill(0x5A);
+        let decoded = decode(&with_icc(&plain, &garbled, 1), &Limits::default()).unwrap();
+        assert!(
+            matches!(&decoded.colour_profile, Some(colour::Applied::Ignored(reason)) if reason.contains("not readable")),
+            "{:?}",
+            decoded.colour_profile
+        );
+        assert_eq!(decoded.image.data(), pixels.data());
+
+        // One of two chunks missing: no profile at all.
+        let two = with_icc(&plain, &icc, 2);
+        let first_end = 2 + 2 + usize::from(u16::from_be_bytes([two[4], two[5]]));
+        let mut second_only = two[..2].to_vec();
+        second_only.extend_from_slice(&two[first_end..]);
+        let decoded = decode(&second_only, &Limits::default()).unwrap();
+        assert_eq!(decoded.colour_profile, None);
+        assert_eq!(decoded.image.data(), pixels.data());
     }
 
     #[test]

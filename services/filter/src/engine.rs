@@ -22,6 +22,7 @@ use pixelmesh_proto::ErrorCode;
 
 use crate::budget;
 use crate::codec::{self, DecodeError, Decoded, EncodeError, Limits};
+use crate::colour;
 use crate::ops::{Assets, Bitmap, FileFormat, Fit, InputFacts, Op, Pipeline, Resize, analyze};
 
 pub use pixelmesh_pipeline::formats::SHRINK_HEADROOM;
@@ -134,6 +135,7 @@ pub fn process_with(
         full_size,
         colour_type,
         exif,
+        colour_profile,
     } = stage_span("decode").in_scope(|| codec::decode_shrunk(input, limits, min_size))?;
     let shrunk = (image.width(), image.height()) != full_size;
     let mut analysis = Vec::new();
@@ -167,7 +169,13 @@ pub fn process_with(
         if let Op::Analyze(_) = op {
             // The EXIF summary is parsed once, however many analyze ops the pipeline has.
             let facts = facts.get_or_insert_with(|| {
-                InputFacts::new(input_format, full_size, &colour_type, &exif)
+                InputFacts::new(
+                    input_format,
+                    full_size,
+                    &colour_type,
+                    &exif,
+                    colour_profile.as_ref().map(colour::Applied::describe),
+                )
             });
             analysis.push(analyze::report(&image, facts).to_string());
         }
@@ -424,6 +432,48 @@ mod tests {
     }
 
     #[test]
+    fn analyze_names_the_embedded_profile_and_what_decoding_did_with_it() {
+        let profile = std::fs::read("/usr/share/color/icc/compatibleWithAdobeRGB1998.icc")
+            .expect("icc-profiles-free (scripts/tools.sh installs it)");
+        let png = |icc: Vec<u8>| {
+            use image::ImageEncoder as _;
+            let mut out = Vec::new();
+            let mut encoder = image::codecs::png::PngEncoder::new(&mut out);
+            encoder.set_icc_profile(icc).unwrap();
+            encoder
+                .write_image(
+                    &[30, 200, 60, 90, 90, 90],
+                    2,
+                    1,
+                    image::ExtendedColorType::Rgb8,
+                )
+                .unwrap();
+            out
+        };
+        let report = |input: &[u8]| -> serde_json::Value {
+            let out = process(
+                input,
+                &pipeline(r#"[{"op":"analyze"}]"#),
+                &Limits::default(),
+            );
+            serde_json::from_str(&out.unwrap().analysis[0]).unwrap()
+        };
+        let converted = report(&png(profile));
+        let name = converted["input"]["colour_profile"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            name.contains("Adobe") && name.ends_with("converted to sRGB"),
+            "{converted}"
+        );
+        let broken = report(&png(b"scribbles".to_vec()));
+        let name = broken["input"]["colour_profile"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(name.starts_with("ignored: "), "{broken}");
+    }
+
+    #[test]
     fn analyze_reports_the_image_at_its_place_in_the_pipeline() {
         let input = photo_like(401, 233);
         let p = pipeline(
@@ -448,6 +498,7 @@ mod tests {
             assert_eq!(report["input"]["format"], "jpeg");
             assert_eq!(report["input"]["width"], 401);
             assert_eq!(report["input"]["colour_type"], "rgb8");
+            assert_eq!(report["input"]["colour_profile"], serde_json::Value::Null);
         }
         assert_eq!(
             reports[1]["dominant_colours"][0]["colour"]

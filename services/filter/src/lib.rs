@@ -13,6 +13,7 @@
 //! * [`heartbeat`] — the worker's entry in the `pixelmesh-workers` KV bucket.
 
 pub mod codec;
+pub mod colour;
 pub mod engine;
 pub mod fetch;
 pub mod heartbeat;

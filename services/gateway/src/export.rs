@@ -23,7 +23,7 @@ use serde_json::Value;
 use crate::bundle::csv_field;
 
 /// The tables' header, in column order; [`AnalysisRow`]'s cells follow it.
-pub const COLUMNS: [&str; 27] = [
+pub const COLUMNS: [&str; 28] = [
     "index",
     "name",
     "state",
@@ -34,6 +34,7 @@ pub const COLUMNS: [&str; 27] = [
     "input_width",
     "input_height",
     "colour_type",
+    "colour_profile",
     "has_alpha",
     "transparent",
     "brightness",
@@ -72,6 +73,8 @@ pub struct AnalysisRow {
     pub input_width: Option<u64>,
     pub input_height: Option<u64>,
     pub colour_type: String,
+    /// The embedded ICC profile and what decoding did with it; empty without one.
+    pub colour_profile: String,
     pub has_alpha: Option<bool>,
     pub transparent: Option<bool>,
     pub brightness: Option<f64>,
@@ -144,6 +147,7 @@ impl AnalysisRow {
         self.input_width = input["width"].as_u64();
         self.input_height = input["height"].as_u64();
         self.colour_type = text(&input["colour_type"]);
+        self.colour_profile = text(&input["colour_profile"]);
         self.has_alpha = report["has_alpha"].as_bool();
         self.transparent = report["transparent"].as_bool();
         self.brightness = report["brightness"].as_f64();
@@ -189,6 +193,7 @@ impl AnalysisRow {
             Cell::integer(self.input_width),
             Cell::integer(self.input_height),
             Cell::Text(&self.colour_type),
+            Cell::Text(&self.colour_profile),
             Cell::boolean(self.has_alpha),
             Cell::boolean(self.transparent),
             Cell::decimal(self.brightness),
@@ -457,6 +462,7 @@ mod tests {
                 "width": 640,
                 "height": 480,
                 "colour_type": "rgb8",
+                "colour_profile": "Adobe RGB (1998), converted to sRGB",
                 "exif": {"Make": "Acme", "Model": "X, 1"},
             },
             "has_alpha": false,
@@ -547,6 +553,8 @@ mod tests {
             (first.input_format.as_str(), first.colour_type.as_str()),
             ("jpeg", "rgb8")
         );
+        assert_eq!(first.colour_profile, "Adobe RGB (1998), converted to sRGB");
+        assert_eq!(rows[1].colour_profile, "");
         assert_eq!(
             (first.has_alpha, first.transparent),
             (Some(false), Some(false))
@@ -620,23 +628,24 @@ mod tests {
     fn csv_has_the_header_and_quoted_defused_rows() {
         let csv = String::from_utf8(to_csv(&job())).expect("utf-8");
         let header = "index,name,state,report,width,height,input_format,input_width,\
-            input_height,colour_type,has_alpha,transparent,brightness,sharpness,phash,\
-            colour_1,colour_2,colour_3,colour_4,colour_5,share_1,share_2,share_3,share_4,\
+            input_height,colour_type,colour_profile,has_alpha,transparent,brightness,sharpness,\
+            phash,colour_1,colour_2,colour_3,colour_4,colour_5,share_1,share_2,share_3,share_4,\
             share_5,exif,error";
         let expected = [
             header.to_owned(),
-            "0,'=cmd.png,done,0,64,48,jpeg,640,480,rgb8,false,false,123.45,17.5,\
+            "0,'=cmd.png,done,0,64,48,jpeg,640,480,rgb8,\"Adobe RGB (1998), converted to sRGB\",\
+             false,false,123.45,17.5,\
              8f3c00ff12345678,#ff0000,#00ff00,#0000ff,,,0.5,0.25,0.125,,,\
              \"Make=Acme; Model=X, 1\","
                 .to_owned(),
-            "0,'=cmd.png,done,1,32,24,jpeg,640,480,rgb8,true,true,99,0,0000000000000000,\
+            "0,'=cmd.png,done,1,32,24,jpeg,640,480,rgb8,,true,true,99,0,0000000000000000,\
              #ffffff,,,,,1,,,,,,"
                 .to_owned(),
             format!(
                 "1,a&b<c>.png,failed{}\"bad \"\"jpeg\"\" header, at byte 3\u{1}\"",
-                ",".repeat(24)
+                ",".repeat(25)
             ),
-            format!("2,plain.png,done{}", ",".repeat(24)),
+            format!("2,plain.png,done{}", ",".repeat(25)),
         ];
         let lines: Vec<&str> = csv.split_terminator("\r\n").collect();
         assert_eq!(lines, expected);
@@ -825,7 +834,7 @@ mod tests {
             "one sheet"
         );
         let sheet = part(&parts, SHEET_PART);
-        assert!(sheet.contains(r#"<dimension ref="A1:AA5"/>"#));
+        assert!(sheet.contains(r#"<dimension ref="A1:AB5"/>"#));
         assert_eq!(sheet.matches("<row ").count(), 5);
         // The header stays in view.
         assert!(sheet.contains(
@@ -833,9 +842,9 @@ mod tests {
         ));
 
         let cells = read_sheet(&parts);
-        // Header 27, then the non-empty cells: 15 + 6 colours + exif, 15 + 2 colours,
+        // Header 28, then the non-empty cells: 16 + 6 colours + exif, 15 + 2 colours,
         // index/name/state/error, index/name/state.
-        assert_eq!(cells.len(), 27 + 22 + 17 + 4 + 3);
+        assert_eq!(cells.len(), 28 + 23 + 17 + 4 + 3);
         let value = |at: &str| {
             cells
                 .get(at)
@@ -871,25 +880,26 @@ mod tests {
             ("E2", Read::Number(64.0)),
             ("H2", Read::Number(640.0)),
             ("G2", text("jpeg")),
-            ("K2", Read::Boolean(false)),
-            ("M2", Read::Number(123.45)),
-            ("N2", Read::Number(17.5)),
-            ("O2", text("8f3c00ff12345678")),
-            ("R2", text("#0000ff")),
-            ("W2", Read::Number(0.125)),
-            ("Z2", text("Make=Acme; Model=X, 1")),
+            ("K2", text("Adobe RGB (1998), converted to sRGB")),
+            ("L2", Read::Boolean(false)),
+            ("N2", Read::Number(123.45)),
+            ("O2", Read::Number(17.5)),
+            ("P2", text("8f3c00ff12345678")),
+            ("S2", text("#0000ff")),
+            ("X2", Read::Number(0.125)),
+            ("AA2", text("Make=Acme; Model=X, 1")),
             ("D3", Read::Number(1.0)),
-            ("L3", Read::Boolean(true)),
-            ("M3", Read::Number(99.0)),
+            ("M3", Read::Boolean(true)),
+            ("N3", Read::Number(99.0)),
             ("B4", text("a&b<c>.png")),
             ("C4", text("failed")),
             // The control character survives, in Excel's own escape.
-            ("AA4", text(FAILURE)),
+            ("AB4", text(FAILURE)),
             ("A5", Read::Number(2.0)),
         ] {
             assert_eq!(value(at), expected, "cell {at}");
         }
-        for absent in ["X2", "Z3", "D4", "E4", "AA5"] {
+        for absent in ["Y2", "K3", "AA3", "D4", "E4", "AB5"] {
             assert!(!cells.contains_key(absent), "cell {absent} written");
         }
     }
@@ -926,7 +936,7 @@ mod tests {
     #[test]
     fn xlsx_of_a_job_without_images_has_the_header_only() {
         let parts = unpack(to_xlsx(&Job::default()).expect("xlsx"));
-        assert!(part(&parts, SHEET_PART).contains(r#"<dimension ref="A1:AA1"/>"#));
+        assert!(part(&parts, SHEET_PART).contains(r#"<dimension ref="A1:AB1"/>"#));
         assert_eq!(part(&parts, SHEET_PART).matches("<row ").count(), 1);
         let cells = read_sheet(&parts);
         assert_eq!(cells.len(), COLUMNS.len());
@@ -943,7 +953,7 @@ mod tests {
         job.images[1].error = "é".repeat(EXCEL_MAX_TEXT + 5);
         let cells = read_sheet(&unpack(to_xlsx(&job).expect("xlsx")));
         assert_eq!(cells["B2"].value, text("IMG_x2000_.jpg\r\n\ttab"));
-        assert_eq!(cells["AA3"].value, text(&"é".repeat(EXCEL_MAX_TEXT)));
+        assert_eq!(cells["AB3"].value, text(&"é".repeat(EXCEL_MAX_TEXT)));
     }
 
     #[test]

@@ -79,6 +79,9 @@ pub struct InputFacts {
     pub colour_type: String,
     /// EXIF fields as (tag name, displayed value), in file order.
     pub exif: Vec<(String, String)>,
+    /// The embedded ICC profile and what decoding did with it (converted to sRGB, kept, or
+    /// ignored and why); `None` without one.
+    pub colour_profile: Option<String>,
 }
 
 impl InputFacts {
@@ -89,6 +92,7 @@ impl InputFacts {
         (width, height): (u32, u32),
         colour_type: &str,
         exif: &[u8],
+        colour_profile: Option<String>,
     ) -> InputFacts {
         InputFacts {
             format,
@@ -96,6 +100,7 @@ impl InputFacts {
             height,
             colour_type: colour_type.to_string(),
             exif: exif_summary(exif),
+            colour_profile,
         }
     }
 }
@@ -179,6 +184,7 @@ pub fn report(image: &Bitmap, input: &InputFacts) -> Value {
             "width": input.width,
             "height": input.height,
             "colour_type": input.colour_type,
+            "colour_profile": input.colour_profile,
             "exif": exif,
         },
         "has_alpha": image.has_alpha(),
@@ -385,6 +391,7 @@ mod tests {
             height: 480,
             colour_type: "rgba8".into(),
             exif: vec![("Make".into(), "Acme".into())],
+            colour_profile: None,
         }
     }
 
@@ -431,7 +438,7 @@ mod tests {
         assert_eq!(
             report["input"],
             json!({"format": "png", "width": 640, "height": 480, "colour_type": "rgba8",
-                   "exif": {"Make": "Acme"}})
+                   "colour_profile": null, "exif": {"Make": "Acme"}})
         );
         // Same report every time, tiny images included.
         assert_eq!(report, super::report(&image, &facts()));

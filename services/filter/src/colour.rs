@@ -1,0 +1,172 @@
+//! Colour management: an embedded ICC profile is applied at decode, so every op and encoder
+//! works on sRGB, which is what the outputs say they are (they carry no profile). Without this
+//! an Adobe RGB or Display P3 photo loses saturation on the way through.
+//!
+//! Little CMS does the work (`lcms2`), with relative colorimetric intent, libvips' default.
+//! Only RGB profiles apply here; a grey or CMYK profile is left alone, and its pixels are
+//! converted as before.
+
+use lcms2::{ColorSpaceSignature, InfoType, Intent, Locale, PixelFormat, Profile, Transform};
+use pixelmesh_pipeline::bitmap::Bitmap;
+
+/// Largest embedded profile applied. Real ones are a few KB (sRGB 3 KB, a printer's CMYK
+/// 0.5–2 MB); a bigger one is ignored rather than parsed.
+pub const MAX_ICC_BYTES: usize = 4 << 20;
+
+/// What became of an embedded profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Pixels converted from the named profile to sRGB.
+    Converted(String),
+    /// Already sRGB, or a colour space this does not convert: pixels as stored.
+    Kept(String),
+    /// The profile could not be used: pixels as stored, and why.
+    Ignored(String),
+}
+
+impl Applied {
+    /// A line for the image's analysis.
+    pub fn describe(&self) -> String {
+        match self {
+            Applied::Converted(name) => format!("{name}, converted to sRGB"),
+            Applied::Kept(name) => name.clone(),
+            Applied::Ignored(reason) => format!("ignored: {reason}"),
+        }
+    }
+}
+
+/// Converts `image` from the profile `icc` to sRGB in place. A profile that is corrupt is
+/// ignored, never the image's failure: the pixels are still the best guess.
+pub fn to_srgb(image: &mut Bitmap, icc: &[u8]) -> Applied {
+    if icc.len() > MAX_ICC_BYTES {
+        return Applied::Ignored(format!(
+            "the embedded ICC profile is {} bytes, over the {MAX_ICC_BYTES}-byte cap",
+            icc.len()
+        ));
+    }
+    let profile = match Profile::new_icc(icc) {
+        Ok(profile) => profile,
+        Err(err) => {
+            return Applied::Ignored(format!(
+                "the embedded ICC profile ({} bytes) is not readable: {err}",
+                icc.len()
+            ));
+        }
+    };
+    let name = profile
+        .info(InfoType::Description, Locale::none())
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "an unnamed ICC profile".to_string());
+    if profile.color_space() != ColorSpaceSignature::RgbData {
+        return Applied::Kept(name);
+    }
+    // sRGB under any of its usual names (IEC 61966-2.1, its v4 and compact variants) is
+    // what we would convert to; converting would only round.
+    if name.contains("sRGB") {
+        return Applied::Kept(name);
+    }
+    let format = if image.has_alpha() {
+        PixelFormat::RGBA_8
+    } else {
+        PixelFormat::RGB_8
+    };
+    match Transform::<u8, u8>::new(
+        &profile,
+        format,
+        &Profile::new_srgb(),
+        format,
+        Intent::RelativeColorimetric,
+    ) {
+        Ok(transform) => {
+            transform.transform_in_place(image.data_mut());
+            Applied::Converted(name)
+        }
+        Err(err) => Applied::Ignored(format!("{name}: cannot convert it to sRGB: {err}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_corrupt_profile_is_ignored_and_the_pixels_kept() {
+        let mut image = Bitmap::new(2, 1, false, vec![10, 20, 30, 40, 50, 60]).unwrap();
+        let applied = to_srgb(&mut image, b"not an icc profile at all");
+        assert!(
+            matches!(&applied, Applied::Ignored(reason) if reason.contains("not readable")),
+            "{applied:?}"
+        );
+        assert_eq!(image.data(), [10, 20, 30, 40, 50, 60]);
+    }
+
+    #[test]
+    fn a_profile_over_the_cap_is_not_parsed() {
+        let mut image = Bitmap::new(1, 1, false, vec![1, 2, 3]).unwrap();
+        let applied = to_srgb(&mut image, &vec![0; MAX_ICC_BYTES + 1]);
+        assert!(
+            matches!(&applied, Applied::Ignored(reason) if reason.contains("cap")),
+            "{applied:?}"
+        );
+    }
+
+    #[test]
+    fn srgb_is_kept_as_it_is() {
+        let srgb = Profile::new_srgb().icc().unwrap();
+        let mut image = Bitmap::new(1, 1, false, vec![200, 30, 40]).unwrap();
+        assert!(matches!(to_srgb(&mut image, &srgb), Applied::Kept(_)));
+        assert_eq!(image.data(), [200, 30, 40]);
+    }
+
+    #[test]
+    fn a_wide_gamut_profile_is_converted_and_alpha_kept() {
+        // Adobe RGB's primaries (D65, gamma 2.2), built here; the tests in codec read the real
+        // profile file.
+        let white = lcms2::CIExyY {
+            x: 0.3127,
+            y: 0.3290,
+            Y: 1.0,
+        };
+        let primaries = lcms2::CIExyYTRIPLE {
+            Red: lcms2::CIExyY {
+                x: 0.64,
+                y: 0.33,
+                Y: 1.0,
+            },
+            Green: lcms2::CIExyY {
+                x: 0.21,
+                y: 0.71,
+                Y: 1.0,
+            },
+            Blue: lcms2::CIExyY {
+                x: 0.15,
+                y: 0.06,
+                Y: 1.0,
+            },
+        };
+        let gamma = lcms2::ToneCurve::new(2.2);
+        let mut wide = Profile::new_rgb(&white, &primaries, &[&gamma, &gamma, &gamma]).unwrap();
+        let mut name = lcms2::MLU::new(1);
+        name.set_text("Wide test RGB", Locale::none());
+        wide.write_tag(
+            lcms2::TagSignature::ProfileDescriptionTag,
+            lcms2::Tag::MLU(&name),
+        );
+        let icc = wide.icc().unwrap();
+        // A saturated green and a 50 % alpha.
+        let mut image = Bitmap::new(1, 1, true, vec![40, 200, 40, 128]).unwrap();
+        assert_eq!(
+            to_srgb(&mut image, &icc),
+            Applied::Converted("Wide test RGB".into())
+        );
+        let pixel = image.data();
+        // Adobe RGB's green is beyond sRGB's: the same numbers mean a greener green, so in
+        // sRGB red and blue drop while green stays high.
+        assert!(
+            pixel[0] < 40 && pixel[2] < 40 && pixel[1] > 190,
+            "{pixel:?}"
+        );
+        assert_eq!(pixel[3], 128, "alpha untouched");
+    }
+}
