@@ -889,7 +889,7 @@ fn megapixels(pixels: u64) -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use pixelmesh_common::testing::png_chunk;
 
@@ -1079,7 +1079,7 @@ mod tests {
     }
 
     /// A real profile from Debian's icc-profiles-free, which scripts/tools.sh installs.
-    fn system_profile(name: &str) -> (std::path::PathBuf, Vec<u8>) {
+    pub(crate) fn system_profile(name: &str) -> (std::path::PathBuf, Vec<u8>) {
         let path = std::path::Path::new("/usr/share/color/icc").join(name);
         let bytes = std::fs::read(&path).unwrap_or_else(|err| {
             panic!(
@@ -1088,6 +1088,25 @@ mod tests {
             )
         });
         (path, bytes)
+    }
+
+    /// `image` (RGB) as a PNG, with `icc` in its iCCP chunk when given.
+    pub(crate) fn png_with_icc(image: &Bitmap, icc: Option<Vec<u8>>) -> Vec<u8> {
+        use image::ImageEncoder as _;
+        let mut out = Vec::new();
+        let mut encoder = image::codecs::png::PngEncoder::new(&mut out);
+        if let Some(icc) = icc {
+            encoder.set_icc_profile(icc).unwrap();
+        }
+        encoder
+            .write_image(
+                image.data(),
+                image.width(),
+                image.height(),
+                image::ExtendedColorType::Rgb8,
+            )
+            .unwrap();
+        out
     }
 
     /// The JPEG with `icc` in APP2 markers right after SOI, cut into `chunks` pieces.
@@ -1168,20 +1187,9 @@ mod tests {
 
     #[test]
     fn a_png_with_an_icc_chunk_is_converted_too_and_srgb_is_left_alone() {
-        use image::ImageEncoder as _;
         let (path, icc) = system_profile("compatibleWithAdobeRGB1998.icc");
         let image = smooth(64, 48);
-        let png = |profile: Option<Vec<u8>>| {
-            let mut out = Vec::new();
-            let mut encoder = image::codecs::png::PngEncoder::new(&mut out);
-            if let Some(profile) = profile {
-                encoder.set_icc_profile(profile).unwrap();
-            }
-            encoder
-                .write_image(image.data(), 64, 48, image::ExtendedColorType::Rgb8)
-                .unwrap();
-            out
-        };
+        let png = |profile: Option<Vec<u8>>| png_with_icc(&image, profile);
         let managed = decode(&png(Some(icc)), &Limits::default()).unwrap();
         assert!(matches!(
             managed.colour_profile,

@@ -433,23 +433,9 @@ mod tests {
 
     #[test]
     fn analyze_names_the_embedded_profile_and_what_decoding_did_with_it() {
-        let profile = std::fs::read("/usr/share/color/icc/compatibleWithAdobeRGB1998.icc")
-            .expect("icc-profiles-free (scripts/tools.sh installs it)");
-        let png = |icc: Vec<u8>| {
-            use image::ImageEncoder as _;
-            let mut out = Vec::new();
-            let mut encoder = image::codecs::png::PngEncoder::new(&mut out);
-            encoder.set_icc_profile(icc).unwrap();
-            encoder
-                .write_image(
-                    &[30, 200, 60, 90, 90, 90],
-                    2,
-                    1,
-                    image::ExtendedColorType::Rgb8,
-                )
-                .unwrap();
-            out
-        };
+        let (_, profile) = codec::tests::system_profile("compatibleWithAdobeRGB1998.icc");
+        let pixels = Bitmap::new(2, 1, false, vec![30, 200, 60, 90, 90, 90]).unwrap();
+        let png = |icc: Vec<u8>| codec::tests::png_with_icc(&pixels, Some(icc));
         let report = |input: &[u8]| -> serde_json::Value {
             let out = process(
                 input,
