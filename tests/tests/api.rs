@@ -275,6 +275,52 @@ async fn rest_submit_status_and_download() {
     assert_eq!(job.images.len(), 2);
 }
 
+/// AVIF in and out over REST: an AVIF with alpha (made by libvips) and a JPEG, resized and
+/// written as AVIF; the outputs are AVIFs of the right size, alpha kept where there was some.
+#[tokio::test(flavor = "multi_thread")]
+async fn avif_in_and_out_through_the_mesh() {
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    let http = reqwest::Client::new();
+    let base = cluster.http_url();
+    let avif = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../services/filter/tests/data/kite-rgba-320x200.avif"
+    ))
+    .expect("fixture");
+    let form = reqwest::multipart::Form::new()
+        .text("pipeline", "resize:w=160/format:avif,q=60,effort=6")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(avif).file_name("kite.avif"),
+        )
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(corpus::read("autumn-2560x1600.jpg"))
+                .file_name("autumn.jpg"),
+        );
+    let id = rest::accepted(rest::post_job(&http, &base, form).await).await;
+    let mut client = cluster.gateway_client().await;
+    let (_, job) = api::watch_to_end(&mut client, &id, JOB_TIMEOUT).await;
+    assert_eq!(job.summary.expect("summary").state(), JobState::Completed);
+    for (index, height, alpha) in [(0, 100, true), (1, 100, false)] {
+        let response = http
+            .get(format!("{base}/api/v1/jobs/{id}/outputs/{index}"))
+            .send()
+            .await
+            .expect("download");
+        assert_eq!(response.status().as_u16(), 200);
+        assert_eq!(response.headers()["content-type"], "image/avif");
+        let bytes = response.bytes().await.expect("body");
+        let decoded = pixelmesh_filter::codec::decode(&bytes, &Default::default())
+            .expect("the output is an AVIF we read");
+        assert_eq!(
+            (decoded.image.width(), decoded.image.height()),
+            (160, height)
+        );
+        assert_eq!(decoded.image.has_alpha(), alpha, "output {index}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn grpcurl_lists_describes_submits_and_watches() {
     let mut cluster = Cluster::start(ClusterOptions::default()).await;

@@ -118,7 +118,9 @@ mod tests {
         assert_eq!(format.params[0].name, "format");
         assert!(format.params[0].required);
         assert!(matches!(&format.params[0].kind, Kind::Choice { choices } if choices.len() >= 6));
-        assert_eq!(format.params[1].formats, ["jpeg", "webp"]);
+        assert_eq!(format.params[1].formats, ["jpeg", "webp", "avif"]);
+        let effort = format.params.iter().find(|p| p.name == "effort").unwrap();
+        assert_eq!(effort.formats, ["avif"]);
         let blur = find("blur").unwrap();
         assert!(matches!(
             blur.params[0].kind,

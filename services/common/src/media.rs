@@ -26,7 +26,7 @@ pub struct ImageHeader {
     pub bytes_per_pixel: u32,
 }
 
-/// The header of a JPEG, PNG, WebP, GIF, BMP or TIFF image at the start of `head`, or `None`
+/// The header of a JPEG, PNG, WebP, GIF, BMP, TIFF or AVIF image at the start of `head`, or `None`
 /// when `head` is not one (or is cut before its size). Never panics, whatever the bytes.
 pub fn image_header(head: &[u8]) -> Option<ImageHeader> {
     use imagesize::ImageType;
@@ -37,6 +37,8 @@ pub fn image_header(head: &[u8]) -> Option<ImageHeader> {
         ImageType::Webp | ImageType::Gif | ImageType::Bmp => 4,
         // Float RGBA, the widest a TIFF decodes to.
         ImageType::Tiff => 16,
+        // The filter's decoder makes 8-bit RGB or RGBA, whatever the stored depth.
+        ImageType::Heif(imagesize::Compression::Av1) => 4,
         _ => return None,
     };
     let size = imagesize::blob_size(head).ok()?;
@@ -91,5 +93,19 @@ mod tests {
         assert_eq!(essence("Image/PNG; q=1"), "image/png");
         assert_eq!(essence(" application/json "), "application/json");
         assert_eq!(essence(""), "");
+    }
+
+    #[test]
+    fn an_avif_header_reads_its_size() {
+        let avif = include_bytes!("../../filter/tests/data/kite-rgba-320x200.avif");
+        assert_eq!(
+            image_header(avif),
+            Some(ImageHeader {
+                width: 320,
+                height: 200,
+                bytes_per_pixel: 4
+            })
+        );
+        assert_eq!(image_header(&avif[..12]), None);
     }
 }

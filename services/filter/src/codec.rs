@@ -34,7 +34,7 @@ pub use pixelmesh_pipeline::formats::Encoding;
 use pixelmesh_pipeline::formats::{PngSpeed, jpeg_shrink};
 use pixelmesh_pipeline::{Bitmap, FileFormat};
 
-use crate::colour;
+use crate::{avif, colour};
 
 // mozjpeg reports a corrupt JPEG by unwinding out of libjpeg, and `catch_unwind` turns that
 // into the image's error. Built with `panic = "abort"`, one bad upload would kill the worker.
@@ -61,7 +61,7 @@ impl Default for Limits {
 }
 
 /// The list in "not a supported image" messages.
-const SUPPORTED: &str = "jpeg, png, webp, gif, bmp, tiff";
+const SUPPORTED: &str = "jpeg, png, webp, gif, bmp, tiff, avif";
 
 /// Why an input could not be decoded. Every case is about the input bytes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -128,6 +128,7 @@ pub fn detect_format(input: &[u8]) -> Option<FileFormat> {
         image::ImageFormat::Gif => FileFormat::Gif,
         image::ImageFormat::Bmp => FileFormat::Bmp,
         image::ImageFormat::Tiff => FileFormat::Tiff,
+        image::ImageFormat::Avif => FileFormat::Avif,
         _ => return None,
     })
 }
@@ -177,6 +178,17 @@ pub fn probe(input: &[u8]) -> Option<Probe> {
             && let Some(probe) = probe_jpeg(input)
         {
             return Some(probe);
+        }
+        if format == FileFormat::Avif {
+            let (width, height, alpha) = avif::dimensions(input)?;
+            return Some(Probe {
+                format,
+                width,
+                height,
+                bytes_per_pixel: if alpha { 4 } else { 3 },
+                alpha,
+                decoder_bytes: 0,
+            });
         }
         // CMYK JPEGs go through image's decoder, as in `decode_shrunk`.
         probe_as(input, format)
@@ -343,6 +355,17 @@ pub fn decode_shrunk(
     // The decoders are fuzzed but not proven; a panic on hostile bytes must fail this input
     // only, not take down the worker and every image it holds.
     panic::catch_unwind(AssertUnwindSafe(|| {
+        if format == FileFormat::Avif {
+            let (image, colour_type) = avif::decode(input, limits)?;
+            return Ok(Decoded {
+                full_size: (image.width(), image.height()),
+                image,
+                format,
+                colour_type,
+                exif: Vec::new(),
+                colour_profile: None,
+            });
+        }
         if format != FileFormat::Jpeg {
             return decode_as(input, format, limits);
         }
@@ -512,7 +535,7 @@ fn swaps_axes(orientation: Orientation) -> bool {
     )
 }
 
-fn check_pixels(width: u32, height: u32, limits: &Limits) -> Result<(), DecodeError> {
+pub(crate) fn check_pixels(width: u32, height: u32, limits: &Limits) -> Result<(), DecodeError> {
     if u64::from(width) * u64::from(height) > limits.max_pixels {
         return Err(DecodeError::TooManyPixels {
             width,
@@ -538,6 +561,7 @@ fn image_format(format: FileFormat) -> image::ImageFormat {
         FileFormat::Gif => image::ImageFormat::Gif,
         FileFormat::Bmp => image::ImageFormat::Bmp,
         FileFormat::Tiff => image::ImageFormat::Tiff,
+        FileFormat::Avif => image::ImageFormat::Avif,
     }
 }
 
@@ -747,7 +771,8 @@ pub fn encode_with(image: &Bitmap, encoding: &Encoding) -> Result<Vec<u8>, Encod
     let format = encoding.format;
     let (width, height) = (image.width(), image.height());
     let max = match format {
-        FileFormat::Jpeg | FileFormat::Gif => u32::from(u16::MAX),
+        // AV1 frames are at most 65536 on a side; the HEIF image item's too.
+        FileFormat::Jpeg | FileFormat::Gif | FileFormat::Avif => u32::from(u16::MAX),
         FileFormat::Webp => 16384,
         FileFormat::Png | FileFormat::Bmp | FileFormat::Tiff => u32::MAX,
     };
@@ -789,6 +814,7 @@ pub fn encode_with(image: &Bitmap, encoding: &Encoding) -> Result<Vec<u8>, Encod
         FileFormat::Tiff => TiffEncoder::new(Cursor::new(&mut out))
             .write_image(image.data(), width, height, color)
             .map_err(|err| failed(err.to_string()))?,
+        FileFormat::Avif => out = avif::encode(image, encoding).map_err(failed)?,
     }
     Ok(out)
 }
@@ -959,7 +985,7 @@ pub(crate) mod tests {
             assert_eq!(err, DecodeError::NotAnImage);
             assert_eq!(
                 err.to_string(),
-                "not a supported image (jpeg, png, webp, gif, bmp, tiff)"
+                "not a supported image (jpeg, png, webp, gif, bmp, tiff, avif)"
             );
         }
     }
@@ -1321,7 +1347,7 @@ pub(crate) mod tests {
     }
 
     /// A smooth photo-like RGB image: gradients and a few soft waves, no noise.
-    fn smooth(width: u32, height: u32) -> Bitmap {
+    pub(crate) fn smooth(width: u32, height: u32) -> Bitmap {
         let data = (0..width * height)
             .flat_map(|i| {
                 let (x, y) = ((i % width) as f32, (i / width) as f32);
@@ -1350,7 +1376,7 @@ pub(crate) mod tests {
         out
     }
 
-    fn mean_abs_diff(a: &Bitmap, b: &Bitmap) -> f64 {
+    pub(crate) fn mean_abs_diff(a: &Bitmap, b: &Bitmap) -> f64 {
         assert_eq!((a.width(), a.height()), (b.width(), b.height()));
         let sum: u64 = a
             .data()

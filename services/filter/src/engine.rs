@@ -380,7 +380,7 @@ mod tests {
         assert_eq!(err.code(), ErrorCode::InvalidArgument);
         assert_eq!(
             err.message(),
-            "not a supported image (jpeg, png, webp, gif, bmp, tiff)"
+            "not a supported image (jpeg, png, webp, gif, bmp, tiff, avif)"
         );
     }
 

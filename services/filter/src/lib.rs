@@ -12,6 +12,7 @@
 //! * [`outage`] — holding tasks while storage or NATS is down, so outages spend no attempts;
 //! * [`heartbeat`] — the worker's entry in the `pixelmesh-workers` KV bucket.
 
+mod avif;
 pub mod codec;
 pub mod colour;
 pub mod engine;

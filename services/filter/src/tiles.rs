@@ -171,6 +171,10 @@ pub fn process_tile(source: Bitmap, tile: Tile, pipeline: &Pipeline) -> Result<B
 /// The pixel count an encoded image declares in its header, without decoding it; `None` if
 /// the header cannot be read (decoding then reports why).
 pub fn pixels_of(input: &[u8]) -> Option<u64> {
+    if crate::codec::detect_format(input) == Some(pixelmesh_pipeline::FileFormat::Avif) {
+        let (width, height, _) = crate::avif::dimensions(input)?;
+        return Some(u64::from(width) * u64::from(height));
+    }
     let (width, height) = image::ImageReader::new(std::io::Cursor::new(input))
         .with_guessed_format()
         .ok()?

@@ -16,9 +16,10 @@ use std::cell::Cell;
 use std::io::Cursor;
 
 use pixelmesh_filter::budget::Estimate;
-use pixelmesh_filter::codec::{self, Limits, Probe};
+use pixelmesh_filter::codec::{self, Encoding, Limits, Probe};
 use pixelmesh_filter::engine;
 use pixelmesh_filter::ops::Pipeline;
+use pixelmesh_pipeline::FileFormat;
 
 struct Counting;
 
@@ -152,8 +153,18 @@ fn run(name: &str, input: &[u8], text: &str) -> Run {
     }
 }
 
+/// `jpeg` as an AVIF, at effort 0 (the quickest).
+fn avif(jpeg: &[u8]) -> Vec<u8> {
+    let image = codec::decode(jpeg, &Limits::default()).unwrap().image;
+    let encoding = Encoding {
+        effort: 0,
+        ..Encoding::new(FileFormat::Avif)
+    };
+    codec::encode_with(&image, &encoding).unwrap()
+}
+
 /// Inputs and pipelines covering every decoder path (baseline and progressive JPEG, an
-/// EXIF-rotated one, shrink-on-load, RGB and opaque-RGBA PNG, 16-bit RGBA PNG, lossy WebP)
+/// EXIF-rotated one, shrink-on-load, RGB and opaque-RGBA PNG, 16-bit RGBA PNG, lossy WebP, AVIF)
 /// and the ops that allocate (resize both ways and padded, blur, sharpen, rotate, crop).
 fn runs() -> Vec<Run> {
     let rgba16 = png_rgba16(1600, 1200);
@@ -196,6 +207,8 @@ fn runs() -> Vec<Run> {
             &corpus("opal-3840x2160.png"),
             "crop:w=1200,h=1000,g=centre/blur:sigma=12/format:png",
         ),
+        run("kite", &kite, "resize:w=1280/format:avif,q=60"),
+        run("kite (avif)", &avif(&kite), "resize:w=1280/format:jpeg"),
         run(
             "wood (lossy webp)",
             &corpus("wood-4096x4096.webp"),

@@ -1192,6 +1192,22 @@ fn image_media_type(head: &[u8]) -> &'static str {
         [b'G', b'I', b'F', b'8', ..] => "image/gif",
         [b'B', b'M', ..] => "image/bmp",
         [b'I', b'I', 0x2A, 0x00, ..] | [b'M', b'M', 0x00, 0x2A, ..] => "image/tiff",
+        // An ISO BMFF file whose major brand is AVIF's.
+        [
+            _,
+            _,
+            _,
+            _,
+            b'f',
+            b't',
+            b'y',
+            b'p',
+            b'a',
+            b'v',
+            b'i',
+            b'f',
+            ..,
+        ] => "image/avif",
         _ => "application/octet-stream",
     }
 }

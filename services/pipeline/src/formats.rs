@@ -8,6 +8,10 @@ use pixelmesh_proto::v1;
 pub const DEFAULT_QUALITY: u8 = 85;
 /// PNG compression when none is given: zlib's own default level.
 pub const DEFAULT_COMPRESSION: u8 = 6;
+/// AVIF effort when none is given: libvips' default, 0 (fastest) ..= 9 (smallest).
+pub const DEFAULT_EFFORT: u8 = 4;
+/// The largest AVIF effort.
+pub const MAX_EFFORT: u8 = 9;
 
 /// The image formats pixelmesh reads and writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -18,19 +22,21 @@ pub enum FileFormat {
     Gif,
     Bmp,
     Tiff,
+    Avif,
 }
 
 impl FileFormat {
-    pub const ALL: [FileFormat; 6] = [
+    pub const ALL: [FileFormat; 7] = [
         FileFormat::Jpeg,
         FileFormat::Png,
         FileFormat::Webp,
         FileFormat::Gif,
         FileFormat::Bmp,
         FileFormat::Tiff,
+        FileFormat::Avif,
     ];
 
-    pub const NAMES: &[&str] = &["jpeg", "png", "webp", "gif", "bmp", "tiff"];
+    pub const NAMES: &[&str] = &["jpeg", "png", "webp", "gif", "bmp", "tiff", "avif"];
 
     /// The lowercase name used in JSON and messages.
     pub fn name(self) -> &'static str {
@@ -41,6 +47,7 @@ impl FileFormat {
             FileFormat::Gif => "gif",
             FileFormat::Bmp => "bmp",
             FileFormat::Tiff => "tiff",
+            FileFormat::Avif => "avif",
         }
     }
 
@@ -52,6 +59,7 @@ impl FileFormat {
             FileFormat::Gif => "image/gif",
             FileFormat::Bmp => "image/bmp",
             FileFormat::Tiff => "image/tiff",
+            FileFormat::Avif => "image/avif",
         }
     }
 
@@ -76,6 +84,7 @@ impl FileFormat {
             FileFormat::Gif => v1::ImageFormat::Gif,
             FileFormat::Bmp => v1::ImageFormat::Bmp,
             FileFormat::Tiff => v1::ImageFormat::Tiff,
+            FileFormat::Avif => v1::ImageFormat::Avif,
         }
     }
 
@@ -89,6 +98,7 @@ impl FileFormat {
             v1::ImageFormat::Gif => Some(FileFormat::Gif),
             v1::ImageFormat::Bmp => Some(FileFormat::Bmp),
             v1::ImageFormat::Tiff => Some(FileFormat::Tiff),
+            v1::ImageFormat::Avif => Some(FileFormat::Avif),
         }
     }
 }
@@ -97,7 +107,7 @@ impl FileFormat {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Encoding {
     pub format: FileFormat,
-    /// JPEG quality, 1..=100.
+    /// JPEG, lossy WebP and AVIF quality, 1..=100.
     pub quality: u8,
     /// JPEG: progressive scans.
     pub progressive: bool,
@@ -106,11 +116,13 @@ pub struct Encoding {
     /// WebP: lossless (image's encoder) when true, else lossy at `quality` (libwebp). The
     /// default is lossless, which was the only WebP output before lossy existed.
     pub lossless: bool,
+    /// AVIF: 0 (fastest) ..= 9 (smallest), as libvips' `effort`.
+    pub effort: u8,
 }
 
 impl Encoding {
     /// The format with default options: quality 85, baseline JPEG, PNG compression 6, lossless
-    /// WebP.
+    /// WebP, AVIF effort 4.
     pub fn new(format: FileFormat) -> Encoding {
         Encoding {
             format,
@@ -118,6 +130,7 @@ impl Encoding {
             progressive: false,
             compression: DEFAULT_COMPRESSION,
             lossless: true,
+            effort: DEFAULT_EFFORT,
         }
     }
 }

@@ -4,10 +4,13 @@
 //! pixelmesh-load -- --images 96`; `scripts/bench-mesh` does all of it, for a `file://` and a
 //! Garage store.
 //!
-//! Pipeline: distinct 4K JPEGs (the corpus photographs cropped to 3840x2160, each in several
-//! variants, q90) → resize 1920 → blur σ2 → brightness 1.1 → JPEG q85. The inputs are made
-//! once into `target/bench-inputs`. The mesh's inputs are uploaded before the clock starts;
-//! its time runs from submit to the job's completed event.
+//! Pipeline (`--pipeline`, default `reference`): distinct 4K JPEGs (the corpus photographs
+//! cropped to 3840x2160, each in several variants, q90) → resize 1920 → blur σ2 → brightness
+//! 1.1 → JPEG q85. The per-format ones resize the 4K JPEGs to 1920 and write PNG (compression
+//! 6, `png`), WebP q80 (`webp`) or AVIF q60 effort 4 (`avif`), or resize 4K PNGs (the same
+//! pictures) to 1920 as JPEG q85 (`png-in`). The inputs are made once into
+//! `target/bench-inputs`. The mesh's inputs are uploaded before the clock starts; its time
+//! runs from submit to the job's completed event.
 //!
 //! libvips (`scripts/vips-pool`, pyvips from `.tools/bench-venv`) runs in `--threads`
 //! processes of one core each. In-process, libvips and mesh batches alternate for `--rounds`
@@ -24,14 +27,49 @@ use std::{
     time::{Duration, Instant},
 };
 
+use image::ImageEncoder;
 use pixelmesh_filter::{codec::Limits, engine, ops::Pipeline};
 use pixelmesh_proto::v1::{ImageInput, JobState, SubmitJobRequest, gateway_client::GatewayClient};
 use pixelmesh_tests::{api, corpus, workspace_root};
 
-const PIPELINE: &str = r#"[{"op":"resize","width":1920},{"op":"blur","sigma":2},{"op":"brightness","factor":1.1},{"op":"format","format":"jpeg","quality":85}]"#;
+/// The pipelines `--pipeline` names: (name, pipeline in text form, input extension, what it
+/// is, for the report). `scripts/vips-pool --pipeline` does the same work in libvips.
+const PIPELINES: &[(&str, &str, &str, &str)] = &[
+    (
+        "reference",
+        "resize:w=1920/blur:sigma=2/brightness:1.1/format:jpeg,q=85",
+        "jpg",
+        "4K JPEGs (3840x2160) -> resize 1920 -> blur 2 -> brightness 1.1 -> JPEG q85",
+    ),
+    (
+        "png",
+        "resize:w=1920/format:png,compression=6",
+        "jpg",
+        "4K JPEGs -> resize 1920 -> PNG compression 6",
+    ),
+    (
+        "webp",
+        "resize:w=1920/format:webp,q=80",
+        "jpg",
+        "4K JPEGs -> resize 1920 -> WebP q80",
+    ),
+    (
+        "avif",
+        "resize:w=1920/format:avif,q=60,effort=4",
+        "jpg",
+        "4K JPEGs -> resize 1920 -> AVIF q60 effort 4",
+    ),
+    (
+        "png-in",
+        "resize:w=1920/format:jpeg,q=85",
+        "png",
+        "4K PNGs -> resize 1920 -> JPEG q85",
+    ),
+];
 
 struct Args {
     gateway: String,
+    pipeline: String,
     images: usize,
     latency_runs: usize,
     rounds: usize,
@@ -42,6 +80,7 @@ struct Args {
 fn args() -> Args {
     let mut args = Args {
         gateway: "http://127.0.0.1:8080".into(),
+        pipeline: "reference".into(),
         images: 96,
         latency_runs: 5,
         rounds: 3,
@@ -57,13 +96,14 @@ fn args() -> Args {
         let value = it.next().unwrap_or_default();
         match flag.as_str() {
             "--gateway" => args.gateway = value,
+            "--pipeline" => args.pipeline = value,
             "--images" => args.images = value.parse().expect("--images N"),
             "--latency-runs" => args.latency_runs = value.parse().expect("--latency-runs N"),
             "--rounds" => args.rounds = value.parse().expect("--rounds N"),
             "--threads" => args.threads = value.parse().expect("--threads N"),
             other => panic!(
-                "unknown flag {other}; flags: --gateway URL --images N --latency-runs N \
-                 --rounds N --threads N --no-vips"
+                "unknown flag {other}; flags: --gateway URL --pipeline NAME --images N \
+                 --latency-runs N --rounds N --threads N --no-vips"
             ),
         }
     }
@@ -99,19 +139,20 @@ fn in_process_rate(inputs: &Arc<Vec<Vec<u8>>>, pipeline: &Arc<Pipeline>, threads
     images as f64 / start.elapsed().as_secs_f64()
 }
 
-/// `count` distinct 4K JPEGs, made once into `target/bench-inputs`: each corpus photograph
-/// cropped to 3840x2160, in variants of brightness and mirroring. Their paths.
-fn distinct_4k(count: usize) -> anyhow::Result<Vec<std::path::PathBuf>> {
+/// `count` distinct 4K JPEGs (q90) or PNGs (`extension` "png", compression 6), made once
+/// into `target/bench-inputs`: each corpus photograph cropped to 3840x2160, in variants of
+/// brightness and mirroring. Their paths.
+fn distinct_4k(count: usize, extension: &str) -> anyhow::Result<Vec<std::path::PathBuf>> {
     let dir = workspace_root().join("target").join("bench-inputs");
     std::fs::create_dir_all(&dir)?;
     let paths: Vec<_> = (0..count)
-        .map(|i| dir.join(format!("4k-{i:03}.jpg")))
+        .map(|i| dir.join(format!("4k-{i:03}.{extension}")))
         .collect();
     if paths.iter().all(|p| p.is_file()) {
         return Ok(paths);
     }
     eprintln!(
-        "making {count} distinct 4K JPEGs in {} (once)",
+        "making {count} distinct 4K {extension} files in {} (once)",
         dir.display()
     );
     let photos: Vec<image::RgbImage> = corpus::all()
@@ -131,7 +172,17 @@ fn distinct_4k(count: usize) -> anyhow::Result<Vec<std::path::PathBuf>> {
             image::imageops::flip_horizontal_in_place(&mut image);
         }
         let mut out = Cursor::new(Vec::new());
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90).encode_image(&image)?;
+        if extension == "png" {
+            image::codecs::png::PngEncoder::new(&mut out).write_image(
+                image.as_raw(),
+                image.width(),
+                image.height(),
+                image::ExtendedColorType::Rgb8,
+            )?;
+        } else {
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+                .encode_image(&image)?;
+        }
         std::fs::write(path, out.into_inner())?;
     }
     Ok(paths)
@@ -139,10 +190,12 @@ fn distinct_4k(count: usize) -> anyhow::Result<Vec<std::path::PathBuf>> {
 
 /// libvips over the same files in `procs` processes: images per second, or `None` when
 /// pyvips is not installed.
-fn vips_rate(paths: &[std::path::PathBuf], procs: usize) -> Option<f64> {
+fn vips_rate(paths: &[std::path::PathBuf], procs: usize, pipeline: &str) -> Option<f64> {
     let output = std::process::Command::new(workspace_root().join("scripts/vips-pool"))
         .arg("--procs")
         .arg(procs.to_string())
+        .arg("--pipeline")
+        .arg(pipeline)
         .args(paths)
         .output()
         .ok()?;
@@ -167,10 +220,17 @@ fn vips_rate(paths: &[std::path::PathBuf], procs: usize) -> Option<f64> {
 
 fn main() -> anyhow::Result<()> {
     let args = args();
-    let paths = distinct_4k(args.images)?;
+    let &(name, text, extension, description) = PIPELINES
+        .iter()
+        .find(|p| p.0 == args.pipeline)
+        .ok_or_else(|| {
+            let names: Vec<_> = PIPELINES.iter().map(|p| p.0).collect();
+            anyhow::anyhow!("--pipeline must be one of {}", names.join(", "))
+        })?;
+    let paths = distinct_4k(args.images, extension)?;
     let inputs: Arc<Vec<Vec<u8>>> =
         Arc::new(paths.iter().map(std::fs::read).collect::<Result<_, _>>()?);
-    let pipeline = Arc::new(Pipeline::from_json(PIPELINE)?);
+    let pipeline = Arc::new(Pipeline::parse(text)?);
     let limits = Limits::default();
 
     // In-process, one thread: per-image time.
@@ -190,7 +250,7 @@ fn main() -> anyhow::Result<()> {
         let uploading = Instant::now();
         let mut blobs = Vec::with_capacity(inputs.len());
         for (i, input) in inputs.iter().enumerate() {
-            blobs.push(api::upload(&mut client, &format!("4k-{i:03}.jpg"), input).await);
+            blobs.push(api::upload(&mut client, &format!("4k-{i:03}.{extension}"), input).await);
         }
         let upload = uploading.elapsed();
         let job_of = |n: usize| SubmitJobRequest {
@@ -201,7 +261,7 @@ fn main() -> anyhow::Result<()> {
                 .enumerate()
                 .map(|(i, blob)| ImageInput {
                     blob_id: blob.clone(),
-                    name: format!("4k-{i:03}.jpg"),
+                    name: format!("4k-{i:03}.{extension}"),
                     ..Default::default()
                 })
                 .collect(),
@@ -234,7 +294,7 @@ fn main() -> anyhow::Result<()> {
         for round in 1..=args.rounds.max(1) {
             let local = in_process_rate(&inputs, &pipeline, args.threads);
             let vips = if args.vips {
-                vips_rate(&paths, args.threads)
+                vips_rate(&paths, args.threads, name)
             } else {
                 None
             };
@@ -258,11 +318,7 @@ fn main() -> anyhow::Result<()> {
         .filter_map(|r| r.2.map(|v| (v, r.1 / v)))
         .collect();
 
-    println!(
-        "pipeline: {} distinct 4K JPEGs (3840x2160) -> resize 1920 -> blur 2 -> brightness 1.1 \
-         -> JPEG q85",
-        inputs.len()
-    );
+    println!("pipeline {name}: {} distinct {description}", inputs.len());
     println!(
         "in-process, 1 thread          {:>8.1} ms/image",
         per_image.as_secs_f64() * 1e3

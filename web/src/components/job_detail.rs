@@ -283,7 +283,7 @@ fn JobPage(id: String) -> impl IntoView {
 fn displayable(content_type: &str) -> bool {
     matches!(
         content_type,
-        "image/jpeg" | "image/png" | "image/webp" | "image/gif" | "image/bmp"
+        "image/jpeg" | "image/png" | "image/webp" | "image/gif" | "image/bmp" | "image/avif"
     )
 }
 

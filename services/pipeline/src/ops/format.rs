@@ -4,7 +4,9 @@
 use pixelmesh_proto::v1;
 
 use crate::bitmap::Bitmap;
-pub use crate::formats::{DEFAULT_COMPRESSION, DEFAULT_QUALITY, FileFormat};
+pub use crate::formats::{
+    DEFAULT_COMPRESSION, DEFAULT_EFFORT, DEFAULT_QUALITY, Encoding, FileFormat, MAX_EFFORT,
+};
 
 use serde_json::Value;
 
@@ -18,76 +20,79 @@ pub(crate) const NAME: &str = "format";
 /// nobody waits for a `progressive` PNG.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Format {
-    format: FileFormat,
-    quality: u8,
-    progressive: bool,
-    lossless: bool,
-    compression: u8,
+    encoding: Encoding,
 }
 
 impl Format {
-    /// The format with default options.
+    /// The format with default options (lossy for WebP).
     pub fn new(format: FileFormat, quality: u8) -> Result<Format, String> {
-        Format::with_options(format, quality, false, false, DEFAULT_COMPRESSION)
+        Format::with_options(Encoding {
+            quality,
+            lossless: false,
+            ..Encoding::new(format)
+        })
     }
 
-    pub fn with_options(
-        format: FileFormat,
-        quality: u8,
-        progressive: bool,
-        lossless: bool,
-        compression: u8,
-    ) -> Result<Format, String> {
+    /// `encoding`, checked: every option in range, and none set away from its default for a
+    /// format it does not apply to.
+    pub fn with_options(encoding: Encoding) -> Result<Format, String> {
+        let Encoding {
+            format,
+            quality,
+            progressive,
+            compression,
+            lossless,
+            effort,
+        } = encoding;
         if !(1..=100).contains(&quality) {
             return Err(quality_error(i64::from(quality)));
         }
         if !(1..=9).contains(&compression) {
             return Err(compression_error(i64::from(compression)));
         }
-        if progressive && format != FileFormat::Jpeg {
-            return Err(format!(
-                "progressive applies to jpeg only, not {}",
-                format.name()
-            ));
+        if effort > MAX_EFFORT {
+            return Err(effort_error(i64::from(effort)));
         }
-        if lossless && format != FileFormat::Webp {
-            return Err(format!(
-                "lossless applies to webp only, not {}",
-                format.name()
-            ));
-        }
-        if compression != DEFAULT_COMPRESSION && format != FileFormat::Png {
-            return Err(format!(
-                "compression applies to png only, not {}",
-                format.name()
-            ));
-        }
-        Ok(Format {
-            format,
-            quality,
-            progressive,
-            lossless,
-            compression,
-        })
+        let only = |applies: bool, option: &str, to: &str| {
+            if applies {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{option} applies to {to} only, not {}",
+                    format.name()
+                ))
+            }
+        };
+        only(
+            !progressive || format == FileFormat::Jpeg,
+            "progressive",
+            "jpeg",
+        )?;
+        only(!lossless || format == FileFormat::Webp, "lossless", "webp")?;
+        only(
+            compression == DEFAULT_COMPRESSION || format == FileFormat::Png,
+            "compression",
+            "png",
+        )?;
+        only(
+            effort == DEFAULT_EFFORT || format == FileFormat::Avif,
+            "effort",
+            "avif",
+        )?;
+        Ok(Format { encoding })
     }
 
     pub fn format(&self) -> FileFormat {
-        self.format
+        self.encoding.format
     }
 
     pub fn quality(&self) -> u8 {
-        self.quality
+        self.encoding.quality
     }
 
     /// What the codec needs to write this format.
-    pub fn encoding(&self) -> crate::formats::Encoding {
-        crate::formats::Encoding {
-            format: self.format,
-            quality: self.quality,
-            progressive: self.progressive,
-            compression: self.compression,
-            lossless: self.lossless,
-        }
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
     }
 }
 
@@ -97,6 +102,10 @@ fn compression_error(value: i64) -> String {
 
 fn quality_error(value: i64) -> String {
     format!("quality must be between 1 and 100, got {value}")
+}
+
+fn effort_error(value: i64) -> String {
+    format!("effort must be between 0 and {MAX_EFFORT}, got {value}")
 }
 
 impl Operator for Format {
@@ -110,12 +119,15 @@ impl Operator for Format {
                 .required(),
             Field::int("quality", "Quality", 1, 100)
                 .with_default("85")
-                .only_for(&["jpeg", "webp"]),
+                .only_for(&["jpeg", "webp", "avif"]),
             Field::flag("progressive", "Progressive").only_for(&["jpeg"]),
             Field::flag("lossless", "Lossless").only_for(&["webp"]),
             Field::int("compression", "Compression", 1, 9)
                 .with_default("6")
                 .only_for(&["png"]),
+            Field::int("effort", "Effort", 0, MAX_EFFORT as i64)
+                .with_default("4")
+                .only_for(&["avif"]),
         ],
     );
 
@@ -138,13 +150,18 @@ impl Operator for Format {
             None | Some(0) => DEFAULT_COMPRESSION,
             Some(c) => u8::try_from(c).map_err(|_| compression_error(c))?,
         };
-        Format::with_options(
+        let effort = match fields.integer("effort")? {
+            None => DEFAULT_EFFORT,
+            Some(e) => u8::try_from(e).map_err(|_| effort_error(e))?,
+        };
+        Format::with_options(Encoding {
             format,
             quality,
-            fields.boolean("progressive")?.unwrap_or(false),
-            fields.boolean("lossless")?.unwrap_or(false),
+            progressive: fields.boolean("progressive")?.unwrap_or(false),
+            lossless: fields.boolean("lossless")?.unwrap_or(false),
             compression,
-        )
+            effort,
+        })
     }
 
     fn from_proto(p: &v1::Format) -> Result<Format, String> {
@@ -166,32 +183,49 @@ impl Operator for Format {
             0 => DEFAULT_COMPRESSION,
             c => u8::try_from(c).map_err(|_| compression_error(i64::from(c)))?,
         };
-        Format::with_options(format, quality, p.progressive, p.lossless, compression)
+        let effort = match p.effort {
+            None => DEFAULT_EFFORT,
+            Some(e) => u8::try_from(e).map_err(|_| effort_error(i64::from(e)))?,
+        };
+        Format::with_options(Encoding {
+            format,
+            quality,
+            progressive: p.progressive,
+            lossless: p.lossless,
+            compression,
+            effort,
+        })
     }
 
     fn to_proto(&self) -> v1::Format {
+        let e = &self.encoding;
         v1::Format {
-            format: self.format.to_proto() as i32,
-            quality: u32::from(self.quality),
-            progressive: self.progressive,
-            lossless: self.lossless,
-            compression: u32::from(self.compression),
+            format: e.format.to_proto() as i32,
+            quality: u32::from(e.quality),
+            progressive: e.progressive,
+            lossless: e.lossless,
+            compression: u32::from(e.compression),
+            effort: (e.effort != DEFAULT_EFFORT).then_some(u32::from(e.effort)),
         }
     }
 
     fn params(&self) -> Vec<(&'static str, Value)> {
-        let mut params = vec![("format", Value::from(self.format.name()))];
-        if self.quality != DEFAULT_QUALITY {
-            params.push(("quality", Value::from(self.quality)));
+        let e = &self.encoding;
+        let mut params = vec![("format", Value::from(e.format.name()))];
+        if e.quality != DEFAULT_QUALITY {
+            params.push(("quality", Value::from(e.quality)));
         }
-        if self.progressive {
+        if e.progressive {
             params.push(("progressive", Value::from(true)));
         }
-        if self.lossless {
+        if e.lossless {
             params.push(("lossless", Value::from(true)));
         }
-        if self.compression != DEFAULT_COMPRESSION {
-            params.push(("compression", Value::from(self.compression)));
+        if e.compression != DEFAULT_COMPRESSION {
+            params.push(("compression", Value::from(e.compression)));
+        }
+        if e.effort != DEFAULT_EFFORT {
+            params.push(("effort", Value::from(e.effort)));
         }
         params
     }
@@ -255,7 +289,7 @@ mod tests {
                 ..Default::default()
             })
             .unwrap_err(),
-            "format must be one of jpeg, png, webp, gif, bmp, tiff, got 17"
+            "format must be one of jpeg, png, webp, gif, bmp, tiff, avif, got 17"
         );
     }
 }

@@ -634,8 +634,16 @@ mod tests {
                 "op 1 (format): quality must be between 1 and 100, got 101",
             ),
             (
-                r#"[{"op":"format","format":"avif"}]"#,
-                r#"op 1 (format): format must be one of jpeg, png, webp, gif, bmp, tiff, got "avif""#,
+                r#"[{"op":"format","format":"heic"}]"#,
+                r#"op 1 (format): format must be one of jpeg, png, webp, gif, bmp, tiff, avif, got "heic""#,
+            ),
+            (
+                r#"[{"op":"format","format":"avif","effort":10}]"#,
+                "op 1 (format): effort must be between 0 and 9, got 10",
+            ),
+            (
+                r#"[{"op":"format","format":"webp","effort":2}]"#,
+                "op 1 (format): effort applies to avif only, not webp",
             ),
             (r#"[{"op":"format"}]"#, "op 1 (format): format is required"),
             (

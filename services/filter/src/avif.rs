@@ -1,0 +1,612 @@
+//! AVIF in and out.
+//!
+//! Decoding: avif-parse reads the HEIF container (the primary item and its alpha item), rav1d
+//! (the Rust port of dav1d, with dav1d's assembly) decodes each AV1 item on the calling thread,
+//! and yuv converts the planes to RGB. This is what the avif-decode crate does; we call the
+//! three crates ourselves because avif-decode needs rustc 1.98 (we build with 1.95) and starts
+//! one decoder thread per core, where a filter already decodes one image per core. 10- and
+//! 12-bit images are rounded to 8 bits before the conversion: every bitmap is 8-bit.
+//!
+//! Not applied: an ICC profile in the container (avif-parse does not read `colr` boxes of that
+//! kind; the AV1 stream's own colour description is used) and the `irot`/`imir` rotation
+//! boxes. Grid (tiled) images and image sequences are refused by the parser with its reason.
+//!
+//! Encoding: ravif (rav1e), 8-bit 4:4:4 YCbCr, on the calling thread. `effort` 0..=9 maps to
+//! rav1e's speed 10..=1, so the default effort 4 is speed 6: `scripts/bench-compare` measured
+//! it against libvips' effort 4 (libaom) at quality 60 (BENCHMARKS.md, "Per format").
+
+// rav1d's public API is dav1d's C API, raw pointers and all; every unsafe block below says
+// why its call is sound.
+#![allow(unsafe_code)]
+
+use std::mem::MaybeUninit;
+use std::ptr::NonNull;
+
+use rav1d::Dav1dResult;
+use rav1d::include::dav1d::data::Dav1dData;
+use rav1d::include::dav1d::dav1d::{Dav1dContext, Dav1dLogger, Dav1dSettings};
+use rav1d::include::dav1d::headers::{
+    DAV1D_MC_BT470BG, DAV1D_MC_BT601, DAV1D_MC_BT709, DAV1D_MC_BT2020_CL, DAV1D_MC_BT2020_NCL,
+    DAV1D_MC_FCC, DAV1D_MC_IDENTITY, DAV1D_MC_SMPTE240, DAV1D_MC_UNKNOWN, DAV1D_PIXEL_LAYOUT_I400,
+    DAV1D_PIXEL_LAYOUT_I420, DAV1D_PIXEL_LAYOUT_I422, DAV1D_PIXEL_LAYOUT_I444,
+};
+use rav1d::include::dav1d::picture::Dav1dPicture;
+use rav1d::src::lib::{
+    dav1d_close, dav1d_data_create, dav1d_data_unref, dav1d_default_settings, dav1d_get_picture,
+    dav1d_open, dav1d_picture_unref, dav1d_send_data,
+};
+use yuv::{YuvPlanarImage, YuvRange, YuvStandardMatrix};
+
+use pixelmesh_pipeline::formats::{Encoding, MAX_EFFORT};
+use pixelmesh_pipeline::{Bitmap, FileFormat};
+
+use crate::codec::{DecodeError, Limits};
+
+/// The width and height an AVIF's primary item declares, read from its AV1 sequence header
+/// without decoding, and whether it has an alpha item; `None` if the container or the header
+/// does not read. Never panics: avif-parse asserts on some malformed boxes (found by
+/// tests/props.rs), so a panic is caught and counts as unreadable.
+pub(crate) fn dimensions(input: &[u8]) -> Option<(u32, u32, bool)> {
+    std::panic::catch_unwind(|| {
+        let avif = avif_parse::read_avif(&mut &input[..]).ok()?;
+        let meta = avif.primary_item_metadata().ok()?;
+        Some((
+            meta.max_frame_width.get(),
+            meta.max_frame_height.get(),
+            avif.alpha_item.is_some(),
+        ))
+    })
+    .ok()
+    .flatten()
+}
+
+/// Decodes `input` to an 8-bit RGB or RGBA bitmap within `limits`, and names the layout it
+/// was stored in (`yuv420p8`, `yuv444p10`…).
+pub(crate) fn decode(input: &[u8], limits: &Limits) -> Result<(Bitmap, String), DecodeError> {
+    let avif = avif_parse::read_avif(&mut &input[..]).map_err(|err| corrupt(err.to_string()))?;
+    let meta = avif
+        .primary_item_metadata()
+        .map_err(|err| corrupt(err.to_string()))?;
+    let (width, height) = (meta.max_frame_width.get(), meta.max_frame_height.get());
+    crate::codec::check_pixels(width, height, limits)?;
+    let mut decoder = Decoder::new(limits.max_pixels)?;
+    let colour = decoder.decode(&avif.primary_item)?;
+    let has_alpha = avif.alpha_item.is_some();
+    let mut image = colour.to_rgb(has_alpha)?;
+    let colour_type = colour.layout_name();
+    drop(colour);
+    if let Some(alpha) = &avif.alpha_item {
+        let alpha = decoder.decode(alpha)?;
+        alpha.write_alpha(&mut image, avif.premultiplied_alpha)?;
+    }
+    Ok((image, colour_type))
+}
+
+/// Encodes as AVIF at `encoding`'s quality and effort; alpha is kept.
+pub(crate) fn encode(image: &Bitmap, encoding: &Encoding) -> Result<Vec<u8>, String> {
+    use ravif::{BitDepth, Img, RGB8, RGBA8};
+    let speed = 10 - encoding.effort.min(MAX_EFFORT);
+    let encoder = ravif::Encoder::new()
+        .with_quality(f32::from(encoding.quality.clamp(1, 100)))
+        .with_alpha_quality(f32::from(encoding.quality.clamp(1, 100)))
+        .with_speed(speed)
+        // 8-bit, as libvips writes an 8-bit input: 10-bit took twice the time for 1 % less.
+        .with_bit_depth(BitDepth::Eight)
+        // The calling thread only: a filter encodes one image per core.
+        .with_num_threads(Some(1));
+    let (width, height) = (image.width() as usize, image.height() as usize);
+    let encoded = if image.has_alpha() {
+        let pixels: Vec<RGBA8> = image
+            .data()
+            .chunks_exact(4)
+            .map(|p| RGBA8::new(p[0], p[1], p[2], p[3]))
+            .collect();
+        encoder.encode_rgba(Img::new(&pixels[..], width, height))
+    } else {
+        let pixels: Vec<RGB8> = image
+            .data()
+            .chunks_exact(3)
+            .map(|p| RGB8::new(p[0], p[1], p[2]))
+            .collect();
+        encoder.encode_rgb(Img::new(&pixels[..], width, height))
+    };
+    encoded
+        .map(|encoded| encoded.avif_file)
+        .map_err(|err| err.to_string())
+}
+
+fn corrupt(reason: String) -> DecodeError {
+    DecodeError::Corrupt {
+        format: FileFormat::Avif,
+        reason,
+    }
+}
+
+fn unsupported(reason: &str) -> DecodeError {
+    DecodeError::Unsupported {
+        format: FileFormat::Avif,
+        reason: reason.into(),
+    }
+}
+
+/// One rav1d context, single-threaded, for the items of one file.
+struct Decoder {
+    context: Option<Dav1dContext>,
+}
+
+impl Decoder {
+    fn new(max_pixels: u64) -> Result<Decoder, DecodeError> {
+        let mut settings = MaybeUninit::<Dav1dSettings>::uninit();
+        // SAFETY: dav1d_default_settings writes a whole Dav1dSettings to the pointer.
+        let settings = unsafe {
+            dav1d_default_settings(NonNull::from(&mut settings).cast());
+            settings.assume_init_mut()
+        };
+        settings.n_threads = 1;
+        // A still image: one frame in, one out, nothing to pipeline.
+        settings.max_frame_delay = 1;
+        // Film grain is part of the picture, as libavif and libvips show it.
+        settings.apply_grain = 1;
+        // Only the highest spatial layer, the whole image.
+        settings.all_layers = 0;
+        // A frame bigger than the header said is refused by the decoder itself.
+        settings.frame_size_limit = u32::try_from(max_pixels).unwrap_or(u32::MAX);
+        // No printing to stderr: errors come back as results.
+        // SAFETY: without a callback there is nothing to call.
+        settings.logger = unsafe { Dav1dLogger::new(None, None) };
+        let mut context = None;
+        // SAFETY: both pointers are valid for the call; on success `context` holds a context
+        // that Drop closes.
+        let result = unsafe {
+            dav1d_open(
+                Some(NonNull::from(&mut context)),
+                Some(NonNull::from(settings)),
+            )
+        };
+        check(result, "the decoder would not start")?;
+        Ok(Decoder { context })
+    }
+
+    /// Decodes one AV1 item (one temporal unit) to its last picture.
+    fn decode(&mut self, item: &[u8]) -> Result<Picture, DecodeError> {
+        let context = self.context.ok_or_else(|| corrupt("no decoder".into()))?;
+        let mut data = Dav1dData::default();
+        // SAFETY: dav1d_data_create allocates `item.len()` bytes that `data` owns; they are
+        // filled before the decoder reads them, and `data` is unreferenced below whatever
+        // happens.
+        let buffer = unsafe { dav1d_data_create(Some(NonNull::from(&mut data)), item.len()) };
+        if buffer.is_null() {
+            return Err(corrupt("the AV1 item is empty or too large".into()));
+        }
+        // SAFETY: `buffer` holds `item.len()` writable bytes, apart from `item`.
+        unsafe { std::ptr::copy_nonoverlapping(item.as_ptr(), buffer, item.len()) };
+        let mut last: Option<Picture> = None;
+        let sent = loop {
+            // SAFETY: a live context and a valid data reference.
+            let result = unsafe { dav1d_send_data(Some(context), Some(NonNull::from(&mut data))) };
+            if result.0 == 0 {
+                break Ok(());
+            }
+            // The decoder holds a picture it wants taken before more data (a layered item).
+            match self.picture(context) {
+                Some(picture) => last = Some(picture),
+                None => break check(result, "the AV1 data does not decode"),
+            }
+        };
+        // SAFETY: `data` was created above; unref is a no-op once the decoder took it all.
+        unsafe { dav1d_data_unref(Some(NonNull::from(&mut data))) };
+        sent?;
+        while let Some(picture) = self.picture(context) {
+            last = Some(picture);
+        }
+        last.ok_or_else(|| corrupt("the AV1 item holds no picture".into()))
+    }
+
+    fn picture(&self, context: Dav1dContext) -> Option<Picture> {
+        let mut picture = Dav1dPicture::default();
+        // SAFETY: a live context and an empty picture to fill.
+        let result = unsafe { dav1d_get_picture(Some(context), Some(NonNull::from(&mut picture))) };
+        if result.0 == 0 {
+            Some(Picture(picture))
+        } else {
+            // SAFETY: unref of an empty picture is allowed and does nothing.
+            unsafe { dav1d_picture_unref(Some(NonNull::from(&mut picture))) };
+            None
+        }
+    }
+}
+
+impl Drop for Decoder {
+    fn drop(&mut self) {
+        // SAFETY: the context came from dav1d_open (or is None, which close ignores).
+        unsafe { dav1d_close(Some(NonNull::from(&mut self.context))) };
+    }
+}
+
+fn check(result: Dav1dResult, what: &str) -> Result<(), DecodeError> {
+    if result.0 == 0 {
+        Ok(())
+    } else {
+        Err(corrupt(format!(
+            "{what} (error {})",
+            result.0.unsigned_abs()
+        )))
+    }
+}
+
+/// A decoded picture, released on drop.
+struct Picture(Dav1dPicture);
+
+impl Drop for Picture {
+    fn drop(&mut self) {
+        // SAFETY: a picture that dav1d_get_picture filled, released once.
+        unsafe { dav1d_picture_unref(Some(NonNull::from(&mut self.0))) };
+    }
+}
+
+/// Chroma subsampling, horizontal and vertical, as shifts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    Mono,
+    Yuv420,
+    Yuv422,
+    Yuv444,
+}
+
+impl Picture {
+    fn size(&self) -> (usize, usize) {
+        (
+            usize::try_from(self.0.p.w).unwrap_or(0),
+            usize::try_from(self.0.p.h).unwrap_or(0),
+        )
+    }
+
+    fn depth(&self) -> u32 {
+        u32::try_from(self.0.p.bpc).unwrap_or(0)
+    }
+
+    fn layout(&self) -> Result<Layout, DecodeError> {
+        Ok(match self.0.p.layout {
+            DAV1D_PIXEL_LAYOUT_I400 => Layout::Mono,
+            DAV1D_PIXEL_LAYOUT_I420 => Layout::Yuv420,
+            DAV1D_PIXEL_LAYOUT_I422 => Layout::Yuv422,
+            DAV1D_PIXEL_LAYOUT_I444 => Layout::Yuv444,
+            _ => return Err(unsupported("an unknown pixel layout")),
+        })
+    }
+
+    fn layout_name(&self) -> String {
+        let layout = match self.layout() {
+            Ok(Layout::Mono) => "yuv400",
+            Ok(Layout::Yuv420) => "yuv420",
+            Ok(Layout::Yuv422) => "yuv422",
+            _ => "yuv444",
+        };
+        format!("{layout}p{}", self.depth())
+    }
+
+    fn full_range(&self) -> bool {
+        // SAFETY: the sequence header lives as long as the picture that refers to it.
+        self.0
+            .seq_hdr
+            .is_some_and(|header| unsafe { header.as_ref() }.color_range != 0)
+    }
+
+    /// The matrix the YUV planes were made with; `None` for identity (planes are G, B, R).
+    fn matrix(&self) -> Result<Option<YuvStandardMatrix>, DecodeError> {
+        // SAFETY: as in `full_range`.
+        let mc = self
+            .0
+            .seq_hdr
+            .map_or(DAV1D_MC_UNKNOWN, |header| unsafe { header.as_ref() }.mtrx);
+        Ok(Some(match mc {
+            DAV1D_MC_IDENTITY => return Ok(None),
+            DAV1D_MC_BT709 => YuvStandardMatrix::Bt709,
+            // BT.470 B/G is BT.601's matrix (ITU-T H.273, table 4); unknown is taken as 601,
+            // as libavif does.
+            DAV1D_MC_BT470BG | DAV1D_MC_BT601 | DAV1D_MC_UNKNOWN => YuvStandardMatrix::Bt601,
+            DAV1D_MC_FCC => YuvStandardMatrix::Fcc,
+            DAV1D_MC_SMPTE240 => YuvStandardMatrix::Smpte240,
+            DAV1D_MC_BT2020_NCL | DAV1D_MC_BT2020_CL => YuvStandardMatrix::Bt2020,
+            _ => {
+                return Err(unsupported(
+                    "a colour matrix other than BT.601, 709 or 2020",
+                ));
+            }
+        }))
+    }
+
+    /// Plane `index` (0 = Y, 1 = U, 2 = V) as 8-bit samples, with its width and stride in
+    /// samples: borrowed at 8 bits, rounded down from 10 or 12 into `scratch` otherwise.
+    fn plane<'a>(
+        &'a self,
+        index: usize,
+        scratch: &'a mut Vec<u8>,
+    ) -> Result<(&'a [u8], usize, usize, usize), DecodeError> {
+        let (width, height) = self.size();
+        let (shift_x, shift_y) = match (index, self.layout()?) {
+            (0, _) | (_, Layout::Yuv444) => (0, 0),
+            (_, Layout::Yuv420) => (1, 1),
+            (_, Layout::Yuv422) => (1, 0),
+            (_, Layout::Mono) => return Err(corrupt("a grey picture has no chroma".into())),
+        };
+        let (width, height) = ((width + shift_x) >> shift_x, (height + shift_y) >> shift_y);
+        let bytes = if self.depth() > 8 { 2 } else { 1 };
+        let stride = usize::try_from(self.0.stride[usize::from(index > 0)]).unwrap_or(0);
+        let data = self.0.data[index]
+            .filter(|_| width > 0 && height > 0 && stride >= width * bytes)
+            .ok_or_else(|| corrupt("the decoder returned no pixels".into()))?;
+        // SAFETY: rav1d allocates `stride` bytes for each of the plane's `height` rows, and
+        // the picture (so the plane) lives as long as `self`.
+        let raw = unsafe {
+            std::slice::from_raw_parts(
+                data.as_ptr().cast::<u8>(),
+                stride * (height - 1) + width * bytes,
+            )
+        };
+        if bytes == 1 {
+            return Ok((raw, width, height, stride));
+        }
+        // Samples are native-endian u16s; rounded to 8 bits, packed without padding.
+        let shift = self.depth() - 8;
+        let max = 255u32;
+        scratch.clear();
+        scratch.reserve_exact(width * height);
+        for row in 0..height {
+            let line = &raw[row * stride..row * stride + width * 2];
+            scratch.extend(line.chunks_exact(2).map(|sample| {
+                let value = u32::from(u16::from_ne_bytes([sample[0], sample[1]]));
+                ((value + (1 << (shift - 1))) >> shift).min(max) as u8
+            }));
+        }
+        Ok((scratch.as_slice(), width, height, width))
+    }
+
+    /// The picture as RGB, or RGBA with alpha opaque until `write_alpha` fills it.
+    fn to_rgb(&self, alpha: bool) -> Result<Bitmap, DecodeError> {
+        let (width, height) = self.size();
+        let channels = if alpha { 4 } else { 3 };
+        let mut out = vec![u8::MAX; width * height * channels];
+        let range = if self.full_range() {
+            YuvRange::Full
+        } else {
+            YuvRange::Limited
+        };
+        let stride = (width * channels) as u32;
+        let mut scratch = [Vec::new(), Vec::new(), Vec::new()];
+        let [s0, s1, s2] = &mut scratch;
+        let layout = self.layout()?;
+        if layout == Layout::Mono {
+            let (y, w, h, y_stride) = self.plane(0, s0)?;
+            for row in 0..h {
+                let line = &y[row * y_stride..row * y_stride + w];
+                let pixels = &mut out[row * width * channels..][..w * channels];
+                for (pixel, &luma) in pixels.chunks_exact_mut(channels).zip(line) {
+                    let grey = expand_luma(luma, range);
+                    pixel[..3].fill(grey);
+                }
+            }
+        } else {
+            let (y, w, h, y_stride) = self.plane(0, s0)?;
+            let (u, _, _, u_stride) = self.plane(1, s1)?;
+            let (v, _, _, v_stride) = self.plane(2, s2)?;
+            let planar = YuvPlanarImage {
+                y_plane: y,
+                y_stride: y_stride as u32,
+                u_plane: u,
+                u_stride: u_stride as u32,
+                v_plane: v,
+                v_stride: v_stride as u32,
+                width: w as u32,
+                height: h as u32,
+            };
+            let result = match (self.matrix()?, layout, alpha) {
+                (None, Layout::Yuv444, false) => yuv::gbr_to_rgb(&planar, &mut out, stride, range),
+                (None, Layout::Yuv444, true) => yuv::gbr_to_rgba(&planar, &mut out, stride, range),
+                (None, _, _) => {
+                    return Err(unsupported("the identity matrix with subsampled chroma"));
+                }
+                (Some(m), Layout::Yuv420, false) => {
+                    yuv::yuv420_to_rgb(&planar, &mut out, stride, range, m)
+                }
+                (Some(m), Layout::Yuv420, true) => {
+                    yuv::yuv420_to_rgba(&planar, &mut out, stride, range, m)
+                }
+                (Some(m), Layout::Yuv422, false) => {
+                    yuv::yuv422_to_rgb(&planar, &mut out, stride, range, m)
+                }
+                (Some(m), Layout::Yuv422, true) => {
+                    yuv::yuv422_to_rgba(&planar, &mut out, stride, range, m)
+                }
+                (Some(m), _, false) => yuv::yuv444_to_rgb(&planar, &mut out, stride, range, m),
+                (Some(m), _, true) => yuv::yuv444_to_rgba(&planar, &mut out, stride, range, m),
+            };
+            result.map_err(|err| corrupt(format!("YUV to RGB: {err}")))?;
+        }
+        Bitmap::new(width as u32, height as u32, alpha, out)
+            .ok_or_else(|| corrupt("the picture's size does not match its pixels".into()))
+    }
+
+    /// Fills `image`'s alpha from this picture's luma (the alpha item), un-premultiplying the
+    /// colour when the file says it was premultiplied.
+    fn write_alpha(&self, image: &mut Bitmap, premultiplied: bool) -> Result<(), DecodeError> {
+        let (width, height) = self.size();
+        if (width, height) != (image.width() as usize, image.height() as usize) {
+            return Err(corrupt(format!(
+                "the alpha item is {width}x{height}, the image {}x{}",
+                image.width(),
+                image.height()
+            )));
+        }
+        let range = if self.full_range() {
+            YuvRange::Full
+        } else {
+            YuvRange::Limited
+        };
+        let mut scratch = Vec::new();
+        let (alpha, w, h, stride) = self.plane(0, &mut scratch)?;
+        let data = image.data_mut();
+        for row in 0..h {
+            let line = &alpha[row * stride..row * stride + w];
+            let pixels = &mut data[row * width * 4..][..w * 4];
+            for (pixel, &a) in pixels.chunks_exact_mut(4).zip(line) {
+                let a = expand_luma(a, range);
+                pixel[3] = a;
+                if premultiplied && a != 0 && a != u8::MAX {
+                    for c in &mut pixel[..3] {
+                        *c = ((u16::from(*c) * 255 + u16::from(a) / 2) / u16::from(a)).min(255)
+                            as u8;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An 8-bit luma sample on the full 0..=255 scale: limited range spans 16..=235.
+fn expand_luma(value: u8, range: YuvRange) -> u8 {
+    match range {
+        YuvRange::Full => value,
+        YuvRange::Limited => {
+            let v = u32::from(value.clamp(16, 235) - 16);
+            ((v * 255 + 109) / 219) as u8
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::tests::{mean_abs_diff, smooth};
+    use crate::codec::{self, Decoded};
+
+    /// AVIFs that libvips 8.18 (libheif, libaom) made from the corpus's kite photo, each beside
+    /// libvips' own decode of it as PNG; tests/data/SOURCES.md says how.
+    fn fixture(name: &str) -> (Vec<u8>, Bitmap) {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
+        let avif = std::fs::read(format!("{dir}/{name}.avif")).unwrap();
+        let png = std::fs::read(format!("{dir}/{name}.png")).unwrap();
+        (avif, codec::decode(&png, &Limits::default()).unwrap().image)
+    }
+
+    fn decode(input: &[u8]) -> Result<Decoded, DecodeError> {
+        codec::decode(input, &Limits::default())
+    }
+
+    fn with_alpha(image: &Bitmap) -> Bitmap {
+        let (width, height) = (image.width(), image.height());
+        let data = image
+            .data()
+            .chunks_exact(3)
+            .enumerate()
+            .flat_map(|(i, p)| [p[0], p[1], p[2], (i as u32 % width * 255 / width) as u8])
+            .collect();
+        Bitmap::new(width, height, true, data).unwrap()
+    }
+
+    #[test]
+    fn libvips_avifs_decode_as_libvips_decodes_them() {
+        for (name, colour_type, alpha) in [
+            ("kite-rgba-320x200", "yuv420p8", true),
+            ("kite-320x200-444", "yuv444p8", false),
+            ("kite-320x200-10bit", "yuv420p10", false),
+        ] {
+            let (avif, expected) = fixture(name);
+            assert_eq!(codec::detect_format(&avif), Some(FileFormat::Avif));
+            let probe = codec::probe(&avif).unwrap();
+            assert_eq!((probe.width, probe.height, probe.alpha), (320, 200, alpha));
+            let decoded = decode(&avif).unwrap();
+            assert_eq!(decoded.format, FileFormat::Avif);
+            assert_eq!(decoded.colour_type, colour_type, "{name}");
+            assert_eq!(decoded.image.has_alpha(), alpha, "{name}");
+            let diff = mean_abs_diff(&decoded.image, &expected);
+            assert!(diff < 1.0, "{name}: mean difference {diff} from libvips");
+        }
+    }
+
+    #[test]
+    fn encoded_avifs_decode_close_to_the_original_with_their_alpha() {
+        let image = smooth(96, 64);
+        for image in [image.clone(), with_alpha(&image)] {
+            let encoding = Encoding {
+                quality: 90,
+                ..Encoding::new(FileFormat::Avif)
+            };
+            let avif = codec::encode_with(&image, &encoding).unwrap();
+            assert_eq!(codec::detect_format(&avif), Some(FileFormat::Avif));
+            let decoded = decode(&avif).unwrap();
+            assert_eq!(decoded.image.has_alpha(), image.has_alpha());
+            let diff = mean_abs_diff(&decoded.image, &image);
+            assert!(diff < 2.0, "mean difference {diff}");
+        }
+    }
+
+    #[test]
+    fn quality_and_effort_change_the_file() {
+        let image = smooth(64, 48);
+        let size = |quality, effort| {
+            let encoding = Encoding {
+                quality,
+                effort,
+                ..Encoding::new(FileFormat::Avif)
+            };
+            codec::encode_with(&image, &encoding).unwrap().len()
+        };
+        assert!(size(30, 4) < size(95, 4));
+        assert!(size(60, 9) <= size(60, 0));
+    }
+
+    #[test]
+    fn broken_avifs_fail_with_a_reason_naming_avif() {
+        let (avif, _) = fixture("kite-320x200-444");
+        for (bytes, what) in [
+            (&avif[..avif.len() / 2], "truncated"),
+            (&avif[..40], "header only"),
+        ] {
+            let err = decode(bytes).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    DecodeError::Corrupt {
+                        format: FileFormat::Avif,
+                        ..
+                    }
+                ),
+                "{what}: {err:?}"
+            );
+            assert!(
+                err.to_string().starts_with("avif image is corrupt"),
+                "{err}"
+            );
+        }
+        // The container is whole but its AV1 data is scrambled: an entropy decoder reads
+        // garbage as some picture or refuses it; either way the image's size holds and
+        // nothing panics.
+        let mut scrambled = avif.clone();
+        let len = scrambled.len();
+        for byte in &mut scrambled[len - 2000..] {
+            *byte = byte.wrapping_mul(31).wrapping_add(7);
+        }
+        if let Ok(decoded) = decode(&scrambled) {
+            assert_eq!(decoded.image.width(), 320);
+        }
+    }
+
+    #[test]
+    fn over_the_pixel_limit_is_refused_from_the_header() {
+        let (avif, _) = fixture("kite-320x200-444");
+        let limits = Limits {
+            max_pixels: 320 * 200 - 1,
+            ..Limits::default()
+        };
+        assert!(matches!(
+            codec::decode(&avif, &limits),
+            Err(DecodeError::TooManyPixels {
+                width: 320,
+                height: 200,
+                ..
+            })
+        ));
+    }
+}
