@@ -285,16 +285,23 @@ impl Picture {
         format!("{layout}p{}", self.depth())
     }
 
-    fn full_range(&self) -> bool {
+    /// Full (0..=255) or limited (16..=235) range, from the sequence header.
+    fn range(&self) -> YuvRange {
         // SAFETY: the sequence header lives as long as the picture that refers to it.
-        self.0
+        let full = self
+            .0
             .seq_hdr
-            .is_some_and(|header| unsafe { header.as_ref() }.color_range != 0)
+            .is_some_and(|header| unsafe { header.as_ref() }.color_range != 0);
+        if full {
+            YuvRange::Full
+        } else {
+            YuvRange::Limited
+        }
     }
 
     /// The matrix the YUV planes were made with; `None` for identity (planes are G, B, R).
     fn matrix(&self) -> Result<Option<YuvStandardMatrix>, DecodeError> {
-        // SAFETY: as in `full_range`.
+        // SAFETY: as in `range`.
         let mc = self
             .0
             .seq_hdr
@@ -367,11 +374,7 @@ impl Picture {
         let (width, height) = self.size();
         let channels = if alpha { 4 } else { 3 };
         let mut out = vec![u8::MAX; width * height * channels];
-        let range = if self.full_range() {
-            YuvRange::Full
-        } else {
-            YuvRange::Limited
-        };
+        let range = self.range();
         let stride = (width * channels) as u32;
         let mut scratch = [Vec::new(), Vec::new(), Vec::new()];
         let [s0, s1, s2] = &mut scratch;
@@ -438,11 +441,7 @@ impl Picture {
                 image.height()
             )));
         }
-        let range = if self.full_range() {
-            YuvRange::Full
-        } else {
-            YuvRange::Limited
-        };
+        let range = self.range();
         let mut scratch = Vec::new();
         let (alpha, w, h, stride) = self.plane(0, &mut scratch)?;
         let data = image.data_mut();
