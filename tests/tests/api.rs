@@ -321,6 +321,89 @@ async fn avif_in_and_out_through_the_mesh() {
     }
 }
 
+/// Metadata on request through the mesh: a camera JPEG with EXIF and XMP keeps both with
+/// `strip=false`, and nothing without it; a CMYK JPEG with its profile comes out in sRGB.
+#[tokio::test(flavor = "multi_thread")]
+async fn metadata_kept_on_request_and_cmyk_converted_through_the_mesh() {
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    let http = reqwest::Client::new();
+    let base = cluster.http_url();
+    let camera = corpus::read("kite-2560x1600.jpg");
+    let original = pixelmesh_filter::codec::decode(&camera, &Default::default()).expect("kite");
+    assert!(
+        !original.exif.is_empty() && !original.xmp.is_empty(),
+        "the corpus kite has both"
+    );
+    let cmyk = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../services/filter/tests/data/kite-cmyk-320x200.jpg"
+    ))
+    .expect("fixture");
+    let reference = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../services/filter/tests/data/kite-cmyk-320x200.png"
+    ))
+    .expect("fixture");
+    let reference = pixelmesh_filter::codec::decode(&reference, &Default::default())
+        .expect("png")
+        .image;
+    let mean_rgb = |image: &pixelmesh_filter::ops::Bitmap| {
+        let pixels = image.data().chunks_exact(3);
+        let n = pixels.len() as f64;
+        let mut sum = [0.0; 3];
+        for pixel in pixels {
+            for (s, &c) in sum.iter_mut().zip(pixel) {
+                *s += f64::from(c);
+            }
+        }
+        sum.map(|s| s / n)
+    };
+    let mut client = cluster.gateway_client().await;
+    for (pipeline, kept) in [
+        ("resize:w=160/format:jpeg,strip=false", true),
+        ("resize:w=160/format:jpeg", false),
+    ] {
+        let form = reqwest::multipart::Form::new()
+            .text("pipeline", pipeline)
+            .part(
+                "file",
+                reqwest::multipart::Part::bytes(camera.clone()).file_name("kite.jpg"),
+            )
+            .part(
+                "file",
+                reqwest::multipart::Part::bytes(cmyk.clone()).file_name("cmyk.jpg"),
+            );
+        let id = rest::accepted(rest::post_job(&http, &base, form).await).await;
+        let (_, job) = api::watch_to_end(&mut client, &id, JOB_TIMEOUT).await;
+        assert_eq!(job.summary.expect("summary").state(), JobState::Completed);
+        let output = |index| {
+            let url = format!("{base}/api/v1/jobs/{id}/outputs/{index}");
+            let http = http.clone();
+            async move {
+                let bytes = http.get(url).send().await.expect("download");
+                let bytes = bytes.bytes().await.expect("body");
+                pixelmesh_filter::codec::decode(&bytes, &Default::default()).expect("a JPEG")
+            }
+        };
+        let photo = output(0).await;
+        assert_eq!(photo.xmp == original.xmp, kept, "{pipeline}: xmp");
+        assert_eq!(!photo.exif.is_empty(), kept, "{pipeline}: exif");
+        // Its mean colour is libvips' conversion's, through the profile.
+        let converted = output(1).await;
+        assert_eq!(converted.image.width(), 160);
+        let (ours, theirs) = (mean_rgb(&converted.image), mean_rgb(&reference));
+        let off = ours
+            .iter()
+            .zip(theirs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            off < 2.0,
+            "{pipeline}: mean colour {ours:?}, libvips {theirs:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn grpcurl_lists_describes_submits_and_watches() {
     let mut cluster = Cluster::start(ClusterOptions::default()).await;

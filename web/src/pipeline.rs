@@ -118,10 +118,11 @@ fn param_value(param: &Param, raw: &str) -> Result<Option<Value>, String> {
             }
             Value::from(raw)
         }
-        Kind::Bool => match raw {
-            "true" => Value::from(true),
-            _ => return Ok(None),
-        },
+        // Sent only when it differs from the default: `strip` starts checked.
+        Kind::Bool if raw == param.default || (raw != "true" && param.default.is_empty()) => {
+            return Ok(None);
+        }
+        Kind::Bool => Value::from(raw == "true"),
         Kind::Colour => {
             let hex = raw.strip_prefix('#').unwrap_or("");
             if !matches!(hex.len(), 6 | 8) || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -337,6 +338,15 @@ mod tests {
             b.to_json().unwrap()[2],
             json!({"op": "format", "format": "png", "compression": 6})
         );
+        // A flag that starts checked (strip) is sent when unchecked, and only then.
+        b.set(format, "strip", "false".into());
+        b.set(format, "keep_icc", "true".into());
+        assert_eq!(
+            b.to_json().unwrap()[2],
+            json!({"op": "format", "format": "png", "compression": 6, "strip": false, "keep_icc": true})
+        );
+        b.set(format, "strip", "true".into());
+        assert!(b.to_json().unwrap()[2].get("strip").is_none());
     }
 
     #[test]

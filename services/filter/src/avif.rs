@@ -82,11 +82,12 @@ pub(crate) fn decode(input: &[u8], limits: &Limits) -> Result<(Bitmap, String), 
     Ok((image, colour_type))
 }
 
-/// Encodes as AVIF at `encoding`'s quality and effort; alpha is kept.
-pub(crate) fn encode(image: &Bitmap, encoding: &Encoding) -> Result<Vec<u8>, String> {
+/// Encodes as AVIF at `encoding`'s quality and effort; alpha is kept, and `exif` (when not
+/// empty) stored as the image's Exif item.
+pub(crate) fn encode(image: &Bitmap, encoding: &Encoding, exif: &[u8]) -> Result<Vec<u8>, String> {
     use ravif::{BitDepth, Img, RGB8, RGBA8};
     let speed = 10 - encoding.effort.min(MAX_EFFORT);
-    let encoder = ravif::Encoder::new()
+    let mut encoder = ravif::Encoder::new()
         .with_quality(f32::from(encoding.quality.clamp(1, 100)))
         .with_alpha_quality(f32::from(encoding.quality.clamp(1, 100)))
         .with_speed(speed)
@@ -94,6 +95,9 @@ pub(crate) fn encode(image: &Bitmap, encoding: &Encoding) -> Result<Vec<u8>, Str
         .with_bit_depth(BitDepth::Eight)
         // The calling thread only: a filter encodes one image per core.
         .with_num_threads(Some(1));
+    if !exif.is_empty() {
+        encoder = encoder.with_exif(exif);
+    }
     let (width, height) = (image.width() as usize, image.height() as usize);
     let encoded = if image.has_alpha() {
         let pixels: Vec<RGBA8> = image
@@ -483,9 +487,8 @@ mod tests {
     /// AVIFs that libvips 8.18 (libheif, libaom) made from the corpus's kite photo, each beside
     /// libvips' own decode of it as PNG; tests/data/SOURCES.md says how.
     fn fixture(name: &str) -> (Vec<u8>, Bitmap) {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
-        let avif = std::fs::read(format!("{dir}/{name}.avif")).unwrap();
-        let png = std::fs::read(format!("{dir}/{name}.png")).unwrap();
+        let avif = codec::tests::test_data(&format!("{name}.avif"));
+        let png = codec::tests::test_data(&format!("{name}.png"));
         (avif, codec::decode(&png, &Limits::default()).unwrap().image)
     }
 

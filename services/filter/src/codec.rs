@@ -10,13 +10,16 @@
 //! nasm, and also builds for the static musl image): 20-30 % faster than image's zune-jpeg
 //! here, and it can scale the inverse DCT, so [`decode_shrunk`] reads a JPEG at 1/2, 1/4 or 1/8
 //! of its size ("shrink-on-load"; 1/8 saves about 30 % of a full decode, since reading the
-//! entropy-coded data, which every scale must do, is most of the work). CMYK JPEGs, which
-//! libjpeg-turbo cannot convert to RGB, and the other formats go through image.
+//! entropy-coded data, which every scale must do, is most of the work). A CMYK JPEG with its
+//! CMYK profile is read as CMYK and converted through the profile ([`colour::cmyk_to_srgb`]);
+//! one without a profile, which libjpeg-turbo cannot convert to RGB, and the other formats go
+//! through image.
 //!
 //! Encoding uses libjpeg-turbo for baseline JPEG too (four times faster than jpeg-encoder here),
 //! jpeg-encoder for progressive JPEG (faster there than libjpeg-turbo's two-pass progressive),
 //! and image's encoders for the rest (WebP: lossless). Nothing of the input's metadata (EXIF,
-//! XMP, ICC, comments) is copied to the output.
+//! XMP, ICC, comments) is copied to the output unless the encoding keeps it
+//! ([`encode_carrying`], [`crate::metadata`]).
 
 use std::io::Cursor;
 use std::panic::{self, AssertUnwindSafe};
@@ -34,6 +37,7 @@ pub use pixelmesh_pipeline::formats::Encoding;
 use pixelmesh_pipeline::formats::{PngSpeed, jpeg_shrink};
 use pixelmesh_pipeline::{Bitmap, FileFormat};
 
+use crate::metadata::{self, Outgoing, XMP_APP1};
 use crate::{avif, colour};
 
 // mozjpeg reports a corrupt JPEG by unwinding out of libjpeg, and `catch_unwind` turns that
@@ -114,9 +118,54 @@ pub struct Decoded {
     pub colour_type: String,
     /// The EXIF block (its TIFF structure, without JPEG's `Exif\0\0` prefix); empty if none.
     pub exif: Vec<u8>,
-    /// What was done with the embedded ICC profile (see [`colour::to_srgb`]); `None` without
+    /// The XMP packet; empty if none (or in an AVIF, whose metadata items are not read).
+    pub xmp: Vec<u8>,
+    /// The embedded ICC profile, when it was left unapplied for the output to embed (see
+    /// [`DecodeOptions::keep_icc`]).
+    pub icc: Option<Vec<u8>>,
+    /// What was done with the embedded ICC profile (see [`colour::manage`]); `None` without
     /// one.
     pub colour_profile: Option<colour::Applied>,
+}
+
+impl Decoded {
+    /// What of the input's metadata an output may carry.
+    pub fn metadata(&self) -> InputMetadata {
+        InputMetadata {
+            exif: self.exif.clone(),
+            xmp: self.xmp.clone(),
+            icc: self.icc.clone(),
+        }
+    }
+}
+
+/// The input's metadata, for an output whose encoding keeps some (see [`encode_carrying`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InputMetadata {
+    /// The EXIF block, without JPEG's `Exif\0\0` prefix.
+    pub exif: Vec<u8>,
+    pub xmp: Vec<u8>,
+    /// The ICC profile the pixels are in; `None` when they are sRGB.
+    pub icc: Option<Vec<u8>>,
+}
+
+/// How to decode, beyond the limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeOptions {
+    /// A JPEG may be shrunk on load to no less than this (see [`decode_shrunk`]).
+    pub min_size: (u32, u32),
+    /// Leave an embedded RGB profile unapplied and return it in [`Decoded::icc`], for an
+    /// output that embeds it (see `Encoding::embeds_icc`).
+    pub keep_icc: bool,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        DecodeOptions {
+            min_size: (u32::MAX, u32::MAX),
+            keep_icc: false,
+        }
+    }
 }
 
 /// The format the bytes are in, from their signature; `None` if not one we read.
@@ -142,8 +191,8 @@ pub struct Probe {
     pub width: u32,
     pub height: u32,
     /// Bytes per pixel of the buffer the decoder fills, at the stored depth: 3 for a JPEG
-    /// (libjpeg-turbo writes RGB, grey ones too), 8 for a 16-bit RGBA PNG, 4 for a palette PNG
-    /// (expanded to RGBA).
+    /// (libjpeg-turbo writes RGB, grey ones too; 4 for CMYK), 8 for a 16-bit RGBA PNG, 4 for a
+    /// palette PNG (expanded to RGBA).
     pub bytes_per_pixel: u32,
     /// Whether the layout has alpha. Decoding drops an alpha channel that is opaque everywhere,
     /// which the header cannot tell.
@@ -190,14 +239,13 @@ pub fn probe(input: &[u8]) -> Option<Probe> {
                 decoder_bytes: 0,
             });
         }
-        // CMYK JPEGs go through image's decoder, as in `decode_shrunk`.
         probe_as(input, format)
     }))
     .ok()
     .flatten()
 }
 
-/// [`probe`] through libjpeg-turbo; `None` for CMYK and YCCK, which it does not decode.
+/// [`probe`] through libjpeg-turbo.
 fn probe_jpeg(input: &[u8]) -> Option<Probe> {
     use mozjpeg::{ColorSpace, Decompress, Marker};
     const MARKERS: &[Marker] = &[Marker::APP(1)];
@@ -205,12 +253,11 @@ fn probe_jpeg(input: &[u8]) -> Option<Probe> {
         panic::catch_unwind(|| Decompress::builder().with_markers(MARKERS).from_mem(input))
             .ok()?
             .ok()?;
-    if matches!(
-        decoder.color_space(),
-        ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK
-    ) {
-        return None;
-    }
+    // A CMYK JPEG's buffer holds four samples a pixel, converted to RGB after.
+    let bytes_per_pixel = match decoder.color_space() {
+        ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK => 4,
+        _ => 3,
+    };
     let (width, height) = (
         u32::try_from(decoder.width()).ok()?,
         u32::try_from(decoder.height()).ok()?,
@@ -255,7 +302,7 @@ fn probe_jpeg(input: &[u8]) -> Option<Probe> {
         format: FileFormat::Jpeg,
         width,
         height,
-        bytes_per_pixel: 3,
+        bytes_per_pixel,
         alpha: false,
         decoder_bytes,
     })
@@ -344,6 +391,22 @@ pub fn decode_shrunk(
     limits: &Limits,
     min_size: (u32, u32),
 ) -> Result<Decoded, DecodeError> {
+    decode_with(
+        input,
+        limits,
+        &DecodeOptions {
+            min_size,
+            keep_icc: false,
+        },
+    )
+}
+
+/// [`decode_shrunk`], with the ICC profile kept unapplied when `options` says so.
+pub fn decode_with(
+    input: &[u8],
+    limits: &Limits,
+    options: &DecodeOptions,
+) -> Result<Decoded, DecodeError> {
     let bytes = input.len() as u64;
     if bytes > limits.max_input_bytes {
         return Err(DecodeError::InputTooLarge {
@@ -363,17 +426,19 @@ pub fn decode_shrunk(
                 format,
                 colour_type,
                 exif: Vec::new(),
+                xmp: Vec::new(),
+                icc: None,
                 colour_profile: None,
             });
         }
         if format != FileFormat::Jpeg {
-            return decode_as(input, format, limits);
+            return decode_as(input, format, limits, options.keep_icc);
         }
-        match decode_jpeg(input, limits, min_size)? {
+        match decode_jpeg(input, limits, options)? {
             Some(decoded) => Ok(decoded),
             None => {
                 // The fallback decoder names the colour type it converted to, not the file's.
-                let mut decoded = decode_as(input, format, limits)?;
+                let mut decoded = decode_as(input, format, limits, options.keep_icc)?;
                 decoded.colour_type = "cmyk8".into();
                 Ok(decoded)
             }
@@ -385,12 +450,13 @@ pub fn decode_shrunk(
     })?
 }
 
-/// Decodes a JPEG with libjpeg-turbo, shrunk on load as [`decode_shrunk`] says; `None` for a
-/// CMYK or YCCK JPEG, which libjpeg-turbo cannot turn into RGB.
+/// Decodes a JPEG with libjpeg-turbo, shrunk on load as [`decode_shrunk`] says. A CMYK or
+/// YCCK JPEG with a CMYK profile is converted to sRGB through it; `None` for one without,
+/// which image's decoder then converts by formula.
 fn decode_jpeg(
     input: &[u8],
     limits: &Limits,
-    min_size: (u32, u32),
+    options: &DecodeOptions,
 ) -> Result<Option<Decoded>, DecodeError> {
     use mozjpeg::{ColorSpace, Decompress, Marker};
     let format = FileFormat::Jpeg;
@@ -419,8 +485,9 @@ fn decode_jpeg(
         format,
         reason: reason(&err),
     };
-    // APP1 holds the EXIF block with the orientation, APP2 the ICC profile.
-    const MARKERS: &[Marker] = &[Marker::APP(1), Marker::APP(2)];
+    // APP1 holds the EXIF block with the orientation and the XMP packet, APP2 the ICC
+    // profile, APP14 Adobe's marker, which says a CMYK image's samples are inverted.
+    const MARKERS: &[Marker] = &[Marker::APP(1), Marker::APP(2), Marker::APP(14)];
     // Reading the header allocates only per-component tables, never pixels.
     let mut decoder =
         panic::catch_unwind(|| Decompress::builder().with_markers(MARKERS).from_mem(input))
@@ -437,22 +504,37 @@ fn decode_jpeg(
         // store a half-grey result as if it were done.
         return Err(truncated_jpeg());
     }
-    let colour_type = match decoder.color_space() {
-        ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK => return Ok(None),
-        ColorSpace::JCS_GRAYSCALE => "l8",
-        _ => "rgb8",
+    let app1 = |prefix: &[u8]| {
+        decoder
+            .markers()
+            .filter(|marker| marker.marker == Marker::APP(1))
+            .find_map(|marker| marker.data.strip_prefix(prefix))
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default()
     };
-    let exif = decoder
-        .markers()
-        .filter(|marker| marker.marker == Marker::APP(1))
-        .find_map(|marker| marker.data.strip_prefix(b"Exif\0\0"))
-        .map(<[u8]>::to_vec)
-        .unwrap_or_default();
+    let exif = app1(b"Exif\0\0");
+    let xmp = app1(XMP_APP1);
     let icc = jpeg_icc_profile(
         decoder
             .markers()
             .filter_map(|marker| (marker.marker == Marker::APP(2)).then_some(marker.data)),
     );
+    let cmyk = matches!(
+        decoder.color_space(),
+        ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK
+    );
+    let colour_type = match decoder.color_space() {
+        _ if cmyk => "cmyk8",
+        ColorSpace::JCS_GRAYSCALE => "l8",
+        _ => "rgb8",
+    };
+    let adobe = decoder
+        .markers()
+        .any(|marker| marker.marker == Marker::APP(14) && marker.data.starts_with(b"Adobe"));
+    // Without a CMYK profile, a CMYK JPEG goes to image's decoder, which converts by formula.
+    if cmyk && !icc.as_deref().is_some_and(colour::is_cmyk) {
+        return Ok(None);
+    }
     // A broken EXIF block should not fail an image whose pixels are fine.
     let orientation = Orientation::from_exif_chunk(&exif).unwrap_or(Orientation::NoTransforms);
     let full_size = if swaps_axes(orientation) {
@@ -460,10 +542,15 @@ fn decode_jpeg(
     } else {
         (width, height)
     };
-    let shrink = jpeg_shrink(full_size, min_size);
+    let shrink = jpeg_shrink(full_size, options.min_size);
     decoder.scale(8 / shrink);
     let pixels = panic::catch_unwind(AssertUnwindSafe(move || {
-        let mut started = decoder.rgb()?;
+        let mut started = if cmyk {
+            // libjpeg turns YCCK into CMYK; the profile takes it from there.
+            decoder.to_colorspace(ColorSpace::JCS_CMYK)?
+        } else {
+            decoder.rgb()?
+        };
         let size = (started.width(), started.height());
         let pixels = started.read_scanlines::<u8>()?;
         started.finish()?;
@@ -471,7 +558,21 @@ fn decode_jpeg(
     }))
     .map_err(caught)?
     .map_err(io_error)?;
-    let ((w, h), pixels) = pixels;
+    let ((w, h), mut pixels) = pixels;
+    let mut colour_profile = None;
+    let mut icc = icc;
+    if cmyk {
+        let profile = icc.take().unwrap_or_default();
+        match colour::cmyk_to_srgb(&pixels, adobe, &profile) {
+            Ok((rgb, name)) => {
+                pixels = rgb;
+                colour_profile = Some(colour::Applied::Converted(name));
+            }
+            // Checked to be a CMYK profile above; should lcms2 still refuse it, image's
+            // decoder converts by formula.
+            Err(_) => return Ok(None),
+        }
+    }
     let image = u32::try_from(w)
         .ok()
         .zip(u32::try_from(h).ok())
@@ -486,13 +587,20 @@ fn decode_jpeg(
             reason: "the image has no pixels".into(),
         }
     })?;
-    let colour_profile = icc.map(|icc| colour::to_srgb(&mut image, &icc));
+    let mut kept = None;
+    if let Some(icc) = icc {
+        let (applied, embed) = colour::manage(&mut image, icc, options.keep_icc);
+        colour_profile = Some(applied);
+        kept = embed;
+    }
     Ok(Some(Decoded {
         image,
         format,
         full_size,
         colour_type: colour_type.into(),
         exif,
+        xmp,
+        icc: kept,
         colour_profile,
     }))
 }
@@ -565,7 +673,12 @@ fn image_format(format: FileFormat) -> image::ImageFormat {
     }
 }
 
-fn decode_as(input: &[u8], format: FileFormat, limits: &Limits) -> Result<Decoded, DecodeError> {
+fn decode_as(
+    input: &[u8],
+    format: FileFormat,
+    limits: &Limits,
+    keep_icc: bool,
+) -> Result<Decoded, DecodeError> {
     let mut reader = ImageReader::with_format(Cursor::new(input), image_format(format));
     let mut image_limits = image::Limits::default();
     // Second guard, for allocations the header does not predict. 8 bytes per pixel covers the
@@ -602,6 +715,7 @@ fn decode_as(input: &[u8], format: FileFormat, limits: &Limits) -> Result<Decode
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     // As with EXIF: a profile that cannot be read is no reason to fail the pixels.
     let icc = decoder.icc_profile().ok().flatten();
+    let xmp = decoder.xmp_metadata().ok().flatten().unwrap_or_default();
     let image = match (format == FileFormat::Webp)
         .then(|| decode_webp(input))
         .flatten()
@@ -613,13 +727,22 @@ fn decode_as(input: &[u8], format: FileFormat, limits: &Limits) -> Result<Decode
         format,
         reason: "the image has no pixels".into(),
     })?;
-    let colour_profile = icc.map(|icc| colour::to_srgb(&mut image, &icc));
+    let (colour_profile, icc) = match icc {
+        // A CMYK JPEG without its profile lands here: the profile does not fit RGB pixels.
+        Some(icc) => {
+            let (applied, kept) = colour::manage(&mut image, icc, keep_icc);
+            (Some(applied), kept)
+        }
+        None => (None, None),
+    };
     Ok(Decoded {
         full_size: (image.width(), image.height()),
         image,
         format,
         colour_type,
         exif,
+        xmp,
+        icc,
         colour_profile,
     })
 }
@@ -766,8 +889,19 @@ pub fn encode(image: &Bitmap, format: FileFormat, quality: u8) -> Result<Vec<u8>
     )
 }
 
-/// Encodes as `encoding` says.
+/// Encodes as `encoding` says, with no metadata.
 pub fn encode_with(image: &Bitmap, encoding: &Encoding) -> Result<Vec<u8>, EncodeError> {
+    encode_carrying(image, encoding, &InputMetadata::default())
+}
+
+/// Encodes as `encoding` says, carrying what its `metadata` and `keep_icc` keep of `input`
+/// (see [`crate::metadata`]).
+pub fn encode_carrying(
+    image: &Bitmap,
+    encoding: &Encoding,
+    input: &InputMetadata,
+) -> Result<Vec<u8>, EncodeError> {
+    let outgoing = Outgoing::new(encoding, input);
     let format = encoding.format;
     let (width, height) = (image.width(), image.height());
     let max = match format {
@@ -793,16 +927,40 @@ pub fn encode_with(image: &Bitmap, encoding: &Encoding) -> Result<Vec<u8>, Encod
     // Room for a well-compressed photo; the Vec grows if needed.
     let mut out = Vec::with_capacity(image.data().len() / 8);
     match format {
-        FileFormat::Jpeg => encode_jpeg(image, encoding, &mut out).map_err(failed)?,
+        FileFormat::Jpeg => encode_jpeg(image, encoding, &outgoing, &mut out).map_err(failed)?,
         FileFormat::Png => {
-            PngEncoder::new_with_quality(&mut out, png_compression(encoding), PngFilter::Adaptive)
+            let mut encoder = PngEncoder::new_with_quality(
+                &mut out,
+                png_compression(encoding),
+                PngFilter::Adaptive,
+            );
+            if let Some(icc) = &outgoing.icc {
+                encoder
+                    .set_icc_profile(icc.clone())
+                    .map_err(|err| failed(err.to_string()))?;
+            }
+            if !outgoing.exif.is_empty() {
+                encoder
+                    .set_exif_metadata(outgoing.exif.clone())
+                    .map_err(|err| failed(err.to_string()))?;
+            }
+            encoder
                 .write_image(image.data(), width, height, color)
-                .map_err(|err| failed(err.to_string()))?
+                .map_err(|err| failed(err.to_string()))?;
+            out = metadata::png_with_xmp(out, &outgoing.xmp);
         }
-        FileFormat::Webp if encoding.lossless => WebPEncoder::new_lossless(&mut out)
-            .write_image(image.data(), width, height, color)
-            .map_err(|err| failed(err.to_string()))?,
-        FileFormat::Webp => out = encode_webp_lossy(image, encoding.quality).map_err(failed)?,
+        FileFormat::Webp => {
+            if encoding.lossless {
+                WebPEncoder::new_lossless(&mut out)
+                    .write_image(image.data(), width, height, color)
+                    .map_err(|err| failed(err.to_string()))?;
+            } else {
+                out = encode_webp_lossy(image, encoding.quality).map_err(failed)?;
+            }
+            if !outgoing.is_empty() {
+                out = metadata::webp_with(&out, &outgoing).map_err(failed)?;
+            }
+        }
         // Speed 10 (of 1..=30) is the gif crate's suggested balance; image's default of 1
         // takes seconds to quantise a photo.
         FileFormat::Gif => GifEncoder::new_with_speed(&mut out, 10)
@@ -811,10 +969,18 @@ pub fn encode_with(image: &Bitmap, encoding: &Encoding) -> Result<Vec<u8>, Encod
         FileFormat::Bmp => BmpEncoder::new(&mut out)
             .write_image(image.data(), width, height, color)
             .map_err(|err| failed(err.to_string()))?,
-        FileFormat::Tiff => TiffEncoder::new(Cursor::new(&mut out))
-            .write_image(image.data(), width, height, color)
-            .map_err(|err| failed(err.to_string()))?,
-        FileFormat::Avif => out = avif::encode(image, encoding).map_err(failed)?,
+        FileFormat::Tiff => {
+            let mut encoder = TiffEncoder::new(Cursor::new(&mut out));
+            if let Some(icc) = &outgoing.icc {
+                encoder
+                    .set_icc_profile(icc.clone())
+                    .map_err(|err| failed(err.to_string()))?;
+            }
+            encoder
+                .write_image(image.data(), width, height, color)
+                .map_err(|err| failed(err.to_string()))?
+        }
+        FileFormat::Avif => out = avif::encode(image, encoding, &outgoing.exif).map_err(failed)?,
     }
     Ok(out)
 }
@@ -828,7 +994,12 @@ fn png_compression(encoding: &Encoding) -> CompressionType {
     }
 }
 
-fn encode_jpeg(image: &Bitmap, encoding: &Encoding, out: &mut Vec<u8>) -> Result<(), String> {
+fn encode_jpeg(
+    image: &Bitmap,
+    encoding: &Encoding,
+    outgoing: &Outgoing,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
     // Checked by the caller; kept as errors so a future caller cannot make this panic.
     let width = u16::try_from(image.width()).map_err(|err| err.to_string())?;
     let height = u16::try_from(image.height()).map_err(|err| err.to_string())?;
@@ -845,6 +1016,16 @@ fn encode_jpeg(image: &Bitmap, encoding: &Encoding, out: &mut Vec<u8>) -> Result
         // 50 ms for 1920x1080 against jpeg-encoder's 29 ms.
         let mut encoder = jpeg_encoder::Encoder::new(out, quality);
         encoder.set_progressive(true);
+        for segment in outgoing.jpeg_app1() {
+            encoder
+                .add_app_segment(1, segment)
+                .map_err(|err| err.to_string())?;
+        }
+        for segment in outgoing.jpeg_icc() {
+            encoder
+                .add_app_segment(2, segment)
+                .map_err(|err| err.to_string())?;
+        }
         return encoder
             .encode(rgb, width, height, jpeg_encoder::ColorType::Rgb)
             .map_err(|err| err.to_string());
@@ -863,6 +1044,12 @@ fn encode_jpeg(image: &Bitmap, encoding: &Encoding, out: &mut Vec<u8>) -> Result
             compress.set_chroma_sampling_pixel_sizes((1, 1), (1, 1));
         }
         let mut started = compress.start_compress(buffer)?;
+        for segment in outgoing.jpeg_app1() {
+            started.write_marker(mozjpeg::Marker::APP(1), &segment);
+        }
+        for segment in outgoing.jpeg_icc() {
+            started.write_marker(mozjpeg::Marker::APP(2), &segment);
+        }
         started.write_scanlines(rgb)?;
         started.finish()
     }));
@@ -1374,6 +1561,81 @@ pub(crate) mod tests {
         out.extend_from_slice(&exif);
         out.extend_from_slice(&jpeg[2..]);
         out
+    }
+
+    /// A committed test file (services/filter/tests/data, whose SOURCES.md says how each
+    /// was made).
+    pub(crate) fn test_data(name: &str) -> Vec<u8> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
+        std::fs::read(std::path::Path::new(path).join(name))
+            .unwrap_or_else(|err| panic!("{name}: {err}"))
+    }
+
+    #[test]
+    fn an_adobe_cmyk_jpeg_comes_out_as_libvips_makes_it_through_its_profile() {
+        let jpeg = test_data("kite-cmyk-320x200.jpg");
+        let expected = decode(&test_data("kite-cmyk-320x200.png"), &Limits::default())
+            .unwrap()
+            .image;
+        let decoded = decode(&jpeg, &Limits::default()).unwrap();
+        assert_eq!(decoded.colour_type, "cmyk8");
+        assert!(
+            matches!(&decoded.colour_profile, Some(colour::Applied::Converted(_))),
+            "{:?}",
+            decoded.colour_profile
+        );
+        let off = mean_abs_diff(&decoded.image, &expected);
+        assert!(off < 1.0, "mean difference from libvips {off}");
+        // Shrunk on load too, through the same profile.
+        let shrunk = decode_shrunk(&jpeg, &Limits::default(), (80, 50)).unwrap();
+        assert_eq!((shrunk.image.width(), shrunk.image.height()), (80, 50));
+        // Without its profile the formula's colours are far off: the profile is what counts.
+        let stripped = strip_app2(&jpeg);
+        let formula = decode(&stripped, &Limits::default()).unwrap();
+        assert_eq!(formula.colour_profile, None);
+        assert!(mean_abs_diff(&formula.image, &expected) > 3.0);
+    }
+
+    /// The JPEG without its APP2 (ICC) segments.
+    fn strip_app2(jpeg: &[u8]) -> Vec<u8> {
+        let mut out = jpeg[..2].to_vec();
+        let mut i = 2;
+        while jpeg[i] == 0xFF && jpeg[i + 1] != 0xDA {
+            let end = i + 2 + usize::from(u16::from_be_bytes([jpeg[i + 2], jpeg[i + 3]]));
+            if jpeg[i + 1] != 0xE2 {
+                out.extend_from_slice(&jpeg[i..end]);
+            }
+            i = end;
+        }
+        out.extend_from_slice(&jpeg[i..]);
+        out
+    }
+
+    #[test]
+    fn cmyk_samples_read_plain_or_adobe_inverted() {
+        let jpeg = test_data("kite-cmyk-320x200.jpg");
+        let profile = jpeg_icc_profile(
+            jpeg.windows(14)
+                .enumerate()
+                .filter(|(_, w)| w.starts_with(&[0xFF, 0xE2]))
+                .map(|(i, _)| {
+                    let length = usize::from(u16::from_be_bytes([jpeg[i + 2], jpeg[i + 3]]));
+                    &jpeg[i + 4..i + 2 + length]
+                }),
+        )
+        .unwrap();
+        // No ink is white whichever way it is stored; all of it is nearly black.
+        let white =
+            |pixel: [u8; 4], inverted| colour::cmyk_to_srgb(&pixel, inverted, &profile).unwrap().0;
+        for (pixel, inverted) in [([0, 0, 0, 0], false), ([255; 4], true)] {
+            assert!(white(pixel, inverted).iter().all(|&c| c > 240), "{pixel:?}");
+        }
+        for (pixel, inverted) in [([255; 4], false), ([0, 0, 0, 0], true)] {
+            assert!(white(pixel, inverted).iter().all(|&c| c < 60), "{pixel:?}");
+        }
+        // An RGB profile is not one for CMYK samples.
+        let (_, adobe) = system_profile("compatibleWithAdobeRGB1998.icc");
+        assert!(colour::cmyk_to_srgb(&[0; 4], false, &adobe).is_err());
     }
 
     pub(crate) fn mean_abs_diff(a: &Bitmap, b: &Bitmap) -> f64 {

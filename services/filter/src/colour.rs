@@ -1,10 +1,12 @@
 //! Colour management: an embedded ICC profile is applied at decode, so every op and encoder
-//! works on sRGB, which is what the outputs say they are (they carry no profile). Without this
-//! an Adobe RGB or Display P3 photo loses saturation on the way through.
+//! works on sRGB, which is what an output without a profile is taken to be. Without this an
+//! Adobe RGB or Display P3 photo loses saturation on the way through. An output that asks to
+//! keep the profile (`keep_icc`, `strip=false`) and can hold one gets the pixels unconverted,
+//! with the profile embedded.
 //!
 //! Little CMS does the work (`lcms2`), with relative colorimetric intent, libvips' default.
-//! Only RGB profiles apply here; a grey or CMYK profile is left alone, and its pixels are
-//! converted as before.
+//! RGB profiles apply here, and CMYK ones to a CMYK JPEG's samples ([`cmyk_to_srgb`]); a grey
+//! profile is left alone.
 
 use lcms2::{ColorSpaceSignature, InfoType, Intent, Locale, PixelFormat, Profile, Transform};
 use pixelmesh_pipeline::bitmap::Bitmap;
@@ -20,6 +22,8 @@ pub enum Applied {
     Converted(String),
     /// Already sRGB, or a colour space this does not convert: pixels as stored.
     Kept(String),
+    /// Pixels as stored, the profile carried into the output.
+    Embedded(String),
     /// The profile could not be used: pixels as stored, and why.
     Ignored(String),
 }
@@ -30,34 +34,32 @@ impl Applied {
         match self {
             Applied::Converted(name) => format!("{name}, converted to sRGB"),
             Applied::Kept(name) => name.clone(),
+            Applied::Embedded(name) => format!("{name}, kept and embedded in the output"),
             Applied::Ignored(reason) => format!("ignored: {reason}"),
         }
     }
 }
 
+/// What to do with `icc`, the profile embedded in `image`: with `keep`, an RGB profile that
+/// reads is left unapplied and handed back for the encoder to embed; otherwise, and for any
+/// other profile, as [`to_srgb`].
+pub fn manage(image: &mut Bitmap, icc: Vec<u8>, keep: bool) -> (Applied, Option<Vec<u8>>) {
+    if keep
+        && let Ok((profile, name)) = open(&icc)
+        && profile.color_space() == ColorSpaceSignature::RgbData
+    {
+        return (Applied::Embedded(name), Some(icc));
+    }
+    (to_srgb(image, &icc), None)
+}
+
 /// Converts `image` from the profile `icc` to sRGB in place. A profile that is corrupt is
 /// ignored, never the image's failure: the pixels are still the best guess.
 pub fn to_srgb(image: &mut Bitmap, icc: &[u8]) -> Applied {
-    if icc.len() > MAX_ICC_BYTES {
-        return Applied::Ignored(format!(
-            "the embedded ICC profile is {} bytes, over the {MAX_ICC_BYTES}-byte cap",
-            icc.len()
-        ));
-    }
-    let profile = match Profile::new_icc(icc) {
-        Ok(profile) => profile,
-        Err(err) => {
-            return Applied::Ignored(format!(
-                "the embedded ICC profile ({} bytes) is not readable: {err}",
-                icc.len()
-            ));
-        }
+    let (profile, name) = match open(icc) {
+        Ok(opened) => opened,
+        Err(ignored) => return ignored,
     };
-    let name = profile
-        .info(InfoType::Description, Locale::none())
-        .map(|name| name.trim().to_string())
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "an unnamed ICC profile".to_string());
     if profile.color_space() != ColorSpaceSignature::RgbData {
         return Applied::Kept(name);
     }
@@ -84,6 +86,63 @@ pub fn to_srgb(image: &mut Bitmap, icc: &[u8]) -> Applied {
         }
         Err(err) => Applied::Ignored(format!("{name}: cannot convert it to sRGB: {err}")),
     }
+}
+
+/// A CMYK JPEG's samples (4 bytes a pixel) converted to sRGB (3 bytes a pixel) through its
+/// CMYK profile `icc`. `inverted` for an Adobe JPEG (one with an APP14 "Adobe" marker), whose
+/// samples Photoshop stores as 255 - ink, as libjpeg and libvips take them. `Err` with the
+/// reason when the profile cannot do it; the caller then converts without it.
+pub fn cmyk_to_srgb(cmyk: &[u8], inverted: bool, icc: &[u8]) -> Result<(Vec<u8>, String), Applied> {
+    let (profile, name) = open(icc)?;
+    if profile.color_space() != ColorSpaceSignature::CmykData {
+        return Err(Applied::Ignored(format!(
+            "{name} is not a CMYK profile, and the image is CMYK"
+        )));
+    }
+    let input = if inverted {
+        PixelFormat::CMYK_8_REV
+    } else {
+        PixelFormat::CMYK_8
+    };
+    let transform = Transform::<[u8; 4], [u8; 3]>::new(
+        &profile,
+        input,
+        &Profile::new_srgb(),
+        PixelFormat::RGB_8,
+        Intent::RelativeColorimetric,
+    )
+    .map_err(|err| Applied::Ignored(format!("{name}: cannot convert it to sRGB: {err}")))?;
+    let (pixels, _) = cmyk.as_chunks::<4>();
+    let mut rgb = vec![[0u8; 3]; pixels.len()];
+    transform.transform_pixels(pixels, &mut rgb);
+    Ok((rgb.into_flattened(), name))
+}
+
+/// Whether `icc` is a CMYK profile that reads.
+pub fn is_cmyk(icc: &[u8]) -> bool {
+    open(icc).is_ok_and(|(profile, _)| profile.color_space() == ColorSpaceSignature::CmykData)
+}
+
+/// The profile and its name, or why it is ignored.
+fn open(icc: &[u8]) -> Result<(Profile, String), Applied> {
+    if icc.len() > MAX_ICC_BYTES {
+        return Err(Applied::Ignored(format!(
+            "the embedded ICC profile is {} bytes, over the {MAX_ICC_BYTES}-byte cap",
+            icc.len()
+        )));
+    }
+    let profile = Profile::new_icc(icc).map_err(|err| {
+        Applied::Ignored(format!(
+            "the embedded ICC profile ({} bytes) is not readable: {err}",
+            icc.len()
+        ))
+    })?;
+    let name = profile
+        .info(InfoType::Description, Locale::none())
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "an unnamed ICC profile".to_string());
+    Ok((profile, name))
 }
 
 #[cfg(test)]

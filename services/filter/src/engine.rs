@@ -21,7 +21,7 @@ use std::time::Duration;
 use pixelmesh_proto::ErrorCode;
 
 use crate::budget;
-use crate::codec::{self, DecodeError, Decoded, EncodeError, Limits};
+use crate::codec::{self, DecodeError, DecodeOptions, Decoded, EncodeError, InputMetadata, Limits};
 use crate::colour;
 use crate::ops::{Assets, Bitmap, FileFormat, Fit, InputFacts, Op, Pipeline, Resize, analyze};
 
@@ -129,6 +129,12 @@ pub fn process_with(
         ),
         None => (u32::MAX, u32::MAX),
     };
+    let options = DecodeOptions {
+        min_size,
+        keep_icc: keeps_icc(pipeline),
+    };
+    let decoded = stage_span("decode").in_scope(|| codec::decode_with(input, limits, &options))?;
+    let metadata = decoded.metadata();
     let Decoded {
         mut image,
         format: input_format,
@@ -136,7 +142,8 @@ pub fn process_with(
         colour_type,
         exif,
         colour_profile,
-    } = stage_span("decode").in_scope(|| codec::decode_shrunk(input, limits, min_size))?;
+        ..
+    } = decoded;
     let shrunk = (image.width(), image.height()) != full_size;
     let mut analysis = Vec::new();
     let mut facts: Option<InputFacts> = None;
@@ -198,8 +205,16 @@ pub fn process_with(
     }
     Ok(Processed {
         analysis,
-        ..encode(&image, pipeline, input_format)?
+        ..encode(&image, pipeline, input_format, &metadata)?
     })
+}
+
+/// Whether `pipeline`'s output embeds the input's ICC profile, so decoding must leave the
+/// pixels in it.
+pub fn keeps_icc(pipeline: &Pipeline) -> bool {
+    pipeline
+        .output_format()
+        .is_some_and(|format| format.encoding().embeds_icc())
 }
 
 /// [`ProcessError::TimedOut`] with the current deadline's limit.
@@ -224,18 +239,21 @@ pub fn timed_op<T>(name: &'static str, position: usize, apply: impl FnOnce() -> 
     result
 }
 
-/// Encodes as the pipeline's format op says, or in the input's own format when it has none.
-/// The last step of [`process`], and of a tiled image's assembly, so both give the same bytes.
+/// Encodes as the pipeline's format op says, or in the input's own format when it has none,
+/// with what the format op keeps of the input's `metadata`. The last step of [`process`], and
+/// of a tiled image's assembly, so both give the same bytes.
 pub fn encode(
     image: &Bitmap,
     pipeline: &Pipeline,
     input_format: FileFormat,
+    metadata: &InputMetadata,
 ) -> Result<Processed, EncodeError> {
     let encoding = match pipeline.output_format() {
         Some(output) => output.encoding(),
         None => codec::Encoding::new(input_format),
     };
-    let bytes = stage_span("encode").in_scope(|| codec::encode_with(image, &encoding))?;
+    let bytes =
+        stage_span("encode").in_scope(|| codec::encode_carrying(image, &encoding, metadata))?;
     Ok(Processed {
         bytes,
         content_type: encoding.format.content_type(),

@@ -19,6 +19,7 @@ pub mod engine;
 pub mod fetch;
 pub mod heartbeat;
 pub mod logos;
+mod metadata;
 pub mod outage;
 pub mod tiles;
 pub mod worker;

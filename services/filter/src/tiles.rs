@@ -367,7 +367,8 @@ mod tests {
         let expected = engine::process(&input, &pipeline, &Limits::default()).unwrap();
         let decoded = codec::decode(&input, &Limits::default()).unwrap();
         let assembled = tiled(&decoded.image, &pipeline, 64);
-        let output = engine::encode(&assembled, &pipeline, decoded.format).unwrap();
+        let output =
+            engine::encode(&assembled, &pipeline, decoded.format, &Default::default()).unwrap();
         assert_eq!(output, expected);
     }
 

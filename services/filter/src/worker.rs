@@ -32,7 +32,7 @@ use tracing::Instrument as _;
 
 use crate::{
     budget::{self, Budget, Deadline},
-    codec::{self, Limits},
+    codec::{self, InputMetadata, Limits},
     engine::{self, Processed},
     fetch::{FetchError, Fetcher},
     logos::{self, LogoCache},
@@ -682,7 +682,9 @@ async fn run_assembly(
     let need = u64::from(assembly.width) * u64::from(assembly.height) * 8;
     let processed = on_cpu(worker, need, deadline, move || {
         let image = canvas.finish()?;
-        engine::encode(&image, &pipeline, input_format).map_err(|err| err.to_string())
+        // Pipelines that keep metadata are not tiled (see the format op's tile_halo).
+        engine::encode(&image, &pipeline, input_format, &InputMetadata::default())
+            .map_err(|err| err.to_string())
     })
     .await?
     .map_err(TaskError::Permanent)?;

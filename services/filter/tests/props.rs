@@ -21,6 +21,7 @@ use pixelmesh_filter::ops::{
     rotate,
 };
 use pixelmesh_filter::tiles;
+use pixelmesh_pipeline::formats::Metadata;
 use pixelmesh_proto::v1::{self, Operation, operation};
 use pixelmesh_proto::{Error, ErrorCode};
 use proptest::prelude::*;
@@ -153,6 +154,9 @@ fn fields_of(name: &str) -> &'static [&'static str] {
             "lossless",
             "compression",
             "effort",
+            "metadata",
+            "strip",
+            "keep_icc",
         ],
         _ => &[],
     }
@@ -687,10 +691,12 @@ fn format_op() -> BoxedStrategy<OpSpec> {
         prop::option::of((any::<bool>(), any::<bool>())),
         prop::option::of(0..=9_u8),
         prop::option::of(0..=9_u8),
+        prop::option::of(prop::sample::select(Metadata::NAMES.to_vec())),
+        prop::option::of((any::<bool>(), any::<bool>())),
     )
         .prop_filter_map(
             "format options that apply",
-            |(format, quality, progressive, lossless, compression, effort)| {
+            |(format, quality, progressive, lossless, compression, effort, metadata, keep_icc)| {
                 let op = Format::with_options(Encoding {
                     format,
                     quality: quality.filter(|&q| q != 0).unwrap_or(85),
@@ -698,6 +704,8 @@ fn format_op() -> BoxedStrategy<OpSpec> {
                     lossless: lossless.is_some_and(|(l, _)| l),
                     compression: compression.filter(|&c| c != 0).unwrap_or(6),
                     effort: effort.unwrap_or(4),
+                    metadata: metadata.and_then(Metadata::from_name).unwrap_or_default(),
+                    keep_icc: keep_icc.is_some_and(|(k, _)| k),
                 })
                 .ok()?;
                 let mut args = vec![(0, Arg::Str(format.name().into()))];
@@ -715,6 +723,12 @@ fn format_op() -> BoxedStrategy<OpSpec> {
                 }
                 if let Some(e) = effort {
                     args.push((5, Arg::Int(e.into())));
+                }
+                if let Some(m) = metadata {
+                    args.push((6, Arg::Str(m.into())));
+                }
+                if let Some((k, digit)) = keep_icc {
+                    args.push((8, Arg::Bool(k, digit)));
                 }
                 Some(OpSpec::new(Op::Format(op), args))
             },
@@ -1274,9 +1288,20 @@ fn any_operation() -> BoxedStrategy<Operation> {
             any::<bool>(),
             any_u32(),
             prop::option::of(any_u32()),
+            any_enum(),
+            any::<bool>(),
         )
             .prop_map(
-                |(format, quality, progressive, lossless, compression, effort)| {
+                |(
+                    format,
+                    quality,
+                    progressive,
+                    lossless,
+                    compression,
+                    effort,
+                    metadata,
+                    keep_icc,
+                )| {
                     P::Format(v1::Format {
                         format,
                         quality,
@@ -1284,6 +1309,8 @@ fn any_operation() -> BoxedStrategy<Operation> {
                         lossless,
                         compression,
                         effort,
+                        metadata,
+                        keep_icc,
                     })
                 },
             )

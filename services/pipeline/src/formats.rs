@@ -63,6 +63,15 @@ impl FileFormat {
         }
     }
 
+    /// Whether our encoder for the format embeds an ICC profile. GIF and BMP cannot carry one
+    /// the way browsers read it; AVIF could, but ravif's container writer has no ICC box.
+    pub fn holds_icc(self) -> bool {
+        matches!(
+            self,
+            FileFormat::Jpeg | FileFormat::Png | FileFormat::Webp | FileFormat::Tiff
+        )
+    }
+
     /// The usual file extension, without the dot.
     pub fn extension(self) -> &'static str {
         match self {
@@ -118,6 +127,10 @@ pub struct Encoding {
     pub lossless: bool,
     /// AVIF: 0 (fastest) ..= 9 (smallest), as libvips' `effort`.
     pub effort: u8,
+    /// What of the input's metadata the output keeps.
+    pub metadata: Metadata,
+    /// Leave the pixels in the input's ICC profile and embed it, where the format can hold one.
+    pub keep_icc: bool,
 }
 
 impl Encoding {
@@ -131,6 +144,66 @@ impl Encoding {
             compression: DEFAULT_COMPRESSION,
             lossless: true,
             effort: DEFAULT_EFFORT,
+            metadata: Metadata::None,
+            keep_icc: false,
+        }
+    }
+
+    /// Whether the input's ICC profile goes into the output as it is, its pixels unconverted:
+    /// asked for, and the format can hold a profile. Otherwise the pixels are made sRGB, which
+    /// an output without a profile is taken to be.
+    pub fn embeds_icc(&self) -> bool {
+        (self.keep_icc || self.metadata == Metadata::All) && self.format.holds_icc()
+    }
+}
+
+/// What of the input's metadata an output keeps. Stripped by default, as imgproxy and
+/// thumbor do: EXIF can carry a GPS position and a camera's serial number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Metadata {
+    #[default]
+    None,
+    /// The EXIF Artist and Copyright tags.
+    Copyright,
+    /// EXIF (its orientation reset, since the pixels are turned upright), XMP and the ICC
+    /// profile, where the format can hold them.
+    All,
+}
+
+impl Metadata {
+    pub const NAMES: [&'static str; 3] = ["none", "copyright", "all"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Metadata::None => "none",
+            Metadata::Copyright => "copyright",
+            Metadata::All => "all",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Metadata> {
+        match name {
+            "none" => Some(Metadata::None),
+            "copyright" => Some(Metadata::Copyright),
+            "all" => Some(Metadata::All),
+            _ => None,
+        }
+    }
+
+    pub fn to_proto(self) -> v1::KeepMetadata {
+        match self {
+            Metadata::None => v1::KeepMetadata::None,
+            Metadata::Copyright => v1::KeepMetadata::Copyright,
+            Metadata::All => v1::KeepMetadata::All,
+        }
+    }
+
+    /// `None` for a value this build does not know.
+    pub fn from_proto(value: i32) -> Option<Metadata> {
+        match v1::KeepMetadata::try_from(value).ok()? {
+            v1::KeepMetadata::Unspecified | v1::KeepMetadata::None => Some(Metadata::None),
+            v1::KeepMetadata::Copyright => Some(Metadata::Copyright),
+            v1::KeepMetadata::All => Some(Metadata::All),
         }
     }
 }

@@ -6,6 +6,7 @@ use pixelmesh_proto::v1;
 use crate::bitmap::Bitmap;
 pub use crate::formats::{
     DEFAULT_COMPRESSION, DEFAULT_EFFORT, DEFAULT_QUALITY, Encoding, FileFormat, MAX_EFFORT,
+    Metadata,
 };
 
 use serde_json::Value;
@@ -43,6 +44,8 @@ impl Format {
             compression,
             lossless,
             effort,
+            metadata: _,
+            keep_icc: _,
         } = encoding;
         if !(1..=100).contains(&quality) {
             return Err(quality_error(i64::from(quality)));
@@ -128,6 +131,9 @@ impl Operator for Format {
             Field::int("effort", "Effort", 0, MAX_EFFORT as i64)
                 .with_default("4")
                 .only_for(&["avif"]),
+            Field::choice("metadata", "Keep metadata", &Metadata::NAMES),
+            Field::flag("strip", "Strip metadata").with_default("true"),
+            Field::flag("keep_icc", "Keep ICC profile"),
         ],
     );
 
@@ -154,6 +160,30 @@ impl Operator for Format {
             None => DEFAULT_EFFORT,
             Some(e) => u8::try_from(e).map_err(|_| effort_error(e))?,
         };
+        // `strip=false` is libvips' and imgproxy's spelling of `metadata=all`.
+        let metadata = match (fields.string("metadata")?, fields.boolean("strip")?) {
+            (None, strip) => {
+                if strip == Some(false) {
+                    Metadata::All
+                } else {
+                    Metadata::None
+                }
+            }
+            (Some(name), strip) => {
+                let metadata = Metadata::from_name(name).ok_or_else(|| {
+                    format!(
+                        "metadata must be one of {}, got {}",
+                        Metadata::NAMES.join(", "),
+                        quoted(name)
+                    )
+                })?;
+                // strip=true is the default, what `metadata` refines; strip=false says all.
+                if strip == Some(false) && metadata != Metadata::All {
+                    return Err(format!("strip=false contradicts metadata={name}"));
+                }
+                metadata
+            }
+        };
         Format::with_options(Encoding {
             format,
             quality,
@@ -161,6 +191,8 @@ impl Operator for Format {
             lossless: fields.boolean("lossless")?.unwrap_or(false),
             compression,
             effort,
+            metadata,
+            keep_icc: fields.boolean("keep_icc")?.unwrap_or(false),
         })
     }
 
@@ -187,6 +219,8 @@ impl Operator for Format {
             None => DEFAULT_EFFORT,
             Some(e) => u8::try_from(e).map_err(|_| effort_error(i64::from(e)))?,
         };
+        let metadata = Metadata::from_proto(p.metadata)
+            .ok_or_else(|| format!("metadata {} is not a known KeepMetadata value", p.metadata))?;
         Format::with_options(Encoding {
             format,
             quality,
@@ -194,6 +228,8 @@ impl Operator for Format {
             lossless: p.lossless,
             compression,
             effort,
+            metadata,
+            keep_icc: p.keep_icc,
         })
     }
 
@@ -206,6 +242,12 @@ impl Operator for Format {
             lossless: e.lossless,
             compression: u32::from(e.compression),
             effort: (e.effort != DEFAULT_EFFORT).then_some(u32::from(e.effort)),
+            metadata: if e.metadata == Metadata::None {
+                v1::KeepMetadata::Unspecified as i32
+            } else {
+                e.metadata.to_proto() as i32
+            },
+            keep_icc: e.keep_icc,
         }
     }
 
@@ -227,6 +269,14 @@ impl Operator for Format {
         if e.effort != DEFAULT_EFFORT {
             params.push(("effort", Value::from(e.effort)));
         }
+        match e.metadata {
+            Metadata::None => {}
+            Metadata::Copyright => params.push(("metadata", Value::from("copyright"))),
+            Metadata::All => params.push(("strip", Value::from(false))),
+        }
+        if e.keep_icc {
+            params.push(("keep_icc", Value::from(true)));
+        }
         params
     }
 
@@ -235,7 +285,10 @@ impl Operator for Format {
     }
 
     fn tile_halo(&self) -> Option<u32> {
-        Some(0)
+        // A tiled image is encoded by the assembly, which has tiles of pixels and none of
+        // the input's metadata: an output that keeps some is processed whole.
+        let e = &self.encoding;
+        (e.metadata == Metadata::None && !e.keep_icc).then_some(0)
     }
 
     fn run(&self, image: Bitmap, _assets: &Assets) -> Result<Bitmap, String> {
@@ -290,6 +343,70 @@ mod tests {
             })
             .unwrap_err(),
             "format must be one of jpeg, png, webp, gif, bmp, tiff, avif, got 17"
+        );
+    }
+
+    #[test]
+    fn metadata_is_stripped_unless_asked_and_strip_false_keeps_all() {
+        use crate::ops::{Op, Pipeline};
+        let encoding = |text: &str| match Pipeline::from_text(text).map(|p| p.ops()[0].clone()) {
+            Ok(Op::Format(format)) => Ok(format.encoding()),
+            Ok(other) => panic!("{other:?}"),
+            Err(err) => Err(err.message),
+        };
+        let plain = encoding("format:jpeg").unwrap();
+        assert_eq!((plain.metadata, plain.keep_icc), (Metadata::None, false));
+        assert!(!plain.embeds_icc());
+        let all = encoding("format:png,strip=false").unwrap();
+        assert_eq!(all.metadata, Metadata::All);
+        assert!(all.embeds_icc(), "strip=false keeps the profile too");
+        assert_eq!(encoding("format:png,metadata=all").unwrap(), all);
+        let copyright = encoding("format:webp,metadata=copyright").unwrap();
+        assert_eq!(copyright.metadata, Metadata::Copyright);
+        assert!(!copyright.embeds_icc());
+        let icc = encoding("format:jpeg,keep_icc=true").unwrap();
+        assert!(icc.keep_icc && icc.embeds_icc());
+        // Formats without a place for a profile get sRGB pixels even when asked.
+        assert!(!encoding("format:gif,keep_icc=true").unwrap().embeds_icc());
+        assert!(!encoding("format:avif,strip=false").unwrap().embeds_icc());
+        assert_eq!(
+            encoding("format:jpeg,strip=false,metadata=copyright").unwrap_err(),
+            "op 1 (format): strip=false contradicts metadata=copyright"
+        );
+        assert_eq!(
+            encoding("format:jpeg,metadata=gps").unwrap_err(),
+            r#"op 1 (format): metadata must be one of none, copyright, all, got "gps""#
+        );
+        // The canonical text and the proto carry both options through.
+        for text in [
+            "format:png,strip=false",
+            "format:jpeg,metadata=copyright,keep_icc=true",
+        ] {
+            let pipeline = Pipeline::from_text(text).unwrap();
+            assert_eq!(Pipeline::from_text(&pipeline.to_text()).unwrap(), pipeline);
+            let back = Pipeline::from_proto(&pipeline.to_proto()).unwrap();
+            assert_eq!(back, pipeline);
+        }
+        // The assembly of a tiled image has no metadata to carry: such pipelines stay whole.
+        for text in [
+            "format:png,strip=false",
+            "format:jpeg,metadata=copyright",
+            "format:jpeg,keep_icc=true",
+        ] {
+            let pipeline = Pipeline::from_text(&format!("brightness:1.1/{text}")).unwrap();
+            assert_eq!(pipeline.tile_halo(), None, "{text}");
+        }
+        let plain = Pipeline::from_text("brightness:1.1/format:png").unwrap();
+        assert_eq!(plain.tile_halo(), Some(0));
+        let unknown = v1::Format {
+            format: v1::ImageFormat::Png as i32,
+            metadata: 42,
+            ..Default::default()
+        };
+        assert!(
+            Format::from_proto(&unknown)
+                .unwrap_err()
+                .contains("metadata 42")
         );
     }
 }

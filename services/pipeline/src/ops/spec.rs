@@ -215,7 +215,7 @@ mod tests {
             } else {
                 param.default
             }),
-            Kind::Bool => json!(false),
+            Kind::Bool => json!(param.default == "true"),
             Kind::Colour => json!("#000000"),
         }
     }
