@@ -11,7 +11,7 @@
 //! here, and it can scale the inverse DCT, so [`decode_shrunk`] reads a JPEG at 1/2, 1/4 or 1/8
 //! of its size ("shrink-on-load"; 1/8 saves about 30 % of a full decode, since reading the
 //! entropy-coded data, which every scale must do, is most of the work). A CMYK JPEG with its
-//! CMYK profile is read as CMYK and converted through the profile ([`colour::cmyk_to_srgb`]);
+//! CMYK profile is read as CMYK and converted through the profile ([`colour::CmykToSrgb`]);
 //! one without a profile, which libjpeg-turbo cannot convert to RGB, and the other formats go
 //! through image.
 //!
@@ -126,17 +126,6 @@ pub struct Decoded {
     /// What was done with the embedded ICC profile (see [`colour::manage`]); `None` without
     /// one.
     pub colour_profile: Option<colour::Applied>,
-}
-
-impl Decoded {
-    /// What of the input's metadata an output may carry.
-    pub fn metadata(&self) -> InputMetadata {
-        InputMetadata {
-            exif: self.exif.clone(),
-            xmp: self.xmp.clone(),
-            icc: self.icc.clone(),
-        }
-    }
 }
 
 /// The input's metadata, for an output whose encoding keeps some (see [`encode_carrying`]).
@@ -514,7 +503,7 @@ fn decode_jpeg(
     };
     let exif = app1(b"Exif\0\0");
     let xmp = app1(XMP_APP1);
-    let icc = jpeg_icc_profile(
+    let mut icc = jpeg_icc_profile(
         decoder
             .markers()
             .filter_map(|marker| (marker.marker == Marker::APP(2)).then_some(marker.data)),
@@ -531,10 +520,16 @@ fn decode_jpeg(
     let adobe = decoder
         .markers()
         .any(|marker| marker.marker == Marker::APP(14) && marker.data.starts_with(b"Adobe"));
-    // Without a CMYK profile, a CMYK JPEG goes to image's decoder, which converts by formula.
-    if cmyk && !icc.as_deref().is_some_and(colour::is_cmyk) {
-        return Ok(None);
-    }
+    // Without a CMYK profile that converts, a CMYK JPEG goes to image's decoder, which
+    // converts by formula.
+    let to_srgb = if cmyk {
+        match icc.take().map(|icc| colour::CmykToSrgb::new(&icc, adobe)) {
+            Some(Ok(transform)) => Some(transform),
+            _ => return Ok(None),
+        }
+    } else {
+        None
+    };
     // A broken EXIF block should not fail an image whose pixels are fine.
     let orientation = Orientation::from_exif_chunk(&exif).unwrap_or(Orientation::NoTransforms);
     let full_size = if swaps_axes(orientation) {
@@ -560,18 +555,9 @@ fn decode_jpeg(
     .map_err(io_error)?;
     let ((w, h), mut pixels) = pixels;
     let mut colour_profile = None;
-    let mut icc = icc;
-    if cmyk {
-        let profile = icc.take().unwrap_or_default();
-        match colour::cmyk_to_srgb(&pixels, adobe, &profile) {
-            Ok((rgb, name)) => {
-                pixels = rgb;
-                colour_profile = Some(colour::Applied::Converted(name));
-            }
-            // Checked to be a CMYK profile above; should lcms2 still refuse it, image's
-            // decoder converts by formula.
-            Err(_) => return Ok(None),
-        }
+    if let Some(to_srgb) = to_srgb {
+        pixels = to_srgb.convert(&pixels);
+        colour_profile = Some(colour::Applied::Converted(to_srgb.name));
     }
     let image = u32::try_from(w)
         .ok()
@@ -1625,8 +1611,11 @@ pub(crate) mod tests {
         )
         .unwrap();
         // No ink is white whichever way it is stored; all of it is nearly black.
-        let white =
-            |pixel: [u8; 4], inverted| colour::cmyk_to_srgb(&pixel, inverted, &profile).unwrap().0;
+        let white = |pixel: [u8; 4], inverted| {
+            colour::CmykToSrgb::new(&profile, inverted)
+                .unwrap()
+                .convert(&pixel)
+        };
         for (pixel, inverted) in [([0, 0, 0, 0], false), ([255; 4], true)] {
             assert!(white(pixel, inverted).iter().all(|&c| c > 240), "{pixel:?}");
         }
@@ -1635,7 +1624,7 @@ pub(crate) mod tests {
         }
         // An RGB profile is not one for CMYK samples.
         let (_, adobe) = system_profile("compatibleWithAdobeRGB1998.icc");
-        assert!(colour::cmyk_to_srgb(&[0; 4], false, &adobe).is_err());
+        assert!(colour::CmykToSrgb::new(&adobe, false).is_err());
     }
 
     pub(crate) fn mean_abs_diff(a: &Bitmap, b: &Bitmap) -> f64 {

@@ -5,7 +5,7 @@
 //! with the profile embedded.
 //!
 //! Little CMS does the work (`lcms2`), with relative colorimetric intent, libvips' default.
-//! RGB profiles apply here, and CMYK ones to a CMYK JPEG's samples ([`cmyk_to_srgb`]); a grey
+//! RGB profiles apply here, and CMYK ones to a CMYK JPEG's samples ([`CmykToSrgb`]); a grey
 //! profile is left alone.
 
 use lcms2::{ColorSpaceSignature, InfoType, Intent, Locale, PixelFormat, Profile, Transform};
@@ -88,39 +88,48 @@ pub fn to_srgb(image: &mut Bitmap, icc: &[u8]) -> Applied {
     }
 }
 
-/// A CMYK JPEG's samples (4 bytes a pixel) converted to sRGB (3 bytes a pixel) through its
-/// CMYK profile `icc`. `inverted` for an Adobe JPEG (one with an APP14 "Adobe" marker), whose
-/// samples Photoshop stores as 255 - ink, as libjpeg and libvips take them. `Err` with the
-/// reason when the profile cannot do it; the caller then converts without it.
-pub fn cmyk_to_srgb(cmyk: &[u8], inverted: bool, icc: &[u8]) -> Result<(Vec<u8>, String), Applied> {
-    let (profile, name) = open(icc)?;
-    if profile.color_space() != ColorSpaceSignature::CmykData {
-        return Err(Applied::Ignored(format!(
-            "{name} is not a CMYK profile, and the image is CMYK"
-        )));
-    }
-    let input = if inverted {
-        PixelFormat::CMYK_8_REV
-    } else {
-        PixelFormat::CMYK_8
-    };
-    let transform = Transform::<[u8; 4], [u8; 3]>::new(
-        &profile,
-        input,
-        &Profile::new_srgb(),
-        PixelFormat::RGB_8,
-        Intent::RelativeColorimetric,
-    )
-    .map_err(|err| Applied::Ignored(format!("{name}: cannot convert it to sRGB: {err}")))?;
-    let (pixels, _) = cmyk.as_chunks::<4>();
-    let mut rgb = vec![[0u8; 3]; pixels.len()];
-    transform.transform_pixels(pixels, &mut rgb);
-    Ok((rgb.into_flattened(), name))
+/// A CMYK JPEG's conversion to sRGB through its CMYK profile, built before the samples are
+/// decoded, so a profile that cannot do it sends the image to the formula before any work.
+pub struct CmykToSrgb {
+    transform: Transform<[u8; 4], [u8; 3]>,
+    /// The profile's name, for the analysis.
+    pub name: String,
 }
 
-/// Whether `icc` is a CMYK profile that reads.
-pub fn is_cmyk(icc: &[u8]) -> bool {
-    open(icc).is_ok_and(|(profile, _)| profile.color_space() == ColorSpaceSignature::CmykData)
+impl CmykToSrgb {
+    /// The transform from `icc`. `inverted` for an Adobe JPEG (one with an APP14 "Adobe"
+    /// marker), whose samples Photoshop stores as 255 - ink, as libjpeg and libvips take them.
+    /// `Err` with the reason when the profile cannot do it; the caller then converts without.
+    pub fn new(icc: &[u8], inverted: bool) -> Result<CmykToSrgb, Applied> {
+        let (profile, name) = open(icc)?;
+        if profile.color_space() != ColorSpaceSignature::CmykData {
+            return Err(Applied::Ignored(format!(
+                "{name} is not a CMYK profile, and the image is CMYK"
+            )));
+        }
+        let input = if inverted {
+            PixelFormat::CMYK_8_REV
+        } else {
+            PixelFormat::CMYK_8
+        };
+        let transform = Transform::new(
+            &profile,
+            input,
+            &Profile::new_srgb(),
+            PixelFormat::RGB_8,
+            Intent::RelativeColorimetric,
+        )
+        .map_err(|err| Applied::Ignored(format!("{name}: cannot convert it to sRGB: {err}")))?;
+        Ok(CmykToSrgb { transform, name })
+    }
+
+    /// CMYK samples (4 bytes a pixel) as sRGB (3 bytes a pixel).
+    pub fn convert(&self, cmyk: &[u8]) -> Vec<u8> {
+        let (pixels, _) = cmyk.as_chunks::<4>();
+        let mut rgb = vec![[0u8; 3]; pixels.len()];
+        self.transform.transform_pixels(pixels, &mut rgb);
+        rgb.into_flattened()
+    }
 }
 
 /// The profile and its name, or why it is ignored.

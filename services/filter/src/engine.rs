@@ -133,17 +133,18 @@ pub fn process_with(
         min_size,
         keep_icc: keeps_icc(pipeline),
     };
-    let decoded = stage_span("decode").in_scope(|| codec::decode_with(input, limits, &options))?;
-    let metadata = decoded.metadata();
     let Decoded {
         mut image,
         format: input_format,
         full_size,
         colour_type,
         exif,
+        xmp,
+        icc,
         colour_profile,
-        ..
-    } = decoded;
+    } = stage_span("decode").in_scope(|| codec::decode_with(input, limits, &options))?;
+    // Moved, not copied: the analysis reads the EXIF from here too.
+    let metadata = InputMetadata { exif, xmp, icc };
     let shrunk = (image.width(), image.height()) != full_size;
     let mut analysis = Vec::new();
     let mut facts: Option<InputFacts> = None;
@@ -180,7 +181,7 @@ pub fn process_with(
                     input_format,
                     full_size,
                     &colour_type,
-                    &exif,
+                    &metadata.exif,
                     colour_profile.as_ref().map(colour::Applied::describe),
                 )
             });
