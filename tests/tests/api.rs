@@ -324,6 +324,82 @@ async fn avif_in_and_out_through_the_mesh() {
 /// Metadata on request through the mesh: a camera JPEG with EXIF and XMP keeps both with
 /// `strip=false`, and nothing without it; a CMYK JPEG with its profile comes out in sRGB.
 #[tokio::test(flavor = "multi_thread")]
+async fn an_animation_keeps_every_frame_through_the_mesh_and_an_op_that_cannot_animate_is_refused()
+{
+    use pixelmesh_filter::animation;
+    use pixelmesh_filter::ops::FileFormat;
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    let http = reqwest::Client::new();
+    let base = cluster.http_url();
+    // A 4-frame 80x50 GIF made by libvips, 100-400 ms a frame, played 3 times.
+    let gif = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../services/filter/tests/data/kite-4-frames.gif"
+    ))
+    .expect("fixture");
+    let files = [("spin.gif", gif.clone())];
+
+    // Refused at submit, naming the input and the op, before anything is queued.
+    let form = reqwest::multipart::Form::new()
+        .text("pipeline", "resize:w=40/analyze")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(gif.clone()).file_name("spin.gif"),
+        );
+    let refused = rest::post_job(&http, &base, form).await;
+    assert_eq!(refused.status().as_u16(), 400);
+    let body: serde_json::Value = refused.json().await.expect("json");
+    let message = body["error"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with(
+            "input 0 (spin.gif): the input is an animation of 4 frames and op 2 (analyze) cannot animate"
+        ) && message.ends_with("add frame=0 to the format op to use one frame"),
+        "{message}"
+    );
+
+    let mut client = cluster.gateway_client().await;
+    for (pipeline, format) in [
+        (
+            "resize:w=40/flip/grayscale/format:webp,quality=80",
+            FileFormat::Webp,
+        ),
+        ("resize:w=40/format:gif", FileFormat::Gif),
+        ("resize:w=40/analyze/format:png,frame=2", FileFormat::Png),
+    ] {
+        let id = rest::submit(&http, &base, pipeline, &files).await;
+        let (_, job) = api::watch_to_end(&mut client, &id, JOB_TIMEOUT).await;
+        assert_eq!(
+            job.summary.expect("summary").state(),
+            JobState::Completed,
+            "{pipeline}"
+        );
+        let url = format!("{base}/api/v1/jobs/{id}/outputs/0");
+        let bytes = http.get(url).send().await.expect("download");
+        let bytes = bytes.bytes().await.expect("body").to_vec();
+        assert_eq!(
+            pixelmesh_filter::codec::detect_format(&bytes),
+            Some(format),
+            "{pipeline}"
+        );
+        let count = animation::frame_count(&bytes, format);
+        if format == FileFormat::Png {
+            assert_eq!(count.frames, 1, "{pipeline}: one frame picked");
+            continue;
+        }
+        assert_eq!(count.frames, 4, "{pipeline}: every frame kept");
+        let mut sizes = Vec::new();
+        let timing = animation::decode_each(&bytes, format, 4, &Default::default(), |frame, _| {
+            sizes.push((frame.width(), frame.height()));
+            Ok::<_, pixelmesh_filter::codec::DecodeError>(())
+        })
+        .expect("the output decodes");
+        assert_eq!(sizes, vec![(40, 25); 4], "{pipeline}");
+        assert_eq!(timing.delays_ms, [100, 200, 300, 400], "{pipeline}");
+        assert_eq!(timing.loops, 3, "{pipeline}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn metadata_kept_on_request_and_cmyk_converted_through_the_mesh() {
     let cluster = Cluster::start(ClusterOptions::default()).await;
     let http = reqwest::Client::new();

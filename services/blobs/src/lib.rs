@@ -498,6 +498,7 @@ pub fn info(id: &str, size: u64, head: &[u8]) -> v1::BlobInfo {
         width: header.map_or(0, |h| h.width),
         height: header.map_or(0, |h| h.height),
         bytes_per_pixel: header.map_or(0, |h| h.bytes_per_pixel),
+        frames: header.map_or(0, |h| h.frames),
     }
 }
 

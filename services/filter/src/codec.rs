@@ -34,7 +34,7 @@ use image::{DynamicImage, ExtendedColorType, ImageDecoder, ImageEncoder, ImageEr
 
 use pixelmesh_pipeline::budget::Input;
 pub use pixelmesh_pipeline::formats::Encoding;
-use pixelmesh_pipeline::formats::{PngSpeed, jpeg_shrink};
+use pixelmesh_pipeline::formats::{MAX_FRAMES, PngSpeed, jpeg_shrink};
 use pixelmesh_pipeline::{Bitmap, FileFormat};
 
 use crate::metadata::{self, Outgoing, XMP_APP1};
@@ -80,6 +80,19 @@ pub enum DecodeError {
         megapixels(*limit)
     )]
     TooManyPixels { width: u32, height: u32, limit: u64 },
+    #[error(
+        "animation of {frames} frames of {width}x{height} ({:.1} megapixels in all) is over the limit of {MAX_FRAMES} frames or {:.1} megapixels",
+        megapixels(u64::from(*frames) * *width as u64 * *height as u64),
+        megapixels(*limit)
+    )]
+    TooManyFrames {
+        frames: u32,
+        width: u32,
+        height: u32,
+        limit: u64,
+    },
+    #[error("frame {index} was asked for, and the image has {frames} frame(s)")]
+    NoSuchFrame { index: u32, frames: u32 },
     #[error("{} image needs more memory to decode than allowed: {reason}", format.name())]
     OverMemoryLimit { format: FileFormat, reason: String },
     #[error("{} image uses a feature that is not supported: {reason}", format.name())]
@@ -189,6 +202,8 @@ pub struct Probe {
     /// Memory the decoder needs beside its buffer, when the header shows it: the whole
     /// image's DCT coefficients for a progressive JPEG. 0 otherwise.
     pub decoder_bytes: u64,
+    /// Frames of an animated GIF or WebP; 1 for a still image.
+    pub frames: u32,
 }
 
 impl Probe {
@@ -226,6 +241,7 @@ pub fn probe(input: &[u8]) -> Option<Probe> {
                 bytes_per_pixel: if alpha { 4 } else { 3 },
                 alpha,
                 decoder_bytes: 0,
+                frames: 1,
             });
         }
         probe_as(input, format)
@@ -294,6 +310,7 @@ fn probe_jpeg(input: &[u8]) -> Option<Probe> {
         bytes_per_pixel,
         alpha: false,
         decoder_bytes,
+        frames: 1,
     })
 }
 
@@ -318,6 +335,7 @@ fn probe_as(input: &[u8], format: FileFormat) -> Option<Probe> {
         bytes_per_pixel: u32::from(colour.bytes_per_pixel()),
         alpha: colour.has_alpha(),
         decoder_bytes: 0,
+        frames: crate::animation::frame_count(input, format).frames,
     })
 }
 
@@ -433,10 +451,15 @@ pub fn decode_with(
             }
         }
     }))
-    .map_err(|_| DecodeError::Corrupt {
+    .map_err(|_| crashed(format))?
+}
+
+/// What a decoder's panic on hostile bytes becomes: this input's failure, not the worker's.
+pub(crate) fn crashed(format: FileFormat) -> DecodeError {
+    DecodeError::Corrupt {
         format,
         reason: "the decoder crashed on this input".into(),
-    })?
+    }
 }
 
 /// Decodes a JPEG with libjpeg-turbo, shrunk on load as [`decode_shrunk`] says. A CMYK or
@@ -762,7 +785,7 @@ fn decode_webp(input: &[u8]) -> Option<DynamicImage> {
 /// An alpha channel that is opaque everywhere is dropped: GIF always decodes as RGBA, many
 /// PNGs carry a useless alpha, and every op is faster on three channels than on four. The RGB
 /// bytes are packed into the RGBA buffer's front, so no second image is allocated.
-fn to_bitmap(image: DynamicImage, orientation: Orientation) -> Option<Bitmap> {
+pub(crate) fn to_bitmap(image: DynamicImage, orientation: Orientation) -> Option<Bitmap> {
     let mut image = if image.color().has_alpha() {
         DynamicImage::ImageRgba8(image.into_rgba8())
     } else {
@@ -841,7 +864,7 @@ fn jpeg_reaches_end(data: &[u8]) -> bool {
     }
 }
 
-fn decode_error(format: FileFormat, err: ImageError) -> DecodeError {
+pub(crate) fn decode_error(format: FileFormat, err: ImageError) -> DecodeError {
     match err {
         ImageError::Limits(err) => DecodeError::OverMemoryLimit {
             format,
@@ -890,20 +913,7 @@ pub fn encode_carrying(
     let outgoing = Outgoing::new(encoding, input);
     let format = encoding.format;
     let (width, height) = (image.width(), image.height());
-    let max = match format {
-        // AV1 frames are at most 65536 on a side; the HEIF image item's too.
-        FileFormat::Jpeg | FileFormat::Gif | FileFormat::Avif => u32::from(u16::MAX),
-        FileFormat::Webp => 16384,
-        FileFormat::Png | FileFormat::Bmp | FileFormat::Tiff => u32::MAX,
-    };
-    if width > max || height > max {
-        return Err(EncodeError::TooLarge {
-            format,
-            width,
-            height,
-            max,
-        });
-    }
+    check_encodable(format, width, height)?;
     let color = if image.has_alpha() {
         ExtendedColorType::Rgba8
     } else {
@@ -969,6 +979,29 @@ pub fn encode_carrying(
         FileFormat::Avif => out = avif::encode(image, encoding, &outgoing.exif).map_err(failed)?,
     }
     Ok(out)
+}
+
+/// Whether `format` can hold a `width` x `height` image.
+pub(crate) fn check_encodable(
+    format: FileFormat,
+    width: u32,
+    height: u32,
+) -> Result<(), EncodeError> {
+    let max = match format {
+        // AV1 frames are at most 65536 on a side; the HEIF image item's too.
+        FileFormat::Jpeg | FileFormat::Gif | FileFormat::Avif => u32::from(u16::MAX),
+        FileFormat::Webp => 16384,
+        FileFormat::Png | FileFormat::Bmp | FileFormat::Tiff => u32::MAX,
+    };
+    if width > max || height > max {
+        return Err(EncodeError::TooLarge {
+            format,
+            width,
+            height,
+            max,
+        });
+    }
+    Ok(())
 }
 
 /// zlib-style levels onto the three speeds image's PNG encoder offers.

@@ -22,8 +22,8 @@ use pixelmesh_proto::ErrorCode;
 
 use crate::budget;
 use crate::codec::{self, DecodeError, DecodeOptions, Decoded, EncodeError, InputMetadata, Limits};
-use crate::colour;
 use crate::ops::{Assets, Bitmap, FileFormat, Fit, InputFacts, Op, Pipeline, Resize, analyze};
+use crate::{animation, colour};
 
 pub use pixelmesh_pipeline::formats::SHRINK_HEADROOM;
 
@@ -66,6 +66,10 @@ pub enum ProcessError {
     },
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    /// An animated input, and an op that cannot run frame by frame (see
+    /// [`Pipeline::animation_refusal`]).
+    #[error("{0}")]
+    CannotAnimate(String),
     /// The task's deadline (see [`budget::with_deadline`]) passed before the image was done.
     #[error(
         "processing took longer than the limit of {} per task",
@@ -87,13 +91,15 @@ impl ProcessError {
             ProcessError::Decode(
                 DecodeError::InputTooLarge { .. }
                 | DecodeError::TooManyPixels { .. }
-                | DecodeError::OverMemoryLimit { .. },
+                | DecodeError::OverMemoryLimit { .. }
+                | DecodeError::TooManyFrames { .. },
             )
             | ProcessError::OutputTooLarge { .. } => ErrorCode::ResourceExhausted,
             ProcessError::TimedOut { .. } => ErrorCode::DeadlineExceeded,
-            ProcessError::Decode(_) | ProcessError::Op { .. } | ProcessError::Encode(_) => {
-                ErrorCode::InvalidArgument
-            }
+            ProcessError::Decode(_)
+            | ProcessError::Op { .. }
+            | ProcessError::Encode(_)
+            | ProcessError::CannotAnimate(_) => ErrorCode::InvalidArgument,
         }
     }
 }
@@ -116,12 +122,37 @@ pub fn process(
 }
 
 /// [`process`], with the logos the pipeline's watermarks overlay (see [`Pipeline::logos`]).
+/// An animated GIF or WebP keeps every frame unless the pipeline picks one (see
+/// [`animation`]).
 pub fn process_with(
     input: &[u8],
     pipeline: &Pipeline,
     limits: &Limits,
     assets: &Assets,
 ) -> Result<Processed, ProcessError> {
+    let detected = codec::detect_format(input);
+    let count = detected.map(|format| animation::frame_count(input, format));
+    match (detected, count, pipeline.frame()) {
+        (Some(format), Some(count), None) if count.frames > 1 => {
+            if !count.complete {
+                return Err(DecodeError::Corrupt {
+                    format,
+                    reason: format!(
+                        "the animation is cut short or corrupt after {} frames",
+                        count.frames
+                    ),
+                }
+                .into());
+            }
+            return process_animation(input, format, count.frames, pipeline, limits, assets);
+        }
+        (Some(format), _, Some(index)) if index > 0 => {
+            let decoded = stage_span("decode")
+                .in_scope(|| animation::decode_frame(input, format, index, limits))?;
+            return process_decoded(decoded, pipeline, limits, assets);
+        }
+        _ => {}
+    }
     let min_size = match pipeline.shrink_on_load() {
         Some((w, h)) => (
             w.saturating_mul(SHRINK_HEADROOM),
@@ -133,8 +164,19 @@ pub fn process_with(
         min_size,
         keep_icc: keeps_icc(pipeline),
     };
+    let decoded = stage_span("decode").in_scope(|| codec::decode_with(input, limits, &options))?;
+    process_decoded(decoded, pipeline, limits, assets)
+}
+
+/// The pipeline's ops on a decoded still image, then the encode.
+fn process_decoded(
+    decoded: Decoded,
+    pipeline: &Pipeline,
+    limits: &Limits,
+    assets: &Assets,
+) -> Result<Processed, ProcessError> {
     let Decoded {
-        mut image,
+        image,
         format: input_format,
         full_size,
         colour_type,
@@ -142,12 +184,84 @@ pub fn process_with(
         xmp,
         icc,
         colour_profile,
-    } = stage_span("decode").in_scope(|| codec::decode_with(input, limits, &options))?;
+    } = decoded;
     // Moved, not copied: the analysis reads the EXIF from here too.
     let metadata = InputMetadata { exif, xmp, icc };
-    let shrunk = (image.width(), image.height()) != full_size;
     let mut analysis = Vec::new();
     let mut facts: Option<InputFacts> = None;
+    let image = run_ops(image, full_size, pipeline, limits, assets, |image| {
+        // The EXIF summary is parsed once, however many analyze ops the pipeline has.
+        let facts = facts.get_or_insert_with(|| {
+            InputFacts::new(
+                input_format,
+                full_size,
+                &colour_type,
+                &metadata.exif,
+                colour_profile.as_ref().map(colour::Applied::describe),
+            )
+        });
+        analysis.push(analyze::report(image, facts).to_string());
+    })?;
+    Ok(Processed {
+        analysis,
+        ..encode(&image, pipeline, input_format, &metadata)?
+    })
+}
+
+/// Every frame of an animation through the pipeline, each decoded, processed and kept in
+/// turn, then encoded together with the input's delays and loop count. Refused, naming the op,
+/// when the pipeline has one that cannot animate.
+fn process_animation(
+    input: &[u8],
+    input_format: FileFormat,
+    frames: u32,
+    pipeline: &Pipeline,
+    limits: &Limits,
+    assets: &Assets,
+) -> Result<Processed, ProcessError> {
+    if let Some(refusal) = pipeline.animation_refusal(frames) {
+        return Err(ProcessError::CannotAnimate(refusal));
+    }
+    let mut processed = Vec::with_capacity(frames as usize);
+    let timing = stage_span("frames").in_scope(|| {
+        animation::decode_each(input, input_format, frames, limits, |image, _delay| {
+            let full_size = (image.width(), image.height());
+            processed.push(run_ops(image, full_size, pipeline, limits, assets, |_| {})?);
+            Ok::<(), ProcessError>(())
+        })
+    })?;
+    if budget::expired() {
+        return Err(timed_out());
+    }
+    let encoding = match pipeline.output_format() {
+        Some(output) => output.encoding(),
+        None => codec::Encoding::new(input_format),
+    };
+    let bytes =
+        stage_span("encode").in_scope(|| animation::encode(&processed, &timing, &encoding))?;
+    let (width, height) = processed
+        .first()
+        .map_or((0, 0), |frame| (frame.width(), frame.height()));
+    Ok(Processed {
+        bytes,
+        content_type: encoding.format.content_type(),
+        width,
+        height,
+        analysis: Vec::new(),
+    })
+}
+
+/// The pipeline's ops on `image`, decoded from a `full_size` image (bigger when shrunk on
+/// load), with `analyze` called for each analyze op on the image it sees.
+fn run_ops(
+    mut image: Bitmap,
+    full_size: (u32, u32),
+    pipeline: &Pipeline,
+    limits: &Limits,
+    assets: &Assets,
+    mut analyze: impl FnMut(&Bitmap),
+) -> Result<Bitmap, ProcessError> {
+    let shrunk = (image.width(), image.height()) != full_size;
     for (i, op) in pipeline.ops().iter().enumerate() {
         if budget::expired() {
             return Err(timed_out());
@@ -175,17 +289,7 @@ pub fn process_with(
             });
         }
         if let Op::Analyze(_) = op {
-            // The EXIF summary is parsed once, however many analyze ops the pipeline has.
-            let facts = facts.get_or_insert_with(|| {
-                InputFacts::new(
-                    input_format,
-                    full_size,
-                    &colour_type,
-                    &metadata.exif,
-                    colour_profile.as_ref().map(colour::Applied::describe),
-                )
-            });
-            analysis.push(analyze::report(&image, facts).to_string());
+            analyze(&image);
         }
         image = timed_op(name, position, || op.apply_with(image, assets)).map_err(|reason| {
             // A long op stops at the deadline with an error of its own; the deadline is what
@@ -204,10 +308,7 @@ pub fn process_with(
     if budget::expired() {
         return Err(timed_out());
     }
-    Ok(Processed {
-        analysis,
-        ..encode(&image, pipeline, input_format, &metadata)?
-    })
+    Ok(image)
 }
 
 /// Whether `pipeline`'s output embeds the input's ICC profile, so decoding must leave the

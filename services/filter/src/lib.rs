@@ -3,6 +3,7 @@
 //! * [`ops`] — the operations: one file per op with its parameters, validation and pixel code;
 //!   [`ops::Pipeline`] parses and validates a pipeline from protobuf or JSON;
 //! * [`codec`] — decoding with limits checked from the header first, and encoding;
+//! * [`animation`] — animated GIF and WebP, decoded and encoded frame by frame;
 //! * [`engine`] — `process`: bytes in, pipeline applied, bytes out;
 //! * [`budget`] — what a pipeline will cost on an image, estimated before it runs, and the
 //!   deadline that stops it while it runs;
@@ -12,6 +13,7 @@
 //! * [`outage`] — holding tasks while storage or NATS is down, so outages spend no attempts;
 //! * [`heartbeat`] — the worker's entry in the `pixelmesh-workers` KV bucket.
 
+pub mod animation;
 mod avif;
 pub mod codec;
 pub mod colour;

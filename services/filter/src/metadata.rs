@@ -187,14 +187,28 @@ pub fn webp_with(webp: &[u8], outgoing: &Outgoing) -> Result<Vec<u8>, String> {
             }
         }
         sys::WebPMuxDelete(mux);
-        let out = if result.is_ok() && !assembled.bytes.is_null() {
-            std::slice::from_raw_parts(assembled.bytes, assembled.size).to_vec()
-        } else {
-            Vec::new()
-        };
-        sys::WebPDataClear(&mut assembled);
+        let out = take_webp_data(&mut assembled);
         result.map(|()| out)
     }
+}
+
+/// Copies out a buffer libwebp assembled, and frees it; empty when there is none.
+///
+/// # Safety
+///
+/// `data` is empty (as `WebPData::default()` makes it) or was filled by libwebp and not
+/// freed since.
+#[allow(unsafe_code)]
+pub(crate) unsafe fn take_webp_data(data: &mut libwebp_sys::WebPData) -> Vec<u8> {
+    let out = if data.bytes.is_null() {
+        Vec::new()
+    } else {
+        // SAFETY: libwebp's buffer of `size` bytes, alive until the clear below.
+        unsafe { std::slice::from_raw_parts(data.bytes, data.size).to_vec() }
+    };
+    // SAFETY: as the caller promises; clearing an empty WebPData is a no-op.
+    unsafe { libwebp_sys::WebPDataClear(data) };
+    out
 }
 
 #[cfg(test)]

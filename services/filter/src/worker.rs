@@ -21,7 +21,7 @@ use pixelmesh_proto::{
     Error, ErrorCode,
     v1::{
         BlobMeta, GetBlobRequest, JobRequest, JobState, Output, PutBlobRequest, Task, TaskResult,
-        TileAssembly, TileInput, TileOutput, TileSplit, put_blob_request::Part,
+        TileAssembly, TileInput, TileOutput, TileSplit, Tiling, put_blob_request::Part,
         storage_client::StorageClient, task, task_result::Outcome,
     },
 };
@@ -472,12 +472,22 @@ async fn run_image(
     // here (a URL input's size is first known here; a stored one's was checked at submit).
     // An input whose header does not read fails in the decoder, naming the problem.
     let probe = codec::probe(&input);
-    let policy = Policy::from_task(task);
+    // An animation is processed whole, frame by frame: never tiled, each frame counted.
+    let frames = pipeline.frames_processed(probe.map_or(1, |probe| probe.frames));
+    let policy = match Policy::from_task(task) {
+        policy if frames > 1 => Policy {
+            mode: Tiling::Never,
+            ..policy
+        },
+        policy => policy,
+    };
     let pixels = probe.map(|probe| u64::from(probe.width) * u64::from(probe.height));
     let estimate = probe.zip(pixels).map(|(probe, pixels)| {
-        policy.estimate(&pipeline, pixels, |pipeline| {
-            pipeline.estimate_probed(&probe.input())
-        })
+        policy
+            .estimate(&pipeline, pixels, |pipeline| {
+                pipeline.estimate_probed(&probe.input())
+            })
+            .for_frames(frames)
     });
     if let Some(estimate) = &estimate {
         let budget = Budget {

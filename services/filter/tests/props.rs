@@ -157,6 +157,7 @@ fn fields_of(name: &str) -> &'static [&'static str] {
             "metadata",
             "strip",
             "keep_icc",
+            "frame",
         ],
         _ => &[],
     }
@@ -693,10 +694,21 @@ fn format_op() -> BoxedStrategy<OpSpec> {
         prop::option::of(0..=9_u8),
         prop::option::of(prop::sample::select(Metadata::NAMES.to_vec())),
         prop::option::of((any::<bool>(), any::<bool>())),
+        prop::option::of(0..1200_u32),
     )
         .prop_filter_map(
             "format options that apply",
-            |(format, quality, progressive, lossless, compression, effort, metadata, keep_icc)| {
+            |(
+                format,
+                quality,
+                progressive,
+                lossless,
+                compression,
+                effort,
+                metadata,
+                keep_icc,
+                frame,
+            )| {
                 let op = Format::with_options(Encoding {
                     format,
                     quality: quality.filter(|&q| q != 0).unwrap_or(85),
@@ -707,6 +719,7 @@ fn format_op() -> BoxedStrategy<OpSpec> {
                     metadata: metadata.and_then(Metadata::from_name).unwrap_or_default(),
                     keep_icc: keep_icc.is_some_and(|(k, _)| k),
                 })
+                .and_then(|op| op.with_frame(frame))
                 .ok()?;
                 let mut args = vec![(0, Arg::Str(format.name().into()))];
                 if let Some(q) = quality {
@@ -729,6 +742,9 @@ fn format_op() -> BoxedStrategy<OpSpec> {
                 }
                 if let Some((k, digit)) = keep_icc {
                     args.push((8, Arg::Bool(k, digit)));
+                }
+                if let Some(f) = frame {
+                    args.push((9, Arg::Int(f.into())));
                 }
                 Some(OpSpec::new(Op::Format(op), args))
             },
@@ -1290,6 +1306,7 @@ fn any_operation() -> BoxedStrategy<Operation> {
             prop::option::of(any_u32()),
             any_enum(),
             any::<bool>(),
+            prop::option::of(any_u32()),
         )
             .prop_map(
                 |(
@@ -1301,6 +1318,7 @@ fn any_operation() -> BoxedStrategy<Operation> {
                     effort,
                     metadata,
                     keep_icc,
+                    frame,
                 )| {
                     P::Format(v1::Format {
                         format,
@@ -1311,6 +1329,7 @@ fn any_operation() -> BoxedStrategy<Operation> {
                         effort,
                         metadata,
                         keep_icc,
+                        frame,
                     })
                 },
             )

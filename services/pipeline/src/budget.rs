@@ -206,6 +206,27 @@ impl Estimate {
             height: self.height,
         }
     }
+
+    /// This estimate of one frame, for `frames` frames processed in turn (see
+    /// [`Pipeline::frames_processed`]): the CPU of each, and beside the one frame's peak, every
+    /// other frame alive at its canvas size as decoded RGBA and again as output, which is how
+    /// an animation is held until it is encoded. Output frames are never counted larger than
+    /// input ones, an overestimate for a pipeline that shrinks them.
+    pub fn for_frames(self, frames: u32) -> Estimate {
+        if frames <= 1 {
+            return self;
+        }
+        let others = u64::from(frames - 1);
+        let frame_bytes = u64::from(self.width) * u64::from(self.height) * 4;
+        Estimate {
+            peak_bytes: self
+                .peak_bytes
+                .saturating_add(others.saturating_mul(frame_bytes).saturating_mul(2)),
+            cpu_ms: self.cpu_ms.saturating_mul(u64::from(frames)),
+            slowest_cpu_ms: self.slowest_cpu_ms.saturating_mul(u64::from(frames)),
+            ..self
+        }
+    }
 }
 
 /// The largest logo accepted, in pixels: a logo is scaled down to a fraction of the image it
@@ -764,6 +785,23 @@ mod tests {
                 && message.ends_with("over the limit of 1 GiB per image"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn every_frame_of_an_animation_counts() {
+        let p = pipeline("resize:w=100/format:gif");
+        let one = p.estimate(500, 400, 4);
+        assert_eq!(one.for_frames(1), one);
+        let ten = one.for_frames(10);
+        assert_eq!(ten.cpu_ms, one.cpu_ms * 10);
+        assert_eq!(ten.peak_bytes, one.peak_bytes + 9 * 500 * 400 * 4 * 2);
+        assert_eq!((ten.width, ten.height), (500, 400));
+        let budget = Budget {
+            max_memory_bytes: one.peak_bytes * 2,
+            max_cpu_ms: 0,
+        };
+        assert_eq!(budget.check(&one), Ok(()));
+        assert!(budget.check(&ten).is_err());
     }
 
     #[test]

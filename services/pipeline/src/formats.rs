@@ -12,6 +12,10 @@ pub const DEFAULT_COMPRESSION: u8 = 6;
 pub const DEFAULT_EFFORT: u8 = 4;
 /// The largest AVIF effort.
 pub const MAX_EFFORT: u8 = 9;
+/// The most frames an animated input may have, whatever their size: each frame is decoded,
+/// processed and encoded in turn, and all of them are alive until the encode (their pixels
+/// count toward the pixel limit too). libvips' and imgproxy's defaults are in the same range.
+pub const MAX_FRAMES: u32 = 1000;
 
 /// The image formats pixelmesh reads and writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -70,6 +74,11 @@ impl FileFormat {
             self,
             FileFormat::Jpeg | FileFormat::Png | FileFormat::Webp | FileFormat::Tiff
         )
+    }
+
+    /// Whether the format holds an animation: GIF and WebP. The others take one frame.
+    pub fn animates(self) -> bool {
+        matches!(self, FileFormat::Gif | FileFormat::Webp)
     }
 
     /// The usual file extension, without the dot.

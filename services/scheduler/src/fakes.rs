@@ -83,12 +83,18 @@ impl MemoryStore {
 
     /// A blob `owner` uploaded, `width` x `height` pixels.
     pub fn add_blob(&self, id: &str, owner: &str, width: u32, height: u32) {
+        self.add_animation(id, owner, width, height, 1);
+    }
+
+    /// An animated blob `owner` uploaded, `frames` frames of `width` x `height` pixels.
+    pub fn add_animation(&self, id: &str, owner: &str, width: u32, height: u32, frames: u32) {
         let info = BlobInfo {
             id: id.to_string(),
             size_bytes: 1000,
             width,
             height,
             bytes_per_pixel: 4,
+            frames,
         };
         self.state()
             .blobs

@@ -112,6 +112,7 @@ impl<S: JobStore, Q: TaskQueue> Jobs<S, Q> {
             ));
         }
         let blobs = self.check_blobs(&request, &pipeline).await?;
+        check_animations(&request, &pipeline, &blobs)?;
         self.check_budget(&request, &pipeline, tiling, &blobs)?;
 
         let id = match request.job_id.as_str() {
@@ -257,9 +258,21 @@ impl<S: JobStore, Q: TaskQueue> Jobs<S, Q> {
                 continue;
             };
             let pixels = u64::from(blob.width) * u64::from(blob.height);
-            let estimate = policy.estimate(pipeline, pixels, |pipeline| {
-                pipeline.estimate(blob.width, blob.height, blob.bytes_per_pixel)
-            });
+            // An animation is processed whole, frame by frame, never tiled.
+            let frames = pipeline.frames_processed(blob.frames);
+            let policy = if frames > 1 {
+                Policy {
+                    mode: Tiling::Never,
+                    ..policy
+                }
+            } else {
+                policy
+            };
+            let estimate = policy
+                .estimate(pipeline, pixels, |pipeline| {
+                    pipeline.estimate(blob.width, blob.height, blob.bytes_per_pixel)
+                })
+                .for_frames(frames);
             budget
                 .check(&estimate)
                 .map_err(|err| Error::too_large(format!("input {i} ({}): {err}", input.name)))?;
@@ -657,6 +670,26 @@ impl<S> Jobs<S, JetStreamQueue> {
     pub(crate) fn jetstream(&self) -> &async_nats::jetstream::Context {
         self.queue.jetstream()
     }
+}
+
+/// An animated blob input (its frame count read by storage from the header) whose pipeline
+/// has an op that cannot animate is refused, naming the input and the op: the user picks one
+/// frame with `frame=0`, or drops the op. A URL input is checked by its worker once fetched.
+fn check_animations(
+    request: &SubmitJobRequest,
+    pipeline: &Pipeline,
+    blobs: &[Option<BlobInfo>],
+) -> Result<(), Error> {
+    for (i, (input, blob)) in request.inputs.iter().zip(blobs).enumerate() {
+        let frames = blob.as_ref().map_or(1, |blob| blob.frames);
+        if let Some(refusal) = pipeline.animation_refusal(frames) {
+            return Err(Error::invalid(format!(
+                "input {i} ({}): {refusal}",
+                input.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Marks a job's end in its trace, its log and `pixelmesh_jobs_finished_total{state}`.

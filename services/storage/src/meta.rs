@@ -2344,6 +2344,7 @@ mod tests {
             width: 3,
             height: 2,
             bytes_per_pixel: 3,
+            frames: 1,
         };
         meta.add_blob(&upload, "alice").expect("alice uploads");
         assert!(meta.owns(BLOB, "alice").expect("owns"));

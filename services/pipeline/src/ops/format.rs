@@ -6,7 +6,7 @@ use pixelmesh_proto::v1;
 use crate::bitmap::Bitmap;
 pub use crate::formats::{
     DEFAULT_COMPRESSION, DEFAULT_EFFORT, DEFAULT_QUALITY, Encoding, FileFormat, MAX_EFFORT,
-    Metadata,
+    MAX_FRAMES, Metadata,
 };
 
 use serde_json::Value;
@@ -22,6 +22,8 @@ pub(crate) const NAME: &str = "format";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Format {
     encoding: Encoding,
+    /// Of an animated input, the one frame to use; `None` keeps them all.
+    frame: Option<u32>,
 }
 
 impl Format {
@@ -82,7 +84,23 @@ impl Format {
             "effort",
             "avif",
         )?;
-        Ok(Format { encoding })
+        Ok(Format {
+            encoding,
+            frame: None,
+        })
+    }
+
+    /// This format, taking only frame `frame` (0 = the first) of an animated input.
+    pub fn with_frame(self, frame: Option<u32>) -> Result<Format, String> {
+        match frame {
+            Some(frame) if frame >= MAX_FRAMES => Err(frame_error(i64::from(frame))),
+            _ => Ok(Format { frame, ..self }),
+        }
+    }
+
+    /// The one frame of an animated input to use, if the op picks one.
+    pub fn frame(&self) -> Option<u32> {
+        self.frame
     }
 
     pub fn format(&self) -> FileFormat {
@@ -97,6 +115,13 @@ impl Format {
     pub fn encoding(&self) -> Encoding {
         self.encoding
     }
+}
+
+fn frame_error(value: i64) -> String {
+    format!(
+        "frame must be between 0 and {}, got {value}",
+        MAX_FRAMES - 1
+    )
 }
 
 fn compression_error(value: i64) -> String {
@@ -134,6 +159,7 @@ impl Operator for Format {
             Field::choice("metadata", "Keep metadata", &Metadata::NAMES),
             Field::flag("strip", "Strip metadata").with_default("true"),
             Field::flag("keep_icc", "Keep ICC profile"),
+            Field::int("frame", "Frame", 0, MAX_FRAMES as i64 - 1),
         ],
     );
 
@@ -184,6 +210,10 @@ impl Operator for Format {
                 metadata
             }
         };
+        let frame = match fields.integer("frame")? {
+            None => None,
+            Some(f) => Some(u32::try_from(f).map_err(|_| frame_error(f))?),
+        };
         Format::with_options(Encoding {
             format,
             quality,
@@ -193,7 +223,8 @@ impl Operator for Format {
             effort,
             metadata,
             keep_icc: fields.boolean("keep_icc")?.unwrap_or(false),
-        })
+        })?
+        .with_frame(frame)
     }
 
     fn from_proto(p: &v1::Format) -> Result<Format, String> {
@@ -230,7 +261,8 @@ impl Operator for Format {
             effort,
             metadata,
             keep_icc: p.keep_icc,
-        })
+        })?
+        .with_frame(p.frame)
     }
 
     fn to_proto(&self) -> v1::Format {
@@ -248,6 +280,7 @@ impl Operator for Format {
                 e.metadata.to_proto() as i32
             },
             keep_icc: e.keep_icc,
+            frame: self.frame,
         }
     }
 
@@ -277,6 +310,9 @@ impl Operator for Format {
         if e.keep_icc {
             params.push(("keep_icc", Value::from(true)));
         }
+        if let Some(frame) = self.frame {
+            params.push(("frame", Value::from(frame)));
+        }
         params
     }
 
@@ -286,9 +322,10 @@ impl Operator for Format {
 
     fn tile_halo(&self) -> Option<u32> {
         // A tiled image is encoded by the assembly, which has tiles of pixels and none of
-        // the input's metadata: an output that keeps some is processed whole.
+        // the input's metadata: an output that keeps some is processed whole. So is one frame
+        // of an animation: the split decodes the first.
         let e = &self.encoding;
-        (e.metadata == Metadata::None && !e.keep_icc).then_some(0)
+        (e.metadata == Metadata::None && !e.keep_icc && self.frame.is_none()).then_some(0)
     }
 
     fn run(&self, image: Bitmap, _assets: &Assets) -> Result<Bitmap, String> {

@@ -285,6 +285,17 @@ impl Op {
         self.apply_with(image, &Assets::default())
     }
 
+    /// Whether the op can run on each frame of an animation in turn and the result still be
+    /// one animation: every op whose output size follows from the input's size alone. Not
+    /// `analyze`, which reports on one image, nor a format that holds one frame.
+    pub fn animates(&self) -> bool {
+        match self {
+            Op::Analyze(_) => false,
+            Op::Format(format) => format.format().animates(),
+            _ => true,
+        }
+    }
+
     /// The spec of the op named `name`, if there is one.
     pub fn spec(name: &str) -> Option<&'static Spec> {
         SPECS.iter().find(|spec| spec.name == name)
@@ -516,6 +527,41 @@ impl Pipeline {
             Some(Op::Format(format)) => Some(format),
             _ => None,
         }
+    }
+
+    /// The one frame of an animated input the pipeline uses (the format op's `frame`), or
+    /// `None` to keep every frame.
+    pub fn frame(&self) -> Option<u32> {
+        self.output_format().and_then(Format::frame)
+    }
+
+    /// How many frames of a `frames`-frame input the pipeline decodes and processes.
+    pub fn frames_processed(&self, frames: u32) -> u32 {
+        if self.frame().is_some() {
+            1
+        } else {
+            frames.max(1)
+        }
+    }
+
+    /// Why the pipeline cannot keep the frames of a `frames`-frame animation, naming the first
+    /// op that cannot animate (see [`Op::animates`]); `None` for a still input, a pipeline
+    /// that picks one frame, or one whose every op animates. Refused rather than quietly
+    /// dropping frames: `frame=0` says so explicitly.
+    pub fn animation_refusal(&self, frames: u32) -> Option<String> {
+        if frames <= 1 || self.frame().is_some() {
+            return None;
+        }
+        let (i, op) = self.ops.iter().enumerate().find(|(_, op)| !op.animates())?;
+        let why = match op {
+            Op::Format(format) => format!("{} holds one frame", format.format().name()),
+            _ => "it reports on one image".to_string(),
+        };
+        Some(format!(
+            "the input is an animation of {frames} frames and op {} ({}) cannot animate: {why}; add frame=0 to the format op to use one frame",
+            i + 1,
+            op.name()
+        ))
     }
 
     /// Rules about the pipeline as a whole, after each op checked its own fields.
@@ -948,6 +994,51 @@ mod tests {
             })]),
             "op 1 (rotate): angle must be between -360 and 360, got NaN"
         );
+    }
+
+    #[test]
+    fn animations_are_refused_by_ops_that_cannot_animate_unless_one_frame_is_picked() {
+        let p = |text: &str| Pipeline::from_text(text).unwrap();
+        for keeps in [
+            "resize:w=100/crop:w=50,h=50/flip/rotate:90/grayscale/format:webp",
+            "brightness:1.2/format:gif",
+            // No format op: the output is the input's own format, an animated one.
+            "thumbnail:w=64,h=64/sepia",
+        ] {
+            assert_eq!(p(keeps).animation_refusal(12), None, "{keeps}");
+            assert_eq!(p(keeps).frames_processed(12), 12);
+        }
+        let analyze = p("resize:w=100/analyze/format:gif");
+        assert_eq!(
+            analyze.animation_refusal(12).unwrap(),
+            "the input is an animation of 12 frames and op 2 (analyze) cannot animate: it reports on one image; add frame=0 to the format op to use one frame"
+        );
+        let png = p("resize:w=100/format:png");
+        assert!(
+            png.animation_refusal(3)
+                .unwrap()
+                .contains("op 2 (format) cannot animate: png holds one frame"),
+        );
+        // A still input, or a frame picked, is never refused.
+        assert_eq!(png.animation_refusal(1), None);
+        let picked = p("resize:w=100/analyze/format:png,frame=2");
+        assert_eq!(picked.frame(), Some(2));
+        assert_eq!(picked.animation_refusal(12), None);
+        assert_eq!(picked.frames_processed(12), 1);
+        // The tile split decodes the first frame: a picked frame is processed whole.
+        assert_eq!(p("invert/format:gif,frame=1").tile_halo(), None);
+        assert_eq!(p("invert/format:gif").tile_halo(), Some(0));
+        // The frame survives every form, and its range is checked.
+        assert_eq!(p(&picked.to_text()), picked);
+        assert_eq!(Pipeline::from_proto(&picked.to_proto()).unwrap(), picked);
+        assert_eq!(Pipeline::from_json(&picked.to_json()).unwrap(), picked);
+        assert!(
+            picked.to_text().ends_with(",frame=2"),
+            "{}",
+            picked.to_text()
+        );
+        let err = Pipeline::from_text("format:gif,frame=1000").unwrap_err();
+        assert!(err.message.contains("frame"), "{}", err.message);
     }
 
     #[test]

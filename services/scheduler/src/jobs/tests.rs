@@ -12,6 +12,8 @@ use pixelmesh_proto::{
     },
 };
 
+use pixelmesh_pipeline::ops::Pipeline;
+
 use super::Jobs;
 use crate::{
     Settings,
@@ -222,6 +224,51 @@ async fn a_submit_over_the_memory_budget_is_refused_naming_the_image_before_anyt
         ..mesh
     };
     mesh.jobs.submit(request).await.expect("no limit");
+}
+
+#[tokio::test]
+async fn an_animation_is_refused_by_an_op_that_cannot_animate_and_budgeted_per_frame() {
+    let mesh = mesh_with(Settings {
+        max_image_memory_bytes: 64 << 20,
+        ..Settings::default()
+    });
+    let mut request = request(&mesh, 2);
+    mesh.store.add_animation(&blob(1), OWNER, 400, 300, 12);
+    request.inputs[1].name = "spin.gif".into();
+    let pipeline = |text: &str| Pipeline::from_text(text).unwrap().to_proto();
+
+    request.pipeline = pipeline("resize:w=100/analyze");
+    let err = mesh
+        .jobs
+        .submit(request.clone())
+        .await
+        .expect_err("analyze");
+    assert_eq!(err.code, ErrorCode::InvalidArgument);
+    assert!(
+        err.message.starts_with(
+            "input 1 (spin.gif): the input is an animation of 12 frames and op 2 (analyze) cannot animate"
+        ),
+        "{}",
+        err.message
+    );
+    assert!(mesh.store.job_ids().is_empty());
+
+    // Every frame counts: 12 frames of 400 x 300 fit in 64 MiB, 200 do not.
+    request.pipeline = pipeline("resize:w=100/format:webp");
+    mesh.jobs
+        .submit(request.clone())
+        .await
+        .expect("12 frames fit");
+    mesh.store.add_animation(&blob(1), OWNER, 400, 300, 200);
+    let err = mesh
+        .jobs
+        .submit(request.clone())
+        .await
+        .expect_err("200 frames");
+    assert_eq!(err.code, ErrorCode::ResourceExhausted);
+    // One frame picked is one frame's cost, whatever the op.
+    request.pipeline = pipeline("resize:w=100/analyze/format:png,frame=0");
+    mesh.jobs.submit(request).await.expect("one frame");
 }
 
 #[tokio::test]
