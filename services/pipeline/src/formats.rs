@@ -231,11 +231,13 @@ pub enum PngSpeed {
 }
 
 impl Encoding {
-    /// Which of the PNG encoder's speeds `compression` selects.
+    /// Which of the PNG encoder's speeds `compression` selects, for the budget: fdeflate at
+    /// 1 and 2, zlib-rs levels 2–5 at 3–7, level 6 at 8 and 9 (the filter's
+    /// `codec::png_compression`).
     pub fn png_speed(&self) -> PngSpeed {
         match self.compression {
-            0..=3 => PngSpeed::Fast,
-            4..=6 => PngSpeed::Default,
+            0..=2 => PngSpeed::Fast,
+            3..=7 => PngSpeed::Default,
             _ => PngSpeed::Best,
         }
     }
