@@ -1004,20 +1004,11 @@ pub(crate) fn check_encodable(
     Ok(())
 }
 
-/// Our PNG compression, 1 (fastest) ..= 9 (smallest), onto deflate, by measurement
-/// (BENCHMARKS.md, "PNG compression"; 1920-wide photos, our adaptive row filter, zlib-rs):
-/// fdeflate writes 3,161 KB in 14 ms, zlib levels 2, 3, 4, 5 and 6 3,150 to 2,981 KB in 66 to
-/// 160 ms, and level 9 a bigger file than 6 in 5x its time, so it is not used; neither is
-/// level 1, bigger than fdeflate. The default, 6, is level 4: 0.68x the size of libvips'
-/// compression 6 (no filter, zlib 6) in 0.97x its time.
+/// The deflate coder `encoding` selects (see [`Encoding::png_deflate_level`]).
 fn png_compression(encoding: &Encoding) -> CompressionType {
-    match encoding.compression {
-        0..=2 => CompressionType::Fast,
-        3 => CompressionType::Level(2),
-        4 | 5 => CompressionType::Level(3),
-        6 => CompressionType::Level(4),
-        7 => CompressionType::Level(5),
-        _ => CompressionType::Level(6),
+    match encoding.png_deflate_level() {
+        None => CompressionType::Fast,
+        Some(level) => CompressionType::Level(level),
     }
 }
 
