@@ -595,6 +595,19 @@ mod tests {
         }
     }
 
+    /// A tile that fails to decode once aborted the whole process: rav1d 1.1 unwrapped the
+    /// frame header its own error path had just cleared, inside an `extern "C"` function,
+    /// where a panic cannot unwind (tests/props.rs found it). This file is that case.
+    #[test]
+    fn an_av1_tile_that_fails_to_decode_fails_the_image_not_the_process() {
+        let avif = codec::tests::test_data("corrupt-tile.avif");
+        let err = decode(&avif).unwrap_err();
+        assert!(
+            err.to_string().starts_with("avif image is corrupt"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn over_the_pixel_limit_is_refused_from_the_header() {
         let (avif, _) = fixture("kite-320x200-444");
