@@ -1,15 +1,17 @@
 //! AVIF in and out.
 //!
-//! Decoding: avif-parse reads the HEIF container (the primary item and its alpha item), rav1d
-//! (the Rust port of dav1d, with dav1d's assembly) decodes each AV1 item on the calling thread,
-//! and yuv converts the planes to RGB. This is what the avif-decode crate does; we call the
-//! three crates ourselves because avif-decode needs rustc 1.98 (we build with 1.95) and starts
-//! one decoder thread per core, where a filter already decodes one image per core. 10- and
-//! 12-bit images are rounded to 8 bits before the conversion: every bitmap is 8-bit.
+//! Decoding: mp4parse (Firefox's ISOBMFF parser) reads the HEIF container: the primary item,
+//! its alpha item, the `colr` ICC profile and the `irot`/`imir` display transforms. rav1d (the
+//! Rust port of dav1d, with dav1d's assembly) decodes each AV1 item on the calling thread, and
+//! yuv converts the planes to RGB. This is what the avif-decode crate does; we call the crates
+//! ourselves because avif-decode needs rustc 1.98 (we build with 1.95) and starts one decoder
+//! thread per core, where a filter already decodes one image per core. 10- and 12-bit images
+//! are rounded to 8 bits before the conversion: every bitmap is 8-bit. The image comes out
+//! upright, as a JPEG with an EXIF orientation does: rotated by `irot`, then mirrored by
+//! `imir`, the order MIAF sets. Its ICC profile is returned for the codec to apply or keep.
 //!
-//! Not applied: an ICC profile in the container (avif-parse does not read `colr` boxes of that
-//! kind; the AV1 stream's own colour description is used) and the `irot`/`imir` rotation
-//! boxes. Grid (tiled) images and image sequences are refused by the parser with its reason.
+//! Not read: Exif and XMP items. Grid (tiled) images and image sequences are refused with the
+//! parser's reason.
 //!
 //! Encoding: ravif (rav1e), 8-bit 4:4:4 YCbCr, on the calling thread. `effort` 0..=9 maps to
 //! rav1e's speed 10..=1, so the default effort 4 is speed 6: `scripts/bench-compare` measured
@@ -38,48 +40,167 @@ use rav1d::src::lib::{
 use yuv::{YuvPlanarImage, YuvRange, YuvStandardMatrix};
 
 use pixelmesh_pipeline::formats::{Encoding, MAX_EFFORT};
+use pixelmesh_pipeline::ops::rotate::TRANSPARENT;
+use pixelmesh_pipeline::ops::{Flip, Flop, Rotate};
 use pixelmesh_pipeline::{Bitmap, FileFormat};
 
 use crate::codec::{DecodeError, Limits};
 
-/// The width and height an AVIF's primary item declares, read from its AV1 sequence header
-/// without decoding, and whether it has an alpha item; `None` if the container or the header
-/// does not read. Never panics: avif-parse asserts on some malformed boxes (found by
-/// tests/props.rs), so a panic is caught and counts as unreadable.
+/// The upright width and height of an AVIF's primary item, read from its AV1 sequence header
+/// without decoding and turned by its `irot`, and whether it has an alpha item; `None` if the
+/// container or the header does not read. Never panics: a parser's panic on malformed boxes
+/// is caught and counts as unreadable.
 pub(crate) fn dimensions(input: &[u8]) -> Option<(u32, u32, bool)> {
     std::panic::catch_unwind(|| {
-        let avif = avif_parse::read_avif(&mut &input[..]).ok()?;
-        let meta = avif.primary_item_metadata().ok()?;
-        Some((
-            meta.max_frame_width.get(),
-            meta.max_frame_height.get(),
-            avif.alpha_item.is_some(),
-        ))
+        let container = Container::read(input).ok()?;
+        let (width, height) = container.upright_size();
+        Some((width, height, container.alpha().is_some()))
     })
     .ok()
     .flatten()
 }
 
-/// Decodes `input` to an 8-bit RGB or RGBA bitmap within `limits`, and names the layout it
-/// was stored in (`yuv420p8`, `yuv444p10`…).
-pub(crate) fn decode(input: &[u8], limits: &Limits) -> Result<(Bitmap, String), DecodeError> {
-    let avif = avif_parse::read_avif(&mut &input[..]).map_err(|err| corrupt(err.to_string()))?;
-    let meta = avif
-        .primary_item_metadata()
-        .map_err(|err| corrupt(err.to_string()))?;
-    let (width, height) = (meta.max_frame_width.get(), meta.max_frame_height.get());
+/// A decoded AVIF: upright, 8-bit, with the ICC profile its container carries (not applied).
+pub(crate) struct Still {
+    pub image: Bitmap,
+    /// The layout the AV1 data was stored in: `yuv420p8`, `yuv444p10`…
+    pub colour_type: String,
+    pub icc: Option<Vec<u8>>,
+}
+
+/// Decodes `input` to an upright 8-bit RGB or RGBA bitmap within `limits`.
+pub(crate) fn decode(input: &[u8], limits: &Limits) -> Result<Still, DecodeError> {
+    let container = Container::read(input).map_err(corrupt)?;
+    let (width, height) = container.stored;
     crate::codec::check_pixels(width, height, limits)?;
     let mut decoder = Decoder::new(limits.max_pixels)?;
-    let colour = decoder.decode(&avif.primary_item)?;
-    let has_alpha = avif.alpha_item.is_some();
-    let mut image = colour.to_rgb(has_alpha)?;
+    let colour = decoder.decode(container.primary())?;
+    let alpha_item = container.alpha();
+    let mut image = colour.to_rgb(alpha_item.is_some())?;
     let colour_type = colour.layout_name();
     drop(colour);
-    if let Some(alpha) = &avif.alpha_item {
+    if let Some(alpha) = alpha_item {
         let alpha = decoder.decode(alpha)?;
-        alpha.write_alpha(&mut image, avif.premultiplied_alpha)?;
+        alpha.write_alpha(&mut image, container.context.premultiplied_alpha)?;
     }
-    Ok((image, colour_type))
+    Ok(Still {
+        image: container.transform.apply(image)?,
+        colour_type,
+        icc: container.icc(),
+    })
+}
+
+/// What decoding needs from the HEIF container.
+struct Container {
+    context: mp4parse::AvifContext,
+    /// The primary item's size as its AV1 sequence header declares it, before `transform`.
+    stored: (u32, u32),
+    transform: Transform,
+}
+
+impl Container {
+    fn read(input: &[u8]) -> Result<Container, String> {
+        // Normal: what Firefox uses; it fails on what the specification says "shall" not be.
+        let context = mp4parse::read_avif(&mut &input[..], mp4parse::ParseStrictness::Normal)
+            .map_err(parse_error)?;
+        let primary = context
+            .primary_item_coded_data()
+            .ok_or("no primary image (an image sequence only?)")?;
+        // The AV1 sequence header bounds every frame the decoder will produce; the container's
+        // `ispe` is only what the writer says.
+        let meta = avif_parse::AV1Metadata::parse_av1_bitstream(primary)
+            .map_err(|err| format!("the AV1 sequence header does not read: {err}"))?;
+        let transform = Transform::of(&context).map_err(parse_error)?;
+        Ok(Container {
+            stored: (meta.max_frame_width.get(), meta.max_frame_height.get()),
+            transform,
+            context,
+        })
+    }
+
+    fn primary(&self) -> &[u8] {
+        // `read` checked that it is there.
+        self.context.primary_item_coded_data().unwrap_or_default()
+    }
+
+    fn alpha(&self) -> Option<&[u8]> {
+        self.context.alpha_item_coded_data()
+    }
+
+    /// A profile that the container holds but that does not read is left out, as for every
+    /// other format: the pixels are still the best guess.
+    fn icc(&self) -> Option<Vec<u8>> {
+        match self.context.icc_colour_information()? {
+            Ok(icc) => Some(icc.to_vec()),
+            Err(err) => {
+                tracing::warn!(error = %err, "avif icc profile ignored");
+                None
+            }
+        }
+    }
+
+    fn upright_size(&self) -> (u32, u32) {
+        let (width, height) = self.stored;
+        if self.transform.clockwise_turns % 2 == 1 {
+            (height, width)
+        } else {
+            (width, height)
+        }
+    }
+}
+
+fn parse_error(err: mp4parse::Error) -> String {
+    match err {
+        mp4parse::Error::InvalidData(status) => <&str>::from(status).to_owned(),
+        mp4parse::Error::Unsupported(what) => format!("unsupported: {what}"),
+        mp4parse::Error::UnexpectedEOF => "the file ends early".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// The container's display transforms: HEIF's `irot` and `imir`, applied in that order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Transform {
+    /// `irot` turns anticlockwise; stored as the clockwise turns our `rotate` makes (0..=3).
+    clockwise_turns: u32,
+    /// `imir`: `Some(true)` exchanges top and bottom, `Some(false)` left and right.
+    mirror_vertically: Option<bool>,
+}
+
+impl Transform {
+    fn of(context: &mp4parse::AvifContext) -> mp4parse::Result<Transform> {
+        use mp4parse::{ImageMirror, ImageRotation};
+        let clockwise_turns = match context.image_rotation()? {
+            ImageRotation::D0 => 0,
+            ImageRotation::D90 => 3,
+            ImageRotation::D180 => 2,
+            ImageRotation::D270 => 1,
+        };
+        let mirror = context.image_mirror_ptr()?;
+        // SAFETY: mp4parse returns null or a pointer into `context`'s own properties, which
+        // outlive this borrow; the value is read here and not kept.
+        let mirror_vertically =
+            unsafe { mirror.as_ref() }.map(|mirror| matches!(mirror, ImageMirror::TopBottom));
+        Ok(Transform {
+            clockwise_turns,
+            mirror_vertically,
+        })
+    }
+
+    fn apply(self, image: Bitmap) -> Result<Bitmap, DecodeError> {
+        let image = if self.clockwise_turns == 0 {
+            image
+        } else {
+            Rotate::new(f64::from(self.clockwise_turns * 90), TRANSPARENT)
+                .and_then(|rotate| rotate.apply(image))
+                .map_err(corrupt)?
+        };
+        Ok(match self.mirror_vertically {
+            Some(true) => Flip.apply(image),
+            Some(false) => Flop.apply(image),
+            None => image,
+        })
+    }
 }
 
 /// Encodes as AVIF at `encoding`'s quality and effort; alpha is kept, and `exif` (when not
@@ -482,7 +603,8 @@ fn expand_luma(value: u8, range: YuvRange) -> u8 {
 mod tests {
     use super::*;
     use crate::codec::tests::{mean_abs_diff, smooth};
-    use crate::codec::{self, Decoded};
+    use crate::codec::{self, DecodeOptions, Decoded};
+    use crate::colour::Applied;
 
     /// AVIFs that libvips 8.18 (libheif, libaom) made from the corpus's kite photo, each beside
     /// libvips' own decode of it as PNG; tests/data/SOURCES.md says how.
@@ -593,6 +715,75 @@ mod tests {
         if let Ok(decoded) = decode(&scrambled) {
             assert_eq!(decoded.image.width(), 320);
         }
+    }
+
+    /// libvips wrote each file from the same 80x50 pixels with an EXIF orientation, which
+    /// libheif stores as `irot`/`imir`; decoding must show what that orientation shows.
+    #[test]
+    fn irot_and_imir_turn_the_image_as_the_exif_orientation_they_were_written_from() {
+        use image::DynamicImage;
+        use image::metadata::Orientation;
+        let stored = decode(&codec::tests::test_data("kite-80x50-orient1.avif"))
+            .unwrap()
+            .image;
+        for orientation in [2, 5, 6, 7] {
+            let avif = codec::tests::test_data(&format!("kite-80x50-orient{orientation}.avif"));
+            let mut expected = DynamicImage::ImageRgb8(
+                image::RgbImage::from_raw(80, 50, stored.data().to_vec()).unwrap(),
+            );
+            expected.apply_orientation(Orientation::from_exif(orientation).unwrap());
+            let upright = (expected.width(), expected.height());
+            let decoded = decode(&avif).unwrap().image;
+            assert_eq!(
+                (decoded.width(), decoded.height()),
+                upright,
+                "{orientation}"
+            );
+            assert!(
+                decoded.data() == expected.as_bytes(),
+                "orientation {orientation}: pixels differ"
+            );
+            let probe = codec::probe(&avif).unwrap();
+            assert_eq!((probe.width, probe.height), upright, "{orientation}");
+        }
+        // And as libvips itself shows the one with both boxes.
+        let (avif, expected) = fixture("kite-80x50-orient7");
+        let diff = mean_abs_diff(&decode(&avif).unwrap().image, &expected);
+        assert!(diff < 1.0, "mean difference {diff} from libvips");
+    }
+
+    /// An Adobe RGB AVIF: converted to sRGB as libvips converts it, or, asked to keep the
+    /// profile, left as stored with the profile handed on.
+    #[test]
+    fn the_containers_icc_profile_is_applied_or_kept() {
+        let (avif, expected) = fixture("kite-80x50-adobergb");
+        let converted = decode(&avif).unwrap();
+        assert!(
+            matches!(&converted.colour_profile, Some(Applied::Converted(name)) if name.contains("Adobe")),
+            "{:?}",
+            converted.colour_profile
+        );
+        assert_eq!(converted.icc, None);
+        let diff = mean_abs_diff(&converted.image, &expected);
+        assert!(diff < 1.0, "mean difference {diff} from libvips");
+
+        let options = DecodeOptions {
+            keep_icc: true,
+            ..DecodeOptions::default()
+        };
+        let kept = codec::decode_with(&avif, &Limits::default(), &options).unwrap();
+        assert!(
+            matches!(kept.colour_profile, Some(Applied::Embedded(_))),
+            "{:?}",
+            kept.colour_profile
+        );
+        let profile = std::fs::read("/usr/share/color/icc/compatibleWithAdobeRGB1998.icc");
+        if let Ok(profile) = profile {
+            assert_eq!(kept.icc.as_deref(), Some(&profile[..]));
+        }
+        // Unconverted, the pixels are measurably not libvips' sRGB ones.
+        let unconverted = mean_abs_diff(&kept.image, &expected);
+        assert!(unconverted > diff + 1.0, "{unconverted} against {diff}");
     }
 
     /// A tile that fails to decode once aborted the whole process: rav1d 1.1 unwrapped the

@@ -426,7 +426,12 @@ pub fn decode_with(
     // only, not take down the worker and every image it holds.
     panic::catch_unwind(AssertUnwindSafe(|| {
         if format == FileFormat::Avif {
-            let (image, colour_type) = avif::decode(input, limits)?;
+            let avif::Still {
+                mut image,
+                colour_type,
+                icc,
+            } = avif::decode(input, limits)?;
+            let (colour_profile, icc) = manage_colour(&mut image, icc, options.keep_icc);
             return Ok(Decoded {
                 full_size: (image.width(), image.height()),
                 image,
@@ -434,8 +439,8 @@ pub fn decode_with(
                 colour_type,
                 exif: Vec::new(),
                 xmp: Vec::new(),
-                icc: None,
-                colour_profile: None,
+                icc,
+                colour_profile,
             });
         }
         if format != FileFormat::Jpeg {
@@ -736,14 +741,8 @@ fn decode_as(
         format,
         reason: "the image has no pixels".into(),
     })?;
-    let (colour_profile, icc) = match icc {
-        // A CMYK JPEG without its profile lands here: the profile does not fit RGB pixels.
-        Some(icc) => {
-            let (applied, kept) = colour::manage(&mut image, icc, keep_icc);
-            (Some(applied), kept)
-        }
-        None => (None, None),
-    };
+    // A CMYK JPEG without its profile lands here: the profile does not fit RGB pixels.
+    let (colour_profile, icc) = manage_colour(&mut image, icc, keep_icc);
     Ok(Decoded {
         full_size: (image.width(), image.height()),
         image,
@@ -754,6 +753,22 @@ fn decode_as(
         icc,
         colour_profile,
     })
+}
+
+/// [`colour::manage`] for an image that may have no profile: what was done, and the profile
+/// when it is kept for the output to embed.
+fn manage_colour(
+    image: &mut Bitmap,
+    icc: Option<Vec<u8>>,
+    keep: bool,
+) -> (Option<colour::Applied>, Option<Vec<u8>>) {
+    match icc {
+        Some(icc) => {
+            let (applied, kept) = colour::manage(image, icc, keep);
+            (Some(applied), kept)
+        }
+        None => (None, None),
+    }
 }
 
 /// A still lossy WebP decoded by libwebp: `scripts/bench-compare` measured 133 ms for a 4K
