@@ -728,7 +728,11 @@ fn decode_as(
     }
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     // As with EXIF: a profile that cannot be read is no reason to fail the pixels.
-    let icc = decoder.icc_profile().ok().flatten();
+    let icc = if format == FileFormat::Tiff {
+        tiff_icc(input)
+    } else {
+        decoder.icc_profile().ok().flatten()
+    };
     let xmp = decoder.xmp_metadata().ok().flatten().unwrap_or_default();
     let image = match (format == FileFormat::Webp)
         .then(|| decode_webp(input))
@@ -753,6 +757,23 @@ fn decode_as(
         icc,
         colour_profile,
     })
+}
+
+/// A TIFF's ICC profile, read with the tiff crate itself. Through image's decoder, whose
+/// limits cap every tag's values at the image's own pixel bytes (the tiff crate counts each
+/// value as a 32-byte enum), a small image's profile was dropped unread: an 80x50 Adobe RGB
+/// TIFF lost its 580-byte profile. Here the cap is the biggest profile we apply.
+fn tiff_icc(input: &[u8]) -> Option<Vec<u8>> {
+    let mut limits = tiff::decoder::Limits::default();
+    limits.decoding_buffer_size =
+        colour::MAX_ICC_BYTES.min(input.len()) * std::mem::size_of::<tiff::decoder::ifd::Value>();
+    let mut decoder = tiff::decoder::Decoder::new(Cursor::new(input))
+        .ok()?
+        .with_limits(limits);
+    decoder
+        .get_tag_u8_vec(tiff::tags::Tag::IccProfile)
+        .ok()
+        .filter(|icc| !icc.is_empty())
 }
 
 /// [`colour::manage`] for an image that may have no profile: what was done, and the profile
@@ -1499,6 +1520,33 @@ pub(crate) mod tests {
         let decoded = decode(&second_only, &Limits::default()).unwrap();
         assert_eq!(decoded.colour_profile, None);
         assert_eq!(decoded.image.data(), pixels.data());
+    }
+
+    /// Small TIFFs, where image's decoder dropped the profile (see `tiff_icc`), and a big one.
+    #[test]
+    fn a_tiffs_profile_is_read_whatever_the_image_size() {
+        let (_, icc) = system_profile("compatibleWithAdobeRGB1998.icc");
+        for (width, height) in [(8, 8), (80, 50), (640, 400)] {
+            let image = smooth(width, height);
+            let mut tiff = Vec::new();
+            let mut encoder = TiffEncoder::new(Cursor::new(&mut tiff));
+            encoder.set_icc_profile(icc.clone()).unwrap();
+            encoder
+                .write_image(image.data(), width, height, ExtendedColorType::Rgb8)
+                .unwrap();
+            let decoded = decode(&tiff, &Limits::default()).unwrap();
+            assert!(
+                matches!(&decoded.colour_profile, Some(colour::Applied::Converted(name)) if name.contains("Adobe")),
+                "{width}x{height}: {:?}",
+                decoded.colour_profile
+            );
+            let options = DecodeOptions {
+                keep_icc: true,
+                ..DecodeOptions::default()
+            };
+            let kept = decode_with(&tiff, &Limits::default(), &options).unwrap();
+            assert_eq!(kept.icc.as_deref(), Some(&icc[..]), "{width}x{height}");
+        }
     }
 
     #[test]

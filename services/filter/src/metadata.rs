@@ -36,7 +36,7 @@ impl Outgoing {
             Metadata::All => upright_exif(&input.exif),
         };
         let xmp = if encoding.metadata == Metadata::All {
-            input.xmp.clone()
+            upright_xmp(&input.xmp)
         } else {
             Vec::new()
         };
@@ -96,6 +96,49 @@ fn upright_exif(exif: &[u8]) -> Vec<u8> {
     // The orientation it had is of no use: decoding already applied it.
     let _applied = Orientation::remove_from_exif_chunk(&mut exif);
     exif
+}
+
+/// The XMP packet with its `tiff:Orientation` set to 1 (upright), as [`upright_exif`] does for
+/// the EXIF tag: a viewer that reads XMP would otherwise turn the pixels again. One digit is
+/// written over another, so the packet keeps its length and padding. Hand-written: the one
+/// full XMP library (Adobe's toolkit, `xmp_toolkit`) is C++, which the static image avoids.
+fn upright_xmp(xmp: &[u8]) -> Vec<u8> {
+    const NAME: &[u8] = b"tiff:Orientation";
+    let mut xmp = xmp.to_vec();
+    let mut from = 0;
+    while let Some(found) = memchr::memmem::find(&xmp[from..], NAME) {
+        let mut at = from + found + NAME.len();
+        from = at;
+        let skip_blank = |at: &mut usize| {
+            while xmp.get(*at).is_some_and(u8::is_ascii_whitespace) {
+                *at += 1;
+            }
+        };
+        // An attribute, `tiff:Orientation="6"`, or an element, `<tiff:Orientation>6<`.
+        skip_blank(&mut at);
+        match xmp.get(at) {
+            Some(b'=') => {
+                at += 1;
+                skip_blank(&mut at);
+                if !matches!(xmp.get(at), Some(b'"' | b'\'')) {
+                    continue;
+                }
+                at += 1;
+            }
+            Some(b'>') => {
+                at += 1;
+                skip_blank(&mut at);
+            }
+            _ => continue,
+        }
+        let single_digit = !xmp.get(at + 1).is_some_and(u8::is_ascii_digit);
+        if let Some(value @ b'1'..=b'8') = xmp.get_mut(at)
+            && single_digit
+        {
+            *value = b'1';
+        }
+    }
+    xmp
 }
 
 /// A new EXIF block with only the input's Artist and Copyright tags; empty when it has
@@ -412,6 +455,48 @@ mod tests {
         let joined: Vec<u8> = segments.iter().flat_map(|s| s[14..].to_vec()).collect();
         assert_eq!(joined, icc);
         assert!(jpeg_icc_segments(&vec![0; 256 * 65_600]).is_none());
+    }
+
+    #[test]
+    fn the_xmp_orientation_is_reset_to_upright_in_either_form_and_nothing_else_moves() {
+        let attribute = br#"<rdf:Description tiff:Orientation = '6' tiff:Make="x"/>"#;
+        let element = b"<tiff:Orientation>\n 8</tiff:Orientation><exif:X>6</exif:X>";
+        for (xmp, expected) in [
+            (
+                &attribute[..],
+                &br#"<rdf:Description tiff:Orientation = '1' tiff:Make="x"/>"#[..],
+            ),
+            (
+                &element[..],
+                &b"<tiff:Orientation>\n 1</tiff:Orientation><exif:X>6</exif:X>"[..],
+            ),
+            // Not an orientation: left alone.
+            (
+                &b"<tiff:Orientation>12</tiff:Orientation>"[..],
+                &b"<tiff:Orientation>12</tiff:Orientation>"[..],
+            ),
+            (&b"tiff:Orientation"[..], &b"tiff:Orientation"[..]),
+            (XMP, XMP),
+        ] {
+            assert_eq!(
+                upright_xmp(xmp),
+                expected,
+                "{}",
+                String::from_utf8_lossy(xmp)
+            );
+        }
+        let encoding = Encoding {
+            metadata: Metadata::All,
+            ..Encoding::new(FileFormat::Jpeg)
+        };
+        let input = InputMetadata {
+            xmp: attribute.to_vec(),
+            ..InputMetadata::default()
+        };
+        assert_eq!(
+            Outgoing::new(&encoding, &input).xmp,
+            br#"<rdf:Description tiff:Orientation = '1' tiff:Make="x"/>"#
+        );
     }
 
     #[test]
