@@ -208,6 +208,7 @@ fn runs() -> Vec<Run> {
             "crop:w=1200,h=1000,g=centre/blur:sigma=12/format:png",
         ),
         run("kite", &kite, "resize:w=1280/format:avif,q=60"),
+        run("kite", &kite, "format:gif"),
         run("kite (avif)", &avif(&kite), "resize:w=1280/format:jpeg"),
         run(
             "wood (lossy webp)",
