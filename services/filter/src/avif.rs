@@ -83,6 +83,9 @@ pub(crate) fn decode(input: &[u8], limits: &Limits) -> Result<Still, DecodeError
         let alpha = decoder.decode(alpha)?;
         alpha.write_alpha(&mut image, container.context.premultiplied_alpha)?;
     }
+    // The decoder's frames go before a quarter turn copies the image, so the budget's 4 bytes
+    // a pixel for them (pipeline's budget/codecs.rs) also cover the turned copy.
+    drop(decoder);
     Ok(Still {
         image: container.transform.apply(image)?,
         colour_type,
