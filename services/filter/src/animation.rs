@@ -10,12 +10,14 @@
 use std::io::Cursor;
 use std::panic::AssertUnwindSafe;
 
-use image::codecs::gif::{GifDecoder, GifEncoder, Repeat};
+use image::codecs::gif::GifDecoder;
+use image::codecs::webp::WebPDecoder;
 use image::metadata::Orientation;
-use image::{AnimationDecoder, Delay, DynamicImage, RgbaImage};
+use image::{AnimationDecoder, Delay, DynamicImage, ImageDecoder, RgbaImage};
 use pixelmesh_common::media::{self, FrameCount};
 
-use crate::codec::{self, DecodeError, Decoded, EncodeError, Limits};
+use crate::codec::{self, DecodeError, Decoded, EncodeError, InputMetadata, Limits};
+use crate::metadata::Outgoing;
 use pixelmesh_pipeline::Bitmap;
 use pixelmesh_pipeline::formats::{Encoding, FileFormat, MAX_FRAMES};
 
@@ -76,20 +78,48 @@ pub fn decode_each<E: From<DecodeError>>(
     Ok(Timing { delays_ms, loops })
 }
 
+/// The EXIF, XMP and ICC profile an animated GIF (XMP and ICC application extensions) or WebP
+/// (EXIF, XMP and ICCP chunks) carries, read from its header or chunk list without decoding a
+/// frame. What does not read is left out, as for a still image: the frames are still fine.
+pub fn metadata(input: &[u8], format: FileFormat) -> InputMetadata {
+    let read = || -> Option<InputMetadata> {
+        let mut decoder: Box<dyn ImageDecoder + '_> = match format {
+            FileFormat::Gif => Box::new(GifDecoder::new(Cursor::new(input)).ok()?),
+            FileFormat::Webp => Box::new(WebPDecoder::new(Cursor::new(input)).ok()?),
+            _ => return None,
+        };
+        let mut exif = decoder.exif_metadata().ok().flatten().unwrap_or_default();
+        if exif.starts_with(b"Exif\0\0") {
+            exif.drain(..6);
+        }
+        Some(InputMetadata {
+            exif,
+            xmp: decoder.xmp_metadata().ok().flatten().unwrap_or_default(),
+            icc: decoder.icc_profile().ok().flatten(),
+        })
+    };
+    // The parsers see hostile bytes as the decoders do.
+    std::panic::catch_unwind(AssertUnwindSafe(read))
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
 /// Frame `index` (0 = the first) of `input` as a still image, with the decoder's disposal
-/// and blending of the frames before it. Only that frame and the canvas are held. An
-/// animation's metadata is not read.
+/// and blending of the frames before it, and the animation's metadata; its profile is applied
+/// unless `keep_icc` (as [`codec::decode_with`]). Only that frame and the canvas are held.
 pub fn decode_frame(
     input: &[u8],
     format: FileFormat,
     index: u32,
     limits: &Limits,
+    keep_icc: bool,
 ) -> Result<Decoded, DecodeError> {
     let frames = frame_count(input, format).frames;
     if index >= frames {
         return Err(DecodeError::NoSuchFrame { index, frames });
     }
-    let (image, _) = FrameSource::open(input, format, limits)?
+    let (mut image, _) = FrameSource::open(input, format, limits)?
         .nth(index as usize)
         .unwrap_or_else(|| {
             Err(DecodeError::Corrupt {
@@ -97,24 +127,28 @@ pub fn decode_frame(
                 reason: format!("frame {index} could not be read"),
             })
         })?;
+    let InputMetadata { exif, xmp, icc } = metadata(input, format);
+    let (colour_profile, icc) = codec::manage_colour(&mut image, icc, keep_icc);
     Ok(Decoded {
         full_size: (image.width(), image.height()),
         colour_type: if image.has_alpha() { "rgba8" } else { "rgb8" }.into(),
         image,
         format,
-        exif: Vec::new(),
-        xmp: Vec::new(),
-        icc: None,
-        colour_profile: None,
+        exif,
+        xmp,
+        icc,
+        colour_profile,
     })
 }
 
 /// Encodes `frames`, each shown for its delay in `timing`, as an animated GIF or WebP at
-/// `encoding`'s settings.
+/// `encoding`'s settings, with what `encoding` keeps of `metadata` (WebP holds EXIF, XMP and
+/// the profile; GIF none).
 pub fn encode(
     frames: &[Bitmap],
     timing: &Timing,
     encoding: &Encoding,
+    metadata: &InputMetadata,
 ) -> Result<Vec<u8>, EncodeError> {
     let format = encoding.format;
     let failed = |reason: String| EncodeError::Failed { format, reason };
@@ -130,8 +164,22 @@ pub fn encode(
         return Err(failed("the frames of an animation differ in size".into()));
     }
     match format {
-        FileFormat::Gif => encode_gif(frames, timing).map_err(failed),
-        FileFormat::Webp => encode_webp(frames, timing, encoding).map_err(failed),
+        FileFormat::Gif => {
+            // Each frame quantised on its own, so colours do not band across a palette shared
+            // by frames that differ. Plays once: no NETSCAPE extension (see gif_plays).
+            let plays = (timing.loops != 1).then_some(timing.loops);
+            let frames = frames.iter().zip(timing.delays_ms.iter().copied());
+            crate::gif_writer::encode(frames, width, height, plays).map_err(failed)
+        }
+        FileFormat::Webp => {
+            let out = encode_webp(frames, timing, encoding).map_err(&failed)?;
+            let outgoing = Outgoing::new(encoding, metadata);
+            if outgoing.is_empty() {
+                Ok(out)
+            } else {
+                crate::metadata::webp_with(&out, &outgoing).map_err(failed)
+            }
+        }
         other => Err(failed(format!("{} holds one frame", other.name()))),
     }
 }
@@ -363,43 +411,6 @@ fn delay_ms(delay: Delay) -> u32 {
     numer.checked_div(denom).unwrap_or(0)
 }
 
-/// By image's GIF encoder, each frame quantised on its own (at the still encoder's speed) so
-/// colours do not band across a palette shared by frames that differ.
-fn encode_gif(frames: &[Bitmap], timing: &Timing) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    {
-        let mut encoder = GifEncoder::new_with_speed(&mut out, 10);
-        // Plays once: no NETSCAPE extension (see gif_plays).
-        if timing.loops != 1 {
-            let repeat = match timing.loops {
-                0 => Repeat::Infinite,
-                plays => u16::try_from(plays - 1).map_or(Repeat::Infinite, Repeat::Finite),
-            };
-            encoder.set_repeat(repeat).map_err(|err| err.to_string())?;
-        }
-        for (frame, &delay) in frames.iter().zip(&timing.delays_ms) {
-            let rgba = rgba(frame);
-            let frame = image::Frame::from_parts(rgba, 0, 0, Delay::from_numer_denom_ms(delay, 1));
-            encoder.encode_frame(frame).map_err(|err| err.to_string())?;
-        }
-    }
-    Ok(out)
-}
-
-fn rgba(frame: &Bitmap) -> RgbaImage {
-    let (width, height) = (frame.width(), frame.height());
-    let data = if frame.has_alpha() {
-        frame.data().to_vec()
-    } else {
-        frame
-            .data()
-            .chunks_exact(3)
-            .flat_map(|p| [p[0], p[1], p[2], u8::MAX])
-            .collect()
-    };
-    RgbaImage::from_raw(width, height, data).expect("a bitmap's buffer fits its size")
-}
-
 /// By libwebp's animation encoder, lossless or lossy as `encoding` says. Hand-written over
 /// libwebp-sys: the webp crate's `AnimEncoder` closes the animation with a timestamp of 0,
 /// which libwebp refuses, so the last frame's delay is lost (set to the average of the
@@ -604,6 +615,75 @@ mod tests {
         assert_eq!(frames_of(&out.bytes).0.len(), 4);
     }
 
+    /// kite-4-frames.webp with an EXIF block, an XMP packet and the Adobe RGB profile added.
+    fn tagged_webp() -> (Vec<u8>, Outgoing) {
+        let (_, adobe) = codec::tests::system_profile("compatibleWithAdobeRGB1998.icc");
+        let chunks = Outgoing {
+            exif: crate::metadata::tests::exif(1),
+            xmp: crate::metadata::tests::XMP.to_vec(),
+            icc: Some(adobe),
+        };
+        let tagged = crate::metadata::webp_with(&test_data("kite-4-frames.webp"), &chunks).unwrap();
+        (tagged, chunks)
+    }
+
+    #[test]
+    fn an_animated_webp_keeps_its_metadata_on_request_and_its_frames_get_its_profile() {
+        let (tagged, chunks) = tagged_webp();
+        let read = metadata(&tagged, FileFormat::Webp);
+        assert_eq!(
+            (&read.exif, &read.xmp, &read.icc),
+            (&chunks.exif, &chunks.xmp, &chunks.icc)
+        );
+        let (stored, _) = frames_of(&tagged);
+
+        // strip=false: the chunks are carried and the frames stay in Adobe RGB.
+        let kept = process(&tagged, "format:webp,lossless=true,strip=false").unwrap();
+        let carried = metadata(&kept.bytes, FileFormat::Webp);
+        assert_eq!(carried.icc, chunks.icc);
+        assert_eq!(carried.xmp, chunks.xmp);
+        assert!(!carried.exif.is_empty());
+        let (frames, timing) = frames_of(&kept.bytes);
+        assert_eq!(timing.delays_ms, DELAYS);
+        for (frame, stored) in frames.iter().zip(&stored) {
+            assert_eq!(rgb(frame), rgb(stored), "unconverted, losslessly");
+        }
+
+        // By default: nothing carried, every frame converted to sRGB as a still would be.
+        let stripped = process(&tagged, "format:webp,lossless=true").unwrap();
+        assert_eq!(
+            metadata(&stripped.bytes, FileFormat::Webp),
+            InputMetadata::default()
+        );
+        let (frames, _) = frames_of(&stripped.bytes);
+        assert_eq!(frames.len(), 4);
+        let icc = chunks.icc.as_deref().unwrap();
+        for (i, (frame, stored)) in frames.iter().zip(&stored).enumerate() {
+            let mut expected = stored.clone();
+            assert!(matches!(
+                crate::colour::to_srgb(&mut expected, icc),
+                crate::colour::Applied::Converted(_)
+            ));
+            assert_eq!(rgb(frame), rgb(&expected), "frame {i}");
+            // Adobe RGB's wider primaries: the conversion moves the colours visibly.
+            let moved = mean_diff(&rgb(frame), &rgb(stored));
+            assert!(moved > 1.0, "frame {i} moved {moved}");
+            // frame=i as a still gets the same conversion.
+            let still = process(&tagged, &format!("format:png,frame={i}")).unwrap();
+            let still = codec::decode(&still.bytes, &Limits::default())
+                .unwrap()
+                .image;
+            assert_eq!(rgb(&still), rgb(&expected), "frame={i}");
+        }
+
+        // GIF holds none of it; the frames are converted all the same.
+        let gif = process(&tagged, "format:gif,strip=false").unwrap();
+        assert_eq!(
+            metadata(&gif.bytes, FileFormat::Gif),
+            InputMetadata::default()
+        );
+    }
+
     #[test]
     fn an_op_that_cannot_animate_is_refused_unless_a_frame_is_picked() {
         let gif = test_data("kite-4-frames.gif");
@@ -688,6 +768,7 @@ mod tests {
             delays_ms: vec![50, 70, 990],
             loops: 0,
         };
+        let none = InputMetadata::default();
         for encoding in [
             Encoding {
                 lossless: false,
@@ -696,14 +777,14 @@ mod tests {
             Encoding::new(FileFormat::Webp),
             Encoding::new(FileFormat::Gif),
         ] {
-            let bytes = encode(&frames, &timing, &encoding).unwrap();
+            let bytes = encode(&frames, &timing, &encoding, &none).unwrap();
             let (decoded, back) = frames_of(&bytes);
             assert_eq!(back, timing, "{encoding:?}");
             assert_eq!(decoded.len(), 3);
         }
         let odd = [frame(0), Bitmap::new(4, 4, false, vec![0; 48]).unwrap()];
-        assert!(encode(&odd, &timing, &Encoding::new(FileFormat::Gif)).is_err());
+        assert!(encode(&odd, &timing, &Encoding::new(FileFormat::Gif), &none).is_err());
         let jpeg = Encoding::new(FileFormat::Jpeg);
-        assert!(encode(&frames, &timing, &jpeg).is_err());
+        assert!(encode(&frames, &timing, &jpeg, &none).is_err());
     }
 }

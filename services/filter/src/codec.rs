@@ -25,7 +25,6 @@ use std::io::Cursor;
 use std::panic::{self, AssertUnwindSafe};
 
 use image::codecs::bmp::BmpEncoder;
-use image::codecs::gif::GifEncoder;
 use image::codecs::png::{CompressionType, FilterType as PngFilter, PngEncoder};
 use image::codecs::tiff::TiffEncoder;
 use image::metadata::Orientation;
@@ -37,7 +36,7 @@ use pixelmesh_pipeline::formats::{MAX_FRAMES, jpeg_shrink};
 use pixelmesh_pipeline::{Bitmap, FileFormat};
 
 use crate::metadata::{self, Outgoing, XMP_APP1};
-use crate::{avif, colour};
+use crate::{avif, colour, gif_writer};
 
 // mozjpeg reports a corrupt JPEG by unwinding out of libjpeg, and `catch_unwind` turns that
 // into the image's error. Built with `panic = "abort"`, one bad upload would kill the worker.
@@ -777,7 +776,7 @@ fn tiff_icc(input: &[u8]) -> Option<Vec<u8>> {
 
 /// [`colour::manage`] for an image that may have no profile: what was done, and the profile
 /// when it is kept for the output to embed.
-fn manage_colour(
+pub(crate) fn manage_colour(
     image: &mut Bitmap,
     icc: Option<Vec<u8>>,
     keep: bool,
@@ -789,46 +788,6 @@ fn manage_colour(
         }
         None => (None, None),
     }
-}
-
-/// An opaque image as a GIF with a 256-colour palette found by k-means in Oklab (quantette),
-/// not dithered. On the 1920-wide reference photo: 1,098 KB in 287 ms at 33.5 dB PSNR, against
-/// NeuQuant's 1,306 KB in 547 ms at 33.8 dB and libvips' 1,207 KB (dithered, 34.5 dB) in
-/// seconds. The seed is quantette's fixed default, so the same image gives the same bytes.
-fn encode_gif_kmeans(image: &Bitmap) -> Result<Vec<u8>, String> {
-    use quantette::deps::palette::{Srgb, cast};
-    use quantette::{ImageRef, PaletteSize, Pipeline, QuantizeMethod};
-    let (width, height) = (image.width(), image.height());
-    let pixels: &[Srgb<u8>] = cast::from_component_slice(image.data());
-    let image = ImageRef::new(width, height, pixels).map_err(|err| err.to_string())?;
-    let (palette, indices) = Pipeline::new()
-        .palette_size(PaletteSize::MAX)
-        .quantize_method(QuantizeMethod::kmeans())
-        .ditherer(None)
-        .input_image(image)
-        .output_srgb8_indexed_image()
-        .into_parts();
-    let palette: Vec<u8> = palette
-        .iter()
-        .flat_map(|colour| [colour.red, colour.green, colour.blue])
-        .collect();
-    // check_encodable kept both sides within GIF's 16 bits.
-    let (width, height) = (
-        u16::try_from(width).map_err(|err| err.to_string())?,
-        u16::try_from(height).map_err(|err| err.to_string())?,
-    );
-    let frame = gif::Frame {
-        width,
-        height,
-        buffer: std::borrow::Cow::Borrowed(&indices),
-        ..gif::Frame::default()
-    };
-    let mut out = Vec::with_capacity(indices.len() / 2);
-    let mut encoder =
-        gif::Encoder::new(&mut out, width, height, &palette).map_err(|err| err.to_string())?;
-    encoder.write_frame(&frame).map_err(|err| err.to_string())?;
-    drop(encoder);
-    Ok(out)
 }
 
 /// A still lossy WebP decoded by libwebp: `scripts/bench-compare` measured 133 ms for a 4K
@@ -1030,13 +989,9 @@ pub fn encode_carrying(
                 out = metadata::webp_with(&out, &outgoing).map_err(failed)?;
             }
         }
-        FileFormat::Gif if !image.has_alpha() => out = encode_gif_kmeans(image).map_err(failed)?,
-        // With alpha, the gif crate's NeuQuant, which keeps GIF's one transparent index.
-        // Speed 10 (of 1..=30) is the gif crate's suggested balance; image's default of 1
-        // takes seconds to quantise a photo.
-        FileFormat::Gif => GifEncoder::new_with_speed(&mut out, 10)
-            .encode(image.data(), width, height, color)
-            .map_err(|err| failed(err.to_string()))?,
+        FileFormat::Gif => {
+            out = gif_writer::encode([(image, 0)], width, height, None).map_err(failed)?
+        }
         FileFormat::Bmp => BmpEncoder::new(&mut out)
             .write_image(image.data(), width, height, color)
             .map_err(|err| failed(err.to_string()))?,
@@ -1162,12 +1117,7 @@ fn encode_jpeg(
 /// Lossy WebP by libwebp, alpha kept (WebP has an alpha plane). Single-threaded and without
 /// metadata chunks, so the same pixels give the same bytes.
 fn encode_webp_lossy(image: &Bitmap, quality: u8) -> Result<Vec<u8>, String> {
-    let (width, height) = (image.width(), image.height());
-    let encoder = if image.has_alpha() {
-        webp::Encoder::from_rgba(image.data(), width, height)
-    } else {
-        webp::Encoder::from_rgb(image.data(), width, height)
-    };
+    let encoder = webp_encoder(image);
     let quality = f32::from(quality.clamp(1, 100));
     let memory = encoder
         .encode_simple(false, quality)
@@ -1181,12 +1131,7 @@ fn encode_webp_lossy(image: &Bitmap, quality: u8) -> Result<Vec<u8>, String> {
 /// 17 ms but was 12 % bigger, past the +5 % bound (BENCHMARKS.md, "Per format"). `exact`
 /// keeps the colour under transparent pixels, so the round trip is exact.
 fn encode_webp_lossless(image: &Bitmap) -> Result<Vec<u8>, String> {
-    let (width, height) = (image.width(), image.height());
-    let encoder = if image.has_alpha() {
-        webp::Encoder::from_rgba(image.data(), width, height)
-    } else {
-        webp::Encoder::from_rgb(image.data(), width, height)
-    };
+    let encoder = webp_encoder(image);
     let mut config =
         webp::WebPConfig::new().map_err(|()| "libwebp refused its default configuration")?;
     config.lossless = 1;
@@ -1197,6 +1142,16 @@ fn encode_webp_lossless(image: &Bitmap) -> Result<Vec<u8>, String> {
         .encode_advanced(&config)
         .map_err(|err| format!("{err:?}").to_lowercase())?;
     Ok(memory.to_vec())
+}
+
+/// libwebp's encoder over the bitmap's pixels, RGB or RGBA as it has them.
+fn webp_encoder(image: &Bitmap) -> webp::Encoder<'_> {
+    let (width, height) = (image.width(), image.height());
+    if image.has_alpha() {
+        webp::Encoder::from_rgba(image.data(), width, height)
+    } else {
+        webp::Encoder::from_rgb(image.data(), width, height)
+    }
 }
 
 /// RGBA to RGB composited over white: JPEG has no alpha, and white is what a transparent
@@ -1361,7 +1316,7 @@ pub(crate) mod tests {
         let decoded = decode(&gif, &Limits::default()).unwrap().image;
         let diff = mean_abs_diff(&decoded, &image);
         let mut neuquant = Vec::new();
-        GifEncoder::new_with_speed(&mut neuquant, 10)
+        image::codecs::gif::GifEncoder::new_with_speed(&mut neuquant, 10)
             .encode(image.data(), 160, 100, ExtendedColorType::Rgb8)
             .unwrap();
         let neuquant = decode(&neuquant, &Limits::default()).unwrap().image;

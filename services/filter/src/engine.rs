@@ -147,8 +147,9 @@ pub fn process_with(
             return process_animation(input, format, count.frames, pipeline, limits, assets);
         }
         (Some(format), _, Some(index)) if index > 0 => {
-            let decoded = stage_span("decode")
-                .in_scope(|| animation::decode_frame(input, format, index, limits))?;
+            let decoded = stage_span("decode").in_scope(|| {
+                animation::decode_frame(input, format, index, limits, keeps_icc(pipeline))
+            })?;
             return process_decoded(decoded, pipeline, limits, assets);
         }
         _ => {}
@@ -222,9 +223,17 @@ fn process_animation(
     if let Some(refusal) = pipeline.animation_refusal(frames) {
         return Err(ProcessError::CannotAnimate(refusal));
     }
+    let mut metadata = animation::metadata(input, input_format);
+    let keep_icc = keeps_icc(pipeline);
+    let icc = metadata.icc.take();
     let mut processed = Vec::with_capacity(frames as usize);
     let timing = stage_span("frames").in_scope(|| {
-        animation::decode_each(input, input_format, frames, limits, |image, _delay| {
+        animation::decode_each(input, input_format, frames, limits, |mut image, _delay| {
+            // Each frame as a still image's decode does it: converted to sRGB, or kept in the
+            // profile that is then embedded (the same answer for every frame).
+            if let Some(icc) = &icc {
+                metadata.icc = colour::manage(&mut image, icc.clone(), keep_icc).1;
+            }
             let full_size = (image.width(), image.height());
             processed.push(run_ops(image, full_size, pipeline, limits, assets, |_| {})?);
             Ok::<(), ProcessError>(())
@@ -237,8 +246,8 @@ fn process_animation(
         Some(output) => output.encoding(),
         None => codec::Encoding::new(input_format),
     };
-    let bytes =
-        stage_span("encode").in_scope(|| animation::encode(&processed, &timing, &encoding))?;
+    let bytes = stage_span("encode")
+        .in_scope(|| animation::encode(&processed, &timing, &encoding, &metadata))?;
     let (width, height) = processed
         .first()
         .map_or((0, 0), |frame| (frame.width(), frame.height()));

@@ -19,6 +19,7 @@ pub mod codec;
 pub mod colour;
 pub mod engine;
 pub mod fetch;
+mod gif_writer;
 pub mod heartbeat;
 pub mod logos;
 mod metadata;

@@ -255,7 +255,7 @@ pub(crate) unsafe fn take_webp_data(data: &mut libwebp_sys::WebPData) -> Vec<u8>
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::codec::tests::{mean_abs_diff, png_with_icc, system_profile};
     use crate::codec::{self, DecodeOptions, Limits};
@@ -263,10 +263,10 @@ mod tests {
     use crate::ops::{FileFormat, Pipeline};
     use crate::testdata::gradient;
 
-    const XMP: &[u8] = br#"<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description xmlns:dc="http://purl.org/dc/elements/1.1/" dc:format="image/jpeg"/></rdf:RDF></x:xmpmeta>"#;
+    pub(crate) const XMP: &[u8] = br#"<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description xmlns:dc="http://purl.org/dc/elements/1.1/" dc:format="image/jpeg"/></rdf:RDF></x:xmpmeta>"#;
 
     /// An EXIF block with a camera, an author, a copyright and `orientation`.
-    fn exif(orientation: u16) -> Vec<u8> {
+    pub(crate) fn exif(orientation: u16) -> Vec<u8> {
         let ascii = |tag, text: &str| exif::Field {
             tag,
             ifd_num: exif::In::PRIMARY,

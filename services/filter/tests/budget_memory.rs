@@ -222,6 +222,7 @@ fn runs() -> Vec<Run> {
         "resize:w=3000,upscale=true/format:tiff",
         "pixelate:8/format:bmp",
         "resize:w=400/format:gif",
+        "format:gif",
     ] {
         runs.push(run("16-bit rgba png", &rgba16, text));
     }
