@@ -8,9 +8,11 @@
 //! thread per core, where a filter already decodes one image per core. 10- and 12-bit images
 //! are rounded to 8 bits before the conversion: every bitmap is 8-bit. The image comes out
 //! upright, as a JPEG with an EXIF orientation does: rotated by `irot`, then mirrored by
-//! `imir`, the order MIAF sets. Its ICC profile is returned for the codec to apply or keep.
+//! `imir`, the order MIAF sets. Its ICC profile is returned for the codec to apply or keep,
+//! and its Exif item, found by kamadak-exif's HEIF reader (mp4parse skips it), for the output
+//! to carry on request.
 //!
-//! Not read: Exif and XMP items. Grid (tiled) images and image sequences are refused with the
+//! Not read: XMP items. Grid (tiled) images and image sequences are refused with the
 //! parser's reason.
 //!
 //! Encoding: ravif (rav1e), 8-bit 4:4:4 YCbCr, on the calling thread. `effort` 0..=9 maps to
@@ -60,12 +62,15 @@ pub(crate) fn dimensions(input: &[u8]) -> Option<(u32, u32, bool)> {
     .flatten()
 }
 
-/// A decoded AVIF: upright, 8-bit, with the ICC profile its container carries (not applied).
+/// A decoded AVIF: upright, 8-bit, with the ICC profile its container carries (not applied)
+/// and its EXIF block.
 pub(crate) struct Still {
     pub image: Bitmap,
     /// The layout the AV1 data was stored in: `yuv420p8`, `yuv444p10`…
     pub colour_type: String,
     pub icc: Option<Vec<u8>>,
+    /// Empty when there is none, or it does not read.
+    pub exif: Vec<u8>,
 }
 
 /// Decodes `input` to an upright 8-bit RGB or RGBA bitmap within `limits`.
@@ -90,7 +95,18 @@ pub(crate) fn decode(input: &[u8], limits: &Limits) -> Result<Still, DecodeError
         image: container.transform.apply(image)?,
         colour_type,
         icc: container.icc(),
+        exif: exif(input),
     })
+}
+
+/// The EXIF block of `input`'s Exif item. kamadak-exif reads at most 128 KiB of it and only
+/// as much as the file holds, whatever the boxes claim. A block that does not parse is left
+/// out, as for the other formats: the pixels are fine without it.
+fn exif(input: &[u8]) -> Vec<u8> {
+    exif::Reader::new()
+        .read_from_container(&mut std::io::Cursor::new(input))
+        .map(|exif| exif.buf().to_vec())
+        .unwrap_or_default()
 }
 
 /// What decoding needs from the HEIF container.
@@ -792,6 +808,48 @@ mod tests {
     /// A tile that fails to decode once aborted the whole process: rav1d 1.1 unwrapped the
     /// frame header its own error path had just cleared, inside an `extern "C"` function,
     /// where a panic cannot unwind (tests/props.rs found it). This file is that case.
+    /// The ASCII value of `tag` in the EXIF block, if it has one.
+    fn exif_text(exif: &[u8], tag: exif::Tag) -> Option<String> {
+        let parsed = exif::Reader::new().read_raw(exif.to_vec()).ok()?;
+        let field = parsed.get_field(tag, exif::In::PRIMARY)?;
+        Some(field.display_value().to_string())
+    }
+
+    #[test]
+    fn the_exif_item_is_read_and_carried_on_request() {
+        // libvips wrote the Exif item (libheif's); the orientation-1 file has none.
+        let avif = codec::tests::test_data("kite-80x50-exif.avif");
+        let decoded = decode(&avif).unwrap();
+        assert_eq!(
+            exif_text(&decoded.exif, exif::Tag::Artist).as_deref(),
+            Some("\"Ada Lovelace\"")
+        );
+        assert_eq!(
+            exif_text(&decoded.exif, exif::Tag::DateTime).as_deref(),
+            Some("2022-05-23 19:21:22")
+        );
+        let plain = codec::tests::test_data("kite-80x50-orient1.avif");
+        assert!(decode(&plain).unwrap().exif.is_empty());
+
+        let output = |text: &str| {
+            let pipeline = crate::ops::Pipeline::from_text(text).unwrap();
+            let out = crate::engine::process(&avif, &pipeline, &Limits::default()).unwrap();
+            codec::decode(&out.bytes, &Limits::default()).unwrap().exif
+        };
+        let all = output("format:jpeg,strip=false");
+        assert_eq!(
+            exif_text(&all, exif::Tag::DateTime).as_deref(),
+            Some("2022-05-23 19:21:22")
+        );
+        let copyright = output("format:jpeg,metadata=copyright");
+        assert_eq!(
+            exif_text(&copyright, exif::Tag::Copyright).as_deref(),
+            Some("\"CC BY 4.0\"")
+        );
+        assert_eq!(exif_text(&copyright, exif::Tag::DateTime), None);
+        assert!(output("format:jpeg").is_empty());
+    }
+
     #[test]
     fn an_av1_tile_that_fails_to_decode_fails_the_image_not_the_process() {
         let avif = codec::tests::test_data("corrupt-tile.avif");

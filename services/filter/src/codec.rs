@@ -428,6 +428,7 @@ pub fn decode_with(
                 mut image,
                 colour_type,
                 icc,
+                exif,
             } = avif::decode(input, limits)?;
             let (colour_profile, icc) = manage_colour(&mut image, icc, options.keep_icc);
             return Ok(Decoded {
@@ -435,7 +436,7 @@ pub fn decode_with(
                 image,
                 format,
                 colour_type,
-                exif: Vec::new(),
+                exif,
                 xmp: Vec::new(),
                 icc,
                 colour_profile,
