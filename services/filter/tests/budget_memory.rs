@@ -164,7 +164,8 @@ fn avif(jpeg: &[u8]) -> Vec<u8> {
 }
 
 /// Inputs and pipelines covering every decoder path (baseline and progressive JPEG, an
-/// EXIF-rotated one, shrink-on-load, RGB and opaque-RGBA PNG, 16-bit RGBA PNG, lossy WebP, AVIF)
+/// EXIF-rotated one, shrink-on-load, RGB and opaque-RGBA PNG, 16-bit RGBA PNG, lossy WebP, AVIF,
+/// a quarter-turned AVIF)
 /// and the ops that allocate (resize both ways and padded, blur, sharpen, rotate, crop).
 fn runs() -> Vec<Run> {
     let rgba16 = png_rgba16(1600, 1200);
@@ -210,6 +211,16 @@ fn runs() -> Vec<Run> {
         run("kite", &kite, "resize:w=1280/format:avif,q=60"),
         run("kite", &kite, "format:gif"),
         run("kite (avif)", &avif(&kite), "resize:w=1280/format:jpeg"),
+        // libvips' AVIF of the kite with `irot`: decoded, then turned a quarter.
+        run(
+            "kite (avif with irot, turned on decode)",
+            &std::fs::read(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/data/kite-2560x1600-irot.avif"
+            ))
+            .expect("the fixture"),
+            "sharpen/format:png,compression=1",
+        ),
         run(
             "wood (lossy webp)",
             &corpus("wood-4096x4096.webp"),
