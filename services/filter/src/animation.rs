@@ -11,7 +11,6 @@ use std::io::Cursor;
 use std::panic::AssertUnwindSafe;
 
 use image::codecs::gif::GifDecoder;
-use image::codecs::webp::WebPDecoder;
 use image::metadata::Orientation;
 use image::{AnimationDecoder, Delay, DynamicImage, ImageDecoder, RgbaImage};
 use pixelmesh_common::media::{self, FrameCount};
@@ -43,91 +42,97 @@ pub fn frame_count(input: &[u8], format: FileFormat) -> FrameCount {
     }
 }
 
-/// Decodes the `frames` frames of the animated GIF or WebP `input` (as [`frame_count`]
-/// counted them) one at a time, handing each to `each` with its delay before the next is
-/// decoded. Refused before decoding when the frames are more than [`MAX_FRAMES`], or more
+/// An animated GIF or WebP opened for decoding: its canvas, loop count and metadata read, no
+/// frame decoded yet.
+pub struct Animation<'a> {
+    source: FrameSource<'a>,
+    format: FileFormat,
+    frames: u32,
+}
+
+/// Opens the animated GIF or WebP `input` of `frames` frames (as [`frame_count`] counted
+/// them). Refused before any frame is decoded when they are more than [`MAX_FRAMES`], or more
 /// pixels together than the limit.
-pub fn decode_each<E: From<DecodeError>>(
-    input: &[u8],
+pub fn open<'a>(
+    input: &'a [u8],
     format: FileFormat,
     frames: u32,
     limits: &Limits,
-    mut each: impl FnMut(Bitmap, u32) -> Result<(), E>,
-) -> Result<Timing, E> {
+) -> Result<Animation<'a>, DecodeError> {
     let source = FrameSource::open(input, format, limits)?;
     check_frames(frames, source.width, source.height, limits)?;
-    let loops = source.loops;
-    let mut delays_ms = Vec::with_capacity(frames as usize);
-    // The count came from the structure; a decoder that finds more stops at it, one that
-    // finds fewer fails on the frame it could not read.
-    for frame in source.take(frames as usize) {
-        let (image, delay) = frame?;
-        delays_ms.push(delay);
-        each(image, delay)?;
+    Ok(Animation {
+        source,
+        format,
+        frames,
+    })
+}
+
+impl Animation<'_> {
+    /// The EXIF, XMP and ICC profile the file carries (GIF's XMP and ICC application
+    /// extensions; WebP's EXIF, XMP and ICCP chunks), taken out. What does not read is left
+    /// out, as for a still image: the frames are still fine.
+    pub fn take_metadata(&mut self) -> InputMetadata {
+        std::mem::take(&mut self.source.metadata)
     }
-    if delays_ms.len() < frames as usize {
-        return Err(DecodeError::Corrupt {
+
+    /// Decodes the frames one at a time, handing each to `each` with its delay before the
+    /// next is decoded.
+    pub fn decode_each<E: From<DecodeError>>(
+        self,
+        mut each: impl FnMut(Bitmap, u32) -> Result<(), E>,
+    ) -> Result<Timing, E> {
+        let Animation {
+            source,
             format,
-            reason: format!(
-                "the animation ends after {} of its {frames} frames",
-                delays_ms.len()
-            ),
+            frames,
+        } = self;
+        let loops = source.loops;
+        let mut delays_ms = Vec::with_capacity(frames as usize);
+        // The count came from the structure; a decoder that finds more stops at it, one that
+        // finds fewer fails on the frame it could not read.
+        for frame in source.take(frames as usize) {
+            let (image, delay) = frame?;
+            delays_ms.push(delay);
+            each(image, delay)?;
         }
-        .into());
+        if delays_ms.len() < frames as usize {
+            return Err(DecodeError::Corrupt {
+                format,
+                reason: format!(
+                    "the animation ends after {} of its {frames} frames",
+                    delays_ms.len()
+                ),
+            }
+            .into());
+        }
+        Ok(Timing { delays_ms, loops })
     }
-    Ok(Timing { delays_ms, loops })
 }
 
-/// The EXIF, XMP and ICC profile an animated GIF (XMP and ICC application extensions) or WebP
-/// (EXIF, XMP and ICCP chunks) carries, read from its header or chunk list without decoding a
-/// frame. What does not read is left out, as for a still image: the frames are still fine.
-pub fn metadata(input: &[u8], format: FileFormat) -> InputMetadata {
-    let read = || -> Option<InputMetadata> {
-        let mut decoder: Box<dyn ImageDecoder + '_> = match format {
-            FileFormat::Gif => Box::new(GifDecoder::new(Cursor::new(input)).ok()?),
-            FileFormat::Webp => Box::new(WebPDecoder::new(Cursor::new(input)).ok()?),
-            _ => return None,
-        };
-        let mut exif = decoder.exif_metadata().ok().flatten().unwrap_or_default();
-        if exif.starts_with(b"Exif\0\0") {
-            exif.drain(..6);
-        }
-        Some(InputMetadata {
-            exif,
-            xmp: decoder.xmp_metadata().ok().flatten().unwrap_or_default(),
-            icc: decoder.icc_profile().ok().flatten(),
-        })
-    };
-    // The parsers see hostile bytes as the decoders do.
-    std::panic::catch_unwind(AssertUnwindSafe(read))
-        .ok()
-        .flatten()
-        .unwrap_or_default()
-}
-
-/// Frame `index` (0 = the first) of `input` as a still image, with the decoder's disposal
-/// and blending of the frames before it, and the animation's metadata; its profile is applied
-/// unless `keep_icc` (as [`codec::decode_with`]). Only that frame and the canvas are held.
+/// Frame `index` (0 = the first) of `input`, which has `frames` frames (as [`frame_count`]
+/// counted them), as a still image, with the decoder's disposal and blending of the frames
+/// before it, and the animation's metadata; its profile is applied unless `keep_icc` (as
+/// [`codec::decode_with`]). Only that frame and the canvas are held.
 pub fn decode_frame(
     input: &[u8],
     format: FileFormat,
     index: u32,
+    frames: u32,
     limits: &Limits,
     keep_icc: bool,
 ) -> Result<Decoded, DecodeError> {
-    let frames = frame_count(input, format).frames;
     if index >= frames {
         return Err(DecodeError::NoSuchFrame { index, frames });
     }
-    let (mut image, _) = FrameSource::open(input, format, limits)?
-        .nth(index as usize)
-        .unwrap_or_else(|| {
-            Err(DecodeError::Corrupt {
-                format,
-                reason: format!("frame {index} could not be read"),
-            })
-        })?;
-    let InputMetadata { exif, xmp, icc } = metadata(input, format);
+    let mut source = FrameSource::open(input, format, limits)?;
+    let InputMetadata { exif, xmp, icc } = std::mem::take(&mut source.metadata);
+    let (mut image, _) = source.nth(index as usize).unwrap_or_else(|| {
+        Err(DecodeError::Corrupt {
+            format,
+            reason: format!("frame {index} could not be read"),
+        })
+    })?;
     let (colour_profile, icc) = codec::manage_colour(&mut image, icc, keep_icc);
     Ok(Decoded {
         full_size: (image.width(), image.height()),
@@ -191,6 +196,8 @@ struct FrameSource<'a> {
     height: u32,
     /// How many times it plays; 0 for forever.
     loops: u32,
+    /// What the header or chunk list carries.
+    metadata: InputMetadata,
 }
 
 enum Frames<'a> {
@@ -207,15 +214,21 @@ impl<'a> FrameSource<'a> {
     ) -> Result<FrameSource<'a>, DecodeError> {
         let source = match format {
             FileFormat::Gif => {
-                let decoder = std::panic::catch_unwind(|| GifDecoder::new(Cursor::new(input)))
-                    .map_err(|_| codec::crashed(format))?
-                    .map_err(|err| codec::decode_error(format, err))?;
-                let (width, height) = image::ImageDecoder::dimensions(&decoder);
+                // The parsers see hostile bytes as the frame decoder does.
+                let (decoder, metadata) = std::panic::catch_unwind(|| {
+                    let mut decoder = GifDecoder::new(Cursor::new(input))?;
+                    let metadata = codec::embedded_metadata(&mut decoder);
+                    Ok((decoder, metadata))
+                })
+                .map_err(|_| codec::crashed(format))?
+                .map_err(|err| codec::decode_error(format, err))?;
+                let (width, height) = decoder.dimensions();
                 FrameSource {
                     frames: Frames::Gif(decoder.into_frames()),
                     width,
                     height,
                     loops: gif_plays(input),
+                    metadata,
                 }
             }
             FileFormat::Webp => {
@@ -224,6 +237,7 @@ impl<'a> FrameSource<'a> {
                     width: frames.width,
                     height: frames.height,
                     loops: frames.loops,
+                    metadata: frames.metadata(),
                     frames: Frames::Webp(frames),
                 }
             }
@@ -320,6 +334,45 @@ impl<'a> WebpFrames<'a> {
                 shown: 0,
                 input: std::marker::PhantomData,
             })
+        }
+    }
+
+    /// The EXIF, XMP and ICCP chunks, from the chunk list libwebp's demuxer has already
+    /// read, so the file is parsed once.
+    fn metadata(&self) -> InputMetadata {
+        let mut exif = self.chunk(b"EXIF");
+        // Some writers keep JPEG's prefix in the chunk.
+        if exif.starts_with(b"Exif\0\0") {
+            exif.drain(..6);
+        }
+        InputMetadata {
+            exif,
+            xmp: self.chunk(b"XMP "),
+            icc: Some(self.chunk(b"ICCP")).filter(|icc| !icc.is_empty()),
+        }
+    }
+
+    /// The first chunk named `fourcc`, empty when there is none.
+    fn chunk(&self, fourcc: &[u8; 4]) -> Vec<u8> {
+        use libwebp_sys as sys;
+        // SAFETY: the demuxer belongs to the live decoder; the iterator is initialised by
+        // WebPDemuxGetChunk, its data points into `input` (borrowed for 'a) and is copied
+        // out before the iterator is released.
+        unsafe {
+            let demux = sys::WebPAnimDecoderGetDemuxer(self.decoder);
+            let mut iter = std::mem::zeroed::<sys::WebPChunkIterator>();
+            if demux.is_null()
+                || sys::WebPDemuxGetChunk(demux, fourcc.as_ptr().cast(), 1, &mut iter) == 0
+            {
+                return Vec::new();
+            }
+            let chunk = if iter.chunk.bytes.is_null() {
+                Vec::new()
+            } else {
+                std::slice::from_raw_parts(iter.chunk.bytes, iter.chunk.size).to_vec()
+            };
+            sys::WebPDemuxReleaseChunkIterator(&mut iter);
+            chunk
         }
     }
 
@@ -516,12 +569,22 @@ mod tests {
         let format = codec::detect_format(input).unwrap();
         let count = frame_count(input, format).frames;
         let mut frames = Vec::new();
-        let timing = decode_each(input, format, count, &Limits::default(), |image, _| {
-            frames.push(image);
-            Ok::<(), DecodeError>(())
-        })
-        .unwrap();
+        let timing = open(input, format, count, &Limits::default())
+            .unwrap()
+            .decode_each(|image, _| {
+                frames.push(image);
+                Ok::<(), DecodeError>(())
+            })
+            .unwrap();
         (frames, timing)
+    }
+
+    /// What the animation `input` carries, as the engine reads it.
+    fn metadata(input: &[u8], format: FileFormat) -> InputMetadata {
+        let count = frame_count(input, format).frames;
+        open(input, format, count, &Limits::default())
+            .unwrap()
+            .take_metadata()
     }
 
     /// The RGB samples of a bitmap, its alpha dropped.

@@ -720,19 +720,11 @@ fn decode_as(
         return Err(truncated_jpeg());
     }
     let colour_type = format!("{:?}", decoder.original_color_type()).to_lowercase();
-    // A broken EXIF block should not fail an image whose pixels are fine.
-    let mut exif = decoder.exif_metadata().ok().flatten().unwrap_or_default();
-    if exif.starts_with(b"Exif\0\0") {
-        exif.drain(..6);
+    let InputMetadata { exif, xmp, mut icc } = embedded_metadata(&mut decoder);
+    if format == FileFormat::Tiff {
+        icc = tiff_icc(input);
     }
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-    // As with EXIF: a profile that cannot be read is no reason to fail the pixels.
-    let icc = if format == FileFormat::Tiff {
-        tiff_icc(input)
-    } else {
-        decoder.icc_profile().ok().flatten()
-    };
-    let xmp = decoder.xmp_metadata().ok().flatten().unwrap_or_default();
     let image = match (format == FileFormat::Webp)
         .then(|| decode_webp(input))
         .flatten()
@@ -756,6 +748,21 @@ fn decode_as(
         icc,
         colour_profile,
     })
+}
+
+/// The EXIF (without JPEG's `Exif\0\0` prefix), XMP and ICC profile `decoder` found in its
+/// header. What does not read is left out: a broken block is no reason to fail pixels that
+/// are fine.
+pub(crate) fn embedded_metadata(decoder: &mut dyn ImageDecoder) -> InputMetadata {
+    let mut exif = decoder.exif_metadata().ok().flatten().unwrap_or_default();
+    if exif.starts_with(b"Exif\0\0") {
+        exif.drain(..6);
+    }
+    InputMetadata {
+        exif,
+        xmp: decoder.xmp_metadata().ok().flatten().unwrap_or_default(),
+        icc: decoder.icc_profile().ok().flatten(),
+    }
 }
 
 /// A TIFF's ICC profile, read with the tiff crate itself. Through image's decoder, whose

@@ -44,47 +44,104 @@ impl Applied {
 /// reads is left unapplied and handed back for the encoder to embed; otherwise, and for any
 /// other profile, as [`to_srgb`].
 pub fn manage(image: &mut Bitmap, icc: Vec<u8>, keep: bool) -> (Applied, Option<Vec<u8>>) {
-    if keep
-        && let Ok((profile, name)) = open(&icc)
-        && profile.color_space() == ColorSpaceSignature::RgbData
-    {
-        return (Applied::Embedded(name), Some(icc));
-    }
-    (to_srgb(image, &icc), None)
+    let mut manager = Manager::new(icc, keep);
+    manager.apply(image);
+    manager.finish()
 }
 
 /// Converts `image` from the profile `icc` to sRGB in place. A profile that is corrupt is
 /// ignored, never the image's failure: the pixels are still the best guess.
 pub fn to_srgb(image: &mut Bitmap, icc: &[u8]) -> Applied {
-    let (profile, name) = match open(icc) {
-        Ok(opened) => opened,
-        Err(ignored) => return ignored,
-    };
-    if profile.color_space() != ColorSpaceSignature::RgbData {
-        return Applied::Kept(name);
+    manage(image, icc.to_vec(), false).0
+}
+
+/// An embedded profile's handling, decided once and applied to every image given: an
+/// animation's frames share their file's profile, so it is parsed and its transform built
+/// once, not once a frame.
+pub struct Manager {
+    plan: Plan,
+}
+
+enum Plan {
+    /// Pixels left as stored, for the reason given.
+    Leave(Applied),
+    /// Pixels left as stored, the profile handed back for the output to embed.
+    Embed { name: String, icc: Vec<u8> },
+    /// Pixels converted to sRGB; a transform for each pixel layout met, built when first met.
+    Convert {
+        profile: Profile,
+        name: String,
+        rgb: Option<Transform<u8, u8>>,
+        rgba: Option<Transform<u8, u8>>,
+    },
+}
+
+impl Manager {
+    /// What becomes of `icc`: with `keep`, an RGB profile that reads is embedded; an sRGB
+    /// one (under any of its usual names: IEC 61966-2.1, its v4 and compact variants) is what
+    /// we convert to, so converting would only round; a profile that does not read, or is
+    /// not RGB (a grey one), leaves the pixels as they are.
+    pub fn new(icc: Vec<u8>, keep: bool) -> Manager {
+        let plan = match open(&icc) {
+            Err(ignored) => Plan::Leave(ignored),
+            Ok((profile, name)) if profile.color_space() != ColorSpaceSignature::RgbData => {
+                Plan::Leave(Applied::Kept(name))
+            }
+            Ok((_, name)) if keep => Plan::Embed { name, icc },
+            Ok((_, name)) if name.contains("sRGB") => Plan::Leave(Applied::Kept(name)),
+            Ok((profile, name)) => Plan::Convert {
+                profile,
+                name,
+                rgb: None,
+                rgba: None,
+            },
+        };
+        Manager { plan }
     }
-    // sRGB under any of its usual names (IEC 61966-2.1, its v4 and compact variants) is
-    // what we would convert to; converting would only round.
-    if name.contains("sRGB") {
-        return Applied::Kept(name);
+
+    /// Converts `image` in place when the plan is to convert.
+    pub fn apply(&mut self, image: &mut Bitmap) {
+        let Plan::Convert {
+            profile,
+            name,
+            rgb,
+            rgba,
+        } = &mut self.plan
+        else {
+            return;
+        };
+        let (slot, format) = if image.has_alpha() {
+            (rgba, PixelFormat::RGBA_8)
+        } else {
+            (rgb, PixelFormat::RGB_8)
+        };
+        let transform = match slot {
+            Some(transform) => transform,
+            None => match Transform::new(
+                profile,
+                format,
+                &Profile::new_srgb(),
+                format,
+                Intent::RelativeColorimetric,
+            ) {
+                Ok(transform) => slot.insert(transform),
+                Err(err) => {
+                    let reason = format!("{name}: cannot convert it to sRGB: {err}");
+                    self.plan = Plan::Leave(Applied::Ignored(reason));
+                    return;
+                }
+            },
+        };
+        transform.transform_in_place(image.data_mut());
     }
-    let format = if image.has_alpha() {
-        PixelFormat::RGBA_8
-    } else {
-        PixelFormat::RGB_8
-    };
-    match Transform::<u8, u8>::new(
-        &profile,
-        format,
-        &Profile::new_srgb(),
-        format,
-        Intent::RelativeColorimetric,
-    ) {
-        Ok(transform) => {
-            transform.transform_in_place(image.data_mut());
-            Applied::Converted(name)
+
+    /// What was done, and the profile when the output is to embed it.
+    pub fn finish(self) -> (Applied, Option<Vec<u8>>) {
+        match self.plan {
+            Plan::Leave(applied) => (applied, None),
+            Plan::Embed { name, icc } => (Applied::Embedded(name), Some(icc)),
+            Plan::Convert { name, .. } => (Applied::Converted(name), None),
         }
-        Err(err) => Applied::Ignored(format!("{name}: cannot convert it to sRGB: {err}")),
     }
 }
 
@@ -187,10 +244,9 @@ mod tests {
         assert_eq!(image.data(), [200, 30, 40]);
     }
 
-    #[test]
-    fn a_wide_gamut_profile_is_converted_and_alpha_kept() {
-        // Adobe RGB's primaries (D65, gamma 2.2), built here; the tests in codec read the real
-        // profile file.
+    /// Adobe RGB's primaries (D65, gamma 2.2), built here; the tests in codec read the real
+    /// profile file.
+    fn wide_rgb() -> Vec<u8> {
         let white = lcms2::CIExyY {
             x: 0.3127,
             y: 0.3290,
@@ -221,7 +277,12 @@ mod tests {
             lcms2::TagSignature::ProfileDescriptionTag,
             lcms2::Tag::MLU(&name),
         );
-        let icc = wide.icc().unwrap();
+        wide.icc().unwrap()
+    }
+
+    #[test]
+    fn a_wide_gamut_profile_is_converted_and_alpha_kept() {
+        let icc = wide_rgb();
         // A saturated green and a 50 % alpha.
         let mut image = Bitmap::new(1, 1, true, vec![40, 200, 40, 128]).unwrap();
         assert_eq!(
@@ -236,5 +297,42 @@ mod tests {
             "{pixel:?}"
         );
         assert_eq!(pixel[3], 128, "alpha untouched");
+    }
+
+    #[test]
+    fn one_manager_converts_every_frame_as_each_alone_would() {
+        let icc = wide_rgb();
+        let frames = [
+            Bitmap::new(2, 1, false, vec![40, 200, 40, 250, 10, 90]).unwrap(),
+            Bitmap::new(1, 1, true, vec![40, 200, 40, 128]).unwrap(),
+            Bitmap::new(2, 1, false, vec![1, 2, 3, 120, 130, 140]).unwrap(),
+        ];
+        let mut manager = Manager::new(icc.clone(), false);
+        for frame in &frames {
+            let (mut shared, mut alone) = (frame.clone(), frame.clone());
+            manager.apply(&mut shared);
+            assert_eq!(
+                to_srgb(&mut alone, &icc),
+                Applied::Converted("Wide test RGB".into())
+            );
+            assert_ne!(shared.data(), frame.data(), "converted");
+            assert_eq!(shared.data(), alone.data());
+        }
+        assert_eq!(
+            manager.finish(),
+            (Applied::Converted("Wide test RGB".into()), None)
+        );
+
+        // Kept: every frame as stored, the profile handed back once for the output.
+        let mut manager = Manager::new(icc.clone(), true);
+        for frame in &frames {
+            let mut kept = frame.clone();
+            manager.apply(&mut kept);
+            assert_eq!(kept.data(), frame.data());
+        }
+        assert_eq!(
+            manager.finish(),
+            (Applied::Embedded("Wide test RGB".into()), Some(icc))
+        );
     }
 }

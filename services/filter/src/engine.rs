@@ -146,9 +146,10 @@ pub fn process_with(
             }
             return process_animation(input, format, count.frames, pipeline, limits, assets);
         }
-        (Some(format), _, Some(index)) if index > 0 => {
+        (Some(format), Some(count), Some(index)) if index > 0 => {
             let decoded = stage_span("decode").in_scope(|| {
-                animation::decode_frame(input, format, index, limits, keeps_icc(pipeline))
+                let keep_icc = keeps_icc(pipeline);
+                animation::decode_frame(input, format, index, count.frames, limits, keep_icc)
             })?;
             return process_decoded(decoded, pipeline, limits, assets);
         }
@@ -223,22 +224,26 @@ fn process_animation(
     if let Some(refusal) = pipeline.animation_refusal(frames) {
         return Err(ProcessError::CannotAnimate(refusal));
     }
-    let mut metadata = animation::metadata(input, input_format);
-    let keep_icc = keeps_icc(pipeline);
-    let icc = metadata.icc.take();
+    let mut animation = animation::open(input, input_format, frames, limits)?;
+    let mut metadata = animation.take_metadata();
+    // Each frame as a still image's decode does it: converted to sRGB, or kept in the
+    // profile that is then embedded; the transform is built once for all of them.
+    let mut colour = metadata
+        .icc
+        .take()
+        .map(|icc| colour::Manager::new(icc, keeps_icc(pipeline)));
     let mut processed = Vec::with_capacity(frames as usize);
     let timing = stage_span("frames").in_scope(|| {
-        animation::decode_each(input, input_format, frames, limits, |mut image, _delay| {
-            // Each frame as a still image's decode does it: converted to sRGB, or kept in the
-            // profile that is then embedded (the same answer for every frame).
-            if let Some(icc) = &icc {
-                metadata.icc = colour::manage(&mut image, icc.clone(), keep_icc).1;
+        animation.decode_each(|mut image, _delay| {
+            if let Some(colour) = &mut colour {
+                colour.apply(&mut image);
             }
             let full_size = (image.width(), image.height());
             processed.push(run_ops(image, full_size, pipeline, limits, assets, |_| {})?);
             Ok::<(), ProcessError>(())
         })
     })?;
+    metadata.icc = colour.and_then(|colour| colour.finish().1);
     if budget::expired() {
         return Err(timed_out());
     }
