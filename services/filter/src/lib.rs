@@ -24,6 +24,7 @@ pub mod heartbeat;
 pub mod logos;
 mod metadata;
 pub mod outage;
+mod png_writer;
 pub mod tiles;
 pub mod worker;
 

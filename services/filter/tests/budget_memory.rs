@@ -210,6 +210,8 @@ fn runs() -> Vec<Run> {
         ),
         run("kite", &kite, "resize:w=1280/format:avif,q=60"),
         run("kite", &kite, "format:gif"),
+        // libdeflate: the filtered rows and its output buffer beside the bitmap.
+        run("kite", &kite, "format:png"),
         run("kite (avif)", &avif(&kite), "resize:w=1280/format:jpeg"),
         // libvips' AVIF of the kite with `irot`: decoded, then turned a quarter.
         run(
@@ -229,6 +231,7 @@ fn runs() -> Vec<Run> {
     ];
     for text in [
         "blur:sigma=2/format:png,compression=1",
+        "flip/format:png,compression=9",
         "rotate:30/sharpen/format:jpeg",
         "resize:w=3000,upscale=true/format:tiff",
         "pixelate:8/format:bmp",

@@ -43,7 +43,7 @@
 //! ran up to twice as long; the coefficients sit above the quiet figures (by about a quarter
 //! for the blur) and mostly at or above the loaded ones. Decoders per pixel (loaded): JPEG 10
 //! (18 progressive), PNG 17 (RGB), lossy WebP 52, GIF 14, BMP 3.4, TIFF 1.4; encoders: JPEG
-//! q95 10.6 (progressive 32 to 51), PNG 11 / 228 / 250 (compression 1 / 6 / 9), WebP 175 lossy
+//! q95 10.6 (progressive 32 to 51), PNG 6.1 / 39 / 131 (compression 1 / 6 / 9; quiet, since libdeflate), WebP 175 lossy
 //! and 14 lossless, GIF 300, BMP 4.5, TIFF 1.4. A machine with AVX-512 runs the blur faster
 //! (BENCHMARKS.md), so the estimate stays an upper bound there; one with SSE2 only runs it
 //! about twice as slow as AVX2, so it may fall short there.

@@ -222,7 +222,7 @@ impl Metadata {
 /// block average would do all of it and fine textures alias visibly.
 pub const SHRINK_HEADROOM: u32 = 2;
 
-/// The three speeds of the PNG encoder, by zlib-style level.
+/// The three speeds of the PNG encoder, by compression level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PngSpeed {
     Fast,
@@ -231,31 +231,36 @@ pub enum PngSpeed {
 }
 
 impl Encoding {
-    /// The deflate coder our PNG compression, 1 (fastest) ..= 9 (smallest), selects: `None`
-    /// for fdeflate, else a zlib level. By measurement (BENCHMARKS.md, "PNG compression";
-    /// 1920-wide photos, our adaptive row filter, zlib-rs): fdeflate writes 3,161 KB in 14 ms,
-    /// zlib levels 2 to 6 3,150 to 2,981 KB in 66 to 160 ms, and level 9 a bigger file than 6
-    /// in 5x its time, so it is not used; neither is level 1, bigger than fdeflate. The
-    /// default, 6, is level 3: 0.69x the size of libvips' compression 6 (no filter, zlib 6) in
-    /// 0.79x its time. Level 4 made a 1.4 % smaller file in 1.24x level 3's time, which put it
-    /// at libvips' time (1.01x on the reference photo).
+    /// The deflate coder our PNG compression, 0 (fastest) ..= 9 (smallest), selects: `None`
+    /// for fdeflate, else a libdeflate level. By measurement (BENCHMARKS.md, "PNG"; four
+    /// 1920-wide photos and a 1920x1080 graphic, our adaptive row filter): fdeflate is 5x
+    /// faster than anything else, and from 1 % (small photos) to 18 % (a 4K q95 photo)
+    /// bigger than libdeflate. libdeflate's level 1 is its fastest and on photos smaller than
+    /// its levels 2–4, which shrink graphics more (level 4 27 % under level 1); levels 6 and 8
+    /// take 1.5–4x level 4's time for 2–4 % off photos, and 10 (near-optimal parsing) 8 % off
+    /// photos and 44 % off the graphic at 3–15x. The default, 6, is level 4: on the reference
+    /// photo 0.75x the time of zlib-rs level 3 (the coder before) for a 3 % bigger file, 0.74x
+    /// libvips' size in 0.79x its time; over the four photos 0.97x zlib-rs' time for 0.4 %
+    /// more, and the graphic 13 % smaller.
     pub fn png_deflate_level(&self) -> Option<u8> {
         match self.compression {
             0..=2 => None,
-            3 => Some(2),
-            4..=6 => Some(3),
-            7 => Some(4),
-            8 => Some(5),
-            _ => Some(6),
+            3 => Some(1),
+            4 => Some(2),
+            5 => Some(3),
+            6 => Some(4),
+            7 => Some(6),
+            8 => Some(8),
+            _ => Some(10),
         }
     }
 
     /// Which of the PNG encoder's speeds `compression` selects, for the budget: fdeflate,
-    /// zlib levels up to 5, or level 6.
+    /// libdeflate up to level 6, or its long searches (8, and near-optimal parsing at 10).
     pub fn png_speed(&self) -> PngSpeed {
         match self.png_deflate_level() {
             None => PngSpeed::Fast,
-            Some(..=5) => PngSpeed::Default,
+            Some(..=6) => PngSpeed::Default,
             Some(_) => PngSpeed::Best,
         }
     }

@@ -98,9 +98,12 @@ pub(super) fn decode_cost(
 /// Encoders per pixel. PNG by its three speeds (see [`Encoding::png_speed`]).
 const JPEG_ENCODE_NS: f64 = 14.0;
 const JPEG_PROGRESSIVE_ENCODE_NS: f64 = 55.0;
+/// fdeflate, then libdeflate up to level 6 and its levels 8 and 10, which search much longer:
+/// quiet, on 1920-wide photos, level 6 took up to 53 ns a pixel, level 7 103 and level 10
+/// about 530 (BENCHMARKS.md, "PNG"), on the 4K photo levels 1, 4 and 10 29, 39 and 131.
 const PNG_FAST_ENCODE_NS: f64 = 14.0;
-const PNG_DEFAULT_ENCODE_NS: f64 = 260.0;
-const PNG_BEST_ENCODE_NS: f64 = 400.0;
+const PNG_DEFAULT_ENCODE_NS: f64 = 150.0;
+const PNG_BEST_ENCODE_NS: f64 = 800.0;
 /// libwebp at method 2: 220 ns a pixel on the 1920-wide reference photo, rounded up by half.
 const WEBP_LOSSLESS_ENCODE_NS: f64 = 330.0;
 const WEBP_LOSSY_ENCODE_NS: f64 = 200.0;
@@ -125,10 +128,8 @@ pub(super) fn encode_cost(encoding: Option<&Encoding>, image: Shape) -> Cost {
                 progressive: true,
                 ..Encoding::new(FileFormat::Jpeg)
             },
-            Encoding {
-                compression: 9,
-                ..Encoding::new(FileFormat::Png)
-            },
+            // The input's format at its default options: compression 6.
+            Encoding::new(FileFormat::Png),
             // Lossy: libwebp's lossless working set (24 bytes a pixel) would refuse every
             // 100-megapixel pipeline without a format op. As with AVIF below, the filter
             // checks again with the format, and the options, the input really has.
@@ -166,10 +167,11 @@ pub(super) fn encode_cost(encoding: Option<&Encoding>, image: Shape) -> Cost {
             JPEG_PROGRESSIVE_ENCODE_NS,
         ),
         FileFormat::Jpeg => (flattened + bitmap, JPEG_ENCODE_NS),
-        // The png crate compresses into its own buffer, then writes it out: two copies of the
-        // file, which for a photo is most of the bitmap's size.
+        // The filtered rows (the bitmap and a byte a row), libdeflate's output buffer (its
+        // bound: about the rows' size), then the file copied out of it. Through fdeflate (the
+        // png crate), the file twice: less.
         FileFormat::Png => (
-            bitmap.saturating_mul(2),
+            bitmap.saturating_mul(5) / 2,
             match encoding.png_speed() {
                 PngSpeed::Fast => PNG_FAST_ENCODE_NS,
                 PngSpeed::Default => PNG_DEFAULT_ENCODE_NS,
