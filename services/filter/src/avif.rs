@@ -9,11 +9,10 @@
 //! are rounded to 8 bits before the conversion: every bitmap is 8-bit. The image comes out
 //! upright, as a JPEG with an EXIF orientation does: rotated by `irot`, then mirrored by
 //! `imir`, the order MIAF sets. Its ICC profile is returned for the codec to apply or keep,
-//! and its Exif item, found by kamadak-exif's HEIF reader (mp4parse skips it), for the output
-//! to carry on request.
+//! and its Exif item, found by kamadak-exif's HEIF reader (mp4parse skips it), and its XMP
+//! item (read here, see [`xmp`]) for the output to carry on request.
 //!
-//! Not read: XMP items. Grid (tiled) images and image sequences are refused with the
-//! parser's reason.
+//! Grid (tiled) images and image sequences are refused with the parser's reason.
 //!
 //! Encoding: ravif (rav1e), 8-bit 4:4:4 YCbCr, on the calling thread. `effort` 0..=9 maps to
 //! rav1e's speed 10..=1, so the default effort 4 is speed 6: `scripts/bench-compare` measured
@@ -71,6 +70,8 @@ pub(crate) struct Still {
     pub icc: Option<Vec<u8>>,
     /// Empty when there is none, or it does not read.
     pub exif: Vec<u8>,
+    /// The XMP packet; empty when there is none, or it does not read.
+    pub xmp: Vec<u8>,
 }
 
 /// Decodes `input` to an upright 8-bit RGB or RGBA bitmap within `limits`.
@@ -96,6 +97,7 @@ pub(crate) fn decode(input: &[u8], limits: &Limits) -> Result<Still, DecodeError
         colour_type,
         icc: container.icc(),
         exif: exif(input),
+        xmp: xmp(input).unwrap_or_default(),
     })
 }
 
@@ -107,6 +109,158 @@ fn exif(input: &[u8]) -> Vec<u8> {
         .read_from_container(&mut std::io::Cursor::new(input))
         .map(|exif| exif.buf().to_vec())
         .unwrap_or_default()
+}
+
+/// Largest XMP packet read from an AVIF. Real ones are a few KB; JPEG's APP1 holds 64 KB.
+const MAX_XMP_BYTES: usize = 1 << 20;
+
+/// The XMP packet of `input`: the data of its `mime` item whose content type is
+/// `application/rdf+xml`, found through the item's entry in `iinf` and its extents in `iloc`,
+/// inside the top-level `meta` box. Hand-written because neither mp4parse nor kamadak-exif
+/// reads that item, and the walk is short. `None` when there is no such item, when it is
+/// over [`MAX_XMP_BYTES`], or when any box it passes through does not read: the pixels are
+/// fine without it, and a packet is never cut short.
+fn xmp(input: &[u8]) -> Option<Vec<u8>> {
+    let meta = find_box(input, b"meta")?.get(4..)?;
+    let id = xmp_item(find_box(meta, b"iinf")?)?;
+    let mut xmp = Vec::new();
+    for (offset, length) in item_extents(find_box(meta, b"iloc")?, id)? {
+        let (offset, length) = (usize::try_from(offset).ok()?, usize::try_from(length).ok()?);
+        if length > MAX_XMP_BYTES - xmp.len() {
+            return None;
+        }
+        xmp.extend_from_slice(input.get(offset..offset.checked_add(length)?)?);
+    }
+    Some(xmp)
+}
+
+/// The ID of the XMP item among the `infe` entries of an `iinf` box's body.
+fn xmp_item(iinf: &[u8]) -> Option<u32> {
+    let mut body = Bytes(iinf);
+    let version = body.uint(1)?;
+    body.take(3)?;
+    body.uint(if version == 0 { 2 } else { 4 })?;
+    let mut boxes = body.0;
+    while let Some((kind, infe, rest)) = next_box(boxes) {
+        boxes = rest;
+        if &kind != b"infe" {
+            continue;
+        }
+        let mut infe = Bytes(infe);
+        let version = infe.uint(1)?;
+        infe.take(3)?;
+        // Versions 0 and 1 predate item types.
+        if version < 2 {
+            continue;
+        }
+        let id = infe.uint(if version == 2 { 2 } else { 4 })?;
+        infe.uint(2)?;
+        let item_type = infe.take(4)?;
+        infe.c_string()?;
+        if item_type == b"mime" && infe.c_string()? == b"application/rdf+xml" {
+            return u32::try_from(id).ok();
+        }
+    }
+    None
+}
+
+/// The file offsets and lengths of item `id`'s data, from an `iloc` box's body; `None` for
+/// data stored other than in this file (another construction method, or data reference).
+fn item_extents(iloc: &[u8], id: u32) -> Option<Vec<(u64, u64)>> {
+    let mut body = Bytes(iloc);
+    let version = body.uint(1)?;
+    body.take(3)?;
+    let sizes = body.uint(1)?;
+    let (offset_size, length_size) = ((sizes >> 4) as usize, (sizes & 15) as usize);
+    let sizes = body.uint(1)?;
+    let base_size = (sizes >> 4) as usize;
+    let index_size = if version > 0 {
+        (sizes & 15) as usize
+    } else {
+        0
+    };
+    let items = body.uint(if version < 2 { 2 } else { 4 })?;
+    for _ in 0..items {
+        let item = body.uint(if version < 2 { 2 } else { 4 })?;
+        let method = if version > 0 { body.uint(2)? & 15 } else { 0 };
+        let reference = body.uint(2)?;
+        let base = body.uint(base_size)?;
+        let count = body.uint(2)?;
+        let mut extents = Vec::new();
+        for _ in 0..count {
+            body.uint(index_size)?;
+            let offset = base.checked_add(body.uint(offset_size)?)?;
+            let length = body.uint(length_size)?;
+            extents.push((offset, length));
+        }
+        if item == u64::from(id) {
+            // A length of 0 means "to the end of the file", which no XMP item needs.
+            let in_file = method == 0 && reference == 0;
+            return (in_file && extents.iter().all(|&(_, length)| length > 0)).then_some(extents);
+        }
+    }
+    None
+}
+
+/// The body of the first box of type `kind` among the boxes that fill `data`.
+fn find_box<'a>(mut data: &'a [u8], kind: &[u8; 4]) -> Option<&'a [u8]> {
+    while let Some((found, body, rest)) = next_box(data) {
+        if &found == kind {
+            return Some(body);
+        }
+        data = rest;
+    }
+    None
+}
+
+/// The first box of `data`: its type, its body and what follows it.
+fn next_box(data: &[u8]) -> Option<([u8; 4], &[u8], &[u8])> {
+    let mut header = Bytes(data);
+    let size = header.uint(4)?;
+    let kind = header.take(4)?.try_into().ok()?;
+    let (size, header_len) = match size {
+        // To the end of the data.
+        0 => (data.len() as u64, 8),
+        1 => (header.uint(8)?, 16),
+        size => (size, 8),
+    };
+    let size = usize::try_from(size)
+        .ok()
+        .filter(|&size| size >= header_len)?;
+    let (boxed, rest) = (data.get(..size)?, data.get(size..)?);
+    Some((kind, &boxed[header_len..], rest))
+}
+
+/// Big-endian fields read off the front of a box.
+struct Bytes<'a>(&'a [u8]);
+
+impl<'a> Bytes<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (taken, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(taken)
+    }
+
+    /// An unsigned field of `size` bytes (0 to 8; 0 reads as 0).
+    fn uint(&mut self, size: usize) -> Option<u64> {
+        if size > 8 {
+            return None;
+        }
+        let bytes = self.take(size)?;
+        Some(
+            bytes
+                .iter()
+                .fold(0, |value, &byte| value << 8 | u64::from(byte)),
+        )
+    }
+
+    /// A NUL-terminated string, without its NUL.
+    fn c_string(&mut self) -> Option<&'a [u8]> {
+        let end = self.0.iter().position(|&byte| byte == 0)?;
+        let text = self.take(end)?;
+        self.take(1)?;
+        Some(text)
+    }
 }
 
 /// What decoding needs from the HEIF container.
@@ -813,6 +967,57 @@ mod tests {
         let parsed = exif::Reader::new().read_raw(exif.to_vec()).ok()?;
         let field = parsed.get_field(tag, exif::In::PRIMARY)?;
         Some(field.display_value().to_string())
+    }
+
+    #[test]
+    fn the_xmp_item_is_read_whole_or_not_at_all_and_carried_on_request() {
+        // libvips (libheif) wrote the XMP as a `mime` item beside its Exif item.
+        let avif = codec::tests::test_data("kite-80x50-xmp.avif");
+        let packet = decode(&avif).unwrap().xmp;
+        assert!(packet.starts_with(b"<?xpacket begin="), "{packet:?}");
+        assert!(packet.ends_with(b"<?xpacket end=\"w\"?>"));
+        let has_creator = |xmp: &[u8]| xmp.windows(14).any(|w| w == b"pixelmesh test");
+        assert!(has_creator(&packet));
+        assert!(
+            decode(&codec::tests::test_data("kite-80x50-exif.avif"))
+                .unwrap()
+                .xmp
+                .is_empty()
+        );
+
+        // Cut anywhere, the container reads the whole packet or none of it, never a part.
+        for len in 0..avif.len() {
+            let read = xmp(&avif[..len]);
+            assert!(
+                read.is_none() || read.as_deref() == Some(&packet[..]),
+                "cut at {len}"
+            );
+        }
+        // Bytes flipped anywhere: no panic, and whatever reads is bounded.
+        for at in 0..avif.len().min(600) {
+            let mut broken = avif.clone();
+            broken[at] ^= 0xa5;
+            assert!(xmp(&broken).is_none_or(|read| read.len() <= MAX_XMP_BYTES));
+        }
+
+        let pipeline = |text: &str| crate::ops::Pipeline::from_text(text).unwrap();
+        let kept = crate::engine::process(
+            &avif,
+            &pipeline("format:png,strip=false"),
+            &Limits::default(),
+        )
+        .unwrap();
+        assert!(has_creator(
+            &codec::decode(&kept.bytes, &Limits::default()).unwrap().xmp
+        ));
+        let stripped =
+            crate::engine::process(&avif, &pipeline("format:png"), &Limits::default()).unwrap();
+        assert!(
+            codec::decode(&stripped.bytes, &Limits::default())
+                .unwrap()
+                .xmp
+                .is_empty()
+        );
     }
 
     #[test]

@@ -429,6 +429,7 @@ pub fn decode_with(
                 colour_type,
                 icc,
                 exif,
+                xmp,
             } = avif::decode(input, limits)?;
             let (colour_profile, icc) = manage_colour(&mut image, icc, options.keep_icc);
             return Ok(Decoded {
@@ -437,7 +438,7 @@ pub fn decode_with(
                 format,
                 colour_type,
                 exif,
-                xmp: Vec::new(),
+                xmp,
                 icc,
                 colour_profile,
             });
