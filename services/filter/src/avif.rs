@@ -376,9 +376,14 @@ impl Transform {
     }
 }
 
-/// Encodes as AVIF at `encoding`'s quality and effort; alpha is kept, and `exif` (when not
-/// empty) stored as the image's Exif item.
-pub(crate) fn encode(image: &Bitmap, encoding: &Encoding, exif: &[u8]) -> Result<Vec<u8>, String> {
+/// Encodes as AVIF at `encoding`'s quality and effort; alpha is kept, `exif` (when not
+/// empty) stored as the image's Exif item, and `icc` (when given) as its colour profile.
+pub(crate) fn encode(
+    image: &Bitmap,
+    encoding: &Encoding,
+    exif: &[u8],
+    icc: Option<&[u8]>,
+) -> Result<Vec<u8>, String> {
     use ravif::{BitDepth, Img, RGB8, RGBA8};
     let speed = 10 - encoding.effort.min(MAX_EFFORT);
     let mut encoder = ravif::Encoder::new()
@@ -408,9 +413,168 @@ pub(crate) fn encode(image: &Bitmap, encoding: &Encoding, exif: &[u8]) -> Result
             .collect();
         encoder.encode_rgb(Img::new(&pixels[..], width, height))
     };
-    encoded
+    let avif = encoded
         .map(|encoded| encoded.avif_file)
-        .map_err(|err| err.to_string())
+        .map_err(|err| err.to_string())?;
+    match icc {
+        Some(icc) => with_icc(&avif, icc).ok_or_else(|| "could not add the ICC profile".into()),
+        None => Ok(avif),
+    }
+}
+
+/// `avif` (as ravif writes it: `ftyp`, `meta`, then `mdat`) with `icc` added as a `colr`
+/// property of type `prof` on its primary item, beside the `nclx` one ravif writes, as
+/// libheif does. ravif has no option for it: the property is appended to `ipco`, associated
+/// in `ipma`, and every `iloc` offset past `meta` moved by the bytes added. `None` when the
+/// file is not laid out so.
+fn with_icc(avif: &[u8], icc: &[u8]) -> Option<Vec<u8>> {
+    let mut colr = Vec::with_capacity(12 + icc.len());
+    push_box(&mut colr, b"colr", &[b"prof".as_slice(), icc].concat());
+    let (ftyp_kind, _, rest) = next_box(avif)?;
+    let ftyp = &avif[..avif.len() - rest.len()];
+    let (meta_kind, meta, after_meta) = next_box(rest)?;
+    if &ftyp_kind != b"ftyp" || &meta_kind != b"meta" {
+        return None;
+    }
+    let meta_end = avif.len() - after_meta.len();
+    let (version_flags, mut children) = meta.split_at_checked(4)?;
+    let primary = {
+        let mut pitm = Bytes(find_box(children, b"pitm")?);
+        let version = pitm.uint(1)?;
+        pitm.take(3)?;
+        pitm.uint(if version == 0 { 2 } else { 4 })?
+    };
+    // The new meta's children, the iloc offsets still to move.
+    let mut body = version_flags.to_vec();
+    let mut iloc_at = None;
+    while let Some((kind, child, rest)) = next_box(children) {
+        children = rest;
+        match &kind {
+            b"iloc" => {
+                iloc_at = Some(body.len());
+                push_box(&mut body, b"iloc", child);
+            }
+            b"iprp" => push_box(&mut body, b"iprp", &iprp_with(child, &colr, primary)?),
+            _ => push_box(&mut body, &kind, child),
+        }
+    }
+    let mut out = Vec::with_capacity(avif.len() + colr.len() + 8);
+    out.extend_from_slice(ftyp);
+    push_box(&mut out, b"meta", &body);
+    let moved = (out.len() - ftyp.len()).checked_sub(meta.len() + 8)?;
+    let iloc_at = ftyp.len() + 8 + iloc_at?;
+    move_offsets(&mut out[iloc_at + 8..], meta_end as u64, moved as u64)?;
+    out.extend_from_slice(after_meta);
+    Some(out)
+}
+
+/// The body of an `iprp` box with `colr` appended to its `ipco` and associated with item
+/// `primary` in its `ipma` (version 0 or 1, flags 0: one-byte associations).
+fn iprp_with(iprp: &[u8], colr: &[u8], primary: u64) -> Option<Vec<u8>> {
+    let mut ipco = find_box(iprp, b"ipco")?.to_vec();
+    let mut properties = 0;
+    let mut rest = ipco.as_slice();
+    while let Some((_, _, after)) = next_box(rest) {
+        properties += 1;
+        rest = after;
+    }
+    let index = u8::try_from(properties + 1)
+        .ok()
+        .filter(|&index| index < 0x80)?;
+    ipco.extend_from_slice(colr);
+
+    let mut ipma = Bytes(find_box(iprp, b"ipma")?);
+    let version = ipma.uint(1)?;
+    let flags = ipma.take(3)?;
+    if version > 1 || flags != [0, 0, 0] {
+        return None;
+    }
+    let entries = ipma.uint(4)?;
+    let mut new_ipma = [&[version as u8][..], flags, &(entries as u32).to_be_bytes()].concat();
+    let mut associated = false;
+    for _ in 0..entries {
+        let item_size = if version == 0 { 2 } else { 4 };
+        let item = ipma.uint(item_size)?;
+        let count = ipma.uint(1)?;
+        let associations = ipma.take(count as usize)?;
+        new_ipma.extend_from_slice(&item.to_be_bytes()[8 - item_size..]);
+        if item == primary {
+            new_ipma.push(u8::try_from(count + 1).ok()?);
+            new_ipma.extend_from_slice(associations);
+            new_ipma.push(index);
+            associated = true;
+        } else {
+            new_ipma.push(count as u8);
+            new_ipma.extend_from_slice(associations);
+        }
+    }
+    if !associated {
+        return None;
+    }
+    let mut out = Vec::with_capacity(iprp.len() + colr.len() + 1);
+    push_box(&mut out, b"ipco", &ipco);
+    push_box(&mut out, b"ipma", &new_ipma);
+    Some(out)
+}
+
+/// Adds `moved` to every offset in an `iloc` box's `body` that points at or past `from`
+/// (the data after `meta`). Version 0 only, with 4- or 8-byte offsets, as ravif writes it.
+fn move_offsets(body: &mut [u8], from: u64, moved: u64) -> Option<()> {
+    let (&[version, _, _, _, sizes, base_sizes, ..], _) = body.split_at_checked(6)? else {
+        return None;
+    };
+    let (offset_size, length_size, base_size) = (
+        usize::from(sizes >> 4),
+        usize::from(sizes & 15),
+        usize::from(base_sizes >> 4),
+    );
+    if version != 0 || ![0, 4, 8].contains(&base_size) || ![4, 8].contains(&offset_size) {
+        return None;
+    }
+    let mut at = 6;
+    let read = |body: &[u8], at: usize, size: usize| -> Option<u64> {
+        Bytes(body.get(at..at + size)?).uint(size)
+    };
+    let write = |body: &mut [u8], at: usize, size: usize, value: u64| -> Option<()> {
+        let bytes = value.to_be_bytes();
+        if size < 8 && value >> (size * 8) != 0 {
+            return None;
+        }
+        body.get_mut(at..at + size)?
+            .copy_from_slice(&bytes[8 - size..]);
+        Some(())
+    };
+    let items = read(body, at, 2)?;
+    at += 2;
+    for _ in 0..items {
+        // item ID, data reference index
+        at += 4;
+        if base_size > 0 {
+            let base = read(body, at, base_size)?;
+            if base >= from {
+                write(body, at, base_size, base + moved)?;
+            }
+            at += base_size;
+        }
+        let extents = read(body, at, 2)?;
+        at += 2;
+        for _ in 0..extents {
+            let offset = read(body, at, offset_size)?;
+            if base_size == 0 && offset >= from {
+                write(body, at, offset_size, offset + moved)?;
+            }
+            at += offset_size + length_size;
+        }
+    }
+    Some(())
+}
+
+/// Appends a box of type `kind` holding `body` to `out`.
+fn push_box(out: &mut Vec<u8>, kind: &[u8; 4], body: &[u8]) {
+    let size = u32::try_from(body.len() + 8).unwrap_or(u32::MAX);
+    out.extend_from_slice(&size.to_be_bytes());
+    out.extend_from_slice(kind);
+    out.extend_from_slice(body);
 }
 
 fn corrupt(reason: String) -> DecodeError {
@@ -957,6 +1121,66 @@ mod tests {
         // Unconverted, the pixels are measurably not libvips' sRGB ones.
         let unconverted = mean_abs_diff(&kept.image, &expected);
         assert!(unconverted > diff + 1.0, "{unconverted} against {diff}");
+    }
+
+    /// `keep_icc` into AVIF: the profile rides in a `colr` property beside ravif's `nclx`, and
+    /// the pixels stay in it.
+    #[test]
+    fn an_avif_output_embeds_the_profile_it_keeps() {
+        let (avif, _) = fixture("kite-80x50-adobergb");
+        let process = |text: &str| {
+            let pipeline = crate::ops::Pipeline::from_text(text).unwrap();
+            crate::engine::process(&avif, &pipeline, &Limits::default())
+                .unwrap()
+                .bytes
+        };
+        let keep = DecodeOptions {
+            keep_icc: true,
+            ..DecodeOptions::default()
+        };
+        let stored = codec::decode_with(&avif, &Limits::default(), &keep).unwrap();
+        let srgb = decode(&avif).unwrap().image;
+
+        let kept = process("format:avif,q=95,keep_icc=true");
+        let back = codec::decode_with(&kept, &Limits::default(), &keep).unwrap();
+        assert!(back.icc.is_some());
+        assert_eq!(back.icc, stored.icc);
+        assert!(
+            matches!(back.colour_profile, Some(Applied::Embedded(_))),
+            "{:?}",
+            back.colour_profile
+        );
+        let diff = mean_abs_diff(&back.image, &stored.image);
+        assert!(diff < 2.0, "unconverted: {diff}");
+        // Read for sRGB, it converts as the input did.
+        let diff = mean_abs_diff(&decode(&kept).unwrap().image, &srgb);
+        assert!(diff < 2.0, "converted on read: {diff}");
+
+        // By default the pixels are converted and no profile is written.
+        let plain = decode(&process("format:avif,q=95")).unwrap();
+        assert_eq!(plain.colour_profile, None);
+        let diff = mean_abs_diff(&plain.image, &srgb);
+        assert!(diff < 2.0, "converted: {diff}");
+
+        // With alpha and EXIF too: three items in iloc, two in ipma.
+        let rgba = codec::decode(
+            &codec::tests::test_data("kite-rgba-320x200.png"),
+            &Limits::default(),
+        )
+        .unwrap()
+        .image;
+        let icc = stored.icc.unwrap();
+        let exif = crate::metadata::tests::exif(1);
+        let out = encode(&rgba, &Encoding::new(FileFormat::Avif), &exif, Some(&icc)).unwrap();
+        let back = codec::decode_with(&out, &Limits::default(), &keep).unwrap();
+        assert_eq!(back.icc.as_deref(), Some(&icc[..]));
+        assert!(back.image.has_alpha());
+        assert!(!back.exif.is_empty());
+        let diff = mean_abs_diff(&back.image, &rgba);
+        assert!(diff < 3.0, "with alpha: {diff}");
+        // A file not laid out as ravif writes it is refused, not mangled.
+        assert_eq!(with_icc(&out[..100], &icc), None);
+        assert_eq!(with_icc(b"not an avif", &icc), None);
     }
 
     /// A tile that fails to decode once aborted the whole process: rav1d 1.1 unwrapped the

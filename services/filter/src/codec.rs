@@ -1018,7 +1018,10 @@ pub fn encode_carrying(
                 .write_image(image.data(), width, height, color)
                 .map_err(|err| failed(err.to_string()))?
         }
-        FileFormat::Avif => out = avif::encode(image, encoding, &outgoing.exif).map_err(failed)?,
+        FileFormat::Avif => {
+            out = avif::encode(image, encoding, &outgoing.exif, outgoing.icc.as_deref())
+                .map_err(failed)?;
+        }
     }
     Ok(out)
 }

@@ -72,7 +72,11 @@ impl FileFormat {
     pub fn holds_icc(self) -> bool {
         matches!(
             self,
-            FileFormat::Jpeg | FileFormat::Png | FileFormat::Webp | FileFormat::Tiff
+            FileFormat::Jpeg
+                | FileFormat::Png
+                | FileFormat::Webp
+                | FileFormat::Tiff
+                | FileFormat::Avif
         )
     }
 

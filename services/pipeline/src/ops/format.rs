@@ -405,7 +405,8 @@ mod tests {
         assert!(icc.keep_icc && icc.embeds_icc());
         // Formats without a place for a profile get sRGB pixels even when asked.
         assert!(!encoding("format:gif,keep_icc=true").unwrap().embeds_icc());
-        assert!(!encoding("format:avif,strip=false").unwrap().embeds_icc());
+        assert!(!encoding("format:bmp,strip=false").unwrap().embeds_icc());
+        assert!(encoding("format:avif,strip=false").unwrap().embeds_icc());
         assert_eq!(
             encoding("format:jpeg,strip=false,metadata=copyright").unwrap_err(),
             "op 1 (format): strip=false contradicts metadata=copyright"
