@@ -1183,9 +1183,6 @@ mod tests {
         assert_eq!(with_icc(b"not an avif", &icc), None);
     }
 
-    /// A tile that fails to decode once aborted the whole process: rav1d 1.1 unwrapped the
-    /// frame header its own error path had just cleared, inside an `extern "C"` function,
-    /// where a panic cannot unwind (tests/props.rs found it). This file is that case.
     /// The ASCII value of `tag` in the EXIF block, if it has one.
     fn exif_text(exif: &[u8], tag: exif::Tag) -> Option<String> {
         let parsed = exif::Reader::new().read_raw(exif.to_vec()).ok()?;
@@ -1279,6 +1276,9 @@ mod tests {
         assert!(output("format:jpeg").is_empty());
     }
 
+    /// A tile that fails to decode once aborted the whole process: rav1d 1.1 unwrapped the
+    /// frame header its own error path had just cleared, inside an `extern "C"` function,
+    /// where a panic cannot unwind (tests/props.rs found it). This file is that case.
     #[test]
     fn an_av1_tile_that_fails_to_decode_fails_the_image_not_the_process() {
         let avif = codec::tests::test_data("corrupt-tile.avif");
