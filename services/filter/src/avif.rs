@@ -377,12 +377,14 @@ impl Transform {
 }
 
 /// Encodes as AVIF at `encoding`'s quality and effort; alpha is kept, `exif` (when not
-/// empty) stored as the image's Exif item, and `icc` (when given) as its colour profile.
+/// empty) stored as the image's Exif item, `icc` (when given) as its colour profile, and
+/// `xmp` (when not empty) as its XMP item.
 pub(crate) fn encode(
     image: &Bitmap,
     encoding: &Encoding,
     exif: &[u8],
     icc: Option<&[u8]>,
+    xmp: &[u8],
 ) -> Result<Vec<u8>, String> {
     use ravif::{BitDepth, Img, RGB8, RGBA8};
     let speed = 10 - encoding.effort.min(MAX_EFFORT);
@@ -416,24 +418,28 @@ pub(crate) fn encode(
     let avif = encoded
         .map(|encoded| encoded.avif_file)
         .map_err(|err| err.to_string())?;
-    match icc {
-        Some(icc) => with_icc(&avif, icc).ok_or_else(|| "could not add the ICC profile".into()),
-        None => Ok(avif),
+    if icc.is_none() && xmp.is_empty() {
+        return Ok(avif);
     }
+    with_metadata(&avif, icc, xmp).ok_or_else(|| "could not add the ICC profile or XMP".into())
 }
 
-/// `avif` (as ravif writes it: `ftyp`, `meta`, then `mdat`) with `icc` added as a `colr`
-/// property of type `prof` on its primary item, beside the `nclx` one ravif writes, as
-/// libheif does. ravif has no option for it: the property is appended to `ipco`, associated
-/// in `ipma`, and every `iloc` offset past `meta` moved by the bytes added. `None` when the
-/// file is not laid out so.
-fn with_icc(avif: &[u8], icc: &[u8]) -> Option<Vec<u8>> {
-    let mut colr = Vec::with_capacity(12 + icc.len());
-    push_box(&mut colr, b"colr", &[b"prof".as_slice(), icc].concat());
+/// `avif` (as ravif writes it: `ftyp`, `meta`, then `mdat`, version-0 `iloc` and `iinf`)
+/// with `icc` (when given) added as a `colr` property of type `prof` on its primary item,
+/// beside the `nclx` one ravif writes, and `xmp` (when not empty) as a `mime` item of type
+/// `application/rdf+xml` describing it (`cdsc`), its data at the end of `mdat`: both as
+/// libheif writes them, neither an option of ravif's. Every `iloc` offset past `meta` moves
+/// by the bytes `meta` gains. `None` when the file is not laid out so.
+fn with_metadata(avif: &[u8], icc: Option<&[u8]>, xmp: &[u8]) -> Option<Vec<u8>> {
     let (ftyp_kind, _, rest) = next_box(avif)?;
     let ftyp = &avif[..avif.len() - rest.len()];
     let (meta_kind, meta, after_meta) = next_box(rest)?;
-    if &ftyp_kind != b"ftyp" || &meta_kind != b"meta" {
+    let (mdat_kind, mdat, after_mdat) = next_box(after_meta)?;
+    if &ftyp_kind != b"ftyp" || &meta_kind != b"meta" || &mdat_kind != b"mdat" {
+        return None;
+    }
+    // Appending to mdat needs it last, and with an 8-byte header.
+    if !after_mdat.is_empty() || after_meta.len() != mdat.len() + 8 {
         return None;
     }
     let meta_end = avif.len() - after_meta.len();
@@ -444,28 +450,155 @@ fn with_icc(avif: &[u8], icc: &[u8]) -> Option<Vec<u8>> {
         pitm.take(3)?;
         pitm.uint(if version == 0 { 2 } else { 4 })?
     };
-    // The new meta's children, the iloc offsets still to move.
+    let colr = icc.map(|icc| {
+        let mut colr = Vec::with_capacity(12 + icc.len());
+        push_box(&mut colr, b"colr", &[b"prof".as_slice(), icc].concat());
+        colr
+    });
     let mut body = version_flags.to_vec();
+    // Where the iloc box starts in the new meta's body, and where in it the XMP's offset goes.
     let mut iloc_at = None;
+    let mut xmp_offset_at = None;
+    let mut xmp_item = None;
+    let mut has_iref = false;
     while let Some((kind, child, rest)) = next_box(children) {
         children = rest;
         match &kind {
+            b"iloc" if !xmp.is_empty() => {
+                let (iloc, item, offset_at) = iloc_with(child, xmp.len())?;
+                iloc_at = Some(body.len());
+                xmp_offset_at = Some(offset_at);
+                xmp_item = Some(item);
+                push_box(&mut body, b"iloc", &iloc);
+            }
             b"iloc" => {
                 iloc_at = Some(body.len());
                 push_box(&mut body, b"iloc", child);
             }
-            b"iprp" => push_box(&mut body, b"iprp", &iprp_with(child, &colr, primary)?),
+            b"iprp" => match &colr {
+                Some(colr) => push_box(&mut body, b"iprp", &iprp_with(child, colr, primary)?),
+                None => push_box(&mut body, b"iprp", child),
+            },
             _ => push_box(&mut body, &kind, child),
         }
+        has_iref |= &kind == b"iref";
     }
-    let mut out = Vec::with_capacity(avif.len() + colr.len() + 8);
+    if let Some(item) = xmp_item {
+        // iinf and iref, now that the item's ID is known (iloc may follow them).
+        body = meta_with_xmp_item(&body, item, primary, has_iref)?;
+        // The boxes before iloc may have grown.
+        let (grown, _) = find_box_at(&body[4..], b"iloc")?;
+        iloc_at = Some(4 + grown);
+    }
+    let mut out =
+        Vec::with_capacity(avif.len() + colr.as_ref().map_or(0, Vec::len) + xmp.len() + 256);
     out.extend_from_slice(ftyp);
     push_box(&mut out, b"meta", &body);
     let moved = (out.len() - ftyp.len()).checked_sub(meta.len() + 8)?;
-    let iloc_at = ftyp.len() + 8 + iloc_at?;
-    move_offsets(&mut out[iloc_at + 8..], meta_end as u64, moved as u64)?;
-    out.extend_from_slice(after_meta);
+    let iloc_body = ftyp.len() + 8 + iloc_at? + 8;
+    move_offsets(&mut out[iloc_body..], meta_end as u64, moved as u64)?;
+    let mdat_size = u32::try_from(mdat.len() + xmp.len() + 8).ok()?;
+    out.extend_from_slice(&mdat_size.to_be_bytes());
+    out.extend_from_slice(b"mdat");
+    out.extend_from_slice(mdat);
+    if let Some(offset_at) = xmp_offset_at {
+        let offset = u32::try_from(out.len()).ok()?;
+        out.get_mut(iloc_body + offset_at..iloc_body + offset_at + 4)?
+            .copy_from_slice(&offset.to_be_bytes());
+        out.extend_from_slice(xmp);
+    }
     Some(out)
+}
+
+/// An `iloc` body (version 0, 4-byte offsets and lengths, as ravif writes) with one more
+/// item of `length` bytes in one extent, its offset 0 for now: the body, the new item's ID
+/// (one past the largest), and where its offset is in the body.
+fn iloc_with(iloc: &[u8], length: usize) -> Option<(Vec<u8>, u16, usize)> {
+    let mut fields = Bytes(iloc);
+    let header = fields.take(6)?;
+    if header[0] != 0 || header[4] != 0x44 || header[5] >> 4 != 0 {
+        return None;
+    }
+    let items = fields.uint(2)?;
+    let mut largest = 0;
+    for _ in 0..items {
+        largest = largest.max(fields.uint(2)?);
+        fields.uint(2)?;
+        let extents = fields.uint(2)?;
+        fields.take(usize::try_from(extents).ok()? * 8)?;
+    }
+    let item = u16::try_from(largest + 1).ok()?;
+    let mut out = header.to_vec();
+    out.extend_from_slice(&u16::try_from(items + 1).ok()?.to_be_bytes());
+    out.extend_from_slice(&iloc[8..iloc.len() - fields.0.len()]);
+    out.extend_from_slice(&item.to_be_bytes());
+    // Data reference 0 (this file), one extent.
+    out.extend_from_slice(&[0, 0, 0, 1]);
+    let offset_at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&u32::try_from(length).ok()?.to_be_bytes());
+    out.extend_from_slice(fields.0);
+    Some((out, item, offset_at))
+}
+
+/// A `meta` body (its version and flags first) with the XMP item `item` entered in `iinf`
+/// (version 0) and described as being about `primary` in `iref` (version 0; a new one when
+/// the file has none).
+fn meta_with_xmp_item(meta: &[u8], item: u16, primary: u64, has_iref: bool) -> Option<Vec<u8>> {
+    let mut infe = vec![2, 0, 0, 0];
+    infe.extend_from_slice(&item.to_be_bytes());
+    infe.extend_from_slice(&[0, 0]);
+    infe.extend_from_slice(b"mime\0application/rdf+xml\0");
+    let mut cdsc = Vec::new();
+    let reference = [
+        item.to_be_bytes(),
+        1u16.to_be_bytes(),
+        u16::try_from(primary).ok()?.to_be_bytes(),
+    ]
+    .concat();
+    push_box(&mut cdsc, b"cdsc", &reference);
+
+    let (version_flags, mut children) = meta.split_at_checked(4)?;
+    let mut out = version_flags.to_vec();
+    while let Some((kind, child, rest)) = next_box(children) {
+        children = rest;
+        match &kind {
+            b"iinf" => {
+                let (&[0, _, _, _], _) = child.split_at_checked(4)? else {
+                    return None;
+                };
+                let count = Bytes(child.get(4..6)?).uint(2)? + 1;
+                let mut iinf = child[..4].to_vec();
+                iinf.extend_from_slice(&u16::try_from(count).ok()?.to_be_bytes());
+                iinf.extend_from_slice(&child[6..]);
+                push_box(&mut iinf, b"infe", &infe);
+                push_box(&mut out, b"iinf", &iinf);
+            }
+            b"iref" => {
+                if child.first() != Some(&0) {
+                    return None;
+                }
+                push_box(&mut out, b"iref", &[child, &cdsc].concat());
+            }
+            _ => push_box(&mut out, &kind, child),
+        }
+    }
+    if !has_iref {
+        push_box(&mut out, b"iref", &[&[0, 0, 0, 0][..], &cdsc].concat());
+    }
+    Some(out)
+}
+
+/// Where the first box of type `kind` starts in `data`, and its body.
+fn find_box_at<'a>(data: &'a [u8], kind: &[u8; 4]) -> Option<(usize, &'a [u8])> {
+    let mut rest = data;
+    while let Some((found, body, after)) = next_box(rest) {
+        if &found == kind {
+            return Some((data.len() - rest.len(), body));
+        }
+        rest = after;
+    }
+    None
 }
 
 /// The body of an `iprp` box with `colr` appended to its `ipco` and associated with item
@@ -1171,16 +1304,42 @@ mod tests {
         .image;
         let icc = stored.icc.unwrap();
         let exif = crate::metadata::tests::exif(1);
-        let out = encode(&rgba, &Encoding::new(FileFormat::Avif), &exif, Some(&icc)).unwrap();
+        let out = encode(
+            &rgba,
+            &Encoding::new(FileFormat::Avif),
+            &exif,
+            Some(&icc),
+            &[],
+        )
+        .unwrap();
         let back = codec::decode_with(&out, &Limits::default(), &keep).unwrap();
         assert_eq!(back.icc.as_deref(), Some(&icc[..]));
         assert!(back.image.has_alpha());
         assert!(!back.exif.is_empty());
+        assert!(back.xmp.is_empty());
+        // And XMP: a fourth item, and an iref made for it.
+        let xmp = crate::metadata::tests::XMP;
+        let with_xmp = with_metadata(&out, None, xmp).unwrap();
+        let again = codec::decode_with(&with_xmp, &Limits::default(), &keep).unwrap();
+        assert_eq!(again.xmp, xmp);
+        assert_eq!(again.icc.as_deref(), Some(&icc[..]));
+        assert_eq!(again.exif, back.exif);
+        assert_eq!(again.image.data(), back.image.data());
+        // Without alpha or EXIF, ravif writes no iref: one is made.
+        let plain = encode(
+            &smooth(32, 24),
+            &Encoding::new(FileFormat::Avif),
+            &[],
+            None,
+            xmp,
+        )
+        .unwrap();
+        assert_eq!(decode(&plain).unwrap().xmp, xmp);
         let diff = mean_abs_diff(&back.image, &rgba);
         assert!(diff < 3.0, "with alpha: {diff}");
         // A file not laid out as ravif writes it is refused, not mangled.
-        assert_eq!(with_icc(&out[..100], &icc), None);
-        assert_eq!(with_icc(b"not an avif", &icc), None);
+        assert_eq!(with_metadata(&out[..100], Some(&icc), &[]), None);
+        assert_eq!(with_metadata(b"not an avif", Some(&icc), &[]), None);
     }
 
     /// The ASCII value of `tag` in the EXIF block, if it has one.
@@ -1239,6 +1398,16 @@ mod tests {
                 .xmp
                 .is_empty()
         );
+        // Into an AVIF: a mime item of its own, which reads back whole.
+        let kept = crate::engine::process(
+            &avif,
+            &pipeline("format:avif,strip=false"),
+            &Limits::default(),
+        )
+        .unwrap();
+        let back = decode(&kept.bytes).unwrap();
+        assert!(has_creator(&back.xmp));
+        assert!(!back.exif.is_empty(), "the Exif item is still there");
     }
 
     #[test]

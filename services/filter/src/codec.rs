@@ -1019,7 +1019,8 @@ pub fn encode_carrying(
                 .map_err(|err| failed(err.to_string()))?
         }
         FileFormat::Avif => {
-            out = avif::encode(image, encoding, &outgoing.exif, outgoing.icc.as_deref())
+            let icc = outgoing.icc.as_deref();
+            out = avif::encode(image, encoding, &outgoing.exif, icc, &outgoing.xmp)
                 .map_err(failed)?;
         }
     }
