@@ -388,11 +388,13 @@ async fn an_animation_keeps_every_frame_through_the_mesh_and_an_op_that_cannot_a
         }
         assert_eq!(count.frames, 4, "{pipeline}: every frame kept");
         let mut sizes = Vec::new();
-        let timing = animation::decode_each(&bytes, format, 4, &Default::default(), |frame, _| {
-            sizes.push((frame.width(), frame.height()));
-            Ok::<_, pixelmesh_filter::codec::DecodeError>(())
-        })
-        .expect("the output decodes");
+        let timing = animation::open(&bytes, format, 4, &Default::default())
+            .expect("the output opens")
+            .decode_each(|frame, _| {
+                sizes.push((frame.width(), frame.height()));
+                Ok::<_, pixelmesh_filter::codec::DecodeError>(())
+            })
+            .expect("the output decodes");
         assert_eq!(sizes, vec![(40, 25); 4], "{pipeline}");
         assert_eq!(timing.delays_ms, [100, 200, 300, 400], "{pipeline}");
         assert_eq!(timing.loops, 3, "{pipeline}");
