@@ -15,10 +15,10 @@ use pixelmesh_common::testing::check;
 use pixelmesh_filter::codec::{self, Encoding, Limits};
 use pixelmesh_filter::ops::text::MAX_TEXT_BYTES;
 use pixelmesh_filter::ops::{
-    Analyze, AutoOrient, Bitmap, Blur, Brightness, Contrast, Crop, Edge, FileFormat, Filter, Fit,
-    Flip, Flop, Format, Gamma, Gravity, Grayscale, Hue, Invert, MAX_OPS, Op, Pipeline, Pixelate,
-    Resize, Rotate, Saturation, Sepia, Sharpen, Threshold, Thumbnail, Watermark, crop, resize,
-    rotate,
+    Analyze, Anchor, AutoOrient, Bitmap, Blur, Brightness, Contrast, Crop, Edge, FileFormat,
+    Filter, Fit, Flip, Flop, Format, Gamma, Gravity, Grayscale, Hue, Invert, MAX_OPS, Op, Pipeline,
+    Pixelate, Resize, Rotate, Saturation, Sepia, Sharpen, Threshold, Thumbnail, Watermark, crop,
+    resize, rotate,
 };
 use pixelmesh_filter::tiles;
 use pixelmesh_pipeline::formats::Metadata;
@@ -481,7 +481,7 @@ fn crop_op() -> BoxedStrategy<OpSpec> {
         .prop_filter_map("crop needs a valid rectangle", |(g, x, y, w, h)| {
             // With a gravity, x and y are left out: the two placements exclude each other.
             let (x, y) = if g.is_some() { (0, 0) } else { (x, y) };
-            let op = Crop::new(x, y, w, h, g.map(|(g, _)| g)).ok()?;
+            let op = Crop::new(x, y, w, h, g.map(|(g, _)| Anchor::Fixed(g))).ok()?;
             let mut args = Vec::new();
             if x != 0 {
                 args.push((0, Arg::Int(x.into())));
@@ -1199,7 +1199,7 @@ fn any_f32() -> BoxedStrategy<f32> {
 }
 
 fn any_enum() -> BoxedStrategy<i32> {
-    prop_oneof![4 => -1..11_i32, 1 => any::<i32>()].boxed()
+    prop_oneof![4 => -1..14_i32, 1 => any::<i32>()].boxed()
 }
 
 fn any_string() -> BoxedStrategy<String> {
@@ -1216,14 +1216,22 @@ fn any_operation() -> BoxedStrategy<Operation> {
     use operation::Op as P;
     // More arms than `prop_oneof!` takes of different types: a union of boxed strategies.
     let op = Union::new([
-        (any_u32(), any_u32(), any_enum(), any_enum(), any::<bool>())
-            .prop_map(|(width, height, fit, filter, upscale)| {
+        (
+            any_u32(),
+            any_u32(),
+            any_enum(),
+            any_enum(),
+            any::<bool>(),
+            any_enum(),
+        )
+            .prop_map(|(width, height, fit, filter, upscale, gravity)| {
                 P::Resize(v1::Resize {
                     width,
                     height,
                     fit,
                     filter,
                     upscale,
+                    gravity,
                 })
             })
             .boxed(),
@@ -1261,6 +1269,9 @@ fn any_operation() -> BoxedStrategy<Operation> {
             .boxed(),
         any_u32()
             .prop_map(|size| P::Pixelate(v1::Pixelate { size }))
+            .boxed(),
+        any_enum()
+            .prop_map(|cover| P::BlurFaces(v1::BlurFaces { cover }))
             .boxed(),
         any_f32()
             .prop_map(|factor| P::Brightness(v1::Brightness { factor }))

@@ -64,3 +64,26 @@ pub fn gradient(width: u32, height: u32, alpha: bool) -> Bitmap {
         .collect();
     Bitmap::new(width, height, alpha, data).expect("gradient")
 }
+
+/// A corpus photo decoded to RGB.
+#[cfg(test)]
+pub fn corpus_photo(name: &str) -> Bitmap {
+    decode(name, &corpus(name))
+}
+
+/// A test photo from `tests/data` (see its SOURCES.md), decoded to RGB.
+#[cfg(test)]
+pub fn fixture_photo(name: &str) -> Bitmap {
+    let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data")).join(name);
+    let bytes = std::fs::read(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+    decode(name, &bytes)
+}
+
+#[cfg(test)]
+fn decode(name: &str, bytes: &[u8]) -> Bitmap {
+    let rgb = image::load_from_memory(bytes)
+        .unwrap_or_else(|err| panic!("{name}: {err}"))
+        .to_rgb8();
+    let (width, height) = rgb.dimensions();
+    Bitmap::new(width, height, false, rgb.into_raw()).expect("decoded size")
+}

@@ -16,14 +16,17 @@
 //!   image, larger for crisper detail; compare images of similar content and size;
 //! * `phash` — a 64-bit perceptual hash as 16 hex digits: luma box-averaged to 32x32, 2D DCT,
 //!   the 8x8 coefficients next to DC (rows and columns 1..=8, as the original pHash library
-//!   takes them) each compared with their median. Similar images differ in few bits.
+//!   takes them) each compared with their median. Similar images differ in few bits;
+//! * `faces` — each detected frontal face as `{x, y, w, h, score}`, its box in this image's
+//!   pixels, largest first (see [`super::faces`]).
 //!
-//! Everything is integer arithmetic (the DCT's cosines are rounded to 14 bits once), so every
+//! Everything but the faces is integer arithmetic (the DCT's cosines are rounded to 14 bits once), so every
 //! worker writes the same report.
 
 use pixelmesh_proto::v1;
 use serde_json::{Map, Value, json};
 
+use super::faces;
 use super::json::Fields;
 use super::{Assets, Context, Operator, Spec};
 use crate::bitmap::{Bitmap, luma};
@@ -194,6 +197,8 @@ pub fn report(image: &Bitmap, input: &InputFacts) -> Value {
         "dominant_colours": dominant_colours(image),
         "sharpness": rounded(sharpness(&plane, image.width() as usize), 100.0),
         "phash": format!("{:016x}", phash(&plane, image.width() as usize)),
+        // The detector fails only if the resizer refuses buffers it was given whole.
+        "faces": faces::detect(image).unwrap_or_default(),
     })
 }
 
@@ -364,8 +369,11 @@ impl Operator for Analyze {
     /// What the report costs (see `crate::budget`).
     fn cost(&self, image: Shape, _output: Shape, _context: &Context) -> Cost {
         Cost {
-            peak_bytes: image.bytes().saturating_add(image.pixels()),
-            cpu_ns: ns(image.pixels(), NS_PER_PIXEL),
+            peak_bytes: image
+                .bytes()
+                .saturating_add(image.pixels())
+                .max(image.bytes().saturating_add(faces::scratch_bytes(image))),
+            cpu_ns: ns(image.pixels(), NS_PER_PIXEL) + faces::cpu_ns(image),
         }
     }
 

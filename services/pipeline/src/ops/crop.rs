@@ -1,10 +1,11 @@
-//! `crop`: cut out a rectangle, at (x, y) or placed by a gravity. A rectangle reaching past
-//! the image is clipped to it; one entirely outside fails the image with a message saying so.
+//! `crop`: cut out a rectangle, at (x, y) or placed by a gravity: a fixed place, or where the
+//! content is (`smart`, `entropy`, `face`; see [`Anchor`]). A rectangle reaching past the
+//! image is clipped to it; one entirely outside fails the image with a message saying so.
 
 use pixelmesh_proto::v1;
 use serde_json::Value;
 
-use super::gravity::Gravity;
+use super::gravity::Anchor;
 use super::json::Fields;
 use super::{Assets, Context, Field, Operator, Spec};
 use crate::bitmap::Bitmap;
@@ -26,7 +27,7 @@ pub struct Crop {
     width: u32,
     height: u32,
     /// When set, x and y are ignored.
-    gravity: Option<Gravity>,
+    gravity: Option<Anchor>,
 }
 
 impl Crop {
@@ -35,7 +36,7 @@ impl Crop {
         y: u32,
         width: u32,
         height: u32,
-        gravity: Option<Gravity>,
+        gravity: Option<Anchor>,
     ) -> Result<Crop, String> {
         for (name, value, min) in [
             ("x", x, 0),
@@ -59,19 +60,37 @@ impl Crop {
         })
     }
 
-    /// The rectangle cut from a `width` x `height` image: left, top, width, height. Width
-    /// or height 0 when nothing of it lies inside.
-    fn rect(&self, width: u32, height: u32) -> (u32, u32, u32, u32) {
+    /// Whether the window is placed by what the image shows.
+    pub fn reads_content(&self) -> bool {
+        self.gravity.is_some_and(Anchor::reads_content)
+    }
+
+    /// The size cut from a `width` x `height` image. Width or height 0 when nothing of it
+    /// lies inside.
+    fn size(&self, width: u32, height: u32) -> (u32, u32) {
         let (w, h) = (self.width.min(width), self.height.min(height));
+        match self.gravity {
+            Some(_) => (w, h),
+            None => (
+                w.min(width - self.x.min(width)),
+                h.min(height - self.y.min(height)),
+            ),
+        }
+    }
+
+    /// The rectangle cut from `image`: left, top, width, height.
+    fn rect(&self, image: &Bitmap) -> Result<(u32, u32, u32, u32), String> {
+        let (w, h) = self.size(image.width(), image.height());
         let (left, top) = match self.gravity {
-            Some(gravity) => gravity.place((width, height), (w, h)),
-            None => (self.x.min(width), self.y.min(height)),
+            Some(_) if w == 0 || h == 0 => (0, 0),
+            Some(anchor) => anchor.place(image, (w, h))?,
+            None => (self.x, self.y),
         };
-        (left, top, w.min(width - left), h.min(height - top))
+        Ok((left, top, w, h))
     }
 
     pub fn apply(&self, image: Bitmap) -> Result<Bitmap, String> {
-        let (left, top, w, h) = self.rect(image.width(), image.height());
+        let (left, top, w, h) = self.rect(&image)?;
         if w == 0 || h == 0 {
             return Err(format!(
                 "the rectangle at {},{} is outside the {}x{} image",
@@ -119,7 +138,7 @@ impl Operator for Crop {
             Field::int("height", "Height (px)", 1, MAX_COORDINATE as i64)
                 .with_default("1000")
                 .required(),
-            Field::choice("gravity", "Gravity", Gravity::NAMES),
+            Field::choice("gravity", "Gravity", Anchor::NAMES),
         ],
     );
 
@@ -138,7 +157,7 @@ impl Operator for Crop {
         };
         let gravity = fields
             .string("gravity")?
-            .map(Gravity::from_name)
+            .map(Anchor::from_name)
             .transpose()?;
         Crop::new(
             value("x", 0, false)?,
@@ -153,7 +172,7 @@ impl Operator for Crop {
         if p.width == 0 || p.height == 0 {
             return Err("width and height are required".into());
         }
-        Crop::new(p.x, p.y, p.width, p.height, Gravity::from_proto(p.gravity)?)
+        Crop::new(p.x, p.y, p.width, p.height, Anchor::from_proto(p.gravity)?)
     }
 
     fn to_proto(&self) -> v1::Crop {
@@ -164,7 +183,7 @@ impl Operator for Crop {
             height: self.height,
             gravity: self
                 .gravity
-                .map_or(v1::Gravity::Unspecified, Gravity::to_proto) as i32,
+                .map_or(v1::Gravity::Unspecified, Anchor::to_proto) as i32,
         }
     }
 
@@ -185,17 +204,21 @@ impl Operator for Crop {
     }
 
     fn output_size(&self, width: u32, height: u32) -> (u64, u64) {
-        let (_, _, w, h) = self.rect(width, height);
+        let (w, h) = self.size(width, height);
         (u64::from(w), u64::from(h))
     }
 
     /// What the op costs (see `crate::budget`): the rectangle is copied out while the image
-    /// lives, unless it is the whole image.
+    /// lives, unless it is the whole image; placing by content first reads the image.
     fn cost(&self, input: Shape, output: Shape, _context: &Context) -> Cost {
         if (input.width, input.height) == (output.width, output.height) {
             return Cost::in_place(input, 0.0);
         }
-        Cost::copying(input, output, NS_PER_PIXEL)
+        let cost = Cost::copying(input, output, NS_PER_PIXEL);
+        match self.gravity {
+            Some(anchor) => anchor.add_cost(cost, input),
+            None => cost,
+        }
     }
 
     fn tile_halo(&self) -> Option<u32> {
@@ -210,6 +233,7 @@ impl Operator for Crop {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::Gravity;
 
     /// Pixel (x, y) is [x, y, 0].
     fn numbered(width: u32, height: u32) -> Bitmap {
@@ -253,7 +277,7 @@ mod tests {
         let image = numbered(10, 8);
         let at = |g| {
             corner(
-                &Crop::new(0, 0, 4, 4, Some(g))
+                &Crop::new(0, 0, 4, 4, Some(Anchor::Fixed(g)))
                     .unwrap()
                     .apply(image.clone())
                     .unwrap(),
@@ -263,7 +287,7 @@ mod tests {
         assert_eq!(at(Gravity::SouthEast), (6, 4));
         assert_eq!(at(Gravity::North), (3, 0));
         // Larger than the image: the whole image.
-        let whole = Crop::new(0, 0, 50, 50, Some(Gravity::Centre))
+        let whole = Crop::new(0, 0, 50, 50, Some(Anchor::Fixed(Gravity::Centre)))
             .unwrap()
             .apply(image.clone())
             .unwrap();
@@ -277,7 +301,7 @@ mod tests {
             "width must be between 1 and 1048576, got 0"
         );
         assert_eq!(
-            Crop::new(1, 0, 5, 5, Some(Gravity::Centre)).unwrap_err(),
+            Crop::new(1, 0, 5, 5, Some(Anchor::Fixed(Gravity::Centre))).unwrap_err(),
             "give either x and y or gravity, not both"
         );
         assert_eq!(

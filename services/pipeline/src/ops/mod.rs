@@ -28,16 +28,19 @@ macro_rules! pointwise {
 pub mod analyze;
 pub mod auto_orient;
 pub mod blur;
+pub mod blur_faces;
 pub mod brightness;
 pub mod contrast;
 pub mod crop;
 pub mod edge;
+pub mod faces;
 pub mod flip;
 pub mod format;
 pub mod gamma;
 pub mod gravity;
 pub mod grayscale;
 pub mod hue;
+pub mod interest;
 pub mod invert;
 pub mod json;
 pub mod pixelate;
@@ -59,6 +62,7 @@ pub use crate::formats::FileFormat;
 pub use analyze::{Analyze, InputFacts};
 pub use auto_orient::AutoOrient;
 pub use blur::Blur;
+pub use blur_faces::BlurFaces;
 pub use brightness::Brightness;
 pub use contrast::Contrast;
 pub use crop::Crop;
@@ -66,7 +70,7 @@ pub use edge::Edge;
 pub use flip::{Flip, Flop};
 pub use format::Format;
 pub use gamma::Gamma;
-pub use gravity::Gravity;
+pub use gravity::{Anchor, Gravity};
 pub use grayscale::Grayscale;
 pub use hue::Hue;
 pub use invert::Invert;
@@ -264,6 +268,7 @@ registry! {
     Sharpen(Sharpen),
     Edge(Edge),
     Pixelate(Pixelate),
+    BlurFaces(BlurFaces),
     Brightness(Brightness),
     Contrast(Contrast),
     Gamma(Gamma),
@@ -287,10 +292,14 @@ impl Op {
 
     /// Whether the op can run on each frame of an animation in turn and the result still be
     /// one animation: every op whose output size follows from the input's size alone. Not
-    /// `analyze`, which reports on one image, nor a format that holds one frame.
+    /// `analyze`, which reports on one image, nor a crop placed by content, nor a format that
+    /// holds one frame.
     pub fn animates(&self) -> bool {
         match self {
             Op::Analyze(_) => false,
+            // Each frame would be cut at another place.
+            Op::Crop(crop) => !crop.reads_content(),
+            Op::Resize(resize) => !resize.reads_content(),
             Op::Format(format) => format.format().animates(),
             _ => true,
         }
@@ -555,6 +564,9 @@ impl Pipeline {
         let (i, op) = self.ops.iter().enumerate().find(|(_, op)| !op.animates())?;
         let why = match op {
             Op::Format(format) => format!("{} holds one frame", format.format().name()),
+            Op::Crop(_) | Op::Resize(_) => {
+                "a crop placed by content would cut each frame at another place".to_string()
+            }
             _ => "it reports on one image".to_string(),
         };
         Some(format!(
@@ -1013,6 +1025,13 @@ mod tests {
             analyze.animation_refusal(12).unwrap(),
             "the input is an animation of 12 frames and op 2 (analyze) cannot animate: it reports on one image; add frame=0 to the format op to use one frame"
         );
+        assert!(
+            p("crop:w=50,h=50,g=smart/format:gif")
+                .animation_refusal(12)
+                .unwrap()
+                .contains("op 1 (crop) cannot animate: a crop placed by content")
+        );
+        assert_eq!(p("blur_faces/format:gif").animation_refusal(12), None);
         let png = p("resize:w=100/format:png");
         assert!(
             png.animation_refusal(3)
@@ -1117,6 +1136,75 @@ mod tests {
         assert_eq!(size("thumbnail:w=100"), (100, 75));
         assert_eq!(size("edge"), (400, 300));
         assert_eq!(size("analyze"), (400, 300));
+    }
+
+    #[test]
+    fn content_gravities_parse_in_every_form_and_place_crops_only() {
+        for text in [
+            "crop:w=200,h=200,g=smart",
+            "crop:w=200,h=200,g=entropy",
+            "crop:w=200,h=200,g=face",
+            "resize:w=200,h=100,fit=cover,g=face",
+            "resize:w=200,h=100,fit=cover,g=north",
+            "blur_faces/blur_faces:cover=pixelate",
+        ] {
+            let pipeline = Pipeline::from_text(text).unwrap();
+            let ops: Vec<Operation> = pipeline.ops().iter().map(Op::to_proto).collect();
+            assert_eq!(Pipeline::from_proto(&ops).unwrap(), pipeline, "{text}");
+            assert_eq!(Pipeline::from_json(&pipeline.to_json()).unwrap(), pipeline);
+            assert_eq!(Pipeline::from_text(&pipeline.to_text()).unwrap(), pipeline);
+        }
+        let refused = |text: &str| Pipeline::from_text(text).unwrap_err().message;
+        assert_eq!(
+            refused("resize:w=200,h=100,g=smart"),
+            "op 1 (resize): gravity applies to fit cover only, not inside"
+        );
+        assert!(refused("watermark:logo=ab,g=smart").contains("gravity must be one of"));
+        assert!(refused("crop:w=5,h=5,g=middle").contains("smart, entropy, face"));
+        assert_eq!(
+            refused("blur_faces:cover=mosaic"),
+            r#"op 1 (blur_faces): cover must be one of blur, pixelate, got "mosaic""#
+        );
+        // The proto's content gravities are refused where they cannot apply.
+        let watermark = Pipeline::from_text(&format!("watermark:logo={}", "a".repeat(64)))
+            .unwrap()
+            .ops()[0]
+            .to_proto();
+        let Some(operation::Op::Watermark(mut proto)) = watermark.op else {
+            panic!("a watermark");
+        };
+        proto.gravity = v1::Gravity::Face as i32;
+        assert_eq!(
+            proto_err(vec![operation::Op::Watermark(proto)]),
+            "op 1 (watermark): gravity face places crops only, not this op"
+        );
+    }
+
+    #[test]
+    fn a_face_crop_and_a_cover_resize_keep_the_astronauts_face() {
+        let photo = crate::testdata::fixture_photo("astronaut-512x512.jpg");
+        let face = crate::ops::faces::detect(&photo).unwrap()[0];
+        let cut = |text: &str| {
+            let pipeline = Pipeline::from_text(text).unwrap();
+            pipeline.ops()[0].apply(photo.clone()).unwrap()
+        };
+        // A 200x200 crop centred on the face holds the whole face: it is the one face found
+        // in the output, at the middle.
+        for text in ["crop:w=200,h=200,g=face", "crop:w=200,h=200,g=smart"] {
+            let out = cut(text);
+            assert_eq!((out.width(), out.height()), (200, 200));
+            let found = crate::ops::faces::detect(&out).unwrap();
+            assert_eq!(found.len(), 1, "{text}: {found:?}");
+        }
+        let centred = cut("crop:w=200,h=200");
+        assert_eq!(crate::ops::faces::detect(&centred).unwrap(), vec![]);
+        // Cover to a wide strip: the face is in it, where the centred strip has none.
+        let strip = cut("resize:w=400,h=100,fit=cover,g=face");
+        assert_eq!((strip.width(), strip.height()), (400, 100));
+        assert_eq!(crate::ops::faces::detect(&strip).unwrap().len(), 1);
+        let centred = cut("resize:w=400,h=100,fit=cover");
+        assert_eq!(crate::ops::faces::detect(&centred).unwrap(), vec![]);
+        assert!(face.y > 0, "{face:?}");
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //!
 //! * `inside` (default) — fit within the box, aspect ratio kept; with one side given the other
 //!   follows the aspect ratio;
-//! * `cover` — cover the box with the aspect ratio kept, then centre-crop to exactly the box;
+//! * `cover` — cover the box with the aspect ratio kept, then crop to exactly the box: the
+//!   centre by default, else where `gravity` says (a side, a corner, or `smart`, `entropy`
+//!   or `face`: where the content is, see [`Anchor`]);
 //! * `fill` — stretch to exactly the box;
 //! * `exact` — fit inside the box, then pad with transparency to exactly the box (formats
 //!   without alpha show white).
@@ -18,6 +20,7 @@ use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer
 use pixelmesh_proto::v1;
 use serde_json::Value;
 
+use super::gravity::{Anchor, Gravity};
 use super::json::{Fields, quoted};
 use super::{Assets, Context, Field, Operator, Spec};
 use crate::bitmap::Bitmap;
@@ -171,6 +174,8 @@ pub struct Resize {
     fit: Fit,
     filter: Filter,
     upscale: bool,
+    /// Which part a cover crop keeps; `None` (centre) for every other fit.
+    gravity: Option<Anchor>,
 }
 
 /// Where the pixels go: resampled to `content`, placed centred on a `canvas`. The two differ
@@ -211,7 +216,25 @@ impl Resize {
             fit,
             filter,
             upscale,
+            gravity: None,
         })
+    }
+
+    /// The same resize keeping the part of the image `gravity` picks; cover only, the other
+    /// fits keep the whole image.
+    pub fn with_gravity(self, gravity: Option<Anchor>) -> Result<Resize, String> {
+        if gravity.is_some() && self.fit != Fit::Cover {
+            return Err(format!(
+                "gravity applies to fit cover only, not {}",
+                self.fit.name()
+            ));
+        }
+        Ok(Resize { gravity, ..self })
+    }
+
+    /// Whether a cover crop is placed by what the image shows.
+    pub fn reads_content(&self) -> bool {
+        self.gravity.is_some_and(Anchor::reads_content)
     }
 
     pub fn width(&self) -> Option<u32> {
@@ -320,15 +343,47 @@ impl Resize {
         // pixels do not bleed their colour.
         let mut options = ResizeOptions::new().resize_alg(self.filter.algorithm());
         if self.fit == Fit::Cover {
-            // Resample only the centred part of the source with the box's aspect ratio:
-            // scaling and cropping in one pass.
-            options = options.fit_into_destination(Some((0.5, 0.5)));
+            // Resample only the part of the source with the box's aspect ratio: scaling and
+            // cropping in one pass.
+            options = match self.gravity.unwrap_or_default() {
+                Anchor::Fixed(gravity) => options.fit_into_destination(Some(centring(gravity))),
+                anchor => {
+                    let window = cover_window((image.width(), image.height()), (w, h));
+                    let (left, top) = anchor.place(&image, window)?;
+                    options.crop(
+                        f64::from(left),
+                        f64::from(top),
+                        f64::from(window.0),
+                        f64::from(window.1),
+                    )
+                }
+            };
         }
         Resizer::new()
             .resize(&src, &mut dst, &options)
             .map_err(|err| format!("resize: {err}"))?;
         Bitmap::new(w, h, alpha, dst.into_vec())
             .ok_or_else(|| "resize: output buffer has the wrong size".to_string())
+    }
+}
+
+/// Where a fixed gravity puts a cover crop, as fast_image_resize takes it: 0 keeps the left
+/// or top, 1 the right or bottom.
+fn centring(gravity: Gravity) -> (f64, f64) {
+    let (x, y) = Gravity::place(gravity, (2, 2), (0, 0));
+    (f64::from(x) / 2.0, f64::from(y) / 2.0)
+}
+
+/// The largest window of `out`'s shape inside `source`, in whole pixels: what a cover crop
+/// keeps.
+fn cover_window(source: (u32, u32), out: (u32, u32)) -> (u32, u32) {
+    let (sw, sh) = (u64::from(source.0), u64::from(source.1));
+    let (ow, oh) = (u64::from(out.0), u64::from(out.1));
+    if sw * oh > sh * ow {
+        // Wider than the box: full height.
+        ((scale(ow, sh, oh)).min(sw) as u32, source.1)
+    } else {
+        (source.0, (scale(oh, sw, ow)).min(sh) as u32)
     }
 }
 
@@ -374,6 +429,7 @@ impl Operator for Resize {
             Field::choice("fit", "Fit", Fit::NAMES).with_default("inside"),
             Field::choice("filter", "Filter", Filter::NAMES).with_default("lanczos3"),
             Field::flag("upscale", "Allow upscaling"),
+            Field::choice("gravity", "Gravity (cover)", Anchor::NAMES),
         ],
     );
 
@@ -395,7 +451,12 @@ impl Operator for Resize {
             Some(name) => Filter::from_name(name)?,
         };
         let upscale = fields.boolean("upscale")?.unwrap_or(false);
-        Resize::with_options(side("width")?, side("height")?, fit, filter, upscale)
+        let gravity = fields
+            .string("gravity")?
+            .map(Anchor::from_name)
+            .transpose()?;
+        Resize::with_options(side("width")?, side("height")?, fit, filter, upscale)?
+            .with_gravity(gravity)
     }
 
     fn from_proto(p: &v1::Resize) -> Result<Resize, String> {
@@ -405,7 +466,8 @@ impl Operator for Resize {
             Fit::from_proto(p.fit)?,
             Filter::from_proto(p.filter)?,
             p.upscale,
-        )
+        )?
+        .with_gravity(Anchor::from_proto(p.gravity)?)
     }
 
     fn to_proto(&self) -> v1::Resize {
@@ -415,6 +477,9 @@ impl Operator for Resize {
             fit: self.fit.to_proto() as i32,
             filter: self.filter.to_proto() as i32,
             upscale: self.upscale,
+            gravity: self
+                .gravity
+                .map_or(v1::Gravity::Unspecified, Anchor::to_proto) as i32,
         }
     }
 
@@ -434,6 +499,9 @@ impl Operator for Resize {
         }
         if self.upscale {
             params.push(("upscale", Value::from(true)));
+        }
+        if let Some(gravity) = self.gravity {
+            params.push(("gravity", Value::from(gravity.name())));
         }
         params
     }
@@ -517,7 +585,10 @@ impl Operator for Resize {
             cost.peak_bytes = cost.peak_bytes.max(content.bytes().saturating_add(canvas));
             cost.cpu_ns += ns(output.pixels(), NS_PER_OUTPUT_PIXEL);
         }
-        cost
+        match self.gravity {
+            Some(anchor) => anchor.add_cost(cost, input),
+            None => cost,
+        }
     }
 
     fn tile_halo(&self) -> Option<u32> {
@@ -533,6 +604,28 @@ impl Operator for Resize {
 mod tests {
     use super::*;
     use crate::testdata::gradient;
+
+    #[test]
+    fn cover_gravity_picks_the_part_kept() {
+        assert_eq!(centring(Gravity::Centre), (0.5, 0.5));
+        assert_eq!(centring(Gravity::NorthWest), (0.0, 0.0));
+        assert_eq!(centring(Gravity::South), (0.5, 1.0));
+        assert_eq!(cover_window((2560, 1600), (400, 100)), (2560, 640));
+        assert_eq!(cover_window((2560, 1600), (100, 400)), (400, 1600));
+        // Rows 0..50 of a 100-row gradient are kept by north, 50..100 by south: green is
+        // 5 x y, so the top row shows which.
+        let image = gradient(100, 100, false);
+        let cover = |g: &str| {
+            let op = Resize::new(50, 25, Fit::Cover)
+                .unwrap()
+                .with_gravity(Some(Anchor::from_name(g).unwrap()))
+                .unwrap();
+            op.apply(image.clone()).unwrap()
+        };
+        let (north, south) = (cover("north"), cover("south"));
+        assert!(north.data()[1] < 20, "{}", north.data()[1]);
+        assert_ne!(north, south);
+    }
 
     fn size(width: u32, height: u32, fit: Fit, src: (u32, u32)) -> (u64, u64) {
         Resize::new(width, height, fit)

@@ -193,6 +193,10 @@ mod tests {
         if op.name == "resize" {
             // Every fit but `inside` needs both sides.
             object.insert("height".into(), json!(1080));
+            if name == "gravity" {
+                // Gravity places a cover crop only.
+                object.insert("fit".into(), json!("cover"));
+            }
         }
         object.insert(name.into(), value);
         if op.name == "format" && name != "format" {
