@@ -844,3 +844,94 @@ async fn analysis_exports_as_csv_json_and_xlsx() {
         .expect("get");
     assert_eq!(missing.status().as_u16(), 404);
 }
+
+/// A public-domain photo from the pipeline crate's test data (see its SOURCES.md).
+fn face_photo(name: &str) -> Vec<u8> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../services/pipeline/tests/data/"
+    );
+    std::fs::read(format!("{path}{name}")).unwrap_or_else(|err| panic!("{name}: {err}"))
+}
+
+/// Crops placed by the faces and by content, `blur_faces` and the faces in `analyze`, through
+/// the mesh and into the analysis export.
+#[tokio::test(flavor = "multi_thread")]
+async fn face_crops_blur_faces_and_reports_through_the_mesh() {
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    let http = reqwest::Client::new();
+    let base = cluster.http_url();
+    let mut client = cluster.gateway_client().await;
+    // Submits `files` through `pipeline` and waits for every image to be done.
+    let mut completed = async |pipeline: &str, files: &[(&str, Vec<u8>)]| {
+        let id = rest::submit(&http, &base, pipeline, files).await;
+        let (_, job) = api::watch_to_end(&mut client, &id, JOB_TIMEOUT).await;
+        assert_eq!(job.summary.expect("summary").state(), JobState::Completed);
+        id
+    };
+    let files = [
+        ("astronaut.jpg", face_photo("astronaut-512x512.jpg")),
+        ("rocket.jpg", face_photo("rocket-640x427.jpg")),
+    ];
+    let id = completed("crop:w=200,h=200,g=face/analyze/format:png", &files).await;
+    let status = rest::get_json(&http, &format!("{base}/api/v1/jobs/{id}")).await;
+    // The face is in the crop, whole; the rocket has none and is cut by `smart` instead.
+    for (i, faces) in [(0, 1), (1, 0)] {
+        let output = &status["images"][i]["output"];
+        assert_eq!(
+            (output["width"].clone(), output["height"].clone()),
+            (200.into(), 200.into())
+        );
+        let report = &output["analysis"][0];
+        assert_eq!(
+            report["faces"].as_array().map(Vec::len),
+            Some(faces),
+            "{report}"
+        );
+    }
+
+    // Three faces found, then covered: the second report finds none.
+    let files = [("three.jpg", face_photo("three-portraits-1125x432.jpg"))];
+    let id = completed("analyze/blur_faces/analyze/format:png", &files).await;
+    let csv = http
+        .get(format!("{base}/api/v1/jobs/{id}/analysis.csv"))
+        .send()
+        .await
+        .expect("export")
+        .text()
+        .await
+        .expect("csv");
+    let lines: Vec<&str> = csv.lines().collect();
+    let header: Vec<&str> = lines[0].split(',').collect();
+    let faces = header
+        .iter()
+        .position(|c| *c == "faces")
+        .expect("a faces column");
+    let cell = |line: &str| line.split(',').nth(faces).map(str::to_owned);
+    assert_eq!(cell(lines[1]).as_deref(), Some("3"), "{csv}");
+    assert_eq!(cell(lines[2]).as_deref(), Some("0"), "{csv}");
+
+    // A crop placed by content on an animation is refused at submit, naming the op.
+    let response = rest::post_job(
+        &http,
+        &base,
+        reqwest::multipart::Form::new()
+            .text("pipeline", "crop:w=20,h=20,g=smart")
+            .part(
+                "file",
+                reqwest::multipart::Part::bytes(
+                    std::fs::read(concat!(
+                        env!("CARGO_MANIFEST_DIR"),
+                        "/../services/filter/tests/data/kite-4-frames.gif"
+                    ))
+                    .expect("gif"),
+                )
+                .file_name("kite.gif"),
+            ),
+    )
+    .await;
+    assert_eq!(response.status().as_u16(), 400);
+    let body: serde_json::Value = response.json().await.expect("json");
+    let message = body["error"].as_str().expect("error");
+    assert!(message.contains("op 1 (crop) cannot animate"), "{message}");
+}

@@ -15,6 +15,8 @@ pub struct Row {
     /// Dominant colours: `#rrggbb` and their share, 0 to 1.
     pub colours: Vec<(String, f64)>,
     pub phash: String,
+    /// How many faces the report lists; empty for a report without the field.
+    pub faces: String,
     /// Camera make and model from EXIF, when the input had them.
     pub camera: String,
 }
@@ -81,6 +83,9 @@ fn row(image: &str, report: &Value) -> Row {
         sharpness: number("sharpness", 1),
         colours,
         phash: text(&report["phash"]),
+        faces: report["faces"]
+            .as_array()
+            .map_or(String::new(), |faces| faces.len().to_string()),
         camera,
     }
 }
@@ -98,6 +103,7 @@ mod tests {
             "input": {"format": "jpeg", "width": 4000, "height": 3000, "colour_type": "rgb8",
                       "exif": {"Make": "Canon", "Model": "EOS 5D"}},
             "brightness": 117.456, "sharpness": 1234.5678, "phash": "c3d2a1b0f0e0d0c0",
+            "faces": [{"x": 1, "y": 2, "w": 30, "h": 30, "score": 9.0}],
             "dominant_colours": [{"colour": "#1e3c5a", "share": 0.5}, {"colour": "#fa0000", "share": 0.25}],
         });
         let images = vec![
@@ -126,12 +132,14 @@ mod tests {
                 sharpness: "1234.6".into(),
                 colours: vec![("#1e3c5a".into(), 0.5), ("#fa0000".into(), 0.25)],
                 phash: "c3d2a1b0f0e0d0c0".into(),
+                faces: "1".into(),
                 camera: "Canon EOS 5D".into(),
             }
         );
         // A sparse report leaves cells empty rather than failing.
         assert_eq!(rows[1].size, "1×2");
         assert_eq!(rows[1].camera, "");
+        assert_eq!(rows[1].faces, "");
         assert!(rows[1].colours.is_empty());
     }
 }

@@ -178,6 +178,12 @@ fn runs() -> Vec<Run> {
             &kite,
             "resize:w=1600,h=1600,fit=exact/format:png,compression=1",
         ),
+        // Face detection's grey copy, pyramid and feature maps, and the smart fallback's copy.
+        run(
+            "kite",
+            &kite,
+            "crop:w=1000,h=1000,g=face/analyze/blur_faces/format:jpeg",
+        ),
         run(
             "autumn (progressive 4:4:4)",
             &corpus("autumn-2560x1600.jpg"),

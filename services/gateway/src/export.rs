@@ -23,7 +23,7 @@ use serde_json::Value;
 use crate::bundle::csv_field;
 
 /// The tables' header, in column order; [`AnalysisRow`]'s cells follow it.
-pub const COLUMNS: [&str; 28] = [
+pub const COLUMNS: [&str; 30] = [
     "index",
     "name",
     "state",
@@ -40,6 +40,8 @@ pub const COLUMNS: [&str; 28] = [
     "brightness",
     "sharpness",
     "phash",
+    "faces",
+    "face_boxes",
     "colour_1",
     "colour_2",
     "colour_3",
@@ -80,6 +82,10 @@ pub struct AnalysisRow {
     pub brightness: Option<f64>,
     pub sharpness: Option<f64>,
     pub phash: String,
+    /// How many faces the report lists; `None` for reports from before faces were detected.
+    pub faces: Option<u64>,
+    /// Each face as `x,y,w,h`, separated by `; `, largest first.
+    pub face_boxes: String,
     /// Most common first, at most [`DOMINANT_COLOURS`].
     pub colours: Vec<DominantColour>,
     /// The input's EXIF fields as `Tag=value; Tag=value`, in the report's order.
@@ -153,6 +159,18 @@ impl AnalysisRow {
         self.brightness = report["brightness"].as_f64();
         self.sharpness = report["sharpness"].as_f64();
         self.phash = text(&report["phash"]);
+        if let Some(faces) = report["faces"].as_array() {
+            self.faces = Some(faces.len() as u64);
+            self.face_boxes = faces
+                .iter()
+                .map(|face| {
+                    ["x", "y", "w", "h"]
+                        .map(|key| face[key].as_u64().unwrap_or_default().to_string())
+                        .join(",")
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+        }
         self.colours = report["dominant_colours"]
             .as_array()
             .map(|colours| {
@@ -199,6 +217,8 @@ impl AnalysisRow {
             Cell::decimal(self.brightness),
             Cell::decimal(self.sharpness),
             Cell::Text(&self.phash),
+            Cell::integer(self.faces),
+            Cell::Text(&self.face_boxes),
         ];
         let colour = |i: usize| self.colours.get(i);
         cells.extend(
@@ -476,6 +496,10 @@ mod tests {
             ],
             "sharpness": 17.5,
             "phash": "8f3c00ff12345678",
+            "faces": [
+                {"x": 10, "y": 12, "w": 30, "h": 30, "score": 9.5},
+                {"x": 50, "y": 4, "w": 8, "h": 8, "score": 4.25},
+            ],
         })
     }
 
@@ -629,23 +653,24 @@ mod tests {
         let csv = String::from_utf8(to_csv(&job())).expect("utf-8");
         let header = "index,name,state,report,width,height,input_format,input_width,\
             input_height,colour_type,colour_profile,has_alpha,transparent,brightness,sharpness,\
-            phash,colour_1,colour_2,colour_3,colour_4,colour_5,share_1,share_2,share_3,share_4,\
-            share_5,exif,error";
+            phash,faces,face_boxes,colour_1,colour_2,colour_3,colour_4,colour_5,share_1,share_2,\
+            share_3,share_4,share_5,exif,error";
         let expected = [
             header.to_owned(),
             "0,'=cmd.png,done,0,64,48,jpeg,640,480,rgb8,\"Adobe RGB (1998), converted to sRGB\",\
              false,false,123.45,17.5,\
-             8f3c00ff12345678,#ff0000,#00ff00,#0000ff,,,0.5,0.25,0.125,,,\
+             8f3c00ff12345678,2,\"10,12,30,30; 50,4,8,8\",#ff0000,#00ff00,#0000ff,,,0.5,0.25,\
+             0.125,,,\
              \"Make=Acme; Model=X, 1\","
                 .to_owned(),
-            "0,'=cmd.png,done,1,32,24,jpeg,640,480,rgb8,,true,true,99,0,0000000000000000,\
+            "0,'=cmd.png,done,1,32,24,jpeg,640,480,rgb8,,true,true,99,0,0000000000000000,,,\
              #ffffff,,,,,1,,,,,,"
                 .to_owned(),
             format!(
                 "1,a&b<c>.png,failed{}\"bad \"\"jpeg\"\" header, at byte 3\u{1}\"",
-                ",".repeat(25)
+                ",".repeat(27)
             ),
-            format!("2,plain.png,done{}", ",".repeat(25)),
+            format!("2,plain.png,done{}", ",".repeat(27)),
         ];
         let lines: Vec<&str> = csv.split_terminator("\r\n").collect();
         assert_eq!(lines, expected);
@@ -834,7 +859,7 @@ mod tests {
             "one sheet"
         );
         let sheet = part(&parts, SHEET_PART);
-        assert!(sheet.contains(r#"<dimension ref="A1:AB5"/>"#));
+        assert!(sheet.contains(r#"<dimension ref="A1:AD5"/>"#));
         assert_eq!(sheet.matches("<row ").count(), 5);
         // The header stays in view.
         assert!(sheet.contains(
@@ -842,9 +867,9 @@ mod tests {
         ));
 
         let cells = read_sheet(&parts);
-        // Header 28, then the non-empty cells: 16 + 6 colours + exif, 15 + 2 colours,
-        // index/name/state/error, index/name/state.
-        assert_eq!(cells.len(), 28 + 23 + 17 + 4 + 3);
+        // Header 30, then the non-empty cells: 16 + 2 faces + 6 colours + exif, 15 + 2
+        // colours, index/name/state/error, index/name/state.
+        assert_eq!(cells.len(), 30 + 25 + 17 + 4 + 3);
         let value = |at: &str| {
             cells
                 .get(at)
@@ -885,21 +910,23 @@ mod tests {
             ("N2", Read::Number(123.45)),
             ("O2", Read::Number(17.5)),
             ("P2", text("8f3c00ff12345678")),
-            ("S2", text("#0000ff")),
-            ("X2", Read::Number(0.125)),
-            ("AA2", text("Make=Acme; Model=X, 1")),
+            ("Q2", Read::Number(2.0)),
+            ("R2", text("10,12,30,30; 50,4,8,8")),
+            ("U2", text("#0000ff")),
+            ("Z2", Read::Number(0.125)),
+            ("AC2", text("Make=Acme; Model=X, 1")),
             ("D3", Read::Number(1.0)),
             ("M3", Read::Boolean(true)),
             ("N3", Read::Number(99.0)),
             ("B4", text("a&b<c>.png")),
             ("C4", text("failed")),
             // The control character survives, in Excel's own escape.
-            ("AB4", text(FAILURE)),
+            ("AD4", text(FAILURE)),
             ("A5", Read::Number(2.0)),
         ] {
             assert_eq!(value(at), expected, "cell {at}");
         }
-        for absent in ["Y2", "K3", "AA3", "D4", "E4", "AB5"] {
+        for absent in ["AA2", "K3", "Q3", "R3", "AC3", "D4", "E4", "AD5"] {
             assert!(!cells.contains_key(absent), "cell {absent} written");
         }
     }
@@ -936,7 +963,7 @@ mod tests {
     #[test]
     fn xlsx_of_a_job_without_images_has_the_header_only() {
         let parts = unpack(to_xlsx(&Job::default()).expect("xlsx"));
-        assert!(part(&parts, SHEET_PART).contains(r#"<dimension ref="A1:AB1"/>"#));
+        assert!(part(&parts, SHEET_PART).contains(r#"<dimension ref="A1:AD1"/>"#));
         assert_eq!(part(&parts, SHEET_PART).matches("<row ").count(), 1);
         let cells = read_sheet(&parts);
         assert_eq!(cells.len(), COLUMNS.len());
@@ -953,7 +980,7 @@ mod tests {
         job.images[1].error = "é".repeat(EXCEL_MAX_TEXT + 5);
         let cells = read_sheet(&unpack(to_xlsx(&job).expect("xlsx")));
         assert_eq!(cells["B2"].value, text("IMG_x2000_.jpg\r\n\ttab"));
-        assert_eq!(cells["AB3"].value, text(&"é".repeat(EXCEL_MAX_TEXT)));
+        assert_eq!(cells["AD3"].value, text(&"é".repeat(EXCEL_MAX_TEXT)));
     }
 
     #[test]

@@ -249,7 +249,7 @@ fn JobPage(id: String) -> impl IntoView {
                         </span>
                     </div>
                     <table class="analysis-table">
-                        <TableHead columns=&["Image", "Size", "Input", "Brightness", "Sharpness", "Colours", "pHash", "Camera"]/>
+                        <TableHead columns=&["Image", "Size", "Input", "Brightness", "Sharpness", "Colours", "pHash", "Faces", "Camera"]/>
                         <tbody>
                             {move || rows.get().into_iter().map(|row| view! {
                                 <tr>
@@ -268,6 +268,7 @@ fn JobPage(id: String) -> impl IntoView {
                                         }).collect_view()}
                                     </td>
                                     <td><code>{row.phash}</code></td>
+                                    <td class="num">{row.faces}</td>
                                     <td>{row.camera}</td>
                                 </tr>
                             }).collect_view()}
