@@ -57,6 +57,27 @@ impl Bitmap {
         self.data
     }
 
+    /// A copy of the `width` x `height` rectangle at `left`, `top`; `None` unless it is
+    /// non-empty and lies inside the image.
+    pub fn region(&self, left: u32, top: u32, width: u32, height: u32) -> Option<Bitmap> {
+        if left.checked_add(width)? > self.width || top.checked_add(height)? > self.height {
+            return None;
+        }
+        let channels = self.channels();
+        let stride = self.width as usize * channels;
+        let (start, row_bytes) = (left as usize * channels, width as usize * channels);
+        let mut data = Vec::with_capacity(row_bytes * height as usize);
+        for row in self
+            .data
+            .chunks_exact(stride)
+            .skip(top as usize)
+            .take(height as usize)
+        {
+            data.extend_from_slice(&row[start..start + row_bytes]);
+        }
+        Bitmap::new(width, height, self.alpha, data)
+    }
+
     /// Replaces each of R, G and B by `table[value]`; alpha is left alone.
     pub fn map_channels(&mut self, table: &[u8; 256]) {
         if self.alpha {

@@ -106,18 +106,9 @@ impl BlurFaces {
 
 /// A copy of `image`'s `(left, top, width, height)` rectangle.
 fn cut(image: &Bitmap, (left, top, w, h): (u32, u32, u32, u32)) -> Bitmap {
-    let channels = image.channels();
-    let stride = image.width() as usize * channels;
-    let (start, row_bytes) = (left as usize * channels, w as usize * channels);
-    let data = image
-        .data()
-        .chunks_exact(stride)
-        .skip(top as usize)
-        .take(h as usize)
-        .flat_map(|row| &row[start..start + row_bytes])
-        .copied()
-        .collect();
-    Bitmap::new(w, h, image.has_alpha(), data).expect("the rectangle lies inside the image")
+    image
+        .region(left, top, w, h)
+        .expect("the rectangle lies inside the image")
 }
 
 /// Writes `patch`'s pixels from `from` onwards over `image`'s `(left, top, width, height)`.

@@ -103,20 +103,9 @@ impl Crop {
         if (w, h) == (image.width(), image.height()) {
             return Ok(image);
         }
-        let channels = image.channels();
-        let stride = image.width() as usize * channels;
-        let (start, row_bytes) = (left as usize * channels, w as usize * channels);
-        let mut data = Vec::with_capacity(row_bytes * h as usize);
-        for row in image
-            .data()
-            .chunks_exact(stride)
-            .skip(top as usize)
-            .take(h as usize)
-        {
-            data.extend_from_slice(&row[start..start + row_bytes]);
-        }
-        Bitmap::new(w, h, image.has_alpha(), data)
-            .ok_or_else(|| "crop: output buffer has the wrong size".to_string())
+        image
+            .region(left, top, w, h)
+            .ok_or_else(|| "crop: the rectangle is not inside the image".to_string())
     }
 }
 

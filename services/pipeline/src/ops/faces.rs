@@ -9,11 +9,10 @@
 
 use std::sync::OnceLock;
 
-use fast_image_resize::images::{Image, ImageRef};
-use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use rustface::{ImageData, Model};
 use serde::Serialize;
 
+use super::interest;
 use crate::bitmap::{Bitmap, luma};
 use crate::budget::{Shape, ns};
 
@@ -144,23 +143,7 @@ pub fn detect(image: &Bitmap) -> Result<Vec<Face>, String> {
 
 /// A grey `width` x `height` copy of `image` (box-filtered, BT.601 luma).
 fn grey_copy(image: &Bitmap, width: u32, height: u32) -> Result<Vec<u8>, String> {
-    let pixel_type = if image.has_alpha() {
-        PixelType::U8x4
-    } else {
-        PixelType::U8x3
-    };
-    let rgb = if (width, height) == (image.width(), image.height()) {
-        image.data().to_vec()
-    } else {
-        let src = ImageRef::new(image.width(), image.height(), image.data(), pixel_type)
-            .map_err(|err| format!("face detection: {err}"))?;
-        let mut dst = Image::new(width, height, pixel_type);
-        let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Box));
-        Resizer::new()
-            .resize(&src, &mut dst, &options)
-            .map_err(|err| format!("face detection: {err}"))?;
-        dst.into_vec()
-    };
+    let rgb = interest::box_shrink(image, width, height)?;
     Ok(rgb
         .chunks_exact(image.channels())
         .map(|p| luma(p[0], p[1], p[2]))

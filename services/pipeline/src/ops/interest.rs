@@ -82,19 +82,7 @@ impl Working {
             };
             (shrink(w), shrink(h))
         };
-        let pixel_type = if image.has_alpha() {
-            PixelType::U8x4
-        } else {
-            PixelType::U8x3
-        };
-        let src = ImageRef::new(w, h, image.data(), pixel_type)
-            .map_err(|err| format!("smart crop: {err}"))?;
-        let mut dst = Image::new(ww, wh, pixel_type);
-        let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Box));
-        Resizer::new()
-            .resize(&src, &mut dst, &options)
-            .map_err(|err| format!("smart crop: {err}"))?;
-        let data = dst.into_vec();
+        let data = box_shrink(image, ww, wh)?;
         let rgb = if image.has_alpha() {
             // Premultiplied by the resizer's alpha handling would be cleaner, but the
             // resizer divides it back out; multiply here so clear areas weigh nothing.
@@ -154,6 +142,27 @@ impl Working {
         }
         scores
     }
+}
+
+/// `image`'s pixels box-filtered to `width` x `height` (fast_image_resize), in its own layout
+/// (RGB or RGBA): the one pass over the input that smart crops and face detection make.
+pub(crate) fn box_shrink(image: &Bitmap, width: u32, height: u32) -> Result<Vec<u8>, String> {
+    if (width, height) == (image.width(), image.height()) {
+        return Ok(image.data().to_vec());
+    }
+    let pixel_type = if image.has_alpha() {
+        PixelType::U8x4
+    } else {
+        PixelType::U8x3
+    };
+    let src = ImageRef::new(image.width(), image.height(), image.data(), pixel_type)
+        .map_err(|err| format!("box shrink: {err}"))?;
+    let mut dst = Image::new(width, height, pixel_type);
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Box));
+    Resizer::new()
+        .resize(&src, &mut dst, &options)
+        .map_err(|err| format!("box shrink: {err}"))?;
+    Ok(dst.into_vec())
 }
 
 /// How close a colour is to a skin tone, 0..=1 (0 below [`SKIN_THRESHOLD`]), for pixels
