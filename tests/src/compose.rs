@@ -170,7 +170,18 @@ impl Stack {
     /// Runs a compose command, which must succeed; its stdout.
     pub fn compose(&self, args: &[&str]) -> String {
         let out = self.command(args).output().expect("running compose");
-        checked(&format!("{} {}", self.tool(), args.join(" ")), out)
+        let what = format!("{} {}", self.tool(), args.join(" "));
+        if !out.status.success() {
+            // The containers' states lead: a dependency that went unhealthy names itself.
+            panic!(
+                "{what} failed ({}):\n{}\n{}{}",
+                out.status,
+                self.states(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        checked(&what, out)
     }
 
     /// Ids of the project's running containers of `service`.
@@ -282,9 +293,53 @@ impl Stack {
     }
 }
 
+impl Stack {
+    /// Every container of the project, stopped ones too, with its state, restarts and its
+    /// health check's last outputs: first thing printed on a failure, short, so a truncated
+    /// CI log still shows which container was unhealthy and why.
+    pub fn states(&self) -> String {
+        let out = Command::new("docker")
+            .args([
+                "ps",
+                "-a",
+                "-q",
+                "--filter",
+                &format!("label=com.docker.compose.project={}", self.project),
+            ])
+            .output();
+        let ids: Vec<String> = out
+            .map(|out| {
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if ids.is_empty() {
+            return "no containers".into();
+        }
+        let mut args = vec![
+            "inspect".to_string(),
+            "--format".into(),
+            "{{index .Config.Labels \"com.docker.compose.service\"}} {{slice .Id 0 12}} \
+             {{.State.Status}} exit={{.State.ExitCode}} restarts={{.RestartCount}} \
+             {{if .State.Health}}{{.State.Health.Status}} \
+             {{range .State.Health.Log}}[{{.ExitCode}}: {{printf \"%.120s\" .Output}}] {{end}}\
+             {{end}}"
+                .into(),
+        ];
+        args.extend(ids);
+        match Command::new("docker").args(&args).output() {
+            Ok(out) => String::from_utf8_lossy(&out.stdout).replace("\n\n", "\n"),
+            Err(err) => format!("docker inspect: {err}"),
+        }
+    }
+}
+
 impl Drop for Stack {
     fn drop(&mut self) {
         if std::thread::panicking() {
+            eprintln!("compose containers:\n{}", self.states());
             eprintln!("compose logs:\n{}", self.logs());
         }
         let out = self

@@ -859,6 +859,17 @@ pub mod rest {
             .expect("json body")
     }
 
+    /// The body of a successful GET of `url` as text.
+    pub async fn get_text(http: &reqwest::Client, url: &str) -> String {
+        let response = http.get(url).send().await.expect("get");
+        assert!(
+            response.status().is_success(),
+            "GET {url}: {}",
+            response.status()
+        );
+        response.text().await.expect("text body")
+    }
+
     /// Submits `files` (name, bytes) with a `pipeline` (JSON or text) as multipart; the job
     /// id of the accepted submit.
     pub async fn submit(

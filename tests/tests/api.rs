@@ -893,14 +893,7 @@ async fn face_crops_blur_faces_and_reports_through_the_mesh() {
     // Three faces found, then covered: the second report finds none.
     let files = [("three.jpg", face_photo("three-portraits-1125x432.jpg"))];
     let id = completed("analyze/blur_faces/analyze/format:png", &files).await;
-    let csv = http
-        .get(format!("{base}/api/v1/jobs/{id}/analysis.csv"))
-        .send()
-        .await
-        .expect("export")
-        .text()
-        .await
-        .expect("csv");
+    let csv = rest::get_text(&http, &format!("{base}/api/v1/jobs/{id}/analysis.csv")).await;
     let lines: Vec<&str> = csv.lines().collect();
     let header: Vec<&str> = lines[0].split(',').collect();
     let faces = header
@@ -934,4 +927,169 @@ async fn face_crops_blur_faces_and_reports_through_the_mesh() {
     let body: serde_json::Value = response.json().await.expect("json");
     let message = body["error"].as_str().expect("error");
     assert!(message.contains("op 1 (crop) cannot animate"), "{message}");
+
+    // No filter here has an AI endpoint: `describe` is refused at submit, naming the op.
+    let response = rest::post_job(
+        &http,
+        &base,
+        reqwest::multipart::Form::new()
+            .text("pipeline", "analyze/describe")
+            .part(
+                "file",
+                reqwest::multipart::Part::bytes(face_photo("rocket-640x427.jpg"))
+                    .file_name("rocket.jpg"),
+            ),
+    )
+    .await;
+    assert_eq!(response.status().as_u16(), 400);
+    let body: serde_json::Value = response.json().await.expect("json");
+    let message = body["error"].as_str().expect("error");
+    assert!(
+        message.contains("op 2 (describe): no running filter has an AI endpoint"),
+        "{message}"
+    );
+}
+
+/// `describe` against a local server speaking OpenAI's chat-completions API (the real one is
+/// out of reach here): the throttled first request is retried after its `Retry-After`, the
+/// captions and tags reach the CSV export, a second run is answered from the shared cache
+/// without a request, a refusal fails only its image with the service's words, and the key
+/// appears in no log and no error.
+#[tokio::test(flavor = "multi_thread")]
+async fn describe_asks_an_ai_service_with_retries_a_cache_and_no_leaked_key() {
+    use std::sync::{Arc, Mutex};
+
+    use axum::{Json, extract::State, http::HeaderMap, response::IntoResponse, routing::post};
+
+    const KEY: &str = "sk-pixelmesh-test-7f3a9c";
+    #[derive(Default)]
+    struct Seen {
+        requests: usize,
+        keys: Vec<String>,
+    }
+    async fn answer(
+        State(seen): State<Arc<Mutex<Seen>>>,
+        headers: HeaderMap,
+        Json(body): Json<serde_json::Value>,
+    ) -> axum::response::Response {
+        let mut seen = seen.lock().unwrap();
+        seen.requests += 1;
+        let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+        seen.keys.push(auth.unwrap_or_default().to_string());
+        if seen.requests == 1 {
+            let slow = serde_json::json!({"error": {"message": "rate limit reached"}});
+            return (
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", "1")],
+                Json(slow),
+            )
+                .into_response();
+        }
+        let content = &body["messages"][0]["content"];
+        let prompt = content[0]["text"].as_str().unwrap_or_default();
+        if prompt.contains("at most 2 ") {
+            // As OpenAI does with a bad key: the key is quoted back.
+            let refusal =
+                serde_json::json!({"error": {"message": format!("image refused for key {KEY}")}});
+            return (axum::http::StatusCode::BAD_REQUEST, Json(refusal)).into_response();
+        }
+        // A caption that tells the images apart: the size of the JPEG each was sent as.
+        let image = content[1]["image_url"]["url"].as_str().unwrap_or_default();
+        let caption = format!("A test card of {} base64 bytes.", image.len());
+        let reply = serde_json::json!({"caption": caption, "tags": ["test", "card"]});
+        Json(serde_json::json!({
+            "model": "stand-in-vision",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.to_string()}}],
+        }))
+        .into_response()
+    }
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let service = pixelmesh_tests::serve_http(
+        axum::Router::new()
+            .route("/v1/chat/completions", post(answer))
+            .with_state(seen.clone()),
+    )
+    .await;
+    let cluster = Cluster::start(ClusterOptions {
+        filter_args: vec![
+            "--ai-endpoint".into(),
+            format!("{service}/v1"),
+            "--ai-model".into(),
+            "stand-in-vision".into(),
+            "--ai-requests-per-minute".into(),
+            "6000".into(),
+        ],
+        env: vec![("PIXELMESH_AI_API_KEY".into(), KEY.into())],
+        ..ClusterOptions::default()
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let base = cluster.http_url();
+    let mut client = cluster.gateway_client().await;
+    let files = [
+        ("a.png", pixelmesh_tests::png(320, 200, 1)),
+        ("b.png", pixelmesh_tests::png(200, 320, 2)),
+    ];
+    let mut run = async |pipeline: &str, files: &[(&str, Vec<u8>)]| {
+        let id = rest::submit(&http, &base, pipeline, files).await;
+        api::watch_to_end(&mut client, &id, JOB_TIMEOUT).await;
+        rest::get_json(&http, &format!("{base}/api/v1/jobs/{id}")).await
+    };
+
+    let first = run("describe/format:png", &files).await;
+    let captions: Vec<String> = (0..2)
+        .map(|i| {
+            let report = &first["images"][i]["output"]["analysis"][0];
+            assert_eq!(report["op"], "describe", "{first}");
+            assert_eq!(report["tags"], serde_json::json!(["test", "card"]));
+            assert_eq!(report["cached"], false);
+            report["caption"].as_str().expect("a caption").to_string()
+        })
+        .collect();
+    assert_ne!(
+        captions[0], captions[1],
+        "each image is described on its own"
+    );
+    // One request throttled and retried, then one per image, each with the key.
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.requests, 3);
+        assert!(
+            seen.keys
+                .iter()
+                .all(|auth| *auth == format!("Bearer {KEY}"))
+        );
+    }
+    let job_id = first["id"].as_str().expect("id");
+    let csv = rest::get_text(&http, &format!("{base}/api/v1/jobs/{job_id}/analysis.csv")).await;
+    assert!(
+        csv.lines().next().unwrap().contains(",caption,tags,"),
+        "{csv}"
+    );
+    assert!(
+        csv.contains(&captions[0]) && csv.contains("test; card"),
+        "{csv}"
+    );
+
+    // The same images and op again: answered from the cache, no request.
+    let again = run("describe/format:png", &files).await;
+    for i in 0..2 {
+        let report = &again["images"][i]["output"]["analysis"][0];
+        assert_eq!(report["cached"], true, "{again}");
+        assert_eq!(report["caption"].as_str(), Some(captions[i].as_str()));
+    }
+    assert_eq!(seen.lock().unwrap().requests, 3);
+
+    // A refusal fails that image at once, in the service's words, without the key.
+    let refused = run("describe:tags=2", &files[..1]).await;
+    let error = refused["images"][0]["error"].as_str().expect("an error");
+    assert!(
+        error.contains("op 1 (describe): the AI service refused: 400 Bad Request")
+            && error.contains("[redacted]"),
+        "{error}"
+    );
+    assert_eq!(seen.lock().unwrap().requests, 4, "a refusal is not retried");
+    let logs = cluster.logs();
+    assert!(!logs.contains(KEY), "the key is in the logs");
+    assert!(!refused.to_string().contains(KEY));
 }

@@ -251,6 +251,85 @@ async fn a_bad_store_configuration_is_refused_at_start() {
     );
 }
 
+/// With `--blob-store-wait-secs`, storage started before its store waits for it instead of
+/// exiting: here the store's endpoint is a relay to the Garage opened only once storage has
+/// said it is waiting, and storage then comes up on that same process.
+#[tokio::test(flavor = "multi_thread")]
+async fn storage_waits_for_a_store_that_starts_after_it() {
+    let garage = Garage::single();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = format!("127.0.0.1:{}", free_port());
+    let mut env = store_env(&garage, 0);
+    let target = env
+        .iter()
+        .find(|(k, _)| k == "AWS_ENDPOINT_URL")
+        .map(|(_, v)| {
+            v.trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_string()
+        })
+        .expect("the garage endpoint");
+    env.retain(|(k, _)| k != "AWS_ENDPOINT_URL");
+    env.push(("AWS_ENDPOINT_URL".into(), format!("http://{relay}")));
+    let log = dir.path().join("storage.log");
+    let mut args = storage_args(&dir.path().join("data"));
+    args.extend(["--blob-store-wait-secs".into(), "60".into()]);
+    let mut storage = Command::new(node_bin())
+        .args(&args)
+        .env("PIXELMESH_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("start storage");
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    poll(
+        "storage waiting for its store",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async {
+            read_log()
+                .contains("blob store not ready, waiting")
+                .then_some(())
+                .ok_or(read_log())
+        },
+    )
+    .await;
+    // The store comes up: a relay to the Garage on the endpoint storage was given.
+    let listener = tokio::net::TcpListener::bind(&relay)
+        .await
+        .expect("relay port");
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let target = target.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    poll(
+        "storage listening once its store answers",
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || async {
+            read_log()
+                .contains("storage listening")
+                .then_some(())
+                .ok_or(read_log())
+        },
+    )
+    .await;
+    assert!(
+        storage.try_wait().expect("wait").is_none(),
+        "storage exited: {}",
+        read_log()
+    );
+    let _ = storage.kill();
+    let _ = storage.wait();
+}
+
 /// A three-node Garage storing every object on each node: one node is killed in the middle
 /// of a 200-image batch, and every image still completes, its output readable.
 #[tokio::test(flavor = "multi_thread")]

@@ -50,8 +50,15 @@ pub struct Param {
     pub default: String,
     /// Must be set for the op to run.
     pub required: bool,
-    /// Applies only when the op's `format` is one of these; empty: always.
-    pub formats: Vec<String>,
+    /// Applies only while another field has one of some values; `None`: always.
+    pub when: Option<When>,
+}
+
+/// A field's condition: `field` is one of `values`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct When {
+    pub field: String,
+    pub values: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -118,9 +125,19 @@ mod tests {
         assert_eq!(format.params[0].name, "format");
         assert!(format.params[0].required);
         assert!(matches!(&format.params[0].kind, Kind::Choice { choices } if choices.len() >= 6));
-        assert_eq!(format.params[1].formats, ["jpeg", "webp", "avif"]);
+        let when = |param: &Param| param.when.clone().map(|w| (w.field, w.values));
+        assert_eq!(
+            when(&format.params[1]),
+            Some((
+                "format".into(),
+                vec!["jpeg".into(), "webp".into(), "avif".into()]
+            ))
+        );
         let effort = format.params.iter().find(|p| p.name == "effort").unwrap();
-        assert_eq!(effort.formats, ["avif"]);
+        assert_eq!(when(effort), Some(("format".into(), vec!["avif".into()])));
+        let resize = find("resize").unwrap();
+        let gravity = resize.params.iter().find(|p| p.name == "gravity").unwrap();
+        assert_eq!(when(gravity), Some(("fit".into(), vec!["cover".into()])));
         let blur = find("blur").unwrap();
         assert!(matches!(
             blur.params[0].kind,

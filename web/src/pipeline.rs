@@ -34,9 +34,12 @@ impl Step {
     }
 
     /// Whether `param` means anything with the step's other values (a format's quality only
-    /// for JPEG and WebP).
+    /// for JPEG, WebP and AVIF; resize's gravity only for fit cover).
     pub fn applies(&self, param: &Param) -> bool {
-        param.formats.is_empty() || param.formats.iter().any(|f| f == self.value("format"))
+        param.when.as_ref().is_none_or(|when| {
+            let value = self.value(&when.field);
+            when.values.iter().any(|v| v == value)
+        })
     }
 
     /// The step as a JSON op object, or what is wrong with it.
@@ -347,6 +350,21 @@ mod tests {
         );
         b.set(format, "strip", "true".into());
         assert!(b.to_json().unwrap()[2].get("strip").is_none());
+    }
+
+    #[test]
+    fn resize_gravity_shows_and_is_sent_for_fit_cover_only() {
+        let mut b = builder();
+        let resize = b.add("resize").unwrap();
+        b.set(resize, "height", "600".into());
+        b.set(resize, "gravity", "smart".into());
+        let step = &b.steps()[0];
+        let gravity = step.op.params.iter().find(|p| p.name == "gravity").unwrap();
+        assert!(!step.applies(gravity), "hidden for fit inside");
+        assert!(b.to_json().unwrap()[0].get("gravity").is_none());
+        b.set(resize, "fit", "cover".into());
+        assert!(b.steps()[0].applies(gravity));
+        assert_eq!(b.to_json().unwrap()[0]["gravity"], "smart");
     }
 
     #[test]

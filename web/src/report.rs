@@ -1,4 +1,5 @@
-//! The analysis table's rows, read from the `analyze` reports of a job's outputs.
+//! The analysis table's rows, read from the `analyze` and `describe` reports of a job's
+//! outputs.
 
 use serde_json::Value;
 
@@ -19,9 +20,11 @@ pub struct Row {
     pub faces: String,
     /// Camera make and model from EXIF, when the input had them.
     pub camera: String,
+    /// A `describe` report's caption, then its tags after a `—`.
+    pub description: String,
 }
 
-/// A row per `analyze` report of every image with an output, in image order.
+/// A row per `analyze` or `describe` report of every image with an output, in image order.
 pub fn rows(images: &[ImageView]) -> Vec<Row> {
     images
         .iter()
@@ -75,6 +78,14 @@ fn row(image: &str, report: &Value) -> Row {
                 .collect()
         })
         .unwrap_or_default();
+    let tags = report["tags"]
+        .as_array()
+        .map(|tags| tags.iter().map(text).collect::<Vec<_>>().join(", "))
+        .unwrap_or_default();
+    let description = match (text(&report["caption"]), tags.is_empty()) {
+        (caption, true) => caption,
+        (caption, false) => format!("{caption} — {tags}"),
+    };
     Row {
         image: image.to_string(),
         size,
@@ -87,6 +98,7 @@ fn row(image: &str, report: &Value) -> Row {
             .as_array()
             .map_or(String::new(), |faces| faces.len().to_string()),
         camera,
+        description,
     }
 }
 
@@ -110,7 +122,12 @@ mod tests {
             ImageView {
                 name: "a.jpg".into(),
                 output: Some(OutputView {
-                    analysis: vec![report, json!({"width": 1, "height": 2})],
+                    analysis: vec![
+                        report,
+                        json!({"width": 1, "height": 2}),
+                        json!({"op": "describe", "width": 512, "height": 384,
+                               "caption": "A kite over a beach.", "tags": ["kite", "sky"]}),
+                    ],
                     ..OutputView::default()
                 }),
                 ..ImageView::default()
@@ -121,7 +138,7 @@ mod tests {
             },
         ];
         let rows = rows(&images);
-        assert_eq!(rows.len(), 2);
+        assert_eq!(rows.len(), 3);
         assert_eq!(
             rows[0],
             Row {
@@ -134,6 +151,7 @@ mod tests {
                 phash: "c3d2a1b0f0e0d0c0".into(),
                 faces: "1".into(),
                 camera: "Canon EOS 5D".into(),
+                description: String::new(),
             }
         );
         // A sparse report leaves cells empty rather than failing.
@@ -141,5 +159,7 @@ mod tests {
         assert_eq!(rows[1].camera, "");
         assert_eq!(rows[1].faces, "");
         assert!(rows[1].colours.is_empty());
+        assert_eq!(rows[2].description, "A kite over a beach. — kite, sky");
+        assert_eq!(rows[2].size, "512×384");
     }
 }

@@ -22,7 +22,9 @@ use pixelmesh_proto::ErrorCode;
 
 use crate::budget;
 use crate::codec::{self, DecodeError, DecodeOptions, Decoded, EncodeError, InputMetadata, Limits};
-use crate::ops::{Assets, Bitmap, FileFormat, Fit, InputFacts, Op, Pipeline, Resize, analyze};
+use crate::ops::{
+    Assets, Bitmap, Describe, FileFormat, Fit, InputFacts, Op, Pipeline, Resize, analyze, describe,
+};
 use crate::{animation, colour};
 
 pub use pixelmesh_pipeline::formats::SHRINK_HEADROOM;
@@ -34,8 +36,41 @@ pub struct Processed {
     pub content_type: &'static str,
     pub width: u32,
     pub height: u32,
-    /// One JSON report per `analyze` op, in pipeline order.
+    /// One JSON report per `analyze` and `describe` op, in pipeline order; a `describe` op's
+    /// is empty until the worker fills it from the AI model's answer to its [`Describing`].
     pub analysis: Vec<String>,
+    /// What each `describe` op sends, in pipeline order.
+    pub describe: Vec<Describing>,
+}
+
+/// A `describe` op's question: the image as the op saw it, downscaled and encoded.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Describing {
+    /// Where its report goes in [`Processed::analysis`].
+    pub report: usize,
+    /// The op's position in the pipeline, for errors.
+    pub position: usize,
+    pub prompt: String,
+    /// Most tags kept from the answer.
+    pub max_tags: usize,
+    /// The downscaled copy as JPEG.
+    pub jpeg: Vec<u8>,
+    /// The image's size where the op ran.
+    pub width: u32,
+    pub height: u32,
+}
+
+// Not the JPEG's bytes: a failing test's output stays readable.
+impl std::fmt::Debug for Describing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Describing")
+            .field("report", &self.report)
+            .field("position", &self.position)
+            .field("jpeg_bytes", &self.jpeg.len())
+            .field("width", &self.width)
+            .field("height", &self.height)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why an image could not be processed. Every case is about the input or what the pipeline
@@ -190,23 +225,68 @@ fn process_decoded(
     // Moved, not copied: the analysis reads the EXIF from here too.
     let metadata = InputMetadata { exif, xmp, icc };
     let mut analysis = Vec::new();
+    let mut describe = Vec::new();
     let mut facts: Option<InputFacts> = None;
-    let image = run_ops(image, full_size, pipeline, limits, assets, |image| {
-        // The EXIF summary is parsed once, however many analyze ops the pipeline has.
-        let facts = facts.get_or_insert_with(|| {
-            InputFacts::new(
-                input_format,
-                full_size,
-                &colour_type,
-                &metadata.exif,
-                colour_profile.as_ref().map(colour::Applied::describe),
-            )
-        });
-        analysis.push(analyze::report(image, facts).to_string());
-    })?;
+    let image = run_ops(
+        image,
+        full_size,
+        pipeline,
+        limits,
+        assets,
+        |position, op, image| {
+            match op {
+                Op::Analyze(_) => {
+                    // The EXIF summary is parsed once, however many analyze ops there are.
+                    let facts = facts.get_or_insert_with(|| {
+                        InputFacts::new(
+                            input_format,
+                            full_size,
+                            &colour_type,
+                            &metadata.exif,
+                            colour_profile.as_ref().map(colour::Applied::describe),
+                        )
+                    });
+                    analysis.push(analyze::report(image, facts).to_string());
+                }
+                Op::Describe(asked) => {
+                    describe.push(describing(asked, position, analysis.len(), image)?);
+                    analysis.push(String::new());
+                }
+                _ => {}
+            }
+            Ok(())
+        },
+    )?;
     Ok(Processed {
         analysis,
+        describe,
         ..encode(&image, pipeline, input_format, &metadata)?
+    })
+}
+
+/// The question a `describe` op at `position` asks of `image`: its downscaled copy as JPEG.
+fn describing(
+    op: &Describe,
+    position: usize,
+    report: usize,
+    image: &Bitmap,
+) -> Result<Describing, ProcessError> {
+    let failed = |reason: String| ProcessError::Op {
+        position,
+        op: Op::Describe(*op).name(),
+        reason,
+    };
+    let copy = stage_span("describe copy").in_scope(|| op.copy(image).map_err(failed))?;
+    let jpeg = codec::encode(&copy, FileFormat::Jpeg, describe::QUALITY)
+        .map_err(|err| failed(err.to_string()))?;
+    Ok(Describing {
+        report,
+        position,
+        prompt: op.prompt(),
+        max_tags: op.tags() as usize,
+        jpeg,
+        width: image.width(),
+        height: image.height(),
     })
 }
 
@@ -239,7 +319,14 @@ fn process_animation(
                 colour.apply(&mut image);
             }
             let full_size = (image.width(), image.height());
-            processed.push(run_ops(image, full_size, pipeline, limits, assets, |_| {})?);
+            processed.push(run_ops(
+                image,
+                full_size,
+                pipeline,
+                limits,
+                assets,
+                |_, _, _| Ok(()),
+            )?);
             Ok::<(), ProcessError>(())
         })
     })?;
@@ -262,18 +349,20 @@ fn process_animation(
         width,
         height,
         analysis: Vec::new(),
+        describe: Vec::new(),
     })
 }
 
 /// The pipeline's ops on `image`, decoded from a `full_size` image (bigger when shrunk on
-/// load), with `analyze` called for each analyze op on the image it sees.
+/// load), with `report` called for each op (its position, itself and the image it sees)
+/// before it runs: analyze and describe take their reports there.
 fn run_ops(
     mut image: Bitmap,
     full_size: (u32, u32),
     pipeline: &Pipeline,
     limits: &Limits,
     assets: &Assets,
-    mut analyze: impl FnMut(&Bitmap),
+    mut report: impl FnMut(usize, &Op, &Bitmap) -> Result<(), ProcessError>,
 ) -> Result<Bitmap, ProcessError> {
     let shrunk = (image.width(), image.height()) != full_size;
     for (i, op) in pipeline.ops().iter().enumerate() {
@@ -302,9 +391,7 @@ fn run_ops(
                 limit: limits.max_pixels,
             });
         }
-        if let Op::Analyze(_) = op {
-            analyze(&image);
-        }
+        report(position, op, &image)?;
         image = timed_op(name, position, || op.apply_with(image, assets)).map_err(|reason| {
             // A long op stops at the deadline with an error of its own; the deadline is what
             // the caller needs to hear about.
@@ -376,6 +463,7 @@ pub fn encode(
         width: image.width(),
         height: image.height(),
         analysis: Vec::new(),
+        describe: Vec::new(),
     })
 }
 

@@ -301,6 +301,22 @@ impl tower_service::Service<Name> for CheckedResolver {
 
 type HttpClient = Client<HttpsConnector<HttpConnector<CheckedResolver>>, Empty<Bytes>>;
 
+/// `http` with TLS over it: https with Mozilla's roots built in, plain http too, HTTP/1.1,
+/// a connect timeout. The URL fetcher's and the AI client's.
+pub(crate) fn https<R>(
+    mut http: HttpConnector<R>,
+) -> anyhow::Result<HttpsConnector<HttpConnector<R>>> {
+    // https too: the TLS layer hands plain http back to this connector.
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    http.set_nodelay(true);
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http))
+}
+
 /// An HTTP client that fetches URL inputs under the policy.
 #[derive(Clone)]
 pub struct Fetcher {
@@ -322,17 +338,8 @@ impl Fetcher {
                 .filter(|host| !host.is_empty())
                 .collect(),
         });
-        let mut http = HttpConnector::new_with_resolver(CheckedResolver(policy.clone()));
-        // https too: the TLS layer below hands plain http back to this connector.
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        http.set_nodelay(true);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new()).build(https);
+        let http = HttpConnector::new_with_resolver(CheckedResolver(policy.clone()));
+        let client = Client::builder(TokioExecutor::new()).build(https(http)?);
         Ok(Fetcher {
             client,
             policy,

@@ -10,6 +10,8 @@
 //! * [`tiles`] — splitting huge images into tiles with halos, and stitching them back;
 //! * [`worker`] — the JetStream consumer loop with its ack discipline;
 //! * [`fetch`] — downloading URL inputs without letting a URL reach the private network;
+//! * [`describe`] — asking an AI vision endpoint for the `describe` op, with its limits,
+//!   retries and answer cache;
 //! * [`outage`] — holding tasks while storage or NATS is down, so outages spend no attempts;
 //! * [`heartbeat`] — the worker's entry in the `pixelmesh-workers` KV bucket.
 
@@ -17,6 +19,7 @@ pub mod animation;
 mod avif;
 pub mod codec;
 pub mod colour;
+pub mod describe;
 pub mod engine;
 pub mod fetch;
 mod gif_writer;
@@ -83,6 +86,8 @@ pub struct Settings {
     pub queue: QueueConfig,
     #[command(flatten)]
     pub fetch: fetch::FetchSettings,
+    #[command(flatten)]
+    pub ai: describe::AiSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -165,6 +170,22 @@ pub async fn run(
         None => None,
     };
 
+    let describer = match &settings.ai.ai_endpoint {
+        Some(endpoint) if !endpoint.trim().is_empty() => {
+            let cache = describe::cache_bucket(&js, config.nats.replicas).await?;
+            describe::Describer::new(&settings.ai, describe::ApiKey::from_env(), Some(cache))?
+        }
+        _ => None,
+    };
+    if describer.is_some() {
+        tracing::info!(model = %settings.ai.ai_model, "describe offered");
+    }
+    let capabilities = describer
+        .is_some()
+        .then(|| "describe".to_string())
+        .into_iter()
+        .collect();
+
     let host = hostname();
     let id = settings
         .worker_id
@@ -198,6 +219,7 @@ pub async fn run(
         logos: Default::default(),
         fetcher: fetch::Fetcher::new(&settings.fetch).context("building the url fetcher")?,
         outage: outage::Outage::new(storage_channel, client, blobs),
+        describer: describer.map(Arc::new),
         stopping: stop.clone(),
     });
 
@@ -210,6 +232,7 @@ pub async fn run(
             version: env!("CARGO_PKG_VERSION").to_string(),
             concurrency: concurrency as u32,
             started_at_ms: pixelmesh_common::time::now_ms(),
+            capabilities,
             ..Default::default()
         },
         stats,

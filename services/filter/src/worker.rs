@@ -33,6 +33,7 @@ use tracing::Instrument as _;
 use crate::{
     budget::{self, Budget, Deadline},
     codec::{self, InputMetadata, Limits},
+    describe::{DescribeError, Describer},
     engine::{self, Processed},
     fetch::{FetchError, Fetcher},
     logos::{self, LogoCache},
@@ -123,6 +124,8 @@ pub(crate) struct Worker {
     pub logos: Mutex<LogoCache>,
     pub fetcher: Fetcher,
     pub outage: Outage,
+    /// Asks the AI endpoint for `describe` ops; `None` when none is configured.
+    pub describer: Option<Arc<Describer>>,
     /// Cancelled when the worker stops: a task held through an outage is given back then.
     pub stopping: CancellationToken,
 }
@@ -520,6 +523,7 @@ async fn run_image(
     })
     .await?
     .map_err(|err| TaskError::Permanent(err.to_string()))?;
+    let processed = describe(worker, processed, deadline).await?;
     let processed_at = Instant::now();
     let output = upload(worker, storage, processed).await?;
     tracing::debug!(
@@ -833,6 +837,47 @@ async fn download_blob(
         bytes.extend_from_slice(&chunk.chunk);
     }
     Ok(bytes)
+}
+
+/// Fills the reports of the pipeline's `describe` ops from the AI endpoint, one after the
+/// other, within the task's deadline.
+async fn describe(
+    worker: &Worker,
+    mut processed: Processed,
+    deadline: Option<Deadline>,
+) -> Result<Processed, TaskError> {
+    for asked in std::mem::take(&mut processed.describe) {
+        let Some(describer) = &worker.describer else {
+            return Err(TaskError::Permanent(format!(
+                "op {} (describe): this filter has no AI endpoint (--ai-endpoint)",
+                asked.position
+            )));
+        };
+        let answer = describer
+            .describe(&asked)
+            .instrument(engine::stage_span("describe"));
+        let answer = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline.at().into(), answer)
+                .await
+                .map_err(|_| {
+                    TaskError::Permanent(format!(
+                        "op {} (describe): the task's time limit of {} s passed waiting for the AI service",
+                        asked.position,
+                        deadline.limit().as_secs()
+                    ))
+                })?,
+            None => answer.await,
+        };
+        let description = answer.map_err(|err| {
+            let message = format!("op {} (describe): {err}", asked.position);
+            match err {
+                DescribeError::Refused(_) => TaskError::Permanent(message),
+                DescribeError::Unavailable(_) => TaskError::Transient(message),
+            }
+        })?;
+        processed.analysis[asked.report] = description.report(&asked);
+    }
+    Ok(processed)
 }
 
 async fn upload(

@@ -15,10 +15,10 @@ use pixelmesh_common::testing::check;
 use pixelmesh_filter::codec::{self, Encoding, Limits};
 use pixelmesh_filter::ops::text::MAX_TEXT_BYTES;
 use pixelmesh_filter::ops::{
-    Analyze, Anchor, AutoOrient, Bitmap, Blur, Brightness, Contrast, Crop, Edge, FileFormat,
-    Filter, Fit, Flip, Flop, Format, Gamma, Gravity, Grayscale, Hue, Invert, MAX_OPS, Op, Pipeline,
-    Pixelate, Resize, Rotate, Saturation, Sepia, Sharpen, Threshold, Thumbnail, Watermark, crop,
-    resize, rotate,
+    Analyze, Anchor, AutoOrient, Bitmap, Blur, Brightness, Contrast, Crop, Describe, Edge,
+    FileFormat, Filter, Fit, Flip, Flop, Format, Gamma, Gravity, Grayscale, Hue, Invert, MAX_OPS,
+    Op, Pipeline, Pixelate, Resize, Rotate, Saturation, Sepia, Sharpen, Threshold, Thumbnail,
+    Watermark, crop, resize, rotate,
 };
 use pixelmesh_filter::tiles;
 use pixelmesh_pipeline::formats::Metadata;
@@ -142,6 +142,7 @@ fn fields_of(name: &str) -> &'static [&'static str] {
         "blur" => &["sigma"],
         "sharpen" => &["sigma", "amount", "threshold"],
         "pixelate" => &["size"],
+        "describe" => &["size", "tags"],
         "brightness" | "contrast" | "saturation" => &["factor"],
         "gamma" => &["gamma"],
         "hue" => &["degrees"],
@@ -186,6 +187,7 @@ const OP_NAMES: &[&str] = &[
     "threshold",
     "watermark",
     "analyze",
+    "describe",
     "format",
 ];
 
@@ -597,6 +599,24 @@ fn pixelate_op() -> BoxedStrategy<OpSpec> {
         .boxed()
 }
 
+fn describe_op() -> BoxedStrategy<OpSpec> {
+    let size = prop::option::of(prop_oneof![Just(128_u32), Just(2048), 128..=2048_u32]);
+    let tags = prop::option::of(prop_oneof![Just(1_u32), Just(30), 1..=30_u32]);
+    (size, tags)
+        .prop_map(|(size, tags)| {
+            let op = Describe::new(size.unwrap_or(512), tags.unwrap_or(10)).expect("in range");
+            let mut args = Vec::new();
+            if let Some(size) = size {
+                args.push((0, Arg::Int(size.into())));
+            }
+            if let Some(tags) = tags {
+                args.push((1, Arg::Int(tags.into())));
+            }
+            OpSpec::new(Op::Describe(op), args)
+        })
+        .boxed()
+}
+
 /// The ops whose one required field is a float: brightness, contrast, saturation, gamma, hue.
 fn float_op() -> BoxedStrategy<OpSpec> {
     let factor = (float_near(0.0, 10.0), any::<bool>());
@@ -777,6 +797,7 @@ fn middle_op() -> BoxedStrategy<OpSpec> {
         1 => blur_op(),
         2 => sharpen_op(),
         1 => pixelate_op(),
+        1 => describe_op(),
         3 => float_op(),
         1 => threshold_op(),
         2 => watermark_op(),
@@ -1272,6 +1293,9 @@ fn any_operation() -> BoxedStrategy<Operation> {
             .boxed(),
         any_enum()
             .prop_map(|cover| P::BlurFaces(v1::BlurFaces { cover }))
+            .boxed(),
+        (any_u32(), any_u32())
+            .prop_map(|(size, tags)| P::Describe(v1::Describe { size, tags }))
             .boxed(),
         any_f32()
             .prop_map(|factor| P::Brightness(v1::Brightness { factor }))

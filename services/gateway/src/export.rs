@@ -1,7 +1,7 @@
 //! A job's analysis reports as a download: `GET /api/v1/jobs/{id}/analysis.{csv,json,xlsx}`.
 //!
-//! * [`rows`] — one [`AnalysisRow`] per image per `analyze` report, and one row for an image
-//!   without a report, so failed images show up in the export too;
+//! * [`rows`] — one [`AnalysisRow`] per image per `analyze` or `describe` report, and one
+//!   row for an image without a report, so failed images show up in the export too;
 //! * [`to_csv`] — those rows as RFC 4180 CSV, formula-defused like the bundle's manifest;
 //! * [`to_xlsx`] — the same rows as an Office Open XML workbook with one sheet, `analysis`,
 //!   written by `rust_xlsxwriter`;
@@ -23,7 +23,7 @@ use serde_json::Value;
 use crate::bundle::csv_field;
 
 /// The tables' header, in column order; [`AnalysisRow`]'s cells follow it.
-pub const COLUMNS: [&str; 30] = [
+pub const COLUMNS: [&str; 32] = [
     "index",
     "name",
     "state",
@@ -42,6 +42,8 @@ pub const COLUMNS: [&str; 30] = [
     "phash",
     "faces",
     "face_boxes",
+    "caption",
+    "tags",
     "colour_1",
     "colour_2",
     "colour_3",
@@ -66,7 +68,8 @@ pub struct AnalysisRow {
     pub index: u32,
     pub name: String,
     pub state: String,
-    /// The report's position among the pipeline's `analyze` ops; `None` without a report.
+    /// The report's position among the pipeline's `analyze` and `describe` ops; `None`
+    /// without a report.
     pub report: Option<usize>,
     /// The image's size where the `analyze` op ran.
     pub width: Option<u64>,
@@ -86,6 +89,9 @@ pub struct AnalysisRow {
     pub faces: Option<u64>,
     /// Each face as `x,y,w,h`, separated by `; `, largest first.
     pub face_boxes: String,
+    /// A `describe` op's caption, and its tags separated by `; `.
+    pub caption: String,
+    pub tags: String,
     /// Most common first, at most [`DOMINANT_COLOURS`].
     pub colours: Vec<DominantColour>,
     /// The input's EXIF fields as `Tag=value; Tag=value`, in the report's order.
@@ -143,7 +149,8 @@ fn reports(image: &Image) -> &[String] {
 }
 
 impl AnalysisRow {
-    /// Copies the measurements of `report` (a JSON object, see the filter's `analyze` op).
+    /// Copies the measurements of `report` (a JSON object, see the `analyze` op; a `describe`
+    /// op's holds its size, caption and tags).
     fn measure(&mut self, report: &Value) {
         // Indexing a missing key gives `null`, so a field the report lacks stays empty.
         let input = &report["input"];
@@ -171,6 +178,11 @@ impl AnalysisRow {
                 .collect::<Vec<_>>()
                 .join("; ");
         }
+        self.caption = text(&report["caption"]);
+        self.tags = report["tags"]
+            .as_array()
+            .map(|tags| tags.iter().map(text).collect::<Vec<_>>().join("; "))
+            .unwrap_or_default();
         self.colours = report["dominant_colours"]
             .as_array()
             .map(|colours| {
@@ -219,6 +231,8 @@ impl AnalysisRow {
             Cell::Text(&self.phash),
             Cell::integer(self.faces),
             Cell::Text(&self.face_boxes),
+            Cell::Text(&self.caption),
+            Cell::Text(&self.tags),
         ];
         let colour = |i: usize| self.colours.get(i);
         cells.extend(
@@ -631,6 +645,32 @@ mod tests {
     }
 
     #[test]
+    fn describe_reports_fill_the_caption_and_tags() {
+        let mut job = job();
+        job.images.truncate(1);
+        let output = job.images[0].output.as_mut().expect("output");
+        output.analysis = vec![
+            json!({"op": "describe", "width": 512, "height": 384,
+                   "caption": "=A kite, over a beach.", "tags": ["kite", "beach"],
+                   "model": "m", "cached": false})
+            .to_string(),
+        ];
+        let rows = rows(&job);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (rows[0].caption.as_str(), rows[0].tags.as_str()),
+            ("=A kite, over a beach.", "kite; beach")
+        );
+        assert_eq!((rows[0].width, rows[0].faces), (Some(512), None));
+        let csv = String::from_utf8(to_csv(&job)).expect("utf-8");
+        // Defused and quoted like any text cell.
+        assert!(
+            csv.contains(",512,384,") && csv.contains(",\"'=A kite, over a beach.\",kite; beach,"),
+            "{csv}"
+        );
+    }
+
+    #[test]
     fn an_unreadable_report_still_makes_a_row_that_says_so() {
         let mut job = job();
         job.images.truncate(1);
@@ -653,24 +693,24 @@ mod tests {
         let csv = String::from_utf8(to_csv(&job())).expect("utf-8");
         let header = "index,name,state,report,width,height,input_format,input_width,\
             input_height,colour_type,colour_profile,has_alpha,transparent,brightness,sharpness,\
-            phash,faces,face_boxes,colour_1,colour_2,colour_3,colour_4,colour_5,share_1,share_2,\
-            share_3,share_4,share_5,exif,error";
+            phash,faces,face_boxes,caption,tags,colour_1,colour_2,colour_3,colour_4,colour_5,share_1,\
+            share_2,share_3,share_4,share_5,exif,error";
         let expected = [
             header.to_owned(),
             "0,'=cmd.png,done,0,64,48,jpeg,640,480,rgb8,\"Adobe RGB (1998), converted to sRGB\",\
              false,false,123.45,17.5,\
-             8f3c00ff12345678,2,\"10,12,30,30; 50,4,8,8\",#ff0000,#00ff00,#0000ff,,,0.5,0.25,\
+             8f3c00ff12345678,2,\"10,12,30,30; 50,4,8,8\",,,#ff0000,#00ff00,#0000ff,,,0.5,0.25,\
              0.125,,,\
              \"Make=Acme; Model=X, 1\","
                 .to_owned(),
-            "0,'=cmd.png,done,1,32,24,jpeg,640,480,rgb8,,true,true,99,0,0000000000000000,,,\
+            "0,'=cmd.png,done,1,32,24,jpeg,640,480,rgb8,,true,true,99,0,0000000000000000,,,,,\
              #ffffff,,,,,1,,,,,,"
                 .to_owned(),
             format!(
                 "1,a&b<c>.png,failed{}\"bad \"\"jpeg\"\" header, at byte 3\u{1}\"",
-                ",".repeat(27)
+                ",".repeat(29)
             ),
-            format!("2,plain.png,done{}", ",".repeat(27)),
+            format!("2,plain.png,done{}", ",".repeat(29)),
         ];
         let lines: Vec<&str> = csv.split_terminator("\r\n").collect();
         assert_eq!(lines, expected);
@@ -859,7 +899,7 @@ mod tests {
             "one sheet"
         );
         let sheet = part(&parts, SHEET_PART);
-        assert!(sheet.contains(r#"<dimension ref="A1:AD5"/>"#));
+        assert!(sheet.contains(r#"<dimension ref="A1:AF5"/>"#));
         assert_eq!(sheet.matches("<row ").count(), 5);
         // The header stays in view.
         assert!(sheet.contains(
@@ -867,9 +907,9 @@ mod tests {
         ));
 
         let cells = read_sheet(&parts);
-        // Header 30, then the non-empty cells: 16 + 2 faces + 6 colours + exif, 15 + 2
+        // Header 32, then the non-empty cells: 16 + 2 faces + 6 colours + exif, 15 + 2
         // colours, index/name/state/error, index/name/state.
-        assert_eq!(cells.len(), 30 + 25 + 17 + 4 + 3);
+        assert_eq!(cells.len(), 32 + 25 + 17 + 4 + 3);
         let value = |at: &str| {
             cells
                 .get(at)
@@ -912,21 +952,21 @@ mod tests {
             ("P2", text("8f3c00ff12345678")),
             ("Q2", Read::Number(2.0)),
             ("R2", text("10,12,30,30; 50,4,8,8")),
-            ("U2", text("#0000ff")),
-            ("Z2", Read::Number(0.125)),
-            ("AC2", text("Make=Acme; Model=X, 1")),
+            ("W2", text("#0000ff")),
+            ("AB2", Read::Number(0.125)),
+            ("AE2", text("Make=Acme; Model=X, 1")),
             ("D3", Read::Number(1.0)),
             ("M3", Read::Boolean(true)),
             ("N3", Read::Number(99.0)),
             ("B4", text("a&b<c>.png")),
             ("C4", text("failed")),
             // The control character survives, in Excel's own escape.
-            ("AD4", text(FAILURE)),
+            ("AF4", text(FAILURE)),
             ("A5", Read::Number(2.0)),
         ] {
             assert_eq!(value(at), expected, "cell {at}");
         }
-        for absent in ["AA2", "K3", "Q3", "R3", "AC3", "D4", "E4", "AD5"] {
+        for absent in ["AC2", "K3", "Q3", "R3", "S2", "AE3", "D4", "E4", "AF5"] {
             assert!(!cells.contains_key(absent), "cell {absent} written");
         }
     }
@@ -963,7 +1003,7 @@ mod tests {
     #[test]
     fn xlsx_of_a_job_without_images_has_the_header_only() {
         let parts = unpack(to_xlsx(&Job::default()).expect("xlsx"));
-        assert!(part(&parts, SHEET_PART).contains(r#"<dimension ref="A1:AD1"/>"#));
+        assert!(part(&parts, SHEET_PART).contains(r#"<dimension ref="A1:AF1"/>"#));
         assert_eq!(part(&parts, SHEET_PART).matches("<row ").count(), 1);
         let cells = read_sheet(&parts);
         assert_eq!(cells.len(), COLUMNS.len());
@@ -980,7 +1020,7 @@ mod tests {
         job.images[1].error = "é".repeat(EXCEL_MAX_TEXT + 5);
         let cells = read_sheet(&unpack(to_xlsx(&job).expect("xlsx")));
         assert_eq!(cells["B2"].value, text("IMG_x2000_.jpg\r\n\ttab"));
-        assert_eq!(cells["AD3"].value, text(&"é".repeat(EXCEL_MAX_TEXT)));
+        assert_eq!(cells["AF3"].value, text(&"é".repeat(EXCEL_MAX_TEXT)));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt, stream::BoxStream};
 use pixelmesh_blobs::{BlobId, BlobStore};
 use pixelmesh_common::{grpc::Channel, nats};
+use pixelmesh_pipeline::ops::Pipeline;
 use pixelmesh_proto::{
     Error, ErrorCode,
     v1::{
@@ -281,6 +282,7 @@ impl Mesh {
                 input.url = url.into();
             }
         }
+        self.check_capabilities(&request).await?;
         Ok(self
             .scheduler
             .call(|mut scheduler| {
@@ -288,6 +290,29 @@ impl Mesh {
                 async move { scheduler.submit_job(request).await }
             })
             .await?)
+    }
+
+    /// Refuses a pipeline with an op no running filter is configured for (`describe` needs
+    /// `--ai-endpoint`). With no filter running at all the job is taken and waits for one,
+    /// as any job does; the filter that gets it fails the image if it cannot describe.
+    async fn check_capabilities(&self, request: &SubmitJobRequest) -> Result<(), Error> {
+        // An invalid pipeline is the scheduler's to refuse, with its full message.
+        let Ok(pipeline) = Pipeline::from_proto(&request.pipeline) else {
+            return Ok(());
+        };
+        let Some(position) = pipeline.describes() else {
+            return Ok(());
+        };
+        let workers = self.all_workers().await.unwrap_or_default();
+        let offered = workers
+            .iter()
+            .any(|worker| worker.capabilities.iter().any(|c| c == "describe"));
+        if workers.is_empty() || offered {
+            return Ok(());
+        }
+        Err(Error::invalid(format!(
+            "op {position} (describe): no running filter has an AI endpoint; start the filters with --ai-endpoint (and the key in PIXELMESH_AI_API_KEY)"
+        )))
     }
 
     /// Submits `request` as one job, or, when it has more inputs than one job may hold (a long

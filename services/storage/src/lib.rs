@@ -46,6 +46,11 @@ pub struct Config {
     /// they were last written; 0 keeps them forever.
     #[arg(long, env = "PIXELMESH_ORPHAN_BLOB_TTL_SECS", default_value_t = 24 * 3600)]
     pub orphan_blob_ttl_secs: u64,
+    /// Seconds to wait at start for a blob store that does not answer yet, such as an object
+    /// store started beside storage (compose's garage profile sets 90); 0 fails at once, so a
+    /// wrong endpoint or key is reported straight away.
+    #[arg(long, env = "PIXELMESH_BLOB_STORE_WAIT_SECS", default_value_t = 0)]
+    pub blob_store_wait_secs: u64,
     /// The blob store's URL (`--blob-store`, shared with the other roles, so set by the
     /// command line's own argument group); `None`: `file://<storage dir>/blobs`.
     #[arg(skip)]
@@ -79,6 +84,41 @@ fn describe_metrics() {
     counter!("pixelmesh_storage_bytes_read_total").absolute(0);
 }
 
+/// Opens the blob store at `url` and reads or writes its marker
+/// ([`pixelmesh_blobs::BlobStore::claim`]): the store and its id. While the store is
+/// unavailable it waits, up to `wait`, here rather than through a container's restarts: a
+/// process that exits at once restarts under a back-off that grows to minutes and passes for
+/// unhealthy meanwhile. A missing bucket or refused key is waited out too, since a store
+/// started beside storage makes them as it starts; each wait logs the reason. A foreign
+/// marker fails at once.
+async fn open_store(
+    url: &str,
+    max_blob_bytes: u64,
+    wait: Duration,
+) -> Result<(pixelmesh_blobs::BlobStore, String), pixelmesh_proto::Error> {
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(250);
+    loop {
+        let opened = match pixelmesh_blobs::BlobStore::open(url, max_blob_bytes).await {
+            Ok(blobs) => blobs.claim().await.map(|id| (blobs, id)),
+            Err(err) => Err(err),
+        };
+        match opened {
+            Err(err) if err.code.is_transient() && started.elapsed() < wait => {
+                tracing::info!(
+                    store = %url,
+                    error = %err.message,
+                    retry_ms = pause.as_millis() as u64,
+                    "blob store not ready, waiting"
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            opened => return opened,
+        }
+    }
+}
+
 /// Serves storage until `shutdown` resolves, then flushes the metadata.
 pub async fn run(
     config: Config,
@@ -87,10 +127,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     describe_metrics();
     let url = config.blob_store_url()?;
-    let blobs = pixelmesh_blobs::BlobStore::open(&url, config.max_blob_bytes)
+    let wait = Duration::from_secs(config.blob_store_wait_secs);
+    let (blobs, store_id) = open_store(&url, config.max_blob_bytes, wait)
         .await
         .with_context(|| format!("opening the blob store {url}"))?;
-    let store_id = blobs.claim().await.context("marking the blob store")?;
     // Opening reads and may rebuild counters: blocking work, before anything is served.
     let dir = config.dir.join("meta");
     let max_images = config.max_images_per_job;

@@ -41,6 +41,7 @@ impl Running {
             max_blob_bytes: 16 * 1024 * 1024,
             max_images_per_job: 100,
             orphan_blob_ttl_secs: 0,
+            blob_store_wait_secs: 0,
             blob_store: None,
         };
         let task = tokio::spawn(run(config, listener, async move {

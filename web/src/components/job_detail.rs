@@ -249,7 +249,7 @@ fn JobPage(id: String) -> impl IntoView {
                         </span>
                     </div>
                     <table class="analysis-table">
-                        <TableHead columns=&["Image", "Size", "Input", "Brightness", "Sharpness", "Colours", "pHash", "Faces", "Camera"]/>
+                        <TableHead columns=&["Image", "Size", "Input", "Brightness", "Sharpness", "Colours", "pHash", "Faces", "Camera", "Description"]/>
                         <tbody>
                             {move || rows.get().into_iter().map(|row| view! {
                                 <tr>
@@ -270,6 +270,7 @@ fn JobPage(id: String) -> impl IntoView {
                                     <td><code>{row.phash}</code></td>
                                     <td class="num">{row.faces}</td>
                                     <td>{row.camera}</td>
+                                    <td class="description">{row.description}</td>
                                 </tr>
                             }).collect_view()}
                         </tbody>

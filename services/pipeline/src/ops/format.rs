@@ -147,15 +147,15 @@ impl Operator for Format {
                 .required(),
             Field::int("quality", "Quality", 1, 100)
                 .with_default("85")
-                .only_for(&["jpeg", "webp", "avif"]),
-            Field::flag("progressive", "Progressive").only_for(&["jpeg"]),
-            Field::flag("lossless", "Lossless").only_for(&["webp"]),
+                .only_when("format", &["jpeg", "webp", "avif"]),
+            Field::flag("progressive", "Progressive").only_when("format", &["jpeg"]),
+            Field::flag("lossless", "Lossless").only_when("format", &["webp"]),
             Field::int("compression", "Compression", 1, 9)
                 .with_default("6")
-                .only_for(&["png"]),
+                .only_when("format", &["png"]),
             Field::int("effort", "Effort", 0, MAX_EFFORT as i64)
                 .with_default("4")
-                .only_for(&["avif"]),
+                .only_when("format", &["avif"]),
             Field::choice("metadata", "Keep metadata", &Metadata::NAMES),
             Field::flag("strip", "Strip metadata").with_default("true"),
             Field::flag("keep_icc", "Keep ICC profile"),

@@ -32,6 +32,7 @@ pub mod blur_faces;
 pub mod brightness;
 pub mod contrast;
 pub mod crop;
+pub mod describe;
 pub mod edge;
 pub mod faces;
 pub mod flip;
@@ -66,6 +67,7 @@ pub use blur_faces::BlurFaces;
 pub use brightness::Brightness;
 pub use contrast::Contrast;
 pub use crop::Crop;
+pub use describe::Describe;
 pub use edge::Edge;
 pub use flip::{Flip, Flop};
 pub use format::Format;
@@ -95,7 +97,7 @@ use serde_json::Value;
 
 pub use json::Fields;
 use json::{Source, brief, quoted};
-pub use spec::{Field, Kind, Spec};
+pub use spec::{Field, Kind, Spec, When};
 
 /// More ops than this is a mistake or an attack, not a pipeline.
 pub const MAX_OPS: usize = 64;
@@ -281,6 +283,7 @@ registry! {
     Posterize(Posterize),
     Watermark(Watermark),
     Analyze(Analyze),
+    Describe(Describe),
     Format(Format),
 }
 
@@ -292,11 +295,11 @@ impl Op {
 
     /// Whether the op can run on each frame of an animation in turn and the result still be
     /// one animation: every op whose output size follows from the input's size alone. Not
-    /// `analyze`, which reports on one image, nor a crop placed by content, nor a format that
+    /// `analyze` or `describe`, which report on one image, nor a crop placed by content, nor a format that
     /// holds one frame.
     pub fn animates(&self) -> bool {
         match self {
-            Op::Analyze(_) => false,
+            Op::Analyze(_) | Op::Describe(_) => false,
             // Each frame would be cut at another place.
             Op::Crop(crop) => !crop.reads_content(),
             Op::Resize(resize) => !resize.reads_content(),
@@ -498,6 +501,15 @@ impl Pipeline {
             }
         }
         logos
+    }
+
+    /// The position (1-based) of the first op that asks the filters' AI model
+    /// ([`Describe`]): such a job needs a filter with an AI endpoint.
+    pub fn describes(&self) -> Option<usize> {
+        self.ops
+            .iter()
+            .position(|op| matches!(op, Op::Describe(_)))
+            .map(|i| i + 1)
     }
 
     /// How small the decoded image may be (width, height; 0 = any) before the pipeline runs,
@@ -1136,6 +1148,37 @@ mod tests {
         assert_eq!(size("thumbnail:w=100"), (100, 75));
         assert_eq!(size("edge"), (400, 300));
         assert_eq!(size("analyze"), (400, 300));
+    }
+
+    #[test]
+    fn describe_parses_in_every_form_and_reports_on_one_image() {
+        let p = |text: &str| Pipeline::from_text(text).unwrap();
+        for text in [
+            "describe",
+            "describe:size=256,tags=5",
+            "analyze/describe:tags=3",
+        ] {
+            let pipeline = Pipeline::from_text(text).unwrap();
+            let ops: Vec<Operation> = pipeline.ops().iter().map(Op::to_proto).collect();
+            assert_eq!(Pipeline::from_proto(&ops).unwrap(), pipeline, "{text}");
+            assert_eq!(Pipeline::from_json(&pipeline.to_json()).unwrap(), pipeline);
+            assert_eq!(Pipeline::from_text(&pipeline.to_text()).unwrap(), pipeline);
+        }
+        assert_eq!(p("describe").to_text(), "describe");
+        assert_eq!(p("resize:w=10/describe:tags=3").describes(), Some(2));
+        assert_eq!(p("resize:w=10").describes(), None);
+        let refused = |text: &str| Pipeline::from_text(text).unwrap_err().message;
+        assert_eq!(
+            refused("describe:size=4000"),
+            "op 1 (describe): size must be 128 to 2048 pixels, got 4000"
+        );
+        assert_eq!(
+            refused("describe:tags=0"),
+            "op 1 (describe): tags must be 1 to 30, got 0"
+        );
+        // One report per image: an animation is refused, one frame of it is not.
+        assert!(p("describe").animation_refusal(5).is_some());
+        assert_eq!(p("describe/format:gif,frame=0").animation_refusal(5), None);
     }
 
     #[test]

@@ -429,7 +429,7 @@ impl Operator for Resize {
             Field::choice("fit", "Fit", Fit::NAMES).with_default("inside"),
             Field::choice("filter", "Filter", Filter::NAMES).with_default("lanczos3"),
             Field::flag("upscale", "Allow upscaling"),
-            Field::choice("gravity", "Gravity (cover)", Anchor::NAMES),
+            Field::choice("gravity", "Gravity", Anchor::NAMES).only_when("fit", &["cover"]),
         ],
     );
 

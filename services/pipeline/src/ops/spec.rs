@@ -30,8 +30,17 @@ pub struct Field {
     pub default: &'static str,
     /// Must be set for the op to run.
     pub required: bool,
-    /// Applies only when the op's `format` is one of these; empty: always.
-    pub formats: &'static [&'static str],
+    /// Applies only when another field of the op has one of some values (a format's
+    /// quality for JPEG, WebP and AVIF; resize's gravity for fit cover); `None`: always.
+    pub when: Option<When>,
+}
+
+/// The condition under which a [`Field`] applies: `field` is one of `values`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct When {
+    pub field: &'static str,
+    pub values: &'static [&'static str],
 }
 
 /// What a field holds, and so the control that edits it.
@@ -91,7 +100,7 @@ impl Field {
             kind,
             default: "",
             required: false,
-            formats: &[],
+            when: None,
         }
     }
 
@@ -168,9 +177,12 @@ impl Field {
         }
     }
 
-    /// Applies only to these output formats.
-    pub const fn only_for(self, formats: &'static [&'static str]) -> Field {
-        Field { formats, ..self }
+    /// Applies only while the op's `field` is one of `values`.
+    pub const fn only_when(self, field: &'static str, values: &'static [&'static str]) -> Field {
+        Field {
+            when: Some(When { field, values }),
+            ..self
+        }
     }
 }
 
@@ -186,26 +198,20 @@ mod tests {
     fn pipeline_with(op: &Spec, name: &str, value: Value) -> String {
         let mut object = serde_json::Map::new();
         object.insert("op".into(), json!(op.name));
-        let base = |p: &&Field| p.required || (!p.default.is_empty() && p.formats.is_empty());
+        let base = |p: &&Field| p.required || (!p.default.is_empty() && p.when.is_none());
         for param in op.fields.iter().filter(base) {
             object.insert(param.name.into(), sample(param));
         }
         if op.name == "resize" {
             // Every fit but `inside` needs both sides.
             object.insert("height".into(), json!(1080));
-            if name == "gravity" {
-                // Gravity places a cover crop only.
-                object.insert("fit".into(), json!("cover"));
-            }
+        }
+        // A conditional field needs a value of its condition's field it applies to.
+        let param = op.fields.iter().find(|p| p.name == name).unwrap();
+        if let Some(when) = param.when {
+            object.insert(when.field.into(), json!(when.values[0]));
         }
         object.insert(name.into(), value);
-        if op.name == "format" && name != "format" {
-            // Format-specific params need a format they apply to.
-            let param = op.fields.iter().find(|p| p.name == name).unwrap();
-            if let Some(format) = param.formats.first() {
-                object.insert("format".into(), json!(format));
-            }
-        }
         json!([Value::Object(object)]).to_string()
     }
 
@@ -320,7 +326,11 @@ mod tests {
     #[test]
     fn format_specific_params_are_refused_elsewhere() {
         let format = Op::spec("format").unwrap();
-        for param in format.fields.iter().filter(|p| !p.formats.is_empty()) {
+        for (param, formats) in format
+            .fields
+            .iter()
+            .filter_map(|p| Some((p, p.when?.values)))
+        {
             // The filter only objects to a non-default value on another format.
             let value = match param.kind {
                 Kind::Bool => json!(true),
@@ -329,7 +339,7 @@ mod tests {
             };
             let other = FileFormat::NAMES
                 .iter()
-                .find(|f| !param.formats.contains(f))
+                .find(|f| !formats.contains(f))
                 .unwrap();
             let json = json!([{ "op": "format", "format": other, param.name: value }]).to_string();
             if param.name != "quality" {
