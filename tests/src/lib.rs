@@ -785,6 +785,24 @@ pub fn png(width: u32, height: u32, seed: u8) -> Vec<u8> {
     bytes
 }
 
+/// Builds the small ONNX segmentation model the background-removal tests run
+/// (tests/models/make_segmenter.py, with PyPI's onnx from scripts/tools.sh) as
+/// `dir/NAME.onnx`: "foreground" where a pixel is redder than it is green, at `size` square.
+pub fn segmentation_model(dir: &Path, name: &str, size: u32) -> PathBuf {
+    let out = dir.join(format!("{name}.onnx"));
+    let status = Command::new(tool("python3"))
+        .arg(workspace_root().join("tests/models/make_segmenter.py"))
+        .arg(&out)
+        .args(["--size", &size.to_string()])
+        .status()
+        .expect("running python3");
+    assert!(
+        status.success(),
+        "make_segmenter.py failed: is onnx installed (scripts/tools.sh)?"
+    );
+    out
+}
+
 /// Serves `app` on a loopback port for the roles to reach (a URL input's origin, say); its
 /// base URL. The listener is bound before this returns.
 pub async fn serve_http(app: axum::Router) -> String {
@@ -899,6 +917,25 @@ pub mod rest {
             .send()
             .await
             .expect("submit")
+    }
+
+    /// The error message of a submit of `pipeline` on one file that must be refused with 400.
+    pub async fn refused(
+        http: &reqwest::Client,
+        base: &str,
+        pipeline: &str,
+        (name, bytes): (&str, Vec<u8>),
+    ) -> String {
+        let form = reqwest::multipart::Form::new()
+            .text("pipeline", pipeline.to_string())
+            .part(
+                "file",
+                reqwest::multipart::Part::bytes(bytes).file_name(name.to_string()),
+            );
+        let response = post_job(http, base, form).await;
+        assert_eq!(response.status().as_u16(), 400, "{pipeline} not refused");
+        let body: serde_json::Value = response.json().await.expect("json body");
+        body["error"].as_str().expect("an error").to_string()
     }
 
     /// The job id of a submit that must have been accepted (202).

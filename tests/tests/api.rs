@@ -905,45 +905,17 @@ async fn face_crops_blur_faces_and_reports_through_the_mesh() {
     assert_eq!(cell(lines[2]).as_deref(), Some("0"), "{csv}");
 
     // A crop placed by content on an animation is refused at submit, naming the op.
-    let response = rest::post_job(
-        &http,
-        &base,
-        reqwest::multipart::Form::new()
-            .text("pipeline", "crop:w=20,h=20,g=smart")
-            .part(
-                "file",
-                reqwest::multipart::Part::bytes(
-                    std::fs::read(concat!(
-                        env!("CARGO_MANIFEST_DIR"),
-                        "/../services/filter/tests/data/kite-4-frames.gif"
-                    ))
-                    .expect("gif"),
-                )
-                .file_name("kite.gif"),
-            ),
-    )
-    .await;
-    assert_eq!(response.status().as_u16(), 400);
-    let body: serde_json::Value = response.json().await.expect("json");
-    let message = body["error"].as_str().expect("error");
+    let gif = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../services/filter/tests/data/kite-4-frames.gif"
+    ))
+    .expect("gif");
+    let message = rest::refused(&http, &base, "crop:w=20,h=20,g=smart", ("kite.gif", gif)).await;
     assert!(message.contains("op 1 (crop) cannot animate"), "{message}");
 
     // No filter here has an AI endpoint: `describe` is refused at submit, naming the op.
-    let response = rest::post_job(
-        &http,
-        &base,
-        reqwest::multipart::Form::new()
-            .text("pipeline", "analyze/describe")
-            .part(
-                "file",
-                reqwest::multipart::Part::bytes(face_photo("rocket-640x427.jpg"))
-                    .file_name("rocket.jpg"),
-            ),
-    )
-    .await;
-    assert_eq!(response.status().as_u16(), 400);
-    let body: serde_json::Value = response.json().await.expect("json");
-    let message = body["error"].as_str().expect("error");
+    let rocket = ("rocket.jpg", face_photo("rocket-640x427.jpg"));
+    let message = rest::refused(&http, &base, "analyze/describe", rocket).await;
     assert!(
         message.contains("op 2 (describe): no running filter has an AI endpoint"),
         "{message}"
@@ -1092,4 +1064,109 @@ async fn describe_asks_an_ai_service_with_retries_a_cache_and_no_leaked_key() {
     let logs = cluster.logs();
     assert!(!logs.contains(KEY), "the key is in the logs");
     assert!(!refused.to_string().contains(KEY));
+}
+
+/// `remove_background` through the mesh with an ONNX model the suite builds
+/// (tests/models/make_segmenter.py: red is foreground): the filter loads it from
+/// `--model-dir`, and the whole path runs for real: the resize and normalisation into the
+/// model's 64x64 input, tract's inference, the mask's upscale and edge refinement, and an RGBA
+/// PNG out. A model no filter has is refused at submit.
+#[tokio::test(flavor = "multi_thread")]
+async fn remove_background_runs_the_filters_onnx_model() {
+    let models = tempfile::tempdir().expect("a temp dir");
+    pixelmesh_tests::segmentation_model(models.path(), "red", 64);
+    let cluster = Cluster::start(ClusterOptions {
+        filter_args: vec!["--model-dir".into(), models.path().display().to_string()],
+        ..ClusterOptions::default()
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let base = cluster.http_url();
+    let mut client = cluster.gateway_client().await;
+
+    // A red disc of radius 70 at (200, 150) on green, and a real photo.
+    let disc = image::RgbImage::from_fn(400, 300, |x, y| {
+        let (dx, dy) = (f64::from(x) + 0.5 - 200.0, f64::from(y) + 0.5 - 150.0);
+        if dx.hypot(dy) < 70.0 {
+            image::Rgb([210, 40, 30])
+        } else {
+            image::Rgb([50, 150, 70])
+        }
+    });
+    let mut disc_png = Vec::new();
+    disc.write_to(
+        &mut std::io::Cursor::new(&mut disc_png),
+        image::ImageFormat::Png,
+    )
+    .expect("png");
+    let files = [
+        ("disc.png", disc_png),
+        ("kite.jpg", corpus::read("kite-2560x1600.jpg")),
+    ];
+    let id = rest::submit(
+        &http,
+        &base,
+        "remove_background:model=red/format:png",
+        &files,
+    )
+    .await;
+    let (_, job) = api::watch_to_end(&mut client, &id, JOB_TIMEOUT).await;
+    assert_eq!(
+        job.summary.clone().expect("summary").state(),
+        JobState::Completed,
+        "{job:?}"
+    );
+
+    let out = image::load_from_memory(&api::download(&mut client, &id, 0).await)
+        .expect("a png")
+        .into_rgba8();
+    assert_eq!(out.dimensions(), (400, 300));
+    assert!(
+        out.pixels().any(|p| p[3] < 255),
+        "the output has an alpha channel in use"
+    );
+    let alpha = |x: u32, y: u32| out.get_pixel(x, y)[3];
+    assert_eq!(alpha(200, 150), 255, "the disc's centre is kept");
+    assert_eq!(
+        out.get_pixel(200, 150).0[..3],
+        [210, 40, 30],
+        "its colour unchanged"
+    );
+    assert_eq!(alpha(200, 30), 0, "the background is gone");
+    // The model's 3x3 convolution pads its border with zeros: near 0 in the corner.
+    assert!(alpha(2, 2) <= 5, "the corner: {}", alpha(2, 2));
+    // The edge follows the disc's outline, 70 px from the centre, within a few pixels, on
+    // every side, though the model saw the image at 64x64 (a pixel there is 6x5 here).
+    for (dx, dy) in [(1, 0), (-1, 0), (0, 1), (0, -1)] {
+        let at = |r: i32| alpha((200 + dx * r) as u32, (150 + dy * r) as u32);
+        assert!(
+            at(64) > 230 && at(76) < 25,
+            "edge ({dx}, {dy}): {} {}",
+            at(64),
+            at(76)
+        );
+    }
+
+    // The photo: the same size, as RGBA, with both kept and removed pixels.
+    let kite = image::load_from_memory(&api::download(&mut client, &id, 1).await).expect("a png");
+    assert_eq!(kite.color(), image::ColorType::Rgba8);
+    assert_eq!((kite.width(), kite.height()), (2560, 1600));
+    let kite = kite.into_rgba8();
+    assert!(kite.pixels().any(|p| p[3] == 0) && kite.pixels().any(|p| p[3] == 255));
+
+    // A model no filter has: refused at submit, naming the op and what is offered.
+    let pipeline = "resize:w=100/remove_background:model=u2net";
+    let message = rest::refused(
+        &http,
+        &base,
+        pipeline,
+        ("a.png", pixelmesh_tests::png(32, 32, 1)),
+    )
+    .await;
+    assert!(
+        message.contains(
+            "op 2 (remove_background): no running filter has the model \"u2net\" (models offered: red)"
+        ),
+        "{message}"
+    );
 }

@@ -38,6 +38,8 @@ pub enum Kind {
     Colour,
     /// An uploaded image's blob id (the watermark's logo): chosen as a file, uploaded first.
     Blob,
+    /// A name set up on the filters (a segmentation model): `a-z 0-9 . _ -`, typed in.
+    Name,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

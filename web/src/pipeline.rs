@@ -135,6 +135,19 @@ fn param_value(param: &Param, raw: &str) -> Result<Option<Value>, String> {
             }
             Value::from(raw.to_ascii_lowercase())
         }
+        Kind::Name => {
+            let fine = raw.len() <= 64
+                && !raw.starts_with('.')
+                && raw
+                    .bytes()
+                    .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'));
+            if !fine {
+                return Err(format!(
+                    "{name} must be up to 64 of a-z, 0-9, '.', '_' and '-', not starting with '.', got {raw:?}"
+                ));
+            }
+            Value::from(raw)
+        }
         Kind::Blob => {
             if raw.len() != 64 || !raw.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
                 return Err(format!("{name}: choose an image"));
@@ -350,6 +363,25 @@ mod tests {
         );
         b.set(format, "strip", "true".into());
         assert!(b.to_json().unwrap()[2].get("strip").is_none());
+    }
+
+    #[test]
+    fn a_model_name_is_typed_checked_and_sent_unless_the_default() {
+        let mut b = builder();
+        let remove = b.add("remove_background").unwrap();
+        assert_eq!(
+            b.to_json().unwrap(),
+            json!([{"op": "remove_background", "model": "u2net"}])
+        );
+        b.set(remove, "model", "isnet-general-use".into());
+        b.set(remove, "refine", "false".into());
+        assert_eq!(
+            b.to_json().unwrap(),
+            json!([{"op": "remove_background", "model": "isnet-general-use", "refine": false}])
+        );
+        b.set(remove, "model", "../secrets".into());
+        let error = b.to_json().unwrap_err().join("; ");
+        assert!(error.contains("model must be up to 64"), "{error}");
     }
 
     #[test]

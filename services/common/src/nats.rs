@@ -187,19 +187,30 @@ async fn ensure_stream(js: &jetstream::Context, config: &stream::Config) -> anyh
 /// The heartbeat bucket, created with `replicas` copies if missing; entries expire after
 /// [`HEARTBEAT_TTL`].
 pub async fn workers_bucket(js: &jetstream::Context, replicas: u16) -> anyhow::Result<kv::Store> {
-    if let Ok(store) = js.get_key_value(WORKERS_BUCKET).await {
+    kv_bucket(
+        js,
+        kv::Config {
+            bucket: WORKERS_BUCKET.into(),
+            history: 1,
+            max_age: HEARTBEAT_TTL,
+            storage: stream::StorageType::Memory,
+            num_replicas: usize::from(replicas),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// The KV bucket `config` names: opened when it exists (whatever its settings, as another
+/// process made it), else created with `config`.
+pub async fn kv_bucket(js: &jetstream::Context, config: kv::Config) -> anyhow::Result<kv::Store> {
+    if let Ok(store) = js.get_key_value(&config.bucket).await {
         return Ok(store);
     }
-    js.create_key_value(kv::Config {
-        bucket: WORKERS_BUCKET.into(),
-        history: 1,
-        max_age: HEARTBEAT_TTL,
-        storage: stream::StorageType::Memory,
-        num_replicas: usize::from(replicas),
-        ..Default::default()
-    })
-    .await
-    .context("creating kv bucket pixelmesh-workers")
+    let name = config.bucket.clone();
+    js.create_key_value(config)
+        .await
+        .with_context(|| format!("creating kv bucket {name}"))
 }
 
 #[cfg(test)]

@@ -184,6 +184,14 @@ impl Description {
     }
 }
 
+/// A [`Description`] as the answer cache keeps it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct CachedAnswer {
+    caption: String,
+    tags: Vec<String>,
+    model: String,
+}
+
 /// Why an image has no description.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DescribeError {
@@ -344,23 +352,24 @@ impl Describer {
         let cache = self.cache.as_ref()?;
         // A cache that does not answer only costs a request.
         let entry = cache.get(key).await.ok()??;
-        let value: Value = serde_json::from_slice(&entry).ok()?;
+        let answer: CachedAnswer = serde_json::from_slice(&entry).ok()?;
         Some(Description {
-            caption: value["caption"].as_str()?.to_string(),
-            tags: value["tags"]
-                .as_array()?
-                .iter()
-                .filter_map(|tag| tag.as_str().map(str::to_string))
-                .collect(),
-            model: value["model"].as_str()?.to_string(),
+            caption: answer.caption,
+            tags: answer.tags,
+            model: answer.model,
             cached: true,
         })
     }
 
     async fn remember(&self, key: &str, answer: &Description) {
         let Some(cache) = &self.cache else { return };
-        let value = json!({"caption": answer.caption, "tags": answer.tags, "model": answer.model});
-        if let Err(err) = cache.put(key, value.to_string().into()).await {
+        let value = CachedAnswer {
+            caption: answer.caption.clone(),
+            tags: answer.tags.clone(),
+            model: answer.model.clone(),
+        };
+        let value = serde_json::to_vec(&value).expect("strings serialise");
+        if let Err(err) = cache.put(key, value.into()).await {
             tracing::warn!(error = %err, "describe answer not cached");
         }
     }
@@ -512,20 +521,19 @@ pub async fn cache_bucket(
     js: &async_nats::jetstream::Context,
     replicas: u16,
 ) -> anyhow::Result<kv::Store> {
-    if let Ok(store) = js.get_key_value(CACHE_BUCKET).await {
-        return Ok(store);
-    }
-    js.create_key_value(kv::Config {
-        bucket: CACHE_BUCKET.into(),
-        history: 1,
-        max_age: CACHE_TTL,
-        max_bytes: CACHE_MAX_BYTES,
-        max_value_size: 64 * 1024,
-        num_replicas: usize::from(replicas),
-        ..Default::default()
-    })
+    pixelmesh_common::nats::kv_bucket(
+        js,
+        kv::Config {
+            bucket: CACHE_BUCKET.into(),
+            history: 1,
+            max_age: CACHE_TTL,
+            max_bytes: CACHE_MAX_BYTES,
+            max_value_size: 64 * 1024,
+            num_replicas: usize::from(replicas),
+            ..Default::default()
+        },
+    )
     .await
-    .map_err(|err| anyhow::anyhow!("creating kv bucket {CACHE_BUCKET}: {err}"))
 }
 
 fn retried(status: StatusCode) -> bool {

@@ -12,6 +12,7 @@
 //! * [`fetch`] — downloading URL inputs without letting a URL reach the private network;
 //! * [`describe`] — asking an AI vision endpoint for the `describe` op, with its limits,
 //!   retries and answer cache;
+//! * [`segment`] — the ONNX segmentation models `remove_background` runs, from `--model-dir`;
 //! * [`outage`] — holding tasks while storage or NATS is down, so outages spend no attempts;
 //! * [`heartbeat`] — the worker's entry in the `pixelmesh-workers` KV bucket.
 
@@ -28,6 +29,7 @@ pub mod logos;
 mod metadata;
 pub mod outage;
 mod png_writer;
+pub mod segment;
 pub mod tiles;
 pub mod worker;
 
@@ -88,6 +90,8 @@ pub struct Settings {
     pub fetch: fetch::FetchSettings,
     #[command(flatten)]
     pub ai: describe::AiSettings,
+    #[command(flatten)]
+    pub models: segment::ModelSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -180,11 +184,14 @@ pub async fn run(
     if describer.is_some() {
         tracing::info!(model = %settings.ai.ai_model, "describe offered");
     }
-    let capabilities = describer
-        .is_some()
-        .then(|| "describe".to_string())
-        .into_iter()
-        .collect();
+    let models = match settings.models.model_dir.clone() {
+        // Parsing and optimising a large model takes seconds of CPU.
+        Some(dir) => Some(Arc::new(
+            tokio::task::spawn_blocking(move || segment::Models::load(&dir)).await??,
+        )),
+        None => None,
+    };
+    let capabilities = capabilities(describer.is_some(), models.as_deref());
 
     let host = hostname();
     let id = settings
@@ -220,6 +227,7 @@ pub async fn run(
         fetcher: fetch::Fetcher::new(&settings.fetch).context("building the url fetcher")?,
         outage: outage::Outage::new(storage_channel, client, blobs),
         describer: describer.map(Arc::new),
+        models,
         stopping: stop.clone(),
     });
 
@@ -258,6 +266,16 @@ pub async fn run(
     server.await.context("health server panicked")??;
     tracing::info!(worker = %id, "filter stopped");
     consumed
+}
+
+/// What the heartbeat says this filter offers beyond the plain ops: `describe` with an AI
+/// endpoint, and `model:NAME` for each segmentation model.
+fn capabilities(describes: bool, models: Option<&segment::Models>) -> Vec<String> {
+    let describe = describes.then(|| "describe".to_string());
+    let models = models
+        .into_iter()
+        .flat_map(|models| models.names().map(|name| format!("model:{name}")));
+    describe.into_iter().chain(models).collect()
 }
 
 fn hostname() -> String {

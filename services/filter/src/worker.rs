@@ -126,6 +126,8 @@ pub(crate) struct Worker {
     pub outage: Outage,
     /// Asks the AI endpoint for `describe` ops; `None` when none is configured.
     pub describer: Option<Arc<Describer>>,
+    /// The segmentation models `remove_background` runs; `None` without `--model-dir`.
+    pub models: Option<Arc<crate::segment::Models>>,
     /// Cancelled when the worker stops: a task held through an outage is given back then.
     pub stopping: CancellationToken,
 }
@@ -516,7 +518,10 @@ async fn run_image(
         )
         .await;
     }
-    let assets = load_logos(worker, storage, &pipeline).await?;
+    let mut assets = load_logos(worker, storage, &pipeline).await?;
+    if let Some(models) = &worker.models {
+        assets.set_segmenter(models.clone());
+    }
     let limits = worker.limits;
     let processed = on_cpu(worker, bytes, deadline, move || {
         engine::process_with(&input, &pipeline, &limits, &assets)

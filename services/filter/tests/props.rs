@@ -17,8 +17,8 @@ use pixelmesh_filter::ops::text::MAX_TEXT_BYTES;
 use pixelmesh_filter::ops::{
     Analyze, Anchor, AutoOrient, Bitmap, Blur, Brightness, Contrast, Crop, Describe, Edge,
     FileFormat, Filter, Fit, Flip, Flop, Format, Gamma, Gravity, Grayscale, Hue, Invert, MAX_OPS,
-    Op, Pipeline, Pixelate, Resize, Rotate, Saturation, Sepia, Sharpen, Threshold, Thumbnail,
-    Watermark, crop, resize, rotate,
+    Op, Pipeline, Pixelate, RemoveBackground, Resize, Rotate, Saturation, Sepia, Sharpen,
+    Threshold, Thumbnail, Watermark, crop, resize, rotate,
 };
 use pixelmesh_filter::tiles;
 use pixelmesh_pipeline::formats::Metadata;
@@ -143,6 +143,7 @@ fn fields_of(name: &str) -> &'static [&'static str] {
         "sharpen" => &["sigma", "amount", "threshold"],
         "pixelate" => &["size"],
         "describe" => &["size", "tags"],
+        "remove_background" => &["model", "refine"],
         "brightness" | "contrast" | "saturation" => &["factor"],
         "gamma" => &["gamma"],
         "hue" => &["degrees"],
@@ -188,6 +189,7 @@ const OP_NAMES: &[&str] = &[
     "watermark",
     "analyze",
     "describe",
+    "remove_background",
     "format",
 ];
 
@@ -617,6 +619,25 @@ fn describe_op() -> BoxedStrategy<OpSpec> {
         .boxed()
 }
 
+fn remove_background_op() -> BoxedStrategy<OpSpec> {
+    let model = prop::option::of("[a-z0-9_-][a-z0-9._-]{0,20}");
+    (model, prop::option::of((any::<bool>(), any::<bool>())))
+        .prop_map(|(model, refine)| {
+            let name = model.clone().unwrap_or_else(|| "u2net".into());
+            let op = RemoveBackground::new(&name, refine.is_none_or(|(on, _)| on))
+                .expect("a valid name");
+            let mut args = Vec::new();
+            if let Some(model) = model {
+                args.push((0, Arg::Str(model)));
+            }
+            if let Some((on, digit)) = refine {
+                args.push((1, Arg::Bool(on, digit)));
+            }
+            OpSpec::new(Op::RemoveBackground(op), args)
+        })
+        .boxed()
+}
+
 /// The ops whose one required field is a float: brightness, contrast, saturation, gamma, hue.
 fn float_op() -> BoxedStrategy<OpSpec> {
     let factor = (float_near(0.0, 10.0), any::<bool>());
@@ -798,6 +819,7 @@ fn middle_op() -> BoxedStrategy<OpSpec> {
         2 => sharpen_op(),
         1 => pixelate_op(),
         1 => describe_op(),
+        1 => remove_background_op(),
         3 => float_op(),
         1 => threshold_op(),
         2 => watermark_op(),
@@ -1296,6 +1318,11 @@ fn any_operation() -> BoxedStrategy<Operation> {
             .boxed(),
         (any_u32(), any_u32())
             .prop_map(|(size, tags)| P::Describe(v1::Describe { size, tags }))
+            .boxed(),
+        (any_string(), any::<bool>())
+            .prop_map(|(model, no_refine)| {
+                P::RemoveBackground(v1::RemoveBackground { model, no_refine })
+            })
             .boxed(),
         any_f32()
             .prop_map(|factor| P::Brightness(v1::Brightness { factor }))

@@ -292,27 +292,56 @@ impl Mesh {
             .await?)
     }
 
-    /// Refuses a pipeline with an op no running filter is configured for (`describe` needs
-    /// `--ai-endpoint`). With no filter running at all the job is taken and waits for one,
-    /// as any job does; the filter that gets it fails the image if it cannot describe.
+    /// Refuses a pipeline with an op no running filter is configured for: `describe` needs
+    /// `--ai-endpoint`, `remove_background` a filter with its model (`--model-dir`). With no
+    /// filter running at all the job is taken and waits for one, as any job does; the filter
+    /// that gets it fails the image if it cannot run the op.
     async fn check_capabilities(&self, request: &SubmitJobRequest) -> Result<(), Error> {
         // An invalid pipeline is the scheduler's to refuse, with its full message.
         let Ok(pipeline) = Pipeline::from_proto(&request.pipeline) else {
             return Ok(());
         };
-        let Some(position) = pipeline.describes() else {
-            return Ok(());
-        };
-        let workers = self.all_workers().await.unwrap_or_default();
-        let offered = workers
-            .iter()
-            .any(|worker| worker.capabilities.iter().any(|c| c == "describe"));
-        if workers.is_empty() || offered {
+        let describes = pipeline.describes();
+        let models = pipeline.models();
+        if describes.is_none() && models.is_empty() {
             return Ok(());
         }
-        Err(Error::invalid(format!(
-            "op {position} (describe): no running filter has an AI endpoint; start the filters with --ai-endpoint (and the key in PIXELMESH_AI_API_KEY)"
-        )))
+        let workers = self.all_workers().await.unwrap_or_default();
+        if workers.is_empty() {
+            return Ok(());
+        }
+        let offered = |capability: &str| {
+            workers
+                .iter()
+                .any(|worker| worker.capabilities.iter().any(|c| c == capability))
+        };
+        if let Some(position) = describes
+            && !offered("describe")
+        {
+            return Err(Error::invalid(format!(
+                "op {position} (describe): no running filter has an AI endpoint; start the filters with --ai-endpoint (and the key in PIXELMESH_AI_API_KEY)"
+            )));
+        }
+        for (position, model) in models {
+            if !offered(&format!("model:{model}")) {
+                let mut known: Vec<&str> = workers
+                    .iter()
+                    .flat_map(|worker| &worker.capabilities)
+                    .filter_map(|c| c.strip_prefix("model:"))
+                    .collect();
+                known.sort_unstable();
+                known.dedup();
+                let known = if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                };
+                return Err(Error::invalid(format!(
+                    "op {position} (remove_background): no running filter has the model {model:?} (models offered: {known}); put {model}.onnx in the filters' --model-dir"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Submits `request` as one job, or, when it has more inputs than one job may hold (a long

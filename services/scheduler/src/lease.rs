@@ -131,19 +131,18 @@ impl Lease {
 
 /// The leases bucket, created with `replicas` copies if missing.
 async fn bucket(js: &jetstream::Context, replicas: u16) -> anyhow::Result<kv::Store> {
-    if let Ok(store) = js.get_key_value(nats::LEASES_BUCKET).await {
-        return Ok(store);
-    }
-    Ok(js
-        .create_key_value(kv::Config {
+    nats::kv_bucket(
+        js,
+        kv::Config {
             bucket: nats::LEASES_BUCKET.into(),
             history: 1,
             max_age: TTL,
             storage: jetstream::stream::StorageType::File,
             num_replicas: usize::from(replicas),
             ..Default::default()
-        })
-        .await?)
+        },
+    )
+    .await
 }
 
 /// Contends for the reconciler lease as `holder` until `stop`, telling `held` whether this

@@ -291,6 +291,17 @@ fn ParamControl(builder: RwSignal<Builder>, id: u32, param: &'static Param) -> i
         }
         .into_any(),
         Kind::Blob => view! { <LogoPicker dom_id=dom_id.clone() set/> }.into_any(),
+        Kind::Name => view! {
+            <input
+                id=dom_id.clone()
+                type="text"
+                maxlength="64"
+                pattern="[a-z0-9_\\-][a-z0-9._\\-]*"
+                value=current()
+                on:input=move |ev| set(event_target_value(&ev))
+            />
+        }
+        .into_any(),
     };
     view! {
         <div class="param" class:required=param.required>

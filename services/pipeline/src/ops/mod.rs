@@ -47,6 +47,7 @@ pub mod json;
 pub mod pixelate;
 pub mod posterize;
 mod range;
+pub mod remove_background;
 pub mod resize;
 pub mod rotate;
 pub mod saturation;
@@ -78,6 +79,7 @@ pub use hue::Hue;
 pub use invert::Invert;
 pub use pixelate::Pixelate;
 pub use posterize::Posterize;
+pub use remove_background::{RemoveBackground, Segmenter};
 pub use resize::{Filter, Fit, Resize};
 pub use rotate::Rotate;
 pub use saturation::Saturation;
@@ -284,6 +286,7 @@ registry! {
     Watermark(Watermark),
     Analyze(Analyze),
     Describe(Describe),
+    RemoveBackground(RemoveBackground),
     Format(Format),
 }
 
@@ -314,12 +317,14 @@ impl Op {
     }
 }
 
-/// Decoded images some ops overlay, by blob id: the engine loads what [`Pipeline::logos`] names
-/// and passes them to [`Op::apply_with`].
+/// What some ops need beyond the image, which the engine passes to [`Op::apply_with`]: the
+/// decoded logos watermarks overlay, by blob id (the engine loads what [`Pipeline::logos`]
+/// names), and the filter's segmentation models for `remove_background`.
 #[derive(Debug, Clone, Default)]
 pub struct Assets {
     // Shared, so a worker can keep decoded logos between the images of a job.
     logos: HashMap<String, std::sync::Arc<Bitmap>>,
+    segmenter: Option<std::sync::Arc<dyn Segmenter>>,
 }
 
 impl Assets {
@@ -329,6 +334,14 @@ impl Assets {
 
     pub fn get(&self, blob_id: &str) -> Option<&Bitmap> {
         self.logos.get(blob_id).map(|logo| &**logo)
+    }
+
+    pub fn set_segmenter(&mut self, segmenter: std::sync::Arc<dyn Segmenter>) {
+        self.segmenter = Some(segmenter);
+    }
+
+    pub fn segmenter(&self) -> Option<&dyn Segmenter> {
+        self.segmenter.as_deref()
     }
 }
 
@@ -510,6 +523,20 @@ impl Pipeline {
             .iter()
             .position(|op| matches!(op, Op::Describe(_)))
             .map(|i| i + 1)
+    }
+
+    /// The segmentation models the pipeline's `remove_background` ops name, each with the
+    /// position (1-based) of its first op: a job needs a filter that has each one.
+    pub fn models(&self) -> Vec<(usize, &str)> {
+        let mut models: Vec<(usize, &str)> = Vec::new();
+        for (i, op) in self.ops.iter().enumerate() {
+            if let Op::RemoveBackground(remove) = op
+                && !models.iter().any(|(_, model)| *model == remove.model())
+            {
+                models.push((i + 1, remove.model()));
+            }
+        }
+        models
     }
 
     /// How small the decoded image may be (width, height; 0 = any) before the pipeline runs,

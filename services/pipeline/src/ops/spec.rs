@@ -69,6 +69,9 @@ pub enum Kind {
     Colour,
     /// An uploaded image's blob id (the watermark's logo).
     Blob,
+    /// A name the operator gave something on the filters (a segmentation model): 1 to 64 of
+    /// `a-z 0-9 . _ -`, not starting with a dot.
+    Name,
 }
 
 impl Spec {
@@ -149,6 +152,10 @@ impl Field {
         Field::of(name, label, Kind::Blob)
     }
 
+    pub const fn name(name: &'static str, label: &'static str) -> Field {
+        Field::of(name, label, Kind::Name)
+    }
+
     /// The same field starting at `default`.
     pub const fn with_default(self, default: &'static str) -> Field {
         Field { default, ..self }
@@ -227,6 +234,7 @@ mod tests {
             }),
             Kind::Bool => json!(param.default == "true"),
             Kind::Colour => json!("#000000"),
+            Kind::Name => json!(param.default),
         }
     }
 
@@ -317,6 +325,12 @@ mod tests {
                     }
                     Kind::Blob => {
                         accepted(&pipeline_with(op, param.name, json!("b".repeat(64)))).unwrap();
+                    }
+                    Kind::Name => {
+                        accepted(&pipeline_with(op, param.name, json!("a-b_c.1"))).unwrap();
+                        for bad in ["", "../x", ".x", "A"] {
+                            assert!(accepted(&pipeline_with(op, param.name, json!(bad))).is_err());
+                        }
                     }
                 }
             }
