@@ -225,6 +225,101 @@ async fn a_long_url_list_is_fetched_by_the_workers_as_linked_jobs() {
         .await
         .expect("get");
     assert_eq!(bad_state.status().as_u16(), 400);
+
+    // The batch's export: one table, a row per image, each led by its job and URL.
+    let csv = http
+        .get(format!("{base}/api/v1/batches/{parent}/analysis.csv"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(csv.status().as_u16(), 200);
+    let csv = csv.text().await.expect("csv");
+    let rows: Vec<&str> = csv.lines().collect();
+    assert!(
+        rows[0].starts_with("job,url,index,name,state,"),
+        "{}",
+        rows[0]
+    );
+    assert_eq!(rows.len(), 10, "{csv}");
+    assert!(
+        rows[1].starts_with(&format!(
+            "{},http://{addr}/img/1.png,0,1.png,done,",
+            jobs[0]
+        )),
+        "{}",
+        rows[1]
+    );
+    let missing_row = rows[8];
+    assert!(
+        missing_row.starts_with(&format!("{},http://{addr}/missing,3,", jobs[1]))
+            && missing_row.contains(",failed,")
+            && missing_row.contains("404"),
+        "{missing_row}"
+    );
+    let jsonl = http
+        .get(format!("{base}/api/v1/batches/{parent}/analysis.jsonl"))
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("jsonl");
+    let exported: Vec<String> = jsonl
+        .lines()
+        .map(|line| {
+            let job: serde_json::Value = serde_json::from_str(line).expect("a json line");
+            job["job"].as_str().expect("job").to_string()
+        })
+        .collect();
+    assert_eq!(exported, jobs);
+
+    // A list is taken whole or not at all. Streamed in 7-byte pieces, so lines arrive cut:
+    // its first 9 lines make two jobs (the second when the 9th arrives) before line 10 is
+    // read; line 10 is bad, so those jobs are cancelled and deleted, and the error names it.
+    let mut bad_list = String::new();
+    for seed in 1..=9 {
+        bad_list.push_str(&format!("http://{addr}/img/{seed}.png\n"));
+    }
+    bad_list.push_str("ftp://example.com/10.png\nhttp://example.com/11.png\n");
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> = bad_list
+        .as_bytes()
+        .chunks(7)
+        .map(|piece| Ok(piece.to_vec()))
+        .collect();
+    let streamed = reqwest::Body::wrap_stream(futures::stream::iter(pieces));
+    let form = reqwest::multipart::Form::new()
+        .text("pipeline", "resize:w=32")
+        .part("urls", reqwest::multipart::Part::stream(streamed));
+    let refused = rest::post_job(&http, &base, form).await;
+    assert_eq!(refused.status().as_u16(), 400);
+    let message = refused.json::<serde_json::Value>().await.expect("json")["error"]
+        .as_str()
+        .expect("error")
+        .to_string();
+    assert!(
+        message.starts_with("line 10: url \"ftp://example.com/10.png\": only http and https")
+            && message
+                .contains("the 2 jobs made from its earlier lines were cancelled and deleted"),
+        "{message}"
+    );
+    let listed = rest::get_json(&http, &format!("{base}/api/v1/jobs")).await;
+    assert_eq!(listed["counts"]["total"], 3, "{listed}");
+
+    // The pipeline must come first when the list makes more than one job.
+    let form = reqwest::multipart::Form::new()
+        .text("urls", format!("http://{addr}/img/1.png\n").repeat(5))
+        .text("pipeline", "resize:w=32");
+    let refused = rest::post_job(&http, &base, form).await;
+    assert_eq!(refused.status().as_u16(), 400);
+    let message = refused.json::<serde_json::Value>().await.expect("json")["error"].clone();
+    assert!(
+        message
+            .as_str()
+            .is_some_and(|m| m.starts_with("the \"pipeline\" part must come before")),
+        "{message}"
+    );
+    let listed = rest::get_json(&http, &format!("{base}/api/v1/jobs")).await;
+    assert_eq!(listed["counts"]["total"], 3, "{listed}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

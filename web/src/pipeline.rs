@@ -136,14 +136,11 @@ fn param_value(param: &Param, raw: &str) -> Result<Option<Value>, String> {
             Value::from(raw.to_ascii_lowercase())
         }
         Kind::Name => {
-            let fine = raw.len() <= 64
-                && !raw.starts_with('.')
-                && raw
-                    .bytes()
-                    .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'));
-            if !fine {
+            // The filters' rule (`check_model_name`, which the bundle does not link: the
+            // pipeline crate is native code); a test holds the two to the same answers.
+            if !is_model_name(raw) {
                 return Err(format!(
-                    "{name} must be up to 64 of a-z, 0-9, '.', '_' and '-', not starting with '.', got {raw:?}"
+                    "{name} must be 1 to 64 characters of a-z, 0-9, '.', '_' and '-', not starting with '.', got {raw:?}"
                 ));
             }
             Value::from(raw)
@@ -156,6 +153,15 @@ fn param_value(param: &Param, raw: &str) -> Result<Option<Value>, String> {
         }
     };
     Ok(Some(value))
+}
+
+/// A name that can only name a file in the filters' model directory.
+fn is_model_name(raw: &str) -> bool {
+    (1..=64).contains(&raw.len())
+        && !raw.starts_with('.')
+        && raw
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
 }
 
 /// The builder: steps in order. `format` is kept last, as the filter requires.
@@ -381,7 +387,30 @@ mod tests {
         );
         b.set(remove, "model", "../secrets".into());
         let error = b.to_json().unwrap_err().join("; ");
-        assert!(error.contains("model must be up to 64"), "{error}");
+        assert!(
+            error.contains("model must be 1 to 64 characters"),
+            "{error}"
+        );
+        let long = "a".repeat(65);
+        for name in [
+            "u2net",
+            "isnet-general-use",
+            "v1.2_x",
+            "",
+            ".hidden",
+            "../secrets",
+            "U2NET",
+            "a b",
+            "é",
+            &long[..64],
+            &long,
+        ] {
+            assert_eq!(
+                is_model_name(name),
+                pixelmesh_pipeline::ops::remove_background::check_model_name(name).is_ok(),
+                "{name:?}"
+            );
+        }
     }
 
     #[test]

@@ -5,6 +5,15 @@ use std::time::Duration;
 
 use clap::Args;
 
+/// A settings group at its flags' defaults, as their `#[arg]` attributes give them (the one
+/// place they are written), without reading the environment: what a settings struct's
+/// `Default` returns.
+pub fn flag_defaults<T: clap::Args + clap::FromArgMatches>() -> T {
+    let command = T::augment_args(clap::Command::new("defaults")).mut_args(|arg| arg.env(None));
+    let matches = command.get_matches_from(["defaults"]);
+    T::from_arg_matches(&matches).expect("the flags' defaults parse")
+}
+
 /// The URLs of a setting that takes one or several, comma-separated (a NATS cluster's
 /// nodes, the gateway's schedulers), trimmed, empty ones skipped.
 pub fn url_list(urls: &str) -> Vec<&str> {

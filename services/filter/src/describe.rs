@@ -113,15 +113,9 @@ pub struct AiSettings {
 }
 
 impl Default for AiSettings {
+    /// The flags' defaults, without reading the environment.
     fn default() -> Self {
-        AiSettings {
-            ai_endpoint: None,
-            ai_model: "gpt-4o-mini".into(),
-            ai_concurrency: 4,
-            ai_requests_per_minute: 60,
-            ai_timeout_secs: 60,
-            ai_max_retries: 4,
-        }
+        pixelmesh_common::config::flag_defaults()
     }
 }
 

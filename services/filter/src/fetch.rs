@@ -82,14 +82,9 @@ pub struct FetchSettings {
 }
 
 impl Default for FetchSettings {
+    /// The flags' defaults, without reading the environment.
     fn default() -> Self {
-        FetchSettings {
-            allow_private: false,
-            allow_networks: Vec::new(),
-            allow_hosts: Vec::new(),
-            timeout_secs: 30,
-            max_redirects: 5,
-        }
+        pixelmesh_common::config::flag_defaults()
     }
 }
 

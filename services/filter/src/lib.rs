@@ -274,7 +274,7 @@ fn capabilities(describes: bool, models: Option<&segment::Models>) -> Vec<String
     let describe = describes.then(|| "describe".to_string());
     let models = models
         .into_iter()
-        .flat_map(|models| models.names().map(|name| format!("model:{name}")));
+        .flat_map(|models| models.names().map(ops::remove_background::model_capability));
     describe.into_iter().chain(models).collect()
 }
 

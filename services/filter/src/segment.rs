@@ -241,8 +241,8 @@ fn read_sidecar(path: &Path) -> anyhow::Result<Sidecar> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pixelmesh_pipeline::Bitmap;
     use pixelmesh_pipeline::ops::RemoveBackground;
+    use pixelmesh_pipeline::testdata::disc;
 
     /// Builds the tests' model (tests/models/make_segmenter.py, with PyPI's onnx) as
     /// `dir/NAME.onnx`.
@@ -266,22 +266,6 @@ mod tests {
     }
 
     /// A red disc at the centre of a green field.
-    fn disc(width: u32, height: u32, radius: f64) -> Bitmap {
-        let mut data = Vec::new();
-        for y in 0..height {
-            for x in 0..width {
-                let dx = f64::from(x) + 0.5 - f64::from(width) / 2.0;
-                let dy = f64::from(y) + 0.5 - f64::from(height) / 2.0;
-                data.extend_from_slice(if dx.hypot(dy) < radius {
-                    &[220, 30, 40]
-                } else {
-                    &[40, 160, 60]
-                });
-            }
-        }
-        Bitmap::new(width, height, false, data).unwrap()
-    }
-
     #[test]
     fn a_model_loads_with_its_size_and_segments_what_it_was_built_to() {
         let dir = tempfile::tempdir().unwrap();

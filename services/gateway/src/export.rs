@@ -5,11 +5,12 @@
 //! * [`to_csv`] — those rows as RFC 4180 CSV, formula-defused like the bundle's manifest;
 //! * [`to_xlsx`] — the same rows as an Office Open XML workbook with one sheet, `analysis`,
 //!   written by `rust_xlsxwriter`;
-//! * [`to_json`] — the reports whole, grouped by image.
+//! * [`to_json`] — the reports whole, grouped by image;
+//! * [`batch_csv_rows`] — a batch's table (a URL list's jobs), written a job at a time.
 //!
 //! The tables leave the 256-bin histogram out: 256 columns would bury everything else, and a
-//! chart of it wants the JSON anyway. A job has at most a thousand images, so every export is
-//! built whole in memory.
+//! chart of it wants the JSON anyway. A job has at most a thousand images, so a job's export is
+//! built whole in memory; a batch's streams, one job at a time.
 
 use std::borrow::Cow;
 
@@ -67,6 +68,9 @@ const _: () = assert!(DOMINANT_COLOURS == 5);
 pub struct AnalysisRow {
     pub index: u32,
     pub name: String,
+    /// Where a URL input was fetched from; in the batch table only (see
+    /// [`batch_csv_header`]).
+    pub url: String,
     pub state: String,
     /// The report's position among the pipeline's `analyze` and `describe` ops; `None`
     /// without a report.
@@ -114,6 +118,7 @@ pub fn rows(job: &Job) -> Vec<AnalysisRow> {
         let bare = AnalysisRow {
             index: image.index,
             name: image.name.clone(),
+            url: image.url.clone(),
             state: image.state().label().to_owned(),
             error: image.error.clone(),
             ..AnalysisRow::default()
@@ -334,21 +339,46 @@ pub fn to_csv(job: &Job) -> Vec<u8> {
     let mut csv = COLUMNS.join(",");
     csv.push_str("\r\n");
     for row in rows(job) {
-        let fields: Vec<Cow<'_, str>> = row
-            .cells()
-            .into_iter()
-            .map(|cell| match cell {
-                Cell::Empty => Cow::Borrowed(""),
-                Cell::Text(text) => csv_field(text),
-                Cell::Integer(value) => Cow::Owned(value.to_string()),
-                Cell::Decimal(value) => Cow::Owned(value.to_string()),
-                Cell::Boolean(value) => Cow::Borrowed(if value { "true" } else { "false" }),
-            })
-            .collect();
-        csv.push_str(&fields.join(","));
+        push_csv_cells(&mut csv, &row);
         csv.push_str("\r\n");
     }
     csv.into_bytes()
+}
+
+/// The batch table's header: the job and the image's URL, then [`COLUMNS`].
+pub fn batch_csv_header() -> Vec<u8> {
+    format!("job,url,{}\r\n", COLUMNS.join(",")).into_bytes()
+}
+
+/// One job's rows of its batch's table (see [`batch_csv_header`]): a batch's export is
+/// written a job at a time, so it never holds more than one job's rows.
+pub fn batch_csv_rows(job: &Job) -> Vec<u8> {
+    let id = job.summary.as_ref().map_or("", |summary| &summary.id);
+    let mut csv = String::new();
+    for row in rows(job) {
+        csv.push_str(id);
+        csv.push(',');
+        csv.push_str(&csv_field(&row.url));
+        csv.push(',');
+        push_csv_cells(&mut csv, &row);
+        csv.push_str("\r\n");
+    }
+    csv.into_bytes()
+}
+
+fn push_csv_cells(csv: &mut String, row: &AnalysisRow) {
+    let fields: Vec<Cow<'_, str>> = row
+        .cells()
+        .into_iter()
+        .map(|cell| match cell {
+            Cell::Empty => Cow::Borrowed(""),
+            Cell::Text(text) => csv_field(text),
+            Cell::Integer(value) => Cow::Owned(value.to_string()),
+            Cell::Decimal(value) => Cow::Owned(value.to_string()),
+            Cell::Boolean(value) => Cow::Borrowed(if value { "true" } else { "false" }),
+        })
+        .collect();
+    csv.push_str(&fields.join(","));
 }
 
 /// The JSON export: a job's analysis reports, grouped by image.
@@ -717,6 +747,24 @@ mod tests {
         assert!(csv.ends_with("\r\n"));
         assert!(!csv.replace("\r\n", "").contains('\n'));
         assert_eq!(header.split(',').collect::<Vec<_>>(), COLUMNS);
+    }
+
+    #[test]
+    fn a_batch_table_leads_each_row_with_its_job_and_url_after_one_header() {
+        let mut job = job();
+        job.images[1].url = "https://example.com/=a,b.png".to_owned();
+        let head = String::from_utf8(batch_csv_header()).expect("utf-8");
+        assert_eq!(head, format!("job,url,{}\r\n", COLUMNS.join(",")));
+        let rows = String::from_utf8(batch_csv_rows(&job)).expect("utf-8");
+        let table = String::from_utf8(to_csv(&job)).expect("utf-8");
+        // The job's own table's rows, each led by the job and its URL (quoted: it has a comma).
+        let expected: Vec<String> = table
+            .split_terminator("\r\n")
+            .skip(1)
+            .zip(["", "", "\"https://example.com/=a,b.png\"", ""])
+            .map(|(row, url)| format!("job-1,{url},{row}"))
+            .collect();
+        assert_eq!(rows.split_terminator("\r\n").collect::<Vec<_>>(), expected);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::{
     auth::caller_of,
     export::{self, Format},
     mesh::{self, Mesh, OutputKey},
+    submission::Submission,
 };
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<JobEvent, Status>> + Send>>;
@@ -92,14 +93,11 @@ impl Gateway for GatewayService {
         request: Request<SubmitJobRequest>,
     ) -> Result<Response<SubmitBatchResponse>, Status> {
         let caller = caller_of(&request)?;
-        let mut request = request.into_inner();
-        self.mesh.take_url_list(&mut request)?;
-        let (parent_id, jobs) = self.mesh.submit_batch(&caller, request).await?;
-        let jobs = jobs
-            .into_iter()
-            .map(|job| job.summary.unwrap_or_default())
-            .collect();
-        Ok(Response::new(SubmitBatchResponse { parent_id, jobs }))
+        let made = Submission::of_request(&self.mesh, &caller, request.into_inner()).await?;
+        Ok(Response::new(SubmitBatchResponse {
+            parent_id: made.parent_id,
+            jobs: made.jobs,
+        }))
     }
 
     async fn get_batch(

@@ -22,7 +22,7 @@ use pixelmesh_proto::{
     Error,
     v1::{
         Image, ImageInput, ImageState, Job, JobCounts, JobEvent, JobState, JobSummary,
-        ListJobsRequest, Output, SubmitJobRequest, Tiling, Worker,
+        ListJobsRequest, Output, Tiling, Worker,
     },
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -33,6 +33,7 @@ use crate::{
     auth::Caller,
     export::Format,
     mesh::{FeedEvent, Mesh, OutputKey, event_version},
+    submission::Submission,
 };
 
 /// Largest `pipeline` part: a pipeline is at most a few dozen small objects.
@@ -75,6 +76,8 @@ fn api(body_limit: usize) -> (Router<Mesh>, utoipa::openapi::OpenApi) {
         .routes(routes!(upload))
         .routes(routes!(job, delete))
         .routes(routes!(batch))
+        .routes(routes!(batch_analysis_csv))
+        .routes(routes!(batch_analysis_jsonl))
         .routes(routes!(cancel))
         .routes(routes!(retry))
         .routes(routes!(pause))
@@ -441,12 +444,11 @@ fn labels_schema<'a>(
 }
 
 impl Submitted {
-    fn new(job: Job) -> Self {
-        let summary = job.summary.unwrap_or_default();
+    fn new(summary: JobSummary) -> Self {
         Submitted {
             url: format!("/api/v1/jobs/{}", summary.id),
             state: summary.state().label(),
-            images: job.images.len(),
+            images: summary.total as usize,
             id: summary.id,
         }
     }
@@ -468,11 +470,31 @@ async fn submit(
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<Response> {
     let mut multipart = multipart.map_err(|rejection| Error::invalid(rejection.body_text()))?;
-    let submitted = submit_parts(&mesh, &caller, &mut multipart).await;
-    if submitted.is_err() {
-        drain(&mut multipart).await;
+    let mut submission = Submission::new(&mesh, &caller);
+    let submitted = submit_parts(&mesh, &mut submission, &mut multipart).await;
+    let made = match submitted {
+        Ok(()) => submission.finish().await,
+        Err(err) => {
+            drain(&mut multipart).await;
+            Err(err)
+        }
+    };
+    let made = match made {
+        Ok(made) => made,
+        Err(err) => return Err(submission.abandon(err).await.into()),
+    };
+    if made.parent_id.is_empty() {
+        let job = made.jobs.into_iter().next().unwrap_or_default();
+        let body = SubmitAnswer::Job(Submitted::new(job));
+        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
     }
-    submitted
+    let body = SubmittedBatch {
+        url: format!("/api/v1/batches/{}", made.parent_id),
+        parent_id: made.parent_id,
+        images: made.images,
+        jobs: made.jobs.into_iter().map(Submitted::new).collect(),
+    };
+    Ok((StatusCode::ACCEPTED, Json(SubmitAnswer::Batch(body))).into_response())
 }
 
 /// Reads what is left of a refused request (up to a bound), so the client gets to read our
@@ -490,103 +512,101 @@ async fn drain(multipart: &mut Multipart) {
     }
 }
 
+/// Reads the parts into `submission`: files stream to storage, a URL list is read as it
+/// arrives and made into jobs as they fill.
 async fn submit_parts(
     mesh: &Mesh,
-    caller: &Caller,
+    submission: &mut Submission<'_>,
     multipart: &mut Multipart,
-) -> ApiResult<Response> {
-    let mut pipeline: Option<Pipeline> = None;
-    let mut tiling = Tiling::Auto;
-    let mut inputs = Vec::new();
-    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+) -> Result<(), Error> {
+    let per_job = mesh.settings().max_files_per_job;
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(multipart_error_plain)?
+    {
         match field.name().unwrap_or_default() {
             "pipeline" => {
                 let text = read_small(field, MAX_PIPELINE_BYTES).await?;
                 // Parsed as soon as it arrives, so a bad pipeline fails before any upload.
-                pipeline = Some(Pipeline::parse(&text)?);
+                submission.set_pipeline(Pipeline::parse(&text)?.to_proto())?;
             }
             "tiling" => {
                 let text = read_small(field, MAX_PIPELINE_BYTES).await?;
                 let text = text.trim();
-                tiling = TilingMode::parse(text)
-                    .ok_or_else(|| {
-                        Error::invalid(format!(
-                            "tiling must be auto, always or never, got {text:?}"
-                        ))
-                    })?
-                    .to_proto();
+                let tiling = TilingMode::parse(text).ok_or_else(|| {
+                    Error::invalid(format!(
+                        "tiling must be auto, always or never, got {text:?}"
+                    ))
+                })?;
+                submission.set_tiling(tiling.to_proto() as i32)?;
             }
             "file" => {
-                if inputs.len() >= mesh.settings().max_files_per_job {
+                if submission.images() >= per_job {
                     return Err(Error::too_large(format!(
-                        "too many files: at most {} per job",
-                        mesh.settings().max_files_per_job
-                    ))
-                    .into());
+                        "too many files: at most {per_job} per job"
+                    )));
                 }
-                let name = sanitize_name(field.file_name(), inputs.len());
+                let name = sanitize_name(field.file_name(), submission.images());
                 let chunks = field.map_err(multipart_error_plain);
-                let blob = mesh.upload(caller, chunks).await.map_err(|err| {
-                    Error::new(err.code, format!("file {name:?}: {}", err.message))
-                })?;
-                inputs.push(ImageInput {
+                let blob = mesh
+                    .upload(submission.caller(), chunks)
+                    .await
+                    .map_err(|err| {
+                        Error::new(err.code, format!("file {name:?}: {}", err.message))
+                    })?;
+                let input = ImageInput {
                     blob_id: blob.id,
                     name,
                     ..Default::default()
-                });
+                };
+                submission.add(input).await?;
             }
             "archive" => {
-                let limits = mesh.zip_limits(inputs.len());
+                let limits = mesh.zip_limits(submission.images());
                 // A ZIP's directory sits at its end, so it is read from disk, never held in
                 // memory.
                 let chunks = field.map_err(multipart_error_plain);
                 let file = crate::mesh::spool(chunks, mesh.settings().max_request_bytes).await?;
-                inputs.extend(mesh.upload_archive(caller, file, limits).await?);
+                for input in mesh
+                    .upload_archive(submission.caller(), file, limits)
+                    .await?
+                {
+                    submission.add(input).await?;
+                }
             }
-            "urls" => {
-                let text = read_small(field, crate::mesh::MAX_URL_LIST_BYTES).await?;
-                let max = mesh.settings().max_urls_per_list;
-                inputs.extend(crate::urls::parse_list(&text, inputs.len(), max)?);
-            }
+            "urls" => read_url_list(mesh, submission, field).await?,
             other => {
                 return Err(Error::invalid(format!(
                     "unexpected part {other:?}: expected \"pipeline\", \"tiling\", \"file\", \"archive\" and \"urls\" parts"
-                ))
-                .into());
+                )));
             }
         }
     }
-    let pipeline = pipeline.ok_or_else(|| Error::invalid("missing \"pipeline\" part"))?;
-    if inputs.is_empty() {
-        return Err(Error::invalid(
-            "missing \"file\", \"archive\" or \"urls\" part: a job needs at least one image",
-        )
-        .into());
+    Ok(())
+}
+
+/// Reads a `urls` part chunk by chunk, each URL checked as its line completes and added to
+/// the submission, which submits a job each time one fills: nothing holds the whole list.
+async fn read_url_list(
+    mesh: &Mesh,
+    submission: &mut Submission<'_>,
+    mut field: Field<'_>,
+) -> Result<(), Error> {
+    let mut reader =
+        crate::urls::ListReader::new(submission.images(), mesh.settings().max_urls_per_list);
+    let mut inputs = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(multipart_error_plain)? {
+        reader.push(&chunk, &mut inputs)?;
+        for input in inputs.drain(..) {
+            submission.add(input).await?;
+        }
     }
-    let images = inputs.len();
-    let (parent_id, mut jobs) = mesh
-        .submit_batch(
-            caller,
-            SubmitJobRequest {
-                pipeline: pipeline.to_proto(),
-                inputs,
-                tiling: tiling as i32,
-                ..Default::default()
-            },
-        )
-        .await?;
-    if parent_id.is_empty() {
-        let job = jobs.pop().unwrap_or_default();
-        let body = SubmitAnswer::Job(Submitted::new(job));
-        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
+    reader.finish(&mut inputs)?;
+    for input in inputs {
+        submission.add(input).await?;
     }
-    let body = SubmittedBatch {
-        url: format!("/api/v1/batches/{parent_id}"),
-        parent_id,
-        images,
-        jobs: jobs.into_iter().map(Submitted::new).collect(),
-    };
-    Ok((StatusCode::ACCEPTED, Json(SubmitAnswer::Batch(body))).into_response())
+    Ok(())
 }
 
 /// Stores the raw request body as a blob and answers `201 {"id", "size_bytes"}`: how a
@@ -620,17 +640,17 @@ struct Uploaded {
     size_bytes: u64,
 }
 
-async fn read_small(field: Field<'_>, max: usize) -> ApiResult<String> {
+async fn read_small(field: Field<'_>, max: usize) -> Result<String, Error> {
     let name = field.name().unwrap_or_default().to_string();
     let mut bytes = Vec::new();
     let mut field = field;
-    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+    while let Some(chunk) = field.chunk().await.map_err(multipart_error_plain)? {
         if bytes.len() + chunk.len() > max {
-            return Err(Error::too_large(format!("{name} part over {max} bytes")).into());
+            return Err(Error::too_large(format!("{name} part over {max} bytes")));
         }
         bytes.extend_from_slice(&chunk);
     }
-    String::from_utf8(bytes).map_err(|_| Error::invalid(format!("{name} part is not utf-8")).into())
+    String::from_utf8(bytes).map_err(|_| Error::invalid(format!("{name} part is not utf-8")))
 }
 
 fn multipart_error_plain(err: axum::extract::multipart::MultipartError) -> Error {
@@ -639,10 +659,6 @@ fn multipart_error_plain(err: axum::extract::multipart::MultipartError) -> Error
     } else {
         Error::invalid(format!("malformed multipart body: {}", err.body_text()))
     }
-}
-
-fn multipart_error(err: axum::extract::multipart::MultipartError) -> ApiError {
-    ApiError(multipart_error_plain(err))
 }
 
 /// A display name from an uploaded file name: the last path component, no control
@@ -808,6 +824,65 @@ async fn batch(
         jobs: batch.jobs.iter().map(JobView::from_summary).collect(),
         id: batch.id,
     }))
+}
+
+/// `GET /api/v1/batches/{id}/analysis.csv`: every job's analysis table in one, oldest job
+/// first, each row led by its job id and the image's URL. Streamed a job at a time.
+#[utoipa::path(get, path = "/api/v1/batches/{id}/analysis.csv", tag = "outputs",
+    params(("id" = String, Path, description = "The batch's parent id.")),
+    responses(
+        (status = 200, description = "The export.", body = BinaryFile, content_type = "text/csv"),
+        (status = 404, description = "No such batch (or not the caller's).", body = ErrorBody),
+    ),
+)]
+async fn batch_analysis_csv(
+    State(mesh): State<Mesh>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Response> {
+    let head = crate::export::batch_csv_header();
+    let chunks = mesh
+        .batch_export(&caller, &id, head, crate::export::batch_csv_rows)
+        .await?;
+    streamed_export(chunks, "text/csv", &format!("{id}-analysis.csv"))
+}
+
+/// `GET /api/v1/batches/{id}/analysis.jsonl`: JSON Lines, one line per job, each the job's
+/// `analysis.json`, oldest job first. Streamed a job at a time.
+#[utoipa::path(get, path = "/api/v1/batches/{id}/analysis.jsonl", tag = "outputs",
+    params(("id" = String, Path, description = "The batch's parent id.")),
+    responses(
+        (status = 200, description = "The export.", body = BinaryFile, content_type = "application/jsonl"),
+        (status = 404, description = "No such batch (or not the caller's).", body = ErrorBody),
+    ),
+)]
+async fn batch_analysis_jsonl(
+    State(mesh): State<Mesh>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Response> {
+    let chunks = mesh
+        .batch_export(&caller, &id, Vec::new(), crate::export::to_json)
+        .await?;
+    streamed_export(chunks, "application/jsonl", &format!("{id}-analysis.jsonl"))
+}
+
+/// A download of `chunks` as the attachment `file_name`. An error part way ends the body
+/// early, which the client sees as a broken transfer, never as a whole file.
+fn streamed_export(
+    chunks: impl Stream<Item = Result<bytes::Bytes, Error>> + Send + 'static,
+    content_type: &str,
+    file_name: &str,
+) -> ApiResult<Response> {
+    let body = Body::from_stream(chunks.map(|chunk| chunk.map_err(std::io::Error::other)));
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, content_type)
+        .header(
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{file_name}\""),
+        )
+        .body(body)
+        .map_err(|err| Error::internal(format!("building response: {err}")))?)
 }
 
 /// The jobs a URL list was split into, and their sums.
@@ -1242,15 +1317,7 @@ async fn download_all(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Response> {
     let chunks = mesh.bundle(&caller, &id).await?;
-    let body = Body::from_stream(chunks.map(|chunk| chunk.map_err(std::io::Error::other)));
-    Ok(Response::builder()
-        .header(header::CONTENT_TYPE, "application/zip")
-        .header(
-            header::CONTENT_DISPOSITION,
-            format!("attachment; filename=\"{id}.zip\""),
-        )
-        .body(body)
-        .map_err(|err| Error::internal(format!("building response: {err}")))?)
+    streamed_export(chunks, "application/zip", &format!("{id}.zip"))
 }
 
 /// `GET /api/v1/jobs/{id}/analysis.csv`: the `analyze` reports, a row per image and report.

@@ -7,7 +7,9 @@
 //! * [`http`] — the REST API and server-sent events, translating JSON and multipart at the
 //!   edge;
 //! * [`archive`] — reading a user's ZIP of images safely (names, sizes, ratios, types);
-//! * [`urls`] — URL inputs: lists (text or CSV) read and each URL checked;
+//! * [`urls`] — URL inputs: lists (text or CSV) read as they stream and each URL checked;
+//! * [`submission`] — the jobs a submit makes as its inputs arrive: a long URL list becomes
+//!   a batch of jobs sharing a parent id;
 //! * [`bundle`] — writing a ZIP of a job's outputs as a stream, with its manifests;
 //! * [`export`] — a job's analysis reports as CSV, JSON and XLSX;
 //! * [`fanout`] — one NATS subscription per subject, shared by every event watcher;
@@ -28,12 +30,13 @@ pub mod mesh;
 pub mod protect;
 pub mod schedulers;
 pub mod stats;
+pub mod submission;
 pub mod urls;
 pub mod web;
 
 use std::{future::Future, sync::Arc};
 
-use clap::{Args, FromArgMatches};
+use clap::Args;
 use pixelmesh_common::grpc::{MAX_MESSAGE_BYTES, Server, channel};
 use pixelmesh_proto::v1::{gateway_server::GatewayServer, storage_client::StorageClient};
 use tokio::net::TcpListener;
@@ -52,8 +55,9 @@ pub struct Settings {
     /// list is split into jobs of at most this many, sharing a parent id.
     #[arg(long, env = "PIXELMESH_MAX_FILES_PER_JOB", default_value_t = 1000)]
     pub max_files_per_job: usize,
-    /// Most URLs in one submitted URL list (all the jobs it is split into together).
-    #[arg(long, env = "PIXELMESH_MAX_URLS_PER_LIST", default_value_t = 100_000)]
+    /// Most URLs in one submitted URL list (all the jobs it is split into together). REST
+    /// streams the list, so this bounds the batch, not the gateway's memory.
+    #[arg(long, env = "PIXELMESH_MAX_URLS_PER_LIST", default_value_t = 5_000_000)]
     pub max_urls_per_list: usize,
     /// Most bytes a ZIP's entries may hold uncompressed, together.
     #[arg(long, env = "PIXELMESH_MAX_ZIP_TOTAL_BYTES", default_value_t = 4 * 1024 * 1024 * 1024)]
@@ -136,13 +140,9 @@ pub struct Settings {
 }
 
 impl Default for Settings {
-    /// The flags' defaults as their `#[arg]` attributes give them (the one place they are
-    /// written), without reading the environment.
+    /// The flags' defaults, without reading the environment.
     fn default() -> Self {
-        let command =
-            Settings::augment_args(clap::Command::new("gateway")).mut_args(|arg| arg.env(None));
-        let matches = command.get_matches_from(["gateway"]);
-        Settings::from_arg_matches(&matches).expect("the flags' defaults parse")
+        pixelmesh_common::config::flag_defaults()
     }
 }
 

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt, stream::BoxStream};
 use pixelmesh_blobs::{BlobId, BlobStore};
 use pixelmesh_common::{grpc::Channel, nats};
-use pixelmesh_pipeline::ops::Pipeline;
+use pixelmesh_pipeline::ops::{Pipeline, remove_background};
 use pixelmesh_proto::{
     Error, ErrorCode,
     v1::{
@@ -43,7 +43,8 @@ use crate::{
 const WATCH_RESYNC: Duration = Duration::from_secs(5);
 /// Most jobs in one list page.
 pub const MAX_LIST_LIMIT: u32 = 1000;
-/// Largest URL list one submit may carry as text: 100 000 URLs of 300 bytes.
+/// Largest URL list a gRPC submit may carry as text (`url_list`, in one message): 100 000
+/// URLs of 300 bytes. REST streams a list of any length.
 pub const MAX_URL_LIST_BYTES: usize = 32 * 1024 * 1024;
 
 /// The storage client: every call runs to storage's answer in a task of its own.
@@ -230,22 +231,24 @@ impl Mesh {
     /// to the end of its inputs and empties it, so the scheduler gets inputs only.
     pub fn take_url_list(&self, request: &mut SubmitJobRequest) -> Result<(), Error> {
         let text = std::mem::take(&mut request.url_list);
-        if text.is_empty() {
-            return Ok(());
-        }
-        if text.len() > MAX_URL_LIST_BYTES {
-            return Err(Error::too_large(format!(
-                "url list over {MAX_URL_LIST_BYTES} bytes"
-            )));
-        }
-        let max = self.settings.max_urls_per_list;
-        let urls = urls::parse_list(&text, request.inputs.len(), max)?;
+        let urls = self.parse_url_list(&text, request.inputs.len())?;
         request.inputs.extend(urls);
         Ok(())
     }
 
+    /// A URL list sent whole (gRPC's `url_list`), its inputs numbered from `first_index`.
+    /// REST streams its list instead ([`urls::ListReader`]).
+    pub fn parse_url_list(&self, text: &str, first_index: usize) -> Result<Vec<ImageInput>, Error> {
+        if text.len() > MAX_URL_LIST_BYTES {
+            return Err(Error::too_large(format!(
+                "url list over {MAX_URL_LIST_BYTES} bytes: send a longer one to POST /api/v1/jobs, which streams it"
+            )));
+        }
+        urls::parse_list(text, first_index, self.settings.max_urls_per_list)
+    }
+
     /// Submits `request` as exactly one job: refused when it has more inputs than one job
-    /// may hold ([`Mesh::submit_batch`] splits a long URL list instead).
+    /// may hold ([`crate::submission::Submission`] splits a long URL list instead).
     pub async fn submit_one(
         &self,
         caller: &Caller,
@@ -323,11 +326,11 @@ impl Mesh {
             )));
         }
         for (position, model) in models {
-            if !offered(&format!("model:{model}")) {
+            if !offered(&remove_background::model_capability(model)) {
                 let mut known: Vec<&str> = workers
                     .iter()
                     .flat_map(|worker| &worker.capabilities)
-                    .filter_map(|c| c.strip_prefix("model:"))
+                    .filter_map(|c| remove_background::capability_model(c))
                     .collect();
                 known.sort_unstable();
                 known.dedup();
@@ -342,53 +345,6 @@ impl Mesh {
             }
         }
         Ok(())
-    }
-
-    /// Submits `request` as one job, or, when it has more inputs than one job may hold (a long
-    /// URL list), as several jobs of at most that many sharing a new parent id. Returns the
-    /// parent id (empty for one job) and the jobs.
-    pub async fn submit_batch(
-        &self,
-        caller: &Caller,
-        request: SubmitJobRequest,
-    ) -> Result<(String, Vec<Job>), Error> {
-        let per_job = self.settings.max_files_per_job.max(1);
-        if request.inputs.len() <= per_job {
-            return Ok((String::new(), vec![self.submit(caller, request).await?]));
-        }
-        // Every url is checked before the first job is made, so a bad line fails the
-        // whole list, not the jobs after it.
-        for (i, input) in request.inputs.iter().enumerate() {
-            if input.url.is_empty() {
-                return Err(Error::too_large(format!(
-                    "too many images: at most {per_job} per job; only url lists are split into several jobs"
-                )));
-            }
-            urls::check_url(&input.url)
-                .map_err(|message| Error::invalid(format!("input {i}: {message}")))?;
-        }
-        let parent_id = ulid::Ulid::new().to_string();
-        let mut jobs = Vec::new();
-        for chunk in request.inputs.chunks(per_job) {
-            let part = SubmitJobRequest {
-                inputs: chunk.to_vec(),
-                parent_id: parent_id.clone(),
-                ..request.clone()
-            };
-            jobs.push(self.submit(caller, part).await.map_err(|err| {
-                Error::new(
-                    err.code,
-                    format!(
-                        "batch {parent_id}: job {} of {}: {} (the jobs before it were submitted)",
-                        jobs.len() + 1,
-                        request.inputs.len().div_ceil(per_job),
-                        err.message
-                    ),
-                )
-            })?);
-        }
-        tracing::info!(batch = %parent_id, jobs = jobs.len(), images = request.inputs.len(), "url list split into jobs");
-        Ok((parent_id, jobs))
     }
 
     pub async fn cancel(&self, caller: &Caller, id: &str) -> Result<Job, Error> {
@@ -534,6 +490,29 @@ impl Mesh {
         }
         jobs.reverse();
         Ok(jobs)
+    }
+
+    /// An export of batch `parent_id`: `head`, then `rows` of each job, oldest job first.
+    /// Each job is read from storage once the one before it is sent, so however long the
+    /// batch, one job's export is held at a time.
+    pub async fn batch_export(
+        &self,
+        caller: &Caller,
+        parent_id: &str,
+        head: Vec<u8>,
+        rows: fn(&Job) -> Vec<u8>,
+    ) -> Result<BoxStream<'static, Result<Bytes, Error>>, Error> {
+        let jobs = self.batch(caller, parent_id).await?;
+        let (mesh, caller) = (self.clone(), caller.clone());
+        let bodies = futures::stream::iter(jobs).then(move |summary| {
+            let (mesh, caller) = (mesh.clone(), caller.clone());
+            async move {
+                let job = mesh.job(&caller, &summary.id).await?;
+                Ok(Bytes::from(rows(&job)))
+            }
+        });
+        let head = futures::stream::iter((!head.is_empty()).then(|| Ok(Bytes::from(head))));
+        Ok(head.chain(bodies).boxed())
     }
 
     /// Batch `parent_id` as one view: its jobs, oldest first, their summed counts and

@@ -47,19 +47,202 @@ pub fn name_of(url: &Url, index: usize) -> String {
     sanitize_name(Some(&decoded), index)
 }
 
-/// Reads a URL list: CSV when the first line that is neither blank nor a `#` comment has a
-/// `url` column (and is not itself a URL), otherwise one URL per line. Blank lines are
-/// skipped; `#` comments only in a plain list and above a CSV header (in CSV rows `#` is data:
-/// a name may start with it). CSV is read by the `csv` crate (RFC 4180 quoting, quoted line
-/// breaks). `first_index` numbers the inputs for fallback names. Errors name the line; more
-/// than `max` URLs is refused.
+/// Longest line of a URL list: a URL of [`MAX_URL_BYTES`] with a name and other CSV
+/// columns fits. Only the line being read is held, so a list's memory does not grow with it.
+pub const MAX_LINE_BYTES: usize = 16 * 1024;
+/// Longest CSV record: a quoted field may span lines.
+pub const MAX_RECORD_BYTES: usize = 64 * 1024;
+
+/// Reads a whole URL list (see [`ListReader`]) into inputs numbered from `first_index` for
+/// their fallback names; more than `max` URLs is refused.
 pub fn parse_list(text: &str, first_index: usize, max: usize) -> Result<Vec<ImageInput>, Error> {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut reader = ListReader::new(first_index, max);
     let mut inputs = Vec::new();
-    let mut push = |line: usize, url: &str, name: Option<&str>| {
-        if inputs.len() >= max {
+    reader.push(text.as_bytes(), &mut inputs)?;
+    reader.finish(&mut inputs)?;
+    Ok(inputs)
+}
+
+/// A URL list read as its bytes arrive, in pieces of any size: CSV when the first line that
+/// is neither blank nor a `#` comment has a `url` column (and is not itself a URL), otherwise
+/// one URL per line. Blank lines are skipped; `#` comments only in a plain list and above a
+/// CSV header (in CSV rows `#` is data: a name may start with it). CSV rows are read by the
+/// `csv` crate (RFC 4180 quoting); a quoted field may span lines, which is why a row is cut
+/// where its quotes balance. Each line is trimmed first, so a row indented before its first
+/// quote still reads quoted. Errors name the line; more than `max` URLs is refused.
+pub struct ListReader {
+    first_index: usize,
+    max: usize,
+    /// URLs read so far.
+    count: usize,
+    /// Lines read so far.
+    lines: usize,
+    /// The start of a line whose end has not arrived yet.
+    partial: Vec<u8>,
+    form: Form,
+}
+
+enum Form {
+    /// No line but blanks and comments yet.
+    Unknown,
+    Plain,
+    Csv {
+        url_column: usize,
+        name_column: Option<usize>,
+        /// The lines of a row whose quotes are not balanced yet.
+        row: String,
+        row_line: usize,
+        quotes: usize,
+    },
+}
+
+impl ListReader {
+    pub fn new(first_index: usize, max: usize) -> Self {
+        ListReader {
+            first_index,
+            max,
+            count: 0,
+            lines: 0,
+            partial: Vec::new(),
+            form: Form::Unknown,
+        }
+    }
+
+    /// Reads the list's next bytes, pushing each URL they complete onto `out`.
+    pub fn push(&mut self, mut bytes: &[u8], out: &mut Vec<ImageInput>) -> Result<(), Error> {
+        while let Some(end) = memchr::memchr(b'\n', bytes) {
+            let (line, rest) = (&bytes[..end], &bytes[end + 1..]);
+            bytes = rest;
+            if self.partial.is_empty() {
+                self.line(line, out)?;
+            } else {
+                self.hold(line)?;
+                let whole = std::mem::take(&mut self.partial);
+                self.line(&whole, out)?;
+                self.partial = whole;
+                self.partial.clear();
+            }
+        }
+        self.hold(bytes)
+    }
+
+    /// Reads the end of the list: its last line, if no line feed ended it. Returns how many
+    /// URLs the list held.
+    pub fn finish(mut self, out: &mut Vec<ImageInput>) -> Result<usize, Error> {
+        if !self.partial.is_empty() {
+            let last = std::mem::take(&mut self.partial);
+            self.line(&last, out)?;
+        }
+        if let Form::Csv { row, row_line, .. } = &self.form
+            && !row.is_empty()
+        {
+            return Err(Error::invalid(format!(
+                "line {row_line}: a quoted field is not closed by the end of the list"
+            )));
+        }
+        Ok(self.count)
+    }
+
+    /// Keeps the start of a line until its end arrives.
+    fn hold(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        if self.partial.len() + bytes.len() > MAX_LINE_BYTES {
+            return Err(Error::invalid(format!(
+                "line {}: over {MAX_LINE_BYTES} bytes",
+                self.lines + 1
+            )));
+        }
+        self.partial.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn line(&mut self, bytes: &[u8], out: &mut Vec<ImageInput>) -> Result<(), Error> {
+        self.lines += 1;
+        let number = self.lines;
+        if bytes.len() > MAX_LINE_BYTES {
+            return Err(Error::invalid(format!(
+                "line {number}: over {MAX_LINE_BYTES} bytes"
+            )));
+        }
+        let bytes = match number {
+            1 => bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(bytes),
+            _ => bytes,
+        };
+        let line = std::str::from_utf8(bytes)
+            .map_err(|_| Error::invalid(format!("line {number} is not utf-8")))?
+            .trim();
+        match &mut self.form {
+            Form::Unknown => {
+                if line.is_empty() || line.starts_with('#') {
+                    return Ok(());
+                }
+                // A first line holding a URL is data, whatever its query says
+                // (`https://a/?a,url`).
+                if !line.contains("://")
+                    && let Some((url_column, name_column)) = header_columns(line)
+                {
+                    self.form = Form::Csv {
+                        url_column,
+                        name_column,
+                        row: String::new(),
+                        row_line: 0,
+                        quotes: 0,
+                    };
+                    return Ok(());
+                }
+                self.form = Form::Plain;
+                self.entry(number, line, None, out)
+            }
+            Form::Plain if line.is_empty() || line.starts_with('#') => Ok(()),
+            Form::Plain => self.entry(number, line, None, out),
+            Form::Csv {
+                url_column,
+                name_column,
+                row,
+                row_line,
+                quotes,
+            } => {
+                if row.is_empty() {
+                    if line.is_empty() {
+                        return Ok(());
+                    }
+                    *row_line = number;
+                } else {
+                    row.push('\n');
+                }
+                row.push_str(line);
+                *quotes += line.bytes().filter(|&b| b == b'"').count();
+                if row.len() > MAX_RECORD_BYTES {
+                    return Err(Error::invalid(format!(
+                        "line {row_line}: a row over {MAX_RECORD_BYTES} bytes (is a quote not closed?)"
+                    )));
+                }
+                // A line feed inside quotes is data: the row goes on.
+                if *quotes % 2 == 1 {
+                    return Ok(());
+                }
+                let (url_column, name_column, line) = (*url_column, *name_column, *row_line);
+                let record =
+                    csv_record(row).map_err(|err| Error::invalid(format!("line {line}: {err}")))?;
+                row.clear();
+                *quotes = 0;
+                let url = record.get(url_column).unwrap_or_default();
+                let name = name_column.and_then(|column| record.get(column));
+                self.entry(line, url, name, out)
+            }
+        }
+    }
+
+    fn entry(
+        &mut self,
+        line: usize,
+        url: &str,
+        name: Option<&str>,
+        out: &mut Vec<ImageInput>,
+    ) -> Result<(), Error> {
+        if self.count >= self.max {
             return Err(Error::too_large(format!(
-                "too many urls: at most {max} in one list"
+                "too many urls: at most {} in one list",
+                self.max
             )));
         }
         if url.trim().is_empty() {
@@ -67,97 +250,41 @@ pub fn parse_list(text: &str, first_index: usize, max: usize) -> Result<Vec<Imag
         }
         let parsed =
             check_url(url).map_err(|message| Error::invalid(format!("line {line}: {message}")))?;
-        let index = first_index + inputs.len();
+        let index = self.first_index + self.count;
         let name = match name.filter(|name| !name.trim().is_empty()) {
             Some(name) => sanitize_name(Some(name), index),
             None => name_of(&parsed, index),
         };
-        inputs.push(ImageInput {
+        self.count += 1;
+        out.push(ImageInput {
             url: parsed.into(),
             name,
             ..Default::default()
         });
         Ok(())
-    };
+    }
+}
 
-    let mut offset = 0;
-    let header = text
-        .split_inclusive('\n')
-        .enumerate()
-        .find_map(|(index, line)| {
-            let trimmed = line.trim();
-            if trimmed.is_empty() || trimmed.starts_with('#') {
-                offset += line.len();
-                None
-            } else {
-                Some((index, trimmed))
-            }
-        });
-    let Some((header_index, header)) = header else {
-        return Ok(inputs);
-    };
-    // A first line holding a URL is data, whatever its query says (`https://a/?a,url`).
-    if !header.contains("://") {
-        // Each line trimmed, so a row indented before its first quote still reads quoted,
-        // and lines of spaces become empty lines, which the reader skips; line numbers stay.
-        // A row of empty cells (`""`) still reads as a row without a url.
-        let mut rows = String::with_capacity(text.len() - offset);
-        for line in text[offset..].split_inclusive('\n') {
-            rows.push_str(line.trim());
-            if line.ends_with('\n') {
-                rows.push('\n');
-            }
-        }
-        let mut reader = csv::ReaderBuilder::new()
-            .flexible(true)
-            // Rows end at a line feed only, as the plain form's lines do (`\r` is trimmed).
-            .terminator(csv::Terminator::Any(b'\n'))
-            .trim(csv::Trim::All)
-            .from_reader(rows.as_bytes());
-        let columns = reader.headers().ok().and_then(|fields| {
-            let position = |name: &str| fields.iter().position(|f| f.eq_ignore_ascii_case(name));
-            position("url").map(|url| (url, position("name")))
-        });
-        if let Some((url_column, name_column)) = columns {
-            // The reader's own line count leaves out the blank lines it skips: count line
-            // feeds up to each row's first byte instead (rows only move forward).
-            let (mut counted_to, mut feeds) = (0, 0);
-            let mut line_at = |byte: u64| {
-                let byte = usize::try_from(byte).unwrap_or(rows.len()).min(rows.len());
-                let start = byte + rows[byte..].bytes().take_while(|&b| b == b'\n').count();
-                let start = start.max(counted_to);
-                feeds += rows.as_bytes()[counted_to..start]
-                    .iter()
-                    .filter(|&&b| b == b'\n')
-                    .count();
-                counted_to = start;
-                header_index + feeds + 1
-            };
-            let mut record = csv::StringRecord::new();
-            loop {
-                let before = reader.position().byte();
-                match reader.read_record(&mut record) {
-                    Ok(true) => {}
-                    Ok(false) => break,
-                    Err(err) => {
-                        let line = line_at(before);
-                        return Err(Error::invalid(format!("line {line}: {err}")));
-                    }
-                }
-                let line = line_at(record.position().map_or(before, csv::Position::byte));
-                let url = record.get(url_column).unwrap_or_default();
-                push(line, url, name_column.and_then(|column| record.get(column)))?;
-            }
-            return Ok(inputs);
-        }
-    }
-    for (index, line) in text.lines().enumerate().skip(header_index) {
-        let line = line.trim();
-        if !line.is_empty() && !line.starts_with('#') {
-            push(index + 1, line, None)?;
-        }
-    }
-    Ok(inputs)
+/// The `url` and `name` columns of a CSV header line, if it has a `url` column.
+fn header_columns(line: &str) -> Option<(usize, Option<usize>)> {
+    let fields = csv_record(line).ok()?;
+    let position = |name: &str| fields.iter().position(|f| f.eq_ignore_ascii_case(name));
+    position("url").map(|url| (url, position("name")))
+}
+
+/// One CSV row (its quotes balanced), its fields trimmed.
+fn csv_record(row: &str) -> Result<csv::StringRecord, csv::Error> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        // Rows end at a line feed only, as the plain form's lines do (`\r` is trimmed).
+        .terminator(csv::Terminator::Any(b'\n'))
+        .trim(csv::Trim::All)
+        .buffer_capacity(row.len().max(64))
+        .from_reader(row.as_bytes());
+    let mut record = csv::StringRecord::new();
+    reader.read_record(&mut record)?;
+    Ok(record)
 }
 
 #[cfg(test)]
@@ -231,6 +358,73 @@ mod tests {
         }
         let long = format!("https://example.com/{}", "a".repeat(MAX_URL_BYTES));
         assert!(check_url(&long).expect_err("long").contains("2048"));
+    }
+
+    /// The list in pieces cut at `cuts`, read as a stream.
+    fn read_in_pieces(list: &str, cuts: &[usize]) -> Result<Vec<ImageInput>, Error> {
+        let mut reader = ListReader::new(0, 10);
+        let mut inputs = Vec::new();
+        let mut from = 0;
+        for &cut in cuts.iter().chain([list.len()].iter()) {
+            reader.push(&list.as_bytes()[from..cut], &mut inputs)?;
+            from = cut;
+        }
+        reader.finish(&mut inputs)?;
+        Ok(inputs)
+    }
+
+    #[test]
+    fn a_list_reads_the_same_however_its_bytes_are_cut() {
+        for list in [
+            "\u{feff}# photos\nname,url\n\"two\n\nlines, \"\"quoted\"\"\",https://example.com/a.jpg\n  \n  \"#1 front\" , https://ex\u{e4}mple.com/b.jpg\r\nc,https://example.com/c.jpg",
+            "https://example.com/a.jpg\r\n\n# note\nhttps://example.com/\u{e9}t\u{e9}.png\nhttps://example.com/z",
+        ] {
+            let whole = read_in_pieces(list, &[]).expect("whole");
+            assert_eq!(whole.len(), 3, "{list:?}");
+            for cut in 0..=list.len() {
+                assert_eq!(read_in_pieces(list, &[cut]).expect("two pieces"), whole);
+            }
+            let bytes: Vec<usize> = (1..list.len()).collect();
+            assert_eq!(read_in_pieces(list, &bytes).expect("bytes"), whole);
+        }
+        let csv = read_in_pieces(
+            "name,url\n\"two\n\nlines, \"\"q\"\"\",https://example.com/a.jpg\n",
+            &[3, 17],
+        )
+        .expect("csv");
+        // The quoted line breaks were read as data (names drop control characters).
+        assert_eq!(csv[0].name, "twolines, \"q\"");
+    }
+
+    #[test]
+    fn a_line_or_row_too_long_and_a_quote_left_open_are_refused() {
+        let long = format!("https://example.com/{}\n", "a".repeat(MAX_LINE_BYTES));
+        // Refused while the line is still arriving, once it outgrows the cap.
+        let mut reader = ListReader::new(0, 10);
+        let err = reader
+            .push(&long.as_bytes()[..MAX_LINE_BYTES + 1], &mut Vec::new())
+            .expect_err("long line");
+        assert_eq!(err.message, format!("line 1: over {MAX_LINE_BYTES} bytes"));
+        let open = "name,url\n\"open,https://example.com/a.jpg\nb,https://example.com/b.jpg\n";
+        let err = parse_list(open, 0, 10).expect_err("open quote");
+        assert!(
+            err.message
+                .starts_with("line 2: a quoted field is not closed"),
+            "{}",
+            err.message
+        );
+        let row = format!("name,url\n\"{}\n", "x\n".repeat(MAX_RECORD_BYTES / 2));
+        let err = parse_list(&row, 0, 10).expect_err("long row");
+        assert!(
+            err.message.starts_with("line 2: a row over"),
+            "{}",
+            err.message
+        );
+        let mut reader = ListReader::new(0, 10);
+        let err = reader
+            .push(b"https://example.com/a.jpg\n\xff\xfe\n", &mut Vec::new())
+            .expect_err("not utf-8");
+        assert_eq!(err.message, "line 2 is not utf-8");
     }
 
     #[test]

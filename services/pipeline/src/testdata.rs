@@ -1,6 +1,7 @@
 //! Test inputs shared by the unit tests: the corpus photographs beside the repository
 //! (`../shared/corpus`, which CI has too; a missing corpus fails the test, never skips it) and
-//! a synthetic gradient where a photo's content does not matter.
+//! synthetic images where a photo's content does not matter: a gradient, and a red disc on
+//! green (what the tests' segmentation model is built to find).
 
 use std::path::PathBuf;
 
@@ -86,4 +87,21 @@ fn decode(name: &str, bytes: &[u8]) -> Bitmap {
         .to_rgb8();
     let (width, height) = rgb.dimensions();
     Bitmap::new(width, height, false, rgb.into_raw()).expect("decoded size")
+}
+
+/// A red disc of `radius` centred on a green `width`x`height` RGB image.
+pub fn disc(width: u32, height: u32, radius: f64) -> Bitmap {
+    let mut data = Vec::with_capacity(width as usize * height as usize * 3);
+    for y in 0..height {
+        for x in 0..width {
+            let dx = f64::from(x) + 0.5 - f64::from(width) / 2.0;
+            let dy = f64::from(y) + 0.5 - f64::from(height) / 2.0;
+            data.extend_from_slice(if dx.hypot(dy) < radius {
+                &[220, 30, 40]
+            } else {
+                &[40, 160, 60]
+            });
+        }
+    }
+    Bitmap::new(width, height, false, data).expect("the disc's buffer fits its size")
 }

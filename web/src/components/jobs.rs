@@ -149,6 +149,14 @@ pub fn Jobs() -> impl IntoView {
     });
     let now = use_clock(Duration::from_secs(5));
 
+    // The whole batch's analysis in one table, streamed by the gateway a job at a time.
+    let batch_export = move || {
+        api::with_token(&api::url(&format!(
+            "/batches/{}/analysis.csv",
+            api::encode(&parent.get())
+        )))
+    };
+
     view! {
         <section class="page jobs">
             <div class="page-head">
@@ -156,7 +164,11 @@ pub fn Jobs() -> impl IntoView {
                 <LiveDot live/>
             </div>
             <Show when=move || !parent.get().is_empty()>
-                <p class="batch">"Jobs of batch " <code>{move || parent.get()}</code> " · " <A href="/jobs">"all jobs"</A></p>
+                <p class="batch">
+                    "Jobs of batch " <code>{move || parent.get()}</code> " · "
+                    <a id="batch-export" href=batch_export download>"analysis (CSV)"</a> " · "
+                    <A href="/jobs">"all jobs"</A>
+                </p>
             </Show>
             <nav class="filters" aria-label="Filter by state">
                 {FILTERS

@@ -88,6 +88,19 @@ pub trait Segmenter: Send + Sync + Debug {
     fn infer(&self, model: &str, tensor: Vec<f32>) -> Result<Mask, String>;
 }
 
+/// What a filter with model `name` loaded advertises in its heartbeat's capabilities, and
+/// what the gateway looks for before it takes a job that names the model.
+pub fn model_capability(name: &str) -> String {
+    format!("{MODEL_CAPABILITY}{name}")
+}
+
+/// The model a capability names, if it names one.
+pub fn capability_model(capability: &str) -> Option<&str> {
+    capability.strip_prefix(MODEL_CAPABILITY)
+}
+
+const MODEL_CAPABILITY: &str = "model:";
+
 /// Checks a model name: 1 to [`MAX_MODEL_NAME`] of `a-z 0-9 . _ -`, not starting with a dot,
 /// so it names a file in the model directory and nothing else.
 pub fn check_model_name(name: &str) -> Result<(), String> {
@@ -238,39 +251,40 @@ impl Operator for RemoveBackground {
 /// kept, alpha dropped), divided by the resized image's brightest value, then `(v - mean) /
 /// std` per channel, as planar `[1, 3, height, width]` floats: rembg's pre-processing.
 pub fn model_tensor(image: &Bitmap, input: &ModelInput) -> Result<Vec<f32>, String> {
-    let rgb = rgb_of(image);
-    let src = ImageRef::new(image.width(), image.height(), &rgb, PixelType::U8x3)
+    // Resized in the image's own layout and alpha dropped at the model's size, so a large
+    // RGBA input is never copied whole; as rembg's `convert("RGB")`, alpha does not weigh the
+    // colours.
+    let (pixel_type, channels) = if image.has_alpha() {
+        (PixelType::U8x4, 4)
+    } else {
+        (PixelType::U8x3, 3)
+    };
+    let src = ImageRef::new(image.width(), image.height(), image.data(), pixel_type)
         .map_err(|err| format!("model input: {err}"))?;
-    let mut dst = Image::new(input.width, input.height, PixelType::U8x3);
-    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3));
+    let mut dst = Image::new(input.width, input.height, pixel_type);
+    let options = ResizeOptions::new()
+        .resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3))
+        .use_alpha(false);
     Resizer::new()
         .resize(&src, &mut dst, &options)
         .map_err(|err| format!("model input: {err}"))?;
     let pixels = dst.into_vec();
-    let brightest = f32::from(pixels.iter().copied().max().unwrap_or(0)).max(1e-6);
+    let brightest = pixels
+        .chunks_exact(channels)
+        .flat_map(|pixel| &pixel[..3])
+        .copied()
+        .max()
+        .unwrap_or(0);
+    let brightest = f32::from(brightest).max(1e-6);
     let plane = (input.width as usize) * (input.height as usize);
     let mut tensor = vec![0f32; plane * 3];
-    for (i, pixel) in pixels.chunks_exact(3).enumerate() {
+    for (i, pixel) in pixels.chunks_exact(channels).enumerate() {
         for c in 0..3 {
             tensor[c * plane + i] =
                 (f32::from(pixel[c]) / brightest - input.mean[c]) / input.std[c];
         }
     }
     Ok(tensor)
-}
-
-/// The image's RGB bytes: itself, or without its alpha.
-fn rgb_of(image: &Bitmap) -> std::borrow::Cow<'_, [u8]> {
-    if image.has_alpha() {
-        image
-            .data()
-            .chunks_exact(4)
-            .flat_map(|p| [p[0], p[1], p[2]])
-            .collect::<Vec<u8>>()
-            .into()
-    } else {
-        image.data().into()
-    }
 }
 
 /// The alpha plane (one byte a pixel, at the image's size) from a model's `mask`: stretched
@@ -515,6 +529,7 @@ fn with_alpha(image: Bitmap, alpha: &[u8]) -> Bitmap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testdata::disc;
     use std::sync::Mutex;
 
     /// Stands in for the filter's ONNX runtime: says "foreground" where the model's input is
@@ -560,25 +575,6 @@ mod tests {
     }
 
     /// A red disc of radius `r` at the centre of a `width` x `height` green field.
-    fn disc(width: u32, height: u32, r: f64) -> Bitmap {
-        let mut data = Vec::new();
-        for y in 0..height {
-            for x in 0..width {
-                let (dx, dy) = (
-                    f64::from(x) + 0.5 - f64::from(width) / 2.0,
-                    f64::from(y) + 0.5 - f64::from(height) / 2.0,
-                );
-                let inside = dx.hypot(dy) < r;
-                data.extend_from_slice(if inside {
-                    &[220, 30, 40]
-                } else {
-                    &[40, 160, 60]
-                });
-            }
-        }
-        Bitmap::new(width, height, false, data).unwrap()
-    }
-
     fn alpha_at(image: &Bitmap, x: u32, y: u32) -> u8 {
         image.data()[((y * image.width() + x) * 4 + 3) as usize]
     }
@@ -594,6 +590,11 @@ mod tests {
         assert!((tensor[0] - expect(0, 1.0)).abs() < 1e-4);
         assert!((tensor[plane + 5] - expect(1, 0.5)).abs() < 1e-4);
         assert!((tensor[2 * plane + plane - 1] - expect(2, 0.25)).abs() < 1e-4);
+        // With alpha, the same colours make the same tensor, however transparent (alpha
+        // 255 would be the brightest value if it were counted).
+        let rgba = [200u8, 100, 50, 255, 200, 100, 50, 0].repeat(32 * 48);
+        let rgba = Bitmap::new(64, 48, true, rgba).unwrap();
+        assert_eq!(model_tensor(&rgba, &INPUT).unwrap(), tensor);
     }
 
     #[test]
