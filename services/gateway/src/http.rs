@@ -356,7 +356,9 @@ struct SubmitForm {
     /// A ZIP archive whose images become the job's images (folders flattened).
     archive: Option<BinaryFile>,
     /// Image URLs fetched by the workers: text, one per line (`#` starts a comment), or CSV
-    /// with a `url` column and an optional `name` column.
+    /// with a `url` column and an optional `name` column. Read as it uploads, up to
+    /// `--max-urls-per-list` (5 000 000): a list longer than one job becomes a batch of
+    /// jobs, and then needs the `pipeline` part before it.
     #[schema(example = "https://images.example.com/a.jpg\nhttps://images.example.com/b.png\n")]
     urls: Option<String>,
 }

@@ -267,21 +267,26 @@ impl ListReader {
 
 /// The `url` and `name` columns of a CSV header line, if it has a `url` column.
 fn header_columns(line: &str) -> Option<(usize, Option<usize>)> {
-    let fields = csv_record(line).ok()?;
+    let fields = csv_record(line.trim_start_matches('\u{feff}')).ok()?;
     let position = |name: &str| fields.iter().position(|f| f.eq_ignore_ascii_case(name));
     position("url").map(|url| (url, position("name")))
 }
 
 /// One CSV row (its quotes balanced), its fields trimmed.
 fn csv_record(row: &str) -> Result<csv::StringRecord, csv::Error> {
+    // The reader drops a byte-order mark at the start of its input, which here is a row's
+    // start: a mark of the reader's own goes first, so one the row begins with is data.
+    let mut input = String::with_capacity(row.len() + 3);
+    input.push('\u{feff}');
+    input.push_str(row);
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
         // Rows end at a line feed only, as the plain form's lines do (`\r` is trimmed).
         .terminator(csv::Terminator::Any(b'\n'))
         .trim(csv::Trim::All)
-        .buffer_capacity(row.len().max(64))
-        .from_reader(row.as_bytes());
+        .buffer_capacity(input.len().max(64))
+        .from_reader(input.as_bytes());
     let mut record = csv::StringRecord::new();
     reader.read_record(&mut record)?;
     Ok(record)
