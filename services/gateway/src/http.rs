@@ -877,6 +877,11 @@ fn streamed_export(
     file_name: &str,
 ) -> ApiResult<Response> {
     let body = Body::from_stream(chunks.map(|chunk| chunk.map_err(std::io::Error::other)));
+    attachment(body, content_type, file_name)
+}
+
+/// `body` as a download named `file_name`.
+fn attachment(body: Body, content_type: &str, file_name: &str) -> ApiResult<Response> {
     Ok(Response::builder()
         .header(header::CONTENT_TYPE, content_type)
         .header(
@@ -1380,14 +1385,11 @@ async fn analysis(
 ) -> ApiResult<Response> {
     let job = mesh.job(&caller, &id).await?;
     let bytes = crate::export::render(&job, format)?;
-    Ok(Response::builder()
-        .header(header::CONTENT_TYPE, format.content_type())
-        .header(
-            header::CONTENT_DISPOSITION,
-            format!("attachment; filename=\"{}\"", format.file_name(&id)),
-        )
-        .body(Body::from(bytes))
-        .map_err(|err| Error::internal(format!("building response: {err}")))?)
+    attachment(
+        Body::from(bytes),
+        format.content_type(),
+        &format.file_name(&id),
+    )
 }
 
 /// The download's file name: the input's stem with the output format's extension, made

@@ -186,7 +186,7 @@ async fn main() -> anyhow::Result<()> {
         let chunk = chunk?;
         first_byte.get_or_insert_with(|| exporting.elapsed());
         bytes += chunk.len();
-        rows += memchr_count(&chunk);
+        rows += chunk.iter().filter(|&&b| b == b'\n').count();
     }
     let exported = exporting.elapsed();
     let total = start.elapsed();
@@ -211,8 +211,4 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn memchr_count(bytes: &[u8]) -> usize {
-    bytes.iter().filter(|&&b| b == b'\n').count()
 }
