@@ -80,7 +80,6 @@ rootfs "$context" pixelmesh 10001
 # /blobs: the mount point of compose/shared-blobs.yml's volume, so Docker gives a new volume
 # the image user's ownership.
 mkdir -p "$context/data/storage" "$context/data/nats" "$context/blobs"
-cp -r web/dist "$context/web"
 # Symbols stay (panics name their functions); only the DWARF line tables go.
 objcopy --strip-debug "$binary" "$context/pixelmesh"
 docker build --quiet -t "$image" -f compose/Dockerfile \

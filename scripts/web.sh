@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the web UI into web/dist, which the gateway serves (--web-dir): the Leptos app
+# Builds the web UI into web/dist, which the gateway compiles into the binary (or serves from
+# --web-dir, for UI development): the Leptos app
 # compiled to WebAssembly, bound with wasm-bindgen of exactly the version in Cargo.lock,
 # assets named by content hash (cached for a year) with gzipped copies beside them.
 # Installs the wasm32 target and wasm-bindgen-cli (into .tools/cargo) when missing.
@@ -40,6 +41,12 @@ sed -e "s/@JS@/$js/g" -e "s/@WASM@/$wasm/g" -e "s/@CSS@/$css/g" web/index.html >
 for file in "$staging/index.html" "$staging"/assets/*; do
   gzip -9 -k -n "$file"
 done
-rm -rf web/dist
-mv "$staging" web/dist
+# An unchanged build keeps web/dist as it was: new timestamps would recompile the gateway, which
+# embeds it (services/gateway/build.rs), and relink everything that uses it.
+if [ -d web/dist ] && diff -rq "$staging" web/dist >/dev/null; then
+  rm -rf "$staging"
+else
+  rm -rf web/dist
+  mv "$staging" web/dist
+fi
 echo "web ui built into web/dist: $(du -sh --exclude='*.gz' web/dist | cut -f1), wasm $(stat -c %s "web/dist/assets/$wasm") bytes, gzipped $(stat -c %s "web/dist/assets/$wasm.gz")" >&2

@@ -1,5 +1,6 @@
 //! `pixelmesh all`: every role in one process, starting its own nats-server when none
-//! answers, and stopping cleanly on SIGTERM.
+//! answers, serving the web UI compiled into it from whatever directory it runs in, and
+//! stopping cleanly on SIGTERM.
 
 use std::{
     process::{Command, Stdio},
@@ -8,7 +9,9 @@ use std::{
 
 use pixelmesh_proto::v1::{JobState, Operation, Resize, operation::Op};
 use pixelmesh_tests::{
-    api, corpus, free_port, node_bin,
+    api,
+    browser::Browser,
+    corpus, free_port, node_bin,
     otlp::{Collector, SERVICES},
     poll, tool,
 };
@@ -26,8 +29,12 @@ async fn all_roles_in_one_process_with_their_own_nats() {
         .to_string();
     let path = format!("{nats_dir}:{}", std::env::var("PATH").unwrap_or_default());
     let log = std::fs::File::create(data.path().join("all.log")).expect("log");
+    // Run where there is nothing: the UI must come from the binary itself.
+    let elsewhere = tempfile::tempdir().expect("tempdir");
     let mut child = Command::new(node_bin())
         .arg("all")
+        .current_dir(elsewhere.path())
+        .env_remove("PIXELMESH_WEB_DIR")
         .env("PATH", path)
         .env(
             "PIXELMESH_NATS_URL",
@@ -92,6 +99,22 @@ async fn all_roles_in_one_process_with_their_own_nats() {
         "nats store not under the data dir"
     );
 
+    // The app renders, and a mesh that has done nothing says so on its dashboard.
+    let base = format!("http://127.0.0.1:{gateway_port}");
+    let browser = Browser::start("all").await;
+    browser
+        .client()
+        .goto(&format!("{base}/dashboard"))
+        .await
+        .expect("opening the dashboard");
+    browser.wait_for("main h1").await;
+    browser
+        .wait_until(
+            "the throughput panel says there is no work yet",
+            "document.querySelector('.chart figcaption').textContent.startsWith('no work yet')",
+        )
+        .await;
+
     let channel =
         tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{gateway_port}"))
             .expect("url")
@@ -118,6 +141,16 @@ async fn all_roles_in_one_process_with_their_own_nats() {
         "{}",
         logs()
     );
+
+    // The dashboard counts the image within its next refresh, with no reload.
+    browser
+        .wait_until(
+            "the throughput panel counts the image",
+            "document.querySelector('.chart figcaption').textContent.startsWith('1 image done and 0 failed')",
+        )
+        .await;
+    browser.screenshot("all-dashboard").await;
+    drop(browser);
 
     let what = format!("a job complete span for {id}");
     let trace_id = poll(

@@ -27,10 +27,9 @@ fn canonical(path: &std::path::Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_submits_watches_downloads_and_sees_workers_come_and_go() {
-    let web = Browser::web_dir();
+    // The UI compiled into the binary (the keys test below serves --web-dir).
     let mut cluster = Cluster::start(ClusterOptions {
         filters: 2,
-        gateway_args: vec!["--web-dir".into(), web.display().to_string()],
         ..ClusterOptions::default()
     })
     .await;
@@ -302,11 +301,9 @@ async fn a_user_submits_watches_downloads_and_sees_workers_come_and_go() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_fails_alone_and_tiled_images_show_their_tiles() {
-    let web = Browser::web_dir();
     let cluster = Cluster::start(ClusterOptions {
         // 2560x1600 in 512 px tiles: 5 x 4.
         tile_size: Some(512),
-        gateway_args: vec!["--web-dir".into(), web.display().to_string()],
         ..ClusterOptions::default()
     })
     .await;

@@ -133,7 +133,10 @@ pub struct WorkerList {
 /// `GET /api/v1/stats`: the work queue and recent throughput.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct Stats {
-    pub queue: Queue,
+    /// None when the gateway could not read it (`queue_error` says why).
+    pub queue: Option<Queue>,
+    #[serde(default)]
+    pub queue_error: Option<String>,
     /// Images ended per minute, oldest first, the current minute last.
     pub throughput: Vec<Minute>,
 }

@@ -1428,14 +1428,25 @@ async fn workers(State(mesh): State<Mesh>, caller: Caller) -> ApiResult<Json<Wor
         (status = 200, description = "Queue depth and recent throughput.", body = StatsView),
     ),
 )]
-async fn stats(State(mesh): State<Mesh>) -> ApiResult<Json<StatsView>> {
-    let (queue, minutes) = mesh.stats().await?;
-    Ok(Json(StatsView {
-        queue: QueueView {
-            pending: queue.pending,
-            in_flight: queue.in_flight,
-            redelivered: queue.redelivered,
-        },
+async fn stats(State(mesh): State<Mesh>) -> Json<StatsView> {
+    let (queue, minutes) = mesh.stats().await;
+    let (queue, queue_error) = match queue {
+        Ok(queue) => (
+            Some(QueueView {
+                pending: queue.pending,
+                in_flight: queue.in_flight,
+                redelivered: queue.redelivered,
+            }),
+            None,
+        ),
+        Err(err) => {
+            tracing::warn!(error = %err.message, "stats without the task queue");
+            (None, Some(err.message))
+        }
+    };
+    Json(StatsView {
+        queue,
+        queue_error,
         throughput: minutes
             .iter()
             .map(|m| MinuteView {
@@ -1444,13 +1455,18 @@ async fn stats(State(mesh): State<Mesh>) -> ApiResult<Json<StatsView>> {
                 failed: m.failed,
             })
             .collect(),
-    }))
+    })
 }
 
 /// The work queue and recent throughput.
 #[derive(Serialize, ToSchema)]
 struct StatsView {
-    queue: QueueView,
+    /// Null when the queue could not be read (see `queue_error`); the throughput is there
+    /// all the same.
+    queue: Option<QueueView>,
+    /// Why the queue could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queue_error: Option<String>,
     /// Images ended per minute, oldest first; the last is the current minute.
     throughput: Vec<MinuteView>,
 }

@@ -134,9 +134,10 @@ pub struct Settings {
     /// (--max-request-bytes) and uploads (--max-upload-bytes); over it, 413.
     #[arg(long, env = "PIXELMESH_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
-    /// The built web UI (`scripts/web.sh` writes it to web/dist), served at `/`.
-    #[arg(long, env = "PIXELMESH_WEB_DIR", default_value = "web/dist")]
-    pub web_dir: std::path::PathBuf,
+    /// Serve the web UI from this folder (as `scripts/web.sh` builds it into web/dist)
+    /// instead of the copy compiled into the binary: for UI development.
+    #[arg(long, env = "PIXELMESH_WEB_DIR")]
+    pub web_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Settings {
@@ -189,7 +190,11 @@ pub async fn run(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let scheduler = schedulers::Schedulers::new(&config.scheduler_url)?;
-    let web = web::router(&config.settings.web_dir);
+    let web = web::router(match &config.settings.web_dir {
+        Some(dir) => web::Source::Dir(dir.clone()),
+        None => web::Source::Embedded,
+    })
+    .await;
     let mesh = mesh::Mesh::new(storage, blobs, scheduler, nats, config.settings);
     mesh.throughput().clone().count(mesh.fanout()).await?;
 
@@ -226,7 +231,7 @@ mod tests {
         assert_eq!(settings.max_concurrent_uploads, 64);
         assert_eq!(settings.max_uploads_per_key, 8);
         assert_eq!(settings.rate_limit_per_second, 0.0);
-        assert_eq!(settings.web_dir, std::path::PathBuf::from("web/dist"));
+        assert!(settings.web_dir.is_none());
         assert!(settings.api_keys_file.is_none());
     }
 }

@@ -36,6 +36,10 @@ pub enum Command {
     /// Probes the roles listening on this host through `grpc.health.v1`: exit 0 when all
     /// serve. The container image's HEALTHCHECK.
     Health(health::HealthArgs),
+    /// The client: `process`, `jobs`, `watch`, `download`, `cancel`, `retry`, `pause`,
+    /// `resume`, `delete`, against a gateway (--gateway, --api-key).
+    #[command(flatten)]
+    Client(pixelmesh_cli::Command),
 }
 
 /// Where blob bytes live. Every role that moves bytes (storage, gateway, filter) takes it.
@@ -202,6 +206,19 @@ fn loopback(mut addr: SocketAddr) -> SocketAddr {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Client(command) = cli.command {
+        // A client: no telemetry, no role; errors print as one line and exit 2.
+        return match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime.block_on(pixelmesh_cli::run(command)),
+            Err(err) => {
+                eprintln!("pixelmesh: cannot start the async runtime: {err}");
+                ExitCode::from(2)
+            }
+        };
+    }
     use pixelmesh_common::telemetry::Services;
     let service = match &cli.command {
         Command::Gateway(_) => Some(Services::One("pixelmesh-gateway")),
@@ -210,7 +227,7 @@ pub fn main() -> ExitCode {
         Command::Storage(_) => Some(Services::One("pixelmesh-storage")),
         Command::All(_) => Some(Services::PerRole),
         // The probe runs every few seconds in each container: no telemetry for it.
-        Command::Health(_) => None,
+        Command::Health(_) | Command::Client(_) => None,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -245,8 +262,26 @@ mod tests {
     #[test]
     fn every_role_parses_with_defaults() {
         Cli::command().debug_assert();
-        for role in ["gateway", "scheduler", "filter", "storage", "all", "health"] {
+        for role in [
+            "gateway",
+            "scheduler",
+            "filter",
+            "storage",
+            "all",
+            "health",
+            "jobs",
+        ] {
             Cli::try_parse_from(["pixelmesh", role]).expect(role);
+        }
+        for client in [
+            &["process", "photos", "-p", "resize:w=100", "-o", "out"][..],
+            &["watch", "01J"],
+            &["download", "01J", "--out", "x"],
+            &["cancel", "01J", "--gateway", "http://example.com:8080"],
+        ] {
+            let args = std::iter::once("pixelmesh").chain(client.iter().copied());
+            let parsed = Cli::try_parse_from(args).expect(client[0]);
+            assert!(matches!(parsed.command, Command::Client(_)), "{client:?}");
         }
     }
 

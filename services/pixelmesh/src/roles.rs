@@ -82,6 +82,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Filter(args) => filter(args, signal(&stop)).await,
         Command::Storage(args) => storage(args, signal(&stop)).await,
         Command::Health(args) => crate::health::run(args).await,
+        // cli::main runs these itself, without a role's signal handling and telemetry.
+        Command::Client(_) => anyhow::bail!("a client command is not a role"),
         Command::All(args) => {
             // Stopped once every role has stopped.
             let nats = nats_server::ensure(&args.nats.url, &args.nats_dir).await?;

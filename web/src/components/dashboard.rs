@@ -67,6 +67,7 @@ pub fn Dashboard() -> impl IntoView {
     let counts = RwSignal::new(Counts::default());
     let workers = RwSignal::new(Vec::<Row>::new());
     let stats = RwSignal::new(Stats::default());
+    let stats_error = RwSignal::new(None::<String>);
     let activity = RwSignal::new(VecDeque::<Activity>::new());
     let error = RwSignal::new(None::<String>);
     let stale = RwSignal::new(true);
@@ -78,8 +79,15 @@ pub fn Dashboard() -> impl IntoView {
                 Err(err) => error.set(Some(err.to_string())),
             }
             match api::stats().await {
-                Ok(s) => stats.set(s),
-                Err(err) => error.set(Some(err.to_string())),
+                Ok(s) => {
+                    stats.set(s);
+                    stats_error.set(None);
+                }
+                // Said beside the chart too, which would otherwise only look empty.
+                Err(err) => {
+                    stats_error.set(Some(err.to_string()));
+                    error.set(Some(err.to_string()));
+                }
             }
         });
     };
@@ -226,7 +234,10 @@ pub fn Dashboard() -> impl IntoView {
                 <Card
                     label="Queue"
                     value=Signal::derive(move || {
-                        stats.with(|s| format!("{} waiting · {} running", s.queue.pending, s.queue.in_flight))
+                        stats.with(|s| match &s.queue {
+                            Some(queue) => format!("{} waiting · {} running", queue.pending, queue.in_flight),
+                            None => "unknown".to_string(),
+                        })
                     })
                 />
             </div>
@@ -265,10 +276,15 @@ pub fn Dashboard() -> impl IntoView {
                     <h2>"Throughput"</h2>
                     <ThroughputChart minutes=Signal::derive(move || stats.get().throughput)/>
                     <p class="hint">
-                        {move || stats.with(|s| format!(
-                            "queue: {} waiting, {} in flight, {} redelivered",
-                            s.queue.pending, s.queue.in_flight, s.queue.redelivered
-                        ))}
+                        {move || stats_error.get().map(|err| format!("throughput unavailable: {err}. "))}
+                        {move || stats.with(|s| match (&s.queue, &s.queue_error) {
+                            (Some(queue), _) => format!(
+                                "queue: {} waiting, {} in flight, {} redelivered",
+                                queue.pending, queue.in_flight, queue.redelivered
+                            ),
+                            (None, Some(error)) => format!("queue: unavailable ({error})"),
+                            (None, None) => String::new(),
+                        })}
                     </p>
                 </section>
                 <section aria-labelledby="activity-title">

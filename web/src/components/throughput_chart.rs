@@ -29,18 +29,24 @@ pub fn bars(minutes: &[Minute], height: f64) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// What the chart says in words: its caption and its label for screen readers.
+pub fn summary(minutes: &[Minute]) -> String {
+    if minutes.is_empty() {
+        return "loading the last minutes…".into();
+    }
+    let done: u64 = minutes.iter().map(|m| m.done).sum();
+    let failed: u64 = minutes.iter().map(|m| m.failed).sum();
+    let span = minutes.len();
+    if done + failed == 0 {
+        return format!("no work yet: no image ended in the last {span} minutes");
+    }
+    let images = if done == 1 { "image" } else { "images" };
+    format!("{done} {images} done and {failed} failed in the last {span} minutes (UTC)")
+}
+
 #[component]
 pub fn ThroughputChart(minutes: Signal<Vec<Minute>>) -> impl IntoView {
-    let summary = move || {
-        minutes.with(|m| {
-            let done: u64 = m.iter().map(|m| m.done).sum();
-            let failed: u64 = m.iter().map(|m| m.failed).sum();
-            format!(
-                "{done} images done and {failed} failed in the last {} minutes",
-                m.len()
-            )
-        })
-    };
+    let summary = move || minutes.with(|m| summary(m));
     view! {
         <figure class="chart">
             <svg
@@ -75,7 +81,7 @@ pub fn ThroughputChart(minutes: Signal<Vec<Minute>>) -> impl IntoView {
                         .collect_view()
                 }}
             </svg>
-            <figcaption>{summary}" (UTC)"</figcaption>
+            <figcaption>{summary}</figcaption>
         </figure>
     }
 }
@@ -98,5 +104,27 @@ mod tests {
         // An idle window draws nothing rather than dividing by zero.
         assert_eq!(bars(&[minute(0, 0)], 100.0), [(0.0, 0.0)]);
         assert!(bars(&[], 100.0).is_empty());
+    }
+
+    #[test]
+    fn the_caption_says_what_there_is() {
+        let minute = |done, failed| Minute {
+            at_ms: 0,
+            done,
+            failed,
+        };
+        assert_eq!(summary(&[]), "loading the last minutes…");
+        assert_eq!(
+            summary(&[minute(0, 0), minute(0, 0)]),
+            "no work yet: no image ended in the last 2 minutes"
+        );
+        assert_eq!(
+            summary(&[minute(1, 0), minute(0, 0)]),
+            "1 image done and 0 failed in the last 2 minutes (UTC)"
+        );
+        assert_eq!(
+            summary(&[minute(7, 1), minute(2, 0)]),
+            "9 images done and 1 failed in the last 2 minutes (UTC)"
+        );
     }
 }
