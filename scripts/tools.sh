@@ -71,9 +71,14 @@ fi
 # .tools/garage when missing, static for musl like our own binary, so the same file runs here
 # and in a `scratch` image: no LTO and more codegen units than Garage's own release profile,
 # which halves the build for a store that only serves tests and local runs.
+# PIXELMESH_GARAGE_LATER=1 leaves the build to the caller, who runs pixelmesh_build_garage when
+# it suits (.ci/run: in the background, beside the workspace's own build).
 pixelmesh_garage="$pixelmesh_root/.tools/garage"
-if ! "$pixelmesh_garage/bin/garage" --version 2>/dev/null | grep -q ':2\.5\.0' ||
-  readelf -lW "$pixelmesh_garage/bin/garage" | grep -q INTERP; then
+pixelmesh_garage_missing() {
+  ! "$pixelmesh_garage/bin/garage" --version 2>/dev/null | grep -q ':2\.5\.0' ||
+    readelf -lW "$pixelmesh_garage/bin/garage" | grep -q INTERP
+}
+pixelmesh_build_garage() {
   echo "building garage 2.5.0 into .tools/garage (a few minutes, once)" >&2
   env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS \
     CARGO_PROFILE_RELEASE_LTO=off CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
@@ -81,7 +86,10 @@ if ! "$pixelmesh_garage/bin/garage" --version 2>/dev/null | grep -q ':2\.5\.0' |
     CARGO_TARGET_DIR="$pixelmesh_root/.tools/garage-build" \
     cargo install garage --version 2.5.0 --locked --root "$pixelmesh_garage" --quiet \
     --target x86_64-unknown-linux-musl ||
-    { echo "garage install failed" >&2; return 1 2>/dev/null || exit 1; }
+    { echo "garage install failed" >&2; return 1; }
   rm -rf "$pixelmesh_root/.tools/garage-build"
+}
+if [ "${PIXELMESH_GARAGE_LATER:-}" != 1 ] && pixelmesh_garage_missing; then
+  pixelmesh_build_garage || { return 1 2>/dev/null || exit 1; }
 fi
 export PATH="$pixelmesh_garage/bin:$PATH"

@@ -1,5 +1,5 @@
 //! The `file://` store end to end, and URL parsing. The `s3://` store is tested against a
-//! real Garage in `tests/tests/objects.rs`.
+//! real Garage in `tests/tests/e2e/objects.rs`.
 
 use std::time::{Duration, SystemTime};
 

@@ -153,9 +153,7 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<Outcome> {
         if first {
             // The job's state as it is: what already ended counts at once.
             progress.expect(u64::from(summary.total));
-            for _ in 0..summary.done + summary.failed + summary.cancelled {
-                progress.tick();
-            }
+            progress.ended_before(u64::from(summary.done + summary.failed + summary.cancelled));
             first = false;
         }
         if let Some(image) = event.image {

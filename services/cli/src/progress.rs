@@ -97,10 +97,10 @@ impl Progress {
         }
     }
 
-    /// One image already ended before the command looked.
-    pub fn tick(&self) {
+    /// `images` already ended before the command looked.
+    pub fn ended_before(&self, images: u64) {
         if let Some(bars) = &self.bars {
-            bars.batch.inc(1);
+            bars.batch.inc(images);
         }
     }
 

@@ -1,6 +1,6 @@
 //! The client commands of the `pixelmesh` binary against a real mesh, run as a user runs
-//! them: `process` with `--json` and under a pseudo-terminal (util-linux `script`), resuming,
-//! Ctrl-C, and `jobs`, `watch`, `download`, `pause`, `resume`, `cancel`, `delete`.
+//! them: `process` with `--json` and on a pseudo-terminal, resuming, Ctrl-C, and `jobs`,
+//! `watch`, `download`, `pause`, `resume`, `cancel`, `delete`.
 
 use std::{path::Path, process::Stdio, time::Duration};
 
@@ -58,11 +58,14 @@ fn cli(gateway: &str, args: &[&str]) -> Command {
     command
 }
 
+/// How long one command may take here: far more than any needs, so a hang fails the test
+/// naming the command instead of stalling the suite.
+const LIMIT: Duration = Duration::from_secs(120);
+
 async fn run(gateway: &str, args: &[&str]) -> Run {
-    let output = cli(gateway, args)
-        .stdin(Stdio::null())
-        .output()
+    let output = tokio::time::timeout(LIMIT, cli(gateway, args).stdin(Stdio::null()).output())
         .await
+        .unwrap_or_else(|_| panic!("pixelmesh {args:?} still running after {LIMIT:?}"))
         .expect("running pixelmesh");
     Run {
         code: output.status.code().unwrap_or(-1),
@@ -166,20 +169,8 @@ async fn process_mirrors_the_tree_resumes_and_reports_failures() {
     // Under a terminal: the bars draw, with the rate and ETA, and a failure's line.
     write(&photos.join("d.png"), &png(64, 48, 4));
     write(&photos.join("worse.png"), b"\x89PNG but not really");
-    let command = format!(
-        "{} process '{photos_arg}' --pipeline {PIPELINE} --out '{out_arg}'",
-        node_bin().display()
-    );
-    let tty = Command::new("script")
-        .args(["-qefc", &command, "/dev/null"])
-        .env("PIXELMESH_GATEWAY", &gateway)
-        .env("TERM", "xterm-256color")
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("running script (util-linux)");
-    let screen = String::from_utf8_lossy(&tty.stdout);
-    assert_eq!(tty.status.code(), Some(1), "{screen}");
+    let (code, screen) = on_terminal(&gateway, &process).await;
+    assert_eq!(code, Some(1), "{screen}");
     for expected in [
         "images ·",
         "images/s",
@@ -308,8 +299,7 @@ async fn interrupt(gateway: &str, inputs: &str, out: &str, detach: bool) -> Stri
             break event["job"].as_str().unwrap().to_string();
         }
     };
-    let pid = child.id().expect("running") as i32;
-    nix_kill(pid);
+    interrupt_signal(child.id().expect("running"));
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await
         .expect("process did not stop on SIGINT")
@@ -328,12 +318,59 @@ async fn interrupt(gateway: &str, inputs: &str, out: &str, detach: bool) -> Stri
     job
 }
 
-fn nix_kill(pid: i32) {
-    let status = std::process::Command::new("kill")
-        .args(["-INT", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+/// Runs `pixelmesh args` with stdout and stderr on a pseudo-terminal, as in a terminal
+/// window: its exit code and everything the terminal showed. Our own pty, not util-linux
+/// `script`: with its output on a pipe, `script` can spin forever after its command exits
+/// (util-linux#2562); a CI run once hung in this test for 25 minutes.
+async fn on_terminal(gateway: &str, args: &[&str]) -> (Option<i32>, String) {
+    let size = nix::pty::Winsize {
+        ws_row: 40,
+        ws_col: 120,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(&size, None).expect("openpty");
+    let mut command = cli(gateway, args);
+    command
+        .env("TERM", "xterm-256color")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(pty.slave.try_clone().expect("dup")))
+        .stderr(Stdio::from(pty.slave));
+    let mut child = command.spawn().expect("starting pixelmesh");
+    // The command held this side's last copies: once the child exits, reading the terminal
+    // ends (EIO), and the child never blocks on a full terminal meanwhile.
+    drop(command);
+    let mut terminal = std::fs::File::from(pty.master);
+    let screen = tokio::task::spawn_blocking(move || {
+        let mut screen = Vec::new();
+        let mut buffer = [0; 8192];
+        loop {
+            match std::io::Read::read(&mut terminal, &mut buffer) {
+                Ok(0) => break,
+                Ok(n) => screen.extend_from_slice(&buffer[..n]),
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        String::from_utf8_lossy(&screen).into_owned()
+    });
+    let status = tokio::time::timeout(LIMIT, child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("pixelmesh {args:?} on a terminal after {LIMIT:?}"))
+        .expect("waiting for pixelmesh");
+    let screen = tokio::time::timeout(Duration::from_secs(10), screen)
+        .await
+        .expect("the terminal still open after pixelmesh exited")
+        .expect("reading the terminal");
+    (status.code(), screen)
+}
+
+fn interrupt_signal(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT");
 }
 
 #[tokio::test]
