@@ -49,6 +49,14 @@ where
     }
 }
 
+pub use nix::sys::signal::Signal;
+
+/// Sends `signal` to process `pid`, as `kill` would.
+pub fn send_signal(pid: u32, signal: Signal) -> nix::Result<()> {
+    let pid = i32::try_from(pid).map_err(|_| nix::errno::Errno::ESRCH)?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+}
+
 /// A port nothing listens on right now, and that no other caller got, in this process or in
 /// another test process (nextest runs every test in its own, several at once): the next port
 /// to try is kept in a file under the temporary directory, read and advanced under an
@@ -461,9 +469,7 @@ impl Role {
         let Some(mut child) = self.child.take() else {
             return false;
         };
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
+        let _ = send_signal(child.id(), Signal::SIGTERM);
         child.wait().map(|s| s.success()).unwrap_or(false)
     }
 

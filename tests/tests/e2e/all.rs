@@ -9,11 +9,11 @@ use std::{
 
 use pixelmesh_proto::v1::{JobState, Operation, Resize, operation::Op};
 use pixelmesh_tests::{
-    api,
+    Signal, api,
     browser::Browser,
     corpus, free_port, node_bin,
     otlp::{Collector, SERVICES},
-    poll, tool,
+    poll, send_signal, tool,
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -176,9 +176,7 @@ async fn all_roles_in_one_process_with_their_own_nats() {
     assert_eq!(services, expected, "{trace:#?}");
 
     // SIGTERM: every role stops, the process exits 0, and the nats-server it started is gone.
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
+    let _ = send_signal(child.id(), Signal::SIGTERM);
     let status = child.wait().expect("wait");
     assert!(status.success(), "exit {status}:\n{}", logs());
     assert!(

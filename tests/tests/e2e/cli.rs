@@ -5,7 +5,7 @@
 use std::{path::Path, process::Stdio, time::Duration};
 
 use pixelmesh_proto::v1::{GetJobRequest, JobState};
-use pixelmesh_tests::{Cluster, ClusterOptions, free_port, node_bin, png};
+use pixelmesh_tests::{Cluster, ClusterOptions, Signal, free_port, node_bin, png, send_signal};
 use serde_json::Value;
 use tokio::{
     io::{AsyncBufReadExt as _, BufReader},
@@ -299,7 +299,7 @@ async fn interrupt(gateway: &str, inputs: &str, out: &str, detach: bool) -> Stri
             break event["job"].as_str().unwrap().to_string();
         }
     };
-    interrupt_signal(child.id().expect("running"));
+    send_signal(child.id().expect("running"), Signal::SIGINT).expect("SIGINT");
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await
         .expect("process did not stop on SIGINT")
@@ -363,14 +363,6 @@ async fn on_terminal(gateway: &str, args: &[&str]) -> (Option<i32>, String) {
         .expect("the terminal still open after pixelmesh exited")
         .expect("reading the terminal");
     (status.code(), screen)
-}
-
-fn interrupt_signal(pid: u32) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .expect("SIGINT");
 }
 
 #[tokio::test]
