@@ -58,6 +58,10 @@ pub struct ImageView {
     /// The input as submitted; absent for an image fetched by URL.
     #[serde(default)]
     pub input_url: Option<String>,
+    /// A small rendering of the input, as an image URL (`/img/…`), when the gateway serves
+    /// them.
+    #[serde(default)]
+    pub input_thumbnail_url: Option<String>,
     #[serde(default)]
     pub output: Option<OutputView>,
     #[serde(default)]
@@ -81,6 +85,9 @@ pub struct TilesView {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct OutputView {
     pub url: String,
+    /// A small rendering, as an image URL (`/img/…`), when the gateway serves them.
+    #[serde(default)]
+    pub thumbnail_url: Option<String>,
     pub content_type: String,
     pub width: u32,
     pub height: u32,

@@ -7,6 +7,11 @@
 //! * core subject `pixelmesh.progress.<job>`: progress events for gateways to relay;
 //! * KV bucket `pixelmesh-workers`: worker heartbeats that expire;
 //! * KV bucket `pixelmesh-leases`: the scheduler lease for reconciliation;
+//! * stream `LIVE` (work queue, in memory): `pixelmesh.live.<request>`, on-the-fly image
+//!   requests (`GET /img/…`), pulled by the filters through a consumer of their own before
+//!   any batch task, so a page load never waits behind a batch; the answer goes to the
+//!   reply subject in the task's `Pixelmesh-Reply` header (NATS core);
+//! * KV bucket `pixelmesh-image-cache`: on-the-fly results, by source content and pipeline;
 //! * stream `ADVISORIES`: JetStream's max-deliveries advisories for `TASKS`, kept until the
 //!   scheduler's durable consumer has handled them, so a task that ran out of deliveries
 //!   while no scheduler was up still fails its image.
@@ -19,6 +24,16 @@ use async_nats::jetstream::{self, kv, stream};
 pub const TASKS_STREAM: &str = "TASKS";
 pub const RESULTS_STREAM: &str = "RESULTS";
 pub const FILTER_CONSUMER: &str = "filter";
+/// On-the-fly image requests: their own stream and consumer, so they never queue behind
+/// batch tasks.
+pub const LIVE_STREAM: &str = "LIVE";
+pub const LIVE_CONSUMER: &str = "filter-live";
+/// The header of a live task naming the subject its answer goes to.
+pub const REPLY_HEADER: &str = "Pixelmesh-Reply";
+/// A live task nobody took within this long is dropped: its requester gave up already.
+pub const LIVE_MAX_AGE: Duration = Duration::from_secs(60);
+/// On-the-fly results: request key to output blob.
+pub const IMAGE_CACHE_BUCKET: &str = "pixelmesh-image-cache";
 pub const SCHEDULER_CONSUMER: &str = "scheduler";
 pub const WORKERS_BUCKET: &str = "pixelmesh-workers";
 pub const ADVISORIES_STREAM: &str = "ADVISORIES";
@@ -48,6 +63,10 @@ pub fn task_subject(job_id: &str, index: u32) -> String {
 
 pub fn job_tasks_filter(job_id: &str) -> String {
     format!("pixelmesh.task.{job_id}.>")
+}
+
+pub fn live_subject(request: &str) -> String {
+    format!("pixelmesh.live.{request}")
 }
 
 pub fn result_subject(job_id: &str, index: u32) -> String {
@@ -133,6 +152,17 @@ pub async fn ensure_streams(js: &jetstream::Context, replicas: u16) -> anyhow::R
             subjects: vec!["pixelmesh.result.>".into()],
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+        stream::Config {
+            name: LIVE_STREAM.into(),
+            subjects: vec!["pixelmesh.live.>".into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            // A live task is worth nothing once its requester timed out, so a restart may
+            // lose it; memory saves the disk write on every page load's miss.
+            storage: stream::StorageType::Memory,
+            max_age: LIVE_MAX_AGE,
             num_replicas: replicas,
             ..Default::default()
         },

@@ -9,6 +9,8 @@
 //!   deadline that stops it while it runs;
 //! * [`tiles`] — splitting huge images into tiles with halos, and stitching them back;
 //! * [`worker`] — the JetStream consumer loop with its ack discipline;
+//! * `live` — the live lane: on-the-fly image requests, on a consumer and CPU slots of
+//!   their own, so they never queue behind batch work;
 //! * [`fetch`] — downloading URL inputs without letting a URL reach the private network;
 //! * [`describe`] — asking an AI vision endpoint for the `describe` op, with its limits,
 //!   retries and answer cache;
@@ -25,6 +27,7 @@ pub mod engine;
 pub mod fetch;
 mod gif_writer;
 pub mod heartbeat;
+mod live;
 pub mod logos;
 mod metadata;
 pub mod outage;
@@ -61,6 +64,11 @@ pub struct Settings {
     /// fastest).
     #[arg(long, env = "PIXELMESH_CONCURRENCY")]
     pub concurrency: Option<usize>,
+    /// On-the-fly image requests (`GET /img/…`) processed at once, on slots apart from the
+    /// batch lane's: a request runs at once beside batch images, sharing the cores with them
+    /// for its moment, instead of waiting for one to end. Defaults to the number of cores.
+    #[arg(long, env = "PIXELMESH_LIVE_CONCURRENCY")]
+    pub live_concurrency: Option<usize>,
     /// Tasks held beyond `concurrency`, downloading or uploading while the others compute, so
     /// no core waits on the network between images. 0 fetches only when a core is free.
     #[arg(long, env = "PIXELMESH_PREFETCH", default_value_t = 1)]
@@ -121,6 +129,18 @@ fn describe_metrics() {
         "tiles of huge images processed"
     );
     counter!("pixelmesh_tiles_processed_total").absolute(0);
+    describe_counter!(
+        "pixelmesh_live_images_total",
+        "on-the-fly image requests (GET /img) processed by this worker, by outcome"
+    );
+    for outcome in ["done", "failed"] {
+        counter!("pixelmesh_live_images_total", "outcome" => outcome).absolute(0);
+    }
+    describe_histogram!(
+        "pixelmesh_live_duration_seconds",
+        Unit::Seconds,
+        "an on-the-fly image request on the worker, from delivery to answer"
+    );
     describe_counter!(
         "pixelmesh_tasks_redelivered_total",
         "tasks this worker got on a second or later delivery (a worker died or timed out)"
@@ -251,6 +271,13 @@ pub async fn run(
     let server =
         tokio::spawn(Server::new("filter")?.serve(listener, server_stop.clone().cancelled_owned()));
 
+    let live_concurrency = settings.live_concurrency.unwrap_or(concurrency).max(1);
+    let live = tokio::spawn(live::consume(
+        worker.clone(),
+        Arc::new(tokio::sync::Semaphore::new(live_concurrency)),
+        live_concurrency + settings.prefetch,
+        stop.clone(),
+    ));
     let consuming = worker::consume(worker, concurrency + settings.prefetch, stop.clone());
     tokio::pin!(consuming, shutdown);
     let consumed = tokio::select! {
@@ -260,6 +287,9 @@ pub async fn run(
             consuming.await
         }
     };
+    // The batch lane may end on its own (an error): the live lane ends with it.
+    stop.cancel();
+    live.await.context("live lane panicked")??;
     beat_stop.cancel();
     let _ = beats.await;
     server_stop.cancel();

@@ -45,7 +45,7 @@ use crate::{
 /// Chunk size for blobs sent to storage.
 const CHUNK: usize = 64 * 1024;
 /// How long one pull waits for a task; also bounds how late a stop signal is noticed.
-const PULL_EXPIRES: Duration = Duration::from_secs(1);
+pub(crate) const PULL_EXPIRES: Duration = Duration::from_secs(1);
 
 /// Counters the heartbeat reports.
 #[derive(Debug, Default)]
@@ -60,7 +60,7 @@ pub struct Stats {
 
 /// Why a task did not produce an output.
 #[derive(Debug)]
-enum TaskError {
+pub(crate) enum TaskError {
     /// The job ended (cancelled), was paused or was deleted before the task ran.
     Skipped,
     /// The input can never succeed: record the failure, do not retry.
@@ -169,32 +169,15 @@ pub(crate) async fn consume(
             }
         }
         while running.try_join_next().is_some() {}
-        // One message per pull so that idle replicas get their share (fair sharing); the
-        // pull is never abandoned half-way, so no delivered task is left unacknowledged.
-        let batch = consumer
-            .batch()
-            .max_messages(1)
-            .expires(PULL_EXPIRES)
-            .messages()
-            .await;
-        let mut batch = match batch {
-            Ok(batch) => batch,
-            Err(err) => {
-                tracing::warn!(error = %err, "pulling tasks failed");
-                tokio::time::sleep(PULL_EXPIRES).await;
-                continue;
-            }
-        };
-        match batch.next().await {
-            Some(Ok(message)) => {
+        match pull_one(&consumer, "tasks").await {
+            Some(message) => {
                 let worker = worker.clone();
                 running.spawn(async move {
                     handle(&worker, message).await;
                     drop(slot);
                 });
             }
-            Some(Err(err)) => tracing::warn!(error = %err, "receiving task failed"),
-            None => {}
+            None => drop(slot),
         }
     }
     tracing::info!(
@@ -206,6 +189,38 @@ pub(crate) async fn consume(
     );
     while running.join_next().await.is_some() {}
     Ok(())
+}
+
+/// One message from `consumer`, or `None` after [`PULL_EXPIRES`] without one (or a failed
+/// pull, logged as a pull of `what`). One message per pull so that idle replicas get their
+/// share (fair sharing); the pull is never abandoned half-way, so no delivered task is left
+/// unacknowledged.
+pub(crate) async fn pull_one(
+    consumer: &jetstream::consumer::PullConsumer,
+    what: &str,
+) -> Option<jetstream::Message> {
+    let batch = consumer
+        .batch()
+        .max_messages(1)
+        .expires(PULL_EXPIRES)
+        .messages()
+        .await;
+    let mut batch = match batch {
+        Ok(batch) => batch,
+        Err(err) => {
+            tracing::warn!(error = %err, what, "pulling failed");
+            tokio::time::sleep(PULL_EXPIRES).await;
+            return None;
+        }
+    };
+    match batch.next().await {
+        Some(Ok(message)) => Some(message),
+        Some(Err(err)) => {
+            tracing::warn!(error = %err, what, "receiving failed");
+            None
+        }
+        None => None,
+    }
 }
 
 /// The filters' shared durable consumer of the task stream. create_consumer creates or
@@ -381,7 +396,7 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_secs(1u64 << attempt.saturating_sub(1).min(5)).min(Duration::from_secs(30))
 }
 
-async fn ack(message: &jetstream::Message, kind: AckKind) {
+pub(crate) async fn ack(message: &jetstream::Message, kind: AckKind) {
     // Double ack: the server confirms, so an ack lost on the way cannot silently turn into
     // a redelivery of work we consider done.
     if let Err(err) = message.double_ack_with(kind).await {
@@ -542,7 +557,7 @@ async fn run_image(
 
 /// Downloads and decodes the logos the pipeline's watermarks overlay, or takes them from the
 /// worker's cache. A logo that is missing or does not decode fails the image, naming it.
-async fn load_logos(
+pub(crate) async fn load_logos(
     worker: &Worker,
     storage: &mut StorageClient<Channel>,
     pipeline: &Pipeline,
@@ -757,7 +772,7 @@ fn raw_limit(limits: &Limits) -> u64 {
     limits.max_pixels.saturating_mul(4).saturating_add(64)
 }
 
-async fn download(
+pub(crate) async fn download(
     worker: &Worker,
     storage: &mut StorageClient<Channel>,
     blob_id: &str,
@@ -902,7 +917,7 @@ async fn upload(
 }
 
 /// Stores `bytes`, in the shared store or through storage, and returns the blob id.
-async fn put_blob(
+pub(crate) async fn put_blob(
     worker: &Worker,
     storage: &mut StorageClient<Channel>,
     bytes: Vec<u8>,

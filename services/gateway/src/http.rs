@@ -32,10 +32,14 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::{
     auth::Caller,
     export::Format,
+    images::{self, Signing},
     mesh::{FeedEvent, Mesh, OutputKey, event_version},
     submission::Submission,
 };
 
+/// The pipeline of the thumbnails job views link to: small enough for a table row at twice
+/// the pixel density, in the best format the browser takes.
+const THUMBNAIL: &str = "thumbnail:w=160,h=160/format:auto";
 /// Largest `pipeline` part: a pipeline is at most a few dozen small objects.
 const MAX_PIPELINE_BYTES: usize = 64 * 1024;
 /// Longest file name kept from a multipart part.
@@ -51,11 +55,18 @@ pub fn router(mesh: Mesh) -> Router {
     let (router, document) = api(body_limit);
     let document = bytes::Bytes::from(document.to_json().unwrap_or_default());
     router
+        .route("/img/{*path}", get(image))
         .route(
             OPENAPI_PATH,
             get(move || async move { ([(header::CONTENT_TYPE, "application/json")], document) }),
         )
         .with_state(mesh)
+}
+
+/// `GET /img/<signature>/<pipeline>/<source>`, an on-the-fly image (see [`crate::images`]).
+/// Outside the OpenAPI document: its answers are images and short texts, not JSON.
+async fn image(State(mesh): State<Mesh>, uri: axum::http::Uri, headers: HeaderMap) -> Response {
+    mesh.images().serve(uri.path(), &headers).await
 }
 
 /// The OpenAPI 3.1 document of the REST API, as served at [`OPENAPI_PATH`].
@@ -919,7 +930,10 @@ async fn job(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<JobView>> {
-    Ok(Json(JobView::from_job(&mesh.job(&caller, &id).await?)))
+    Ok(Json(JobView::from_job(
+        &mesh.job(&caller, &id).await?,
+        mesh.images().signing(),
+    )))
 }
 
 /// `DELETE /api/v1/jobs/{id}`: cancels a running job, deletes it and the blobs no other job
@@ -970,7 +984,11 @@ async fn retry(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Response> {
     let job = mesh.retry(&caller, &id).await?;
-    Ok((StatusCode::ACCEPTED, Json(JobView::from_job(&job))).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(JobView::from_job(&job, mesh.images().signing())),
+    )
+        .into_response())
 }
 
 /// `POST /api/v1/jobs/{id}/pause`: stops dispatching the job's images; running ones finish.
@@ -987,7 +1005,10 @@ async fn pause(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<JobView>> {
-    Ok(Json(JobView::from_job(&mesh.pause(&caller, &id).await?)))
+    Ok(Json(JobView::from_job(
+        &mesh.pause(&caller, &id).await?,
+        mesh.images().signing(),
+    )))
 }
 
 /// `POST /api/v1/jobs/{id}/resume`: dispatches a paused job's pending images again.
@@ -1005,7 +1026,11 @@ async fn resume(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Response> {
     let job = mesh.resume(&caller, &id).await?;
-    Ok((StatusCode::ACCEPTED, Json(JobView::from_job(&job))).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(JobView::from_job(&job, mesh.images().signing())),
+    )
+        .into_response())
 }
 
 /// `POST /api/v1/jobs/{id}/cancel`: purges the job's queued work; running tasks are dropped
@@ -1023,7 +1048,10 @@ async fn cancel(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<JobView>> {
-    Ok(Json(JobView::from_job(&mesh.cancel(&caller, &id).await?)))
+    Ok(Json(JobView::from_job(
+        &mesh.cancel(&caller, &id).await?,
+        mesh.images().signing(),
+    )))
 }
 
 /// How often an idle event stream sends a comment, so proxies keep the connection open.
@@ -1078,8 +1106,9 @@ async fn events(
         }
     }
     let events = mesh.watch(&caller, &id, after).await?;
-    Ok(sse_response(events.map(|event| match event {
-        Ok(event) => sse_events(&event),
+    let signing = mesh.images().signing().clone();
+    Ok(sse_response(events.map(move |event| match event {
+        Ok(event) => sse_events(&event, &signing),
         Err(err) => {
             // The stream cannot go on (storage gone): say why, as the last event.
             let body = serde_json::json!({ "error": err.message, "code": err.code.as_str() });
@@ -1126,8 +1155,9 @@ fn sse_response(events: impl Stream<Item = Vec<Event>> + Send + 'static) -> Resp
 )]
 async fn feed(State(mesh): State<Mesh>, caller: Caller) -> ApiResult<Response> {
     let events = mesh.feed(&caller).await?;
-    Ok(sse_response(events.map(|event| match event {
-        FeedEvent::Job(event) => sse_events(&event),
+    let signing = mesh.images().signing().clone();
+    Ok(sse_response(events.map(move |event| match event {
+        FeedEvent::Job(event) => sse_events(&event, &signing),
         FeedEvent::Worker(worker) => vec![
             Event::default()
                 .event("worker")
@@ -1142,7 +1172,7 @@ async fn feed(State(mesh): State<Mesh>, caller: Caller) -> ApiResult<Response> {
 }
 
 /// One job event as SSE events: the change itself, then `job_done` if the job ended.
-fn sse_events(event: &JobEvent) -> Vec<Event> {
+fn sse_events(event: &JobEvent, signing: &Signing) -> Vec<Event> {
     let summary = event.summary.clone().unwrap_or_default();
     let job = JobView::from_summary(&summary);
     let id = event_version(event).to_string();
@@ -1156,8 +1186,7 @@ fn sse_events(event: &JobEvent) -> Vec<Event> {
                 ImageState::Cancelled => "image_cancelled",
                 _ => "tile_done",
             };
-            let body =
-                serde_json::json!({ "job": job, "image": ImageView::new(&summary.id, image) });
+            let body = serde_json::json!({ "job": job, "image": ImageView::new(&summary.id, image, signing) });
             Event::default().event(name).data(body.to_string())
         }
     };
@@ -1540,13 +1569,13 @@ impl JobView {
         }
     }
 
-    fn from_job(job: &Job) -> Self {
+    fn from_job(job: &Job, signing: &Signing) -> Self {
         let summary = job.summary.clone().unwrap_or_default();
         let mut view = JobView::from_summary(&summary);
         view.images = Some(
             job.images
                 .iter()
-                .map(|image| ImageView::new(&summary.id, image))
+                .map(|image| ImageView::new(&summary.id, image, signing))
                 .collect(),
         );
         view
@@ -1565,6 +1594,10 @@ struct ImageView {
     /// The input as submitted; absent for an image fetched by URL.
     #[serde(skip_serializing_if = "Option::is_none")]
     input_url: Option<String>,
+    /// A small rendering of the input (an image URL, see `/img`), when the gateway serves
+    /// image URLs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input_thumbnail_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     output: Option<OutputView>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1585,7 +1618,7 @@ struct TilesView {
 }
 
 impl ImageView {
-    fn new(job_id: &str, image: &Image) -> Self {
+    fn new(job_id: &str, image: &Image, signing: &Signing) -> Self {
         ImageView {
             index: image.index,
             name: image.name.clone(),
@@ -1593,10 +1626,13 @@ impl ImageView {
             state: image.state().label(),
             input_url: (!image.input_blob_id.is_empty())
                 .then(|| format!("/api/v1/jobs/{job_id}/inputs/{}", image.index)),
+            input_thumbnail_url: (!image.input_blob_id.is_empty())
+                .then(|| images::blob_url(signing, THUMBNAIL, &image.input_blob_id))
+                .flatten(),
             output: image
                 .output
                 .as_ref()
-                .map(|output| OutputView::new(job_id, image.index, output)),
+                .map(|output| OutputView::new(job_id, image.index, output, signing)),
             error: (!image.error.is_empty()).then(|| image.error.clone()),
             worker: (!image.worker_id.is_empty()).then(|| image.worker_id.clone()),
             attempts: image.attempts,
@@ -1612,6 +1648,10 @@ impl ImageView {
 #[derive(Serialize, ToSchema)]
 struct OutputView {
     url: String,
+    /// A small rendering of the output (an image URL, see `/img`), when the gateway serves
+    /// image URLs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thumbnail_url: Option<String>,
     content_type: String,
     width: u32,
     height: u32,
@@ -1623,9 +1663,10 @@ struct OutputView {
 }
 
 impl OutputView {
-    fn new(job_id: &str, index: u32, output: &Output) -> Self {
+    fn new(job_id: &str, index: u32, output: &Output, signing: &Signing) -> Self {
         OutputView {
             url: format!("/api/v1/jobs/{job_id}/outputs/{index}"),
+            thumbnail_url: images::blob_url(signing, THUMBNAIL, &output.blob_id),
             content_type: output.content_type.clone(),
             width: output.width,
             height: output.height,

@@ -6,6 +6,8 @@
 //! * [`grpc`] — `pixelmesh.v1.Gateway`, translating protobuf at the edge;
 //! * [`http`] — the REST API and server-sent events, translating JSON and multipart at the
 //!   edge;
+//! * [`images`] — on-the-fly image URLs (`/img/…`): signatures, the result cache, the live
+//!   lane;
 //! * [`archive`] — reading a user's ZIP of images safely (names, sizes, ratios, types);
 //! * [`urls`] — URL inputs: lists (text or CSV) read as they stream and each URL checked;
 //! * [`submission`] — the jobs a submit makes as its inputs arrive: a long URL list becomes
@@ -26,6 +28,7 @@ pub mod export;
 pub mod fanout;
 pub mod grpc;
 pub mod http;
+pub mod images;
 pub mod mesh;
 pub mod protect;
 pub mod schedulers;
@@ -134,6 +137,50 @@ pub struct Settings {
     /// (--max-request-bytes) and uploads (--max-upload-bytes); over it, 413.
     #[arg(long, env = "PIXELMESH_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Keys that sign image URLs (`GET /img/<signature>/<pipeline>/<source>`),
+    /// comma-separated, each at least 16 bytes. Every one is accepted and the first signs
+    /// the URLs the gateway makes itself (the UI's thumbnails): to rotate, put the new key
+    /// first and drop the old one once its URLs are gone. With none and no API keys, the
+    /// word `unsafe` stands in for a signature; with none and API keys on, image URLs are
+    /// off.
+    #[arg(
+        long,
+        env = "PIXELMESH_URL_SIGNING_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub url_signing_keys: Vec<images::Secret>,
+    /// `Cache-Control: public, max-age=` of image URL answers, in seconds.
+    #[arg(
+        long,
+        env = "PIXELMESH_IMAGE_CACHE_MAX_AGE_SECS",
+        default_value_t = 31_536_000
+    )]
+    pub image_cache_max_age_secs: u64,
+    /// How long an image URL's `url/` source is trusted to stay the same: within it, a
+    /// repeated request is answered from the cache without fetching the source again.
+    #[arg(long, env = "PIXELMESH_IMAGE_URL_REFRESH_SECS", default_value_t = 3600)]
+    pub image_url_refresh_secs: u64,
+    /// Largest source of an image URL, in bytes (its encoded file); over it, 413.
+    #[arg(long, env = "PIXELMESH_IMAGE_MAX_SOURCE_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub image_max_source_bytes: u64,
+    /// Largest source of an image URL, in pixels, checked from its header; over it, 413.
+    #[arg(long, env = "PIXELMESH_IMAGE_MAX_PIXELS", default_value_t = 50_000_000)]
+    pub image_max_pixels: u64,
+    /// Most ops in an image URL's pipeline; over it, 413.
+    #[arg(long, env = "PIXELMESH_IMAGE_MAX_OPS", default_value_t = 16)]
+    pub image_max_ops: usize,
+    /// Memory for recent image URL results in this gateway, in bytes: hits answered from it
+    /// need no blob store read.
+    #[arg(long, env = "PIXELMESH_IMAGE_MEMORY_CACHE_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub image_memory_cache_bytes: u64,
+    /// Image URL misses this gateway has being made at once; one more is answered 503 with
+    /// `Retry-After` at once.
+    #[arg(long, env = "PIXELMESH_IMAGE_MAX_MISSES", default_value_t = 64)]
+    pub image_max_misses: usize,
+    /// Longest an image URL miss waits for its image; then 504.
+    #[arg(long, env = "PIXELMESH_IMAGE_TIMEOUT_SECS", default_value_t = 25)]
+    pub image_timeout_secs: u64,
     /// Serve the web UI from this folder (as `scripts/web.sh` builds it into web/dist)
     /// instead of the copy compiled into the binary: for UI development.
     #[arg(long, env = "PIXELMESH_WEB_DIR")]
@@ -172,6 +219,16 @@ pub async fn run(
     } else {
         tracing::info!(keys = ?keys, "api keys required");
     }
+    let signing = images::Signing::new(
+        &config
+            .settings
+            .url_signing_keys
+            .iter()
+            .map(|key| key.0.clone())
+            .collect::<Vec<_>>(),
+        !keys.is_open(),
+    )
+    .map_err(|err| anyhow::anyhow!("--url-signing-keys: {err}"))?;
     let limits = protect::Limits::from_settings(&config.settings);
     let nats = pixelmesh_common::nats::connect(&config.nats.url, "pixelmesh-gateway").await?;
     let storage_channel = channel(&config.storage_url)?;
@@ -195,7 +252,22 @@ pub async fn run(
         None => web::Source::Embedded,
     })
     .await;
-    let mesh = mesh::Mesh::new(storage, blobs, scheduler, nats, config.settings);
+    let images = images::Images::new(
+        &config.settings,
+        signing,
+        nats.clone(),
+        config.nats.replicas,
+        storage.clone(),
+        blobs.clone(),
+    );
+    let mesh = mesh::Mesh::new(
+        storage,
+        blobs,
+        scheduler,
+        nats,
+        config.settings,
+        Arc::new(images),
+    );
     mesh.throughput().clone().count(mesh.fanout()).await?;
 
     let server = Server::new("gateway")?

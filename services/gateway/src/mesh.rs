@@ -4,6 +4,7 @@ use std::{
     collections::{HashMap, HashSet},
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -34,6 +35,7 @@ use crate::{
     auth::Caller,
     bundle::{self, ManifestRow, ZipStreamWriter},
     fanout::{Delivery, Fanout},
+    images::Images,
     schedulers::Schedulers,
     stats, urls,
 };
@@ -62,6 +64,8 @@ pub struct Mesh {
     fanout: Fanout<async_nats::Message>,
     settings: Settings,
     throughput: stats::Throughput,
+    /// On-the-fly image URLs.
+    images: Arc<Images>,
 }
 
 impl Mesh {
@@ -71,6 +75,7 @@ impl Mesh {
         scheduler: Schedulers,
         nats: async_nats::Client,
         settings: Settings,
+        images: Arc<Images>,
     ) -> Self {
         Mesh {
             storage,
@@ -80,7 +85,12 @@ impl Mesh {
             nats,
             settings,
             throughput: stats::Throughput::default(),
+            images,
         }
+    }
+
+    pub fn images(&self) -> &Images {
+        &self.images
     }
 
     /// Images ended per minute, as this gateway has seen them.
@@ -902,7 +912,7 @@ pub fn worker_view(caller: &Caller, mut worker: Worker) -> Worker {
 
 /// A blob's bytes in chunks: from the shared store when there is one, else as storage
 /// streams them.
-async fn blob_chunks(
+pub(crate) async fn blob_chunks(
     storage: &Storage,
     blobs: Option<&BlobStore>,
     id: String,

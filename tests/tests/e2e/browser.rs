@@ -113,15 +113,17 @@ async fn a_user_submits_watches_downloads_and_sees_workers_come_and_go() {
         .await;
     browser
         .wait_until(
-            "three after-thumbnails, 640 px wide",
+            "three after-thumbnails, as image urls at most 160 px wide",
             "document.querySelectorAll('img.thumb.after').length === 3 && \
-             [...document.querySelectorAll('img.thumb.after')].every(i => i.complete && i.naturalWidth === 640)",
+             [...document.querySelectorAll('img.thumb.after')].every(i => i.complete && \
+               new URL(i.src).pathname.startsWith('/img/unsafe/thumbnail:') && i.naturalWidth > 0 && i.naturalWidth <= 160)",
         )
         .await;
     browser
         .wait_until(
-            "three before-thumbnails",
-            "[...document.querySelectorAll('img.thumb.before')].filter(i => i.complete && i.naturalWidth === 2560).length === 3",
+            "three before-thumbnails, as image urls",
+            "[...document.querySelectorAll('img.thumb.before')].filter(i => i.complete && \
+               new URL(i.src).pathname.startsWith('/img/') && i.naturalWidth > 0 && i.naturalWidth <= 160).length === 3",
         )
         .await;
     let counts = browser

@@ -17,6 +17,7 @@ mod control;
 mod events;
 mod fanout;
 mod grpc_api;
+mod images;
 mod keys;
 mod load;
 mod mesh;

@@ -298,12 +298,18 @@ fn ImageRow(image: RwSignal<ImageView>, job_id: String) -> impl IntoView {
         api::encode(&job_id)
     )));
     let download_url = output_url.clone();
-    let before = image.with_untracked(|i| i.input_url.is_some()).then(|| {
-        api::with_token(&api::url(&format!(
+    // Thumbnails are image URLs the gateway signed (small, in the best format the browser
+    // takes); without them, the whole input or output.
+    let before = image.with_untracked(|i| match (&i.input_thumbnail_url, &i.input_url) {
+        (Some(thumbnail), _) => Some(thumbnail.clone()),
+        (None, Some(_)) => Some(api::with_token(&api::url(&format!(
             "/jobs/{}/inputs/{index}",
             api::encode(&job_id)
-        )))
+        )))),
+        (None, None) => None,
     });
+    // A thumbnail that fails (an output too large for image URLs): the whole output instead.
+    let whole_output = RwSignal::new(false);
     // An input the browser cannot show (not an image at all, or TIFF): a placeholder.
     let broken = RwSignal::new(false);
     view! {
@@ -337,7 +343,11 @@ fn ImageRow(image: RwSignal<ImageView>, job_id: String) -> impl IntoView {
                         <a href=output_url.clone() target="_blank" rel="noopener">
                             <img
                                 class="thumb after"
-                                src=output_url.clone()
+                                src=match &output.thumbnail_url {
+                                    Some(thumbnail) if !whole_output.get() => thumbnail.clone(),
+                                    _ => output_url.clone(),
+                                }
+                                on:error=move |_| whole_output.set(true)
                                 loading="lazy"
                                 decoding="async"
                                 alt=format!("{} after", i.name)
