@@ -102,6 +102,10 @@ async fn handle(worker: &Worker, cpu: &Arc<Semaphore>, message: jetstream::Messa
             Ok(task) => run(worker, cpu, task).await,
             Err(err) => Err(failure(500, format!("undecodable live task: {err}"))),
         };
+        let (outcome, store) = match outcome {
+            Ok((output, store)) => (Ok(output), store),
+            Err(error) => (Err(error), None),
+        };
         let result = LiveResult {
             outcome: Some(match outcome {
                 Ok(output) => live_result::Outcome::Output(output),
@@ -130,6 +134,13 @@ async fn handle(worker: &Worker, cpu: &Arc<Semaphore>, message: jetstream::Messa
                 }
             }
             None => tracing::warn!("live task without a reply subject dropped"),
+        }
+        if let Some(bytes) = store {
+            let mut storage = worker.storage.clone();
+            if let Err(err) = worker::put_blob(worker, &mut storage, bytes).await {
+                // The record points at nothing: the next request makes the image again.
+                tracing::warn!(error = ?err, "storing a live output failed");
+            }
         }
         worker::ack(&message, AckKind::Ack).await;
     }
@@ -167,11 +178,10 @@ fn process_failure(err: &ProcessError) -> LiveError {
     failure(status, err.message())
 }
 
-async fn run(
-    worker: &Worker,
-    cpu: &Arc<Semaphore>,
-    task: LiveTask,
-) -> Result<LiveOutput, LiveError> {
+/// The task's output, and its bytes when they are still to be stored.
+type Made = (LiveOutput, Option<Vec<u8>>);
+
+async fn run(worker: &Worker, cpu: &Arc<Semaphore>, task: LiveTask) -> Result<Made, LiveError> {
     let limits = Limits {
         max_pixels: nonzero_min(task.max_pixels, worker.limits.max_pixels),
         max_input_bytes: nonzero_min(task.max_input_bytes, worker.limits.max_input_bytes),
@@ -230,19 +240,32 @@ async fn run(
     .map_err(|err| failure(500, format!("internal error while processing: {err}")))?
     .map_err(|err| process_failure(&err))?;
     let size_bytes = processed.bytes.len() as u64;
-    let inline = (size_bytes <= task.max_inline_bytes).then(|| processed.bytes.clone());
-    let blob_id = worker::put_blob(worker, &mut storage, processed.bytes)
-        .await
-        .map_err(task_failure)?;
-    Ok(LiveOutput {
-        blob_id,
-        content_type: processed.content_type.to_string(),
-        size_bytes,
-        source_blob_id,
-        inline: inline.unwrap_or_default(),
-        width: processed.width,
-        height: processed.height,
-    })
+    let content_type = processed.content_type.to_string();
+    let (width, height) = (processed.width, processed.height);
+    // An output that rides in the answer is stored after the answer is sent: its id is its
+    // content hash, known now, and a request that finds its record before the bytes land
+    // reads nothing and makes it again. A larger one is stored first: the gateway reads it.
+    let (blob_id, inline, store) = if size_bytes <= task.max_inline_bytes {
+        let id = BlobId::of(&processed.bytes).as_str().to_string();
+        (id, processed.bytes.clone(), Some(processed.bytes))
+    } else {
+        let id = worker::put_blob(worker, &mut storage, processed.bytes)
+            .await
+            .map_err(task_failure)?;
+        (id, Vec::new(), None)
+    };
+    Ok((
+        LiveOutput {
+            blob_id,
+            content_type,
+            size_bytes,
+            source_blob_id,
+            inline,
+            width,
+            height,
+        },
+        store,
+    ))
 }
 
 /// The smaller of a request's limit and the worker's own; 0 in the request means the

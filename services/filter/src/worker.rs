@@ -754,17 +754,43 @@ async fn on_cpu<T: Send + 'static>(
         wait_ms = asked.elapsed().as_millis() as u64,
         "cpu slot taken"
     );
-    // The blocking thread works inside the task's span, so its spans (decode, each op,
-    // encode) are the task's children.
+    // The thread works inside the task's span, so its spans (decode, each op, encode) are
+    // the task's children.
     let span = tracing::Span::current();
-    tokio::task::spawn_blocking(move || {
-        let result = span.in_scope(|| budget::with_deadline(deadline, work));
-        drop(cpu);
-        drop(memory);
-        result
+    let (done, result) = tokio::sync::oneshot::channel();
+    // A thread of its own rather than tokio's blocking pool: batch work runs at a lower
+    // priority, and a pool thread would keep it for the live requests it runs later. One
+    // thread start per image is microseconds against its milliseconds.
+    std::thread::Builder::new()
+        .name("batch-image".into())
+        .spawn(move || {
+            yield_to_live_work();
+            let result = span.in_scope(|| budget::with_deadline(deadline, work));
+            drop(cpu);
+            drop(memory);
+            let _ = done.send(result);
+        })
+        .map_err(|err| TaskError::Transient(format!("starting a worker thread: {err}")))?;
+    result.await.map_err(|_| {
+        TaskError::Permanent("internal error while processing: the image's thread panicked".into())
     })
-    .await
-    .map_err(|err| TaskError::Permanent(format!("internal error while processing: {err}")))
+}
+
+/// Lowers the calling thread's priority to nice 10, so an on-the-fly image request (the
+/// live lane, at the process's own priority) takes a core from batch work at once: the
+/// kernel gives a nice-10 thread about a tenth of a contended core. Measured: a miss beside
+/// a 500-image batch took 405 ms at p50 with both at one priority (63 ms alone).
+#[allow(unsafe_code)]
+fn yield_to_live_work() {
+    // SAFETY: gettid and setpriority take and return plain integers and touch no memory of
+    // ours. On Linux, PRIO_PROCESS with a thread id sets that thread's nice value alone.
+    let failed = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10) != 0
+    };
+    if failed {
+        tracing::debug!("could not lower a batch thread's priority");
+    }
 }
 
 /// A raw tile holds at most the pixel limit's worth of RGBA, plus its header.
